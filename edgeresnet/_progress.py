@@ -1,0 +1,45 @@
+"""Terminal progress for the CLI (the library only calls ``progress(stage, done, total)``)."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+class StageProgress:
+    """One status line per stage on stderr: redrawn in place on a terminal, start/end lines otherwise."""
+
+    def __init__(self, stream=None, min_interval: float = 0.1):
+        self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.stage = None
+        self.started = 0.0
+        self.last = 0.0
+        self.min_interval = min_interval
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if stage != self.stage:
+            self.close()
+            self.stage, self.started, self.last = stage, now, 0.0
+            if not self.tty:
+                self.stream.write(f"{stage} ({total}) ...\n")
+                self.stream.flush()
+        if self.tty and (now - self.last >= self.min_interval or done >= total):
+            self.last = now
+            pct = 100.0 * done / total if total else 100.0
+            self.stream.write(f"\r{stage}: {done}/{total} ({pct:3.0f}%) {now - self.started:5.1f}s\x1b[K")
+            self.stream.flush()
+        if done >= total:
+            self.close()
+
+    def close(self) -> None:
+        if self.stage is None:
+            return
+        elapsed = time.perf_counter() - self.started
+        if self.tty:
+            self.stream.write("\n")
+        else:
+            self.stream.write(f"{self.stage}: done in {elapsed:.1f}s\n")
+        self.stream.flush()
+        self.stage = None

@@ -1,0 +1,57 @@
+"""Lazy, single entry point to TensorFlow and tf_keras.
+
+tensorflow-model-optimization only prunes tf_keras (Keras 2) models, so
+``TF_USE_LEGACY_KERAS=1`` must be set before TensorFlow is first imported. Every
+module that needs TensorFlow calls :func:`tf` / :func:`tf_keras` inside its
+functions, never at import time, so ``edgeresnet --help`` stays fast and the
+device-side modules (runtime, inspect) work without TensorFlow installed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from .errors import MissingDependencyError
+
+_HOST_HINT = "install the host extras: pip install 'edgeresnet[host]'"
+
+
+def _prepare_env() -> None:
+    if "tensorflow" in sys.modules and os.environ.get("TF_USE_LEGACY_KERAS") != "1":
+        # Too late to switch tf.keras to tf_keras; we use tf_keras explicitly anyway.
+        return
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def tf():
+    """Return the ``tensorflow`` module, imported with legacy Keras enabled."""
+    _prepare_env()
+    try:
+        import tensorflow
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise MissingDependencyError(f"TensorFlow is not installed ({exc}); {_HOST_HINT}") from None
+    return tensorflow
+
+
+def tf_keras():
+    """Return the ``tf_keras`` (Keras 2) module."""
+    tf()
+    try:
+        import tf_keras as keras2
+    except ImportError as exc:  # pragma: no cover
+        raise MissingDependencyError(f"tf-keras is not installed ({exc}); {_HOST_HINT}") from None
+    return keras2
+
+
+def tfmot():
+    """Return ``tensorflow_model_optimization``."""
+    tf_keras()
+    try:
+        import tensorflow_model_optimization as mot
+    except ImportError as exc:  # pragma: no cover
+        raise MissingDependencyError(
+            f"tensorflow-model-optimization is not installed ({exc}); {_HOST_HINT}"
+        ) from None
+    return mot

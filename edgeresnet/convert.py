@@ -1,0 +1,123 @@
+"""Keras model -> TFLite bytes, for one (precision, io type) at a time.
+
+The target table (``targets.py``) decides *which* precision a target gets; this
+module knows how to ask ``tf.lite.TFLiteConverter`` for it. Full-integer int8
+is only ever built with ``TFLITE_BUILTINS_INT8``: if an op cannot be quantized
+the conversion fails loudly instead of falling back to float or to
+dynamic-range, and ``SELECT_TF_OPS`` is never enabled.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+from . import _tf
+from ._capture import capture_output, last_error_line
+from .errors import ConfigError, ConversionError
+from .targets import PRECISIONS
+
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class ConversionSpec:
+    """One TFLite variant to build."""
+
+    precision: str
+    io_type: str = "float32"
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}"
+            )
+        allowed = PRECISIONS[self.precision].io_types
+        if self.io_type not in allowed:
+            raise ConfigError(
+                f"io type {self.io_type!r} is not possible for {self.precision}; choose one of {', '.join(allowed)}"
+            )
+
+    @property
+    def needs_calibration(self) -> bool:
+        return PRECISIONS[self.precision].needs_calibration
+
+
+@dataclass(frozen=True)
+class ConversionResult:
+    spec: ConversionSpec
+    model: bytes
+    seconds: float
+    log: str
+
+
+def representative_dataset(samples: np.ndarray, progress: Optional[ProgressFn] = None):
+    """A ``representative_dataset`` callable yielding one float32 sample at a time."""
+    data = np.asarray(samples, dtype=np.float32)
+
+    def gen():
+        n = len(data)
+        for i in range(n):
+            yield [data[i : i + 1]]
+            if progress is not None:
+                progress(i + 1, n)
+
+    return gen
+
+
+def _configure(converter, spec: ConversionSpec, calibration: Optional[np.ndarray], progress):
+    tf = _tf.tf()
+    dtypes = {"int8": tf.int8, "uint8": tf.uint8, "int16": tf.int16, "float32": tf.float32}
+    if spec.precision == "fp32":
+        return
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if spec.precision == "fp16":
+        converter.target_spec.supported_types = [tf.float16]
+        return
+    if spec.precision == "dynamic":
+        return
+    # Full-integer variants: calibration data is mandatory.
+    if calibration is None or len(calibration) == 0:
+        raise ConfigError(
+            f"{spec.precision} needs calibration data; pass --calib with a folder of representative images"
+        )
+    converter.representative_dataset = representative_dataset(calibration, progress)
+    if spec.precision == "int8":
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    else:  # int16x8
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+        ]
+    converter.inference_input_type = dtypes[spec.io_type]
+    converter.inference_output_type = dtypes[spec.io_type]
+
+
+def convert(
+    make_converter: Callable[[], object],
+    spec: ConversionSpec,
+    calibration: Optional[np.ndarray] = None,
+    progress: Optional[ProgressFn] = None,
+) -> ConversionResult:
+    """Build one TFLite model.
+
+    ``make_converter`` returns a fresh ``tf.lite.TFLiteConverter`` for the model
+    (``LoadedModel.tflite_converter``); ``calibration`` holds preprocessed float32
+    samples (N, H, W, C) for the full-integer precisions.
+    """
+    converter = make_converter()
+    _configure(converter, spec, calibration, progress)
+    start = time.perf_counter()
+    with capture_output() as cap:
+        try:
+            data = converter.convert()
+        except Exception as exc:  # the converter raises many types; all mean "failed"
+            failure = exc
+            data = None
+    seconds = time.perf_counter() - start
+    if data is None:
+        detail = last_error_line(str(failure) + "\n" + cap.text, type(failure).__name__)
+        raise ConversionError(f"the TFLite converter failed for {spec.precision}: {detail}")
+    return ConversionResult(spec=spec, model=bytes(data), seconds=seconds, log=cap.text)

@@ -1,0 +1,266 @@
+"""The one module that imports a TFLite interpreter.
+
+It never imports TensorFlow by itself: on a Raspberry Pi or a phone test rig
+only ``ai-edge-litert`` or ``tflite-runtime`` is installed. The order of
+preference is ai-edge-litert, then tflite-runtime, then ``tf.lite`` (deprecated,
+last resort). ``EDGERESNET_INTERPRETER`` (``ai-edge-litert``, ``tflite-runtime``
+or ``tf.lite``) forces one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Optional, Union
+
+import numpy as np
+
+from .errors import MissingDependencyError, TFLiteFileError
+
+_BACKENDS = (
+    ("ai-edge-litert", "ai_edge_litert.interpreter", "ai_edge_litert"),
+    ("tflite-runtime", "tflite_runtime.interpreter", "tflite_runtime"),
+    ("tf.lite", "tensorflow", "tensorflow"),
+)
+
+TFLITE_IDENTIFIER = b"TFL3"
+EDGETPU_CUSTOM_OP = b"edgetpu-custom-op"
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    version: str
+    interpreter_cls: type
+    module: object
+
+
+def available_backends() -> list[str]:
+    """Names of the interpreters importable here, in order of preference."""
+    names = []
+    for name, mod, _ in _BACKENDS:
+        try:
+            importlib.util.find_spec(mod.split(".")[0])
+        except (ImportError, ValueError):
+            continue
+        if importlib.util.find_spec(mod.split(".")[0]) is not None:
+            names.append(name)
+    return names
+
+
+def get_backend(name: Optional[str] = None) -> Backend:
+    """Import and return an interpreter backend (the preferred one by default)."""
+    wanted = name or os.environ.get("EDGERESNET_INTERPRETER") or None
+    known = [b[0] for b in _BACKENDS]
+    if wanted is not None and wanted not in known:
+        raise MissingDependencyError(
+            f"unknown interpreter {wanted!r}; choose one of {', '.join(known)}"
+        )
+    errors = []
+    for bname, modname, pkg in _BACKENDS:
+        if wanted is not None and bname != wanted:
+            continue
+        try:
+            if bname == "tf.lite":
+                from . import _tf
+
+                tf = _tf.tf()
+                cls = tf.lite.Interpreter
+                version = tf.__version__
+                module = tf.lite
+            else:
+                module = importlib.import_module(modname)
+                cls = module.Interpreter
+                top = importlib.import_module(pkg)
+                version = getattr(top, "__version__", None) or _dist_version(bname)
+        except (ImportError, MissingDependencyError) as exc:
+            errors.append(f"{bname}: {exc}")
+            continue
+        return Backend(bname, str(version), cls, module)
+    raise MissingDependencyError(
+        "no TFLite interpreter is installed; pip install 'edgeresnet[device]' "
+        "(ai-edge-litert) or tflite-runtime ("
+        + "; ".join(errors)
+        + ")"
+    )
+
+
+def _dist_version(dist: str) -> str:
+    try:
+        from importlib.metadata import version
+
+        return version(dist)
+    except Exception:  # pragma: no cover
+        return "unknown"
+
+
+def read_tflite_bytes(path: Union[str, Path]) -> bytes:
+    """Read a file and check that it is a TFLite flatbuffer (raises TFLiteFileError)."""
+    p = Path(path)
+    if not p.exists():
+        raise TFLiteFileError(f"{p}: no such file; pass the path of a .tflite model")
+    if p.is_dir():
+        raise TFLiteFileError(f"{p} is a folder; pass the path of a .tflite file")
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise TFLiteFileError(f"{p}: cannot read it ({exc.strerror}); check its permissions") from None
+    check_tflite_bytes(data, str(p))
+    return data
+
+
+def check_tflite_bytes(data: bytes, label: str = "model") -> None:
+    """Raise TFLiteFileError unless ``data`` carries the TFLite file identifier."""
+    if len(data) < 8 or data[4:8] != TFLITE_IDENTIFIER:
+        raise TFLiteFileError(
+            f"{label} is not a TFLite flatbuffer (no 'TFL3' identifier); "
+            "pass a .tflite file written by the TFLite converter"
+        )
+
+
+def is_edgetpu_compiled(data: bytes) -> bool:
+    """True when the model was compiled by edgetpu_compiler (holds the edgetpu custom op)."""
+    return EDGETPU_CUSTOM_OP in data
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    index: int
+    shape: tuple
+    dtype: np.dtype
+    scale: float
+    zero_point: int
+
+    @property
+    def quantized(self) -> bool:
+        return self.scale != 0.0 and np.issubdtype(self.dtype, np.integer)
+
+
+def _spec(d: dict) -> TensorSpec:
+    scale, zp = d.get("quantization", (0.0, 0))
+    return TensorSpec(
+        name=d["name"],
+        index=int(d["index"]),
+        shape=tuple(int(s) for s in d["shape"]),
+        dtype=np.dtype(d["dtype"]),
+        scale=float(scale),
+        zero_point=int(zp),
+    )
+
+
+class TFLiteModel:
+    """A loaded TFLite model that takes and returns float arrays.
+
+    Inputs are quantized with the model's own input scale/zero-point when the
+    input tensor is integer, and outputs are dequantized, so callers compare
+    numbers with the float model directly. Batches are run one sample at a time
+    (the shape the model was converted with), which is what devices do.
+    """
+
+    def __init__(
+        self,
+        model: Union[str, Path, bytes],
+        num_threads: Optional[int] = None,
+        backend: Optional[str] = None,
+        use_xnnpack: bool = True,
+    ):
+        self.backend = get_backend(backend)
+        if isinstance(model, (bytes, bytearray)):
+            data = bytes(model)
+            label = "model"
+        else:
+            data = read_tflite_bytes(model)
+            label = str(model)
+        check_tflite_bytes(data, label)
+        if is_edgetpu_compiled(data):
+            raise TFLiteFileError(
+                f"{label} is already compiled for the Edge TPU (edgetpu-custom-op); "
+                "run it with the Edge TPU delegate (pycoral) or pass the model from before edgetpu_compiler"
+            )
+        self.size_bytes = len(data)
+        kwargs = {"model_content": data}
+        if num_threads is not None:
+            kwargs["num_threads"] = int(num_threads)
+        if not use_xnnpack:
+            resolver = getattr(self.backend.module, "OpResolverType", None)
+            if resolver is not None:
+                kwargs["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        try:
+            self.interpreter = self.backend.interpreter_cls(**kwargs)
+            self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise TFLiteFileError(
+                f"{label} does not load in {self.backend.name} {self.backend.version}: {msg}"
+            ) from None
+        self.inputs = [_spec(d) for d in self.interpreter.get_input_details()]
+        self.outputs = [_spec(d) for d in self.interpreter.get_output_details()]
+        if len(self.inputs) != 1 or len(self.outputs) != 1:
+            raise TFLiteFileError(
+                f"{label} has {len(self.inputs)} inputs and {len(self.outputs)} outputs; "
+                "edgeresnet evaluates single-input, single-output classifiers"
+            )
+
+    @property
+    def input(self) -> TensorSpec:
+        return self.inputs[0]
+
+    @property
+    def output(self) -> TensorSpec:
+        return self.outputs[0]
+
+    def quantize_input(self, x: np.ndarray) -> np.ndarray:
+        spec = self.input
+        if spec.quantized:
+            info = np.iinfo(spec.dtype)
+            q = np.round(x / spec.scale + spec.zero_point)
+            return np.clip(q, info.min, info.max).astype(spec.dtype)
+        return x.astype(spec.dtype)
+
+    def dequantize_output(self, y: np.ndarray) -> np.ndarray:
+        spec = self.output
+        if spec.quantized:
+            return (y.astype(np.float32) - spec.zero_point) * spec.scale
+        return y.astype(np.float32)
+
+    def invoke_raw(self, x: np.ndarray) -> np.ndarray:
+        """Run one already-typed input tensor and return the raw output tensor."""
+        self.interpreter.set_tensor(self.input.index, x)
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self.output.index)
+
+    def predict(
+        self,
+        x: np.ndarray,
+        progress: Optional[Callable[[int, int], None]] = None,
+    ) -> np.ndarray:
+        """Float outputs for a float batch ``x`` (N, *input_shape[1:])."""
+        x = np.asarray(x, dtype=np.float32)
+        expected = self.input.shape[1:]
+        if tuple(x.shape[1:]) != tuple(expected):
+            raise TFLiteFileError(
+                f"inputs have shape {tuple(x.shape[1:])} but the model expects {tuple(expected)}"
+            )
+        batch = self.input.shape[0] if self.input.shape and self.input.shape[0] > 0 else 1
+        out = []
+        n = len(x)
+        for start in range(0, n, batch):
+            chunk = x[start : start + batch]
+            if len(chunk) < batch:  # pad the last batch to the fixed batch size
+                pad = np.zeros((batch - len(chunk),) + chunk.shape[1:], chunk.dtype)
+                y = self.invoke_raw(self.quantize_input(np.concatenate([chunk, pad])))[: len(chunk)]
+            else:
+                y = self.invoke_raw(self.quantize_input(chunk))
+            out.append(self.dequantize_output(y))
+            if progress is not None:
+                progress(min(start + batch, n), n)
+        if not out:
+            return np.zeros((0,) + self.output.shape[1:], np.float32)
+        return np.concatenate(out)
+
+    def ops(self) -> list[str]:
+        """Op names in execution order (after delegation, ops may show as DELEGATE)."""
+        return [d["op_name"] for d in self.interpreter._get_ops_details()]

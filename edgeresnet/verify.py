@@ -1,0 +1,132 @@
+"""Accuracy drift of an emitted model against the float model.
+
+All numbers compare outputs on the *same* images: top-1/top-5 against labels
+when they exist, and always top-1 agreement with the float model, mean cosine
+similarity and SQNR of the output vectors. Percentages are in points (0..100).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import numpy as np
+
+SQNR_CAP_DB = 200.0
+
+def topk_accuracy(outputs: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
+    """Percentage of rows whose label is among the ``k`` highest outputs."""
+    outputs = np.asarray(outputs)
+    labels = np.asarray(labels)
+    if len(outputs) == 0:
+        return float("nan")
+    k = min(k, outputs.shape[1])
+    top = np.argsort(-outputs, axis=1, kind="stable")[:, :k]
+    return float(100.0 * np.mean(np.any(top == labels[:, None], axis=1)))
+
+
+def agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Percentage of rows where both models give the same top-1 class."""
+    if len(reference) == 0:
+        return float("nan")
+    return float(100.0 * np.mean(np.argmax(reference, 1) == np.argmax(candidate, 1)))
+
+
+def cosine_similarity(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Mean cosine similarity of per-row output vectors."""
+    a = np.asarray(reference, np.float64).reshape(len(reference), -1)
+    b = np.asarray(candidate, np.float64).reshape(len(candidate), -1)
+    num = np.sum(a * b, axis=1)
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    cos = np.where(den > 0, num / np.where(den > 0, den, 1.0), 1.0)
+    return float(np.mean(cos))
+
+
+def sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio of the outputs, in dB (higher is better).
+
+    Identical outputs have no noise; the value is capped at ``SQNR_CAP_DB`` so
+    it stays a finite number in JSON.
+    """
+    ref = np.asarray(reference, np.float64)
+    noise = np.sum((ref - np.asarray(candidate, np.float64)) ** 2)
+    signal = np.sum(ref**2)
+    if noise == 0:
+        return SQNR_CAP_DB
+    return float(min(SQNR_CAP_DB, 10.0 * np.log10(signal / noise)))
+
+
+@dataclass(frozen=True)
+class Drift:
+    """How far one model's outputs are from the float model's on the same images."""
+
+    count: int
+    top1: Optional[float]
+    top5: Optional[float]
+    drop_pts: Optional[float]  # float top-1 minus this top-1 (positive = worse)
+    agreement: float
+    cosine: float
+    sqnr_db: float
+
+    def to_dict(self) -> dict:
+        return {k: _round(v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The float model's own scores on the evaluation images."""
+
+    count: int
+    top1: Optional[float]
+    top5: Optional[float]
+
+    def to_dict(self) -> dict:
+        return {k: _round(v) for k, v in asdict(self).items()}
+
+
+def _round(v):
+    if isinstance(v, float):
+        return None if not np.isfinite(v) else round(v, 4)
+    return v
+
+
+def baseline(float_outputs: np.ndarray, labels: Optional[np.ndarray]) -> Baseline:
+    if labels is None:
+        return Baseline(len(float_outputs), None, None)
+    return Baseline(
+        len(float_outputs), topk_accuracy(float_outputs, labels, 1), topk_accuracy(float_outputs, labels, 5)
+    )
+
+
+def drift(
+    float_outputs: np.ndarray, outputs: np.ndarray, labels: Optional[np.ndarray] = None
+) -> Drift:
+    """Compare one model's outputs with the float model's (and the labels if any)."""
+    if float_outputs.shape != outputs.shape:
+        raise ValueError(f"output shapes differ: {float_outputs.shape} vs {outputs.shape}")
+    top1 = top5 = drop = None
+    if labels is not None:
+        top1 = topk_accuracy(outputs, labels, 1)
+        top5 = topk_accuracy(outputs, labels, 5)
+        drop = topk_accuracy(float_outputs, labels, 1) - top1
+    return Drift(
+        count=len(outputs),
+        top1=top1,
+        top5=top5,
+        drop_pts=drop,
+        agreement=agreement(float_outputs, outputs),
+        cosine=cosine_similarity(float_outputs, outputs),
+        sqnr_db=sqnr_db(float_outputs, outputs),
+    )
+
+
+def over_budget(d: Drift, max_drop: Optional[float]) -> bool:
+    """True when the drop exceeds ``max_drop`` points.
+
+    Without labels the drop is measured as disagreement with the float model
+    (100 - agreement), which bounds the top-1 change from above.
+    """
+    if max_drop is None:
+        return False
+    drop = d.drop_pts if d.drop_pts is not None else 100.0 - d.agreement
+    return drop > max_drop + 1e-9
