@@ -115,6 +115,29 @@ def models(as_json):
         click.echo(f"{r['name']:<10} {r['family']:<9} {shape:<13} {r['classes']:>7} {r['params']:>12,} {r['macs']:>15,}")
 
 
+@cli.command(context_settings=CONTEXT)
+@click.argument("model", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--strict", is_flag=True, help="Exit 4 when the model would not run entirely on the Edge TPU (or is not GPU-compatible).")
+@click.option("--no-gpu", is_flag=True, help="Skip the GPU-delegate compatibility analysis.")
+def inspect(model, as_json, strict, no_gpu):
+    """Answer "will this .tflite run on cpu / edgetpu / gpu?" for any TFLite model.
+
+    Shows the op histogram, input/output types and quantization, tensor dtypes,
+    size, a verdict per target, and which interpreters load it. Works without
+    TensorFlow. Set EDGERESNET_TFLITE_RUNTIME_PYTHON to a Python that has
+    tflite-runtime 2.14 to check that interpreter too.
+    """
+    from .inspect import format_inspect, inspect_tflite
+
+    report = inspect_tflite(model, gpu=not no_gpu)
+    click.echo(report.to_json() if as_json else format_inspect(report))
+    if strict:
+        bad = [name for name, v in report.verdicts.items() if name != "cpu" and v.ok is False]
+        if bad:
+            _fail(f"{model}: not compatible with {', '.join(bad)} (--strict)", 4)
+
+
 def main(argv=None):
     """Console entry point: every user-facing failure is one line and a non-zero exit."""
     try:

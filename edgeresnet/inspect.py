@@ -1,0 +1,420 @@
+"""``edgeresnet inspect MODEL.tflite``: what is in a model and where it will run.
+
+Reads the graph without TensorFlow (``tflite_graph``): op histogram and op
+versions, input/output types with quantization parameters, tensor types, size.
+Then three verdicts (cpu, edgetpu, gpu), each ``{ok, summary, details}``, and
+whether the model loads and runs in the interpreters a device may have:
+``ai-edge-litert`` here, and ``tflite-runtime`` (2.14 is the last release, it
+needs numpy<2, and its older op versions reject some models written by newer
+converters) either in this process when installed, or in another Python named
+by ``EDGERESNET_TFLITE_RUNTIME_PYTHON``.
+
+Only the GPU verdict's analyzer part needs more than the core install (the
+analyzer ships with ai-edge-litert or TensorFlow); without it the verdict
+rests on edgeresnet's screen and says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+
+from ._capture import capture_output
+from .edgetpu import analyze_edgetpu
+from .errors import MissingDependencyError
+from .runtime import get_backend, read_tflite_bytes
+from .tflite_graph import TFLiteGraph, parse_tflite
+
+TFLITE_RUNTIME_PYTHON_ENV = "EDGERESNET_TFLITE_RUNTIME_PYTHON"
+FLOAT_TYPES = ("float32", "float16", "float64", "bfloat16")
+
+# Runs in another Python (one with tflite-runtime): load, allocate, invoke once
+# on zeros, and print one JSON line. Arguments: the model path.
+_VENV_SCRIPT = r"""
+import json, sys
+out = {"status": "fails", "version": None, "error": None}
+try:
+    import tflite_runtime
+    from tflite_runtime.interpreter import Interpreter
+    import numpy as np
+    out["version"] = getattr(tflite_runtime, "__version__", None)
+    it = Interpreter(model_path=sys.argv[1])
+    it.allocate_tensors()
+    for d in it.get_input_details():
+        it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+    it.invoke()
+    out["status"] = "loads"
+    out["ops"] = [{"index": int(d["index"]), "op_name": d["op_name"],
+                   "inputs": [int(x) for x in d["inputs"]], "outputs": [int(x) for x in d["outputs"]]}
+                  for d in it._get_ops_details()]
+except ImportError as exc:
+    out["status"] = "not installed"
+    out["error"] = str(exc)
+except Exception as exc:
+    out["error"] = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+print("EDGERESNET_RESULT " + json.dumps(out))
+"""
+
+
+@dataclass
+class InterpreterCheck:
+    name: str
+    status: str  # "loads", "fails", "not installed", "not checked"
+    version: Optional[str] = None
+    error: Optional[str] = None
+    where: str = "this process"
+    delegated_ops: Optional[int] = None  # ops the default delegate (XNNPACK) took
+    undelegated: list[str] = field(default_factory=list)  # ops left on built-in kernels
+
+    @property
+    def loads(self) -> Optional[bool]:
+        return {"loads": True, "fails": False}.get(self.status)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["loads"] = self.loads
+        return d
+
+
+@dataclass
+class Verdict:
+    ok: Optional[bool]  # None: could not be decided here
+    summary: str
+    details: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "summary": self.summary, "details": self.details}
+
+
+@dataclass
+class InspectReport:
+    path: str
+    size_bytes: int
+    precision: str
+    edgetpu_compiled: bool
+    schema_version: int
+    subgraphs: int
+    ops_total: int
+    op_histogram: dict
+    op_versions: dict
+    inputs: list
+    outputs: list
+    tensor_dtypes: dict
+    float32_tensors: int
+    constant_bytes: int
+    verdicts: dict  # "cpu" / "edgetpu" / "gpu" -> Verdict
+    interpreters: dict  # name -> InterpreterCheck
+
+    def to_dict(self) -> dict:
+        return {
+            "path": self.path,
+            "size_bytes": self.size_bytes,
+            "precision": self.precision,
+            "edgetpu_compiled": self.edgetpu_compiled,
+            "schema_version": self.schema_version,
+            "subgraphs": self.subgraphs,
+            "ops_total": self.ops_total,
+            "op_histogram": dict(self.op_histogram),
+            "op_versions": dict(self.op_versions),
+            "inputs": list(self.inputs),
+            "outputs": list(self.outputs),
+            "tensor_dtypes": dict(self.tensor_dtypes),
+            "float32_tensors": self.float32_tensors,
+            "constant_bytes": self.constant_bytes,
+            "verdicts": {k: v.to_dict() for k, v in self.verdicts.items()},
+            "interpreters": {k: v.to_dict() for k, v in self.interpreters.items()},
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=str)
+
+
+# --------------------------------------------------------------------------- precision
+
+
+def guess_precision(graph: TFLiteGraph) -> str:
+    """fp32, fp16, dynamic, int8, int8+float, int16x8 or edgetpu, from the tensor types."""
+    if graph.edgetpu_compiled:
+        return "edgetpu"
+    acts = [t for t in graph.tensors if not t.is_constant]
+    consts = [t for t in graph.tensors if t.is_constant]
+    if any(t.dtype == "int16" and t.quantized for t in acts):
+        return "int16x8"
+    inner = [t for t in acts if t.index not in graph.inputs and t.index not in graph.outputs]
+    inner_types = {t.dtype for t in inner} - {"int32", "bool"}
+    if inner_types and inner_types <= {"int8", "uint8"}:
+        return "int8"
+    if inner_types & {"int8", "uint8"} and any(t.quantized for t in inner):
+        return "int8+float"  # full-integer conversion that kept float islands (DEQUANTIZE ... QUANTIZE)
+    if any(t.dtype == "float16" for t in consts):
+        return "fp16"
+    if any(t.dtype == "int8" for t in consts) and any(t.dtype == "float32" for t in acts):
+        return "dynamic"
+    return "fp32"
+
+
+# --------------------------------------------------------------------------- interpreters
+
+
+def _delegated(ops: list[dict]) -> tuple[int, list[str]]:
+    """(ops taken by delegates, names of ops left) from an interpreter's node list.
+
+    After a delegate is applied, the node list holds the original ops followed
+    by DELEGATE nodes; a DELEGATE node covers the original ops between its
+    input and output tensors.
+    """
+    originals = [d for d in ops if d["op_name"] != "DELEGATE"]
+    delegates = [d for d in ops if d["op_name"] == "DELEGATE"]
+    producer = {}
+    for d in originals:
+        for t in np.ravel(d["outputs"]):
+            producer[int(t)] = d["index"]
+    by_index = {d["index"]: d for d in originals}
+    taken: set[int] = set()
+    for node in delegates:
+        boundary = {int(t) for t in np.ravel(node["inputs"])}
+        stack = [int(t) for t in np.ravel(node["outputs"])]
+        while stack:
+            t = stack.pop()
+            if t in boundary or t not in producer:
+                continue
+            n = producer[t]
+            if n in taken:
+                continue
+            taken.add(n)
+            stack.extend(int(x) for x in np.ravel(by_index[n]["inputs"]) if int(x) >= 0)
+    left = [d["op_name"] for d in originals if d["index"] not in taken]
+    return len(taken), left
+
+
+def check_in_process(data: bytes, backend_name: str) -> InterpreterCheck:
+    """Load ``data`` in an interpreter of this process, allocate, run once on zeros."""
+    try:
+        backend = get_backend(backend_name)
+    except MissingDependencyError:
+        return InterpreterCheck(backend_name, "not installed")
+    check = InterpreterCheck(backend_name, "fails", version=backend.version)
+    with capture_output() as cap:
+        try:
+            it = backend.interpreter_cls(model_content=data)
+            it.allocate_tensors()
+            for d in it.get_input_details():
+                it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+            it.invoke()
+            ops = it._get_ops_details()
+        except (ValueError, RuntimeError) as exc:
+            failure = exc
+        else:
+            failure = None
+    if failure is not None:
+        lines = [ln.strip() for ln in (str(failure) + "\n" + cap.text).splitlines() if ln.strip()]
+        specific = [ln for ln in lines if "op" in ln.lower() and ("version" in ln.lower() or "find" in ln.lower())]
+        check.error = ((specific or lines or [type(failure).__name__])[0])[:300]
+        return check
+    check.status = "loads"
+    check.delegated_ops, check.undelegated = _delegated(ops)
+    return check
+
+
+def check_in_venv(tflite_path: Union[str, Path], python_exe: Union[str, Path], timeout: float = 120) -> InterpreterCheck:
+    """Load a model with the tflite-runtime of another Python (e.g. a numpy<2 venv)."""
+    exe = str(python_exe)
+    check = InterpreterCheck("tflite-runtime", "fails", where=exe)
+    if not Path(exe).exists():
+        check.status = "not checked"
+        check.error = f"{exe} does not exist; point {TFLITE_RUNTIME_PYTHON_ENV} at a python with tflite-runtime"
+        return check
+    try:
+        proc = subprocess.run(
+            [exe, "-c", _VENV_SCRIPT, str(Path(tflite_path).resolve())],
+            capture_output=True, text=True, timeout=timeout, check=False,
+        )
+    except subprocess.TimeoutExpired:
+        check.error = f"loading did not finish within {timeout:g} s"
+        return check
+    except OSError as exc:
+        check.status = "not checked"
+        check.error = f"cannot run {exe}: {exc.strerror or exc}"
+        return check
+    marker = [ln for ln in proc.stdout.splitlines() if ln.startswith("EDGERESNET_RESULT ")]
+    if not marker:
+        tail = [ln for ln in (proc.stderr or "").splitlines() if ln.strip()]
+        check.error = (tail[-1] if tail else f"exit status {proc.returncode}")[:300]
+        return check
+    result = json.loads(marker[-1].split(" ", 1)[1])
+    check.status = result["status"]
+    check.version = result.get("version")
+    check.error = result.get("error")
+    if check.status == "fails" and proc.stderr:
+        specific = [ln.strip() for ln in proc.stderr.splitlines() if "op" in ln.lower() and "version" in ln.lower()]
+        if specific:
+            check.error = specific[0][:300]
+    if result.get("ops"):
+        check.delegated_ops, check.undelegated = _delegated(result["ops"])
+    return check
+
+
+def check_tflite_runtime(path: Optional[Union[str, Path]], data: bytes) -> InterpreterCheck:
+    exe = os.environ.get(TFLITE_RUNTIME_PYTHON_ENV)
+    if exe:
+        if path is None:
+            return InterpreterCheck("tflite-runtime", "not checked",
+                                    error="the model was given as bytes; the venv check needs a file")
+        return check_in_venv(path, exe)
+    local = check_in_process(data, "tflite-runtime")
+    if local.status == "not installed":
+        return InterpreterCheck(
+            "tflite-runtime", "not checked",
+            error=f"not installed here (it needs numpy<2); set {TFLITE_RUNTIME_PYTHON_ENV} to a python that has it",
+        )
+    return local
+
+
+# --------------------------------------------------------------------------- verdicts
+
+
+def _cpu_verdict(graph: TFLiteGraph, litert: InterpreterCheck, precision: str) -> Verdict:
+    details = {"interpreter": litert.name, "status": litert.status}
+    if graph.edgetpu_compiled:
+        return Verdict(False, "compiled for the Edge TPU: needs the Edge TPU delegate (libedgetpu), not the CPU", details)
+    if litert.status == "not installed":
+        return Verdict(None, "not checked: ai-edge-litert is not installed (pip install ai-edge-litert)", details)
+    if litert.status != "loads":
+        return Verdict(False, f"does not load in {litert.name} {litert.version}: {litert.error}", details)
+    n = len(graph.ops)
+    details.update(delegated_ops=litert.delegated_ops, undelegated=litert.undelegated)
+    text = f"loads and runs in {litert.name} {litert.version}"
+    if litert.delegated_ops is not None:
+        text += f"; XNNPACK takes {litert.delegated_ops}/{n} ops"
+        if litert.undelegated:
+            left = sorted(set(litert.undelegated))
+            text += f" ({len(litert.undelegated)} on built-in kernels: {', '.join(left)})"
+    if precision == "int16x8":
+        text += "; int16x8 activations are not accelerated by XNNPACK (reference kernels)"
+    return Verdict(True, text, details)
+
+
+def _edgetpu_verdict(graph: TFLiteGraph) -> Verdict:
+    report = analyze_edgetpu(graph)
+    return Verdict(report.ok, report.summary(), report.to_dict())
+
+
+def _gpu_verdict(data: bytes, graph: TFLiteGraph, enabled: bool) -> Verdict:
+    from .gpu_compat import analyze_gpu
+
+    report = analyze_gpu(data, engine="auto" if enabled else "none", graph=graph)
+    return Verdict(report.ok, report.summary(), report.to_dict())
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def _io(t) -> dict:
+    d = t.to_dict()
+    d.pop("index", None)
+    if t.quantized:
+        q = t.quantization
+        d["quantization"] = {"scale": q.scale[0], "zero_point": q.zero_point[0] if q.zero_point else 0}
+    return d
+
+
+def inspect_tflite(model: Union[str, Path, bytes], gpu: bool = True, runtimes: bool = True) -> InspectReport:
+    """Inspect a .tflite path (or bytes). ``gpu=False`` skips the analyzer (screen only);
+    ``runtimes=False`` skips loading the model in interpreters."""
+    if isinstance(model, (bytes, bytearray)):
+        data, path, label = bytes(model), None, "model"
+    else:
+        path = Path(model)
+        data = read_tflite_bytes(path)
+        label = str(path)
+    graph = parse_tflite(data, label)
+    precision = guess_precision(graph)
+    if runtimes and not graph.edgetpu_compiled:
+        litert = check_in_process(data, "ai-edge-litert")
+        tflrt = check_tflite_runtime(path, data)
+    else:
+        reason = "compiled for the Edge TPU: loads only with the Edge TPU delegate" if graph.edgetpu_compiled else "skipped"
+        litert = InterpreterCheck("ai-edge-litert", "not checked", error=reason)
+        tflrt = InterpreterCheck("tflite-runtime", "not checked", error=reason)
+    versions: dict[str, list[int]] = {}
+    for op in graph.ops:
+        versions.setdefault(op.name, [])
+        if op.version not in versions[op.name]:
+            versions[op.name].append(op.version)
+    verdicts = {
+        "cpu": _cpu_verdict(graph, litert, precision) if runtimes else Verdict(None, "not checked (interpreters skipped)"),
+        "edgetpu": _edgetpu_verdict(graph),
+        "gpu": _gpu_verdict(data, graph, gpu),
+    }
+    return InspectReport(
+        path=label,
+        size_bytes=len(data),
+        precision=precision,
+        edgetpu_compiled=graph.edgetpu_compiled,
+        schema_version=graph.schema_version,
+        subgraphs=graph.subgraph_count,
+        ops_total=len(graph.ops),
+        op_histogram=graph.op_histogram(),
+        op_versions={k: sorted(v) for k, v in versions.items()},
+        inputs=[_io(t) for t in graph.input_tensors],
+        outputs=[_io(t) for t in graph.output_tensors],
+        tensor_dtypes=graph.dtype_counts(),
+        float32_tensors=sum(1 for t in graph.tensors if t.dtype == "float32"),
+        constant_bytes=graph.constant_bytes(),
+        verdicts=verdicts,
+        interpreters={"ai-edge-litert": litert, "tflite-runtime": tflrt},
+    )
+
+
+def _mark(ok: Optional[bool]) -> str:
+    return {True: "yes", False: "NO", None: "?"}[ok]
+
+
+def format_inspect(report: InspectReport) -> str:
+    """Human-readable text of an :class:`InspectReport` (what the CLI prints)."""
+    lines = [
+        f"{report.path}",
+        f"  size        {report.size_bytes:,} bytes ({report.constant_bytes:,} in constant buffers)",
+        f"  precision   {report.precision}" + ("  [compiled for the Edge TPU]" if report.edgetpu_compiled else ""),
+        f"  ops         {report.ops_total} in {report.subgraphs} subgraph(s), schema v{report.schema_version}",
+    ]
+    for name, count in report.op_histogram.items():
+        v = report.op_versions.get(name, [])
+        lines.append(f"    {count:4d}  {name}" + (f"  (v{', v'.join(map(str, v))})" if v else ""))
+    for kind, tensors in (("input", report.inputs), ("output", report.outputs)):
+        for t in tensors:
+            q = t.get("quantization")
+            qtext = f"  scale {q['scale']:.6g} zero_point {q['zero_point']}" if q else ""
+            sig = f" (signature {t['shape_signature']})" if "shape_signature" in t else ""
+            lines.append(f"  {kind:<7}     {t['dtype']} {t['shape']}{sig}{qtext}  {t['name']}")
+    dtypes = ", ".join(f"{k} {v}" for k, v in report.tensor_dtypes.items())
+    lines.append(f"  tensors     {dtypes}; float32: {report.float32_tensors}")
+    lines.append("  verdicts")
+    for target, v in report.verdicts.items():
+        lines.append(f"    {target:<8} {_mark(v.ok):<4} {v.summary}")
+    et = report.verdicts["edgetpu"].details
+    if et:
+        lines.append(f"             edgetpu: {et.get('cut', '')}")
+        lines.append(
+            f"             edgetpu: parameters ~{et.get('param_bytes', 0) / 1024:.1f} KiB of the "
+            f"{et.get('cache_bytes', 0) / 2**20:.0f} MiB on-chip cache"
+        )
+        for issue in et.get("issues", []):
+            lines.append(f"             edgetpu {issue['severity']}: {issue['message']}")
+    for note in report.verdicts["gpu"].details.get("notes", []):
+        lines.append(f"             gpu: {note}")
+    lines.append("  interpreters")
+    for name, c in report.interpreters.items():
+        text = c.status + (f" ({c.version})" if c.version else "")
+        if c.error:
+            text += f": {c.error}"
+        if c.where != "this process":
+            text += f"  [{c.where}]"
+        lines.append(f"    {name:<15} {text}")
+    return "\n".join(lines)
