@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+
+
+def _terminal_stderr():
+    try:
+        return os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)
+    except (AttributeError, OSError, ValueError):  # pragma: no cover - no real fd (e.g. pytest capture)
+        return sys.stderr
 
 
 class StageProgress:
     """One status line per stage on stderr: redrawn in place on a terminal, start/end lines otherwise."""
 
     def __init__(self, stream=None, min_interval: float = 0.1):
-        self.stream = stream or sys.stderr
+        # A private copy of the terminal's stderr: the library captures fd 2
+        # while native code runs (conversion), and progress must still show.
+        self.stream = stream or _terminal_stderr()
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.stage = None
         self.started = 0.0

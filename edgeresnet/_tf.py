@@ -27,11 +27,22 @@ def _prepare_env() -> None:
 
 def tf():
     """Return the ``tensorflow`` module, imported with legacy Keras enabled."""
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
     _prepare_env()
-    try:
-        import tensorflow
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise MissingDependencyError(f"TensorFlow is not installed ({exc}); {_HOST_HINT}") from None
+    from ._capture import capture_output
+
+    # TensorFlow's C++ side logs start-up notices (CUDA probing, CPU features,
+    # absl) straight to the terminal; keep them out of the user's output.
+    with capture_output():
+        try:
+            import tensorflow
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            failure = exc
+        else:
+            failure = None
+    if failure is not None:
+        raise MissingDependencyError(f"TensorFlow is not installed ({failure}); {_HOST_HINT}")
     return tensorflow
 
 

@@ -19,13 +19,28 @@ from .tflite_graph import TFLiteGraph, read_graph
 _WEIGHT_DTYPE = {"int8": "int8", "int16x8": "int8", "dynamic": "int8", "fp16": "float16", "fp32": "float32"}
 
 
+# Dynamic-range quantization leaves filters with fewer elements than this in
+# float32 (TFLite's own threshold): quantizing them saves nothing worth the error.
+DYNAMIC_RANGE_MIN_ELEMENTS = 1024
+
+
+def _small_float_ok(spec: ConversionSpec, tensor) -> bool:
+    n = 1
+    for d in tensor.shape:
+        n *= d
+    return spec.precision == "dynamic" and tensor.dtype == "float32" and n < DYNAMIC_RANGE_MIN_ELEMENTS
+
+
 def check_weights(graph: TFLiteGraph, spec: ConversionSpec) -> dict:
     """Conv/FC filters are stored in the precision's type; integer-only models hold no float tensor."""
     expected = _WEIGHT_DTYPE[spec.precision]
     filters = graph.filter_tensors()
     dtypes = Counter(t.dtype for _, t in filters)
-    wrong = [f"#{op.index} {op.name} filter is {t.dtype}" for op, t in filters if t.dtype != expected]
-    problems = list(wrong)
+    problems = [
+        f"#{op.index} {op.name} filter is {t.dtype}"
+        for op, t in filters
+        if t.dtype != expected and not _small_float_ok(spec, t)
+    ]
     if PRECISIONS[spec.precision].integer_only:
         io = set(graph.inputs) | set(graph.outputs)
         floats = [t for t in graph.tensors if t.dtype in ("float32", "float16") and t.index not in io]

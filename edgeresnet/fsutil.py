@@ -18,6 +18,12 @@ from .errors import OutputExistsError
 PathLike = Union[str, Path]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def check_output_free(out: PathLike, overwrite: bool) -> Path:
     """Fail early (before any work) when ``out`` exists and ``overwrite`` is off."""
     out = Path(out)
@@ -43,6 +49,7 @@ class StagedDir:
         self.overwrite = overwrite
         parent = self.out.resolve().parent
         self.path = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.partial-", dir=parent))
+        os.chmod(self.path, 0o777 & ~_umask())  # mkdtemp makes it private; the result is not
         self.committed = False
 
     def __enter__(self) -> "StagedDir":
@@ -74,6 +81,7 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; the result is not
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -26,6 +26,7 @@ from .calibration import (
 )
 from .convert import ConversionSpec, convert
 from .errors import ConfigError, ConversionError, DataError, DriftBudgetExceeded, TFLiteFileError
+from .edgetpu import COMPILER_HINT
 from .fsutil import StagedDir, atomic_write_bytes, check_output_free
 from .report import RunReport, VariantRecord, write_reports
 from .runtime import TFLiteModel
@@ -294,6 +295,8 @@ def run_convert(
             elif over_budget(rec.drift, opts.max_drop):
                 rec.fail("over_budget", f"drop exceeds --max-drop {opts.max_drop}")
             report.add(rec)
+        if any(COMPILER_HINT in v.checks.get("edgetpu", {}).get("notes", ()) for v in report.variants):
+            notify(f"note: {COMPILER_HINT}")  # once per run, not once per model
         report.finish(time.perf_counter() - started)
         write_reports(report, staged.path)
         staged.commit()

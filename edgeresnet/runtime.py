@@ -17,6 +17,7 @@ from typing import Callable, Iterable, Optional, Union
 
 import numpy as np
 
+from ._capture import capture_output
 from .errors import MissingDependencyError, TFLiteFileError
 
 _BACKENDS = (
@@ -189,8 +190,11 @@ class TFLiteModel:
             if resolver is not None:
                 kwargs["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
         try:
-            self.interpreter = self.backend.interpreter_cls(**kwargs)
-            self.interpreter.allocate_tensors()
+            # The interpreter announces its delegates on stderr ("INFO: Created
+            # TensorFlow Lite XNNPACK delegate"); a library keeps quiet.
+            with capture_output():
+                self.interpreter = self.backend.interpreter_cls(**kwargs)
+                self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise TFLiteFileError(

@@ -28,3 +28,89 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def resnet8_h5(shared_data) -> Path:
     return shared_data / "mlperf-tiny-resnet8" / "pretrainedResnet.h5"
+
+
+def write_image_folder(root: Path, classes: int, per_class: int, size=(16, 16), seed: int = 0) -> Path:
+    """A labelled image folder whose classes differ in colour, so a model can tell them apart."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        d = root / f"class{c}"
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            base = np.zeros(size + (3,), np.float32)
+            base[..., c % 3] = 60 + 60 * (c // 3)
+            img = np.clip(base + rng.normal(0, 40, base.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(d / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model_h5(tmp_path_factory) -> Path:
+    """A tiny ResNet (16x16x3 input, 4 classes) fitted for a few steps on colour-coded images."""
+    import numpy as np
+
+    from edgeresnet.calibration import load_images
+    from edgeresnet.models import build_model
+
+    root = tmp_path_factory.mktemp("tiny")
+    data = write_image_folder(root / "train", classes=4, per_class=24, seed=1)
+    ds = load_images(data, (16, 16, 3))
+    model = build_model("resnet8", input_shape=(16, 16, 3), classes=4)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(ds.images.astype(np.float32) / 255.0, ds.labels, epochs=3, batch_size=16, verbose=0)
+    path = root / "tiny.h5"
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("tinydata")
+    return {
+        "calib": write_image_folder(root / "calib", classes=4, per_class=30, seed=2),
+        "eval": write_image_folder(root / "eval", classes=4, per_class=15, seed=3),
+    }
+
+
+@pytest.fixture(scope="session")
+def outlier_model_h5(tmp_path_factory, tiny_data) -> Path:
+    """A model built to quantize badly, with float outputs unchanged.
+
+    A small conv net is fitted on the colour-coded images; then one channel of
+    a 1x1 convolution is scaled up 1000x and the dense weights reading it are
+    scaled down 1000x. ReLU and average pooling are positively homogeneous, so
+    the float model computes exactly the same function, but that one channel's
+    huge range sets the shared int8 scale of the whole activation tensor and
+    crushes every other channel to a few levels.
+    """
+    import numpy as np
+
+    from edgeresnet import _tf
+    from edgeresnet.calibration import load_images
+
+    keras = _tf.tf_keras()
+    keras.utils.set_random_seed(0)
+    ds = load_images(tiny_data["calib"], (16, 16, 3))
+    x = ds.images.astype(np.float32) / 255.0
+    inp = keras.Input((16, 16, 3))
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv_a")(inp)
+    h = keras.layers.Conv2D(8, 1, activation="relu", name="conv_outlier")(h)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    out = keras.layers.Dense(4, activation="softmax", name="classifier")(h)
+    model = keras.Model(inp, out)
+    model.compile(keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy")
+    model.fit(x, ds.labels, epochs=30, batch_size=32, verbose=0)
+    conv, dense = model.get_layer("conv_outlier"), model.get_layer("classifier")
+    k, b = conv.get_weights()
+    k[..., 0] *= 1000.0
+    b[0] *= 1000.0
+    conv.set_weights([k, b])
+    w, c = dense.get_weights()
+    w[0, :] /= 1000.0
+    dense.set_weights([w, c])
+    path = tmp_path_factory.mktemp("outlier") / "outlier.h5"
+    model.save(path)
+    return path

@@ -1,0 +1,111 @@
+"""End-to-end runs of the convert job: convert, run in the interpreter, compare numbers."""
+
+import json
+
+import numpy as np
+import pytest
+
+from edgeresnet.errors import ConfigError, DataError, DriftBudgetExceeded, OutputExistsError
+from edgeresnet.pipeline import ConvertOptions, run_convert
+from edgeresnet.runtime import TFLiteModel
+from edgeresnet.tflite_graph import read_graph
+
+
+def _opts(tiny_model_h5, tiny_data, out, **kw):
+    base = dict(
+        model=str(tiny_model_h5), int8=True, calib=str(tiny_data["calib"]), eval=str(tiny_data["eval"]),
+        preset="unit", out=str(out), calib_samples=100,
+    )
+    base.update(kw)
+    return ConvertOptions(**base)
+
+
+def test_three_targets_end_to_end(tiny_model_h5, tiny_data, tmp_path):
+    out = tmp_path / "out"
+    stages = []
+    report = run_convert(
+        _opts(tiny_model_h5, tiny_data, out, targets=("cpu", "edgetpu", "gpu")),
+        progress=lambda s, d, t: stages.append(s),
+    )
+    data = json.loads((out / "report.json").read_text())
+    assert (out / "report.md").exists()
+    assert [v["target"] for v in data["variants"]] == ["cpu", "edgetpu", "gpu"]
+    assert [v["precision"] for v in data["variants"]] == ["int8", "int8", "fp16"]
+    assert data["calibration"]["count"] == 100 and data["calibration"]["seed"] == 0
+    assert data["evaluation"]["count"] == 60 and data["evaluation"]["labelled"]
+    assert "calibrate cpu/int8" in stages and "evaluate float model" in stages
+    for v in data["variants"]:
+        for key in ("target", "precision", "path", "size_bytes", "top1", "drop_pts", "agreement"):
+            assert v[key] is not None, key
+        assert v["status"] == "ok"
+        model = TFLiteModel(v["path"])
+        assert v["size_bytes"] == model.size_bytes
+    cpu, tpu, gpu = (read_graph(v["path"]) for v in data["variants"])
+    assert {t.dtype for _, t in cpu.filter_tensors()} == {"int8"}
+    assert cpu.input_tensors[0].dtype == "int8" and cpu.output_tensors[0].dtype == "int8"
+    assert tpu.input_tensors[0].dtype == "uint8" and tpu.output_tensors[0].dtype == "uint8"
+    assert "float32" not in tpu.dtype_counts()
+    assert {t.dtype for _, t in gpu.filter_tensors()} == {"float16"}
+    assert report.to_dict()["float"]["top1"] == data["float"]["top1"]
+
+
+def test_numbers_match_an_independent_evaluation(tiny_model_h5, tiny_data, tmp_path):
+    """The reported top-1 is what the written model really scores on the eval images."""
+    from edgeresnet.calibration import get_preset, load_images
+
+    out = tmp_path / "out"
+    run_convert(_opts(tiny_model_h5, tiny_data, out))
+    v = json.loads((out / "report.json").read_text())["variants"][0]
+    ev = load_images(tiny_data["eval"], (16, 16, 3))
+    pred = TFLiteModel(v["path"]).predict(get_preset("unit").apply(ev.images))
+    assert v["top1"] == pytest.approx(100.0 * np.mean(pred.argmax(1) == ev.labels), abs=1e-3)
+
+
+def test_budget_exceeded_still_writes_report(outlier_model_h5, tiny_data, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(DriftBudgetExceeded, match="--max-drop 0.0"):
+        run_convert(_opts(outlier_model_h5, tiny_data, out, max_drop=0.0))
+    data = json.loads((out / "report.json").read_text())
+    v = data["variants"][0]
+    assert data["passed"] is False and v["status"] == "over_budget"
+    assert v["drop_pts"] > 0 and (out / "report.md").exists() and (out / v["name"]).exists()
+
+
+def test_existing_output_is_refused_before_any_work(tiny_model_h5, tiny_data, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    with pytest.raises(OutputExistsError):
+        run_convert(_opts(tiny_model_h5, tiny_data, out))
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_eval_classes_must_match_model_outputs(tiny_model_h5, tiny_data, tmp_path):
+    from tests.conftest import write_image_folder
+
+    wrong = write_image_folder(tmp_path / "wrong", classes=3, per_class=2)
+    with pytest.raises(DataError, match="3 class folders"):
+        run_convert(_opts(tiny_model_h5, tiny_data, tmp_path / "out", eval=str(wrong)))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "kw,err",
+    [
+        ({"calib_samples": 0}, ConfigError),
+        ({"max_drop": -1.0}, ConfigError),
+        ({"targets": ("tpu",)}, ConfigError),
+        ({"targets": ()}, ConfigError),
+        ({"precision": "int4"}, ConfigError),
+    ],
+)
+def test_bad_options_rejected_on_construction(kw, err, tmp_path):
+    with pytest.raises(err):
+        ConvertOptions(out=str(tmp_path / "o"), **kw)
+
+
+def test_int8_without_calibration_is_refused(tiny_model_h5, tmp_path):
+    with pytest.raises(ConfigError, match="--calib"):
+        run_convert(ConvertOptions(model=str(tiny_model_h5), int8=True, out=str(tmp_path / "o")))
+    with pytest.raises(ConfigError, match="--calib"):
+        run_convert(ConvertOptions(model=str(tiny_model_h5), targets=("edgetpu",), out=str(tmp_path / "o")))
