@@ -32,10 +32,6 @@ def cli():
     """
 
 
-def _split_floats(value):
-    return value
-
-
 @cli.command(context_settings=CONTEXT)
 @click.argument("model", required=False)
 @click.option("--int8", "int8", is_flag=True, help="Full-integer int8 (int8 weights and activations, calibrated). Never falls back to dynamic-range.")
@@ -136,6 +132,30 @@ def inspect(model, as_json, strict, no_gpu):
         bad = [name for name, v in report.verdicts.items() if name != "cpu" and v.ok is False]
         if bad:
             _fail(f"{model}: not compatible with {', '.join(bad)} (--strict)", 4)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("model", type=click.Path())
+@click.option("--threads", type=int, metavar="N", help="Interpreter threads (default: the interpreter's own choice).")
+@click.option("--warmup", type=int, default=10, show_default=True, metavar="N", help="Untimed runs before timing.")
+@click.option("--repeats", type=int, default=50, show_default=True, metavar="N", help="Timed runs; median, p90, mean and min are reported.")
+@click.option("--interpreter", metavar="NAME", help="Force an interpreter: ai-edge-litert, tflite-runtime or tf.lite (default: the first installed, or EDGERESNET_INTERPRETER).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (with every timed run in times_ms).")
+def bench(model, threads, warmup, repeats, interpreter, as_json):
+    """Time a .tflite model's invoke() on this machine (random input; needs no TensorFlow).
+
+    Works on a device that has only ai-edge-litert or tflite-runtime installed.
+    """
+    from ._progress import StageProgress
+    from .bench import BenchConfig, benchmark, format_bench
+
+    config = BenchConfig(warmup=warmup, repeats=repeats, threads=threads)
+    progress = StageProgress()
+    try:
+        result = benchmark(model, config, backend=interpreter, progress=lambda d, t: progress("benchmark", d, t))
+    finally:
+        progress.close()
+    click.echo(json.dumps(result.to_dict(include_times=True), indent=2) if as_json else format_bench(result))
 
 
 def main(argv=None):

@@ -17,6 +17,7 @@ import numpy as np
 
 from . import _tf
 from ._capture import capture_output, last_error_line
+from .calibration import representative_dataset
 from .errors import ConfigError, ConversionError
 from .targets import PRECISIONS
 
@@ -52,20 +53,6 @@ class ConversionResult:
     model: bytes
     seconds: float
     log: str
-
-
-def representative_dataset(samples: np.ndarray, progress: Optional[ProgressFn] = None):
-    """A ``representative_dataset`` callable yielding one float32 sample at a time."""
-    data = np.asarray(samples, dtype=np.float32)
-
-    def gen():
-        n = len(data)
-        for i in range(n):
-            yield [data[i : i + 1]]
-            if progress is not None:
-                progress(i + 1, n)
-
-    return gen
 
 
 def _configure(converter, spec: ConversionSpec, calibration: Optional[np.ndarray], progress):

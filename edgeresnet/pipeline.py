@@ -18,7 +18,6 @@ import numpy as np
 from . import checks as checks_mod
 from .calibration import (
     DEFAULT_SAMPLES,
-    MIN_RECOMMENDED_SAMPLES,
     ImageSet,
     calibration_record,
     get_preset,
@@ -193,6 +192,7 @@ def run_convert(
     preset_name = opts.preset or (reference_meta or {}).get("preset") or "raw"
     preset = get_preset(preset_name)
     data = _Data()
+    calib_record = None
 
     # Calibration data.
     if needs_calib or opts.calib is not None:
@@ -206,11 +206,9 @@ def run_convert(
                 opts.calib, loaded.input_shape, samples=opts.calib_samples, seed=opts.seed,
                 resize=opts.resize, progress=_stage(progress, "load calibration images"),
             )
-        if len(data.calib) < MIN_RECOMMENDED_SAMPLES:
-            notify(
-                f"warning: only {len(data.calib)} calibration images; at least "
-                f"{MIN_RECOMMENDED_SAMPLES} are recommended for stable int8 ranges"
-            )
+        calib_record = calibration_record(data.calib, preset_name, opts.seed, opts.resize)
+        for w in calib_record.warnings:  # e.g. fewer than MIN_RECOMMENDED_SAMPLES images
+            notify(f"warning: {w}")
         data.calib_float = preset.apply(data.calib.images)
 
     data.eval, eval_origin = _eval_set(opts, loaded, reference_meta, data.calib, progress)
@@ -243,11 +241,7 @@ def run_convert(
         source=opts.model or "built-in reference (digits-resnet8)",
         preset=preset_name,
         folded=opts.fold_preprocessing,
-        calibration=(
-            calibration_record(data.calib, preset_name, opts.seed, opts.resize).to_dict()
-            if data.calib is not None
-            else None
-        ),
+        calibration=calib_record.to_dict() if data.calib is not None else None,
         evaluation={
             "source": data.eval.source,
             "origin": eval_origin,

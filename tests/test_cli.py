@@ -1,0 +1,133 @@
+"""The command line: help everywhere, fast start, one-line errors with no traceback."""
+
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeresnet.cli import cli, main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(args, capsys):
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_every_command_has_help_and_is_in_the_readme():
+    readme = (REPO / "README.md").read_text()
+    assert cli.commands, "no commands registered"
+    for name, cmd in cli.commands.items():
+        assert cmd.help and len(cmd.help.strip()) > 20, name
+        assert f"edgeresnet {name}" in readme, f"README does not show `edgeresnet {name}`"
+        for param in cmd.params:
+            if param.param_type_name == "option":
+                assert param.help, f"{name} {param.opts} has no help text"
+                assert param.opts[0] in readme, f"README does not mention {name} {param.opts[0]}"
+
+
+def test_help_is_fast_and_does_not_import_tensorflow():
+    code = "import sys, edgeresnet.cli; print('tensorflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    start = time.perf_counter()
+    res = subprocess.run([sys.executable, "-m", "edgeresnet.cli", "--help"], capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    assert res.returncode == 0 and "convert" in res.stdout
+    assert elapsed < 2.0, f"--help took {elapsed:.2f}s"
+
+
+def _bad_cases(tmp: Path, calib: Path, model: Path):
+    (tmp / "empty").mkdir()
+    (tmp / "noimages").mkdir()
+    (tmp / "noimages" / "notes.txt").write_text("hello")
+    (tmp / "text.keras").write_text("this is not a model")
+    (tmp / "corrupt.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(range(256)) * 4)
+    (tmp / "list.txt").write_text("a.jpg\n")
+    np.save(tmp / "wrong.npy", np.zeros((5, 8, 8, 3), np.uint8))
+    (tmp / "taken").mkdir()
+    (tmp / "taken" / "report.json").write_text("{}")
+    common = ["--int8", "--calib", calib]
+    return {
+        "missing model": ([tmp / "nope.h5", *common], "nope.h5"),
+        "corrupt model": ([tmp / "corrupt.h5", *common], "corrupt.h5"),
+        "text named .keras": ([tmp / "text.keras", *common], "text.keras"),
+        "empty calib folder": ([model, "--int8", "--calib", tmp / "empty"], "empty"),
+        "folder without images": ([model, "--int8", "--calib", tmp / "noimages"], ".txt"),
+        "file where folder expected": ([model, "--int8", "--calib", tmp / "list.txt"], "list.txt"),
+        "wrong image shape": ([model, "--int8", "--calib", tmp / "wrong.npy"], "shape"),
+        "unknown target": ([model, *common, "--target", "tpu"], "edgetpu"),
+        "zero samples": ([model, *common, "--calib-samples", "0"], "--calib-samples"),
+        "negative max drop": ([model, *common, "--max-drop", "-1"], "--max-drop"),
+        "existing output": ([model, *common, "--out", tmp / "taken"], "--overwrite"),
+        "bad io": ([model, *common, "--io", "int4"], "--io"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing model", "corrupt model", "text named .keras", "empty calib folder", "folder without images",
+        "file where folder expected", "wrong image shape", "unknown target", "zero samples",
+        "negative max drop", "existing output", "bad io",
+    ],
+)
+def test_bad_input_gets_one_line_error(case, tmp_path, tiny_model_h5, tiny_data, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args, needle = _bad_cases(tmp_path, tiny_data["calib"], tiny_model_h5)[case]
+    code, out, err = run_cli(["convert", *args], capsys)
+    assert code not in (0, None), f"{case}: exit code {code}"
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, f"{case}: expected one line, got {err!r}"
+    assert lines[0].startswith("error: ") and "Traceback" not in err
+    assert needle in lines[0], f"{case}: {lines[0]!r} does not mention {needle!r}"
+    assert not list(tmp_path.rglob("*.tflite")), f"{case}: a .tflite was left behind"
+    assert not (tmp_path / "edgeresnet-out").exists()
+
+
+def test_convert_writes_models_and_prints_a_table(tmp_path, tiny_model_h5, tiny_data, capsys):
+    out = tmp_path / "out"
+    args = ["convert", tiny_model_h5, "--int8", "--calib", tiny_data["calib"], "--eval", tiny_data["eval"],
+            "--preset", "unit", "--out", out]
+    code, stdout, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert re.search(r"\| tiny_cpu_int8\.tflite \| cpu \| int8 \| int8 \|", stdout)
+    assert (out / "tiny_cpu_int8.tflite").exists() and (out / "report.json").exists()
+    # A second run into the same folder needs --overwrite, and then works.
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and "--overwrite" in err
+    code, _, err = run_cli(args + ["--overwrite"], capsys)
+    assert code == 0, err
+
+
+def test_max_drop_exit_code_and_report(tmp_path, outlier_model_h5, tiny_data, capsys):
+    out = tmp_path / "out"
+    args = ["convert", outlier_model_h5, "--int8", "--calib", tiny_data["calib"], "--eval", tiny_data["eval"],
+            "--preset", "unit", "--out", out, "--max-drop", "0"]
+    code, stdout, err = run_cli(args, capsys)
+    assert code == 3
+    assert "exceeds --max-drop" in err and (out / "report.json").exists()
+
+
+def test_models_command_lists_architectures(capsys):
+    code, out, _ = run_cli(["models"], capsys)
+    assert code == 0
+    assert re.search(r"resnet50\s+imagenet\s+224x224x3\s+1000\s+25,636,712", out)
+    assert "resnet20" in out and "resnet152" in out
+
+
+def test_inspect_rejects_non_tflite(tmp_path, capsys):
+    f = tmp_path / "m.tflite"
+    f.write_bytes(b"not a model at all")
+    code, _, err = run_cli(["inspect", f], capsys)
+    assert code == 2 and err.startswith("error: ") and "TFLite" in err and err.count("\n") == 1
