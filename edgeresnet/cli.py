@@ -32,57 +32,157 @@ def cli():
     """
 
 
+def _data_options(f):
+    """Options shared by `convert` and `report`: targets, data, preprocessing, budget, output."""
+    options = [
+        click.option("--target", "targets", multiple=True, metavar="NAME", help="Deployment target: cpu (XNNPACK), edgetpu (Coral) or gpu (mobile GPU, float16). Repeat for several."),
+        click.option("--io", "io_type", metavar="TYPE", help="Input/output type of full-integer models: int8 (cpu default), uint8 (edgetpu default) or float32."),
+        click.option("--calib", type=click.Path(), help="Calibration data: an image folder (flat or one sub-folder per class), or a .npy/.npz array."),
+        click.option("--calib-samples", type=int, default=300, show_default=True, help="How many calibration images to use (seeded, class-balanced when labelled)."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed for sampling images."),
+        click.option("--preset", metavar="NAME", help="Preprocessing the model was trained with: raw (0..255), unit ([0,1]), symmetric ([-1,1]), caffe, torch. Default: raw (the reference model knows its own)."),
+        click.option("--resize", type=click.Choice(["crop", "stretch"]), default="crop", show_default=True, help="How images of another size are fitted: crop = shorter side to size then centre crop; stretch = straight resize."),
+        click.option("--fold-preprocessing", is_flag=True, help="Put the preset inside the model so the deployed model takes raw 0..255 pixels."),
+        click.option("--eval", "eval_path", type=click.Path(), help="Evaluation images: labelled (class sub-folders) gives top-1/top-5; otherwise agreement with the float model."),
+        click.option("--eval-samples", type=int, help="Evaluate on at most this many images (default: all)."),
+        click.option("--max-drop", type=float, metavar="PTS", help="Fail (exit 3, report still written) when a model loses more than PTS top-1 points against the float model."),
+        click.option("--out", type=click.Path(), help="Output folder (convert: edgeresnet-out; report: edgeresnet-report)."),
+        click.option("--overwrite", is_flag=True, help="Replace an existing output folder."),
+        click.option("--train", type=click.Path(), help="Labelled images (one sub-folder per class) to fine-tune a pruned model on; without it pruning is one-shot."),
+        click.option("--epochs", type=int, help="Fine-tuning epochs for pruning with --train (default 3)."),
+        click.option("--batch-size", type=int, help="Fine-tuning batch size (default 64)."),
+        click.option("--learning-rate", type=float, help="Fine-tuning learning rate (default 3e-4, Adam)."),
+        click.option("--prune-schedule", type=click.Choice(["polynomial", "constant"]), help="Sparsity schedule while fine-tuning (default polynomial decay)."),
+        click.option("--prune-structure", metavar="S", help="unstructured (default), block (1x4 blocks) or 2:4 (two of every four weights; sparsity must be 0.5)."),
+        click.option("--prune-policy", metavar="P", help="xnnpack: prune only what XNNPACK's sparse kernels run (1x1 convolutions, at least 2/3 sparse); refused for models where it would not make them faster."),
+        click.option("--stem-sparsity", type=float, help="Sparsity of the first convolution (default 0: left dense, it is small and sensitive)."),
+        click.option("--classifier-sparsity", type=float, help="Sparsity of the last Dense layer (default 0: left dense)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+_PRUNE_KEYS = {
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "learning_rate": "learning_rate",
+    "prune_schedule": "schedule",
+    "prune_structure": "structure",
+    "prune_policy": "policy",
+    "stem_sparsity": "stem_sparsity",
+    "classifier_sparsity": "classifier_sparsity",
+}
+
+
+def _prune_config(sparsity, kw, flag):
+    """A PruneConfig from the pruning options, or None; pruning options without pruning are an error."""
+    given = {cfg: kw[opt] for opt, cfg in _PRUNE_KEYS.items() if kw.get(opt) is not None}
+    if sparsity is None:
+        if given:
+            names = ", ".join("--" + k.replace("_", "-") for k, v in _PRUNE_KEYS.items() if kw.get(k) is not None)
+            raise click.UsageError(f"{names} only apply to pruning; add {flag}")
+        return None
+    from .prune import PruneConfig
+
+    if kw.get("train") is not None and given.get("epochs") == 0:
+        raise click.UsageError("--epochs 0 with --train would not fine-tune at all; use --epochs 1 or more, or drop --train")
+    if given.get("structure") == "block":
+        given["block_size"] = (1, 4)
+    return PruneConfig(sparsity=sparsity, seed=kw["seed"], **given)
+
+
+def _options(model, kw, default_out, **extra):
+    from .pipeline import ConvertOptions
+
+    default_targets = extra.pop("default_targets")
+    return ConvertOptions(
+        model=model,
+        targets=tuple(kw["targets"]) or default_targets,
+        io_type=kw["io_type"],
+        calib=kw["calib"],
+        calib_samples=kw["calib_samples"],
+        seed=kw["seed"],
+        preset=kw["preset"],
+        resize=kw["resize"],
+        fold_preprocessing=kw["fold_preprocessing"],
+        eval=kw["eval_path"],
+        eval_samples=kw["eval_samples"],
+        max_drop=kw["max_drop"],
+        out=kw["out"] or default_out,
+        overwrite=kw["overwrite"],
+        train=kw["train"],
+        **extra,
+    )
+
+
+def _run_with_progress(fn, *args, **kwargs):
+    from ._progress import StageProgress
+
+    progress = StageProgress()
+    try:
+        return fn(*args, progress=progress, notify=lambda m: (progress.close(), click.echo(m, err=True)), **kwargs)
+    finally:
+        progress.close()
+
+
 @cli.command(context_settings=CONTEXT)
 @click.argument("model", required=False)
 @click.option("--int8", "int8", is_flag=True, help="Full-integer int8 (int8 weights and activations, calibrated). Never falls back to dynamic-range.")
-@click.option("--target", "targets", multiple=True, metavar="NAME", help="Deployment target: cpu (XNNPACK), edgetpu (Coral) or gpu (mobile GPU, float16). Repeat for several. Default: cpu.")
-@click.option("--precision", metavar="P", help="CPU precision instead of --int8: fp32, dynamic (int8 weights only), int8, or int16x8 (16-bit activations; XNNPACK does not accelerate it).")
-@click.option("--io", "io_type", metavar="TYPE", help="Input/output type of full-integer models: int8 (cpu default), uint8 (edgetpu default) or float32.")
-@click.option("--calib", type=click.Path(), help="Calibration data: an image folder (flat or one sub-folder per class), or a .npy/.npz array.")
-@click.option("--calib-samples", type=int, default=300, show_default=True, help="How many calibration images to use (seeded, class-balanced when labelled).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for sampling images.")
-@click.option("--preset", metavar="NAME", help="Preprocessing the model was trained with: raw (0..255), unit ([0,1]), symmetric ([-1,1]), caffe, torch. Default: raw (the reference model knows its own).")
-@click.option("--resize", type=click.Choice(["crop", "stretch"]), default="crop", show_default=True, help="How images of another size are fitted: crop = shorter side to size then centre crop; stretch = straight resize.")
-@click.option("--fold-preprocessing", is_flag=True, help="Put the preset inside the model so the deployed model takes raw 0..255 pixels.")
-@click.option("--eval", "eval_path", type=click.Path(), help="Evaluation images: labelled (class sub-folders) gives top-1/top-5; otherwise agreement with the float model.")
-@click.option("--eval-samples", type=int, help="Evaluate on at most this many images (default: all).")
-@click.option("--max-drop", type=float, metavar="PTS", help="Fail (exit 3, report still written) when a model loses more than PTS top-1 points against the float model.")
-@click.option("--out", default="edgeresnet-out", show_default=True, type=click.Path(), help="Output folder for the .tflite files, report.json and report.md.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
-def convert(model, int8, targets, precision, io_type, calib, calib_samples, seed, preset, resize, fold_preprocessing, eval_path, eval_samples, max_drop, out, overwrite):
+@click.option("--precision", metavar="P", help="Precision instead of --int8: fp32, dynamic (int8 weights only), int8, or int16x8 (16-bit activations; XNNPACK does not accelerate it).")
+@click.option("--prune", "prune", type=float, metavar="SPARSITY", help="Magnitude-prune to this sparsity (0 < s < 1) before quantizing; fine-tunes when --train is given.")
+@_data_options
+def convert(model, int8, precision, prune, **kw):
     """Convert MODEL (.h5, .keras or SavedModel folder) to TFLite, verify drift, write a report.
 
     Without MODEL, converts the built-in reference ResNet-8 (trained on
     scikit-learn's digits) and verifies it on built-in held-out digits.
     """
-    from ._progress import StageProgress
-    from .pipeline import ConvertOptions, run_convert
-    from .report import variants_table
+    from .pipeline import DEFAULT_OUT, run_convert
 
-    opts = ConvertOptions(
-        model=model,
-        targets=tuple(targets) or ("cpu",),
-        int8=int8,
-        precision=precision,
-        io_type=io_type,
-        calib=calib,
-        calib_samples=calib_samples,
-        seed=seed,
-        preset=preset,
-        resize=resize,
-        fold_preprocessing=fold_preprocessing,
-        eval=eval_path,
-        eval_samples=eval_samples,
-        max_drop=max_drop,
-        out=out,
-        overwrite=overwrite,
+    opts = _options(
+        model, kw, DEFAULT_OUT, default_targets=("cpu",), int8=int8, precision=precision,
+        prune=_prune_config(prune, kw, "--prune SPARSITY"),
     )
-    progress = StageProgress()
+    report = _run_with_progress(run_convert, opts)
+    _print_summary(report.to_dict(), opts.out)
+
+
+def _floats(text):
     try:
-        report = run_convert(opts, progress=progress, notify=lambda m: click.echo(m, err=True))
-    finally:
-        progress.close()
-    _print_summary(report.to_dict(), out)
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise click.UsageError(f"--sparsity takes comma-separated numbers such as 0.5,0.75, got {text!r}") from None
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("model", required=False)
+@click.option("--sparsity", "sparsity", default="", metavar="S1,S2", help="Also build pruned + int8 variants at these sparsities, e.g. 0.5,0.75 (fine-tuned when --train is given).")
+@click.option("--latency/--no-latency", default=True, show_default=True, help="Time every variant on this machine (ai-edge-litert).")
+@click.option("--bench-repeats", type=int, default=30, show_default=True, help="Timed runs per variant for the latency figures.")
+@_data_options
+def report(model, sparsity, latency, bench_repeats, **kw):
+    """Build every sensible variant of MODEL, measure each, and write a report to look at.
+
+    Variants: each precision every target takes (cpu: int8, fp32, dynamic,
+    int16x8; edgetpu: int8; gpu: fp16, fp32) plus pruned int8 models at
+    --sparsity. Writes report.json, report.md, report.csv, report.html and
+    accuracy_vs_size.png (with the Pareto front).
+    """
+    from .bench import BenchConfig
+    from .pipeline import run_report
+
+    sparsities = _floats(sparsity)
+    prune = _prune_config(sparsities[0] if sparsities else None, kw, "--sparsity S1,S2")
+    opts = _options(model, kw, "edgeresnet-report", default_targets=("cpu", "edgetpu", "gpu"), prune=None)
+    bench_config = BenchConfig(warmup=5, repeats=bench_repeats) if latency else None
+    if prune is not None:
+        from dataclasses import replace
+
+        opts = replace(opts, prune_template=prune)
+    data = _run_with_progress(run_report, opts, sparsities=sparsities, bench_config=bench_config).to_dict()
+    _print_summary(data, opts.out)
+    click.echo(f"open {opts.out}/report.html (plot: {opts.out}/accuracy_vs_size.png)")
 
 
 def _print_summary(data: dict, out: str) -> None:

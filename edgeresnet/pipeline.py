@@ -59,8 +59,9 @@ class ConvertOptions:
     max_drop: Optional[float] = None
     out: str = DEFAULT_OUT
     overwrite: bool = False
-    prune: Optional[object] = None  # a prune.PruneConfig
+    prune: Optional[object] = None  # a prune.PruneConfig: prune the model before converting
     train: Optional[str] = None
+    prune_template: Optional[object] = None  # PruneConfig settings for a report's --sparsity sweep
 
     def __post_init__(self):
         if not self.targets:
@@ -81,8 +82,8 @@ class ConvertOptions:
             )
         if self.resize not in ("crop", "stretch"):
             raise ConfigError(f"--resize must be crop or stretch, got {self.resize!r}")
-        if self.train is not None and self.prune is None:
-            raise ConfigError("--train is used for pruning fine-tuning; add --prune SPARSITY")
+        if self.train is not None and self.prune is None and self.prune_template is None:
+            raise ConfigError("--train is used for pruning fine-tuning; add --prune SPARSITY (or --sparsity for report)")
 
     def variant_plan(self) -> list[tuple[Target, ConversionSpec]]:
         """One (target, spec) per requested target."""
@@ -164,6 +165,35 @@ def _file_name(model_name: str, target: Target, spec: ConversionSpec) -> str:
     return f"{model_name}_{target.name}_{spec.precision}{io}.tflite"
 
 
+@dataclass(frozen=True)
+class PlannedVariant:
+    """One model to emit: a target, a precision/io spec, and which model (pruned or not)."""
+
+    target: Target
+    spec: ConversionSpec
+    sparsity: Optional[float] = None  # None: the model as given (pruned by --prune if set)
+
+
+def _plan(opts: ConvertOptions) -> list[PlannedVariant]:
+    return [PlannedVariant(t, s) for t, s in opts.variant_plan()]
+
+
+def sweep_plan(opts: ConvertOptions, sparsities: tuple = ()) -> list[PlannedVariant]:
+    """Every precision each target takes, plus a pruned int8 model per sparsity and int8 target."""
+    plan = []
+    for name in opts.targets:
+        target = get_target(name)
+        for precision in target.precisions:
+            io = target.io_type_for(precision, opts.io_type if PRECISIONS[precision].integer_only else None)
+            plan.append(PlannedVariant(target, ConversionSpec(precision, io)))
+    for s in sparsities:
+        for name in opts.targets:
+            target = get_target(name)
+            if "int8" in target.precisions:
+                plan.append(PlannedVariant(target, ConversionSpec("int8", target.io_type_for("int8", opts.io_type)), s))
+    return plan
+
+
 def run_convert(
     opts: ConvertOptions,
     progress: Optional[ProgressFn] = None,
@@ -174,16 +204,44 @@ def run_convert(
     Raises :class:`DriftBudgetExceeded` *after* writing everything when a
     model's drop exceeds ``opts.max_drop``.
     """
+    return _run(opts, _plan(opts), progress=progress, notify=notify)
+
+
+def run_report(
+    opts: ConvertOptions,
+    sparsities: tuple = (),
+    bench_config=None,
+    progress: Optional[ProgressFn] = None,
+    notify: Optional[NotifyFn] = None,
+) -> RunReport:
+    """Sweep every sensible variant of one model, measure each, and write all report formats.
+
+    Besides report.json and report.md this writes report.csv, report.html and
+    accuracy_vs_size.png. ``bench_config`` (a ``bench.BenchConfig``) times each
+    model on this machine; ``None`` skips latency.
+    """
+    from .prune import PruneConfig
+
+    for s in sparsities:
+        PruneConfig(sparsity=s)  # validates the range before any work
+    return _run(
+        opts, sweep_plan(opts, tuple(sparsities)), progress=progress, notify=notify,
+        bench_config=bench_config, all_formats=True,
+    )
+
+
+def _run(opts, plan, progress=None, notify=None, bench_config=None, all_formats=False) -> RunReport:
     notify = notify or (lambda msg: None)
     started = time.perf_counter()
-    plan = opts.variant_plan()
     check_output_free(opts.out, opts.overwrite)
     for p in (opts.calib, opts.eval, opts.train):
         if p is not None and not Path(p).exists():
             raise DataError(f"{p}: no such file or folder; pass an image folder or a .npy/.npz file")
-    needs_calib = any(t.needs_calibration(s.precision) for t, s in plan)
+    needs_calib = any(v.target.needs_calibration(v.spec.precision) for v in plan)
     if needs_calib and opts.calib is None and opts.model is not None:
-        names = ", ".join(f"{t.name}/{s.precision}" for t, s in plan if t.needs_calibration(s.precision))
+        names = ", ".join(
+            sorted({f"{v.target.name}/{v.spec.precision}" for v in plan if v.target.needs_calibration(v.spec.precision)})
+        )
         raise ConfigError(
             f"{names} needs calibration data; pass --calib with a folder of images like the ones the model will see"
         )
@@ -215,84 +273,81 @@ def run_convert(
     _check_classes(data.eval, loaded.num_classes, "--eval" if opts.eval else "the evaluation data")
     data.eval_float = preset.apply(data.eval.images)
 
-    model_for_conversion = loaded
-    prune_info = None
-    if opts.prune is not None:
-        model_for_conversion, prune_info = _prune(opts, loaded, preset, progress, notify)
-
     if opts.fold_preprocessing:
-        from .calibration import fold_preprocessing
-        from .models.loading import LoadedModel
-
         loaded.require_tf_keras("--fold-preprocessing")
-        folded = fold_preprocessing(model_for_conversion.model, preset)
-        model_for_conversion = LoadedModel.from_keras(folded, loaded.name)
         conv_calib = None if data.calib is None else data.calib.images.astype(np.float32)
         conv_eval = data.eval.images.astype(np.float32)
     else:
         conv_calib, conv_eval = data.calib_float, data.eval_float
 
+    # The models to convert: the one given (pruned by --prune if asked), and
+    # one pruned model per sweep sparsity. Built lazily, once each.
+    models: dict = {}
+    prune_info = None
+    train_cache: list = []  # the --train images, loaded once for every pruned model
+
+    def model_for(sparsity):
+        nonlocal prune_info
+        if sparsity not in models:
+            config = opts.prune
+            if sparsity is not None:
+                from dataclasses import replace
+
+                from .prune import PruneConfig
+
+                template = opts.prune_template or opts.prune
+                config = replace(template, sparsity=sparsity) if template else PruneConfig(sparsity=sparsity)
+            model, info = loaded, None
+            if config is not None:
+                if not train_cache:
+                    train_cache.append(_load_train(opts, loaded, preset, progress))
+                model, info = _prune(config, loaded, train_cache[0], progress, notify)
+            if opts.fold_preprocessing:
+                from .calibration import fold_preprocessing
+                from .models.loading import LoadedModel
+
+                model = LoadedModel.from_keras(fold_preprocessing(model.model, preset), model.name)
+            models[sparsity] = (model, info)
+            if sparsity is None:
+                prune_info = info
+        return models[sparsity]
+
+    model_for(None)
     float_out = loaded.predict(data.eval_float, progress=_stage(progress, "evaluate float model"))
     labels = data.eval.labels if data.eval.labelled else None
-    base = baseline(float_out, labels)
 
     report = RunReport.start(
         model=loaded,
         source=opts.model or "built-in reference (digits-resnet8)",
         preset=preset_name,
         folded=opts.fold_preprocessing,
-        calibration=calib_record.to_dict() if data.calib is not None else None,
+        calibration=calib_record.to_dict() if calib_record is not None else None,
         evaluation={
             "source": data.eval.source,
             "origin": eval_origin,
             "count": len(data.eval),
             "labelled": labels is not None,
         },
-        baseline=base,
+        baseline=baseline(float_out, labels),
         max_drop=opts.max_drop,
         prune=prune_info,
     )
-
+    emit = _Emitter(opts, float_out, labels, conv_calib, conv_eval, progress, notify, bench_config)
     with StagedDir(opts.out, opts.overwrite) as staged:
-        for target, spec in plan:
-            name = _file_name(model_for_conversion.name, target, spec)
-            rec = VariantRecord(name=name, target=target.name, precision=spec.precision, io_type=spec.io_type)
-            try:
-                result = convert(
-                    model_for_conversion.tflite_converter,
-                    spec,
-                    conv_calib if spec.needs_calibration else None,
-                    progress=_stage(progress, f"calibrate {target.name}/{spec.precision}"),
-                )
-            except ConversionError as exc:
-                rec.fail("convert_failed", str(exc))
-                report.add(rec)
-                notify(f"{target.name}/{spec.precision}: conversion failed: {exc}")
-                continue
-            rec.convert_seconds = round(result.seconds, 3)
-            try:
-                tfl = TFLiteModel(result.model)
-                out = tfl.predict(conv_eval, progress=_stage(progress, f"evaluate {name}"))
-            except TFLiteFileError as exc:
-                rec.fail("validation_failed", f"emitted model does not run: {exc}")
-                report.add(rec)
-                continue
-            rec.interpreter = f"{tfl.backend.name} {tfl.backend.version}"
-            rec.set_drift(drift(float_out, out, labels))
-            path = staged.path / name
-            atomic_write_bytes(path, result.model)
-            rec.set_file(path, opts.out)
-            rec.checks = checks_mod.run_checks(target, spec, result.model, path)
-            failed = [k for k, v in rec.checks.items() if v.get("ok") is False and v.get("blocking", True)]
-            if failed:
-                rec.fail("validation_failed", "failed checks: " + ", ".join(failed))
-            elif over_budget(rec.drift, opts.max_drop):
-                rec.fail("over_budget", f"drop exceeds --max-drop {opts.max_drop}")
+        for planned in plan:
+            model, info = model_for(planned.sparsity)
+            rec = emit(model, planned, staged.path)
+            if planned.sparsity is not None and info is not None:
+                rec.extra["prune"] = {k: v for k, v in info.items() if k != "layers"}
             report.add(rec)
         if any(COMPILER_HINT in v.checks.get("edgetpu", {}).get("notes", ()) for v in report.variants):
             notify(f"note: {COMPILER_HINT}")  # once per run, not once per model
         report.finish(time.perf_counter() - started)
-        write_reports(report, staged.path)
+        data_dict = write_reports(report, staged.path)
+        if all_formats:
+            from .report_formats import write_all
+
+            write_all(data_dict, staged.path)
         staged.commit()
 
     bad = [v for v in report.variants if v.status == "over_budget"]
@@ -310,27 +365,95 @@ def run_convert(
     return report
 
 
+class _Emitter:
+    """Converts, runs, measures and checks one planned variant; caches identical conversions."""
+
+    def __init__(self, opts, float_out, labels, conv_calib, conv_eval, progress, notify, bench_config):
+        self.opts, self.float_out, self.labels = opts, float_out, labels
+        self.conv_calib, self.conv_eval = conv_calib, conv_eval
+        self.progress, self.notify, self.bench_config = progress, notify, bench_config
+        self.cache: dict = {}
+
+    def __call__(self, model, planned: PlannedVariant, folder: Path) -> VariantRecord:
+        target, spec = planned.target, planned.spec
+        name = _file_name(model.name, target, spec)
+        rec = VariantRecord(name=name, target=target.name, precision=spec.precision, io_type=spec.io_type)
+        key = (planned.sparsity, spec)
+        try:
+            if key not in self.cache:
+                self.cache[key] = convert(
+                    model.tflite_converter,
+                    spec,
+                    self.conv_calib if spec.needs_calibration else None,
+                    progress=_stage(self.progress, f"calibrate {name}"),
+                )
+            result = self.cache[key]
+        except ConversionError as exc:
+            rec.fail("convert_failed", str(exc))
+            self.notify(f"{name}: conversion failed: {exc}")
+            return rec
+        rec.convert_seconds = round(result.seconds, 3)
+        try:
+            tfl = TFLiteModel(result.model)
+            out = tfl.predict(self.conv_eval, progress=_stage(self.progress, f"evaluate {name}"))
+        except TFLiteFileError as exc:
+            rec.fail("validation_failed", f"emitted model does not run: {exc}")
+            return rec
+        rec.interpreter = f"{tfl.backend.name} {tfl.backend.version}"
+        rec.set_drift(drift(self.float_out, out, self.labels))
+        path = folder / name
+        atomic_write_bytes(path, result.model)
+        rec.set_file(path, self.opts.out)
+        rec.checks = checks_mod.run_checks(target, spec, result.model, path)
+        rec.extra["weight_sparsity"] = _zero_fraction(result.model)
+        if self.bench_config is not None:
+            from .bench import benchmark
+
+            rec.extra["latency"] = benchmark(
+                result.model, self.bench_config, progress=_stage(self.progress, f"benchmark {name}")
+            ).to_dict()
+        failed = [k for k, v in rec.checks.items() if v.get("ok") is False and v.get("blocking", True)]
+        if failed:
+            rec.fail("validation_failed", "failed checks: " + ", ".join(failed))
+        elif over_budget(rec.drift, self.opts.max_drop):
+            rec.fail("over_budget", f"drop exceeds --max-drop {self.opts.max_drop}")
+        return rec
+
+
+def _zero_fraction(model: bytes) -> float:
+    """Share of conv/fc weights stored as zero in the emitted model."""
+    from .sparsity import tflite_weight_sparsity
+
+    return round(float(tflite_weight_sparsity(model)["fraction"]), 4)
+
+
 def _seeded_pick(n: int, k: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return np.sort(rng.permutation(n)[: min(k, n)])
 
 
-def _prune(opts, loaded, preset, progress, notify):
-    """Prune (and fine-tune when --train is given); returns (LoadedModel, report dict)."""
+def _load_train(opts, loaded, preset, progress):
+    """The --train images as (preprocessed float32, labels), or None without --train."""
+    if opts.train is None:
+        return None
+    images = load_images(
+        opts.train, loaded.input_shape, samples=None, seed=opts.seed, resize=opts.resize,
+        progress=_stage(progress, "load training images"),
+    )
+    if not images.labelled:
+        raise DataError(f"{opts.train} has no class sub-folders; --train needs one sub-folder per class")
+    _check_classes(images, loaded.num_classes, "--train")
+    return preset.apply(images.images), images.labels
+
+
+def _prune(config, loaded, train, progress, notify):
+    """Prune (and fine-tune when ``train`` is given); returns (LoadedModel, report dict)."""
     from .models.loading import LoadedModel
     from .prune import prune_model
 
-    train = None
-    if opts.train is not None:
-        images = load_images(
-            opts.train, loaded.input_shape, samples=None, seed=opts.seed, resize=opts.resize,
-            progress=_stage(progress, "load training images"),
-        )
-        if not images.labelled:
-            raise DataError(f"{opts.train} has no class sub-folders; --train needs one sub-folder per class")
-        _check_classes(images, loaded.num_classes, "--train")
-        train = (preset.apply(images.images), images.labels)
-    result = prune_model(loaded, opts.prune, train=train, progress=_stage(progress, "fine-tune pruned model"))
+    stage = f"fine-tune pruned model ({config.sparsity:g})"
+    result = prune_model(loaded, config, train=train, progress=_stage(progress, stage))
     for w in result.warnings:
         notify(f"warning: {w}")
-    return LoadedModel.from_keras(result.model, loaded.name + f"_pruned{int(round(opts.prune.sparsity * 100))}"), result.to_dict()
+    name = loaded.name + f"_pruned{int(round(config.sparsity * 100))}"
+    return LoadedModel.from_keras(result.model, name), result.to_dict()

@@ -178,13 +178,19 @@ def variants_table(report: dict) -> str:
     labelled = report["evaluation"].get("labelled")
     head = ["variant", "target", "precision", "io", "size KiB", "zlib KiB"]
     head += ["top-1 %", "drop pts"] if labelled else []
-    head += ["agree %", "SQNR dB", "status"]
+    head += ["agree %", "SQNR dB"]
+    timed = any(v.get("latency") for v in report["variants"])
+    head += ["median ms"] if timed else []
+    head += ["status"]
     rows = []
     for v in report["variants"]:
         row = [v["name"], v["target"], v["precision"], v["io_type"], _kib(v["size_bytes"]), _kib(v["compressed_bytes"])]
         if labelled:
             row += [_fmt(v["top1"]), _fmt(v["drop_pts"])]
-        row += [_fmt(v["agreement"]), _fmt(v["sqnr_db"], ".1f"), v["status"]]
+        row += [_fmt(v["agreement"]), _fmt(v["sqnr_db"], ".1f")]
+        if timed:
+            row += [_fmt((v.get("latency") or {}).get("median_ms"), ".3f")]
+        row += [v["status"]]
         rows.append(row)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]

@@ -1,0 +1,60 @@
+"""`edgeresnet report`: a sweep of variants, each measured, written in every format."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgeresnet.bench import BenchConfig
+from edgeresnet.errors import ConfigError
+from edgeresnet.pipeline import ConvertOptions, run_report
+from tests.test_cli import run_cli
+
+
+def test_report_sweeps_variants_and_writes_all_formats(tiny_model_h5, tiny_data, tmp_path):
+    out = tmp_path / "rep"
+    opts = ConvertOptions(
+        model=str(tiny_model_h5), targets=("cpu", "edgetpu", "gpu"), calib=str(tiny_data["calib"]),
+        eval=str(tiny_data["eval"]), preset="unit", out=str(out), calib_samples=60,
+    )
+    report = run_report(opts, sparsities=(0.5,), bench_config=BenchConfig(warmup=1, repeats=3))
+    data = json.loads((out / "report.json").read_text())
+    kinds = {(v["target"], v["precision"], "pruned" in v["name"]) for v in data["variants"]}
+    assert {("cpu", "int8", False), ("cpu", "fp32", False), ("cpu", "dynamic", False), ("cpu", "int16x8", False),
+            ("edgetpu", "int8", False), ("gpu", "fp16", False), ("cpu", "int8", True)} <= kinds
+    for v in data["variants"]:
+        assert v["status"] == "ok", v
+        assert v["size_bytes"] > 0 and v["top1"] is not None
+        assert v["latency"]["median_ms"] > 0 and v["latency"]["repeats"] == 3
+    pruned = [v for v in data["variants"] if "pruned50" in v["name"]]
+    dense = [v for v in data["variants"] if v["target"] == "cpu" and v["precision"] == "int8" and "pruned" not in v["name"]]
+    # Sparsity survives quantization: counted in the emitted file, not in Keras.
+    assert pruned[0]["weight_sparsity"] > 0.35 > dense[0]["weight_sparsity"]
+    assert pruned[0]["compressed_bytes"] < dense[0]["compressed_bytes"]
+    rows = list(csv.DictReader((out / "report.csv").open()))
+    assert [r["name"] for r in rows] == [v["name"] for v in data["variants"]]
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and pruned[0]["name"] in html
+    img = Image.open(out / "accuracy_vs_size.png")
+    assert img.size[0] > 400 and len(np.unique(np.asarray(img.convert("L")))) > 10
+    assert len(report.variants) == len(data["variants"])
+
+
+@pytest.mark.parametrize("bad", ["1.5", "0", "-0.2", "x"])
+def test_report_rejects_bad_sparsity(bad, tmp_path, capsys, tiny_model_h5, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(["report", tiny_model_h5, "--sparsity", bad, "--out", tmp_path / "r"], capsys)
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "sparsity" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_report_pruning_options_need_pruning(tmp_path, capsys, tiny_model_h5):
+    code, _, err = run_cli(["convert", tiny_model_h5, "--epochs", "2", "--out", tmp_path / "r"], capsys)
+    assert code == 2 and "--epochs" in err and "--prune" in err
+
+
+def test_sweep_sparsity_validated_before_work(tmp_path):
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        run_report(ConvertOptions(out=str(tmp_path / "r")), sparsities=(1.0,))
