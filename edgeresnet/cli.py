@@ -53,7 +53,7 @@ def _data_options(f):
         click.option("--batch-size", type=int, help="Fine-tuning batch size (default 64)."),
         click.option("--learning-rate", type=float, help="Fine-tuning learning rate (default 3e-4, Adam)."),
         click.option("--prune-schedule", type=click.Choice(["polynomial", "constant"]), help="Sparsity schedule while fine-tuning (default polynomial decay)."),
-        click.option("--prune-structure", metavar="S", help="unstructured (default), block (1x4 blocks) or 2:4 (two of every four weights; sparsity must be 0.5)."),
+        click.option("--prune-structure", metavar="S", help="unstructured (default), block (1x4 blocks; tfmot supports it on Dense layers only) or 2:4 (two of every four weights; sparsity must be 0.5)."),
         click.option("--prune-policy", metavar="P", help="xnnpack: prune only what XNNPACK's sparse kernels run (1x1 convolutions, at least 2/3 sparse); refused for models where it would not make them faster."),
         click.option("--stem-sparsity", type=float, help="Sparsity of the first convolution (default 0: left dense, it is small and sensitive)."),
         click.option("--classifier-sparsity", type=float, help="Sparsity of the last Dense layer (default 0: left dense)."),
@@ -174,12 +174,8 @@ def report(model, sparsity, latency, bench_repeats, **kw):
 
     sparsities = _floats(sparsity)
     prune = _prune_config(sparsities[0] if sparsities else None, kw, "--sparsity S1,S2")
-    opts = _options(model, kw, "edgeresnet-report", default_targets=("cpu", "edgetpu", "gpu"), prune=None)
+    opts = _options(model, kw, "edgeresnet-report", default_targets=("cpu", "edgetpu", "gpu"), prune=prune)
     bench_config = BenchConfig(warmup=5, repeats=bench_repeats) if latency else None
-    if prune is not None:
-        from dataclasses import replace
-
-        opts = replace(opts, prune_template=prune)
     data = _run_with_progress(run_report, opts, sparsities=sparsities, bench_config=bench_config).to_dict()
     _print_summary(data, opts.out)
     click.echo(f"open {opts.out}/report.html (plot: {opts.out}/accuracy_vs_size.png)")

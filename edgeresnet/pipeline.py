@@ -59,9 +59,8 @@ class ConvertOptions:
     max_drop: Optional[float] = None
     out: str = DEFAULT_OUT
     overwrite: bool = False
-    prune: Optional[object] = None  # a prune.PruneConfig: prune the model before converting
+    prune: Optional[object] = None  # a prune.PruneConfig: how pruned variants are made
     train: Optional[str] = None
-    prune_template: Optional[object] = None  # PruneConfig settings for a report's --sparsity sweep
 
     def __post_init__(self):
         if not self.targets:
@@ -82,7 +81,7 @@ class ConvertOptions:
             )
         if self.resize not in ("crop", "stretch"):
             raise ConfigError(f"--resize must be crop or stretch, got {self.resize!r}")
-        if self.train is not None and self.prune is None and self.prune_template is None:
+        if self.train is not None and self.prune is None:
             raise ConfigError("--train is used for pruning fine-tuning; add --prune SPARSITY (or --sparsity for report)")
 
     def variant_plan(self) -> list[tuple[Target, ConversionSpec]]:
@@ -171,11 +170,16 @@ class PlannedVariant:
 
     target: Target
     spec: ConversionSpec
-    sparsity: Optional[float] = None  # None: the model as given (pruned by --prune if set)
+    sparsity: Optional[float] = None  # None: the model as given; else pruned to this sparsity
 
 
 def _plan(opts: ConvertOptions) -> list[PlannedVariant]:
-    return [PlannedVariant(t, s) for t, s in opts.variant_plan()]
+    """The requested variants; with --prune, each target gets the unpruned and the pruned model,
+    side by side, so the report shows what pruning bought."""
+    plan = [PlannedVariant(t, s) for t, s in opts.variant_plan()]
+    if opts.prune is not None:
+        plan += [PlannedVariant(v.target, v.spec, opts.prune.sparsity) for v in plan]
+    return plan
 
 
 def sweep_plan(opts: ConvertOptions, sparsities: tuple = ()) -> list[PlannedVariant]:
@@ -280,39 +284,27 @@ def _run(opts, plan, progress=None, notify=None, bench_config=None, all_formats=
     else:
         conv_calib, conv_eval = data.calib_float, data.eval_float
 
-    # The models to convert: the one given (pruned by --prune if asked), and
-    # one pruned model per sweep sparsity. Built lazily, once each.
+    # The models to convert: the one given, and one pruned model per sparsity
+    # in the plan (fine-tuned on --train when given). Each is built once.
+    train = _load_train(opts, loaded, preset, progress) if opts.prune is not None else None
     models: dict = {}
-    prune_info = None
-    train_cache: list = []  # the --train images, loaded once for every pruned model
+    for sparsity in dict.fromkeys(v.sparsity for v in plan):
+        model, info = loaded, None
+        if sparsity is not None:
+            from dataclasses import replace
 
-    def model_for(sparsity):
-        nonlocal prune_info
-        if sparsity not in models:
-            config = opts.prune
-            if sparsity is not None:
-                from dataclasses import replace
+            from .prune import PruneConfig
 
-                from .prune import PruneConfig
+            config = replace(opts.prune, sparsity=sparsity) if opts.prune else PruneConfig(sparsity=sparsity)
+            model, info = _prune(config, loaded, train, progress, notify)
+        if opts.fold_preprocessing:
+            from .calibration import fold_preprocessing
+            from .models.loading import LoadedModel
 
-                template = opts.prune_template or opts.prune
-                config = replace(template, sparsity=sparsity) if template else PruneConfig(sparsity=sparsity)
-            model, info = loaded, None
-            if config is not None:
-                if not train_cache:
-                    train_cache.append(_load_train(opts, loaded, preset, progress))
-                model, info = _prune(config, loaded, train_cache[0], progress, notify)
-            if opts.fold_preprocessing:
-                from .calibration import fold_preprocessing
-                from .models.loading import LoadedModel
+            model = LoadedModel.from_keras(fold_preprocessing(model.model, preset), model.name)
+        models[sparsity] = (model, info)
+    prune_info = next((info for _, info in models.values() if info is not None), None)
 
-                model = LoadedModel.from_keras(fold_preprocessing(model.model, preset), model.name)
-            models[sparsity] = (model, info)
-            if sparsity is None:
-                prune_info = info
-        return models[sparsity]
-
-    model_for(None)
     float_out = loaded.predict(data.eval_float, progress=_stage(progress, "evaluate float model"))
     labels = data.eval.labels if data.eval.labelled else None
 
@@ -335,7 +327,7 @@ def _run(opts, plan, progress=None, notify=None, bench_config=None, all_formats=
     emit = _Emitter(opts, float_out, labels, conv_calib, conv_eval, progress, notify, bench_config)
     with StagedDir(opts.out, opts.overwrite) as staged:
         for planned in plan:
-            model, info = model_for(planned.sparsity)
+            model, info = models[planned.sparsity]
             rec = emit(model, planned, staged.path)
             if planned.sparsity is not None and info is not None:
                 rec.extra["prune"] = {k: v for k, v in info.items() if k != "layers"}

@@ -220,7 +220,15 @@ def to_markdown(report: dict) -> str:
         lines.append(f"- budget: --max-drop {report['max_drop']} pts: {'met' if report['passed'] else 'NOT met'}")
     if report.get("prune"):
         p = report["prune"]
-        lines.append(f"- pruning: {json.dumps({k: v for k, v in p.items() if k != 'layers'})}")
+        how = "fine-tuned" if p.get("fine_tuned") else "one-shot, not fine-tuned"
+        lines.append(
+            f"- pruning: sparsity {p.get('sparsity')} ({p.get('structure')}, {p.get('schedule')} schedule, {how}); "
+            f"Keras-side sparsity {p.get('keras_sparsity')}"
+        )
+        for d in p.get("left_dense") or ():
+            lines.append(f"  - left dense: `{d['name']}`: {d['reason']}")
+        for w in p.get("warnings") or ():
+            lines.append(f"  - warning: {w}")
     lines += ["", "## Variants", "", variants_table(report), ""]
     for v in report["variants"]:
         if v.get("error"):

@@ -109,3 +109,19 @@ def test_int8_without_calibration_is_refused(tiny_model_h5, tmp_path):
         run_convert(ConvertOptions(model=str(tiny_model_h5), int8=True, out=str(tmp_path / "o")))
     with pytest.raises(ConfigError, match="--calib"):
         run_convert(ConvertOptions(model=str(tiny_model_h5), targets=("edgetpu",), out=str(tmp_path / "o")))
+
+
+def test_prune_emits_unpruned_and_pruned_side_by_side(tiny_model_h5, tiny_data, tmp_path):
+    from edgeresnet.prune import PruneConfig
+
+    out = tmp_path / "out"
+    run_convert(_opts(tiny_model_h5, tiny_data, out, prune=PruneConfig(sparsity=0.6, epochs=1), train=str(tiny_data["calib"])))
+    data = json.loads((out / "report.json").read_text())
+    dense, pruned = data["variants"]
+    assert "pruned60" in pruned["name"] and "pruned" not in dense["name"]
+    assert pruned["weight_sparsity"] > 0.45 > dense["weight_sparsity"]
+    assert pruned["compressed_bytes"] < dense["compressed_bytes"]
+    assert data["prune"]["config"]["sparsity"] == 0.6 and data["prune"]["fine_tuned"] is True
+    kinds = {layer["role"] for layer in data["prune"]["layers"]}
+    assert {"stem", "classifier"} <= kinds
+    assert all(l["achieved_sparsity"] == 0 for l in data["prune"]["layers"] if l["role"] in ("stem", "classifier"))

@@ -318,11 +318,12 @@ def test_xnnpack_policy_refuses_a_standard_resnet(tiny):
     assert "1x1" in str(exc.value) and "smaller, not faster" in str(exc.value)
 
 
-def test_runs_under_the_current_distribution_strategy(tiny, data):
+@pytest.mark.parametrize("train", [False, True], ids=["one-shot", "fine-tuned"])
+def test_runs_under_the_current_distribution_strategy(tiny, data, train):
     tf = _tf.tf()
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
     with strategy.scope():
-        result = prune_model(tiny, PruneConfig(0.5, epochs=1, batch_size=48), train=data)
+        result = prune_model(tiny, PruneConfig(0.5, epochs=1, batch_size=48), train=data if train else None)
     assert result.strategy == "MirroredStrategy" and result.replicas == 1
     for layer in result.pruned_layers:
         assert abs(layer.achieved_sparsity - 0.5) <= 0.01

@@ -1,0 +1,147 @@
+"""Full-integer int8 quantization methods compared on the MLPerf Tiny ResNet-8 (CIFAR-10).
+
+Measured, not asserted. For each method of ``edgeresnet.quant_opt`` the real
+pretrained ResNet-8 is converted to full-integer int8 (int8 input/output),
+calibrated on ``--samples`` class-balanced CIFAR-10 training images (one seeded
+draw per ``--seeds`` value), and compared with the Keras float model on the
+1,000 CIFAR-10 test images: top-1 agreement with the float model, top-1
+accuracy, drop against float, mean squared error of the softmax outputs, and
+the conversion time. The MLPerf reference int8 model is listed for scale.
+
+``--resnet50`` also times each method on ResNet-50 (224x224, random weights,
+``--samples`` CIFAR-10 images resized) against a bare ``TFLiteConverter`` call,
+alternating in one process so machine load hits both alike.
+
+    python benchmarks/quant_methods.py [--seeds 0 1 2] [--samples 300] [--methods ...] [--resnet50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def _data_root() -> Path:
+    return Path(os.environ.get("EDGERESNET_TEST_DATA", REPO.parent / "shared" / "data"))
+
+
+def resnet8_table(methods, seeds, samples) -> None:
+    import numpy as np
+
+    from edgeresnet import verify
+    from edgeresnet.calibration import load_images
+    from edgeresnet.models.loading import load_model
+    from edgeresnet.quant_opt import quantize_int8
+    from edgeresnet.runtime import TFLiteModel
+
+    root = _data_root()
+    h5 = root / "mlperf-tiny-resnet8" / "pretrainedResnet.h5"
+    loaded = load_model(h5)
+    test = load_images(root / "cifar10" / "test", (32, 32, 3))
+    x_test = test.images.astype(np.float32)  # the model takes raw 0..255 RGB
+    ref = loaded.predict(x_test)
+    print(f"ResNet-8, {len(x_test)} test images; float top-1 {verify.topk_accuracy(ref, test.labels):.1f} %")
+    peer = TFLiteModel(root / "mlperf-tiny-resnet8" / "pretrainedResnet_quant.tflite").predict(x_test)
+    print(
+        f"MLPerf reference int8: agreement {verify.agreement(ref, peer):.1f} %, "
+        f"top-1 {verify.topk_accuracy(peer, test.labels):.1f} %\n"
+    )
+    header = f"{'method':10s} {'seed':>4s} {'agree %':>8s} {'top-1 %':>8s} {'drop pts':>8s} {'mse e-4':>8s} {'convert s':>9s}"
+    print(header)
+    print("-" * len(header))
+    summary = {}
+    float_top1 = verify.topk_accuracy(ref, test.labels)
+    for seed in seeds:
+        calib = load_images(root / "cifar10" / "train", (32, 32, 3), samples=samples, seed=seed)
+        x_cal = calib.images.astype(np.float32)
+        for method in methods:
+            start = time.perf_counter()
+            model = quantize_int8(loaded.tflite_converter, x_cal, "int8", method)
+            seconds = time.perf_counter() - start
+            out = TFLiteModel(model).predict(x_test)
+            agree = verify.agreement(ref, out)
+            top1 = verify.topk_accuracy(out, test.labels)
+            mse = float(np.mean((out - ref) ** 2)) * 1e4
+            summary.setdefault(method, []).append((agree, top1, mse, seconds))
+            print(f"{method:10s} {seed:4d} {agree:8.1f} {top1:8.1f} {float_top1 - top1:8.1f} {mse:8.2f} {seconds:9.1f}", flush=True)
+    if len(seeds) > 1:
+        print("\nmean over seeds (min agreement, max drop):")
+        for method, rows in summary.items():
+            a, t, m, s = (statistics.mean(r[k] for r in rows) for k in range(4))
+            worst_a = min(r[0] for r in rows)
+            worst_drop = max(float_top1 - r[1] for r in rows)
+            print(
+                f"{method:10s} agree {a:5.2f} (min {worst_a:4.1f})  top-1 {t:5.2f}  drop {float_top1 - t:4.2f} "
+                f"(max {worst_drop:4.1f})  mse {m:5.2f}  {s:5.1f} s"
+            )
+
+
+def resnet50_timing(methods, samples, rounds) -> None:
+    import numpy as np
+
+    from edgeresnet import _tf
+    from edgeresnet.calibration import get_preset, load_images
+    from edgeresnet.models import build_model
+    from edgeresnet.models.loading import LoadedModel
+    from edgeresnet.quant_opt import quantize_int8
+
+    tf = _tf.tf()
+    images = load_images(_data_root() / "cifar10" / "train", (224, 224, 3), samples=samples, seed=0)
+    calib = get_preset("caffe").apply(images.images).astype(np.float32)
+    model = build_model("resnet50")
+    loaded = LoadedModel.from_keras(model, "resnet50")
+
+    def bare() -> float:
+        conv = tf.lite.TFLiteConverter.from_keras_model(model)
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = lambda: ([calib[i : i + 1]] for i in range(len(calib)))
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        conv.inference_input_type = tf.int8
+        conv.inference_output_type = tf.int8
+        start = time.perf_counter()
+        conv.convert()
+        return time.perf_counter() - start
+
+    times = {"bare": []}
+    for _ in range(rounds):
+        times["bare"].append(bare())
+        for method in methods:
+            start = time.perf_counter()
+            quantize_int8(loaded.tflite_converter, calib, "int8", method)
+            times.setdefault(method, []).append(time.perf_counter() - start)
+            print(f"  {method}: {times[method][-1]:.1f} s (bare {times['bare'][-1]:.1f} s)", flush=True)
+    base = statistics.median(times["bare"])
+    print(f"\nResNet-50 224x224, {len(calib)} calibration images, {rounds} round(s), median seconds:")
+    print(f"{'bare TFLiteConverter':22s} {base:7.1f}  1.00x")
+    for method in methods:
+        t = statistics.median(times[method])
+        print(f"{method:22s} {t:7.1f}  {t / base:4.2f}x")
+
+
+def main() -> None:
+    from edgeresnet.quant_opt import METHODS
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--samples", type=int, default=300)
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--resnet50", action="store_true", help="also time each method on ResNet-50 224x224")
+    ap.add_argument("--rounds", type=int, default=1, help="ResNet-50 timing rounds")
+    ap.add_argument("--skip-resnet8", action="store_true")
+    args = ap.parse_args()
+    if not args.skip_resnet8:
+        resnet8_table(args.methods, args.seeds, args.samples)
+    if args.resnet50:
+        print()
+        resnet50_timing(args.methods, args.samples, args.rounds)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,769 @@
+"""Full-integer int8 quantization that is more accurate than plain min/max calibration.
+
+The plain TFLite converter sets every activation's int8 range to the minimum
+and maximum seen on the calibration data and rounds every weight to the
+nearest step. Both leave accuracy on the table; this module keeps the
+converter's own quantizer (so the result has exactly the plain converter's
+structure: the same ops, int8 per-channel weights, the same input/output
+quantization) and only changes what that quantizer is fed:
+
+1. The converter calibrates without quantizing
+   (``_experimental_calibrate_only``): a float flatbuffer in which every
+   activation tensor carries the min/max the calibrator saw.
+2. One extra float pass over (a spread subset of) the calibration samples,
+   run in the TFLite interpreter with every activation tensor made a graph
+   output, records a histogram per tensor, the mean input image of every
+   convolution and fully-connected layer and, for ``mse+gptq``, each layer's
+   input Hessian.
+3. Weights (``mse+bias``, ``mse+gptq``): each layer's float weights are
+   replaced by their int8 values times the very scale the quantizer will
+   compute (symmetric, ``max|w| / 127`` per output channel; the channel's
+   largest weight is never moved, so the scale is reproduced exactly and the
+   quantizer's re-rounding is exact). ``mse+gptq`` chooses the rounding with
+   GPTQ (each rounding error is pushed onto the weights not rounded yet, weighted
+   by the layer's input correlations); ``mse+bias`` rounds to nearest. Both
+   then correct the bias by the mean output shift the rounding causes on the
+   calibration inputs (empirical bias correction).
+4. Ranges (every method but ``minmax``): each activation range becomes the
+   one that minimises the expected squared error of int8 rounding plus
+   clipping on its histogram. A tensor read by ``AVERAGE_POOL_2D`` (whose
+   int8 output must share its input's scale) is scored on the pooled output
+   instead. Ops whose output shares its input's scale get the input's range.
+5. ``tensorflow.lite.python.convert.mlir_quantize`` is called with the same
+   arguments ``TFLiteConverter`` uses, then read-only buffers are
+   de-duplicated as the converter does.
+
+Measured on the MLPerf Tiny ResNet-8 (``benchmarks/quant_methods.py``) and in
+the project report. ``minmax`` is the plain converter, bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+from . import _tf
+from ._capture import capture_output, last_error_line
+from .errors import ConfigError, ConversionError, DataError
+
+ProgressFn = Callable[[int, int], None]
+
+METHODS = ("minmax", "mse", "mse+bias", "mse+gptq")
+DEFAULT_METHOD = "mse+bias"
+IO_TYPES = ("int8", "uint8", "float32")
+
+# Builtin op codes (tflite schema BuiltinOperator), named here so this module
+# does not need the schema at import time.
+_ADD = 0
+_AVERAGE_POOL_2D = 1
+_CONV_2D = 3
+_DEPTHWISE_CONV_2D = 4
+_FULLY_CONNECTED = 9
+_LOGISTIC = 14
+_MAX_POOL_2D = 17
+_RESHAPE = 22
+_SOFTMAX = 25
+_TANH = 28
+_PAD = 34
+_TRANSPOSE = 39
+_SQUEEZE = 43
+_STRIDED_SLICE = 45
+_EXPAND_DIMS = 70
+_SLICE = 65
+_PADV2 = 60
+_LOG_SOFTMAX = 50
+
+# The int8 kernels of these ops require the output to share the input's scale
+# and zero point; the quantizer propagates one to the other. We give the
+# output the input's chosen range so both agree.
+_SAME_SCALE_OPS = {
+    _AVERAGE_POOL_2D, _MAX_POOL_2D, _RESHAPE, _SQUEEZE, _EXPAND_DIMS,
+    _PAD, _PADV2, _TRANSPOSE, _SLICE, _STRIDED_SLICE,
+}
+# Fixed output ranges: the quantizer ignores the calibrated min/max.
+_FIXED_RANGE_OPS = {_SOFTMAX, _LOGISTIC, _TANH, _LOG_SOFTMAX}
+_WEIGHT_OPS = {_CONV_2D, _FULLY_CONNECTED}
+
+_TFLITE_FLOAT32 = 0
+_TFLITE_INT32 = 2
+_TFLITE_UINT8 = 3
+_TFLITE_INT8 = 9
+_TFLITE_INT16 = 7
+
+
+@dataclass(frozen=True)
+class QuantOptConfig:
+    """How much data the extra statistics pass looks at (the method is chosen apart).
+
+    ``stats_samples``: calibration samples (an evenly spread subset) run once
+    more in float for histograms and layer input means; ``None`` uses all.
+    ``gptq_samples`` / ``gptq_rows``: samples, and patch rows drawn per sample
+    and layer, for the GPTQ Hessians (``mse+gptq`` only).
+    """
+
+    stats_samples: Optional[int] = 128
+    gptq_samples: int = 128
+    gptq_rows: int = 512
+    bins: int = 2048
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.stats_samples is not None and (
+            isinstance(self.stats_samples, bool) or not isinstance(self.stats_samples, int) or self.stats_samples < 1
+        ):
+            raise ConfigError(f"stats_samples must be a positive integer or None, got {self.stats_samples!r}")
+        for name in ("gptq_samples", "gptq_rows", "bins"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+        if self.bins % 2:
+            raise ConfigError(f"bins must be even, got {self.bins}")
+
+
+# ---------------------------------------------------------------------- public entry
+
+
+def quantize_int8(
+    make_converter: Callable[[], object],
+    calibration: np.ndarray,
+    io_type: str,
+    method: str = DEFAULT_METHOD,
+    progress: Optional[ProgressFn] = None,
+    config: Optional[QuantOptConfig] = None,
+) -> bytes:
+    """A full-integer int8 TFLite model (TFLITE_BUILTINS_INT8 ops only).
+
+    ``make_converter`` returns a fresh ``tf.lite.TFLiteConverter`` for the float
+    model; ``calibration`` holds preprocessed float32 samples (N, H, W, C);
+    ``io_type`` is the model's input/output type (``int8``, ``uint8`` or
+    ``float32``); ``method`` is one of :data:`METHODS`. ``progress(done, total)``
+    follows calibration, the statistics pass and (GPTQ) the layers.
+    """
+    cfg = config if config is not None else QuantOptConfig()
+    if method not in METHODS:
+        raise ConfigError(f"unknown quantization method {method!r}; choose one of {', '.join(METHODS)}")
+    if io_type not in IO_TYPES:
+        raise ConfigError(f"io type {io_type!r} is not possible for full-integer int8; choose one of {', '.join(IO_TYPES)}")
+    calibration = _check_calibration(calibration)
+    n = len(calibration)
+    stats_idx = _spread(n, cfg.stats_samples)
+    gptq_idx = _spread(n, cfg.gptq_samples) if method == "mse+gptq" else np.zeros(0, np.int64)
+    total = n + (0 if method == "minmax" else len(stats_idx)) + len(gptq_idx)
+    tick = _Ticker(progress, total)
+
+    tf = _tf.tf()
+    converter = make_converter()
+    _configure_int8(converter, calibration, io_type, tick)
+    if method == "minmax":
+        return _run_converter(converter, "plain int8 conversion")
+
+    converter._experimental_calibrate_only = True
+    calibrated = _run_converter(converter, "int8 calibration")
+    try:
+        graph = _Graph(calibrated)
+        layers = graph.weight_layers(per_channel=not getattr(converter, "_experimental_disable_per_channel", False),
+                                     dense_per_channel=not getattr(
+                                         converter, "_experimental_disable_per_channel_quantization_for_dense_layers", False))
+        stats = _collect_stats(graph, layers, calibration[stats_idx], cfg, method, tick)
+        if method in ("mse+bias", "mse+gptq"):
+            hessians = _collect_hessians(graph, layers, calibration[gptq_idx], cfg, tick) if method == "mse+gptq" else {}
+            for layer in layers:
+                _quantize_layer_weights(graph, layer, stats.mean_inputs.get(layer.x), hessians.get(layer.w))
+        _set_ranges(graph, stats, cfg)
+        edited = graph.to_bytes()
+    except (ValueError, RuntimeError, np.linalg.LinAlgError) as exc:
+        raise ConversionError(f"{method} quantization failed while optimising ranges/weights: {_one_line(exc)}") from None
+    model = _mlir_quantize(tf, converter, edited, io_type)
+    check_full_integer(model, io_type)
+    return model
+
+
+def check_full_integer(model: bytes, io_type: str) -> None:
+    """Raise ConversionError unless every op computes in integers (float only at float io)."""
+    fu = _flatbuffer_utils()
+    m = fu.convert_bytearray_to_object(bytearray(model))
+    sg = m.subgraphs[0]
+    io = set(int(i) for i in list(sg.inputs) + list(sg.outputs))
+    allowed_float = io if io_type == "float32" else set()
+    for op in sg.operators:
+        code = _op_code(m, op)
+        for i in list(op.inputs) + list(op.outputs):
+            if i < 0:
+                continue
+            t = sg.tensors[i]
+            if t.type == _TFLITE_FLOAT32 and int(i) not in allowed_float:
+                raise ConversionError(
+                    f"the quantized model still computes in float32 (op {code} uses tensor {t.name.decode(errors='replace')}); "
+                    "a layer could not be quantized to int8: use --precision dynamic or remove that layer"
+                )
+        if code in _WEIGHT_OPS:
+            w = sg.tensors[op.inputs[1]]
+            if w.type != _TFLITE_INT8:
+                raise ConversionError(f"weights {w.name.decode(errors='replace')} are not int8 after quantization")
+
+
+# ---------------------------------------------------------------------- converter glue
+
+
+class _Ticker:
+    def __init__(self, progress, total):
+        self.progress, self.total, self.done = progress, max(int(total), 1), 0
+
+    def __call__(self, k: int = 1):
+        self.done = min(self.done + k, self.total)
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+
+def _check_calibration(x) -> np.ndarray:
+    try:
+        arr = np.asarray(x, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise DataError(f"calibration must be a float32 array (N, H, W, C), got {type(x).__name__}") from None
+    if arr.ndim != 4 or len(arr) == 0:
+        raise DataError(
+            f"calibration must be a non-empty (N, H, W, C) array, got shape {tuple(arr.shape)}; pass --calib with images"
+        )
+    if not np.all(np.isfinite(arr)):
+        raise DataError("calibration samples contain NaN or infinity; check the preprocessing")
+    return arr
+
+
+def _spread(n: int, k: Optional[int]) -> np.ndarray:
+    """``k`` indices spread evenly over 0..n-1 (all of them when k is None or >= n)."""
+    if k is None or k >= n:
+        return np.arange(n)
+    return np.unique(np.round(np.linspace(0, n - 1, k)).astype(np.int64))
+
+
+def _configure_int8(converter, calibration, io_type, tick):
+    tf = _tf.tf()
+    dtypes = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}
+    data = calibration
+
+    def gen():
+        for i in range(len(data)):
+            yield [data[i : i + 1]]
+            tick()
+
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = gen
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = dtypes[io_type]
+    converter.inference_output_type = dtypes[io_type]
+
+
+def _run_converter(converter, what: str) -> bytes:
+    failure = None
+    with capture_output() as cap:
+        try:
+            data = converter.convert()
+        except Exception as exc:  # the converter raises many types; all mean "failed"
+            failure, data = exc, None
+    if data is None:
+        detail = last_error_line(str(failure) + "\n" + cap.text, type(failure).__name__)
+        raise ConversionError(f"the TFLite converter failed during {what}: {detail}")
+    return bytes(data)
+
+
+def _mlir_quantize(tf, converter, calibrated: bytes, io_type: str) -> bytes:
+    from tensorflow.lite.python import convert as tfl_convert  # TF is imported by now
+
+    dtypes = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}
+    failure = None
+    with capture_output() as cap:
+        try:
+            # The same call TFLiteConverter._quantize makes for full-integer int8.
+            model = tfl_convert.mlir_quantize(
+                calibrated,
+                getattr(converter, "_experimental_disable_per_channel", False),
+                input_data_type=dtypes[io_type],
+                output_data_type=dtypes[io_type],
+                disable_per_channel_for_dense_layers=getattr(
+                    converter, "_experimental_disable_per_channel_quantization_for_dense_layers", False
+                ),
+            )
+            model = tfl_convert.deduplicate_readonly_buffers(model)
+        except Exception as exc:  # noqa: BLE001 - native errors come in many types
+            failure, model = exc, None
+    if model is None:
+        detail = last_error_line(str(failure) + "\n" + cap.text, type(failure).__name__)
+        raise ConversionError(f"the TFLite quantizer failed on the optimised ranges: {detail}")
+    return bytes(model)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return (text[:200] or type(exc).__name__)
+
+
+def _flatbuffer_utils():
+    _tf.tf()
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    return flatbuffer_utils
+
+
+def _op_code(model, op) -> int:
+    c = model.operatorCodes[op.opcodeIndex]
+    return max(int(c.builtinCode), int(c.deprecatedBuiltinCode))
+
+
+# ---------------------------------------------------------------------- the flatbuffer
+
+
+@dataclass
+class _Layer:
+    kind: int
+    x: int  # input activation tensor
+    w: int  # weight tensor
+    b: Optional[int]  # bias tensor
+    y: int  # output tensor
+    options: object
+    per_channel: bool
+
+
+class _Graph:
+    """The calibrated float model as a mutable flatbuffer object."""
+
+    def __init__(self, data: bytes):
+        self.fu = _flatbuffer_utils()
+        self.model = self.fu.convert_bytearray_to_object(bytearray(data))
+        if len(self.model.subgraphs) != 1:
+            raise ValueError(f"the model has {len(self.model.subgraphs)} subgraphs; only single-graph models are supported")
+        self.sg = self.model.subgraphs[0]
+        self.ops = [(_op_code(self.model, op), op) for op in self.sg.operators]
+        self.consumers: dict[int, list] = {}
+        for code, op in self.ops:
+            for i in op.inputs:
+                if i >= 0:
+                    self.consumers.setdefault(int(i), []).append((code, op))
+        self.inputs = set(int(i) for i in self.sg.inputs)
+        self.outputs = set(int(i) for i in self.sg.outputs)
+
+    def to_bytes(self) -> bytes:
+        return bytes(self.fu.convert_object_to_bytearray(self.model))
+
+    # constants ----------------------------------------------------------
+    def const(self, i: int) -> Optional[np.ndarray]:
+        t = self.sg.tensors[i]
+        data = self.model.buffers[t.buffer].data if t.buffer < len(self.model.buffers) else None
+        if data is None or len(data) == 0 or t.type != _TFLITE_FLOAT32:
+            return None
+        return np.frombuffer(np.asarray(data, np.uint8).tobytes(), np.float32).reshape(tuple(t.shape))
+
+    def set_const(self, i: int, value: np.ndarray) -> None:
+        """Write a float constant; a buffer shared with other tensors is split off first."""
+        from tensorflow.lite.python import schema_py_generated as schema
+
+        t = self.sg.tensors[i]
+        shared = sum(1 for u in self.sg.tensors if u.buffer == t.buffer) > 1
+        raw = np.frombuffer(np.ascontiguousarray(value, np.float32).tobytes(), np.uint8).copy()
+        if shared:
+            buf = schema.BufferT()
+            buf.data = raw
+            self.model.buffers.append(buf)
+            t.buffer = len(self.model.buffers) - 1
+        else:
+            self.model.buffers[t.buffer].data = raw
+
+    # activations --------------------------------------------------------
+    def has_range(self, i: int) -> bool:
+        q = self.sg.tensors[i].quantization
+        return q is not None and q.min is not None and len(q.min) == 1 and self.const(i) is None
+
+    def range(self, i: int) -> tuple[float, float]:
+        q = self.sg.tensors[i].quantization
+        return float(q.min[0]), float(q.max[0])
+
+    def set_range(self, i: int, lo: float, hi: float) -> None:
+        q = self.sg.tensors[i].quantization
+        q.min = np.array([min(lo, 0.0)], np.float32)
+        q.max = np.array([max(hi, 0.0)], np.float32)
+
+    def activation_tensors(self) -> list[int]:
+        """Float activations the quantizer will give a range (not graph inputs/outputs)."""
+        out = []
+        for code, op in self.ops:
+            for i in op.outputs:
+                i = int(i)
+                if i in self.inputs or i in self.outputs or not self.has_range(i):
+                    continue
+                if self.sg.tensors[i].type != _TFLITE_FLOAT32:
+                    continue
+                out.append(i)
+        return out
+
+    def producer(self, i: int):
+        for code, op in self.ops:
+            if i in [int(o) for o in op.outputs]:
+                return code, op
+        return None, None
+
+    def weight_layers(self, per_channel: bool, dense_per_channel: bool) -> list[_Layer]:
+        layers = []
+        for code, op in self.ops:
+            if code not in _WEIGHT_OPS or len(op.inputs) < 2:
+                continue
+            x, w = int(op.inputs[0]), int(op.inputs[1])
+            b = int(op.inputs[2]) if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
+            wv = self.const(w)
+            if wv is None or self.sg.tensors[x].type != _TFLITE_FLOAT32:
+                continue  # weights computed at run time, or already quantized
+            if b is not None and self.const(b) is None:
+                b = None
+            x_shape = tuple(self.sg.tensors[x].shape)
+            if code == _CONV_2D and (wv.ndim != 4 or x_shape[-1] != wv.shape[3]):
+                continue  # grouped convolution: leave to the quantizer
+            if code == _FULLY_CONNECTED and (wv.ndim != 2 or int(np.prod(x_shape)) % wv.shape[1]):
+                continue
+            pc = per_channel and (dense_per_channel or code != _FULLY_CONNECTED)
+            layers.append(_Layer(code, x, w, b, int(op.outputs[0]), op.builtinOptions, pc))
+        return layers
+
+
+# ---------------------------------------------------------------------- running probes
+
+
+def _probe(graph: _Graph, tensors: list[int]):
+    """An interpreter on the float model with ``tensors`` as its outputs, plus a name map."""
+    from .runtime import get_backend
+
+    saved = graph.sg.outputs
+    graph.sg.outputs = np.array(tensors, np.int32)
+    try:
+        data = graph.to_bytes()
+    finally:
+        graph.sg.outputs = saved
+    backend = get_backend()
+    interp = backend.interpreter_cls(model_content=data)
+    interp.allocate_tensors()
+    names = {graph.sg.tensors[i].name.decode(): i for i in tensors}
+    outs = [(d["index"], names[d["name"]]) for d in interp.get_output_details()]
+    return interp, interp.get_input_details()[0]["index"], outs
+
+
+def _run_probe(graph: _Graph, tensors: list[int], samples: np.ndarray, visit: Callable[[dict], None], tick):
+    if not tensors:
+        tick(len(samples))
+        return
+    interp, inp, outs = _probe(graph, tensors)
+    for k in range(len(samples)):
+        interp.set_tensor(inp, samples[k : k + 1])
+        interp.invoke()
+        visit({i: interp.get_tensor(idx) for idx, i in outs})
+        tick()
+
+
+# ---------------------------------------------------------------------- statistics
+
+
+class _Histogram:
+    """Counts of a tensor's values, both signs, exact zeros apart.
+
+    Each side covers [0, R) in ``bins/2`` equal bins; R doubles (merging bin
+    pairs) whenever a larger value arrives, so bin edges stay aligned with 0.
+    """
+
+    MAX_VALUES = 1 << 16  # per tensor and sample; a strided subset beyond that
+
+    def __init__(self, bins: int, lo: float, hi: float):
+        self.k = bins // 2
+        self.r = [max(hi, 1e-8), max(-lo, 1e-8)]
+        self.counts = [np.zeros(self.k, np.int64), np.zeros(self.k, np.int64)]
+        self.zeros = 0
+        self.vmin = 0.0
+        self.vmax = 0.0
+        self.offset = 0
+
+    def add(self, v: np.ndarray) -> None:
+        v = v.reshape(-1)
+        self.vmin = min(self.vmin, float(v.min()))
+        self.vmax = max(self.vmax, float(v.max()))
+        if v.size > self.MAX_VALUES:
+            step = int(math.ceil(v.size / self.MAX_VALUES))
+            v = v[self.offset % step :: step]
+            self.offset += 1
+        pos = v[v > 0]
+        neg = -v[v < 0]
+        self.zeros += v.size - pos.size - neg.size
+        for side, a in ((0, pos), (1, neg)):
+            if a.size == 0:
+                continue
+            top = float(a.max())
+            while top >= self.r[side]:
+                c = self.counts[side].reshape(self.k // 2, 2).sum(1)
+                self.counts[side] = np.concatenate([c, np.zeros(self.k // 2, np.int64)])
+                self.r[side] *= 2.0
+            idx = np.minimum((a * (self.k / self.r[side])).astype(np.int64), self.k - 1)
+            self.counts[side] += np.bincount(idx, minlength=self.k)
+
+    def values_and_counts(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """Bin centres (ascending), their counts, and the number of exact zeros."""
+        wp, wn = self.r[0] / self.k, self.r[1] / self.k
+        cp = (np.arange(self.k) + 0.5) * wp
+        cn = -(np.arange(self.k)[::-1] + 0.5) * wn
+        c = np.concatenate([cn, cp])
+        n = np.concatenate([self.counts[1][::-1], self.counts[0]]).astype(np.float64)
+        keep = n > 0
+        return c[keep], n[keep], float(self.zeros)
+
+
+def _int8_grid(lo, hi):
+    """Scale and representable interval of TFLite's asymmetric int8 for [lo, hi] (vectorised)."""
+    lo = np.minimum(lo, 0.0)
+    hi = np.maximum(hi, 0.0)
+    scale = np.maximum((hi - lo) / 255.0, 1e-12)
+    zp = np.clip(np.round(-128.0 - lo / scale), -128, 127)
+    return scale, (-128.0 - zp) * scale, (127.0 - zp) * scale
+
+
+def _mse_range(h: _Histogram, grid: int = 48, min_frac: float = 0.1) -> tuple[float, float]:
+    """[lo, hi] minimising rounding noise (scale^2/12 inside) plus clipping error (outside)."""
+    c, n, _ = h.values_and_counts()
+    if len(c) == 0 or (h.vmin >= 0 and h.vmax <= 0):
+        return h.vmin, h.vmax
+    fr = np.linspace(min_frac, 1.0, grid)
+    his = h.vmax * fr if h.vmax > 0 else np.zeros(1)
+    los = h.vmin * fr if h.vmin < 0 else np.zeros(1)
+    lo, hi = (a.ravel() for a in np.meshgrid(los, his, indexing="ij"))
+    scale, a, b = _int8_grid(lo, hi)
+    # Prefix sums turn each candidate's error into O(log bins).
+    cn, cnc, cnc2 = (np.concatenate([[0.0], np.cumsum(v)]) for v in (n, n * c, n * c * c))
+    ia = np.searchsorted(c, a, side="left")  # bins below a: [0, ia)
+    ib = np.searchsorted(c, b, side="right")  # bins above b: [ib, end)
+    below = cnc2[ia] - 2 * a * cnc[ia] + a * a * cn[ia]
+    above = (cnc2[-1] - cnc2[ib]) - 2 * b * (cnc[-1] - cnc[ib]) + b * b * (cn[-1] - cn[ib])
+    inside = (cn[ib] - cn[ia]) * scale * scale / 12.0
+    k = int(np.argmin(below + above + inside))
+    return float(lo[k]), float(hi[k])
+
+
+@dataclass
+class _Stats:
+    hist: dict
+    mean_inputs: dict
+    pool_samples: dict  # avg-pool input tensor -> list of sample arrays
+
+
+def _pool_inputs(graph: _Graph) -> dict[int, list]:
+    """Activation tensors read only by AVERAGE_POOL_2D ops (whose output shares their scale)."""
+    out = {}
+    for i in graph.activation_tensors():
+        cons = graph.consumers.get(i, [])
+        if cons and all(code == _AVERAGE_POOL_2D for code, _ in cons):
+            out[i] = [op for _, op in cons]
+    return out
+
+
+def _collect_stats(graph: _Graph, layers: list[_Layer], samples: np.ndarray, cfg: QuantOptConfig, method: str, tick) -> _Stats:
+    acts = graph.activation_tensors()
+    hist = {}
+    for i in acts:
+        lo, hi = graph.range(i)
+        hist[i] = _Histogram(cfg.bins, lo, hi)
+    mean_in = {}
+    want_means = method in ("mse+bias", "mse+gptq")
+    layer_inputs = sorted({l.x for l in layers}) if want_means else []
+    pools = _pool_inputs(graph)
+    pool_keep = max(1, min(len(samples), 64))
+    pool_samples = {i: [] for i in pools}
+    tensors = sorted(set(acts) | set(layer_inputs))
+    seen = [0]
+
+    def visit(values):
+        for i, v in values.items():
+            if i in hist:
+                hist[i].add(v)
+            if i in pool_samples and seen[0] < pool_keep:
+                pool_samples[i].append(v.astype(np.float32, copy=True))
+        for i in layer_inputs:
+            v = values[i].astype(np.float64)
+            mean_in[i] = v if i not in mean_in else mean_in[i] + v
+        seen[0] += 1
+
+    _run_probe(graph, tensors, samples, visit, tick)
+    mean_inputs = {i: (s / len(samples)).astype(np.float32) for i, s in mean_in.items()}
+    return _Stats(hist, mean_inputs, {i: (pools[i], v) for i, v in pool_samples.items()})
+
+
+def _pool_range(graph: _Graph, x: np.ndarray, pool_ops: list, h: _Histogram, grid: int = 40) -> tuple[float, float]:
+    """Range for an avg-pool input scored on the pooled output (same int8 scale on both)."""
+    tf = _tf.tf()
+    ref = [_avg_pool(tf, x, op) for op in pool_ops]
+    best, best_err = (h.vmin, h.vmax), None
+    for f in np.linspace(0.1, 1.0, grid):
+        lo, hi = h.vmin * f, h.vmax * f
+        xq = _fake_quant(x, lo, hi)
+        err = 0.0
+        for op, r in zip(pool_ops, ref):
+            err += float(np.mean((_fake_quant(_avg_pool(tf, xq, op), lo, hi) - r) ** 2))
+        if best_err is None or err < best_err:
+            best, best_err = (lo, hi), err
+    return best
+
+
+def _avg_pool(tf, x, op):
+    o = op.builtinOptions
+    pad = "SAME" if o.padding == 0 else "VALID"
+    return tf.nn.avg_pool2d(x, [o.filterHeight, o.filterWidth], [o.strideH, o.strideW], pad).numpy()
+
+
+def _fake_quant(x, lo, hi):
+    scale, a, b = _int8_grid(np.float64(lo), np.float64(hi))
+    return (np.clip(np.round(x / scale), round(a / scale), round(b / scale)) * scale).astype(np.float32)
+
+
+def _set_ranges(graph: _Graph, stats: _Stats, cfg: QuantOptConfig) -> None:
+    chosen = {}
+    for i, h in stats.hist.items():
+        code, op = graph.producer(i)
+        if code in _FIXED_RANGE_OPS:
+            continue
+        if i in stats.pool_samples and stats.pool_samples[i][1]:
+            pool_ops, xs = stats.pool_samples[i]
+            chosen[i] = _pool_range(graph, np.concatenate(xs), pool_ops, h)
+        else:
+            chosen[i] = _mse_range(h)
+    for i, (lo, hi) in chosen.items():
+        graph.set_range(i, lo, hi)
+    # Same-scale ops: the output takes the input's (final) range, in graph order.
+    for code, op in graph.ops:
+        if code in _SAME_SCALE_OPS and op.inputs[0] >= 0:
+            src, dst = int(op.inputs[0]), int(op.outputs[0])
+            if graph.has_range(src) and graph.has_range(dst) and dst not in graph.outputs:
+                graph.set_range(dst, *graph.range(src))
+
+
+# ---------------------------------------------------------------------- weights
+
+
+def _weight_scale(w: np.ndarray, per_channel: bool) -> np.ndarray:
+    """The quantizer's symmetric int8 scale: max|w| / 127 per output channel (axis 0) or per tensor."""
+    if per_channel:
+        s = np.abs(w).reshape(w.shape[0], -1).max(1) / 127.0
+    else:
+        s = np.full(w.shape[0], np.abs(w).max() / 127.0)
+    return np.where(s > 0, s, 1.0).astype(np.float64)
+
+
+def _layer_output_mean(tf, layer: _Layer, x_mean: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Mean over positions of the layer's output (no bias) for the mean input image (linearity)."""
+    if layer.kind == _FULLY_CONNECTED:
+        return (x_mean.reshape(-1, w.shape[1]) @ w.T.astype(np.float64)).mean(0)
+    o = layer.options
+    pad = "SAME" if o.padding == 0 else "VALID"
+    y = tf.nn.conv2d(
+        x_mean.astype(np.float32), np.transpose(w, (1, 2, 3, 0)).astype(np.float32),
+        [1, o.strideH, o.strideW, 1], pad, dilations=[1, o.dilationHFactor, o.dilationWFactor, 1],
+    ).numpy()
+    return y.reshape(-1, y.shape[-1]).astype(np.float64).mean(0)
+
+
+def _quantize_layer_weights(graph: _Graph, layer: _Layer, x_mean, hessian) -> None:
+    tf = _tf.tf()
+    w = graph.const(layer.w).astype(np.float64)
+    s = _weight_scale(w, layer.per_channel)
+    shape = (-1,) + (1,) * (w.ndim - 1)
+    if hessian is not None:
+        q = _gptq(w.reshape(len(w), -1), hessian, s).reshape(w.shape)
+    else:
+        q = np.clip(np.round(w / s.reshape(shape)), -127, 127)
+    wq = (q * s.reshape(shape)).astype(np.float32)
+    if layer.b is not None and x_mean is not None:
+        shift = _layer_output_mean(tf, layer, x_mean, wq.astype(np.float64) - w)
+        graph.set_const(layer.b, (graph.const(layer.b).astype(np.float64) - shift).astype(np.float32))
+    graph.set_const(layer.w, wq)
+
+
+def _gptq(w: np.ndarray, hessian: np.ndarray, scale: np.ndarray, damp: float = 0.01, block: int = 128) -> np.ndarray:
+    """Integer weights (O, d) on the grid ``scale`` chosen by GPTQ (Frantar et al., 2022).
+
+    Columns are rounded in order of decreasing input energy; each rounding
+    error is spread over the columns not rounded yet via the inverse Hessian.
+    Each row's largest-magnitude weight is held fixed (it is exactly +-127
+    steps), so the quantizer recomputes the same scale.
+    """
+    W = w.astype(np.float64).copy()
+    rows, d = W.shape
+    H = hessian.astype(np.float64).copy()
+    dead = np.diag(H) <= 0
+    H[dead, dead] = 1.0
+    H += damp * float(np.mean(np.diag(H))) * np.eye(d)
+    order = np.argsort(-np.diag(H), kind="stable")
+    W, H = W[:, order], H[order][:, order]
+    fixed = np.zeros_like(W, dtype=bool)
+    fixed[np.arange(rows), np.abs(W).argmax(1)] = True
+    U = np.linalg.cholesky(np.linalg.inv(H)).T  # upper Cholesky factor of H^-1
+    Q = np.zeros_like(W)
+    sc = scale.astype(np.float64)
+    for i1 in range(0, d, block):
+        i2 = min(i1 + block, d)
+        Wb = W[:, i1:i2].copy()
+        Err = np.zeros_like(Wb)
+        Ub = U[i1:i2, i1:i2]
+        for j in range(i2 - i1):
+            col = Wb[:, j]
+            q = np.clip(np.round(col / sc), -127, 127)
+            Q[:, i1 + j] = q
+            e = (col - q * sc) / Ub[j, j]
+            upd = np.outer(e, Ub[j, j + 1 :])
+            upd[fixed[:, i1 + j + 1 : i2]] = 0.0
+            Wb[:, j + 1 :] -= upd
+            Err[:, j] = e
+        if i2 < d:
+            upd = Err @ U[i1:i2, i2:]
+            upd[fixed[:, i2:]] = 0.0
+            W[:, i2:] -= upd
+    out = np.empty_like(Q)
+    out[:, order] = Q
+    return out
+
+
+def _collect_hessians(graph: _Graph, layers: list[_Layer], samples: np.ndarray, cfg: QuantOptConfig, tick) -> dict:
+    """E[p p^T] over input patches p of every layer (a seeded subset of positions)."""
+    rng = np.random.default_rng(cfg.seed)
+    acc = {l.w: None for l in layers}
+    rows = {l.w: 0 for l in layers}
+    inputs = sorted({l.x for l in layers})
+    shapes = {l.w: graph.const(l.w).shape for l in layers}
+
+    def visit(values):
+        for l in layers:
+            P = _sample_patches(l, values[l.x], shapes[l.w], cfg.gptq_rows, rng).astype(np.float64)
+            h = P.T @ P
+            acc[l.w] = h if acc[l.w] is None else acc[l.w] + h
+            rows[l.w] += len(P)
+
+    _run_probe(graph, inputs, samples, visit, tick)
+    return {w: h / max(rows[w], 1) for w, h in acc.items() if h is not None}
+
+
+def _sample_patches(layer: _Layer, x: np.ndarray, w_shape: tuple, n: int, rng) -> np.ndarray:
+    """Up to ``n`` input patches (rows laid out like the weights: kh, kw, cin) of one sample."""
+    if layer.kind == _FULLY_CONNECTED:
+        rows = x.reshape(-1, w_shape[1])
+        return rows if len(rows) <= n else rows[rng.choice(len(rows), n, replace=False)]
+    _, kh, kw, cin = w_shape
+    o = layer.options
+    sh, sw, dh, dw = o.strideH, o.strideW, o.dilationHFactor, o.dilationWFactor
+    h, wd = x.shape[1], x.shape[2]
+    ekh, ekw = (kh - 1) * dh + 1, (kw - 1) * dw + 1
+    if o.padding == 0:  # SAME
+        oh, ow = -(-h // sh), -(-wd // sw)
+        ph = max((oh - 1) * sh + ekh - h, 0)
+        pw = max((ow - 1) * sw + ekw - wd, 0)
+        xp = np.pad(x[0], ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)))
+    else:
+        oh, ow = (h - ekh) // sh + 1, (wd - ekw) // sw + 1
+        xp = x[0]
+    count = oh * ow
+    pick = np.arange(count) if count <= n else rng.choice(count, n, replace=False)
+    r, c = (pick // ow) * sh, (pick % ow) * sw
+    ki, kj = np.meshgrid(np.arange(kh) * dh, np.arange(kw) * dw, indexing="ij")
+    patches = xp[r[:, None, None] + ki[None], c[:, None, None] + kj[None]]  # (n, kh, kw, cin)
+    return patches.reshape(len(pick), -1)

@@ -1,0 +1,63 @@
+"""The issues' acceptance checks on the real MLPerf Tiny ResNet-8 and real CIFAR-10 images."""
+
+import json
+
+import pytest
+
+from edgeresnet.cli import main
+from edgeresnet.inspect import inspect_tflite
+from edgeresnet.tflite_graph import read_graph
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def converted(shared_data, resnet8_h5, tmp_path_factory):
+    """`edgeresnet convert pretrainedResnet.h5 --int8 --target cpu --target edgetpu --target gpu` on real data."""
+    out = tmp_path_factory.mktemp("acc") / "OUT"
+    args = [
+        "convert", str(resnet8_h5), "--int8", "--target", "cpu", "--target", "edgetpu", "--target", "gpu",
+        "--calib", str(shared_data / "cifar10" / "train"), "--eval", str(shared_data / "cifar10" / "test"),
+        "--out", str(out),
+    ]
+    try:
+        main(args)
+    except SystemExit as exc:
+        assert exc.code == 0
+    report = json.loads((out / "report.json").read_text())
+    return {v["target"]: v for v in report["variants"]} | {"_report": report}
+
+
+def test_float_baseline_is_the_documented_one(converted):
+    assert converted["_report"]["float"]["top1"] == pytest.approx(75.1, abs=0.05)
+    assert converted["_report"]["evaluation"]["count"] == 1000
+
+
+def test_cpu_int8_drift_beats_the_mlperf_reference(converted):
+    v = converted["cpu"]
+    g = read_graph(v["path"])
+    assert {t.dtype for _, t in g.filter_tensors()} == {"int8"}
+    assert len(g.filter_tensors()) == 10  # 9 convolutions and the classifier
+    assert v["drop_pts"] <= 0.3, v
+    assert v["agreement"] >= 97.0, v  # the MLPerf reference int8 model agrees on 95.0 % here
+
+
+def test_edgetpu_model_is_fully_8bit_and_maps(converted):
+    v = converted["edgetpu"]
+    g = read_graph(v["path"])
+    assert "float32" not in g.dtype_counts()
+    assert g.input_tensors[0].dtype == "uint8" and g.output_tensors[0].dtype == "uint8"
+    assert v["checks"]["edgetpu"]["ok"] is True
+    assert v["checks"]["edgetpu"]["ops_mapped"] == v["checks"]["edgetpu"]["ops_total"]
+    assert v["drop_pts"] <= 0.5, v
+    verdicts = inspect_tflite(v["path"], gpu=False).to_dict()["verdicts"]
+    assert verdicts["edgetpu"]["ok"] is True
+
+
+def test_gpu_model_carries_float16_weights(converted):
+    v = converted["gpu"]
+    g = read_graph(v["path"])
+    assert {t.dtype for _, t in g.filter_tensors()} == {"float16"}
+    assert abs(v["drop_pts"]) <= 0.5
+    verdicts = inspect_tflite(v["path"]).to_dict()["verdicts"]
+    assert verdicts["gpu"]["ok"] is not False and verdicts["cpu"]["ok"] is True
