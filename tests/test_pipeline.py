@@ -33,7 +33,7 @@ def test_three_targets_end_to_end(tiny_model_h5, tiny_data, tmp_path):
     assert [v["precision"] for v in data["variants"]] == ["int8", "int8", "fp16"]
     assert data["calibration"]["count"] == 100 and data["calibration"]["seed"] == 0
     assert data["evaluation"]["count"] == 60 and data["evaluation"]["labelled"]
-    assert "calibrate cpu/int8" in stages and "evaluate float model" in stages
+    assert "calibrate tiny_cpu_int8.tflite" in stages and "evaluate float model" in stages
     for v in data["variants"]:
         for key in ("target", "precision", "path", "size_bytes", "top1", "drop_pts", "agreement"):
             assert v[key] is not None, key
