@@ -4,14 +4,11 @@ Pruning happens in Keras, but what ships is the flatbuffer: BatchNorm folding,
 quantization and the converter's constant handling all sit in between. This
 module therefore reads the *emitted* model and counts zero weights there.
 
-How it reads the file: the model is loaded in the project's interpreter layer
-(``edgeresnet.runtime.TFLiteModel``) with the default delegates switched off
-(``use_xnnpack=False``), so every op keeps its builtin name instead of being
-replaced by a ``DELEGATE`` node. For each ``CONV_2D``, ``DEPTHWISE_CONV_2D`` and
-``FULLY_CONNECTED`` op, its filter (input 1) is a constant tensor that
-``interpreter.get_tensor`` returns after ``allocate_tensors``. When the filter is
-produced by a ``DEQUANTIZE`` op (float16 weights), the constant feeding that op
-is read instead. Biases are not counted: they are not pruned.
+How it reads the file: ``edgeresnet.tflite_graph`` parses the flatbuffer and
+``TFLiteGraph.filter_tensors()`` names the stored filter (input 1) of every
+``CONV_2D``, ``DEPTHWISE_CONV_2D`` and ``FULLY_CONNECTED`` op, following a
+``DEQUANTIZE`` back to its float16 constant. Biases are not counted: they are
+not pruned.
 
 A weight is "zero" when it dequantizes to exactly 0.0: for integer tensors that
 is a stored value equal to the zero point of its channel (0 for the symmetric
@@ -31,12 +28,8 @@ from typing import Union
 
 import numpy as np
 
-from .errors import TFLiteFileError
+from .tflite_graph import read_graph
 
-WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
-"""Ops whose filter (input 1) is counted."""
-
-_FILTER_INPUT = 1
 ZLIB_LEVEL = 9
 
 
@@ -80,28 +73,15 @@ def size_summary(data: bytes) -> dict:
     return {"bytes": raw, "zlib_bytes": packed, "zlib_ratio": round(packed / raw, 4) if raw else None}
 
 
-def _as_bytes(model: Union[str, Path, bytes, bytearray]) -> bytes:
-    if isinstance(model, (bytes, bytearray)):
-        return bytes(model)
-    from .runtime import read_tflite_bytes
-
-    return read_tflite_bytes(model)
-
-
-def _zero_mask(values: np.ndarray, detail: dict) -> np.ndarray:
-    """Which stored values dequantize to exactly zero."""
+def _zero_mask(values: np.ndarray, quant) -> np.ndarray:
+    """Which stored values dequantize to exactly zero (``quant``: tflite_graph.Quantization or None)."""
     if not np.issubdtype(values.dtype, np.integer):
         return values == 0
-    qp = detail.get("quantization_parameters") or {}
-    zps = np.asarray(qp.get("zero_points", ()), dtype=np.int64)
-    if zps.size == 0:
-        zp = detail.get("quantization", (0.0, 0))[1]
-        return values.astype(np.int64) == int(zp)
-    if zps.size == 1:
-        return values.astype(np.int64) == int(zps[0])
-    axis = int(qp.get("quantized_dimension", 0))
+    zps = np.asarray(quant.zero_point if quant is not None else (0,), dtype=np.int64)
+    if zps.size <= 1:
+        return values.astype(np.int64) == (int(zps[0]) if zps.size else 0)
     shape = [1] * values.ndim
-    shape[axis] = zps.size
+    shape[quant.quantized_dimension] = zps.size
     return values.astype(np.int64) == zps.reshape(shape)
 
 
@@ -110,51 +90,21 @@ def tflite_weight_sparsity(model: Union[str, Path, bytes, bytearray]) -> dict:
 
     Returns a JSON-ready dict: ``total_weights``, ``zero_weights``, ``fraction``,
     ``by_op`` (totals per op type) and ``ops`` (one entry per op, in execution
-    order). Raises :class:`TFLiteFileError` for files that are not TFLite models
-    or that the interpreter cannot load.
+    order). Raises :class:`TFLiteFileError` for files that are not TFLite models.
     """
-    from .runtime import TFLiteModel
-
-    data = _as_bytes(model)
-    tfl = TFLiteModel(data, use_xnnpack=False)
-    interp = tfl.interpreter
-    details = {int(d["index"]): d for d in interp.get_tensor_details()}
-    ops = interp._get_ops_details()
-    producer = {}
-    for op in ops:
-        for t in op.get("outputs", ()):
-            producer[int(t)] = op
-
+    graph = read_graph(model)
     records = []
-    for op in ops:
-        name = op["op_name"]
-        if name not in WEIGHT_OPS:
-            continue
-        inputs = [int(i) for i in op.get("inputs", ())]
-        if len(inputs) <= _FILTER_INPUT or inputs[_FILTER_INPUT] < 0:
-            continue
-        idx = inputs[_FILTER_INPUT]
-        src = producer.get(idx)
-        if src is not None and src["op_name"] == "DEQUANTIZE":
-            idx = int(src["inputs"][0])  # float16 (or int8) constant behind a DEQUANTIZE
-        elif src is not None:
+    for op, tensor in graph.filter_tensors():
+        values = graph.const_array(tensor.index)
+        if values is None:
             continue  # weights computed at run time: nothing stored to count
-        detail = details.get(idx)
-        if detail is None:
-            continue
-        try:
-            values = np.asarray(interp.get_tensor(idx))
-        except ValueError as exc:  # not readable (e.g. no buffer)
-            raise TFLiteFileError(
-                f"cannot read the weights of {name} op {op['index']} ({detail['name']}): {exc}"
-            ) from None
-        zeros = int(np.count_nonzero(_zero_mask(values, detail)))
+        zeros = int(np.count_nonzero(_zero_mask(values, tensor.quantization)))
         records.append(
             OpWeights(
-                op_index=int(op["index"]),
-                op=name,
-                tensor=str(detail["name"]),
-                shape=tuple(int(s) for s in values.shape),
+                op_index=op.index,
+                op=op.name,
+                tensor=tensor.name,
+                shape=tuple(int(d) for d in values.shape),
                 dtype=str(values.dtype),
                 weights=int(values.size),
                 zeros=zeros,
