@@ -2,6 +2,7 @@ import base64
 import copy
 import csv
 import io
+import math
 import re
 
 import numpy as np
@@ -89,6 +90,18 @@ def test_point_labels_are_target_and_precision(report):
     assert rf.point_labels(twins) == ["cpu/int8/int8", "cpu/int8/float32"]
 
 
+def test_point_labels_name_pruned_variants():
+    dense = _variant("m_cpu_int8.tflite", "cpu", "int8", "int8")
+    from_record = _variant("m_x_cpu_int8.tflite", "cpu", "int8", "int8", prune={"sparsity": 0.5, "fine_tuned": False})
+    from_config = _variant("m_y_cpu_int8.tflite", "cpu", "int8", "int8", prune={"config": {"sparsity": 0.625}})
+    from_name = _variant("m_pruned75_cpu_int8.tflite", "cpu", "int8", "int8")
+    # Pruning tells the variants apart, so no io suffix is needed.
+    assert rf.point_labels([dense, from_record, from_config, from_name]) == [
+        "cpu/int8", "cpu/int8 pruned 50%", "cpu/int8 pruned 62.5%", "cpu/int8 pruned 75%"]
+    assert [rf.prune_sparsity(v) for v in (dense, from_record, from_name)] == [None, 0.5, 0.75]
+    assert rf.prune_sparsity(_variant("m_unpruned500x.tflite", "cpu", "int8", "int8")) is None
+
+
 def test_csv_parses_back_with_stable_columns(report, tmp_path):
     path = rf.write_csv(report, tmp_path / "report.csv")
     with open(path, newline="") as fh:
@@ -105,6 +118,16 @@ def test_csv_parses_back_with_stable_columns(report, tmp_path):
     assert fp16["checks"] == "weights:ok;gpu:unknown" and invalid["checks"] == "weights:failed"
     assert failed["size_bytes"] == "" and failed["top1"] == "" and "ERF" in failed["error"]
     assert float(fp16["sqnr_db"]) == 61.3 and int(fp16["eval_count"]) == 500
+    assert [r["label"] for r in rows] == ["cpu/fp32", "cpu/int8", "gpu/fp16", "edgetpu/int8", "cpu/int16x8"]
+    assert int8["prune_sparsity"] == "" and int8["weight_sparsity"] == ""
+
+
+def test_csv_names_pruned_variants_and_their_zeros(crowded, tmp_path):
+    rows = list(csv.DictReader(rf.write_csv(crowded, tmp_path / "r.csv").open(newline="")))
+    pruned = [r for r in rows if "pruned50" in r["name"]]
+    assert [r["label"] for r in pruned] == ["cpu/int8 pruned 50%", "edgetpu/int8 pruned 50%"]
+    assert all(float(r["prune_sparsity"]) == 0.5 and float(r["weight_sparsity"]) == 0.4931 for r in pruned)
+    assert {r["prune_sparsity"] for r in rows if "pruned" not in r["name"]} == {""}
 
 
 def _png_from(data: bytes) -> Image.Image:
@@ -175,3 +198,194 @@ def test_write_all_writes_the_three_files(report, tmp_path):
     paths = rf.write_all(report, tmp_path)
     assert {p.name for p in paths.values()} == {"report.csv", "accuracy_vs_size.png", "report.html"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["accuracy_vs_size.png", "report.csv", "report.html"]
+
+
+# ---------------------------------------------------------------------- the crowded plot of a real run
+
+# Measured: `edgeresnet report pretrainedResnet.h5 --calib cifar10/train --eval cifar10/test --sparsity 0.5`
+# on the real MLPerf Tiny ResNet-8, 1000 test images (sizes in bytes, top-1 %, share of zero weights).
+_MEASURED = [
+    ("cpu_int8", "cpu", "int8", "int8", 94888, 78563, 74.9, 0.0105),
+    ("cpu_fp32", "cpu", "fp32", "float32", 317636, 291792, 75.1, 0.0),
+    ("cpu_dynamic", "cpu", "dynamic", "float32", 93968, 81421, 75.2, 0.0103),
+    ("cpu_int16x8", "cpu", "int16x8", "float32", 99896, 81916, 75.4, 0.0105),
+    ("edgetpu_int8", "edgetpu", "int8", "uint8", 95224, 78681, 74.9, 0.0105),
+    ("gpu_fp16", "gpu", "fp16", "float32", 165668, 147457, 74.9, 0.0),
+    ("gpu_fp32", "gpu", "fp32", "float32", 317636, 291792, 75.1, 0.0),
+    ("pruned50_cpu_int8", "cpu", "int8", "int8", 94888, 58433, 57.1, 0.4931),
+    ("pruned50_edgetpu_int8", "edgetpu", "int8", "uint8", 95224, 58551, 57.1, 0.4931),
+]
+
+
+@pytest.fixture
+def crowded(report):
+    """The report of the real run above: four variants within 6 KiB and 0.5 points, two equal, two pruned."""
+    out = copy.deepcopy(report)
+    out["float"] = {"count": 1000, "top1": 75.1, "top5": 98.6}
+    out["evaluation"].update(count=1000)
+    out["variants"] = []
+    for i, (tag, target, precision, io_type, size, packed, top1, zeros) in enumerate(_MEASURED):
+        v = _variant(f"pretrainedResnet_{tag}.tflite", target, precision, io_type, size_bytes=size,
+                     compressed_bytes=packed, top1=top1, weight_sparsity=zeros,
+                     latency={"median_ms": 0.1 + i / 100, "p90_ms": 0.2 + i / 100, "repeats": 30})
+        if tag.startswith("pruned"):
+            v["prune"] = {"sparsity": 0.5, "schedule": "one-shot", "fine_tuned": False, "epochs": 0,
+                          "left_dense": [{"name": "dense", "reason": "classifier"}]}
+        out["variants"].append(v)
+    return out
+
+
+def _label_texts(ax):
+    return [t for t in ax.texts if t.get_gid() == "variant-label"]
+
+
+def test_crowded_plot_has_two_readable_panels(crowded):
+    fig, panels = rf._draw(crowded)
+    assert [p.size_key for p in panels] == ["size_bytes", "compressed_bytes"]
+    assert [a.get_xlabel() for a in fig.axes[:2]] == [".tflite size (KiB)", "zlib-compressed size (KiB)"]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax, panel in zip(fig.axes, panels):
+        lines = [line for label in panel.labels for line, _ in label.lines]
+        # Equal models share one line; pruned ones say so; every plotted variant is named exactly once.
+        assert "cpu/fp32 = gpu/fp32" in lines and "cpu/fp32" not in lines
+        assert {"cpu/int8 pruned 50%", "edgetpu/int8 pruned 50%"} <= set(lines)
+        assert sorted(n for label in panel.labels for n in label.names) == sorted(v["name"] for v in crowded["variants"])
+        assert all(label.clean for label in panel.labels)
+        # What was drawn: every label line inside the axes, none overlapping another or a marker.
+        texts = _label_texts(ax)
+        assert sorted(t.get_text() for t in texts) == sorted(lines)
+        boxes = [t.get_window_extent(renderer) for t in texts]
+        frame = ax.get_window_extent(renderer)
+        for i, b in enumerate(boxes):
+            assert frame.x0 <= b.x0 and b.x1 <= frame.x1 and frame.y0 <= b.y0 and b.y1 <= frame.y1, texts[i].get_text()
+            for j in range(i):
+                c = boxes[j]
+                overlap_w = min(b.x1, c.x1) - max(b.x0, c.x0)
+                overlap_h = min(b.y1, c.y1) - max(b.y0, c.y0)
+                assert overlap_w <= 0.5 or overlap_h <= 0.5, (texts[i].get_text(), texts[j].get_text())
+        size_key = panel.size_key
+        for v in crowded["variants"]:
+            mx, my = ax.transData.transform((v[size_key] / 1024, v["top1"]))
+            for t, b in zip(texts, boxes):
+                assert not (b.x0 + 1 < mx < b.x1 - 1 and b.y0 + 1 < my < b.y1 - 1), (v["name"], t.get_text())
+
+
+def test_each_panel_has_its_own_pareto_front(crowded):
+    _, (raw, packed) = rf._draw(crowded)
+    # In the .tflite file pruning gains nothing, so the pruned model (same size, lower accuracy) is dominated;
+    # compressed, it is the smallest model and starts the front.
+    assert raw.front == ("pretrainedResnet_cpu_dynamic.tflite", "pretrainedResnet_cpu_int16x8.tflite")
+    assert packed.front[0] == "pretrainedResnet_pruned50_cpu_int8.tflite"
+    assert packed.front[1:] == ("pretrainedResnet_cpu_int8.tflite", "pretrainedResnet_cpu_dynamic.tflite",
+                                "pretrainedResnet_cpu_int16x8.tflite")
+    for panel in (raw, packed):
+        bold = {text for label in panel.labels for text, b in label.lines if b}
+        expected = {rf.point_labels(crowded["variants"])[i] for i, v in enumerate(crowded["variants"])
+                    if v["name"] in panel.front}
+        assert bold == expected
+
+
+def test_crowded_png_shows_the_front_line(crowded, tmp_path):
+    img = _png_from(rf.plot_accuracy_vs_size(crowded, tmp_path / "p.png").read_bytes())
+    assert img.width >= 1200 and img.height >= 600
+    rgb = np.asarray(img.convert("RGB")).astype(int)
+    assert len(np.unique(rgb.reshape(-1, 3), axis=0)) > 50
+    # The compressed panel's front climbs 18 points from the pruned model: a long grey step line.
+    grey = int(round(float(rf.FRONT_COLOUR) * 255))
+    right = rgb[:, img.width // 2:]
+    assert int((np.abs(right - grey).max(axis=2) <= 2).sum()) > 600
+    # The pruned model (57 %) is inside the picture, not clipped: orange of its marker near the bottom.
+    fig, _ = rf._draw(crowded)
+    ax = fig.axes[1]
+    x, y = ax.transData.transform((58433 / 1024, 57.1))
+    row, col = int(round(img.height - y)), int(round(x))
+    patch = rgb[row - 6:row + 7, col - 6:col + 7].reshape(-1, 3)
+    assert any(r > 200 and 100 < g < 160 and b < 60 for r, g, b in patch)  # tab:orange half of the split marker
+
+
+def test_one_panel_when_no_compressed_size(crowded):
+    for v in crowded["variants"]:
+        v["compressed_bytes"] = None
+    fig, panels = rf._draw(crowded)
+    assert [p.size_key for p in panels] == ["size_bytes"] and len(fig.axes) == 1
+
+
+def test_html_names_pruned_variants_with_latency_and_zeros(crowded, tmp_path):
+    page = rf.write_html(crowded, tmp_path / "r.html").read_text()
+    head = re.search(r"<thead>(.*?)</thead>", page).group(1)
+    assert all(h in head for h in ("pruned", "zero weights %", "median ms", "p90 ms"))
+    row = re.search(r"<tr[^>]*><td><code>pretrainedResnet_pruned50_cpu_int8.tflite</code>(.*?)</tr>", page).group(1)
+    assert 'class="label">cpu/int8 pruned 50%<' in row and "<td>50% one-shot</td>" in row
+    assert '<td class="num">49.3</td>' in row  # share of zero weights, in %
+    assert '<td class="num">0.170</td>' in row and '<td class="num">0.270</td>' in row  # latency median, p90
+    dense = re.search(r"<tr[^>]*><td><code>pretrainedResnet_cpu_int8.tflite</code>(.*?)</tr>", page).group(1)
+    assert "<td>no</td>" in dense and '<td class="num">1.1</td>' in dense
+    # The pruning record both pruned variants carry is shown once, naming them.
+    section = page[page.index("<h2>Pruning</h2>"):]
+    assert section.count("one-shot</td>") == 1 and "pretrainedResnet_pruned50_edgetpu_int8.tflite" in section
+    assert '{&quot;name&quot;: &quot;dense&quot;' in section
+
+
+# ---------------------------------------------------------------------- the layout on its own
+
+
+def _assert_spread(spots, anchors, radius, bounds):
+    for i, s in enumerate(spots):
+        assert bounds.contains(s.box)
+        for x, y in anchors:
+            assert not s.box.overlaps(rf.Box(x - radius, y - radius, x + radius, y + radius))
+        for j in range(i):
+            assert not s.box.overlaps(spots[j].box)
+            for a, b in ((s, spots[j]), (spots[j], s)):
+                if a.leader is not None:
+                    assert not b.box.crosses(*a.leader)
+
+
+def test_layout_spreads_a_tight_cluster_without_overlap():
+    # Eight markers within 12 x 8 pixels, labels 90 x 12: most labels need a leader line.
+    anchors = [(300 + 1.5 * i, 200 + (i % 3) * 3.0) for i in range(8)]
+    sizes = [(90.0, 12.0)] * 8
+    bounds = rf.Box(0, 0, 640, 400)
+    spots = rf._layout_labels(anchors, sizes, bounds, radii=5.0)
+    assert all(s.clean for s in spots)
+    _assert_spread(spots, anchors, 5.0, bounds)
+    assert sum(s.leader is not None for s in spots) >= 4
+    for s, (x, y) in zip(spots, anchors):
+        assert s.box.distance(x, y) < 120  # still near its marker
+        if s.leader is not None:
+            (sx, sy), end = s.leader
+            assert abs(math.hypot(sx - x, sy - y) - 5.0) < 1e-6 and s.box.distance(*end) < 1e-6
+    assert rf._layout_labels(anchors, sizes, bounds, radii=5.0) == spots  # deterministic
+
+
+def test_layout_keeps_labels_in_bounds_and_prefers_the_right_side():
+    bounds = rf.Box(0, 0, 400, 300)
+    # A lone marker: its label sits right beside it, no leader.
+    (spot,) = rf._layout_labels([(100, 150)], [(60, 10)], bounds, radii=4.0, gap=3.0)
+    assert spot.leader is None and spot.box.x0 == pytest.approx(107) and spot.box.y0 == pytest.approx(145)
+    # At the right edge it goes to the left.
+    (spot,) = rf._layout_labels([(395, 150)], [(60, 10)], bounds, radii=4.0, gap=3.0)
+    assert spot.box.x1 == pytest.approx(388) and spot.leader is None
+    # A drawn line through the marker pushes the label off it when a free spot is close.
+    line = ((0.0, 150.0), (400.0, 150.0))
+    (spot,) = rf._layout_labels([(100, 150)], [(60, 10)], bounds, radii=4.0, lines=[line])
+    assert not spot.box.crosses(*line)
+
+
+def test_layout_reports_labels_it_could_not_place():
+    bounds = rf.Box(0, 0, 100, 30)  # room for two labels, not five
+    spots = rf._layout_labels([(50, 15)] * 5, [(40, 12)] * 5, bounds, radii=3.0)
+    assert all(bounds.contains(s.box) for s in spots)
+    assert not all(s.clean for s in spots)
+    with pytest.raises(ValueError, match="2 anchors but 1"):
+        rf._layout_labels([(0, 0), (1, 1)], [(1, 1)], bounds)
+
+
+def test_box_geometry():
+    box = rf.Box(0, 0, 10, 10)
+    assert box.crosses((-5, 5), (15, 5)) and box.crosses((5, 5), (20, 20))
+    assert not box.crosses((-5, 11), (15, 11)) and not box.crosses((-5, -5), (-1, 20))
+    assert not box.crosses((10, -5), (10, 15))  # runs along an edge only
+    assert box.overlaps(rf.Box(9, 9, 20, 20)) and not box.overlaps(rf.Box(10, 0, 20, 10))
+    assert box.overlaps(rf.Box(11, 0, 20, 10), gap=2) and box.distance(13, 14) == 5.0
