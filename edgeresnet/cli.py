@@ -46,6 +46,8 @@ def _data_options(f):
         click.option("--eval", "eval_path", type=click.Path(), help="Evaluation images: labelled (class sub-folders) gives top-1/top-5; otherwise agreement with the float model."),
         click.option("--eval-samples", type=int, help="Evaluate on at most this many images (default: all)."),
         click.option("--max-drop", type=float, metavar="PTS", help="Fail (exit 3, report still written) when a model loses more than PTS top-1 points against the float model."),
+        click.option("--recover/--no-recover", default=True, show_default=True, help="When an int8 model exceeds --max-drop, keep its worst layers in float one at a time until it fits (cpu; the Edge TPU cannot run float layers, so there the worst layers are only named)."),
+        click.option("--strict", is_flag=True, help="Fail the run when a target check fails (a model that would not map fully to the Edge TPU, or a GPU-delegate blocker); by default such findings are reported."),
         click.option("--out", type=click.Path(), help="Output folder (convert: edgeresnet-out; report: edgeresnet-report)."),
         click.option("--overwrite", is_flag=True, help="Replace an existing output folder."),
         click.option("--train", type=click.Path(), help="Labelled images (one sub-folder per class) to fine-tune a pruned model on; without it pruning is one-shot."),
@@ -112,6 +114,8 @@ def _options(model, kw, default_out, **extra):
         out=kw["out"] or default_out,
         overwrite=kw["overwrite"],
         train=kw["train"],
+        recover=kw["recover"],
+        strict=kw["strict"],
         **extra,
     )
 

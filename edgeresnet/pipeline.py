@@ -61,6 +61,8 @@ class ConvertOptions:
     overwrite: bool = False
     prune: Optional[object] = None  # a prune.PruneConfig: how pruned variants are made
     train: Optional[str] = None
+    recover: bool = True  # over --max-drop: return the worst layers to float (targets that allow it)
+    strict: bool = False  # target compatibility checks (Edge TPU mapping, GPU screen) fail the run
 
     def __post_init__(self):
         if not self.targets:
@@ -325,6 +327,7 @@ def _run(opts, plan, progress=None, notify=None, bench_config=None, all_formats=
         prune=prune_info,
     )
     emit = _Emitter(opts, float_out, labels, conv_calib, conv_eval, progress, notify, bench_config)
+    report.recovery = opts.recover and opts.max_drop is not None
     with StagedDir(opts.out, opts.overwrite) as staged:
         for planned in plan:
             model, info = models[planned.sparsity]
@@ -332,6 +335,10 @@ def _run(opts, plan, progress=None, notify=None, bench_config=None, all_formats=
             if planned.sparsity is not None and info is not None:
                 rec.extra["prune"] = {k: v for k, v in info.items() if k != "layers"}
             report.add(rec)
+            if rec.status == "over_budget" and opts.recover and planned.spec.precision == "int8":
+                recovered = emit.recover(model, planned, rec, staged.path)
+                if recovered is not None:
+                    report.add(recovered)
         if any(COMPILER_HINT in v.checks.get("edgetpu", {}).get("notes", ()) for v in report.variants):
             notify(f"note: {COMPILER_HINT}")  # once per run, not once per model
         report.finish(time.perf_counter() - started)
@@ -342,7 +349,8 @@ def _run(opts, plan, progress=None, notify=None, bench_config=None, all_formats=
             write_all(data_dict, staged.path)
         staged.commit()
 
-    bad = [v for v in report.variants if v.status == "over_budget"]
+    recovered_ok = {v.name for v in report.variants if v.status == "ok"}
+    bad = [v for v in report.variants if v.status == "over_budget" and v.extra.get("recovered_by") not in recovered_ok]
     if bad:
         worst = max(bad, key=lambda v: v.drift.drop_pts if v.drift.drop_pts is not None else 100 - v.drift.agreement)
         raise DriftBudgetExceeded(
@@ -396,7 +404,7 @@ class _Emitter:
         path = folder / name
         atomic_write_bytes(path, result.model)
         rec.set_file(path, self.opts.out)
-        rec.checks = checks_mod.run_checks(target, spec, result.model, path)
+        rec.checks = checks_mod.run_checks(target, spec, result.model, path, strict=self.opts.strict)
         rec.extra["weight_sparsity"] = _zero_fraction(result.model)
         if self.bench_config is not None:
             from .bench import benchmark
@@ -410,6 +418,43 @@ class _Emitter:
         elif over_budget(rec.drift, self.opts.max_drop):
             rec.fail("over_budget", f"drop exceeds --max-drop {self.opts.max_drop}")
         return rec
+
+    def recover(self, model, planned: PlannedVariant, rec: VariantRecord, folder: Path) -> Optional[VariantRecord]:
+        """An over-budget int8 variant: keep its worst layers in float where the target can run float.
+
+        Returns the recovered variant (status ``ok`` when the budget is met) or
+        None when the target cannot run float layers (Edge TPU); then the worst
+        layers are only named in ``rec``.
+        """
+        from .recover import RecoveryConfig, edgetpu_worst_layers, measure_cost, recover_int8
+
+        target, spec = planned.target, planned.spec
+        if "fp32" not in target.precisions:
+            rec.extra["worst_layers"] = edgetpu_worst_layers(
+                model.tflite_converter, self.conv_calib, self.conv_eval
+            )
+            rec.error += f"; {target.name} cannot run float layers, so accuracy cannot be recovered there (worst layers in the report)"
+            return None
+        result = recover_int8(
+            model.tflite_converter, self.conv_calib, self.conv_eval, self.float_out, self.labels,
+            RecoveryConfig(max_drop=self.opts.max_drop), io_type=spec.io_type,
+            progress=_stage(self.progress, f"recover {rec.name}"),
+        )
+        name = rec.name.replace(f"_{spec.precision}", "_int8mixed", 1)
+        new = VariantRecord(name=name, target=target.name, precision=result.precision, io_type=spec.io_type)
+        path = folder / name
+        atomic_write_bytes(path, result.model)
+        new.set_file(path, self.opts.out)
+        tfl = TFLiteModel(result.model)
+        new.interpreter = f"{tfl.backend.name} {tfl.backend.version}"
+        new.set_drift(drift(self.float_out, tfl.predict(self.conv_eval), self.labels))
+        new.extra["recovery"] = result.to_dict() | {"cost": measure_cost(result, self.bench_config)}
+        new.extra["weight_sparsity"] = _zero_fraction(result.model)
+        if over_budget(new.drift, self.opts.max_drop):
+            kept = ", ".join(new.extra["recovery"]["float_layers"]) or "none"
+            new.fail("over_budget", f"still over --max-drop {self.opts.max_drop} with {kept} in float ({result.stopped})")
+        rec.extra["recovered_by"] = name
+        return new
 
 
 def _zero_fraction(model: bytes) -> float:

@@ -76,6 +76,9 @@ _EXPAND_DIMS = 70
 _SLICE = 65
 _PADV2 = 60
 _LOG_SOFTMAX = 50
+_MEAN = 40
+_RELU = 19
+_ACT_NONE, _ACT_RELU = 0, 1
 
 # The int8 kernels of these ops require the output to share the input's scale
 # and zero point; the quantizer propagates one to the other. We give the
@@ -102,7 +105,9 @@ class QuantOptConfig:
     ``stats_samples``: calibration samples (an evenly spread subset) run once
     more in float for histograms and layer input means; ``None`` uses all.
     ``gptq_samples`` / ``gptq_rows``: samples, and patch rows drawn per sample
-    and layer, for the GPTQ Hessians (``mse+gptq`` only).
+    and layer, for the GPTQ Hessians (``mse+gptq`` only). ``equalize``:
+    rescale channels that dwarf the rest of their tensor (see
+    :func:`_equalize`), measured on ``equalize_samples`` samples.
     """
 
     stats_samples: Optional[int] = 128
@@ -110,13 +115,17 @@ class QuantOptConfig:
     gptq_rows: int = 512
     bins: int = 2048
     seed: int = 0
+    equalize: bool = True
+    equalize_samples: int = 32
 
     def __post_init__(self):
         if self.stats_samples is not None and (
             isinstance(self.stats_samples, bool) or not isinstance(self.stats_samples, int) or self.stats_samples < 1
         ):
             raise ConfigError(f"stats_samples must be a positive integer or None, got {self.stats_samples!r}")
-        for name in ("gptq_samples", "gptq_rows", "bins"):
+        if not isinstance(self.equalize, bool):
+            raise ConfigError(f"equalize must be True or False, got {self.equalize!r}")
+        for name in ("gptq_samples", "gptq_rows", "bins", "equalize_samples"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}")
@@ -152,7 +161,8 @@ def quantize_int8(
     n = len(calibration)
     stats_idx = _spread(n, cfg.stats_samples)
     gptq_idx = _spread(n, cfg.gptq_samples) if method == "mse+gptq" else np.zeros(0, np.int64)
-    total = n + (0 if method == "minmax" else len(stats_idx)) + len(gptq_idx)
+    eq_idx = _spread(n, cfg.equalize_samples) if (cfg.equalize and method != "minmax") else np.zeros(0, np.int64)
+    total = n + (0 if method == "minmax" else len(stats_idx)) + len(gptq_idx) + len(eq_idx)
     tick = _Ticker(progress, total)
 
     tf = _tf.tf()
@@ -168,6 +178,8 @@ def quantize_int8(
         layers = graph.weight_layers(per_channel=not getattr(converter, "_experimental_disable_per_channel", False),
                                      dense_per_channel=not getattr(
                                          converter, "_experimental_disable_per_channel_quantization_for_dense_layers", False))
+        if len(eq_idx):
+            _equalize(graph, calibration[eq_idx], tick)
         stats = _collect_stats(graph, layers, calibration[stats_idx], cfg, method, tick)
         if method in ("mse+bias", "mse+gptq"):
             hessians = _collect_hessians(graph, layers, calibration[gptq_idx], cfg, tick) if method == "mse+gptq" else {}
@@ -467,40 +479,56 @@ class _Histogram:
 
     Each side covers [0, R) in ``bins/2`` equal bins; R doubles (merging bin
     pairs) whenever a larger value arrives, so bin edges stay aligned with 0.
+    Large tensors are subsampled (a strided subset, each value counting for the
+    stride), except their tails (beyond R/8), which are always counted in full:
+    the few largest values decide the clipping error.
     """
 
-    MAX_VALUES = 1 << 16  # per tensor and sample; a strided subset beyond that
+    MAX_VALUES = 1 << 16  # per tensor and sample before subsampling
 
     def __init__(self, bins: int, lo: float, hi: float):
         self.k = bins // 2
         self.r = [max(hi, 1e-8), max(-lo, 1e-8)]
-        self.counts = [np.zeros(self.k, np.int64), np.zeros(self.k, np.int64)]
-        self.zeros = 0
+        self.counts = [np.zeros(self.k), np.zeros(self.k)]
+        self.zeros = 0.0
         self.vmin = 0.0
         self.vmax = 0.0
         self.offset = 0
 
+    def _grow(self, side: int, top: float) -> None:
+        while top >= self.r[side]:
+            c = self.counts[side].reshape(self.k // 2, 2).sum(1)
+            self.counts[side] = np.concatenate([c, np.zeros(self.k // 2)])
+            self.r[side] *= 2.0
+
+    def _count(self, side: int, a: np.ndarray, weight: float) -> None:
+        if a.size:
+            idx = np.minimum((a * (self.k / self.r[side])).astype(np.int64), self.k - 1)
+            self.counts[side] += weight * np.bincount(idx, minlength=self.k)
+
     def add(self, v: np.ndarray) -> None:
         v = v.reshape(-1)
-        self.vmin = min(self.vmin, float(v.min()))
-        self.vmax = max(self.vmax, float(v.max()))
+        vmin, vmax = float(v.min()), float(v.max())
+        self.vmin, self.vmax = min(self.vmin, vmin), max(self.vmax, vmax)
+        if vmax > 0:
+            self._grow(0, vmax)
+        if vmin < 0:
+            self._grow(1, -vmin)
+        step = 1
         if v.size > self.MAX_VALUES:
             step = int(math.ceil(v.size / self.MAX_VALUES))
-            v = v[self.offset % step :: step]
+            t_pos, t_neg = self.r[0] / 8.0, self.r[1] / 8.0
+            tail = v[(v >= t_pos) | (v <= -t_neg)]
+            self._count(0, tail[tail > 0], 1.0)
+            self._count(1, -tail[tail < 0], 1.0)
+            sub = v[self.offset % step :: step]
             self.offset += 1
+            v = sub[(sub < t_pos) & (sub > -t_neg)]
         pos = v[v > 0]
         neg = -v[v < 0]
-        self.zeros += v.size - pos.size - neg.size
-        for side, a in ((0, pos), (1, neg)):
-            if a.size == 0:
-                continue
-            top = float(a.max())
-            while top >= self.r[side]:
-                c = self.counts[side].reshape(self.k // 2, 2).sum(1)
-                self.counts[side] = np.concatenate([c, np.zeros(self.k // 2, np.int64)])
-                self.r[side] *= 2.0
-            idx = np.minimum((a * (self.k / self.r[side])).astype(np.int64), self.k - 1)
-            self.counts[side] += np.bincount(idx, minlength=self.k)
+        self.zeros += step * float(v.size - pos.size - neg.size)
+        self._count(0, pos, float(step))
+        self._count(1, neg, float(step))
 
     def values_and_counts(self) -> tuple[np.ndarray, np.ndarray, float]:
         """Bin centres (ascending), their counts, and the number of exact zeros."""
@@ -508,9 +536,9 @@ class _Histogram:
         cp = (np.arange(self.k) + 0.5) * wp
         cn = -(np.arange(self.k)[::-1] + 0.5) * wn
         c = np.concatenate([cn, cp])
-        n = np.concatenate([self.counts[1][::-1], self.counts[0]]).astype(np.float64)
+        n = np.concatenate([self.counts[1][::-1], self.counts[0]])
         keep = n > 0
-        return c[keep], n[keep], float(self.zeros)
+        return c[keep], n[keep], self.zeros
 
 
 def _int8_grid(lo, hi):
@@ -637,6 +665,132 @@ def _set_ranges(graph: _Graph, stats: _Stats, cfg: QuantOptConfig) -> None:
             src, dst = int(op.inputs[0]), int(op.outputs[0])
             if graph.has_range(src) and graph.has_range(dst) and dst not in graph.outputs:
                 graph.set_range(dst, *graph.range(src))
+
+
+# ---------------------------------------------------------------------- equalization
+
+
+_CHANNEL_PASSTHROUGH = {_AVERAGE_POOL_2D, _MAX_POOL_2D, _PAD, _MEAN, _RESHAPE}
+
+
+@dataclass
+class _Chain:
+    producer: _Layer  # conv/FC whose output channels are rescaled
+    consumer: _Layer  # conv/FC whose input channels absorb the inverse
+    tensors: list  # activations between them (all rescaled per channel)
+
+
+def _chains(graph: _Graph, layers: list[_Layer]) -> list[_Chain]:
+    """producer -> [ReLU-fused] -> pooling/pad/mean/reshape ... -> consumer, with one reader per step.
+
+    Scaling channel c of the producer by t > 0 and the consumer's input channel
+    c by 1/t leaves the float function unchanged along such a chain (ReLU,
+    pooling, zero padding and means are positively homogeneous per channel).
+    """
+    by_input = {}
+    for l in layers:
+        by_input.setdefault(l.x, []).append(l)
+    out = []
+    for prod in layers:
+        act = getattr(prod.options, "fusedActivationFunction", _ACT_NONE)
+        if act not in (_ACT_NONE, _ACT_RELU) or prod.b is None:
+            continue
+        channels = graph.const(prod.w).shape[0]
+        t, path = prod.y, [prod.y]
+        while True:
+            readers = graph.consumers.get(t, [])
+            if t in graph.outputs or len(readers) != 1:
+                break
+            code, op = readers[0]
+            if code in _WEIGHT_OPS:
+                cons = [l for l in by_input.get(t, []) if l.y == int(op.outputs[0])]
+                if cons and int(op.inputs[0]) == t:
+                    out.append(_Chain(prod, cons[0], path))
+                break
+            if code not in _CHANNEL_PASSTHROUGH or int(op.inputs[0]) != t:
+                break
+            nxt = int(op.outputs[0])
+            shape = tuple(graph.sg.tensors[nxt].shape)
+            if not shape or shape[-1] != channels:
+                break
+            if code == _MEAN:
+                axes_val = _int_const(graph, int(op.inputs[1]))
+                rank = len(graph.sg.tensors[t].shape)
+                if axes_val is None or any(a % rank == rank - 1 for a in axes_val):
+                    break
+            if code == _RESHAPE and int(np.prod(shape[:-1])) != int(np.prod(graph.sg.tensors[t].shape[:-1])):
+                break  # a reshape that moves channels around
+            t = nxt
+            path.append(t)
+    return out
+
+
+def _int_const(graph: _Graph, i: int):
+    t = graph.sg.tensors[i]
+    data = graph.model.buffers[t.buffer].data
+    if data is None or len(data) == 0 or t.type != _TFLITE_INT32:
+        return None
+    return np.frombuffer(np.asarray(data, np.uint8).tobytes(), np.int32).tolist()
+
+
+def _equalize(graph: _Graph, samples: np.ndarray, tick) -> int:
+    """Shrink channels whose range dwarfs the rest of their (per-tensor quantized) activation.
+
+    For a chain producer -> consumer with channel ranges r_c, scaling channel c
+    by t_c = min(1, R / r_c) makes the int8 step R / 255 for the whole tensor,
+    while the consumer's input channel c grows by 1 / t_c. The rounding noise
+    reaching the consumer's output is proportional to
+    R^2 * sum_c |W2[:, c]|^2 / t_c^2; R is chosen among the r_c to minimise it,
+    and applied only when it removes at least a third of that noise.
+    Returns the number of chains rescaled.
+    """
+    layers = graph.weight_layers(per_channel=True, dense_per_channel=True)
+    chains = _chains(graph, layers)
+    if not chains:
+        tick(len(samples))
+        return 0
+    heads = sorted({c.producer.y for c in chains})
+    ranges = {i: None for i in heads}
+
+    def visit(values):
+        for i in heads:
+            v = np.abs(values[i].reshape(-1, values[i].shape[-1])).max(0)
+            ranges[i] = v if ranges[i] is None else np.maximum(ranges[i], v)
+
+    _run_probe(graph, heads, samples, visit, tick)
+    done = 0
+    for ch in chains:
+        r = ranges[ch.producer.y].astype(np.float64)
+        w2 = graph.const(ch.consumer.w).astype(np.float64)
+        cin = w2.shape[-1] if ch.consumer.kind == _CONV_2D else w2.shape[1]
+        if cin != len(r):
+            continue
+        energy = (w2.reshape(w2.shape[0], -1, cin) ** 2).sum((0, 1)) if ch.consumer.kind == _CONV_2D else (w2**2).sum(0)
+        live = r > 0
+        if live.sum() < 2:
+            continue
+
+        def noise(R):
+            t = np.minimum(1.0, R / np.where(live, r, R))
+            return R * R * float(np.sum(energy / (t * t)))
+
+        candidates = np.unique(r[live])
+        costs = [noise(R) for R in candidates]
+        best = int(np.argmin(costs))
+        if costs[best] > (2.0 / 3.0) * noise(float(r.max())):
+            continue
+        R = float(candidates[best])
+        t = np.where(live, np.minimum(1.0, R / np.where(live, r, 1.0)), 1.0)
+        w1 = graph.const(ch.producer.w).astype(np.float64)
+        graph.set_const(ch.producer.w, w1 * t.reshape((-1,) + (1,) * (w1.ndim - 1)))
+        graph.set_const(ch.producer.b, graph.const(ch.producer.b).astype(np.float64) * t)
+        graph.set_const(ch.consumer.w, w2 / t)  # broadcasts over the last (input-channel) axis of both layouts
+        for i in ch.tensors:
+            if graph.has_range(i):
+                lo, hi = graph.range(i)
+                graph.set_range(i, lo * float(t.max()) if lo < 0 else lo, hi * R / max(float(r.max()), 1e-12))
+        done += 1
+    return done
 
 
 # ---------------------------------------------------------------------- weights

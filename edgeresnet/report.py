@@ -106,6 +106,7 @@ class RunReport:
     max_drop: Optional[float]
     prune: Optional[dict] = None
     variants: list = field(default_factory=list)
+    recovery: bool = False  # whether over-budget int8 models were allowed to keep layers in float
     seconds: Optional[float] = None
     created: str = ""
 
@@ -140,7 +141,9 @@ class RunReport:
 
     @property
     def passed(self) -> bool:
-        return all(v.status == "ok" for v in self.variants)
+        """Every variant is ok, or was over budget and replaced by a recovered variant that is ok."""
+        ok = {v.name for v in self.variants if v.status == "ok"}
+        return all(v.status == "ok" or v.extra.get("recovered_by") in ok for v in self.variants)
 
     def to_dict(self) -> dict:
         out = {
@@ -152,6 +155,7 @@ class RunReport:
             "evaluation": self.evaluation,
             "float": self.baseline.to_dict(),
             "max_drop": self.max_drop,
+            "recovery": self.recovery,
             "passed": self.passed,
             "seconds": self.seconds,
             "variants": [v.to_dict() for v in self.variants],
@@ -233,6 +237,20 @@ def to_markdown(report: dict) -> str:
     for v in report["variants"]:
         if v.get("error"):
             lines.append(f"- `{v['name']}`: {v['status']}: {v['error']}")
+        if v.get("recovered_by"):
+            lines.append(f"- `{v['name']}` was over budget; recovered as `{v['recovered_by']}`")
+        if v.get("recovery"):
+            r = v["recovery"]
+            cost = r.get("cost") or {}
+            lines.append(
+                f"- `{v['name']}`: kept in float: {', '.join(r.get('float_layers') or []) or 'nothing'} "
+                f"({'budget met' if r.get('met') else 'budget NOT met'}); size "
+                f"{(cost.get('size_bytes') or {}).get('initial')} -> {(cost.get('size_bytes') or {}).get('final')} bytes, "
+                f"median latency {(cost.get('latency_ms') or {}).get('initial')} -> {(cost.get('latency_ms') or {}).get('final')} ms"
+            )
+        if v.get("worst_layers"):
+            names = ", ".join(str(w.get("name") or w.get("layer")) for w in v["worst_layers"][:5])
+            lines.append(f"- `{v['name']}`: layers with the largest int8 error: {names}")
         for name, chk in (v.get("checks") or {}).items():
             lines.append(f"- `{v['name']}` {name}: {'ok' if chk.get('ok') else 'NOT ok' if chk.get('ok') is False else 'unknown'}: {chk.get('summary', '')}")
     if report.get("prune") and report["prune"].get("layers"):

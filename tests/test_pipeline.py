@@ -125,3 +125,38 @@ def test_prune_emits_unpruned_and_pruned_side_by_side(tiny_model_h5, tiny_data, 
     kinds = {layer["role"] for layer in data["prune"]["layers"]}
     assert {"stem", "classifier"} <= kinds
     assert all(l["achieved_sparsity"] == 0 for l in data["prune"]["layers"] if l["role"] in ("stem", "classifier"))
+
+
+def test_recovery_keeps_outlier_layers_in_float_and_meets_budget(outlier_model_h5, tiny_data, tmp_path):
+    out = tmp_path / "out"
+    report = run_convert(_opts(outlier_model_h5, tiny_data, out, max_drop=1.0))
+    data = json.loads((out / "report.json").read_text())
+    plain, mixed = data["variants"]
+    assert plain["status"] == "over_budget" and plain["drop_pts"] > 1.0
+    assert plain["recovered_by"] == mixed["name"] and mixed["status"] == "ok"
+    assert mixed["precision"] == "int8+float" and mixed["drop_pts"] <= 1.0
+    kept = mixed["recovery"]["float_layers"]
+    assert kept and any("outlier" in k or "classifier" in k for k in kept)
+    assert mixed["recovery"]["cost"]["size_bytes"]["final"] == mixed["size_bytes"]
+    assert data["passed"] is True and report.passed
+    # The reported drop is what the written model scores.
+    from edgeresnet.calibration import get_preset, load_images
+
+    ev = load_images(tiny_data["eval"], (16, 16, 3))
+    pred = TFLiteModel(mixed["path"]).predict(get_preset("unit").apply(ev.images))
+    assert 100.0 * np.mean(pred.argmax(1) == ev.labels) == pytest.approx(mixed["top1"], abs=1e-3)
+    assert "kept in float" in (out / "report.md").read_text()
+
+
+def test_edgetpu_cannot_recover_and_names_worst_layers(outlier_model_h5, tiny_data, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(DriftBudgetExceeded):
+        run_convert(_opts(outlier_model_h5, tiny_data, out, max_drop=1.0, targets=("edgetpu",)))
+    v = json.loads((out / "report.json").read_text())["variants"]
+    assert len(v) == 1 and v[0]["status"] == "over_budget"
+    assert v[0]["worst_layers"] and "cannot run float layers" in v[0]["error"]
+
+
+def test_no_recover_fails_the_run(outlier_model_h5, tiny_data, tmp_path):
+    with pytest.raises(DriftBudgetExceeded):
+        run_convert(_opts(outlier_model_h5, tiny_data, tmp_path / "out", max_drop=1.0, recover=False))

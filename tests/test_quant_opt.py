@@ -1,0 +1,219 @@
+"""edgeresnet.quant_opt: full-integer int8 with optimised ranges and weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgeresnet import quant_opt
+from edgeresnet.errors import ConfigError, DataError
+from edgeresnet.quant_opt import QuantOptConfig, quantize_int8
+from edgeresnet.runtime import TFLiteModel
+
+
+def _structure(model: bytes) -> dict:
+    """What must not change between the plain converter and quant_opt: ops, io types, io quantization."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    m = flatbuffer_utils.convert_bytearray_to_object(bytearray(model))
+    sg = m.subgraphs[0]
+    ops = [quant_opt._op_code(m, op) for op in sg.operators]
+    weights = []
+    for op in sg.operators:
+        if quant_opt._op_code(m, op) in (quant_opt._CONV_2D, quant_opt._FULLY_CONNECTED):
+            t = sg.tensors[op.inputs[1]]
+            weights.append((t.type, len(t.quantization.scale)))
+    io = []
+    for i in list(sg.inputs) + list(sg.outputs):
+        t = sg.tensors[i]
+        q = t.quantization
+        io.append((t.type, tuple(t.shape), None if q is None or q.scale is None else (float(q.scale[0]), int(q.zeroPoint[0]))))
+    return {"ops": ops, "weights": weights, "io": io}
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_h5, tiny_data):
+    """Float model, calibration and held-out samples (the tiny model takes pixels / 255)."""
+    from edgeresnet.calibration import load_images
+    from edgeresnet.models.loading import load_model
+
+    loaded = load_model(tiny_model_h5)
+    calib = load_images(tiny_data["calib"], (16, 16, 3)).images.astype(np.float32) / 255.0
+    held = load_images(tiny_data["eval"], (16, 16, 3)).images.astype(np.float32) / 255.0
+    return loaded, calib, held, loaded.predict(held)
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tiny):
+    loaded, calib, _, _ = tiny
+    return {m: quantize_int8(loaded.tflite_converter, calib, "int8", m) for m in ("minmax", "mse+bias")}
+
+
+def test_optimised_model_is_full_integer_and_shaped_like_the_plain_one(tiny_models):
+    plain, opt = _structure(tiny_models["minmax"]), _structure(tiny_models["mse+bias"])
+    assert opt == plain  # same op sequence, int8 per-channel weights, same io types and io quantization
+    int8 = 9
+    assert all(t == int8 and n > 1 for t, n in opt["weights"])
+    assert [t for t, _, _ in opt["io"]] == [int8, int8]
+    quant_opt.check_full_integer(tiny_models["mse+bias"], "int8")  # no float32 tensor anywhere
+
+
+def test_optimised_model_is_closer_to_float_than_minmax_on_held_out_data(tiny, tiny_models):
+    _, _, held, ref = tiny
+    err = {m: float(np.mean((TFLiteModel(b).predict(held) - ref) ** 2)) for m, b in tiny_models.items()}
+    assert err["mse+bias"] <= err["minmax"], err
+
+
+def test_minmax_is_the_plain_converter(tiny, tiny_models):
+    from edgeresnet.convert import ConversionSpec, convert
+
+    loaded, calib, held, _ = tiny
+    plain = convert(loaded.tflite_converter, ConversionSpec("int8", "int8"), calib).model
+    np.testing.assert_array_equal(TFLiteModel(plain).predict(held), TFLiteModel(tiny_models["minmax"]).predict(held))
+
+
+@pytest.mark.parametrize("io_type", ["uint8", "float32"])
+def test_other_io_types_stay_full_integer(tiny, io_type):
+    loaded, calib, held, ref = tiny
+    model = quantize_int8(loaded.tflite_converter, calib[:16], io_type, "mse")
+    quant_opt.check_full_integer(model, io_type)
+    tm = TFLiteModel(model)
+    assert tm.input.dtype == np.dtype(io_type)
+    assert np.abs(tm.predict(held) - ref).max() < 0.5
+
+
+def test_progress_reaches_its_total(tiny):
+    loaded, calib, _, _ = tiny
+    calls = []
+    quantize_int8(loaded.tflite_converter, calib[:12], "int8", "mse+bias", progress=lambda d, t: calls.append((d, t)))
+    assert calls and calls[-1][0] == calls[-1][1]
+    assert all(b[0] >= a[0] for a, b in zip(calls, calls[1:]))
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, needle",
+    [
+        ({"method": "kl"}, ConfigError, "unknown quantization method"),
+        ({"io_type": "int16"}, ConfigError, "not possible"),
+        ({"calibration": np.zeros((0, 16, 16, 3), np.float32)}, DataError, "non-empty"),
+        ({"calibration": np.full((2, 16, 16, 3), np.nan, np.float32)}, DataError, "NaN"),
+    ],
+)
+def test_bad_arguments_are_rejected_before_converting(kwargs, exc, needle):
+    args = {"make_converter": lambda: pytest.fail("converter must not be built"),
+            "calibration": np.zeros((2, 16, 16, 3), np.float32), "io_type": "int8", "method": "mse"}
+    args.update(kwargs)
+    with pytest.raises(exc, match=needle):
+        quantize_int8(**args)
+
+
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [({"stats_samples": 0}, "stats_samples"), ({"gptq_rows": -1}, "gptq_rows"), ({"bins": 101}, "even"),
+     ({"gptq_samples": True}, "gptq_samples")],
+)
+def test_config_rejects_bad_values(kwargs, needle):
+    with pytest.raises(ConfigError, match=needle):
+        QuantOptConfig(**kwargs)
+
+
+@pytest.mark.parametrize("df", [2, 3, 5])
+def test_mse_range_matches_brute_force_and_beats_minmax_on_heavy_tails(df):
+    rng = np.random.default_rng(0)
+    v = rng.standard_t(df, 200_000).astype(np.float32)  # more than MAX_VALUES: the subsampled path
+    h = quant_opt._Histogram(2048, float(v.min()), float(v.max()))
+    h.add(v)
+    lo, hi = quant_opt._mse_range(h)
+    err = lambda a, b: float(np.mean((quant_opt._fake_quant(v, a, b) - v) ** 2))  # noqa: E731
+    brute = min(err(v.min() * f, v.max() * f) for f in np.linspace(0.01, 1, 200))
+    assert err(lo, hi) <= 1.05 * brute
+    assert err(lo, hi) < 0.8 * err(float(v.min()), float(v.max()))
+
+
+def test_histogram_grows_its_range_without_losing_counts():
+    h = quant_opt._Histogram(64, -1.0, 1.0)
+    h.add(np.array([0.5, -0.5, 0.0, 0.0], np.float32))
+    h.add(np.array([7.0, -3.0], np.float32))
+    c, n, zeros = h.values_and_counts()
+    assert n.sum() == 4 and zeros == 2
+    assert h.vmin == -3.0 and h.vmax == 7.0 and c.min() < -2.5 and c.max() > 6.5
+
+
+def test_gptq_keeps_the_scale_and_lowers_the_layer_error():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4000, 24)) @ rng.normal(size=(24, 24))  # correlated inputs
+    w = rng.normal(size=(8, 24))
+    h = x.T @ x / len(x)
+    s = np.abs(w).max(1) / 127.0
+    q = quant_opt._gptq(w, h, s)
+    assert np.array_equal(q, np.round(q)) and np.abs(q).max() <= 127
+    assert np.all(np.abs(q).max(1) == 127)  # each row's largest weight stays at full scale
+    assert np.allclose(np.abs(q * s[:, None]).max(1), np.abs(w).max(1))  # quantizer recomputes s
+    nearest = np.round(w / s[:, None])
+    err = lambda qq: float(np.trace((qq * s[:, None] - w) @ h @ (qq * s[:, None] - w).T))  # noqa: E731
+    assert err(q) < 0.7 * err(nearest)
+
+
+def test_sampled_patches_match_tf_extract_patches():
+    from edgeresnet import _tf
+
+    tf = _tf.tf()
+
+    class Opt:
+        padding, strideH, strideW, dilationHFactor, dilationWFactor = 0, 2, 2, 1, 1
+
+    x = np.random.default_rng(1).normal(size=(1, 7, 7, 3)).astype(np.float32)
+    layer = quant_opt._Layer(quant_opt._CONV_2D, 0, 1, None, 2, Opt(), True)
+    got = quant_opt._sample_patches(layer, x, (4, 3, 3, 3), 10_000, np.random.default_rng(0))
+    want = tf.image.extract_patches(x, [1, 3, 3, 1], [1, 2, 2, 1], [1, 1, 1, 1], "SAME").numpy().reshape(-1, 27)
+    np.testing.assert_allclose(got, want)
+
+
+@pytest.mark.slow
+def test_resnet8_int8_meets_the_accuracy_acceptance(shared_data, resnet8_h5):
+    """Issue 2: default method, 300 class-balanced training images -> agreement >= 97 %, drop <= 0.3."""
+    from edgeresnet import verify
+    from edgeresnet.calibration import load_images
+    from edgeresnet.models.loading import load_model
+
+    loaded = load_model(resnet8_h5)
+    test = load_images(shared_data / "cifar10" / "test", (32, 32, 3))
+    calib = load_images(shared_data / "cifar10" / "train", (32, 32, 3), samples=300, seed=0)
+    x = test.images.astype(np.float32)
+    ref = loaded.predict(x)
+    model = quantize_int8(loaded.tflite_converter, calib.images.astype(np.float32), "int8")
+    tm = TFLiteModel(model)
+    assert (tm.input.scale, tm.input.zero_point) == (1.0, -128)
+    out = tm.predict(x)
+    assert verify.agreement(ref, out) >= 97.0
+    assert verify.topk_accuracy(ref, test.labels) - verify.topk_accuracy(out, test.labels) <= 0.3
+
+
+def test_written_weights_survive_the_quantizer_exactly(tiny):
+    """The float weights quant_opt writes are int8 steps of the scale the quantizer recomputes."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    from edgeresnet import _tf
+
+    loaded, calib, _, _ = tiny
+    conv = loaded.tflite_converter()
+    quant_opt._configure_int8(conv, calib, "int8", quant_opt._Ticker(None, 1))
+    conv._experimental_calibrate_only = True
+    graph = quant_opt._Graph(quant_opt._run_converter(conv, "calibration"))
+    layers = graph.weight_layers(per_channel=True, dense_per_channel=True)
+    cfg = QuantOptConfig(stats_samples=16, gptq_samples=16)
+    stats = quant_opt._collect_stats(graph, layers, calib[:16], cfg, "mse+gptq", quant_opt._Ticker(None, 1))
+    hessians = quant_opt._collect_hessians(graph, layers, calib[:16], cfg, quant_opt._Ticker(None, 1))
+    for layer in layers:
+        quant_opt._quantize_layer_weights(graph, layer, stats.mean_inputs.get(layer.x), hessians.get(layer.w))
+    written = {graph.sg.tensors[l.w].name: graph.const(l.w).astype(np.float64) for l in layers}
+    model = quant_opt._mlir_quantize(_tf.tf(), conv, graph.to_bytes(), "int8")
+    m = flatbuffer_utils.convert_bytearray_to_object(bytearray(model))
+    checked = 0
+    for t in m.subgraphs[0].tensors:
+        if t.name in written:
+            q = np.frombuffer(np.asarray(m.buffers[t.buffer].data, np.uint8).tobytes(), np.int8).reshape(t.shape)
+            scale = np.asarray(t.quantization.scale, np.float64).reshape((-1,) + (1,) * (q.ndim - 1))
+            np.testing.assert_allclose(q * scale / scale, written[t.name] / scale, atol=1e-3)
+            checked += 1
+    assert checked == len(layers) > 3
