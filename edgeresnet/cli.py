@@ -46,6 +46,7 @@ def _data_options(f):
         click.option("--eval", "eval_path", type=click.Path(), help="Evaluation images: labelled (class sub-folders) gives top-1/top-5; otherwise agreement with the float model."),
         click.option("--eval-samples", type=int, help="Evaluate on at most this many images (default: all)."),
         click.option("--max-drop", type=float, metavar="PTS", help="Fail (exit 3, report still written) when a model loses more than PTS top-1 points against the float model."),
+        click.option("--int8-method", default="mse+bias", show_default=True, metavar="M", help="How int8 ranges and weights are chosen: minmax (the plain converter), mse (error-minimising activation ranges), mse+bias (plus bias correction of weight rounding), mse+gptq (plus GPTQ rounding)."),
         click.option("--recover/--no-recover", default=True, show_default=True, help="When an int8 model exceeds --max-drop, keep its worst layers in float one at a time until it fits (cpu; the Edge TPU cannot run float layers, so there the worst layers are only named)."),
         click.option("--strict", is_flag=True, help="Fail the run when a target check fails (a model that would not map fully to the Edge TPU, or a GPU-delegate blocker); by default such findings are reported."),
         click.option("--out", type=click.Path(), help="Output folder (convert: edgeresnet-out; report: edgeresnet-report)."),
@@ -115,6 +116,7 @@ def _options(model, kw, default_out, **extra):
         overwrite=kw["overwrite"],
         train=kw["train"],
         recover=kw["recover"],
+        int8_method=kw["int8_method"],
         strict=kw["strict"],
         **extra,
     )

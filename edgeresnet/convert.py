@@ -30,6 +30,7 @@ class ConversionSpec:
 
     precision: str
     io_type: str = "float32"
+    method: str = "mse+bias"  # how int8 ranges and weights are chosen (see quant_opt.METHODS)
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -41,6 +42,10 @@ class ConversionSpec:
             raise ConfigError(
                 f"io type {self.io_type!r} is not possible for {self.precision}; choose one of {', '.join(allowed)}"
             )
+        from .quant_opt import METHODS
+
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown int8 method {self.method!r}; choose one of {', '.join(METHODS)}")
 
     @property
     def needs_calibration(self) -> bool:
@@ -66,18 +71,9 @@ def _configure(converter, spec: ConversionSpec, calibration: Optional[np.ndarray
         return
     if spec.precision == "dynamic":
         return
-    # Full-integer variants: calibration data is mandatory.
-    if calibration is None or len(calibration) == 0:
-        raise ConfigError(
-            f"{spec.precision} needs calibration data; pass --calib with a folder of representative images"
-        )
     converter.representative_dataset = representative_dataset(calibration, progress)
-    if spec.precision == "int8":
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    else:  # int16x8
-        converter.target_spec.supported_ops = [
-            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
-        ]
+    # int16x8 here; full int8 goes through quant_opt.quantize_int8.
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
     converter.inference_input_type = dtypes[spec.io_type]
     converter.inference_output_type = dtypes[spec.io_type]
 
@@ -94,6 +90,12 @@ def convert(
     (``LoadedModel.tflite_converter``); ``calibration`` holds preprocessed float32
     samples (N, H, W, C) for the full-integer precisions.
     """
+    if spec.needs_calibration and (calibration is None or len(calibration) == 0):
+        raise ConfigError(
+            f"{spec.precision} needs calibration data; pass --calib with a folder of representative images"
+        )
+    if spec.precision == "int8":
+        return _convert_int8(make_converter, spec, calibration, progress)
     converter = make_converter()
     _configure(converter, spec, calibration, progress)
     start = time.perf_counter()
@@ -108,3 +110,12 @@ def convert(
         detail = last_error_line(str(failure) + "\n" + cap.text, type(failure).__name__)
         raise ConversionError(f"the TFLite converter failed for {spec.precision}: {detail}")
     return ConversionResult(spec=spec, model=bytes(data), seconds=seconds, log=cap.text)
+
+
+def _convert_int8(make_converter, spec: ConversionSpec, calibration, progress) -> ConversionResult:
+    """Full integer: TFLITE_BUILTINS_INT8 only, ranges and weights chosen by ``spec.method``."""
+    from .quant_opt import quantize_int8
+
+    start = time.perf_counter()
+    data = quantize_int8(make_converter, calibration, spec.io_type, method=spec.method, progress=progress)
+    return ConversionResult(spec=spec, model=data, seconds=time.perf_counter() - start, log="")

@@ -61,6 +61,7 @@ class ConvertOptions:
     overwrite: bool = False
     prune: Optional[object] = None  # a prune.PruneConfig: how pruned variants are made
     train: Optional[str] = None
+    int8_method: str = "mse+bias"  # quant_opt.METHODS: how int8 ranges and weights are chosen
     recover: bool = True  # over --max-drop: return the worst layers to float (targets that allow it)
     strict: bool = False  # target compatibility checks (Edge TPU mapping, GPU screen) fail the run
 
@@ -94,7 +95,7 @@ class ConvertOptions:
             precision = target.precision_for(self.int8, self.precision)
             integer_io = PRECISIONS[precision].integer_only
             io = target.io_type_for(precision, self.io_type if integer_io else None)
-            plan.append((target, ConversionSpec(precision=precision, io_type=io)))
+            plan.append((target, ConversionSpec(precision=precision, io_type=io, method=self.int8_method)))
         return plan
 
 
@@ -191,12 +192,13 @@ def sweep_plan(opts: ConvertOptions, sparsities: tuple = ()) -> list[PlannedVari
         target = get_target(name)
         for precision in target.precisions:
             io = target.io_type_for(precision, opts.io_type if PRECISIONS[precision].integer_only else None)
-            plan.append(PlannedVariant(target, ConversionSpec(precision, io)))
+            plan.append(PlannedVariant(target, ConversionSpec(precision, io, opts.int8_method)))
     for s in sparsities:
         for name in opts.targets:
             target = get_target(name)
             if "int8" in target.precisions:
-                plan.append(PlannedVariant(target, ConversionSpec("int8", target.io_type_for("int8", opts.io_type)), s))
+                spec = ConversionSpec("int8", target.io_type_for("int8", opts.io_type), opts.int8_method)
+                plan.append(PlannedVariant(target, spec, s))
     return plan
 
 
@@ -393,6 +395,8 @@ class _Emitter:
             self.notify(f"{name}: conversion failed: {exc}")
             return rec
         rec.convert_seconds = round(result.seconds, 3)
+        if spec.precision == "int8":
+            rec.extra["int8_method"] = spec.method
         try:
             tfl = TFLiteModel(result.model)
             out = tfl.predict(self.conv_eval, progress=_stage(self.progress, f"evaluate {name}"))

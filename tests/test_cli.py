@@ -113,7 +113,7 @@ def test_convert_writes_models_and_prints_a_table(tmp_path, tiny_model_h5, tiny_
 
 def test_max_drop_zero_is_met_by_recovery_or_fails(tmp_path, outlier_model_h5, tiny_data, capsys):
     args = ["convert", outlier_model_h5, "--int8", "--calib", tiny_data["calib"], "--eval", tiny_data["eval"],
-            "--preset", "unit", "--max-drop", "0"]
+            "--preset", "unit", "--max-drop", "0", "--int8-method", "minmax"]
     code, stdout, err = run_cli(args + ["--out", tmp_path / "a", "--no-recover"], capsys)
     assert code == 3 and "exceeds --max-drop" in err and (tmp_path / "a" / "report.json").exists()
     code, stdout, err = run_cli(args + ["--out", tmp_path / "b"], capsys)

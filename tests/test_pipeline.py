@@ -64,7 +64,7 @@ def test_numbers_match_an_independent_evaluation(tiny_model_h5, tiny_data, tmp_p
 def test_budget_exceeded_still_writes_report(outlier_model_h5, tiny_data, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(DriftBudgetExceeded, match="--max-drop 0.0"):
-        run_convert(_opts(outlier_model_h5, tiny_data, out, max_drop=0.0))
+        run_convert(_opts(outlier_model_h5, tiny_data, out, max_drop=0.0, int8_method="minmax", recover=False))
     data = json.loads((out / "report.json").read_text())
     v = data["variants"][0]
     assert data["passed"] is False and v["status"] == "over_budget"
@@ -129,7 +129,7 @@ def test_prune_emits_unpruned_and_pruned_side_by_side(tiny_model_h5, tiny_data, 
 
 def test_recovery_keeps_outlier_layers_in_float_and_meets_budget(outlier_model_h5, tiny_data, tmp_path):
     out = tmp_path / "out"
-    report = run_convert(_opts(outlier_model_h5, tiny_data, out, max_drop=1.0))
+    report = run_convert(_opts(outlier_model_h5, tiny_data, out, max_drop=1.0, int8_method="minmax"))
     data = json.loads((out / "report.json").read_text())
     plain, mixed = data["variants"]
     assert plain["status"] == "over_budget" and plain["drop_pts"] > 1.0
@@ -151,7 +151,7 @@ def test_recovery_keeps_outlier_layers_in_float_and_meets_budget(outlier_model_h
 def test_edgetpu_cannot_recover_and_names_worst_layers(outlier_model_h5, tiny_data, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(DriftBudgetExceeded):
-        run_convert(_opts(outlier_model_h5, tiny_data, out, max_drop=1.0, targets=("edgetpu",)))
+        run_convert(_opts(outlier_model_h5, tiny_data, out, max_drop=1.0, targets=("edgetpu",), int8_method="minmax"))
     v = json.loads((out / "report.json").read_text())["variants"]
     assert len(v) == 1 and v[0]["status"] == "over_budget"
     assert v[0]["worst_layers"] and "cannot run float layers" in v[0]["error"]
@@ -159,4 +159,13 @@ def test_edgetpu_cannot_recover_and_names_worst_layers(outlier_model_h5, tiny_da
 
 def test_no_recover_fails_the_run(outlier_model_h5, tiny_data, tmp_path):
     with pytest.raises(DriftBudgetExceeded):
-        run_convert(_opts(outlier_model_h5, tiny_data, tmp_path / "out", max_drop=1.0, recover=False))
+        run_convert(_opts(outlier_model_h5, tiny_data, tmp_path / "out", max_drop=1.0, recover=False, int8_method="minmax"))
+
+
+def test_default_int8_method_equalizes_the_outlier_that_minmax_cannot(outlier_model_h5, tiny_data, tmp_path):
+    """The default mse+bias method finds the 1000x channel and equalizes it; plain min/max loses."""
+    plain = run_convert(_opts(outlier_model_h5, tiny_data, tmp_path / "a", int8_method="minmax"))
+    tuned = run_convert(_opts(outlier_model_h5, tiny_data, tmp_path / "b"))
+    p, t = plain.variants[0].drift, tuned.variants[0].drift
+    assert p.drop_pts > 10 and t.drop_pts <= 1.0 and t.agreement > p.agreement
+    assert tuned.to_dict()["variants"][0]["int8_method"] == "mse+bias"
