@@ -62,7 +62,7 @@ def test_minmax_is_the_plain_converter(tiny, tiny_models):
     from edgeresnet.convert import ConversionSpec, convert
 
     loaded, calib, held, _ = tiny
-    plain = convert(loaded.tflite_converter, ConversionSpec("int8", "int8"), calib).model
+    plain = convert(loaded.tflite_converter, ConversionSpec("int8", "int8", "minmax"), calib).model
     np.testing.assert_array_equal(TFLiteModel(plain).predict(held), TFLiteModel(tiny_models["minmax"]).predict(held))
 
 
@@ -72,7 +72,7 @@ def test_other_io_types_match_the_plain_converter_and_stay_full_integer(tiny, io
 
     loaded, calib, held, ref = tiny
     model = quantize_int8(loaded.tflite_converter, calib[:16], io_type, "mse")
-    plain = convert(loaded.tflite_converter, ConversionSpec("int8", io_type), calib[:16]).model
+    plain = convert(loaded.tflite_converter, ConversionSpec("int8", io_type, "minmax"), calib[:16]).model
     assert _structure(model) == _structure(plain)
     quant_opt.check_full_integer(model, io_type)
     tm = TFLiteModel(model)
