@@ -42,6 +42,7 @@ quantization), and only changes what that quantizer is fed:
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -465,7 +466,9 @@ def _probe(graph: _Graph, tensors: list[int]):
     finally:
         graph.sg.outputs = saved
     backend = get_backend()
-    interp = backend.interpreter_cls(model_content=data)
+    # The statistics pass is plain float inference: use the cores (the converter's
+    # own calibration runs single-threaded).
+    interp = backend.interpreter_cls(model_content=data, num_threads=min(os.cpu_count() or 1, 4))
     interp.allocate_tensors()
     names = {graph.sg.tensors[i].name.decode(): i for i in tensors}
     outs = [(d["index"], names[d["name"]]) for d in interp.get_output_details()]
@@ -493,11 +496,12 @@ class _Histogram:
     Each side covers [0, R) in ``bins/2`` equal bins; R doubles (merging bin
     pairs) whenever a larger value arrives, so bin edges stay aligned with 0.
     Large tensors are subsampled (a strided subset, each value counting for the
-    stride), except their tails (beyond R/8), which are always counted in full:
+    stride), except their tails (beyond R/4), which are always counted in full:
     the few largest values decide the clipping error.
     """
 
     MAX_VALUES = 1 << 16  # per tensor and sample before subsampling
+    TAIL = 0.25
 
     def __init__(self, bins: int, lo: float, hi: float):
         self.k = bins // 2
@@ -530,13 +534,14 @@ class _Histogram:
         step = 1
         if v.size > self.MAX_VALUES:
             step = int(math.ceil(v.size / self.MAX_VALUES))
-            t_pos, t_neg = self.r[0] / 8.0, self.r[1] / 8.0
-            tail = v[(v >= t_pos) | (v <= -t_neg)]
-            self._count(0, tail[tail > 0], 1.0)
-            self._count(1, -tail[tail < 0], 1.0)
-            sub = v[self.offset % step :: step]
+            t_pos, t_neg = self.r[0] * self.TAIL, self.r[1] * self.TAIL
+            if vmax >= t_pos:
+                self._count(0, v[np.flatnonzero(v >= t_pos)], 1.0)
+            if vmin <= -t_neg:
+                self._count(1, -v[np.flatnonzero(v <= -t_neg)], 1.0)
+            v = v[self.offset % step :: step]
             self.offset += 1
-            v = sub[(sub < t_pos) & (sub > -t_neg)]
+            v = v[(v < t_pos) & (v > -t_neg)]
         pos = v[v > 0]
         neg = -v[v < 0]
         self.zeros += step * float(v.size - pos.size - neg.size)
@@ -623,8 +628,9 @@ def _collect_stats(graph: _Graph, layers: list, samples: np.ndarray, cfg: QuantO
             if i in pool_samples and seen[0] < pool_keep:
                 pool_samples[i].append(v.astype(np.float32, copy=True))
         for i in layer_inputs:
-            v = values[i].astype(np.float64)
-            mean_in[i] = v if i not in mean_in else mean_in[i] + v
+            if i not in mean_in:
+                mean_in[i] = np.zeros(values[i].shape, np.float64)
+            np.add(mean_in[i], values[i], out=mean_in[i])
         seen[0] += 1
 
     _run_probe(graph, tensors, samples, visit, tick)
