@@ -19,6 +19,7 @@ from typing import Callable, Optional, Union
 
 import numpy as np
 
+from ._validate import whole_number
 from .errors import ConfigError, TFLiteFileError
 from .runtime import TFLiteModel, TensorSpec
 
@@ -26,14 +27,6 @@ ProgressFn = Callable[[int, int], None]
 
 #: Seed of the random input, so two runs time the same tensor.
 INPUT_SEED = 0
-
-
-def _count(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ConfigError(f"{name} must be a whole number, got {value!r}")
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
-    return int(value)
 
 
 @dataclass(frozen=True)
@@ -49,10 +42,10 @@ class BenchConfig:
     threads: Optional[int] = None
 
     def __post_init__(self):
-        _count("warmup", self.warmup, 0)
-        _count("repeats", self.repeats, 1)
+        whole_number("warmup", self.warmup, 0)
+        whole_number("repeats", self.repeats, 1)
         if self.threads is not None:
-            _count("threads", self.threads, 1)
+            whole_number("threads", self.threads, 1)
 
 
 @dataclass(frozen=True)

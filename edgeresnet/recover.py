@@ -64,6 +64,7 @@ import numpy as np
 from . import _tf
 from ._capture import capture_output, last_error_line
 from .calibration import representative_dataset
+from ._validate import whole_number
 from .errors import ConfigError, ConversionError, DataError
 from .runtime import TFLiteModel
 from .tflite_graph import TFLiteGraph, parse_tflite
@@ -81,14 +82,6 @@ STOP_MAX_STEPS = "max_steps reached"
 STOP_NOTHING_LEFT = "nothing left to return to float"
 
 _NUMERIC_VERIFY = "NumericVerify"
-
-
-def _whole(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ConfigError(f"{name} must be a whole number, got {value!r}")
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
-    return int(value)
 
 
 @dataclass(frozen=True)
@@ -113,9 +106,9 @@ class RecoveryConfig:
             raise ConfigError(f"max_drop must be a number of accuracy points, got {self.max_drop!r}")
         if not (math.isfinite(float(self.max_drop)) and float(self.max_drop) >= 0):
             raise ConfigError(f"max_drop must be zero or more accuracy points, got {self.max_drop}")
-        _whole("group_size", self.group_size, 1)
-        _whole("max_steps", self.max_steps, 0)
-        _whole("rank_samples", self.rank_samples, 1)
+        whole_number("group_size", self.group_size, 1)
+        whole_number("max_steps", self.max_steps, 0)
+        whole_number("rank_samples", self.rank_samples, 1)
         if self.ranking not in RANKINGS:
             raise ConfigError(f"unknown ranking {self.ranking!r}; choose one of {', '.join(RANKINGS)}")
 
@@ -642,13 +635,13 @@ def edgetpu_worst_layers(
     Same calibration and ranking as :func:`recover_int8` (integer-only ops),
     nothing is returned to float. Each entry is ``LayerError.to_dict()``.
     """
-    _whole("top", top, 1)
+    whole_number("top", top, 1)
     if ranking not in RANKINGS:
         raise ConfigError(f"unknown ranking {ranking!r}; choose one of {', '.join(RANKINGS)}")
     eval_x = np.asarray(eval_x, np.float32)
     if eval_x.ndim != 4 or len(eval_x) == 0:
         raise DataError(f"ranking layers needs evaluation images (N, H, W, C), got shape {eval_x.shape}")
-    samples = _spread(eval_x, _whole("rank_samples", rank_samples, 1))
+    samples = _spread(eval_x, whole_number("rank_samples", rank_samples, 1))
     session = _Session(make_converter, calibration, samples, integer_only_ops=True)
     return [layer.to_dict() for layer in _rank(session, samples, ranking)[:top]]
 
