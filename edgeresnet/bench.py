@@ -21,7 +21,7 @@ import numpy as np
 
 from ._validate import whole_number
 from .errors import ConfigError, TFLiteFileError
-from .runtime import TFLiteModel, TensorSpec
+from .runtime import TFLiteModel, TensorSpec, emulation
 
 ProgressFn = Callable[[int, int], None]
 
@@ -68,6 +68,9 @@ class BenchResult:
     max_ms: float
     std_ms: float
     times_ms: tuple = field(default=(), repr=False)
+    #: Set when the interpreter ran under CPU emulation (qemu): the figures
+    #: then describe the emulator, not the device.
+    emulated: Optional[str] = None
 
     def to_dict(self, include_times: bool = False) -> dict:
         """A JSON-ready dict (``times_ms``, every timed run, only on request)."""
@@ -162,6 +165,7 @@ def benchmark(
         max_ms=float(np.max(ms)),
         std_ms=float(np.std(ms)),
         times_ms=tuple(float(t) for t in ms),
+        emulated=emulation(),
     )
 
 
@@ -175,8 +179,15 @@ def format_bench(result: BenchResult) -> str:
     """A few plain lines for a terminal."""
     threads = "interpreter default" if result.threads is None else str(result.threads)
     shape = "x".join(str(d) for d in result.input_shape)
+    lines = []
+    if result.emulated:
+        lines.append(
+            f"warning:     emulated ({result.emulated}): these timings measure the emulator, "
+            "not the device; time on the real board"
+        )
     return "\n".join(
-        [
+        lines
+        + [
             f"model:       {result.model} ({_size_text(result.size_bytes)}, input {shape} {result.input_dtype})",
             f"interpreter: {result.interpreter} {result.interpreter_version}, threads: {threads}",
             f"runs:        {result.warmup} warm-up, {result.repeats} timed (invoke only)",

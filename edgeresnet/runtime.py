@@ -97,6 +97,31 @@ def _dist_version(dist: str) -> str:
         return "unknown"
 
 
+def emulation() -> Optional[str]:
+    """How this process is emulated, or None on real hardware.
+
+    Timings taken under emulation say nothing about the device. Detected from
+    ``EDGERESNET_EMULATED`` (set by ``scripts/build_pi_env.sh``'s wrapper), or
+    from an ARM Python whose ``/proc/cpuinfo`` describes an x86 processor
+    (qemu-user passes the host's file through).
+    """
+    named = os.environ.get("EDGERESNET_EMULATED")
+    if named:
+        return named
+    import platform
+
+    machine = platform.machine().lower()
+    if not (machine.startswith("aarch64") or machine.startswith("arm")):
+        return None
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return None
+    if "GenuineIntel" in cpuinfo or "AuthenticAMD" in cpuinfo:
+        return f"qemu-{machine}"
+    return None
+
+
 def read_tflite_bytes(path: Union[str, Path]) -> bytes:
     """Read a file and check that it is a TFLite flatbuffer (raises TFLiteFileError)."""
     p = Path(path)

@@ -1,0 +1,118 @@
+"""The device side on an emulated Raspberry Pi OS stack (arm64, Python 3.11, tflite-runtime 2.14).
+
+``scripts/build_pi_env.sh`` builds the environment from Debian's arm64 packages
+and PyPI's aarch64 wheels; qemu-user runs it. CI builds it before the tests
+and sets ``EDGERESNET_PI_PYTHON``; elsewhere the fixture builds (or reuses) it.
+When it cannot be built the tests are skipped with the reason, and fail in CI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+PI_ENV = "EDGERESNET_PI_PYTHON"
+
+
+def _build_pi_env() -> Path:
+    dest = Path(os.environ.get("EDGERESNET_PI_ENV", Path.home() / ".cache" / "edgeresnet" / "pi-env"))
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts" / "build_pi_env.sh"), str(dest)],
+        capture_output=True, text=True, timeout=900,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError((proc.stderr.strip().splitlines() or ["no output"])[-1])
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def pi_python() -> Path:
+    """The emulated Pi's python wrapper (edgeresnet's device side installed in it)."""
+    given = os.environ.get(PI_ENV)
+    try:
+        exe = Path(given) if given else _build_pi_env()
+        if not exe.exists():
+            raise RuntimeError(f"{PI_ENV}={given} does not exist")
+    except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but the emulated Pi environment could not be built: {exc}")
+        pytest.skip(f"emulated Pi environment not available: {exc}")
+    return exe
+
+
+def run_pi(pi_python: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``edgeresnet ARGS`` inside the emulated Pi."""
+    return subprocess.run(
+        [str(pi_python), "-m", "edgeresnet.cli", *args],
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def test_pi_python_is_arm_without_tensorflow(pi_python):
+    code = (
+        "import importlib.util, json, platform, sys, tflite_runtime, numpy\n"
+        "from edgeresnet.runtime import emulation, available_backends\n"
+        "print(json.dumps({'machine': platform.machine(), 'python': sys.version.split()[0],"
+        " 'tflite_runtime': tflite_runtime.__version__, 'numpy': numpy.__version__,"
+        " 'tensorflow': importlib.util.find_spec('tensorflow') is not None,"
+        " 'backends': available_backends(), 'emulation': emulation()}))"
+    )
+    proc = subprocess.run([str(pi_python), "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["machine"] == "aarch64"
+    assert info["python"].startswith("3.11.")
+    assert info["tflite_runtime"] == "2.14.0" and info["numpy"].startswith("1.")
+    assert info["tensorflow"] is False and info["backends"] == ["tflite-runtime"]
+    assert info["emulation"]
+
+
+def test_emulation_is_detected_without_the_wrapper_variable(pi_python):
+    """qemu-user passes the host's /proc/cpuinfo through: an ARM python on an x86 CPU is emulated."""
+    env = {k: v for k, v in os.environ.items() if k != "EDGERESNET_EMULATED"}
+    rootfs = pi_python.parent / "rootfs"
+    code = "from edgeresnet.runtime import emulation; print(emulation())"
+    proc = subprocess.run(
+        ["qemu-aarch64-static", "-L", str(rootfs), str(rootfs / "usr" / "bin" / "python3.11"), "-c", code],
+        capture_output=True, text=True, timeout=300,
+        env={**env, "PYTHONPATH": str(pi_python.parent / "site")},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "qemu-aarch64"
+
+
+def test_host_is_not_emulated():
+    from edgeresnet.runtime import emulation
+
+    assert emulation() is None or os.environ.get("EDGERESNET_EMULATED")
+
+
+def test_inspect_in_the_pi_matches_the_host(pi_python, shared_data):
+    model = shared_data / "mlperf-tiny-resnet8" / "pretrainedResnet_quant.tflite"
+    proc = run_pi(pi_python, "inspect", str(model), "--json", "--no-gpu")
+    assert proc.returncode == 0, proc.stderr
+    pi = json.loads(proc.stdout)
+    host = subprocess.run(
+        [sys.executable, "-m", "edgeresnet.cli", "inspect", str(model), "--json", "--no-gpu"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert host.returncode == 0, host.stderr
+    host = json.loads(host.stdout)
+    assert pi["op_histogram"] == host["op_histogram"] and pi["op_versions"] == host["op_versions"]
+    assert pi["interpreters"]["tflite-runtime"]["status"] == "loads"
+
+
+def test_bench_under_emulation_says_the_timings_are_not_the_devices(pi_python, shared_data):
+    model = shared_data / "mlperf-tiny-resnet8" / "pretrainedResnet_quant.tflite"
+    proc = run_pi(pi_python, "bench", str(model), "--warmup", "1", "--repeats", "3")
+    assert proc.returncode == 0, proc.stderr
+    assert "emulated" in proc.stdout and "not the device" in proc.stdout
+    as_json = run_pi(pi_python, "bench", str(model), "--warmup", "1", "--repeats", "3", "--json")
+    assert json.loads(as_json.stdout)["emulated"] == "qemu-aarch64"
