@@ -413,6 +413,44 @@ def load_images(
     raise DataError(f"{p} is {kind}; {_WHAT_TO_PASS}")
 
 
+def list_images(
+    path: PathLike, samples: Optional[int] = None, seed: int = 0
+) -> tuple[list[str], Optional[np.ndarray], Optional[tuple[str, ...]]]:
+    """The image files ``load_images(path, ..., samples=samples, seed=seed)`` decodes, without decoding them.
+
+    Returns (absolute paths, labels or None, class names or None), in the order
+    :func:`load_images` would read them, so a device can decode and run them a
+    batch at a time (:func:`read_image`) and still use exactly the images the
+    host evaluated. ``path`` is an image folder or one image file.
+    """
+    if samples is not None and (isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples <= 0):
+        raise ConfigError(f"samples must be a positive number of images (or None for all), got {samples!r}")
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{p}: no such file or folder; pass a folder of {_KINDS} images")
+    if p.is_dir():
+        files, labels, class_names = _scan_folder(p)
+    elif p.suffix.lower() in IMAGE_EXTENSIONS:
+        files, labels, class_names = [os.path.abspath(p)], None, None
+    else:
+        raise DataError(f"{p} is not an image folder; pass a folder of {_KINDS} images (one sub-folder per class)")
+    label_arr = None if labels is None else np.asarray(labels, dtype=np.int64)
+    chosen = _pick(len(files), label_arr, samples, int(seed), np.ones(len(files), dtype=bool))
+    return [files[i] for i in chosen], None if label_arr is None else label_arr[chosen], class_names
+
+
+def read_image(path: PathLike, input_shape: tuple[int, int, int], resize: str = "crop") -> np.ndarray:
+    """One image file -> (H, W, C) uint8 pixels, decoded and resized exactly as :func:`load_images` does."""
+    if resize not in RESIZE_POLICIES:
+        raise ConfigError(f"resize must be crop or stretch, got {resize!r}")
+    shape = _check_shape(input_shape)
+    if shape[2] not in (1, 3):
+        raise ConfigError(f"image files give 1 or 3 channels but the model takes {shape[2]}")
+    if not Path(path).is_file():
+        raise DataError(f"{path}: no such image file; pass the path of a {_KINDS} image")
+    return _decode(str(path), shape, resize)[0]
+
+
 def _check_shape(input_shape) -> tuple[int, int, int]:
     try:
         shape = tuple(int(d) for d in input_shape)

@@ -8,7 +8,7 @@
 - ``evaluation``: source, origin, count, labelled
 - ``float``: the float Keras model's count, top1, top5
 - ``variants``: list of records with at least ``target``, ``precision``,
-  ``path``, ``size_bytes``, ``top1``, ``drop_pts``, ``agreement`` and a
+  ``path``, ``sha256`` (of the file), ``size_bytes``, ``top1``, ``drop_pts``, ``agreement`` and a
   ``status`` of ``ok``, ``over_budget``, ``convert_failed`` (no model was
   produced) or ``validation_failed`` (a model was produced, and it failed a check)
 - ``max_drop``, ``passed``, ``seconds``, ``edgeresnet_version``, ``created``
@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 import zlib
@@ -40,6 +41,7 @@ class VariantRecord:
     status: str = "ok"
     error: Optional[str] = None
     path: Optional[str] = None
+    sha256: Optional[str] = None  # of the emitted file: a device finds its numbers by it (edgeresnet eval --report)
     size_bytes: Optional[int] = None
     compressed_bytes: Optional[int] = None
     convert_seconds: Optional[float] = None
@@ -60,6 +62,7 @@ class VariantRecord:
     def set_file(self, path: Path, out_dir) -> None:
         data = Path(path).read_bytes()
         self.size_bytes = len(data)
+        self.sha256 = hashlib.sha256(data).hexdigest()
         self.compressed_bytes = len(zlib.compress(data, 9))
         self.path = str(Path(out_dir) / Path(path).name)
 
@@ -80,6 +83,7 @@ class VariantRecord:
             "status": self.status,
             "error": self.error,
             "path": self.path,
+            "sha256": self.sha256,
             "size_bytes": self.size_bytes,
             "compressed_bytes": self.compressed_bytes,
             "top1": d.get("top1"),
