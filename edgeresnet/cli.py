@@ -260,6 +260,128 @@ def bench(model, threads, warmup, repeats, interpreter, as_json):
     click.echo(json.dumps(result.to_dict(include_times=True), indent=2) if as_json else format_bench(result))
 
 
+def _device_options(f):
+    """Options shared by `predict` and `eval`: overrides for models whose metadata is missing or wrong."""
+    options = [
+        click.option("--labels", type=click.Path(), metavar="FILE", help="Class names, one per line in output order (default: the labels in the model's metadata)."),
+        click.option("--preset", metavar="NAME", help="Normalize with a bundled preset (raw, unit, symmetric, caffe, torch) instead of the model's metadata."),
+        click.option("--mean", metavar="M[,M,M]", help="Normalization mean on 0..255 pixels, (pixel - mean) / std; one value or one per channel (default: the model's metadata)."),
+        click.option("--std", metavar="S[,S,S]", help="Normalization std on 0..255 pixels; one value or one per channel (default: the model's metadata)."),
+        click.option("--resize", type=click.Choice(["crop", "stretch"]), default="crop", show_default=True, help="How images of another size are fitted to the model's input: crop = shorter side to size then centre crop; stretch = straight resize."),
+        click.option("--interpreter", metavar="NAME", help="Force an interpreter: ai-edge-litert, tflite-runtime or tf.lite (default: the first installed, or EDGERESNET_INTERPRETER)."),
+        click.option("--threads", type=int, metavar="N", help="Interpreter threads (default: the interpreter's own choice)."),
+        click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _classifier(model, kw):
+    from .predict import Classifier, Overrides, parse_numbers
+
+    overrides = Overrides(
+        labels=kw["labels"], preset=kw["preset"], mean=parse_numbers(kw["mean"], "--mean"),
+        std=parse_numbers(kw["std"], "--std"), resize=kw["resize"],
+    )
+    if kw["threads"] is not None and kw["threads"] <= 0:
+        raise click.UsageError(f"--threads must be a positive number, got {kw['threads']}")
+    return Classifier(model, overrides, backend=kw["interpreter"], num_threads=kw["threads"])
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("model", type=click.Path())
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--top-k", "k", type=int, default=5, show_default=True, metavar="K", help="How many classes to show per image, best first.")
+@_device_options
+def predict(model, images, k, **kw):
+    """Classify IMAGES with a .tflite MODEL: the top-K class names and scores (needs no TensorFlow).
+
+    Input size, normalization and class names come from the model's metadata
+    (every model edgeresnet writes carries them); the options override them
+    for models from elsewhere. int8/uint8 inputs are quantized with the
+    model's own scale and zero point.
+    """
+    from .predict import predict as run_predict
+
+    clf = _classifier(model, kw)
+    results = run_predict(clf, list(images), k)
+    if kw["as_json"]:
+        doc = {"model": model, "interpreter": clf.interpreter, "preprocessing": clf.setup.to_dict(),
+               "predictions": [r.to_dict() for r in results]}
+        click.echo(json.dumps(doc, indent=2))
+        return
+    if clf.setup.labels is None:
+        click.echo("note: the model has no labels; showing output indices (pass --labels FILE for names)", err=True)
+    width = max([len(name) for r in results for _, name, _ in r.top] + [5])
+    for r in results:
+        click.echo(r.image)
+        for rank, (index, name, score) in enumerate(r.top, 1):
+            click.echo(f"  {rank}. {name:<{width}}  {score:.4f}" + ("" if clf.setup.labels is None else f"  [{index}]"))
+
+
+@cli.command("eval", context_settings=CONTEXT)
+@click.argument("model", type=click.Path())
+@click.option("--images", "images", type=click.Path(), required=True, metavar="DIR", help="Labelled images: one sub-folder per class (matched to the model's labels by name; without labels, sorted folder names are the output indices).")
+@click.option("--samples", type=int, metavar="N", help="Evaluate at most N images, picked as convert --eval-samples N picks them (default: all).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for picking --samples images (the same as convert's --seed).")
+@click.option("--against", type=click.Path(), metavar="OTHER.tflite", help="A second model run on the same images: its top-1/top-5 and the share of images where both agree.")
+@click.option("--report", "report_path", type=click.Path(), metavar="report.json", help="The host's report for this model (found by sha256, or file name): shows the host's top-1 and the drop on this device.")
+@click.option("--max-drop", type=float, metavar="PTS", help="Exit 3 when top-1 here is more than PTS points below the host's top-1 in --report.")
+@_device_options
+def eval_(model, images, samples, seed, against, report_path, max_drop, **kw):
+    """Measure top-1/top-5 of a .tflite MODEL on a labelled image folder, on this device (needs no TensorFlow).
+
+    With --report, compares with the number the host measured for the same
+    file: drift verified on the device itself (--max-drop fails with exit 3).
+    """
+    from ._progress import StageProgress
+    from .predict import evaluate
+
+    if samples is not None and samples <= 0:
+        raise click.UsageError(f"--samples must be a positive number of images, got {samples}")
+    clf = _classifier(model, kw)
+    other = None
+    if against is not None:
+        other = _classifier(against, kw)
+    progress = StageProgress()
+    try:
+        result = evaluate(clf, images, samples=samples, seed=seed, against=other, report=report_path,
+                          max_drop=max_drop, progress=progress)
+    finally:
+        progress.close()
+    for w in result.warnings:
+        click.echo(f"warning: {w}", err=True)
+    if kw["as_json"]:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        click.echo(format_eval(result))
+    if result.over_budget:
+        _fail(
+            f"{model}: top-1 {result.top1:.2f} % here is {result.drop_pts:.2f} pts below the host's "
+            f"{result.host.top1:.2f} %, over --max-drop {max_drop}", 3,
+        )
+
+
+def format_eval(result) -> str:
+    d = result.to_dict()
+    lines = [
+        f"model       {result.model}  ({result.interpreter})",
+        f"images      {result.images}: {result.count} images, {result.classes} classes (labels {result.labels_matched})",
+        f"top-1       {result.top1:.2f} %",
+        f"top-5       {result.top5:.2f} %",
+    ]
+    if result.against is not None:
+        a = result.against
+        lines.append(f"against     {a['model']}: top-1 {a['top1']:.2f} %, top-5 {a['top5']:.2f} %, agreement {a['agreement']:.2f} %")
+    if result.host is not None:
+        h = result.host
+        verdict = "" if result.max_drop is None else ("  FAIL" if result.over_budget else "  ok") + f" (--max-drop {result.max_drop})"
+        lines.append(f"host        {h.variant} in {h.report} (matched by {h.matched_by}): top-1 {h.top1:.2f} % on {h.count} images")
+        lines.append(f"drop        {d['drop_pts']:.2f} pts (host minus this device){verdict}")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     """Console entry point: every user-facing failure is one line and a non-zero exit."""
     try:
