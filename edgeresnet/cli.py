@@ -32,10 +32,21 @@ def cli():
     """
 
 
+class _TargetOption(click.Option):
+    """``--target``: its help lists the target registry, read only when help is shown."""
+
+    def get_help_record(self, ctx):
+        from .targets import targets
+
+        names = "; ".join(f"{t.name} ({t.description})" for t in targets().values())
+        self.help = f"Deployment target: {names}. Repeat for several."
+        return super().get_help_record(ctx)
+
+
 def _data_options(f):
     """Options shared by `convert` and `report`: targets, data, preprocessing, budget, output."""
     options = [
-        click.option("--target", "targets", multiple=True, metavar="NAME", help="Deployment target: cpu (XNNPACK), edgetpu (Coral) or gpu (mobile GPU, float16). Repeat for several."),
+        click.option("--target", "targets", multiple=True, metavar="NAME", cls=_TargetOption, help="Deployment target (one of the target registry). Repeat for several."),
         click.option("--io", "io_type", metavar="TYPE", help="Input/output type of full-integer models: int8 (cpu default), uint8 (edgetpu default) or float32."),
         click.option("--calib", type=click.Path(), help="Calibration data: an image folder (flat or one sub-folder per class), or a .npy/.npz array."),
         click.option("--calib-samples", type=int, default=300, show_default=True, help="How many calibration images to use (seeded, class-balanced when labelled)."),
@@ -170,8 +181,9 @@ def _floats(text):
 def report(model, sparsity, latency, bench_repeats, **kw):
     """Build every sensible variant of MODEL, measure each, and write a report to look at.
 
-    Variants: each precision every target takes (cpu: int8, fp32, dynamic,
-    int16x8; edgetpu: int8; gpu: fp16, fp32) plus pruned int8 models at
+    Variants: each precision every target takes (default targets: every one
+    in the registry; cpu: int8, fp32, dynamic, int16x8; edgetpu: int8; gpu:
+    fp16, fp32) plus pruned int8 models at
     --sparsity. Writes report.json, report.md, report.csv, report.html and
     accuracy_vs_size.png (with the Pareto front).
     """
@@ -180,7 +192,9 @@ def report(model, sparsity, latency, bench_repeats, **kw):
 
     sparsities = _floats(sparsity)
     prune = _prune_config(sparsities[0] if sparsities else None, kw, "--sparsity S1,S2")
-    opts = _options(model, kw, "edgeresnet-report", default_targets=("cpu", "edgetpu", "gpu"), prune=prune)
+    from .targets import target_names
+
+    opts = _options(model, kw, "edgeresnet-report", default_targets=target_names(), prune=prune)
     bench_config = BenchConfig(warmup=5, repeats=bench_repeats) if latency else None
     data = _run_with_progress(run_report, opts, sparsities=sparsities, bench_config=bench_config).to_dict()
     _print_summary(data, opts.out)
@@ -219,7 +233,7 @@ def models(as_json):
 @click.option("--strict", is_flag=True, help="Exit 4 when the model would not run entirely on the Edge TPU (or is not GPU-compatible).")
 @click.option("--no-gpu", is_flag=True, help="Skip the GPU-delegate compatibility analysis.")
 def inspect(model, as_json, strict, no_gpu):
-    """Answer "will this .tflite run on cpu / edgetpu / gpu?" for any TFLite model.
+    """Answer "will this .tflite run on cpu / edgetpu / gpu (every registered target)?" for any TFLite model.
 
     Shows the op histogram, input/output types and quantization, tensor dtypes,
     size, a verdict per target, and which interpreters load it. Works without
@@ -231,7 +245,7 @@ def inspect(model, as_json, strict, no_gpu):
     report = inspect_tflite(model, gpu=not no_gpu)
     click.echo(report.to_json() if as_json else format_inspect(report))
     if strict:
-        bad = [name for name, v in report.verdicts.items() if name != "cpu" and v.ok is False]
+        bad = report.strict_failures()
         if bad:
             _fail(f"{model}: not compatible with {', '.join(bad)} (--strict)", 4)
 

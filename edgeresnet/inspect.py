@@ -2,7 +2,8 @@
 
 Reads the graph without TensorFlow (``tflite_graph``): op histogram and op
 versions, input/output types with quantization parameters, tensor types, size.
-Then three verdicts (cpu, edgetpu, gpu), each ``{ok, summary, details}``, and
+Then a verdict for every target in the registry (cpu, edgetpu, gpu, and any
+added), each ``{ok, summary, details}`` from the target's checks, and
 whether the model loads and runs in the interpreters a device may have:
 ``ai-edge-litert`` here, and ``tflite-runtime`` (2.14 is the last release, it
 needs numpy<2, and its older op versions reject some models written by newer
@@ -26,9 +27,10 @@ from typing import Optional, Union
 import numpy as np
 
 from ._capture import capture_output
-from .edgetpu import analyze_edgetpu
 from .errors import MissingDependencyError
 from .runtime import get_backend, read_tflite_bytes
+from .targets import targets
+from .targets.checks import InspectContext, Verdict, verdict_for
 from .tflite_graph import TFLiteGraph, parse_tflite
 
 TFLITE_RUNTIME_PYTHON_ENV = "EDGERESNET_TFLITE_RUNTIME_PYTHON"
@@ -83,16 +85,6 @@ class InterpreterCheck:
 
 
 @dataclass
-class Verdict:
-    ok: Optional[bool]  # None: could not be decided here
-    summary: str
-    details: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return {"ok": self.ok, "summary": self.summary, "details": self.details}
-
-
-@dataclass
 class InspectReport:
     path: str
     size_bytes: int
@@ -108,8 +100,14 @@ class InspectReport:
     tensor_dtypes: dict
     float32_tensors: int
     constant_bytes: int
-    verdicts: dict  # "cpu" / "edgetpu" / "gpu" -> Verdict
+    verdicts: dict  # target name -> Verdict, for every target in the registry
     interpreters: dict  # name -> InterpreterCheck
+    accelerators: list = field(default_factory=list)  # targets whose verdict is an accelerator's (--strict)
+    _describe: dict = field(default_factory=dict, repr=False)  # target -> extra text lines of its verdict
+
+    def strict_failures(self) -> list[str]:
+        """Accelerator targets the model would not run on entirely (what ``inspect --strict`` fails on)."""
+        return [name for name in self.accelerators if self.verdicts[name].ok is False]
 
     def to_dict(self) -> dict:
         return {
@@ -276,42 +274,6 @@ def check_tflite_runtime(path: Optional[Union[str, Path]], data: bytes) -> Inter
     return local
 
 
-# --------------------------------------------------------------------------- verdicts
-
-
-def _cpu_verdict(graph: TFLiteGraph, litert: InterpreterCheck, precision: str) -> Verdict:
-    details = {"interpreter": litert.name, "status": litert.status}
-    if graph.edgetpu_compiled:
-        return Verdict(False, "compiled for the Edge TPU: needs the Edge TPU delegate (libedgetpu), not the CPU", details)
-    if litert.status == "not installed":
-        return Verdict(None, "not checked: ai-edge-litert is not installed (pip install ai-edge-litert)", details)
-    if litert.status != "loads":
-        return Verdict(False, f"does not load in {litert.name} {litert.version}: {litert.error}", details)
-    n = len(graph.ops)
-    details.update(delegated_ops=litert.delegated_ops, undelegated=litert.undelegated)
-    text = f"loads and runs in {litert.name} {litert.version}"
-    if litert.delegated_ops is not None:
-        text += f"; XNNPACK takes {litert.delegated_ops}/{n} ops"
-        if litert.undelegated:
-            left = sorted(set(litert.undelegated))
-            text += f" ({len(litert.undelegated)} on built-in kernels: {', '.join(left)})"
-    if precision == "int16x8":
-        text += "; int16x8 activations are not accelerated by XNNPACK (reference kernels)"
-    return Verdict(True, text, details)
-
-
-def _edgetpu_verdict(graph: TFLiteGraph) -> Verdict:
-    report = analyze_edgetpu(graph)
-    return Verdict(report.ok, report.summary(), report.to_dict())
-
-
-def _gpu_verdict(data: bytes, graph: TFLiteGraph, enabled: bool) -> Verdict:
-    from .gpu_compat import analyze_gpu
-
-    report = analyze_gpu(data, engine="auto" if enabled else "none", graph=graph)
-    return Verdict(report.ok, report.summary(), report.to_dict())
-
-
 # --------------------------------------------------------------------------- entry points
 
 
@@ -347,11 +309,13 @@ def inspect_tflite(model: Union[str, Path, bytes], gpu: bool = True, runtimes: b
         versions.setdefault(op.name, [])
         if op.version not in versions[op.name]:
             versions[op.name].append(op.version)
-    verdicts = {
-        "cpu": _cpu_verdict(graph, litert, precision) if runtimes else Verdict(None, "not checked (interpreters skipped)"),
-        "edgetpu": _edgetpu_verdict(graph),
-        "gpu": _gpu_verdict(data, graph, gpu),
-    }
+    ctx = InspectContext(graph, data, precision, litert if runtimes else None, gpu_analyzer=gpu)
+    verdicts, describe, accelerators = {}, {}, []
+    for name, target in targets().items():
+        verdicts[name], check = verdict_for(target, ctx)
+        describe[name] = check.describe if check is not None else None
+        if check is not None and check.accelerator:
+            accelerators.append(name)
     return InspectReport(
         path=label,
         size_bytes=len(data),
@@ -369,6 +333,8 @@ def inspect_tflite(model: Union[str, Path, bytes], gpu: bool = True, runtimes: b
         constant_bytes=graph.constant_bytes(),
         verdicts=verdicts,
         interpreters={"ai-edge-litert": litert, "tflite-runtime": tflrt},
+        accelerators=accelerators,
+        _describe=describe,
     )
 
 
@@ -398,17 +364,9 @@ def format_inspect(report: InspectReport) -> str:
     lines.append("  verdicts")
     for target, v in report.verdicts.items():
         lines.append(f"    {target:<8} {_mark(v.ok):<4} {v.summary}")
-    et = report.verdicts["edgetpu"].details
-    if et:
-        lines.append(f"             edgetpu: {et.get('cut', '')}")
-        lines.append(
-            f"             edgetpu: parameters ~{et.get('param_bytes', 0) / 1024:.1f} KiB of the "
-            f"{et.get('cache_bytes', 0) / 2**20:.0f} MiB on-chip cache"
-        )
-        for issue in et.get("issues", []):
-            lines.append(f"             edgetpu {issue['severity']}: {issue['message']}")
-    for note in report.verdicts["gpu"].details.get("notes", []):
-        lines.append(f"             gpu: {note}")
+    for target, v in report.verdicts.items():
+        describe = report._describe.get(target)
+        lines += [f"             {line}" for line in (describe(v.details) if describe else [])]
     lines.append("  interpreters")
     for name, c in report.interpreters.items():
         text = c.status + (f" ({c.version})" if c.version else "")

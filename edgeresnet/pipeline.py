@@ -15,7 +15,6 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import checks as checks_mod
 from .calibration import (
     DEFAULT_SAMPLES,
     ImageSet,
@@ -29,7 +28,8 @@ from .edgetpu import COMPILER_HINT
 from .fsutil import StagedDir, atomic_write_bytes, check_output_free
 from .report import RunReport, VariantRecord, write_reports
 from .runtime import TFLiteModel
-from .targets import PRECISIONS, Target, get_target
+from .targets import PRECISIONS, Target, get_target, target_names
+from .targets.checks import run_checks
 from .verify import baseline, drift, over_budget
 
 ProgressFn = Callable[[str, int, int], None]
@@ -67,7 +67,7 @@ class ConvertOptions:
 
     def __post_init__(self):
         if not self.targets:
-            raise ConfigError("no target given; pass --target cpu, edgetpu or gpu")
+            raise ConfigError(f"no target given; pass --target with one of {', '.join(target_names())}")
         for name in self.targets:
             get_target(name)  # raises TargetError with a suggestion
         if len(set(self.targets)) != len(self.targets):
@@ -408,7 +408,7 @@ class _Emitter:
         path = folder / name
         atomic_write_bytes(path, result.model)
         rec.set_file(path, self.opts.out)
-        rec.checks = checks_mod.run_checks(target, spec, result.model, path, strict=self.opts.strict)
+        rec.checks = run_checks(target, spec, result.model, path, strict=self.opts.strict)
         rec.extra["weight_sparsity"] = _zero_fraction(result.model)
         if self.bench_config is not None:
             from .bench import benchmark
@@ -433,7 +433,7 @@ class _Emitter:
         from .recover import RecoveryConfig, edgetpu_worst_layers, measure_cost, recover_int8
 
         target, spec = planned.target, planned.spec
-        if "fp32" not in target.precisions:
+        if not target.float_layers:
             rec.extra["worst_layers"] = edgetpu_worst_layers(
                 model.tflite_converter, self.conv_calib, self.conv_eval
             )

@@ -420,9 +420,10 @@ def _clashes(box: Box, leader: Optional[Segment], i: int, markers: list[Box],
 
 # ---------------------------------------------------------------------- plot
 
-#: Marker colours of the known targets, so a target keeps its colour from one report to the next.
-TARGET_COLOURS = {"cpu": "tab:blue", "edgetpu": "tab:orange", "gpu": "tab:green"}
-_MORE_COLOURS = ("tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:red", "tab:grey")
+#: Marker colours, given out in the target registry's order, so a target keeps its colour from one
+#: report to the next (cpu blue, edgetpu orange, gpu green); targets not in the registry take the rest.
+COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive",
+           "tab:cyan", "tab:red", "tab:grey")
 #: (variant key, x-axis label) of the plot's panels; the second is drawn when any variant has that size.
 SIZE_PANELS = (("size_bytes", ".tflite size (KiB)"), ("compressed_bytes", "zlib-compressed size (KiB)"))
 LABEL_FONT = 8.0
@@ -465,12 +466,15 @@ class PanelLayout:
 
 
 def _colours(targets: Sequence) -> dict:
-    out, extra = {}, 0
+    from .targets import target_names
+
+    known = target_names()
+    out, extra = {}, len(known)
     for t in targets:
-        if str(t) in TARGET_COLOURS:
-            out[t] = TARGET_COLOURS[str(t)]
+        if str(t) in known:
+            out[t] = COLOURS[known.index(str(t)) % len(COLOURS)]
         else:
-            out[t] = _MORE_COLOURS[extra % len(_MORE_COLOURS)]
+            out[t] = COLOURS[extra % len(COLOURS)]
             extra += 1
     return out
 

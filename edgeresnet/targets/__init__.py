@@ -1,23 +1,34 @@
-"""The one table of deployment targets.
+"""The registry of deployment targets.
 
-Each target is a named record read from ``converters/<name>.toml``. The
-converter, the checks, the report and the benchmarks all read this table, so a
-new target is one new file. Precisions are a second, smaller table here: how a
-precision maps to TFLiteConverter settings is code, which target takes which
-precision is data.
+A target is a named record read from ``<name>.toml`` in ``converters/`` (or in
+a folder added with :func:`add_target_path` or ``EDGERESNET_TARGETS_PATH``),
+plus, optionally, an analysis module in this package registered under a check
+name (``edgetpu``, ``gpu``; see :mod:`edgeresnet.targets.checks`). What a
+target can do is declared in its record and validated when it is loaded:
+precisions, input/output types, whether it runs float layers, its delegate and
+its checks. The converter, the checks, ``inspect``, the report and the CLI all
+read this registry, so a new target is one new file.
+
+Precisions are a second, smaller table here: how a precision maps to
+TFLiteConverter settings is code, which target takes which precision is data.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 import tomllib
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
-from .errors import ConfigError, TargetError
-from .resources import resource_dir
+from ..errors import ConfigError, TargetError
+from ..resources import resource_dir
 
-IO_TYPES = ("int8", "uint8", "int16", "float32")
+IO_TYPES = ("int8", "uint8", "int16", "float32")  # every model input/output type edgeresnet emits
+
+TARGETS_PATH_ENV = "EDGERESNET_TARGETS_PATH"  # extra folders of <name>.toml targets (os.pathsep-separated)
+_extra_paths: list[Path] = []
 
 
 @dataclass(frozen=True)
@@ -67,7 +78,13 @@ PRECISIONS: dict[str, Precision] = {
 
 @dataclass(frozen=True)
 class Target:
-    """A deployment target: what the converter builds for it and what is checked."""
+    """A deployment target: what the converter builds for it, what it can run, what is checked.
+
+    Capabilities are declared here and read by every caller, never inferred
+    from the name: ``float_layers`` (can a model keep some layers in float;
+    accuracy recovery needs it), ``int8_io_types``, ``precisions``,
+    ``delegate`` and ``checks`` (names in the check registry).
+    """
 
     name: str
     description: str
@@ -75,9 +92,12 @@ class Target:
     int8_precision: str
     float_precision: str
     int8_io_types: tuple[str, ...]
+    float_layers: bool
+    delegate: str
     needs_calibration_for: tuple[str, ...] = ()
     checks: tuple[str, ...] = ("interpreter",)
     notes: tuple[str, ...] = field(default_factory=tuple)
+    source: str = ""  # the file the record was read from
 
     def __post_init__(self):
         unknown = [p for p in self.precisions if p not in PRECISIONS]
@@ -89,6 +109,18 @@ class Target:
         bad_io = [t for t in self.int8_io_types if t not in IO_TYPES]
         if bad_io or not self.int8_io_types:
             raise ConfigError(f"target {self.name!r}: bad io types {list(self.int8_io_types)}")
+        if not isinstance(self.float_layers, bool):
+            raise ConfigError(f"target {self.name!r}: float_layers must be true or false, got {self.float_layers!r}")
+        if not isinstance(self.delegate, str) or not self.delegate.strip():
+            raise ConfigError(f"target {self.name!r}: delegate must name the runtime delegate (e.g. xnnpack)")
+        from .checks import check_names
+
+        known = check_names()
+        bad_checks = [c for c in self.checks if c not in known]
+        if bad_checks:
+            raise ConfigError(
+                f"target {self.name!r} lists unknown checks {bad_checks}; known checks: {', '.join(known)}"
+            )
 
     def precision_for(self, int8: bool, requested: str | None = None) -> str:
         """The precision this target emits for ``--int8`` / ``--precision``."""
@@ -116,30 +148,71 @@ class Target:
         return precision in self.needs_calibration_for or PRECISIONS[precision].needs_calibration
 
 
-def _load(path) -> Target:
-    with open(path, "rb") as fh:
-        raw = tomllib.load(fh)
+def _load(path: Path) -> Target:
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: not a readable target file ({exc})") from None
     for key in ("precisions", "int8_io_types", "needs_calibration_for", "checks", "notes"):
         if key in raw:
             raw[key] = tuple(raw[key])
     try:
-        return Target(**raw)
+        return Target(**raw, source=str(path))
     except TypeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 
 
-@lru_cache(maxsize=1)
-def targets() -> dict[str, Target]:
-    """All targets, by name, in a stable order (cpu first)."""
-    found = {}
-    for path in sorted(resource_dir("converters").glob("*.toml")):
-        with open(path, "rb") as fh:
-            if "precisions" not in tomllib.load(fh):
-                continue  # a data file (e.g. an op table), not a target
-        t = _load(path)
-        found[t.name] = t
+def target_paths() -> list[Path]:
+    """Folders searched for targets: the shipped ``converters/``, then added ones (later wins)."""
+    env = [Path(p) for p in os.environ.get(TARGETS_PATH_ENV, "").split(os.pathsep) if p.strip()]
+    return [resource_dir("converters"), *env, *_extra_paths]
+
+
+def add_target_path(folder) -> None:
+    """Search ``folder`` for ``<name>.toml`` targets too (e.g. a device the project does not ship)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"{folder}: no such folder of target files")
+    if folder not in _extra_paths:
+        _extra_paths.append(folder)
+    reset_registry()
+
+
+def reset_registry() -> None:
+    """Forget the loaded targets (after the search path changed)."""
+    _registry.cache_clear()
+
+
+def _is_target_file(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        try:
+            return "precisions" in tomllib.load(fh)  # else a data file (e.g. an op table)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+
+
+@lru_cache(maxsize=8)
+def _registry(key: tuple) -> dict[str, Target]:
+    found: dict[str, Target] = {}
+    for folder in key:
+        for path in sorted(Path(folder).glob("*.toml")):
+            if _is_target_file(path):
+                t = _load(path)
+                found[t.name] = t
     order = ["cpu", "edgetpu", "gpu"]
     return {k: found[k] for k in sorted(found, key=lambda n: (order.index(n) if n in order else 99, n))}
+
+
+def targets() -> dict[str, Target]:
+    """All targets, by name, in a stable order (the shipped cpu, edgetpu, gpu first)."""
+    return _registry(tuple(str(p) for p in target_paths()))
+
+
+def target_names() -> tuple[str, ...]:
+    return tuple(targets())
 
 
 def get_target(name: str) -> Target:

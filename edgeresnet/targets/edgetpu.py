@@ -1,0 +1,39 @@
+"""The ``edgetpu`` check: Coral Edge TPU mapping of an emitted model, and ``inspect``'s verdict.
+
+The analysis itself (op table, compiler run, cut point, cache) lives in
+:mod:`edgeresnet.edgetpu`; this module registers it in the check registry.
+"""
+
+from __future__ import annotations
+
+from .checks import Verdict, register_check
+
+
+def _run(graph, spec, path, out_dir) -> dict:
+    from ..edgetpu import analyze_model
+
+    d = analyze_model(path, out_dir=out_dir).to_dict()
+    d.pop("ops", None)  # per-op verdicts are long; the summary and cut carry the answer
+    d["blocking"] = False
+    return d
+
+
+def _verdict(ctx, target) -> Verdict:
+    from ..edgetpu import analyze_edgetpu
+
+    report = analyze_edgetpu(ctx.graph)
+    return Verdict(report.ok, report.summary(), report.to_dict())
+
+
+def _describe(details: dict) -> list[str]:
+    if not details:
+        return []
+    lines = [
+        f"edgetpu: {details.get('cut', '')}",
+        f"edgetpu: parameters ~{details.get('param_bytes', 0) / 1024:.1f} KiB of the "
+        f"{details.get('cache_bytes', 0) / 2**20:.0f} MiB on-chip cache",
+    ]
+    return lines + [f"edgetpu {i['severity']}: {i['message']}" for i in details.get("issues", [])]
+
+
+register_check("edgetpu", run=_run, verdict=_verdict, describe=_describe, accelerator=True)

@@ -1,0 +1,31 @@
+"""The ``gpu`` check: the mobile GPU delegate screen of an emitted model, and ``inspect``'s verdict.
+
+The analysis itself (the TFLite analyzer when it still checks GPU support,
+else edgeresnet's screen of known blockers) lives in :mod:`edgeresnet.gpu_compat`.
+"""
+
+from __future__ import annotations
+
+from .checks import Verdict, register_check
+
+
+def _run(graph, spec, path, out_dir) -> dict:
+    from ..gpu_compat import analyze_gpu
+
+    d = analyze_gpu(graph.data).to_dict()
+    d["blocking"] = False
+    return d
+
+
+def _verdict(ctx, target) -> Verdict:
+    from ..gpu_compat import analyze_gpu
+
+    report = analyze_gpu(ctx.data, engine="auto" if ctx.gpu_analyzer else "none", graph=ctx.graph)
+    return Verdict(report.ok, report.summary(), report.to_dict())
+
+
+def _describe(details: dict) -> list[str]:
+    return [f"gpu: {note}" for note in details.get("notes", [])]
+
+
+register_check("gpu", run=_run, verdict=_verdict, describe=_describe, accelerator=True)
