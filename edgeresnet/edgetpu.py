@@ -38,6 +38,7 @@ from .tflite_graph import TFLiteGraph, Op, Tensor, read_graph
 
 EDGETPU_OP_NAME = EDGETPU_CUSTOM_OP.decode()
 EIGHT_BIT = ("int8", "uint8")
+FLOAT_TYPES = ("float32", "float16", "float64", "bfloat16")
 # int32 constants are legitimate in a fully quantized graph: biases and
 # shape/axis/padding operands.
 ALLOWED_CONST_TYPES = ("int8", "uint8", "int32")
@@ -62,6 +63,11 @@ class OpRule:
     rules: tuple[str, ...] = ()
     limitation: str = ""
     caveat: str = ""
+    # Stateful (variable) tensors of these types are allowed besides 8-bit ones
+    # (an int8 LSTM keeps its cell state in int16).
+    state_types: tuple[str, ...] = ()
+    # Numbers the rules read (e.g. max_upscale for the resize ops).
+    limits: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
         unknown = [r for r in self.rules if r not in _RULES]
@@ -69,6 +75,9 @@ class OpRule:
             raise ConfigError(f"edgetpu_ops.toml: op {self.coral!r} names unknown rules {unknown}")
         if not self.tflite:
             raise ConfigError(f"edgetpu_ops.toml: op {self.coral!r} lists no TFLite op names")
+        missing = [f"{r} needs limits.{k}" for r in self.rules for k in _RULE_LIMITS.get(r, ()) if k not in self.limits]
+        if missing:
+            raise ConfigError(f"edgetpu_ops.toml: op {self.coral!r}: {'; '.join(missing)}")
 
 
 @dataclass(frozen=True)
@@ -109,6 +118,8 @@ def _load_table(path: Path) -> EdgeTpuOpTable:
                 rules=tuple(row.get("rules", ())),
                 limitation=str(row.get("limitation", "")),
                 caveat=str(row.get("caveat", "")),
+                state_types=tuple(row.get("state_types", ())),
+                limits=dict(row.get("limits", {})),
             )
         except KeyError as exc:
             raise ConfigError(f"{path}: an [[op]] row lacks {exc}") from None
@@ -139,36 +150,36 @@ def _first_input(graph: TFLiteGraph, op: Op) -> Optional[Tensor]:
     return graph.tensor(op.inputs[0]) if op.inputs else None
 
 
-def _rule_no_fused_activation(graph, op):
+def _rule_no_fused_activation(graph, op, row):
     act = op.options.get("fused_activation", "NONE")
     return None if act == "NONE" else f"has a fused {act} activation"
 
 
-def _rule_same_dilation(graph, op):
+def _rule_same_dilation(graph, op, row):
     w, h = op.options.get("dilation_w", 1), op.options.get("dilation_h", 1)
     return None if w == h else f"dilation differs along x and y ({w} vs {h})"
 
 
-def _rule_constant_weights(graph, op):
+def _rule_constant_weights(graph, op, row):
     w = graph.tensor(op.inputs[1]) if len(op.inputs) > 1 else None
     if w is None or not w.is_constant:
         return "its weights are not a constant tensor"
     return None
 
 
-def _rule_fc_default_weights(graph, op):
+def _rule_fc_default_weights(graph, op, row):
     fmt = op.options.get("weights_format", 0)
     return None if fmt == 0 else f"uses a non-default weights format ({fmt})"
 
 
-def _rule_fc_output_1d(graph, op):
+def _rule_fc_output_1d(graph, op, row):
     out = graph.tensor(op.outputs[0]) if op.outputs else None
     if out is not None and any(d != 1 for d in out.shape[:-1]):
         return f"its output has shape {list(out.shape)}, not one-dimensional"
     return None
 
 
-def _rule_concat_constant_is_zero_pad(graph, op):
+def _rule_concat_constant_is_zero_pad(graph, op, row):
     consts = [graph.tensor(i) for i in op.inputs if i >= 0 and graph.tensor(i).is_constant]
     if not consts:
         return None
@@ -182,7 +193,7 @@ def _rule_concat_constant_is_zero_pad(graph, op):
     return None
 
 
-def _rule_reduce_not_on_batch(graph, op):
+def _rule_reduce_not_on_batch(graph, op, row):
     src = _first_input(graph, op)
     if src is None or len(op.inputs) < 2:
         return None
@@ -192,7 +203,7 @@ def _rule_reduce_not_on_batch(graph, op):
     return "reduces over the batch dimension" if 0 in axes else None
 
 
-def _rule_mean_channel_multiple_of_4(graph, op):
+def _rule_mean_channel_multiple_of_4(graph, op, row):
     src = _first_input(graph, op)
     if src is None or len(op.inputs) < 2 or src.rank == 0:
         return None
@@ -203,11 +214,11 @@ def _rule_mean_channel_multiple_of_4(graph, op):
     return None
 
 
-def _rule_pack_not_on_batch(graph, op):
+def _rule_pack_not_on_batch(graph, op, row):
     return "packs along the batch dimension (axis 0)" if op.options.get("axis", 0) == 0 else None
 
 
-def _rule_pad_not_on_batch(graph, op):
+def _rule_pad_not_on_batch(graph, op, row):
     if len(op.inputs) < 2:
         return None
     pads = graph.const_array(op.inputs[1])
@@ -217,14 +228,14 @@ def _rule_pad_not_on_batch(graph, op):
     return "pads the batch dimension" if pads.shape[0] and np.any(pads[0] != 0) else None
 
 
-def _rule_prelu_alpha_1d(graph, op):
+def _rule_prelu_alpha_1d(graph, op, row):
     alpha = graph.tensor(op.inputs[1]) if len(op.inputs) > 1 else None
     if alpha is not None and any(d != 1 for d in alpha.shape[:-1]):
         return f"its alpha has shape {list(alpha.shape)}; only the innermost dimension may exceed 1"
     return None
 
 
-def _rule_quantize_8bit_both_sides(graph, op):
+def _rule_quantize_8bit_both_sides(graph, op, row):
     src = _first_input(graph, op)
     dst = graph.tensor(op.outputs[0]) if op.outputs else None
     if src is None or dst is None:
@@ -234,7 +245,7 @@ def _rule_quantize_8bit_both_sides(graph, op):
     return None
 
 
-def _rule_resize_3d(graph, op):
+def _rule_resize_3d(graph, op, row):
     for i in (op.inputs[0], op.outputs[0]):
         t = graph.tensor(i)
         if t is not None and (t.rank != 4 or t.shape[0] != 1):
@@ -242,7 +253,21 @@ def _rule_resize_3d(graph, op):
     return None
 
 
-def _rule_softmax_1d_16000(graph, op):
+def _rule_resize_max_upscale(graph, op, row):
+    src, dst = graph.tensor(op.inputs[0]), graph.tensor(op.outputs[0])
+    if src is None or dst is None or src.rank != 4 or dst.rank != 4:
+        return None  # resize_3d reports the shape
+    limit = float(row.limits["max_upscale"])
+    for axis, what in ((1, "height"), (2, "width")):
+        if src.shape[axis] > 0 and dst.shape[axis] / src.shape[axis] > limit:
+            return (
+                f"scales the {what} {src.shape[axis]} -> {dst.shape[axis]} "
+                f"(x{dst.shape[axis] / src.shape[axis]:.3g}; at most x{limit:g} maps without losing precision)"
+            )
+    return None
+
+
+def _rule_softmax_1d_16000(graph, op, row):
     src = _first_input(graph, op)
     if src is None:
         return None
@@ -253,7 +278,7 @@ def _rule_softmax_1d_16000(graph, op):
     return None
 
 
-def _rule_split_not_on_batch(graph, op):
+def _rule_split_not_on_batch(graph, op, row):
     if len(op.inputs) < 2:
         return None
     src = graph.tensor(op.inputs[1])
@@ -263,7 +288,7 @@ def _rule_split_not_on_batch(graph, op):
     return "splits along the batch dimension" if 0 in axes else None
 
 
-def _rule_strided_slice_plain(graph, op):
+def _rule_strided_slice_plain(graph, op, row):
     if op.options.get("ellipsis_mask", 0) or op.options.get("new_axis_mask", 0):
         return "uses an ellipsis or new-axis mask"
     if len(op.inputs) >= 4:
@@ -275,7 +300,7 @@ def _rule_strided_slice_plain(graph, op):
     return None
 
 
-_RULES: dict[str, Callable[[TFLiteGraph, Op], Optional[str]]] = {
+_RULES: dict[str, Callable[[TFLiteGraph, Op, "OpRule"], Optional[str]]] = {
     "no_fused_activation": _rule_no_fused_activation,
     "same_dilation": _rule_same_dilation,
     "constant_weights": _rule_constant_weights,
@@ -289,10 +314,15 @@ _RULES: dict[str, Callable[[TFLiteGraph, Op], Optional[str]]] = {
     "prelu_alpha_1d": _rule_prelu_alpha_1d,
     "quantize_8bit_both_sides": _rule_quantize_8bit_both_sides,
     "resize_3d": _rule_resize_3d,
+    "resize_max_upscale": _rule_resize_max_upscale,
     "softmax_1d_16000": _rule_softmax_1d_16000,
     "split_not_on_batch": _rule_split_not_on_batch,
     "strided_slice_plain": _rule_strided_slice_plain,
 }
+
+
+# Rule -> the keys it reads from its row's ``limits``.
+_RULE_LIMITS: dict[str, tuple[str, ...]] = {"resize_max_upscale": ("max_upscale",)}
 
 
 # --------------------------------------------------------------------------- report
@@ -306,6 +336,7 @@ class OpVerdict:
     placement: str  # "edgetpu" or "cpu" after the cut
     reasons: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    side: Optional[str] = None  # for CPU ops: "before" or "after" the Edge TPU part
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -355,6 +386,11 @@ class EdgeTpuReport:
     table_source: str = ""
 
     @property
+    def maps_fully(self) -> bool:
+        """Every op lands in the Edge TPU custom op (nothing is left on the CPU)."""
+        return all(v.placement == "edgetpu" for v in self.ops)
+
+    @property
     def fits_cache(self) -> bool:
         return self.param_bytes <= self.cache_bytes
 
@@ -377,9 +413,15 @@ class EdgeTpuReport:
             )
         else:
             head = f"{self.ops_mapped}/{self.ops_total} ops would map to the Edge TPU"
-        if self.first_unsupported is not None:
+        before = [v for v in self.ops if v.side == "before"]
+        cut = next((v for v in self.ops if v.side == "after" and not v.supported), None)
+        if before and self.ops_mapped:
+            head += f"; {len(before)} op(s) on the CPU in front of it (#{before[0].index} {before[0].op})"
+        if cut is not None:
+            head += f"; cut at op #{cut.index} {cut.op}: {cut.reasons[0]}"
+        elif self.first_unsupported is not None and not self.ops_mapped:
             fu = self.first_unsupported
-            head += f"; cut at op #{fu['index']} {fu['op']}: {fu['reason']}"
+            head += f"; op #{fu['index']} {fu['op']}: {fu['reason']}"
         elif self._errors():
             head += "; " + self._errors()[0]["message"]
         return head
@@ -407,18 +449,25 @@ class EdgeTpuReport:
 # --------------------------------------------------------------------------- analysis
 
 
-def _tensor_reasons(graph: TFLiteGraph, op: Op) -> list[str]:
+def _holds_no_data(t: Tensor) -> bool:
+    """An empty placeholder (a dimension of size 0, e.g. an LSTM's unused intermediates)."""
+    return any(d == 0 for d in t.shape)
+
+
+def _tensor_reasons(graph: TFLiteGraph, op: Op, rule: OpRule) -> list[str]:
     """Model-wide tensor requirements, checked on the tensors one op touches."""
     reasons = []
     for role, indices in (("input", op.inputs), ("output", op.outputs)):
         for i in indices:
             t = graph.tensor(i)
-            if t is None:
+            if t is None or _holds_no_data(t):
                 continue
             if t.is_constant:
                 if t.dtype not in ALLOWED_CONST_TYPES:
                     reasons.append(f"constant {_tname(t)} is {t.dtype}, not quantized")
                 continue
+            if t.is_variable and t.dtype in rule.state_types and t.quantized:
+                continue  # e.g. the int16 cell state of an int8 LSTM
             if t.dtype not in EIGHT_BIT or not t.quantized:
                 what = t.dtype if t.dtype not in EIGHT_BIT else f"{t.dtype} without quantization parameters"
                 reasons.append(f"{role} {_tname(t)} is {what}, not 8-bit quantized")
@@ -438,9 +487,9 @@ def _check_op(graph: TFLiteGraph, op: Op, table: EdgeTpuOpTable) -> tuple[list[s
     rule = table.get(op.name)
     if rule is None:
         return [f"{op.name} is not among the Edge TPU's supported operations"], []
-    reasons = _tensor_reasons(graph, op)
+    reasons = _tensor_reasons(graph, op, rule)
     for name in rule.rules:
-        why = _RULES[name](graph, op)
+        why = _RULES[name](graph, op, rule)
         if why:
             reasons.append(f"{op.name} {why}")
     notes = []
@@ -451,19 +500,90 @@ def _check_op(graph: TFLiteGraph, op: Op, table: EdgeTpuOpTable) -> tuple[list[s
     return reasons, notes
 
 
-def _model_issues(graph: TFLiteGraph) -> list[dict]:
+BEFORE, EDGETPU, AFTER = "cpu-before", "edgetpu", "cpu-after"
+
+
+def partition(graph: TFLiteGraph, supported: list[bool]) -> list[tuple[str, Optional[int]]]:
+    """Where edgetpu_compiler puts each op: ``(place, blocked_by)`` per op, in op order.
+
+    ``place`` is ``cpu-before`` (on the CPU, in front of the Edge TPU part),
+    ``edgetpu`` or ``cpu-after``; ``blocked_by`` is, for a supported op kept on
+    the CPU, the index of the CPU op it reads. ``supported[i]`` says whether op
+    ``i`` could map on its own (op table, per-op rules, tensor requirements).
+
+    The rules, from Coral's documentation and checked op by op against the real
+    compiler's output on the public google-coral/test_data pairs
+    (``benchmarks/edgetpu_mapping.py``):
+
+    1. One Edge TPU part. Without ``-a`` the compiler does not partition a model
+       more than once ("TensorFlow models on the Edge TPU",
+       coral.ai/docs/edgetpu/models-intro, "Compiling"); every compiled file
+       holds exactly one ``edgetpu-custom-op``, and this function predicts that
+       single region.
+    2. Data flow, not op order. A supported op maps when every input it reads
+       is a graph input, a constant, or the output of an op that maps or of a
+       ``cpu-before`` op. An op listed after the first CPU op still maps when
+       nothing it reads went through the CPU after the Edge TPU part (e.g.
+       heads fed from before an ARG_MAX).
+    3. Unsupported ops at the start do not stop the compiler. An op that cannot
+       map and reads only graph inputs, constants or other ``cpu-before`` ops
+       (CAST or QUANTIZE of a float input) runs on the CPU in front of the
+       custom op, which takes its output; everything after it can still map.
+    4. No way back in. An op that reads the output of a ``cpu-after`` op stays
+       on the CPU even when it is supported: mapping it would feed the CPU's
+       result back into the Edge TPU, a second custom op. An unsupported op that
+       reads the Edge TPU part is ``cpu-after``, and so is everything fed from it.
+
+    By construction no Edge TPU op depends on a ``cpu-after`` op, so the mapped
+    ops contract into one custom op between the two CPU sides.
+    """
+    producer = {t: op.index for op in graph.ops for t in op.outputs if t >= 0}
+    places: list[tuple[str, Optional[int]]] = []
+    for op in graph.ops:
+        sources = [producer[t] for t in op.inputs if t >= 0 and t in producer]
+        # An op listed before its producer (not in execution order) is treated as after the cut.
+        kinds = [places[j][0] if j < len(places) else AFTER for j in sources]
+        after = [j for j, k in zip(sources, kinds) if k == AFTER]
+        if supported[op.index] and not after:
+            places.append((EDGETPU, None))
+        elif after or EDGETPU in kinds:
+            places.append((AFTER, after[0] if supported[op.index] and after else None))
+        else:
+            places.append((BEFORE, None))
+    return places
+
+
+def _model_issues(graph: TFLiteGraph, places: list[tuple[str, Optional[int]]]) -> list[dict]:
+    """Model-wide findings. Float or wide tensors are errors only when nothing maps;
+    when the CPU converts them before or after the Edge TPU part they are warnings."""
     issues = []
+    maps_any = any(p == EDGETPU for p, _ in places)
+    producer = {t: op.index for op in graph.ops for t in op.outputs if t >= 0}
 
     def add(sev, msg):
         issues.append({"severity": sev, "message": msg})
 
-    for kind, tensors in (("input", graph.input_tensors), ("output", graph.output_tensors)):
-        for t in tensors:
-            if t.dtype not in EIGHT_BIT:
-                add("error", f"{kind} {t.name or t.index} is {t.dtype}; the Edge TPU needs uint8 (default) or int8 {kind}s")
-    n_float = sum(1 for t in graph.tensors if t.dtype in ("float32", "float16", "float64"))
+    for t in graph.input_tensors:
+        if t.dtype not in EIGHT_BIT:
+            if maps_any:
+                add("warning", f"input {t.name or t.index} is {t.dtype}: converted on the CPU before the Edge TPU part")
+            else:
+                add("error", f"input {t.name or t.index} is {t.dtype}; the Edge TPU needs uint8 (default) or int8 inputs")
+    wide_outputs = [t for t in graph.output_tensors if t.dtype not in EIGHT_BIT]
+    on_cpu = [t for t in wide_outputs if maps_any and producer.get(t.index) is not None]
+    for t in wide_outputs:
+        if t not in on_cpu:
+            add("error", f"output {t.name or t.index} is {t.dtype}; the Edge TPU needs uint8 (default) or int8 outputs")
+    if on_cpu:
+        names = ", ".join(f"{t.name or t.index} ({t.dtype})" for t in on_cpu)
+        ops = ", ".join(sorted({f"#{producer[t.index]} {graph.ops[producer[t.index]].name}" for t in on_cpu}))
+        add("warning", f"output(s) {names} are computed on the CPU after the Edge TPU part (by {ops})")
+    n_float = sum(1 for t in graph.tensors if t.dtype in FLOAT_TYPES and not _holds_no_data(t))
     if n_float:
-        add("error", f"{n_float} float tensor(s): the model is not fully 8-bit quantized")
+        if maps_any:
+            add("warning", f"{n_float} float tensor(s), all on the CPU side of the Edge TPU part")
+        else:
+            add("error", f"{n_float} float tensor(s): the model is not fully 8-bit quantized")
     batch_dynamic = [t for t in graph.input_tensors if 0 in t.dynamic_dims]
     if batch_dynamic:
         add(
@@ -485,7 +605,8 @@ def _analyze_compiled(graph: TFLiteGraph, table: EdgeTpuOpTable) -> EdgeTpuRepor
     for op in graph.ops:
         on_tpu = op.name == EDGETPU_OP_NAME
         verdicts.append(OpVerdict(op.index, op.name, on_tpu, "edgetpu" if on_tpu else "cpu",
-                                  [] if on_tpu else ["left on the CPU by edgetpu_compiler"]))
+                                  [] if on_tpu else ["left on the CPU by edgetpu_compiler"],
+                                  side=None if on_tpu else "after"))
     n_tpu = sum(v.supported for v in verdicts)
     cpu_ops = [v.op for v in verdicts if not v.supported]
     cut = (
@@ -493,6 +614,7 @@ def _analyze_compiled(graph: TFLiteGraph, table: EdgeTpuOpTable) -> EdgeTpuRepor
         + (f", {len(cpu_ops)} op(s) on the CPU ({', '.join(sorted(set(cpu_ops)))})" if cpu_ops else "")
     )
     first = next((v for v in verdicts if not v.supported), None)
+    payload = sum(op.custom_options_bytes for op in graph.ops if op.name == EDGETPU_OP_NAME)
     return EdgeTpuReport(
         ops_total=len(graph.ops),
         ops_mapped=n_tpu,
@@ -501,55 +623,69 @@ def _analyze_compiled(graph: TFLiteGraph, table: EdgeTpuOpTable) -> EdgeTpuRepor
         ),
         ops=verdicts,
         cut=cut,
-        param_bytes=graph.constant_bytes(),
+        # The compiler moves the mapped ops' parameters into the custom op's payload
+        # (with the Edge TPU instructions); the CPU ops keep theirs in buffers.
+        param_bytes=payload + graph.constant_bytes(),
         cache_bytes=table.cache_bytes,
         notes=[
             "this file is the compiler's output; its ops cannot be re-analysed. Run it with the Edge TPU "
-            "delegate (libedgetpu / pycoral), or inspect the model from before edgetpu_compiler"
+            "delegate (libedgetpu / pycoral), or inspect the model from before edgetpu_compiler",
+            f"parameters: the {EDGETPU_OP_NAME} payload ({payload:,} bytes: compiled instructions and the mapped "
+            f"ops' parameters) plus {graph.constant_bytes():,} bytes of CPU-op constants",
         ],
         already_compiled=True,
         table_source=table.source,
     )
 
 
+def _describe_cut(graph: TFLiteGraph, verdicts: list[OpVerdict], places) -> str:
+    n = len(verdicts)
+    before = [v for v, (p, _) in zip(verdicts, places) if p == BEFORE]
+    after = [v for v, (p, _) in zip(verdicts, places) if p == AFTER]
+    mapped = n - len(before) - len(after)
+    if mapped == n:
+        return f"all {n} ops map to the Edge TPU (one {EDGETPU_OP_NAME})"
+    if mapped == 0:
+        v = verdicts[0]
+        return f"op #0 {v.op} cannot map ({v.reasons[0]}), and nothing maps: all {n} ops run on the CPU"
+    parts = []
+    if before:
+        names = ", ".join(f"#{v.index} {v.op}" for v in before[:4]) + (" ..." if len(before) > 4 else "")
+        parts.append(f"{len(before)} op(s) stay on the CPU in front of the Edge TPU part ({names}: {before[0].reasons[0]})")
+    parts.append(f"{mapped} ops run on the Edge TPU (one {EDGETPU_OP_NAME})")
+    if after:
+        first = next(v for v in after if not v.supported)
+        parts.append(
+            f"edgetpu_compiler would cut the graph at op #{first.index} {first.op} ({first.reasons[0]}): "
+            + (f"it and the {len(after) - 1} op(s) it feeds run on the CPU" if len(after) > 1 else "it runs on the CPU")
+        )
+    return "; ".join(parts)
+
+
 def analyze_edgetpu(graph: TFLiteGraph, table: Optional[EdgeTpuOpTable] = None) -> EdgeTpuReport:
-    """Predict how edgetpu_compiler maps ``graph`` (no compiler needed)."""
+    """Predict how edgetpu_compiler maps ``graph`` (no compiler needed); see :func:`partition`."""
     table = table or load_op_table()
     if graph.edgetpu_compiled:
         return _analyze_compiled(graph, table)
+    checked = [_check_op(graph, op, table) for op in graph.ops]
+    places = partition(graph, [not reasons for reasons, _ in checked])
     verdicts: list[OpVerdict] = []
-    cut_at: Optional[int] = None
-    for op in graph.ops:
-        reasons, notes = _check_op(graph, op, table)
-        supported = not reasons
-        if not supported and cut_at is None:
-            cut_at = op.index
-        placement = "edgetpu" if cut_at is None else "cpu"
-        if supported and placement == "cpu":
-            notes = notes + ["supported, but after the cut: runs on the CPU"]
-        verdicts.append(OpVerdict(op.index, op.name, supported, placement, reasons, notes))
-    n = len(verdicts)
-    mapped = n if cut_at is None else cut_at
-    first = None
-    if cut_at is not None:
-        v = verdicts[cut_at]
-        first = {"index": v.index, "op": v.op, "reason": v.reasons[0]}
-        if cut_at == 0:
-            cut = (
-                f"op #0 {v.op} cannot map ({v.reasons[0]}), so nothing maps: "
-                f"all {n} ops run on the CPU"
-            )
-        else:
-            cut = (
-                f"edgetpu_compiler would cut the graph at op #{cut_at} {v.op} ({v.reasons[0]}): "
-                f"ops #0-#{cut_at - 1} ({mapped}) run on the Edge TPU, ops #{cut_at}-#{n - 1} "
-                f"({n - mapped}) on the CPU"
-            )
-    else:
-        cut = f"all {n} ops map to the Edge TPU (one {EDGETPU_OP_NAME})"
+    for op, (reasons, notes), (place, blocked_by) in zip(graph.ops, checked, places):
+        if blocked_by is not None:
+            notes = notes + [
+                f"supported, but after the cut: it reads op #{blocked_by} {graph.ops[blocked_by].name}, "
+                "which runs on the CPU"
+            ]
+        elif place == BEFORE:
+            notes = notes + ["runs on the CPU in front of the Edge TPU part"]
+        verdicts.append(OpVerdict(op.index, op.name, not reasons, "edgetpu" if place == EDGETPU else "cpu",
+                                  reasons, notes, {BEFORE: "before", AFTER: "after"}.get(place)))
+    first = next((v for v in verdicts if v.placement == "cpu"), None)
     seen = set()
     param_bytes = 0
-    for v in verdicts[:mapped]:
+    for v in verdicts:
+        if v.placement != "edgetpu":
+            continue
         for i in graph.ops[v.index].inputs:
             t = graph.tensor(i)
             if t is not None and t.is_constant and i not in seen:
@@ -562,16 +698,82 @@ def analyze_edgetpu(graph: TFLiteGraph, table: Optional[EdgeTpuOpTable] = None) 
             f"{table.cache_bytes / 2**20:.0f} MiB on-chip cache: the rest streams from off-chip memory (slower)"
         )
     return EdgeTpuReport(
-        ops_total=n,
-        ops_mapped=mapped,
-        first_unsupported=first,
+        ops_total=len(verdicts),
+        ops_mapped=sum(v.placement == "edgetpu" for v in verdicts),
+        first_unsupported=(
+            {"index": first.index, "op": first.op, "reason": first.reasons[0] if first.reasons else first.notes[-1]}
+            if first is not None else None
+        ),
         ops=verdicts,
-        cut=cut,
+        cut=_describe_cut(graph, verdicts, places),
         param_bytes=param_bytes,
         cache_bytes=table.cache_bytes,
-        issues=_model_issues(graph),
+        issues=_model_issues(graph, places),
         notes=notes,
         table_source=table.source,
+    )
+
+
+# --------------------------------------------------------------------------- ground truth
+
+
+@dataclass
+class MappingCheck:
+    """The prediction for one model compared, op by op, with what edgetpu_compiler did to it.
+
+    The compiler keeps the ops it leaves on the CPU as ordinary ops with their
+    original output tensor names, so each op of the input model is matched to
+    its fate by output tensor name.
+    """
+
+    ops_total: int
+    predicted_cpu: list[int]  # indices of the input model's ops
+    compiler_cpu: list[int]
+    predicted_maps_fully: bool
+    compiler_maps_fully: bool
+
+    @property
+    def wrong(self) -> list[int]:
+        return sorted(set(self.predicted_cpu) ^ set(self.compiler_cpu))
+
+    @property
+    def correct(self) -> int:
+        return self.ops_total - len(self.wrong)
+
+    @property
+    def exact(self) -> bool:
+        return not self.wrong and self.predicted_maps_fully == self.compiler_maps_fully
+
+
+def compiler_cpu_ops(source: TFLiteGraph, compiled: TFLiteGraph) -> list[int]:
+    """Indices of ``source``'s ops that edgetpu_compiler left on the CPU in ``compiled``."""
+    if not compiled.edgetpu_compiled:
+        raise TFLiteFileError("the second model holds no edgetpu-custom-op: pass the compiler's *_edgetpu.tflite")
+    kept: dict[str, str] = {}
+    for op in compiled.ops:
+        if op.name != EDGETPU_OP_NAME:
+            for i in op.outputs:
+                kept[compiled.tensors[i].name] = op.name
+    cpu = []
+    for op in source.ops:
+        names = [source.tensors[i].name for i in op.outputs if i >= 0]
+        if any(kept.get(n) == op.name for n in names):
+            cpu.append(op.index)
+    return cpu
+
+
+def check_against_compiled(source: TFLiteGraph, compiled: TFLiteGraph,
+                           table: Optional[EdgeTpuOpTable] = None) -> MappingCheck:
+    """Predict ``source``'s mapping and compare it with the compiler's output ``compiled``."""
+    report = analyze_edgetpu(source, table)
+    actual = compiler_cpu_ops(source, compiled)
+    predicted = [v.index for v in report.ops if v.placement == "cpu"]
+    return MappingCheck(
+        ops_total=len(source.ops),
+        predicted_cpu=predicted,
+        compiler_cpu=actual,
+        predicted_maps_fully=report.maps_fully,
+        compiler_maps_fully=not actual,
     )
 
 

@@ -292,6 +292,7 @@ class Op:
     inputs: tuple[int, ...]  # tensor indices; -1 marks an omitted optional input
     outputs: tuple[int, ...]
     options: dict = field(default_factory=dict, compare=False)
+    custom_options_bytes: int = 0  # size of a custom op's payload (an edgetpu-custom-op's compiled code)
 
     @property
     def is_custom(self) -> bool:
@@ -419,6 +420,15 @@ def _options(r: _Reader, name: str, table: Optional[int]) -> dict:
     return out
 
 
+def _custom_options_bytes(r: _Reader, op_table: int) -> int:
+    """Length of Operator.custom_options (slot 5), or of the payload stored outside the
+    flatbuffer for large models (large_custom_options_size, slot 10)."""
+    v = r.vector(op_table, 5)
+    if v is not None and v[1]:
+        return int(v[1])
+    return int(r.scalar(op_table, 10, "<Q", 0))
+
+
 def parse_tflite(data: bytes, label: str = "model") -> TFLiteGraph:
     """Parse TFLite bytes into a :class:`TFLiteGraph` (raises TFLiteFileError)."""
     data = bytes(data)
@@ -482,6 +492,7 @@ def parse_tflite(data: bytes, label: str = "model") -> TFLiteGraph:
                     inputs=tuple(int(x) for x in r.scalars(o, 1, "i")),
                     outputs=tuple(int(x) for x in r.scalars(o, 2, "i")),
                     options=_options(r, name, r.table(o, 4)),
+                    custom_options_bytes=_custom_options_bytes(r, o),
                 )
             )
         graph = TFLiteGraph(

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import stat
 import sys
 import textwrap
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +15,11 @@ import pytest
 
 from edgeresnet.edgetpu import (
     COMPILER_HINT,
+    EDGETPU_OP_NAME,
     analyze_edgetpu,
+    check_against_compiled,
+    compiler_cpu_ops,
+    partition,
     analyze_model,
     find_compiler,
     load_op_table,
@@ -234,6 +241,180 @@ def test_real_resnet8_edgetpu_model_is_fully_8bit(resnet8_h5, shared_data):
     assert all(table.get(op.name) is not None for op in graph.ops)
     assert report.ops_mapped == len(graph.ops) and report.fits_cache
     assert not report.issues
+
+
+@pytest.fixture(scope="module")
+def float_io_int8():
+    """Full-integer int8 body with float32 input and output: QUANTIZE first, DEQUANTIZE last."""
+    return _to_tflite(_tiny_resnet(), int8=True, io="float32")
+
+
+@pytest.fixture(scope="module")
+def resize_int8():
+    """Bilinear upsampling x2 (maps) and x16 (loses precision on the Edge TPU), then a conv."""
+    _, k = _keras()
+    k.utils.set_random_seed(2)
+    inp = k.Input((4, 4, 3), batch_size=1)
+    x = k.layers.Conv2D(4, 1)(inp)
+    x = k.layers.UpSampling2D(2, interpolation="bilinear")(x)
+    x = k.layers.Conv2D(4, 1)(x)
+    x = k.layers.UpSampling2D(16, interpolation="bilinear")(x)
+    out = k.layers.Conv2D(2, 1)(x)
+    return _to_tflite(k.Model(inp, out), int8=True)
+
+
+@pytest.fixture(scope="module")
+def two_heads_int8():
+    """One head ends in ARG_MAX (not on the Edge TPU), the other in a dense layer."""
+    tf, k = _keras()
+    k.utils.set_random_seed(3)
+    inp = k.Input((16, 16, 3), batch_size=1)
+    x = k.layers.Conv2D(8, 3, padding="same", activation="relu")(inp)
+    seg = k.layers.Conv2D(4, 1)(x)
+    label = k.layers.Lambda(lambda t: tf.math.argmax(t, axis=-1, output_type=tf.int32))(seg)
+    y = k.layers.Conv2D(8, 3, padding="same", activation="relu")(x)
+    y = k.layers.GlobalAveragePooling2D()(y)
+    score = k.layers.Dense(3)(y)
+    return _to_tflite(k.Model(inp, [label, score]), int8=True)
+
+
+def _downstream(graph, start: int) -> set[int]:
+    """Indices of op ``start`` and every op that reads its results, directly or not."""
+    seen, tensors = {start}, set(graph.ops[start].outputs)
+    for op in graph.ops[start + 1:]:
+        if tensors & set(op.inputs):
+            seen.add(op.index)
+            tensors |= set(op.outputs)
+    return seen
+
+
+def test_float_input_is_quantized_on_the_cpu_in_front_and_the_rest_maps(float_io_int8):
+    graph = parse_tflite(float_io_int8)
+    names = [op.name for op in graph.ops]
+    assert names[0] == "QUANTIZE" and names[-1] == "DEQUANTIZE"
+    assert [t.dtype for t in graph.input_tensors + graph.output_tensors] == ["float32", "float32"]
+    report = analyze_edgetpu(graph)
+    # The float -> int8 QUANTIZE cannot map, but it does not stop the compiler.
+    assert report.ops[0].placement == "cpu" and report.ops[0].side == "before"
+    assert "float32" in report.ops[0].reasons[0]
+    assert [v.placement for v in report.ops[1:-1]] == ["edgetpu"] * (len(names) - 2)
+    assert report.ops[-1].placement == "cpu" and report.ops[-1].side == "after"
+    assert report.ops_mapped == len(names) - 2 and not report.maps_fully and not report.ok
+    # Float tensors that only the CPU ops touch are warnings, not errors.
+    assert not [i for i in report.issues if i["severity"] == "error"], report.issues
+    warnings = " ".join(i["message"] for i in report.issues)
+    assert "before the Edge TPU part" in warnings and "after the Edge TPU part" in warnings
+    assert "in front of it (#0 QUANTIZE)" in report.summary() and "cut at op" in report.summary()
+    assert report.param_bytes == sum(t.const_bytes for t in graph.tensors) > 0
+
+
+def test_resize_beyond_the_upscale_limit_stays_on_the_cpu(resize_int8):
+    graph = parse_tflite(resize_int8)
+    resizes = [op for op in graph.ops if op.name == "RESIZE_BILINEAR"]
+    assert [graph.tensor(op.outputs[0]).shape[1] for op in resizes] == [8, 128]
+    report = analyze_edgetpu(graph)
+    x2, x16 = (report.ops[op.index] for op in resizes)
+    assert x2.placement == "edgetpu" and x2.supported
+    assert x16.placement == "cpu" and not x16.supported and "x16" in x16.reasons[0] and "x8" in x16.reasons[0]
+    # Everything after the x16 resize reads it, so it runs on the CPU too.
+    assert {v.index for v in report.ops if v.placement == "cpu"} == _downstream(graph, x16.index)
+    assert report.first_unsupported["index"] == x16.index
+
+
+def test_ops_listed_after_the_first_cpu_op_still_map_when_their_inputs_do(two_heads_int8):
+    graph = parse_tflite(two_heads_int8)
+    argmax = next(op for op in graph.ops if op.name == "ARG_MAX")
+    # Put ARG_MAX as early as its input allows, so the other head comes after it in op order,
+    # as it does in real segmentation models (the order stays a valid execution order).
+    producer = next(op.index for op in graph.ops if argmax.inputs[0] in op.outputs)
+    order = [op for op in graph.ops if op.index != argmax.index]
+    order.insert(producer + 1, argmax)
+    ops = tuple(dataclasses.replace(op, index=k) for k, op in enumerate(order))
+    graph = dataclasses.replace(graph, ops=ops)
+    report = analyze_edgetpu(graph)
+    first_cpu = report.first_unsupported["index"]
+    assert graph.ops[first_cpu].name == "ARG_MAX"
+    cpu = {v.index for v in report.ops if v.placement == "cpu"}
+    assert cpu == _downstream(graph, first_cpu)
+    later_mapped = [v for v in report.ops[first_cpu + 1:] if v.placement == "edgetpu"]
+    assert {v.op for v in later_mapped} >= {"CONV_2D", "FULLY_CONNECTED"}
+    # The partition is a single region: no mapped op reads a CPU op's output.
+    places = partition(graph, [v.supported for v in report.ops])
+    assert sum(p == "edgetpu" for p, _ in places) == report.ops_mapped
+
+
+# --------------------------------------------------------------------------- the real compiler's output
+
+
+def _coral_dir() -> Path:
+    root = Path(os.environ.get("EDGERESNET_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    return root / "coral-edgetpu" / "models"
+
+
+def _coral_pairs() -> list[str]:
+    folder = _coral_dir()
+    names = sorted(p.name[: -len("_edgetpu.tflite")] for p in folder.glob("*_edgetpu.tflite")) if folder.is_dir() else []
+    return [n for n in names if (folder / f"{n}.tflite").is_file()]
+
+
+@pytest.fixture(scope="module")
+def coral_dir() -> Path:
+    folder = _coral_dir()
+    if not _coral_pairs():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but the Coral compiler pairs are missing from {folder}; set EDGERESNET_TEST_DATA")
+        pytest.skip(f"Coral compiler pairs not found in {folder}; set EDGERESNET_TEST_DATA to ../shared/data")
+    return folder
+
+
+@pytest.mark.parametrize("pair", _coral_pairs() or ["(no data)"])
+def test_prediction_matches_the_real_compiler(coral_dir, pair):
+    """Every pair of the shared ground truth: the same CPU ops, op by op, and the same 'maps fully'."""
+    source = read_graph(coral_dir / f"{pair}.tflite")
+    compiled = read_graph(coral_dir / f"{pair}_edgetpu.tflite")
+    assert sum(op.name == EDGETPU_OP_NAME for op in compiled.ops) == 1
+    check = check_against_compiled(source, compiled)
+    # The compiled file keeps exactly the ops it did not map, under their original output names.
+    assert len(check.compiler_cpu) == len(compiled.ops) - 1
+    predicted = Counter(source.ops[i].name for i in check.predicted_cpu)
+    actual = Counter(op.name for op in compiled.ops if op.name != EDGETPU_OP_NAME)
+    assert predicted == actual
+    assert check.predicted_cpu == check.compiler_cpu, [source.ops[i].name for i in check.wrong]
+    assert check.predicted_maps_fully == check.compiler_maps_fully
+    report = analyze_edgetpu(source)
+    assert report.ok == (check.compiler_maps_fully and not [i for i in report.issues if i["severity"] == "error"])
+    if check.compiler_maps_fully:
+        assert report.ok and not report.issues, report.issues
+
+
+def test_compiled_models_report_their_payload_and_are_not_gpu_failures(coral_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from edgeresnet.cli import cli
+    from edgeresnet.inspect import format_inspect, inspect_tflite
+
+    for pair in _coral_pairs():
+        path = coral_dir / f"{pair}_edgetpu.tflite"
+        graph = read_graph(path)
+        report = analyze_edgetpu(graph)
+        payload = sum(op.custom_options_bytes for op in graph.ops if op.name == EDGETPU_OP_NAME)
+        # The compiler moved the parameters into its custom op: far more than the 0 bytes of buffers.
+        assert payload > 0.5 * read_graph(coral_dir / f"{pair}.tflite").constant_bytes()
+        assert report.param_bytes == payload + graph.constant_bytes()
+        assert report.ok == (len(graph.ops) == 1)
+        assert len(compiler_cpu_ops(read_graph(coral_dir / f"{pair}.tflite"), graph)) == len(graph.ops) - 1
+        ins = inspect_tflite(path, gpu=False)
+        assert not ins.verdicts["cpu"].applies and ins.verdicts["cpu"].ok is None
+        assert "Edge TPU delegate" in ins.verdicts["cpu"].summary
+        assert not ins.verdicts["gpu"].applies and ins.verdicts["gpu"].ok is None
+        text = format_inspect(ins)
+        assert f"{payload:,} in the {EDGETPU_OP_NAME} payload" in text and "~0.0 KiB" not in text
+        for flags in (["--strict"], ["--strict", "--no-gpu"]):
+            result = CliRunner().invoke(cli, ["inspect", str(path), *flags])
+            if len(graph.ops) == 1:
+                assert result.exit_code == 0, result.output
+            else:  # CPU ops left beside the custom op: not entirely on the Edge TPU
+                assert result.exit_code == 4 and "edgetpu" in result.output and "gpu" not in result.output.splitlines()[-1]
 
 
 # --------------------------------------------------------------------------- bad input
