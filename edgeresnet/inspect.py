@@ -28,12 +28,13 @@ import numpy as np
 
 from ._capture import capture_output
 from .errors import MissingDependencyError
-from .runtime import get_backend, read_tflite_bytes
+from .runtime import EDGETPU_CUSTOM_OP, get_backend, read_tflite_bytes
 from .targets import targets
 from .targets.checks import InspectContext, Verdict, verdict_for
 from .tflite_graph import TFLiteGraph, parse_tflite
 
 TFLITE_RUNTIME_PYTHON_ENV = "EDGERESNET_TFLITE_RUNTIME_PYTHON"
+EDGETPU_OP_NAME = EDGETPU_CUSTOM_OP.decode()
 FLOAT_TYPES = ("float32", "float16", "float64", "bfloat16")
 
 # Runs in another Python (one with tflite-runtime): load, allocate, invoke once
@@ -103,6 +104,7 @@ class InspectReport:
     verdicts: dict  # target name -> Verdict, for every target in the registry
     interpreters: dict  # name -> InterpreterCheck
     accelerators: list = field(default_factory=list)  # targets whose verdict is an accelerator's (--strict)
+    edgetpu_payload_bytes: int = 0  # compiled Edge TPU code and parameters inside edgetpu-custom-op(s)
     _describe: dict = field(default_factory=dict, repr=False)  # target -> extra text lines of its verdict
 
     def strict_failures(self) -> list[str]:
@@ -125,6 +127,7 @@ class InspectReport:
             "tensor_dtypes": dict(self.tensor_dtypes),
             "float32_tensors": self.float32_tensors,
             "constant_bytes": self.constant_bytes,
+            "edgetpu_payload_bytes": self.edgetpu_payload_bytes,
             "verdicts": {k: v.to_dict() for k, v in self.verdicts.items()},
             "interpreters": {k: v.to_dict() for k, v in self.interpreters.items()},
         }
@@ -334,19 +337,24 @@ def inspect_tflite(model: Union[str, Path, bytes], gpu: bool = True, runtimes: b
         verdicts=verdicts,
         interpreters={"ai-edge-litert": litert, "tflite-runtime": tflrt},
         accelerators=accelerators,
+        edgetpu_payload_bytes=sum(op.custom_options_bytes for op in graph.ops if op.name == EDGETPU_OP_NAME),
         _describe=describe,
     )
 
 
-def _mark(ok: Optional[bool]) -> str:
-    return {True: "yes", False: "NO", None: "?"}[ok]
+def _mark(v: Verdict) -> str:
+    if not v.applies:
+        return "n/a"
+    return {True: "yes", False: "NO", None: "?"}[v.ok]
 
 
 def format_inspect(report: InspectReport) -> str:
     """Human-readable text of an :class:`InspectReport` (what the CLI prints)."""
     lines = [
         f"{report.path}",
-        f"  size        {report.size_bytes:,} bytes ({report.constant_bytes:,} in constant buffers)",
+        f"  size        {report.size_bytes:,} bytes ("
+        + (f"{report.edgetpu_payload_bytes:,} in the {EDGETPU_OP_NAME} payload, " if report.edgetpu_compiled else "")
+        + f"{report.constant_bytes:,} in constant buffers)",
         f"  precision   {report.precision}" + ("  [compiled for the Edge TPU]" if report.edgetpu_compiled else ""),
         f"  ops         {report.ops_total} in {report.subgraphs} subgraph(s), schema v{report.schema_version}",
     ]
@@ -363,7 +371,7 @@ def format_inspect(report: InspectReport) -> str:
     lines.append(f"  tensors     {dtypes}; float32: {report.float32_tensors}")
     lines.append("  verdicts")
     for target, v in report.verdicts.items():
-        lines.append(f"    {target:<8} {_mark(v.ok):<4} {v.summary}")
+        lines.append(f"    {target:<8} {_mark(v):<4} {v.summary}")
     for target, v in report.verdicts.items():
         describe = report._describe.get(target)
         lines += [f"             {line}" for line in (describe(v.details) if describe else [])]

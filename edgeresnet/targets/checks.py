@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from ..runtime import EDGETPU_CUSTOM_OP
 from ..tflite_graph import TFLiteGraph, read_graph
 
 _WEIGHT_DTYPE = {"int8": "int8", "int16x8": "int8", "dynamic": "int8", "fp16": "float16", "fp32": "float32"}
@@ -44,12 +45,13 @@ DYNAMIC_RANGE_MIN_ELEMENTS = 1024
 class Verdict:
     """``inspect``'s answer for one target."""
 
-    ok: Optional[bool]  # None: could not be decided here
+    ok: Optional[bool]  # None: could not be decided here, or the question does not apply
     summary: str
     details: dict = field(default_factory=dict)
+    applies: bool = True  # False: the target does not run this kind of model (inspect shows "n/a")
 
     def to_dict(self) -> dict:
-        return {"ok": self.ok, "summary": self.summary, "details": self.details}
+        return {"ok": self.ok, "summary": self.summary, "details": self.details, "applies": self.applies}
 
 
 @dataclass
@@ -147,7 +149,14 @@ def interpreter_verdict(ctx: InspectContext, target) -> Verdict:
         return Verdict(None, "not checked (interpreters skipped)")
     details = {"interpreter": litert.name, "status": litert.status}
     if ctx.graph.edgetpu_compiled:
-        return Verdict(False, "compiled for the Edge TPU: needs the Edge TPU delegate (libedgetpu), not the CPU", details)
+        cpu_ops = sorted({op.name for op in ctx.graph.ops if op.name != EDGETPU_CUSTOM_OP.decode()})
+        return Verdict(
+            None,
+            "a model for the Edge TPU delegate: load it with libedgetpu (e.g. pycoral's make_interpreter); "
+            + (f"its CPU ops ({', '.join(cpu_ops)}) run beside it" if cpu_ops else "every op runs on the Edge TPU"),
+            details,
+            applies=False,
+        )
     if litert.status == "not installed":
         return Verdict(None, "not checked: ai-edge-litert is not installed (pip install ai-edge-litert)", details)
     if litert.status != "loads":

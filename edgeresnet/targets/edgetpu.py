@@ -30,8 +30,9 @@ def _describe(details: dict) -> list[str]:
         return []
     lines = [
         f"edgetpu: {details.get('cut', '')}",
-        f"edgetpu: parameters ~{details.get('param_bytes', 0) / 1024:.1f} KiB of the "
-        f"{details.get('cache_bytes', 0) / 2**20:.0f} MiB on-chip cache",
+        f"edgetpu: {'compiled code + parameters' if details.get('already_compiled') else 'parameters'} "
+        f"~{details.get('param_bytes', 0) / 1024:.1f} KiB (on-chip parameter cache "
+        f"{details.get('cache_bytes', 0) / 2**20:.0f} MiB)",
     ]
     return lines + [f"edgetpu {i['severity']}: {i['message']}" for i in details.get("issues", [])]
 

@@ -18,6 +18,13 @@ def _run(graph, spec, path, out_dir) -> dict:
 
 
 def _verdict(ctx, target) -> Verdict:
+    if ctx.graph.edgetpu_compiled:
+        return Verdict(
+            None,
+            "not applicable: compiled for the Edge TPU (its edgetpu-custom-op runs only there); "
+            "check the model from before edgetpu_compiler for the GPU",
+            applies=False,
+        )
     from ..gpu_compat import analyze_gpu
 
     report = analyze_gpu(ctx.data, engine="auto" if ctx.gpu_analyzer else "none", graph=ctx.graph)
