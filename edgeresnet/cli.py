@@ -7,6 +7,7 @@ Heavy modules (TensorFlow, the pipeline) are imported inside the commands so
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 
@@ -15,6 +16,24 @@ import click
 from .errors import EdgeResNetError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class _FiniteFloat(click.ParamType):
+    """A float that is a real number: inf and nan are refused while parsing options."""
+
+    name = "float"
+
+    def convert(self, value, param, ctx):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+FINITE = _FiniteFloat()
 
 
 def _fail(message: str, code: int = 2):
@@ -56,7 +75,7 @@ def _data_options(f):
         click.option("--fold-preprocessing", is_flag=True, help="Put the preset inside the model so the deployed model takes raw 0..255 pixels."),
         click.option("--eval", "eval_path", type=click.Path(), help="Evaluation images: labelled (class sub-folders) gives top-1/top-5; otherwise agreement with the float model."),
         click.option("--eval-samples", type=int, help="Evaluate on at most this many images (default: all)."),
-        click.option("--max-drop", type=float, metavar="PTS", help="Fail (exit 3, report still written) when a model loses more than PTS top-1 points against the float model."),
+        click.option("--max-drop", type=FINITE, metavar="PTS", help="Fail (exit 3) when a model loses more than PTS top-1 points against the float model; the report then goes to OUT.failed and OUT is left as it was."),
         click.option("--int8-method", default="mse+bias", show_default=True, metavar="M", help="How int8 ranges and weights are chosen: minmax (the plain converter), mse (error-minimising activation ranges), mse+bias (plus bias correction of weight rounding), mse+gptq (plus GPTQ rounding)."),
         click.option("--recover/--no-recover", default=True, show_default=True, help="When an int8 model exceeds --max-drop, keep its worst layers in float one at a time until it fits (cpu; the Edge TPU cannot run float layers, so there the worst layers are only named)."),
         click.option("--strict", is_flag=True, help="Fail the run when a target check fails (a model that would not map fully to the Edge TPU, or a GPU-delegate blocker); by default such findings are reported."),
@@ -65,12 +84,12 @@ def _data_options(f):
         click.option("--train", type=click.Path(), help="Labelled images (one sub-folder per class) to fine-tune a pruned model on; without it pruning is one-shot."),
         click.option("--epochs", type=int, help="Fine-tuning epochs for pruning with --train (default 3)."),
         click.option("--batch-size", type=int, help="Fine-tuning batch size (default 64)."),
-        click.option("--learning-rate", type=float, help="Fine-tuning learning rate (default 3e-4, Adam)."),
+        click.option("--learning-rate", type=FINITE, help="Fine-tuning learning rate (default 3e-4, Adam)."),
         click.option("--prune-schedule", type=click.Choice(["polynomial", "constant"]), help="Sparsity schedule while fine-tuning (default polynomial decay)."),
         click.option("--prune-structure", metavar="S", help="unstructured (default), block (1x4 blocks; tfmot supports it on Dense layers only) or 2:4 (two of every four weights; sparsity must be 0.5)."),
         click.option("--prune-policy", metavar="P", help="xnnpack: prune only what XNNPACK's sparse kernels run (1x1 convolutions, at least 2/3 sparse); refused for models where it would not make them faster."),
-        click.option("--stem-sparsity", type=float, help="Sparsity of the first convolution (default 0: left dense, it is small and sensitive)."),
-        click.option("--classifier-sparsity", type=float, help="Sparsity of the last Dense layer (default 0: left dense)."),
+        click.option("--stem-sparsity", type=FINITE, help="Sparsity of the first convolution (default 0: left dense, it is small and sensitive)."),
+        click.option("--classifier-sparsity", type=FINITE, help="Sparsity of the last Dense layer (default 0: left dense)."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -147,7 +166,7 @@ def _run_with_progress(fn, *args, **kwargs):
 @click.argument("model", required=False)
 @click.option("--int8", "int8", is_flag=True, help="Full-integer int8 (int8 weights and activations, calibrated). Never falls back to dynamic-range.")
 @click.option("--precision", metavar="P", help="Precision instead of --int8: fp32, dynamic (int8 weights only), int8, or int16x8 (16-bit activations; XNNPACK does not accelerate it).")
-@click.option("--prune", "prune", type=float, metavar="SPARSITY", help="Magnitude-prune to this sparsity (0 < s < 1) before quantizing; fine-tunes when --train is given.")
+@click.option("--prune", "prune", type=FINITE, metavar="SPARSITY", help="Magnitude-prune to this sparsity (0 < s < 1) before quantizing; fine-tunes when --train is given.")
 @_data_options
 def convert(model, int8, precision, prune, **kw):
     """Convert MODEL (.h5, .keras or SavedModel folder) to TFLite, verify drift, write a report.
@@ -396,21 +415,31 @@ def format_eval(result) -> str:
     return "\n".join(lines)
 
 
+def _interrupted(exc) -> None:
+    """Exit 130 on Ctrl-C, 143 on SIGTERM; partial output was removed on the way out."""
+    code = getattr(exc, "exit_code", 130)
+    name = getattr(exc, "args", ("",))[0] if code != 130 else "Ctrl-C"
+    _fail(f"interrupted ({name or 'Ctrl-C'}); partial output removed, any previous output left as it was", code)
+
+
 def main(argv=None):
     """Console entry point: every user-facing failure is one line and a non-zero exit."""
+    from ._signals import handle_signals
+
     try:
-        rv = cli.main(args=argv, prog_name="edgeresnet", standalone_mode=False)
+        with handle_signals():  # SIGTERM (CI cancel, docker stop) is handled like Ctrl-C
+            rv = cli.main(args=argv, prog_name="edgeresnet", standalone_mode=False)
     except click.exceptions.UsageError as exc:
         hint = f" (see: {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
         _fail(" ".join(exc.format_message().split()) + hint, 2)
-    except click.exceptions.Abort:
-        _fail("aborted", 130)
+    except click.exceptions.Abort as exc:  # click turns KeyboardInterrupt into Abort
+        _interrupted(exc.__context__)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except EdgeResNetError as exc:
         _fail(str(exc), exc.exit_code)
-    except KeyboardInterrupt:
-        _fail("interrupted; nothing was written", 130)
+    except KeyboardInterrupt as exc:
+        _interrupted(exc)
     except Exception as exc:  # a bug: keep it one line unless asked for the traceback
         if os.environ.get("EDGERESNET_DEBUG"):
             raise

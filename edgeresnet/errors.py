@@ -38,8 +38,12 @@ class TargetError(ConfigError):
     """An unknown deployment target, or a target that cannot take this model."""
 
 
-class OutputExistsError(EdgeResNetError):
-    """The output already exists and --overwrite was not given."""
+class OutputError(EdgeResNetError):
+    """--out cannot be used (it would touch the user's files) or cannot be written."""
+
+
+class OutputExistsError(OutputError):
+    """The output already exists and --overwrite was not given (or may not replace it)."""
 
 
 class ConversionError(EdgeResNetError):

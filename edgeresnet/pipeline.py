@@ -8,6 +8,7 @@ optional ``notify(message)`` callback; everything else is in the returned
 
 from __future__ import annotations
 
+import errno
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,18 @@ from .calibration import (
 from .convert import ConversionSpec, convert
 from .errors import ConfigError, ConversionError, DataError, DriftBudgetExceeded, TFLiteFileError
 from .edgetpu import COMPILER_HINT
-from .fsutil import StagedDir, atomic_write_bytes, check_output_free
+from .fsutil import (
+    MiB,
+    StagedDir,
+    atomic_write_bytes,
+    check_free_space,
+    check_output,
+    clean_stale_partials,
+    failed_path,
+    run_tempdir,
+    tree_bytes,
+    write_error,
+)
 from .report import RunReport, VariantRecord, write_reports
 from .runtime import TFLiteModel
 from .targets import PRECISIONS, Target, get_target, target_names
@@ -76,8 +88,8 @@ class ConvertOptions:
             raise ConfigError(f"--calib-samples must be a positive number of images, got {self.calib_samples}")
         if self.eval_samples is not None and self.eval_samples <= 0:
             raise ConfigError(f"--eval-samples must be positive, got {self.eval_samples}")
-        if self.max_drop is not None and not (self.max_drop >= 0):
-            raise ConfigError(f"--max-drop must be zero or more accuracy points, got {self.max_drop}")
+        if self.max_drop is not None and not (0 <= self.max_drop < float("inf")):
+            raise ConfigError(f"--max-drop must be a finite number of accuracy points, zero or more, got {self.max_drop}")
         if self.precision is not None and self.precision not in PRECISIONS:
             raise ConfigError(
                 f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}"
@@ -238,10 +250,32 @@ def run_report(
     )
 
 
+def _inputs(opts: ConvertOptions) -> dict:
+    """The paths a run reads; --out may not be, contain or lie inside any of them."""
+    return {"model": opts.model, "--calib": opts.calib, "--eval": opts.eval, "--train": opts.train}
+
+
+def _space_needed(opts: ConvertOptions, plan) -> int:
+    """A generous estimate of the bytes a run writes: a few times the model per variant, plus slack."""
+    if opts.model is None:
+        from . import demo
+
+        model = demo.reference_model_path()
+    else:
+        model = opts.model
+    return 16 * MiB + 2 * tree_bytes([model]) * (len(plan) + 1)
+
+
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
+
+
 def _run(opts, plan, progress=None, notify=None, bench_config=None, all_formats=False) -> RunReport:
+    """Check --out and the inputs, then run in a staged output folder and a run-scoped temp folder."""
     notify = notify or (lambda msg: None)
     started = time.perf_counter()
-    check_output_free(opts.out, opts.overwrite)
+    inputs = _inputs(opts)
+    check_output(opts.out, opts.overwrite, inputs)
+    check_output(failed_path(opts.out), True, inputs)
     for p in (opts.calib, opts.eval, opts.train):
         if p is not None and not Path(p).exists():
             raise DataError(f"{p}: no such file or folder; pass an image folder or a .npy/.npz file")
@@ -253,7 +287,21 @@ def _run(opts, plan, progress=None, notify=None, bench_config=None, all_formats=
         raise ConfigError(
             f"{names} needs calibration data; pass --calib with a folder of images like the ones the model will see"
         )
+    for note in clean_stale_partials(opts.out):
+        notify(note)
+    try:
+        # The staged folder is made first: it proves --out's parent is writable before any work.
+        with StagedDir(opts.out, opts.overwrite, inputs) as staged, run_tempdir():
+            check_free_space(Path(opts.out).resolve().parent, _space_needed(opts, plan))
+            return _run_staged(opts, plan, staged, needs_calib, started, progress, notify, bench_config, all_formats)
+    except OSError as exc:
+        err = write_error(exc, opts.out) if exc.errno in _DISK_ERRNOS else None
+        if err is None:
+            raise
+        raise err from None
 
+
+def _run_staged(opts, plan, staged, needs_calib, started, progress, notify, bench_config, all_formats) -> RunReport:
     loaded, reference_meta = _load_model(opts)
     preset_name = opts.preset or (reference_meta or {}).get("preset") or "raw"
     preset = get_preset(preset_name)
@@ -330,39 +378,45 @@ def _run(opts, plan, progress=None, notify=None, bench_config=None, all_formats=
     )
     emit = _Emitter(opts, float_out, labels, conv_calib, conv_eval, progress, notify, bench_config)
     report.recovery = opts.recover and opts.max_drop is not None
-    with StagedDir(opts.out, opts.overwrite) as staged:
-        for planned in plan:
-            model, info = models[planned.sparsity]
-            rec = emit(model, planned, staged.path)
-            if planned.sparsity is not None and info is not None:
-                rec.extra["prune"] = {k: v for k, v in info.items() if k != "layers"}
-            report.add(rec)
-            if rec.status == "over_budget" and opts.recover and planned.spec.precision == "int8":
-                recovered = emit.recover(model, planned, rec, staged.path)
-                if recovered is not None:
-                    report.add(recovered)
-        if any(COMPILER_HINT in v.checks.get("edgetpu", {}).get("notes", ()) for v in report.variants):
-            notify(f"note: {COMPILER_HINT}")  # once per run, not once per model
-        report.finish(time.perf_counter() - started)
-        data_dict = write_reports(report, staged.path)
-        if all_formats:
-            from .report_formats import write_all
+    for planned in plan:
+        model, info = models[planned.sparsity]
+        rec = emit(model, planned, staged.path)
+        if planned.sparsity is not None and info is not None:
+            rec.extra["prune"] = {k: v for k, v in info.items() if k != "layers"}
+        report.add(rec)
+        if rec.status == "over_budget" and opts.recover and planned.spec.precision == "int8":
+            recovered = emit.recover(model, planned, rec, staged.path)
+            if recovered is not None:
+                report.add(recovered)
+    if any(COMPILER_HINT in v.checks.get("edgetpu", {}).get("notes", ()) for v in report.variants):
+        notify(f"note: {COMPILER_HINT}")  # once per run, not once per model
+    report.finish(time.perf_counter() - started)
 
-            write_all(data_dict, staged.path)
-        staged.commit()
-
+    # A failed run never replaces the previous output: its report goes beside it, to OUT.failed.
     recovered_ok = {v.name for v in report.variants if v.status == "ok"}
     bad = [v for v in report.variants if v.status == "over_budget" and v.extra.get("recovered_by") not in recovered_ok]
+    failed = [v for v in report.variants if v.status in ("convert_failed", "validation_failed")]
+    dest = failed_path(opts.out) if bad or failed else Path(opts.out)
+    for v in report.variants:
+        if v.path:
+            v.path = str(dest / Path(v.path).name)
+    data_dict = write_reports(report, staged.path)
+    if all_formats:
+        from .report_formats import write_all
+
+        write_all(data_dict, staged.path)
+    staged.commit(dest)
+
     if bad:
         worst = max(bad, key=lambda v: v.drift.drop_pts if v.drift.drop_pts is not None else 100 - v.drift.agreement)
         raise DriftBudgetExceeded(
             f"{worst.name}: accuracy drop {worst.drop_text()} exceeds --max-drop {opts.max_drop}; "
-            f"the report is in {opts.out}"
+            f"the report is in {dest} ({opts.out} was left as it was)"
         )
-    failed = [v for v in report.variants if v.status in ("convert_failed", "validation_failed")]
     if failed:
         raise ConversionError(
-            f"{failed[0].name}: {failed[0].status.replace('_', ' ')}: {failed[0].error}; the report is in {opts.out}"
+            f"{failed[0].name}: {failed[0].status.replace('_', ' ')}: {failed[0].error}; "
+            f"the report is in {dest} ({opts.out} was left as it was)"
         )
     return report
 

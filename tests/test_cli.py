@@ -115,9 +115,11 @@ def test_max_drop_zero_is_met_by_recovery_or_fails(tmp_path, outlier_model_h5, t
     args = ["convert", outlier_model_h5, "--int8", "--calib", tiny_data["calib"], "--eval", tiny_data["eval"],
             "--preset", "unit", "--max-drop", "0", "--int8-method", "minmax"]
     code, stdout, err = run_cli(args + ["--out", tmp_path / "a", "--no-recover"], capsys)
-    assert code == 3 and "exceeds --max-drop" in err and (tmp_path / "a" / "report.json").exists()
+    # A failed run's report goes beside --out, to OUT.failed, and the error says so.
+    assert code == 3 and "exceeds --max-drop" in err and "a.failed" in err
+    assert (tmp_path / "a.failed" / "report.json").exists() and not (tmp_path / "a").exists()
     code, stdout, err = run_cli(args + ["--out", tmp_path / "b"], capsys)
-    data = json.loads((tmp_path / "b" / "report.json").read_text())
+    data = json.loads((tmp_path / ("b" if code == 0 else "b.failed") / "report.json").read_text())
     mixed = [v for v in data["variants"] if v["precision"] == "int8+float"]
     if code == 0:  # met by keeping layers in float: the report says which
         assert data["passed"] and mixed[0]["status"] == "ok" and mixed[0]["recovery"]["float_layers"]

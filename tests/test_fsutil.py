@@ -1,7 +1,16 @@
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
 import pytest
 
+from edgeresnet import fsutil
 from edgeresnet.errors import OutputExistsError
-from edgeresnet.fsutil import StagedDir, atomic_write_bytes, check_output_free
+from edgeresnet.fsutil import MANIFEST, StagedDir, atomic_write_bytes, check_output, check_output_free, read_manifest
 
 
 def test_staged_dir_appears_only_on_commit(tmp_path):
@@ -25,15 +34,95 @@ def test_failure_leaves_nothing(tmp_path):
 
 def test_existing_output_needs_overwrite(tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "old.txt").write_text("old")
+    with StagedDir(out) as staged:
+        (staged.path / "old.txt").write_text("old")
+        staged.commit()
     with pytest.raises(OutputExistsError, match="--overwrite"):
         check_output_free(out, overwrite=False)
     with StagedDir(out, overwrite=True) as staged:
         (staged.path / "new.txt").write_text("new")
         staged.commit()
-    assert [p.name for p in out.iterdir()] == ["new.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "new.txt"]
+    assert read_manifest(out)["files"] == ["new.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_overwrite_replaces_only_what_edgeresnet_wrote(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "data.csv").write_text("precious")
+    with pytest.raises(OutputExistsError, match="not written by edgeresnet"):
+        StagedDir(mine, overwrite=True)
+    (mine / MANIFEST).write_text(json.dumps({"tool": "edgeresnet", "files": ["report.json"]}))
+    with pytest.raises(OutputExistsError, match=r"did not write \(data.csv\)"):
+        check_output(mine, overwrite=True)
+    (mine / "data.csv").unlink()
+    assert check_output(mine, overwrite=True) == mine
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert check_output(empty, overwrite=False) == empty  # an empty folder is free to use
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "mine"]
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _partial(out, owner):
+    d = out.with_name(f".{out.name}.partial-{owner.get('pid', 'x')}")
+    (d / "new").mkdir(parents=True)
+    (d / "new" / "half.tflite").write_bytes(b"half")
+    (d / "owner.json").write_text(json.dumps(owner))
+    return d
+
+
+def test_stale_partials_of_dead_runs_are_removed_live_ones_kept(tmp_path):
+    out = tmp_path / "out"
+    host = socket.gethostname()
+    dead = _partial(out, {"pid": _dead_pid(), "host": host, "start": "1"})
+    live = _partial(out, {"pid": os.getpid(), "host": host, "start": fsutil._start_time(os.getpid())})
+    foreign = _partial(out, {"pid": 1, "host": host + "-elsewhere"})
+    notes = fsutil.clean_stale_partials(out)
+    assert not dead.exists() and live.exists() and foreign.exists()
+    assert any("removed" in n and str(dead) in n for n in notes)
+    assert any("running" in n for n in notes) and any("cannot be checked" in n for n in notes)
+
+
+def test_a_reused_pid_is_not_mistaken_for_the_owner(tmp_path):
+    out = tmp_path / "out"
+    d = _partial(out, {"pid": os.getpid(), "host": socket.gethostname(), "start": "not-this-process"})
+    fsutil.clean_stale_partials(out)
+    assert not d.exists()
+
+
+def test_kill_during_the_swap_restores_the_previous_output(tmp_path):
+    out = tmp_path / "out"
+    d = _partial(out, {"pid": _dead_pid(), "host": socket.gethostname()})
+    (d / "old").mkdir()
+    (d / "old" / "report.json").write_text("previous")
+    fsutil.clean_stale_partials(out)
+    assert (out / "report.json").read_text() == "previous" and not d.exists()
+
+
+def test_failed_run_goes_beside_and_replaces_only_its_own_failure(tmp_path):
+    out = tmp_path / "out"
+    for text in ("first", "second"):
+        with StagedDir(out, overwrite=False) as staged:
+            (staged.path / "report.json").write_text(text)
+            staged.commit(fsutil.failed_path(out))
+    assert not out.exists() and (tmp_path / "out.failed" / "report.json").read_text() == "second"
+
+
+def test_run_tempdir_is_removed_and_restored(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(KeyboardInterrupt):
+        with fsutil.run_tempdir() as d:
+            assert tempfile.gettempdir() == str(d) and os.environ["TMPDIR"] == str(d)
+            Path(tempfile.mkdtemp()).joinpath("x").write_text("x")
+            raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == [] and tempfile.tempdir == str(tmp_path)
 
 
 def test_output_that_is_a_file_is_refused(tmp_path):

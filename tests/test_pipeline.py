@@ -65,10 +65,12 @@ def test_budget_exceeded_still_writes_report(outlier_model_h5, tiny_data, tmp_pa
     out = tmp_path / "out"
     with pytest.raises(DriftBudgetExceeded, match="--max-drop 0.0"):
         run_convert(_opts(outlier_model_h5, tiny_data, out, max_drop=0.0, int8_method="minmax", recover=False))
-    data = json.loads((out / "report.json").read_text())
+    failed = tmp_path / "out.failed"  # beside --out: a failed run never replaces an output
+    data = json.loads((failed / "report.json").read_text())
     v = data["variants"][0]
-    assert data["passed"] is False and v["status"] == "over_budget"
-    assert v["drop_pts"] > 0 and (out / "report.md").exists() and (out / v["name"]).exists()
+    assert data["passed"] is False and v["status"] == "over_budget" and not out.exists()
+    assert v["drop_pts"] > 0 and (failed / "report.md").exists() and (failed / v["name"]).exists()
+    assert v["path"] == str(failed / v["name"])
 
 
 def test_existing_output_is_refused_before_any_work(tiny_model_h5, tiny_data, tmp_path):
@@ -152,7 +154,7 @@ def test_edgetpu_cannot_recover_and_names_worst_layers(outlier_model_h5, tiny_da
     out = tmp_path / "out"
     with pytest.raises(DriftBudgetExceeded):
         run_convert(_opts(outlier_model_h5, tiny_data, out, max_drop=1.0, targets=("edgetpu",), int8_method="minmax"))
-    v = json.loads((out / "report.json").read_text())["variants"]
+    v = json.loads((tmp_path / "out.failed" / "report.json").read_text())["variants"]
     assert len(v) == 1 and v[0]["status"] == "over_budget"
     assert v[0]["worst_layers"] and "cannot run float layers" in v[0]["error"]
 

@@ -1,0 +1,319 @@
+"""Nothing lost, nothing crashes (issue #8): table-driven bad-input and fault cases for the CLI.
+
+Every case builds a small world under ``tmp_path`` (a model, image folders, a
+previous output, mounts), takes a snapshot of every path under it (sha256 of
+each file), runs ``edgeresnet`` in-process and asserts:
+
+* the exit code;
+* exactly one ``error:`` line (none on success) containing the expected words,
+  and no traceback;
+* nothing created, changed or deleted outside the paths the case allows
+  (``changes``: --out on success, OUT.failed on a failed run), so a previous
+  output and every input stay byte-identical;
+* the run's temporary folder (``tempfile.tempdir`` points into the world) is
+  empty afterwards.
+
+To add a case: append a ``Case`` to ``CASES`` (or to your own list passed to
+``run_case``). ``args(world)`` returns the argument list; ``setup(world)`` may
+prepare files and return a clean-up callable (or raise ``pytest.skip``);
+``patch(world, monkeypatch)`` may simulate a fault in the library.
+Signal tests (SIGINT, SIGTERM, SIGKILL) run the CLI as a subprocess below.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import pytest
+
+from edgeresnet import fsutil
+from edgeresnet.cli import main
+
+from conftest import write_image_folder
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE_H5 = REPO / "edgeresnet" / "assets" / "reference_digits_resnet8.h5"
+
+
+# ---------------------------------------------------------------- the world
+
+
+@dataclass
+class World:
+    """Paths of one case's sandbox; every case runs with ``cwd`` as the current folder."""
+
+    root: Path
+
+    @property
+    def cwd(self) -> Path:
+        return self.root / "cwd"
+
+    @property
+    def tmp(self) -> Path:  # the run's temp folder (tempfile.tempdir / TMPDIR)
+        return self.root / "tmp"
+
+    @property
+    def model(self) -> Path:  # a copy of the built-in reference model inside a project folder
+        return self.root / "proj" / "model.h5"
+
+    @property
+    def calib(self) -> Path:
+        return self.root / "calib"
+
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def out(self) -> Path:
+        return self.root / "out"
+
+    @property
+    def failed(self) -> Path:
+        return fsutil.failed_path(self.out)
+
+
+def make_world(root: Path) -> World:
+    w = World(root)
+    for d in (w.cwd, w.tmp, w.model.parent):
+        d.mkdir(parents=True)
+    shutil.copyfile(REFERENCE_H5, w.model)
+    (w.model.parent / "notes.md").write_text("my project notes\n")
+    write_image_folder(w.calib, classes=2, per_class=3, size=(8, 8), seed=0)
+    write_image_folder(w.eval, classes=2, per_class=2, size=(8, 8), seed=1)
+    return w
+
+
+def fake_output(folder: Path, extra: Optional[dict] = None) -> Path:
+    """A folder exactly as edgeresnet leaves it (manifest listing its files), with made-up contents."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"m_cpu_int8.tflite": b"TFL3 previous model", "report.json": b'{"previous": true}\n', "report.md": b"# previous\n"}
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    manifest = {"tool": "edgeresnet", "version": "0.1.0", "files": sorted(files)}
+    (folder / fsutil.MANIFEST).write_text(json.dumps(manifest))
+    for name, data in (extra or {}).items():
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def snapshot(root: Path) -> dict:
+    """Every path under ``root``: sha256 for files, 'dir' for folders, the target for symlinks."""
+    snap = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            rel = str(p.relative_to(root))
+            if p.is_symlink():
+                snap[rel] = "link:" + os.readlink(p)
+            elif p.is_dir():
+                snap[rel] = "dir"
+            else:
+                snap[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return snap
+
+
+def diff_outside(before: dict, after: dict, allowed: list[str]) -> list[str]:
+    """Paths created, changed or deleted that are not inside one of ``allowed`` (relative paths)."""
+
+    def ok(rel: str) -> bool:
+        return any(rel == a or rel.startswith(a + os.sep) for a in allowed)
+
+    changed = [k for k in before.keys() | after.keys() if before.get(k) != after.get(k)]
+    return sorted(k for k in changed if not ok(k))
+
+
+def run_cli(args: list) -> tuple[int, str, str]:
+    """Run ``edgeresnet ARGS`` in-process; (exit code, stdout, stderr) via the real entry point."""
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code
+    return code, out.getvalue(), err.getvalue()
+
+
+# ---------------------------------------------------------------- cases
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    args: Callable[[World], list]
+    code: int
+    says: tuple = ()  # words the error line must contain (callables get the world)
+    setup: Optional[Callable[[World], Optional[Callable]]] = None
+    patch: Optional[Callable[[World, pytest.MonkeyPatch], None]] = None
+    changes: Callable[[World], list] = lambda w: []  # paths the run may create or change
+    check: Optional[Callable[[World, str, str], None]] = None  # extra assertions after the run
+    marks: tuple = ()
+
+
+def run_case(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[World, str, str]:
+    w = make_world(tmp_path / "w")
+    cleanup = case.setup(w) if case.setup else None
+    try:
+        monkeypatch.chdir(w.cwd)
+        monkeypatch.setattr(tempfile, "tempdir", str(w.tmp))
+        monkeypatch.setenv("TMPDIR", str(w.tmp))
+        if case.patch:
+            case.patch(w, monkeypatch)
+        before = snapshot(w.root)
+        code, stdout, stderr = run_cli(case.args(w))
+        after = snapshot(w.root)
+    finally:
+        if cleanup:
+            cleanup()
+    text = stdout + stderr
+    assert "Traceback" not in text, text
+    errors = [ln for ln in stderr.splitlines() if ln.startswith("error:")]
+    assert code == case.code, f"exit {code}, expected {case.code}: {stderr}"
+    if case.code == 0:
+        assert not errors, stderr
+    else:
+        assert len(errors) == 1, f"expected one error line: {stderr!r}"
+        for word in case.says:
+            word = word(w) if callable(word) else word
+            assert str(word) in errors[0], f"{word!r} not in {errors[0]!r}"
+        assert "internal error" not in errors[0]
+    allowed = [str(Path(p).relative_to(w.root)) for p in case.changes(w)]
+    assert diff_outside(before, after, allowed) == [], f"touched outside {allowed}"
+    assert list(w.tmp.iterdir()) == [], "the run left temporary files"
+    if case.check:
+        case.check(w, stdout, stderr)
+    return w, stdout, stderr
+
+
+def _convert(*extra):
+    return lambda w: ["convert", "--int8", *[a(w) if callable(a) else a for a in extra]]
+
+
+# --- worlds that need a mount or an attribute; each returns its clean-up or skips
+
+
+def _files(folder: Path, files: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (folder / name).write_text(text)
+
+
+def _mount_tmpfs(path: Path, options: str) -> Callable:
+    path.mkdir(parents=True, exist_ok=True)
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip()})")
+    return lambda: subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def _read_only_parent(w: World):
+    ro = w.root / "ro"
+    if os.geteuid() != 0:  # chmod stops anyone but root
+        ro.mkdir()
+        ro.chmod(0o555)
+        return lambda: ro.chmod(0o755)
+    return _mount_tmpfs(ro, "ro,size=64m")
+
+
+def _immutable_parent(w: World):
+    imm = w.root / "imm"
+    imm.mkdir()
+    res = subprocess.run(["chattr", "+i", str(imm)], capture_output=True, text=True) if shutil.which("chattr") else None
+    if res is None or res.returncode != 0:
+        pytest.skip("chattr +i does not work here")
+    return lambda: subprocess.run(["chattr", "-i", str(imm)], check=False)
+
+
+def _small_disk(size: str):
+    return lambda w: _mount_tmpfs(w.root / "disk", f"size={size}")
+
+
+def _failing_converter(w, monkeypatch):
+    """The converter fails for a reason of its own (as it does for an op it cannot quantize)."""
+    from edgeresnet import pipeline
+    from edgeresnet.errors import ConversionError
+
+    def fail(*a, **k):
+        raise ConversionError("simulated converter failure: op FOO has no int8 kernel")
+
+    monkeypatch.setattr(pipeline, "convert", fail)
+
+
+def _same_files_as_before(w: World, stdout: str, stderr: str):
+    assert (w.out / "m_cpu_int8.tflite").read_bytes() == b"TFL3 previous model"
+
+
+def _failure_report_beside(w: World, stdout: str, stderr: str):
+    _same_files_as_before(w, stdout, stderr)
+    data = json.loads((w.failed / "report.json").read_text())
+    assert data["variants"][0]["status"] == "convert_failed"
+    assert fsutil.read_manifest(w.failed) is not None  # replaceable by the next failed run
+
+
+CASES = [
+    Case("out is calib folder, --overwrite", _convert(lambda w: "--calib", lambda w: w.calib, "--out", lambda w: w.calib, "--overwrite"),
+         2, ("--calib", "is the")),
+    Case("out is a parent of the model", lambda w: ["convert", w.model, "--int8", "--calib", w.calib, "--out", w.model.parent, "--overwrite"],
+         2, ("contains the model",)),
+    Case("out is the model file", lambda w: ["convert", w.model, "--int8", "--calib", w.calib, "--out", w.model, "--overwrite"],
+         2, ("is the model path",)),
+    Case("out inside --eval", _convert("--eval", lambda w: w.eval, "--out", lambda w: w.eval / "class0" / "res"),
+         2, ("lies inside the --eval",)),
+    Case("out contains --calib", _convert("--calib", lambda w: w.calib / "class1", "--out", lambda w: w.calib, "--overwrite"),
+         2, ("contains the --calib",)),
+    Case("out .", _convert("--out", ".", "--overwrite"), 2, ("current folder",)),
+    Case("out parent of cwd", _convert("--out", "..", "--overwrite"), 2, ("parent of the current folder",)),
+    Case("out is $HOME", _convert("--out", lambda w: w.root / "home", "--overwrite"), 2, ("home folder",),
+         setup=lambda w: (w.root / "home").mkdir(),
+         patch=lambda w, mp: mp.setenv("HOME", str(w.root / "home"))),
+    Case("out is a git repo root", _convert("--out", lambda w: w.root / "repo", "--overwrite"), 2, ("repository",),
+         setup=lambda w: (w.root / "repo" / ".git").mkdir(parents=True)),
+    Case("out is a filesystem root", _convert("--out", "/", "--overwrite"), 2, ("root of a file system",)),
+    Case("overwrite a folder edgeresnet did not write", _convert("--out", lambda w: w.root / "mine", "--overwrite"),
+         2, ("not written by edgeresnet",),
+         setup=lambda w: _files(w.root / "mine", {"thesis.tex": "years of work"})),
+    Case("overwrite an edgeresnet folder holding a user file", _convert("--out", lambda w: w.out, "--overwrite"),
+         2, ("did not write", "notes.txt"),
+         setup=lambda w: fake_output(w.out, {"notes.txt": b"mine"}) and None),
+    Case("existing output without --overwrite", _convert("--out", lambda w: w.out), 2, ("--overwrite",),
+         setup=lambda w: fake_output(w.out) and None),
+    Case("OUT.failed not written by edgeresnet", _convert("--out", lambda w: w.out, "--overwrite"), 2, (".failed", "not written by edgeresnet"),
+         setup=lambda w: _files(w.failed, {"keep.txt": "mine"})),
+    Case("--max-drop inf", _convert("--max-drop", "inf"), 2, ("--max-drop", "finite")),
+    Case("--max-drop nan", _convert("--max-drop", "nan"), 2, ("--max-drop", "finite")),
+    Case("parent of --out missing", _convert("--out", lambda w: w.root / "no" / "out"), 2, ("does not exist",)),
+    Case("read-only parent", _convert("--out", lambda w: w.root / "ro" / "out"), 2,
+         (lambda w: w.root / "ro", "read-only" if os.geteuid() == 0 else "permission denied"), setup=_read_only_parent),
+    Case("immutable parent", _convert("--out", lambda w: w.root / "imm" / "out"), 2,
+         (lambda w: w.root / "imm", "not permitted"), setup=_immutable_parent),
+    Case("full disk, found before any work", _convert("--out", lambda w: w.root / "disk" / "out"), 2,
+         ("not enough free space", lambda w: w.root / "disk"), setup=_small_disk("1m")),
+    Case("disk full while writing", _convert("--out", lambda w: w.root / "disk" / "out"), 2,
+         ("no space left", lambda w: w.root / "disk"), setup=_small_disk("48k"),
+         patch=lambda w, mp: mp.setattr(fsutil, "check_free_space", lambda *a: None) or mp.setattr("edgeresnet.pipeline.check_free_space", lambda *a: None),
+         marks=(pytest.mark.slow,)),
+    Case("failure under --overwrite keeps the old output", _convert("--out", lambda w: w.out, "--overwrite"), 2,
+         (lambda w: w.failed, "left as it was"), setup=lambda w: fake_output(w.out) and None, patch=_failing_converter,
+         changes=lambda w: [w.failed], check=_failure_report_beside, marks=(pytest.mark.slow,)),
+]
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.marks) for c in CASES])
+def test_safety_case(case, tmp_path, monkeypatch):
+    run_case(case, tmp_path, monkeypatch)
