@@ -1,0 +1,320 @@
+"""Device side: `edgeresnet predict` / `eval` on real converted models, with and without TensorFlow.
+
+The numbers are compared with what the host pipeline measured for the same
+file (report.json), never with constants: eval on the device must reproduce
+the host's top-1 exactly when it sees the same images.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeresnet.calibration import get_preset, list_images, load_images
+from edgeresnet.cli import main
+from edgeresnet.metadata import ModelInfo, add_metadata, read_metadata
+from edgeresnet.predict import Classifier, Overrides, evaluate, predict
+from edgeresnet.runtime import TFLiteModel
+
+REPO = Path(__file__).resolve().parents[1]
+TFLRT_ENV = "EDGERESNET_TFLITE_RUNTIME_PYTHON"
+DIGITS = tuple(str(d) for d in range(10))
+
+
+def _run_cli(capsys, *args) -> tuple[int, str, str]:
+    """Run the CLI in-process; (exit code, stdout, stderr)."""
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """The built-in reference model converted by the host pipeline (cpu int8), its report, and its
+    500 held-out digits written as PNG files in class folders (lossless: the same pixels the host used)."""
+    from PIL import Image
+
+    from edgeresnet import demo
+    from edgeresnet.pipeline import ConvertOptions, run_convert
+
+    root = tmp_path_factory.mktemp("digits")
+    run_convert(ConvertOptions(int8=True, out=str(root / "out")))
+    report = json.loads((root / "out" / "report.json").read_text())
+    (variant,) = report["variants"]
+    held_out = demo.digits_images("eval")
+    for i, (img, label) in enumerate(zip(held_out.images, held_out.labels)):
+        d = root / "images" / held_out.class_names[label]
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img[..., 0], "L").save(d / f"{i:04d}.png")
+    model = root / "out" / Path(variant["path"]).name
+    (root / "digits.txt").write_text("\n".join(DIGITS) + "\n")
+    return {
+        "model": model, "report": root / "out" / "report.json", "variant": variant,
+        "images": root / "images", "held_out": held_out, "labels": root / "digits.txt", "root": root,
+    }
+
+
+def test_report_records_the_sha256_of_each_written_file(digits):
+    import hashlib
+
+    assert digits["variant"]["sha256"] == hashlib.sha256(digits["model"].read_bytes()).hexdigest()
+
+
+def test_list_images_names_what_load_images_decodes(digits):
+    files, labels, names = list_images(digits["images"], samples=37, seed=4)
+    loaded = load_images(digits["images"], (32, 32, 1), samples=37, seed=4)
+    assert files == list(loaded.paths) and names == loaded.class_names
+    assert np.array_equal(labels, loaded.labels)
+
+
+def test_device_scores_equal_the_host_pipeline_scores(digits):
+    """PNG -> read_image -> preset -> quantized input gives bit-identical outputs to the host's arrays."""
+    clf = Classifier(digits["model"], Overrides(preset="unit"))
+    files, _, _ = list_images(digits["images"])
+    device = clf.scores(np.stack([clf.read(f) for f in files[:64]]))
+    # The host's path: in-memory digits (what convert evaluated on), preset applied, TFLiteModel.
+    index = {f"{i:04d}.png": i for i in range(len(digits["held_out"]))}
+    rows = [index[Path(f).name] for f in files[:64]]
+    host = TFLiteModel(digits["model"]).predict(get_preset("unit").apply(digits["held_out"].images[rows]))
+    assert np.array_equal(device, host)
+
+
+def test_predict_top_k_names_and_scores(digits, capsys):
+    files, labels, names = list_images(digits["images"], samples=20, seed=1)
+    clf = Classifier(digits["model"], Overrides(labels=digits["labels"], preset="unit"))
+    results = predict(clf, files, k=3)
+    assert [r.image for r in results] == files
+    for r in results:
+        scores = [s for _, _, s in r.top]
+        assert len(r.top) == 3 and scores == sorted(scores, reverse=True)
+        assert all(name == DIGITS[i] for i, name, _ in r.top)
+    right = sum(r.top[0][1] == names[label] for r, label in zip(results, labels))
+    assert right >= 18  # the host measured 99.4 % top-1 on these digits
+    code, out, err = _run_cli(capsys, "predict", digits["model"], *files[:2], "--top-k", "2", "--json",
+                              "--labels", digits["labels"], "--preset", "unit")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert [len(p["top"]) for p in doc["predictions"]] == [2, 2]
+    assert doc["predictions"][0]["top"][0]["label"] == results[0].top[0][1]
+
+
+def test_wrong_normalization_is_caught_by_max_drop_exit_3(digits, capsys):
+    """Raw 0..255 pixels into a model trained on [0, 1]: the device's top-1 collapses, and eval says so."""
+    code, out, err = _run_cli(capsys, "eval", digits["model"], "--images", digits["images"], "--preset", "raw",
+                              "--report", digits["report"], "--max-drop", "1", "--json")
+    assert code == 3
+    doc = json.loads(out)  # the result is printed before failing
+    assert doc["passed"] is False and doc["drop_pts"] > 1
+    assert doc["drop_pts"] == pytest.approx(digits["variant"]["top1"] - doc["top1"], abs=1e-3)
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("error:") and "--max-drop 1" in lines[-1] and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_samples_pick_the_images_the_host_picked(digits, tmp_path):
+    """convert --eval DIR --eval-samples N --seed S and eval --samples N --seed S see the same images."""
+    from edgeresnet.pipeline import ConvertOptions, run_convert
+
+    out = tmp_path / "out"
+    run_convert(ConvertOptions(int8=True, eval=str(digits["images"]), eval_samples=60, seed=3, out=str(out)))
+    (variant,) = json.loads((out / "report.json").read_text())["variants"]
+    clf = Classifier(out / Path(variant["path"]).name, Overrides(preset="unit"))
+    result = evaluate(clf, digits["images"], samples=60, seed=3, report=out / "report.json", max_drop=0)
+    assert result.count == variant["eval_count"] == 60
+    assert round(result.top1, 4) == variant["top1"] and not result.over_budget and not result.warnings
+
+
+def test_against_and_labels_matched_by_name(digits, tmp_path):
+    """Folders are matched to label names, so a folder with two classes in any order still scores right."""
+    subset = tmp_path / "two"
+    for name in ("7", "3"):
+        (subset / name).mkdir(parents=True)
+        for f in sorted((digits["images"] / name).iterdir())[:10]:
+            (subset / name / f.name).symlink_to(f)
+    clf = Classifier(digits["model"], Overrides(labels=digits["labels"], preset="unit"))
+    result = evaluate(clf, subset, against=clf)
+    assert result.labels_matched == "by name" and result.count == 20 and result.classes == 2
+    assert result.top1 >= 90.0  # sorted order would call every "3" a 0 and every "7" a 1
+    assert result.against["agreement"] == 100.0 and result.against["top1"] == round(result.top1, 4)
+    unlabelled = Classifier(digits["model"], Overrides(preset="unit"))
+    if unlabelled.setup.labels is None:  # without labels the folder count must match the outputs
+        with pytest.raises(Exception, match="2 class folders but the model has 10 outputs"):
+            evaluate(unlabelled, subset)
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(digits, tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad")
+    (root / "text.tflite").write_text("not a model")
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (root / "empty").mkdir()
+    (root / "three.txt").write_text("a\nb\nc\n")
+    (root / "dup.txt").write_text("\n".join(["a"] * 10) + "\n")
+    (root / "other.json").write_text(json.dumps({"variants": [{"name": digits["model"].name, "path": f"x/{digits['model'].name}", "sha256": "0" * 64, "top1": 1.0}]}))
+    return root
+
+
+BAD = [
+    (["predict", "{root}/missing.tflite", "{img}"], "no such file"),
+    (["predict", "{root}/text.tflite", "{img}"], "not a TFLite flatbuffer"),
+    (["predict", "{model}", "{root}/broken.jpg"], "cannot read this image"),
+    (["predict", "{model}", "{root}/missing.png"], "no such image file"),
+    (["eval", "{model}", "--images", "{root}/empty"], "is empty"),
+    (["predict", "{model}", "{img}", "--labels", "{root}/three.txt"], "3 labels but the model has 10 outputs"),
+    (["predict", "{model}", "{img}", "--labels", "{root}/dup.txt"], "appears twice"),
+    (["predict", "{model}", "{img}", "--interpreter", "nope"], "unknown interpreter"),
+    (["predict", "{model}", "{img}", "--preset", "unit", "--mean", "1"], "give one of them"),
+    (["predict", "{model}", "{img}", "--std", "0"], "--std values must be positive"),
+    (["eval", "{model}", "--images", "{images}", "--max-drop", "1"], "add --report"),
+    (["eval", "{model}", "--images", "{images}", "--report", "{root}/other.json"], "different sha256"),
+    (["eval", "{model}", "--images", "{root}/text.tflite"], "no such folder"),
+]
+
+
+@pytest.mark.parametrize("args,needle", BAD, ids=[b[1] for b in BAD])
+def test_bad_input_is_one_line(digits, bad_inputs, capsys, args, needle):
+    fill = {"root": bad_inputs, "model": digits["model"], "images": digits["images"],
+            "img": next((digits["images"] / "3").iterdir())}
+    code, out, err = _run_cli(capsys, *[a.format(**fill) for a in args])
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and needle in err, err
+
+
+def test_metadata_written_by_hand_is_used(digits, tmp_path, capsys):
+    """A foreign model given metadata (labels + mean/std) needs no flags either."""
+    data = digits["model"].read_bytes()
+    if read_metadata(data) is None:
+        data = add_metadata(data, ModelInfo(name="digits", color_space="GRAYSCALE", mean=(0.0,), std=(255.0,), labels=DIGITS))
+    path = tmp_path / "with_metadata.tflite"
+    path.write_bytes(data)
+    clf = Classifier(path)
+    assert clf.setup.labels == DIGITS and clf.setup.normalization_from == "metadata"
+    assert clf.setup.preset.name == "unit"  # (pixel - 0) / 255 is the host's preset, applied the host's way
+    result = evaluate(clf, digits["images"])
+    assert round(result.top1, 4) == digits["variant"]["top1"]
+
+
+# ---------------------------------------------------------------------- without TensorFlow
+
+
+def _tf_free_code(model, images, report, extra=(), max_drop="0") -> str:
+    """A script that runs predict and eval through the CLI and proves TensorFlow was never imported."""
+    args = ["eval", str(model), "--images", str(images), "--report", str(report), "--max-drop", max_drop, "--json", *extra]
+    return (
+        "import sys, json\n"
+        "sys.modules['tensorflow'] = None; sys.modules['tf_keras'] = None\n"
+        "from edgeresnet.cli import main\n"
+        f"try:\n    main({args!r})\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+        "assert 'tensorflow' not in sys.modules or sys.modules['tensorflow'] is None\n"
+    )
+
+
+def _tflite_runtime_python() -> str:
+    exe = os.environ.get(TFLRT_ENV)
+    if not exe:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but {TFLRT_ENV} is not set; .ci/run builds the tflite-runtime venv")
+        pytest.skip(f"not checked: set {TFLRT_ENV} to a python with tflite-runtime 2.14, pillow and click")
+    return exe
+
+
+def _run_device(python, code, interpreter=None):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("EDGERESNET_INTERPRETER", None)
+    if interpreter:
+        env["EDGERESNET_INTERPRETER"] = interpreter
+    return subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=300, env=env, cwd=REPO.parent)
+
+
+def _builtin_kernels_top1(model, images, preset) -> float:
+    """Top-1 with the interpreter's built-in kernels (XNNPACK off), computed here with ai-edge-litert."""
+    from edgeresnet.calibration import read_image
+    from edgeresnet.verify import topk_accuracy
+
+    files, labels, _ = list_images(images)
+    tfl = TFLiteModel(model, use_xnnpack=False)
+    shape = tuple(tfl.input.shape[1:])
+    out = tfl.predict(get_preset(preset).apply(np.stack([read_image(f, shape) for f in files])))
+    return round(topk_accuracy(out, labels, 1), 4)
+
+
+def test_eval_without_tensorflow_reproduces_the_host(digits):
+    proc = _run_device(sys.executable, _tf_free_code(digits["model"], digits["images"], digits["report"], ["--preset", "unit"]), "ai-edge-litert")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(proc.stdout)
+    assert doc["interpreter"].startswith("ai-edge-litert")
+    assert doc["top1"] == digits["variant"]["top1"] and doc["drop_pts"] == 0.0
+
+
+def test_eval_in_tflite_runtime_venv(digits):
+    """tflite-runtime 2.14 runs this int8 model on its built-in kernels (its XNNPACK takes no int8 ops),
+    which round differently from ai-edge-litert's XNNPACK: measured here, one of 500 digits flips.
+    The venv's top-1 must equal the built-in kernels' top-1 exactly, and stay within 0.5 pts of the host."""
+    python = _tflite_runtime_python()
+    code = _tf_free_code(digits["model"], digits["images"], digits["report"], ["--preset", "unit"], max_drop="0.5")
+    proc = _run_device(python, code)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(proc.stdout)
+    assert doc["interpreter"].startswith("tflite-runtime 2.14") and doc["max_drop"] == 0.5
+    assert doc["top1"] == _builtin_kernels_top1(digits["model"], digits["images"], "unit")
+    assert abs(doc["drop_pts"]) <= 0.5 and doc["host"]["matched_by"] == "sha256"
+
+
+def test_predict_in_tflite_runtime_venv(digits):
+    python = _tflite_runtime_python()
+    img = sorted((digits["images"] / "7").iterdir())[0]
+    code = (
+        "import sys; sys.modules['tensorflow'] = None\n"
+        "from edgeresnet.cli import main\n"
+        f"main(['predict', {str(digits['model'])!r}, {str(img)!r}, '--preset', 'unit', '--labels', {str(digits['labels'])!r}, '--json', '--top-k', '3'])\n"
+    )
+    proc = _run_device(python, code)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(proc.stdout)
+    here = predict(Classifier(digits["model"], Overrides(labels=digits["labels"], preset="unit")), [img], 3)[0]
+    assert doc["interpreter"].startswith("tflite-runtime 2.14")
+    assert [t["label"] for t in doc["predictions"][0]["top"]] == [name for _, name, _ in here.top]
+    assert doc["predictions"][0]["top"][0]["label"] == "7"
+
+
+# ---------------------------------------------------------------------- the real ResNet-8
+
+
+@pytest.fixture(scope="module")
+def resnet8(shared_data, resnet8_h5, tmp_path_factory):
+    """The MLPerf Tiny ResNet-8 converted to int8 by the host pipeline, evaluated on 300 real CIFAR-10 test images."""
+    from edgeresnet.pipeline import ConvertOptions, run_convert
+
+    out = tmp_path_factory.mktemp("r8") / "out"
+    test = shared_data / "cifar10" / "test"
+    run_convert(ConvertOptions(model=str(resnet8_h5), int8=True, calib=str(shared_data / "cifar10" / "train"),
+                               calib_samples=100, eval=str(test), eval_samples=300, out=str(out)))
+    (variant,) = json.loads((out / "report.json").read_text())["variants"]
+    return {"model": out / Path(variant["path"]).name, "report": out / "report.json", "variant": variant, "test": test}
+
+
+@pytest.mark.slow
+def test_real_resnet8_eval_equals_the_host_report(resnet8, shared_data):
+    clf = Classifier(resnet8["model"])
+    reference = Classifier(shared_data / "mlperf-tiny-resnet8" / "pretrainedResnet.tflite", Overrides(preset="raw"))
+    result = evaluate(clf, resnet8["test"], samples=300, against=reference, report=resnet8["report"], max_drop=0)
+    assert result.host.matched_by == "sha256" and result.count == 300
+    assert round(result.top1, 4) == resnet8["variant"]["top1"] and result.drop_pts == pytest.approx(0, abs=1e-9)
+    assert 60.0 < result.top1 < 90.0  # a real classifier, not chance and not a lookup
+    assert result.against["agreement"] > 90.0
+
+
+@pytest.mark.slow
+def test_real_resnet8_in_tflite_runtime_venv(resnet8):
+    python = _tflite_runtime_python()
+    code = _tf_free_code(resnet8["model"], resnet8["test"], resnet8["report"], ["--samples", "300"], max_drop="0.5")
+    proc = _run_device(python, code)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(proc.stdout)
+    assert doc["interpreter"].startswith("tflite-runtime 2.14") and doc["host"]["matched_by"] == "sha256"
+    assert doc["count"] == 300 and abs(doc["drop_pts"]) <= 0.5
