@@ -19,9 +19,10 @@ from typing import Callable, Optional, Union
 
 import numpy as np
 
+from ._isolate import IsolatedFailure, run_isolated
 from ._validate import whole_number
 from .errors import ConfigError, TFLiteFileError
-from .runtime import TFLiteModel, TensorSpec, emulation
+from .runtime import TFLiteModel, TensorSpec, emulation, get_backend, read_tflite_bytes
 
 ProgressFn = Callable[[int, int], None]
 
@@ -111,18 +112,33 @@ def benchmark(
     config: BenchConfig = BenchConfig(),
     backend: Optional[str] = None,
     progress: Optional[ProgressFn] = None,
+    isolate: bool = True,
 ) -> BenchResult:
     """Time ``config.repeats`` invocations of ``model`` after ``config.warmup`` untimed ones.
 
     ``model`` is a .tflite path or its bytes; ``backend`` forces an interpreter
     (see :func:`edgeresnet.runtime.get_backend`). ``progress(done, total)`` is
     called after every run, warm-up included. A file that is not a TFLite model,
-    or does not run, raises :class:`~edgeresnet.errors.TFLiteFileError`.
+    or does not run, raises :class:`~edgeresnet.errors.TFLiteFileError`. With
+    ``isolate`` (the default) the model is first loaded and run once in a child
+    process, so a malformed file that crashes the interpreter is an error here,
+    not a dead process; pass ``isolate=False`` only for models this process wrote.
     """
     if not isinstance(config, BenchConfig):
         raise ConfigError(f"config must be a BenchConfig, got {type(config).__name__}")
     label = "model" if isinstance(model, (bytes, bytearray)) else str(model)
-    tfl = TFLiteModel(model, num_threads=config.threads, backend=backend)
+    if isolate:
+        data = bytes(model) if isinstance(model, (bytes, bytearray)) else read_tflite_bytes(model)
+        get_backend(backend)  # a missing interpreter is reported here, not from the child
+        try:
+            run_isolated(_trial_run, data, label, config.threads, backend)
+        except IsolatedFailure as exc:
+            raise TFLiteFileError(
+                f"{label}: the interpreter {exc.how} loading and running this model; "
+                "the file is corrupt or not a valid TFLite model"
+            ) from None
+        model = data
+    tfl = TFLiteModel(model, num_threads=config.threads, backend=backend, label=label)
     spec = tfl.input
     x = random_input(spec)
     interpreter = tfl.interpreter
@@ -142,11 +158,7 @@ def benchmark(
             if progress is not None:
                 progress(config.warmup + i + 1, total)
     except (ValueError, RuntimeError) as exc:
-        text = str(exc).strip()
-        msg = text.splitlines()[0] if text else type(exc).__name__
-        raise TFLiteFileError(
-            f"{label} loads but does not run in {tfl.backend.name} {tfl.backend.version}: {msg}"
-        ) from None
+        raise _run_error(label, tfl, exc) from None
     ms = times * 1000.0
     return BenchResult(
         model=label,
@@ -167,6 +179,21 @@ def benchmark(
         times_ms=tuple(float(t) for t in ms),
         emulated=emulation(),
     )
+
+
+def _trial_run(data: bytes, label: str, threads: Optional[int], backend: Optional[str]) -> None:
+    """Load ``data``, allocate and invoke once (run in a child process by :func:`benchmark`)."""
+    tfl = TFLiteModel(data, num_threads=threads, backend=backend, label=label)
+    try:
+        tfl.invoke_raw(random_input(tfl.input))
+    except (ValueError, RuntimeError) as exc:
+        raise _run_error(label, tfl, exc) from None
+
+
+def _run_error(label: str, tfl: TFLiteModel, exc: Exception) -> TFLiteFileError:
+    text = str(exc).strip()
+    msg = text.splitlines()[0] if text else type(exc).__name__
+    return TFLiteFileError(f"{label} loads but does not run in {tfl.backend.name} {tfl.backend.version}: {msg}")
 
 
 def _size_text(n: int) -> str:

@@ -27,6 +27,7 @@ from functools import lru_cache
 from typing import Optional
 
 from ._capture import capture_output
+from ._isolate import IsolatedFailure, run_isolated
 from .errors import MissingDependencyError
 from .tflite_graph import CUSTOM_CODE, TFLiteGraph, parse_tflite
 
@@ -272,11 +273,17 @@ def screen_gpu(graph: TFLiteGraph) -> list[GpuIssue]:
 # --------------------------------------------------------------------------- entry point
 
 
-def analyze_gpu(tflite_bytes: bytes, engine: str = "auto", graph: Optional[TFLiteGraph] = None) -> GpuReport:
+def analyze_gpu(
+    tflite_bytes: bytes, engine: str = "auto", graph: Optional[TFLiteGraph] = None, isolate: bool = True,
+) -> GpuReport:
     """GPU delegate compatibility of a model, from the analyzer and the screen.
 
     ``engine``: ``auto`` (ai-edge-litert's analyzer, else TensorFlow's, else
-    none), ``litert``, ``tensorflow`` or ``none`` (screen only).
+    none), ``litert``, ``tensorflow`` or ``none`` (screen only). With
+    ``isolate`` (the default) the analyzer, native code that trusts the file,
+    runs in a child process: if it crashes or hangs on a malformed model the
+    verdict rests on the screen and a note says so. Pass ``isolate=False`` only
+    for models this process wrote itself.
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown GPU analyzer engine {engine!r}; choose one of {', '.join(ENGINES)}")
@@ -304,7 +311,12 @@ def analyze_gpu(tflite_bytes: bytes, engine: str = "auto", graph: Optional[TFLit
             notes.insert(0, "unknown (needs TensorFlow or ai-edge-litert for the analyzer)")
         return GpuReport(verdict, "none", None, screen, notes)
     label = {"litert": "ai-edge-litert analyzer", "tensorflow": "tf.lite.experimental.Analyzer"}[chosen]
-    text = _run_analyzer(chosen, data)
+    try:
+        text = run_isolated(_run_analyzer, chosen, data) if isolate else _run_analyzer(chosen, data)
+    except IsolatedFailure as exc:
+        notes.insert(0, f"GPU analysis {exc.how} on this model (the file is probably corrupt); "
+                        "screened by edgeresnet's rules only")
+        return GpuReport("incompatible" if screen else "unknown", label, None, screen, notes)
     parsed = parse_analyzer_output(text)
     checks = analyzer_checks_gpu(chosen)
     issues = list(parsed["issues"])

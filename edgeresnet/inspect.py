@@ -27,8 +27,9 @@ from typing import Optional, Union
 import numpy as np
 
 from ._capture import capture_output
+from ._isolate import IsolatedFailure, run_isolated
 from .errors import MissingDependencyError
-from .runtime import EDGETPU_CUSTOM_OP, get_backend, read_tflite_bytes
+from .runtime import EDGETPU_CUSTOM_OP, check_input_size, get_backend, read_tflite_bytes
 from .targets import targets
 from .targets.checks import InspectContext, Verdict, verdict_for
 from .tflite_graph import TFLiteGraph, parse_tflite
@@ -194,22 +195,38 @@ def _delegated(ops: list[dict]) -> tuple[int, list[str]]:
     return len(taken), left
 
 
-def check_in_process(data: bytes, backend_name: str) -> InterpreterCheck:
-    """Load ``data`` in an interpreter of this process, allocate, run once on zeros."""
+def check_in_process(data: bytes, backend_name: str, isolate: bool = True) -> InterpreterCheck:
+    """Load ``data`` in an interpreter installed here, allocate, run once on zeros.
+
+    With ``isolate`` (the default) the interpreter runs in a child process, so a
+    malformed model that crashes it gives a failed check instead of killing us.
+    """
     try:
         backend = get_backend(backend_name)
     except MissingDependencyError:
         return InterpreterCheck(backend_name, "not installed")
+    if not isolate:
+        return _load_and_run(data, backend_name)
+    try:
+        return run_isolated(_load_and_run, data, backend_name)
+    except IsolatedFailure as exc:
+        return InterpreterCheck(backend_name, "fails", version=backend.version,
+                                error=f"the interpreter {exc.how} on this model; the file is corrupt")
+
+
+def _load_and_run(data: bytes, backend_name: str) -> InterpreterCheck:
+    backend = get_backend(backend_name)
     check = InterpreterCheck(backend_name, "fails", version=backend.version)
     with capture_output() as cap:
         try:
             it = backend.interpreter_cls(model_content=data)
+            check_input_size(it, "the model")
             it.allocate_tensors()
             for d in it.get_input_details():
                 it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
             it.invoke()
             ops = it._get_ops_details()
-        except (ValueError, RuntimeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever a malformed model raises is a failed load
             failure = exc
         else:
             failure = None

@@ -468,7 +468,8 @@ class _Emitter:
             from .bench import benchmark
 
             rec.extra["latency"] = benchmark(
-                result.model, self.bench_config, progress=_stage(self.progress, f"benchmark {name}")
+                result.model, self.bench_config, progress=_stage(self.progress, f"benchmark {name}"),
+                isolate=False,  # a model this run wrote and already ran
             ).to_dict()
         failed = [k for k, v in rec.checks.items() if v.get("ok") is False and v.get("blocking", True)]
         if failed:

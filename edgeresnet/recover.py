@@ -651,8 +651,8 @@ def measure_cost(result: RecoveryResult, bench=None, backend: Optional[str] = No
     from .bench import BenchConfig, benchmark
 
     bench = bench or BenchConfig()
-    before = benchmark(result.initial_model, bench, backend=backend)
-    after = benchmark(result.model, bench, backend=backend)
+    before = benchmark(result.initial_model, bench, backend=backend, isolate=False)  # models this run wrote
+    after = benchmark(result.model, bench, backend=backend, isolate=False)
     return {
         "float_layers": len(result.float_layers),
         "size_bytes": {"initial": before.size_bytes, "final": after.size_bytes,

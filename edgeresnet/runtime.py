@@ -88,6 +88,23 @@ def get_backend(name: Optional[str] = None) -> Backend:
     )
 
 
+#: Inputs above this size are refused before tensors are allocated: an edge
+#: classifier takes a few MiB; a corrupt shape (batch 60161) would take minutes.
+MAX_INPUT_BYTES = 256 * 2**20
+
+
+def check_input_size(interpreter, label: str) -> None:
+    """Raise TFLiteFileError when the model's inputs, as declared, exceed MAX_INPUT_BYTES."""
+    for d in interpreter.get_input_details():
+        shape = [int(s) for s in d["shape"]]
+        size = int(np.prod([max(s, 1) for s in shape], dtype=np.float64)) * np.dtype(d["dtype"]).itemsize
+        if size > MAX_INPUT_BYTES:
+            raise TFLiteFileError(
+                f"{label}: input {list(shape)} would take {size / 2**20:,.0f} MiB, more than the "
+                f"{MAX_INPUT_BYTES // 2**20} MiB edgeresnet runs; the file is corrupt or not an edge model"
+            )
+
+
 def _dist_version(dist: str) -> str:
     try:
         from importlib.metadata import version
@@ -192,14 +209,15 @@ class TFLiteModel:
         num_threads: Optional[int] = None,
         backend: Optional[str] = None,
         use_xnnpack: bool = True,
+        label: Optional[str] = None,
     ):
         self.backend = get_backend(backend)
         if isinstance(model, (bytes, bytearray)):
             data = bytes(model)
-            label = "model"
+            label = label or "model"
         else:
             data = read_tflite_bytes(model)
-            label = str(model)
+            label = label or str(model)
         check_tflite_bytes(data, label)
         if is_edgetpu_compiled(data):
             raise TFLiteFileError(
@@ -219,6 +237,7 @@ class TFLiteModel:
             # TensorFlow Lite XNNPACK delegate"); a library keeps quiet.
             with capture_output():
                 self.interpreter = self.backend.interpreter_cls(**kwargs)
+                check_input_size(self.interpreter, label)
                 self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
