@@ -90,6 +90,7 @@ def _data_options(f):
         click.option("--prune-policy", metavar="P", help="xnnpack: prune only what XNNPACK's sparse kernels run (1x1 convolutions, at least 2/3 sparse); refused for models where it would not make them faster."),
         click.option("--stem-sparsity", type=FINITE, help="Sparsity of the first convolution (default 0: left dense, it is small and sensitive)."),
         click.option("--classifier-sparsity", type=FINITE, help="Sparsity of the last Dense layer (default 0: left dense)."),
+        click.option("--trust-model-code", is_flag=True, help="Load MODEL even if it carries code (Lambda layers, custom classes, file or process ops in a SavedModel); that code then runs on this machine as you, so use it only for models you or someone you trust made."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -148,6 +149,7 @@ def _options(model, kw, default_out, **extra):
         recover=kw["recover"],
         int8_method=kw["int8_method"],
         strict=kw["strict"],
+        trust_model_code=kw["trust_model_code"],
         **extra,
     )
 

@@ -26,6 +26,10 @@ class ModelLoadError(EdgeResNetError):
     """A model file is missing, corrupt, or of a kind we cannot read."""
 
 
+class UnsafeModelError(ModelLoadError):
+    """A model file carries code (Lambda bytecode, custom classes, file or process ops) and was not trusted."""
+
+
 class DataError(EdgeResNetError):
     """Calibration, evaluation or training data is missing, empty or unusable."""
 

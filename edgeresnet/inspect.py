@@ -107,6 +107,7 @@ class InspectReport:
     accelerators: list = field(default_factory=list)  # targets whose verdict is an accelerator's (--strict)
     edgetpu_payload_bytes: int = 0  # compiled Edge TPU code and parameters inside edgetpu-custom-op(s)
     _describe: dict = field(default_factory=dict, repr=False)  # target -> extra text lines of its verdict
+    flex: dict = field(default_factory=dict)  # Flex (SELECT_TF_OPS) ops: see flex_findings()
 
     def strict_failures(self) -> list[str]:
         """Accelerator targets the model would not run on entirely (what ``inspect --strict`` fails on)."""
@@ -131,6 +132,7 @@ class InspectReport:
             "edgetpu_payload_bytes": self.edgetpu_payload_bytes,
             "verdicts": {k: v.to_dict() for k, v in self.verdicts.items()},
             "interpreters": {k: v.to_dict() for k, v in self.interpreters.items()},
+            "flex": dict(self.flex),
         }
 
     def to_json(self) -> str:
@@ -159,6 +161,33 @@ def guess_precision(graph: TFLiteGraph) -> str:
     if any(t.dtype == "int8" for t in consts) and any(t.dtype == "float32" for t in acts):
         return "dynamic"
     return "fp32"
+
+
+# --------------------------------------------------------------------------- Flex ops
+
+
+def flex_findings(graph: TFLiteGraph) -> dict:
+    """The model's Flex ops and why they matter; empty when it has none.
+
+    ``ops``: the TensorFlow ops run through the Flex delegate; ``risky``: those
+    that touch files, processes or the network, with the reason; ``note``: one
+    sentence for the user.
+    """
+    from .models.safety import risky_op  # plain Python: the op table shared with model loading
+
+    ops = list(graph.flex_ops)
+    if not ops:
+        return {}
+    risky = {op: why for op in ops if (why := risky_op(op)) is not None}
+    note = (
+        f"{len(ops)} TensorFlow op(s) run through the Flex delegate (converted with SELECT_TF_OPS): "
+        "Flex can run any TensorFlow op, needs an interpreter linked with it (TensorFlow's tf.lite or the "
+        "select-tf-ops library; plain ai-edge-litert and tflite-runtime refuse the model) and never runs on "
+        "the Edge TPU or the GPU delegate"
+    )
+    if risky:
+        note += "; " + ", ".join(f"{op} {why}" for op, why in risky.items()) + ", so the model was not run here"
+    return {"ops": ops, "risky": risky, "note": note}
 
 
 # --------------------------------------------------------------------------- interpreters
@@ -317,11 +346,16 @@ def inspect_tflite(model: Union[str, Path, bytes], gpu: bool = True, runtimes: b
         label = str(path)
     graph = parse_tflite(data, label)
     precision = guess_precision(graph)
-    if runtimes and not graph.edgetpu_compiled:
+    flex = flex_findings(graph)
+    if runtimes and not graph.edgetpu_compiled and not flex.get("risky"):
         litert = check_in_process(data, "ai-edge-litert")
         tflrt = check_tflite_runtime(path, data)
     else:
-        reason = "compiled for the Edge TPU: loads only with the Edge TPU delegate" if graph.edgetpu_compiled else "skipped"
+        reason = (
+            "compiled for the Edge TPU: loads only with the Edge TPU delegate" if graph.edgetpu_compiled
+            else f"its Flex ops touch files, processes or the network ({', '.join(flex['risky'])})" if flex.get("risky")
+            else "skipped"
+        )
         litert = InterpreterCheck("ai-edge-litert", "not checked", error=reason)
         tflrt = InterpreterCheck("tflite-runtime", "not checked", error=reason)
     versions: dict[str, list[int]] = {}
@@ -356,6 +390,7 @@ def inspect_tflite(model: Union[str, Path, bytes], gpu: bool = True, runtimes: b
         accelerators=accelerators,
         edgetpu_payload_bytes=sum(op.custom_options_bytes for op in graph.ops if op.name == EDGETPU_OP_NAME),
         _describe=describe,
+        flex=flex,
     )
 
 
@@ -384,6 +419,9 @@ def format_inspect(report: InspectReport) -> str:
             qtext = f"  scale {q['scale']:.6g} zero_point {q['zero_point']}" if q else ""
             sig = f" (signature {t['shape_signature']})" if "shape_signature" in t else ""
             lines.append(f"  {kind:<7}     {t['dtype']} {t['shape']}{sig}{qtext}  {t['name']}")
+    if report.flex:
+        lines.append(f"  flex        {', '.join(report.flex['ops'])}")
+        lines.append(f"              {report.flex['note']}")
     dtypes = ", ".join(f"{k} {v}" for k, v in report.tensor_dtypes.items())
     lines.append(f"  tensors     {dtypes}; float32: {report.float32_tensors}")
     lines.append("  verdicts")

@@ -76,6 +76,7 @@ class ConvertOptions:
     int8_method: str = "mse+bias"  # quant_opt.METHODS: how int8 ranges and weights are chosen
     recover: bool = True  # over --max-drop: return the worst layers to float (targets that allow it)
     strict: bool = False  # target compatibility checks (Edge TPU mapping, GPU screen) fail the run
+    trust_model_code: bool = False  # load Lambda layers, custom classes, file ops: the model's code runs here
 
     def __post_init__(self):
         if not self.targets:
@@ -129,7 +130,7 @@ def _load_model(opts: ConvertOptions):
 
         loaded = load_model(demo.reference_model_path())
         return loaded, demo.reference_metadata()
-    return load_model(opts.model), None
+    return load_model(opts.model, trust_code=opts.trust_model_code), None
 
 
 def _eval_set(opts, loaded, reference_meta, calib: Optional[ImageSet], progress) -> tuple[ImageSet, str]:

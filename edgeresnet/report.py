@@ -2,7 +2,8 @@
 
 ``report.json`` schema (stable; other tools read it):
 
-- ``model``: name, source, flavor, input_shape, classes, params
+- ``model``: name, source, flavor, input_shape, classes, params, safe_mode (loaded with the
+  code checks on; false after ``--trust-model-code``)
 - ``preprocessing``: preset, folded
 - ``calibration``: the calibration record (source, count, seed, preset, ...)
 - ``evaluation``: source, origin, count, labelled
@@ -122,6 +123,7 @@ class RunReport:
             "flavor": model.flavor,
             "input_shape": list(model.input_shape),
             "classes": model.num_classes,
+            "safe_mode": model.safe_mode,
         }
         params = getattr(model, "params", None)
         if params is not None:
@@ -181,6 +183,14 @@ def _kib(n):
     return "–" if n is None else f"{n / 1024:.1f}"
 
 
+def _safe_mode_text(safe_mode) -> str:
+    if safe_mode is None:
+        return "not applicable (an in-memory model)"
+    if safe_mode:
+        return "yes (the file was checked for code before loading; none was found)"
+    return "NO: --trust-model-code, the model's own code (Lambda layers, custom classes, graph ops) was allowed to run"
+
+
 def variants_table(report: dict) -> str:
     """A Markdown table of the variants of a ``report.json`` dict (also used by the CLI)."""
     labelled = report["evaluation"].get("labelled")
@@ -211,6 +221,7 @@ def to_markdown(report: dict) -> str:
         f"# edgeresnet report: {m['name']}",
         "",
         f"- model: `{m['source']}` ({m['flavor']}, input {tuple(m['input_shape'])}, {m['classes']} classes)",
+        f"- loaded in safe mode: {_safe_mode_text(m.get('safe_mode'))}",
         f"- preprocessing: preset `{report['preprocessing']['preset']}`"
         + (" folded into the model (it takes raw pixels)" if report["preprocessing"]["folded_into_model"] else ""),
     ]

@@ -64,6 +64,7 @@ STABLEHLO_SHIFT_LEFT STABLEHLO_CBRT STABLEHLO_CASE
 """.split()
 
 CUSTOM_CODE = _BUILTIN_NAMES.index("CUSTOM")
+FLEX_PREFIX = "Flex"  # custom code of a TensorFlow op run by the Flex delegate (SELECT_TF_OPS)
 
 # TensorType enum -> (name, bytes per element or None when not fixed-size).
 _TENSOR_TYPES = {
@@ -320,6 +321,7 @@ class TFLiteGraph:
     subgraph_count: int
     edgetpu_compiled: bool
     data: bytes = field(repr=False, compare=False, default=b"")
+    custom_codes: tuple[str, ...] = ()  # every custom op code the model declares (all subgraphs)
     _buffer_spans: tuple = field(repr=False, compare=False, default=())
 
     @property
@@ -329,6 +331,15 @@ class TFLiteGraph:
     @property
     def output_tensors(self) -> list[Tensor]:
         return [self.tensors[i] for i in self.outputs]
+
+    @property
+    def flex_ops(self) -> tuple[str, ...]:
+        """TensorFlow ops the model runs through the Flex delegate (converted with SELECT_TF_OPS).
+
+        Flex ops are stored as custom ops named ``Flex<TensorFlow op>``; read from
+        the model's operator codes, so ops in every subgraph count.
+        """
+        return tuple(sorted({c[len(FLEX_PREFIX):] for c in self.custom_codes if c.startswith(FLEX_PREFIX)}))
 
     def tensor(self, index: int) -> Optional[Tensor]:
         return self.tensors[index] if 0 <= index < len(self.tensors) else None
@@ -506,6 +517,7 @@ def parse_tflite(data: bytes, label: str = "model") -> TFLiteGraph:
             subgraph_count=len(subgraphs),
             edgetpu_compiled=EDGETPU_CUSTOM_OP in data,
             data=data,
+            custom_codes=tuple(c for code, c, _ in codes if code == CUSTOM_CODE and c),
             _buffer_spans=tuple(spans),
         )
     except TFLiteFileError:

@@ -24,6 +24,7 @@ import numpy as np
 from .. import _tf
 from .._capture import capture_output
 from ..errors import ConfigError, DataError, ModelLoadError
+from . import safety
 
 FLAVORS = ("tf_keras", "keras3", "saved_model")
 KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
@@ -48,6 +49,7 @@ class LoadedModel:
     name: str
     input_shape: tuple
     num_classes: int
+    safe_mode: Optional[bool] = None  # loaded with the code checks on (None: built in memory, not from a file)
     _signature: Any = field(default=None, repr=False)  # saved_model: (fn, input name, output name)
     _predict_fn: Any = field(default=None, repr=False)
 
@@ -221,8 +223,15 @@ def _classes(shape: tuple, label: str) -> int:
 # ---------------------------------------------------------------------- loaders
 
 
-def load_model(path) -> LoadedModel:
-    """Load a Keras ``.h5``/``.keras`` file or a SavedModel folder; raise ModelLoadError with what to do."""
+def load_model(path, trust_code: bool = False) -> LoadedModel:
+    """Load a Keras ``.h5``/``.keras`` file or a SavedModel folder; raise ModelLoadError with what to do.
+
+    Safe by default: before anything of the model is deserialized, its config
+    (or its SavedModel graph) is read as data and the file is refused with
+    :class:`~edgeresnet.errors.UnsafeModelError` when it carries code: Lambda
+    layers, custom classes, file/process/network ops (see :mod:`.safety`).
+    ``trust_code=True`` skips those checks and lets Keras run the model's code.
+    """
     p = Path(path).expanduser()
     if not p.exists():
         raise ModelLoadError(f"{p}: no such file or folder; {_WHAT}")
@@ -232,18 +241,20 @@ def load_model(path) -> LoadedModel:
                 f"{p} is a folder without saved_model.pb; pass a SavedModel folder (model.export(dir)) "
                 "or a Keras .h5/.keras file"
             )
-        return _load_saved_model(p)
-    suffix = p.suffix.lower()
-    if suffix in (".h5", ".hdf5"):
-        return _load_h5(p)
-    if suffix == ".keras":
-        return _load_keras_zip(p)
-    if suffix == ".tflite":
-        raise ModelLoadError(f"{p} is already a TFLite model; {_WHAT} (the model before conversion)")
-    raise ModelLoadError(f"{p}: unknown model format {suffix or '(no extension)'!r}; {_WHAT}")
+        loader = _load_saved_model
+    else:
+        suffix = p.suffix.lower()
+        if suffix == ".tflite":
+            raise ModelLoadError(f"{p} is already a TFLite model; {_WHAT} (the model before conversion)")
+        loader = _LOADERS.get(suffix)
+        if loader is None:
+            raise ModelLoadError(f"{p}: unknown model format {suffix or '(no extension)'!r}; {_WHAT}")
+    loaded = loader(p, trust_code)
+    loaded.safe_mode = not trust_code
+    return loaded
 
 
-def _load_h5(p: Path) -> LoadedModel:
+def _load_h5(p: Path, trust_code: bool) -> LoadedModel:
     import h5py
 
     if not h5py.is_hdf5(str(p)):
@@ -260,7 +271,10 @@ def _load_h5(p: Path) -> LoadedModel:
             "or build a built-in architecture with edgeresnet.models.build_model(name, weights=path)"
         )
     flavor = "keras3" if version.startswith("3") else "tf_keras"
-    return _load_keras(p, flavor)
+    if not trust_code:
+        _library(flavor)
+        safety.refuse_if_any(safety.keras_config_findings(safety.h5_config(p), flavor), str(p))
+    return _load_keras(p, flavor, trust_code)
 
 
 def _attr(f, key: str) -> str:
@@ -268,7 +282,7 @@ def _attr(f, key: str) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _load_keras_zip(p: Path) -> LoadedModel:
+def _load_keras_zip(p: Path, trust_code: bool) -> LoadedModel:
     if not zipfile.is_zipfile(p):
         raise ModelLoadError(
             f"{p} is not a .keras archive (not a zip file, or truncated); save the model again with model.save('model.keras')"
@@ -282,7 +296,10 @@ def _load_keras_zip(p: Path) -> LoadedModel:
             f"{p} has no readable metadata.json, so it was not written by Keras; save the model with model.save('model.keras')"
         ) from None
     flavor = "keras3" if version.startswith("3") else "tf_keras"
-    return _load_keras(p, flavor)
+    if not trust_code:
+        _library(flavor)
+        safety.refuse_if_any(safety.keras_config_findings(safety.keras_zip_config(p), flavor), str(p))
+    return _load_keras(p, flavor, trust_code)
 
 
 def _keras3():
@@ -300,11 +317,15 @@ def _keras3():
     return keras
 
 
-def _load_keras(p: Path, flavor: str) -> LoadedModel:
-    lib = _keras3() if flavor == "keras3" else _tf.tf_keras()
+def _library(flavor: str):
+    return _keras3() if flavor == "keras3" else _tf.tf_keras()
+
+
+def _load_keras(p: Path, flavor: str, trust_code: bool) -> LoadedModel:
+    lib = _library(flavor)
     try:
         with capture_output():
-            model = lib.models.load_model(str(p), compile=False)
+            model = lib.models.load_model(str(p), compile=False, safe_mode=not trust_code)
     except Exception as exc:  # Keras raises many types for one meaning: it could not load this file
         raise ModelLoadError(
             f"{p} does not load with {'Keras 3' if flavor == 'keras3' else 'tf_keras'} ({_first_line(exc)}); "
@@ -313,8 +334,13 @@ def _load_keras(p: Path, flavor: str) -> LoadedModel:
     return LoadedModel.from_keras(model, name=p.stem, path=p)
 
 
-def _load_saved_model(p: Path) -> LoadedModel:
+def _load_saved_model(p: Path, trust_code: bool) -> LoadedModel:
     tf = _tf.tf()
+    if not trust_code:
+        findings = safety.saved_model_findings(p)
+        if (p / "keras_metadata.pb").is_file():
+            findings += safety.keras_metadata_findings(p)
+        safety.refuse_if_any(findings, str(p), fix="export it again without them")
     if (p / "keras_metadata.pb").is_file():  # written by tf_keras: load it as a Keras model
         try:
             with capture_output():
@@ -350,3 +376,6 @@ def _load_saved_model(p: Path) -> LoadedModel:
     classes = _classes(tuple(out_spec.shape.as_list()), str(p))
     return LoadedModel(model=obj, flavor="saved_model", path=p, name=p.name, input_shape=shape,
                        num_classes=classes, _signature=(fn, in_name, out_name))
+
+
+_LOADERS = {".h5": _load_h5, ".hdf5": _load_h5, ".keras": _load_keras_zip}

@@ -159,6 +159,9 @@ def interpreter_verdict(ctx: InspectContext, target) -> Verdict:
         )
     if litert.status == "not installed":
         return Verdict(None, "not checked: ai-edge-litert is not installed (pip install ai-edge-litert)", details)
+    if ctx.graph.flex_ops and litert.status != "loads":
+        why = f"; not run here: {litert.error}" if litert.status == "not checked" else ""
+        return Verdict(False, f"needs the Flex delegate for {', '.join(ctx.graph.flex_ops)} (SELECT_TF_OPS){why}", details)
     if litert.status != "loads":
         return Verdict(False, f"does not load in {litert.name} {litert.version}: {litert.error}", details)
     text = f"loads and runs in {litert.name} {litert.version}"
