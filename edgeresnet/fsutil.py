@@ -258,6 +258,20 @@ def clean_stale_partials(out: PathLike) -> list[str]:
     return notes
 
 
+def clean_stale_tempdirs(prefix: str = "edgeresnet-run-") -> list[str]:
+    """Remove run temp folders (see :func:`run_tempdir`) whose owner was killed (SIGKILL)."""
+    notes = []
+    for d in sorted(Path(tempfile.gettempdir()).glob(prefix + "*")):
+        try:
+            owner = json.loads((d / OWNER).read_text("utf-8"))
+        except (OSError, ValueError):
+            continue  # not provably ours
+        if isinstance(owner, dict) and _owner_alive(owner) is False:
+            shutil.rmtree(d, ignore_errors=True)
+            notes.append(f"note: removed {d}, temporary files of an interrupted run (pid {owner.get('pid')})")
+    return notes
+
+
 class StagedDir:
     """A temporary folder that becomes ``out`` on :meth:`commit`.
 
@@ -336,6 +350,7 @@ def run_tempdir(prefix: str = "edgeresnet-run-"):
     """One temporary folder for everything the run (and TensorFlow, and child processes) puts in
     the temp folder; removed on every way out. Yields its path."""
     path = tempfile.mkdtemp(prefix=prefix)
+    Path(path, OWNER).write_text(json.dumps(_owner_record()), "utf-8")
     saved_tempdir, saved_env = tempfile.tempdir, os.environ.get("TMPDIR")
     tempfile.tempdir = path
     os.environ["TMPDIR"] = path

@@ -33,6 +33,7 @@ from .fsutil import (
     check_free_space,
     check_output,
     clean_stale_partials,
+    clean_stale_tempdirs,
     failed_path,
     run_tempdir,
     tree_bytes,
@@ -288,7 +289,7 @@ def _run(opts, plan, progress=None, notify=None, bench_config=None, all_formats=
         raise ConfigError(
             f"{names} needs calibration data; pass --calib with a folder of images like the ones the model will see"
         )
-    for note in clean_stale_partials(opts.out):
+    for note in clean_stale_partials(opts.out) + clean_stale_tempdirs():
         notify(note)
     try:
         # The staged folder is made first: it proves --out's parent is writable before any work.

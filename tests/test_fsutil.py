@@ -136,3 +136,15 @@ def test_atomic_write_bytes(tmp_path):
     p = atomic_write_bytes(tmp_path / "m.tflite", b"abc")
     assert p.read_bytes() == b"abc"
     assert [x.name for x in tmp_path.iterdir()] == ["m.tflite"]
+
+
+def test_run_tempdirs_of_killed_runs_are_removed(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    host = socket.gethostname()
+    dead, live, unknown = (tmp_path / f"edgeresnet-run-{n}" for n in ("dead", "live", "unknown"))
+    for d, owner in ((dead, {"pid": _dead_pid(), "host": host}), (live, {"pid": os.getpid(), "host": host}), (unknown, None)):
+        d.mkdir()
+        if owner:
+            (d / "owner.json").write_text(json.dumps(owner))
+    notes = fsutil.clean_stale_tempdirs()
+    assert not dead.exists() and live.exists() and unknown.exists() and len(notes) == 1

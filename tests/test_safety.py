@@ -317,3 +317,114 @@ CASES = [
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.marks) for c in CASES])
 def test_safety_case(case, tmp_path, monkeypatch):
     run_case(case, tmp_path, monkeypatch)
+
+
+def _allowed_overwrite_check(w: World, stdout: str, stderr: str):
+    names = sorted(p.name for p in w.out.iterdir())
+    assert names == sorted([fsutil.MANIFEST, "reference_digits_resnet8_cpu_int8.tflite", "report.json", "report.md"])
+    assert fsutil.read_manifest(w.out)["files"] == sorted(n for n in names if n != fsutil.MANIFEST)
+    assert not list(w.root.glob(".out.partial-*"))
+
+
+SLOW_CASES = [
+    Case("--overwrite on an edgeresnet folder is allowed", _convert("--out", lambda w: w.out, "--overwrite"), 0,
+         setup=lambda w: fake_output(w.out) and None, changes=lambda w: [w.out], check=_allowed_overwrite_check),
+    Case("--overwrite on an empty folder is allowed", _convert("--out", lambda w: w.out), 0,
+         setup=lambda w: w.out.mkdir(), changes=lambda w: [w.out], check=_allowed_overwrite_check),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in SLOW_CASES])
+def test_safety_case_that_converts(case, tmp_path, monkeypatch):
+    run_case(case, tmp_path, monkeypatch)
+
+
+# ---------------------------------------------------------------- signals (subprocess)
+
+
+class Run:
+    """``edgeresnet convert --int8 --out out --overwrite`` in a child process of its own world."""
+
+    def __init__(self, w: World):
+        env = dict(os.environ, PYTHONPATH=str(REPO), TMPDIR=str(w.tmp), PYTHONUNBUFFERED="1")
+        env.pop("EDGERESNET_DEBUG", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edgeresnet.cli", "convert", "--int8", "--out", str(w.out), "--overwrite"],
+            cwd=w.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stderr), daemon=True)
+        self.reader.start()
+
+    def wait_for(self, predicate, timeout=120.0) -> None:
+        end = time.monotonic() + timeout
+        while not predicate():
+            assert self.proc.poll() is None, f"the run ended early: {''.join(self.lines)}"
+            assert time.monotonic() < end, f"timed out; stderr so far: {''.join(self.lines)}"
+            time.sleep(0.05)
+
+    def finish(self, timeout=60.0) -> tuple[int, str]:
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+        self.reader.join(5)
+        return code, "".join(self.lines)
+
+
+def _mid_conversion(run: Run, w: World):
+    """True once the staged folder exists and calibration (the converter) is running."""
+    return list(w.root.glob(".out.partial-*")) and any(ln.startswith("calibrate ") for ln in run.lines)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_signal_mid_conversion_removes_partial_output_and_keeps_the_old(sig, code, tmp_path):
+    w = make_world(tmp_path / "w")
+    fake_output(w.out)
+    before = snapshot(w.root)
+    run = Run(w)
+    run.wait_for(lambda: _mid_conversion(run, w))
+    run.proc.send_signal(sig)
+    got, stderr = run.finish()
+    assert got == code, stderr
+    errors = [ln for ln in stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "interrupted" in errors[0] and "Traceback" not in stderr, stderr
+    assert diff_outside(before, snapshot(w.root), []) == []  # no partial, old output byte-identical
+    assert list(w.tmp.iterdir()) == []  # the run's temp folder went with it
+
+
+@pytest.mark.slow
+def test_sigkill_leaves_a_partial_that_the_next_run_removes(tmp_path, monkeypatch):
+    w = make_world(tmp_path / "w")
+    fake_output(w.out)
+    run = Run(w)
+    run.wait_for(lambda: _mid_conversion(run, w))
+    run.proc.kill()
+    assert run.finish()[0] == -signal.SIGKILL
+    partials = list(w.root.glob(".out.partial-*"))
+    assert len(partials) == 1 and (partials[0] / fsutil.OWNER).is_file()
+    assert (w.out / "m_cpu_int8.tflite").read_bytes() == b"TFL3 previous model"  # untouched by the kill
+    leftovers = list(w.tmp.iterdir())
+    assert [p.name.startswith("edgeresnet-run-") for p in leftovers] == [True]
+    # The next run to the same --out proves the owner dead, removes its partial and temp folder, and says so.
+    monkeypatch.chdir(w.cwd)
+    monkeypatch.setattr(tempfile, "tempdir", str(w.tmp))
+    code, _, stderr = run_cli(["convert", "--int8", "--out", w.out, "--overwrite"])
+    assert code == 0, stderr
+    assert f"removed {partials[0]}" in stderr and f"removed {leftovers[0]}" in stderr
+    assert not list(w.root.glob(".out.partial-*")) and list(w.tmp.iterdir()) == []
+    assert (w.out / "reference_digits_resnet8_cpu_int8.tflite").is_file()
+
+
+@pytest.mark.slow
+def test_identical_runs_give_bit_identical_tflite(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    models = []
+    for out in ("a", "b"):
+        code, _, stderr = run_cli(["convert", "--int8", "--out", tmp_path / out])
+        assert code == 0, stderr
+        models.append((tmp_path / out / "reference_digits_resnet8_cpu_int8.tflite").read_bytes())
+    assert models[0] == models[1] and len(models[0]) > 10_000
