@@ -119,6 +119,9 @@ def _check_replaceable(out: PathLike, r: Path, flag_hint: str) -> None:
             "edgeresnet output folders: choose another --out, or empty or remove it yourself"
         )
     known = set(manifest["files"]) | {MANIFEST} | _DESKTOP_LITTER
+    # `edgeresnet inspect` keeps edgetpu_compiler's model and log next to a model it checks.
+    stems = [Path(f).stem for f in manifest["files"] if str(f).endswith(".tflite")]
+    known |= {f"{stem}_edgetpu{ext}" for stem in stems for ext in (".tflite", ".log")}
     extra = sorted(p.name for p in r.iterdir() if p.name not in known)
     if extra:
         shown = ", ".join(extra[:3]) + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
