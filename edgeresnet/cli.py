@@ -362,7 +362,7 @@ def predict(model, images, k, **kw):
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for picking --samples images (the same as convert's --seed).")
 @click.option("--against", type=click.Path(), metavar="OTHER.tflite", help="A second model run on the same images: its top-1/top-5 and the share of images where both agree.")
 @click.option("--report", "report_path", type=click.Path(), metavar="report.json", help="The host's report for this model (found by sha256, or file name): shows the host's top-1 and the drop on this device.")
-@click.option("--max-drop", type=float, metavar="PTS", help="Exit 3 when top-1 here is more than PTS points below the host's top-1 in --report.")
+@click.option("--max-drop", type=FINITE, metavar="PTS", help="Exit 3 when top-1 here is more than PTS points below the host's top-1 in --report.")
 @_device_options
 def eval_(model, images, samples, seed, against, report_path, max_drop, **kw):
     """Measure top-1/top-5 of a .tflite MODEL on a labelled image folder, on this device (needs no TensorFlow).

@@ -176,12 +176,16 @@ def check_free_space(folder: PathLike, need_bytes: int) -> None:
         )
 
 
-def write_error(exc: OSError, where: PathLike) -> Optional[OutputError]:
-    """A one-line OutputError for a write failure the user can fix, else None."""
+def write_error(exc: OSError, where: PathLike, name_where: bool = False) -> Optional[OutputError]:
+    """A one-line OutputError for a write failure the user can fix, else None.
+
+    The message names the file that failed, or ``where`` when there is none
+    (or ``name_where``: the folder says more than a temporary name in it).
+    """
     reason = _WRITE_ERRNOS.get(exc.errno)
     if reason is None:
         return None
-    path = exc.filename or where
+    path = where if name_where or not exc.filename else exc.filename
     what = {
         errno.ENOSPC: "free some space or choose an --out on another disk",
         errno.EDQUOT: "free some space or choose an --out on another disk",
@@ -291,15 +295,17 @@ class StagedDir:
         try:
             self.container = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.partial-", dir=parent))
         except OSError as exc:
-            raise write_error(exc, parent) or exc
+            raise write_error(exc, parent, name_where=True) or exc
         self.path = self.container / "new"
         try:
             (self.container / OWNER).write_text(json.dumps(_owner_record()), "utf-8")
             self.path.mkdir()
-        except OSError as exc:
+            os.chmod(self.path, 0o777 & ~_umask())  # the result is not private
+        except BaseException as exc:
             shutil.rmtree(self.container, ignore_errors=True)
-            raise write_error(exc, parent) or exc
-        os.chmod(self.path, 0o777 & ~_umask())  # the result is not private
+            if isinstance(exc, OSError):
+                raise write_error(exc, parent, name_where=True) or exc
+            raise
         self.committed = False
 
     def __enter__(self) -> "StagedDir":
