@@ -28,7 +28,7 @@ import numpy as np
 
 from ._capture import capture_output
 from ._isolate import IsolatedFailure, run_isolated
-from .errors import MissingDependencyError
+from .errors import MissingDependencyError, TFLiteFileError
 from .runtime import EDGETPU_CUSTOM_OP, check_input_size, get_backend, read_tflite_bytes
 from .targets import targets
 from .targets.checks import InspectContext, Verdict, verdict_for
@@ -106,6 +106,7 @@ class InspectReport:
     interpreters: dict  # name -> InterpreterCheck
     accelerators: list = field(default_factory=list)  # targets whose verdict is an accelerator's (--strict)
     edgetpu_payload_bytes: int = 0  # compiled Edge TPU code and parameters inside edgetpu-custom-op(s)
+    metadata: dict = field(default_factory=dict)  # TFLite model metadata: labels, normalization, input format
     _describe: dict = field(default_factory=dict, repr=False)  # target -> extra text lines of its verdict
     flex: dict = field(default_factory=dict)  # Flex (SELECT_TF_OPS) ops: see flex_findings()
 
@@ -130,6 +131,7 @@ class InspectReport:
             "float32_tensors": self.float32_tensors,
             "constant_bytes": self.constant_bytes,
             "edgetpu_payload_bytes": self.edgetpu_payload_bytes,
+            "metadata": dict(self.metadata),
             "verdicts": {k: v.to_dict() for k, v in self.verdicts.items()},
             "interpreters": {k: v.to_dict() for k, v in self.interpreters.items()},
             "flex": dict(self.flex),
@@ -389,9 +391,47 @@ def inspect_tflite(model: Union[str, Path, bytes], gpu: bool = True, runtimes: b
         interpreters={"ai-edge-litert": litert, "tflite-runtime": tflrt},
         accelerators=accelerators,
         edgetpu_payload_bytes=sum(op.custom_options_bytes for op in graph.ops if op.name == EDGETPU_OP_NAME),
+        metadata=metadata_summary(data, label),
         _describe=describe,
         flex=flex,
     )
+
+
+def metadata_summary(data: bytes, label: str = "model") -> dict:
+    """What a client reads from the model's TFLite metadata: ``present``, labels, normalization, color space.
+
+    Damaged metadata is reported (``error``), not raised: inspect describes any file.
+    """
+    from .metadata import read_metadata
+
+    try:
+        info = read_metadata(data, label)
+    except TFLiteFileError as exc:
+        return {"present": False, "error": str(exc)}
+    if info is None:
+        return {"present": False}
+    return {"present": True, **info.to_dict(), "labels": None if info.labels is None else list(info.labels)}
+
+
+def _metadata_lines(meta: dict) -> list[str]:
+    if not meta.get("present"):
+        why = meta.get("error") or "none (predict/eval then show output indices and feed raw 0..255 pixels: use --labels, --preset)"
+        return [f"  metadata    {why}"]
+    labels = meta.get("labels")
+    if labels:
+        shown = ", ".join(labels[:5]) + (", ..." if len(labels) > 5 else "")
+        label_text = f"{len(labels)} labels ({meta.get('labels_file')}: {shown})"
+    else:
+        label_text = "no labels"
+    version = f" v{meta['version']}" if meta.get("version") else ""
+    if meta.get("mean") is not None:
+        norm = f"(pixel - mean) / std, mean {meta['mean']} std {meta['std']} on 0..255 pixels"
+    else:
+        norm = "normalization not stated"
+    return [
+        f"  metadata    {meta.get('name')!r}{version}: {label_text}",
+        f"              input {meta.get('color_space')}, {norm}",
+    ]
 
 
 def _mark(v: Verdict) -> str:
@@ -424,6 +464,7 @@ def format_inspect(report: InspectReport) -> str:
         lines.append(f"              {report.flex['note']}")
     dtypes = ", ".join(f"{k} {v}" for k, v in report.tensor_dtypes.items())
     lines.append(f"  tensors     {dtypes}; float32: {report.float32_tensors}")
+    lines += _metadata_lines(report.metadata)
     lines.append("  verdicts")
     for target, v in report.verdicts.items():
         lines.append(f"    {target:<8} {_mark(v):<4} {v.summary}")

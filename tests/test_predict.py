@@ -318,3 +318,26 @@ def test_real_resnet8_in_tflite_runtime_venv(resnet8):
     doc = json.loads(proc.stdout)
     assert doc["interpreter"].startswith("tflite-runtime 2.14") and doc["host"]["matched_by"] == "sha256"
     assert doc["count"] == 300 and abs(doc["drop_pts"]) <= 0.5
+
+
+def test_inspect_shows_the_metadata(digits, tmp_path, capsys):
+    from edgeresnet.inspect import inspect_tflite
+
+    data = add_metadata(digits["model"].read_bytes(), ModelInfo(
+        name="digits", version="1", color_space="GRAYSCALE", mean=(0.0,), std=(255.0,), labels=DIGITS))
+    path = tmp_path / "m.tflite"
+    path.write_bytes(data)
+    meta = inspect_tflite(path, gpu=False, runtimes=False).to_dict()["metadata"]
+    assert meta["present"] is True and meta["labels_count"] == 10 and meta["labels"] == list(DIGITS)
+    assert meta["mean"] == [0.0] and meta["std"] == [255.0] and meta["color_space"] == "GRAYSCALE"
+    code, out, err = _run_cli(capsys, "inspect", path, "--no-gpu")
+    assert code == 0, err
+    assert "10 labels (labels.txt: 0, 1, 2, 3, 4, ...)" in out and "input GRAYSCALE" in out and "std [255.0]" in out
+
+
+def test_inspect_says_when_there_is_no_metadata(shared_data):
+    from edgeresnet.inspect import format_inspect, inspect_tflite
+
+    report = inspect_tflite(shared_data / "mlperf-tiny-resnet8" / "pretrainedResnet_quant.tflite", gpu=False, runtimes=False)
+    assert report.to_dict()["metadata"] == {"present": False}
+    assert "metadata    none" in format_inspect(report)
