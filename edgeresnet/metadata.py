@@ -247,7 +247,9 @@ def packed_files(model: bytes) -> dict[str, bytes]:
     try:
         with zipfile.ZipFile(io.BytesIO(bytes(model))) as archive:
             return {info.filename: archive.read(info) for info in archive.infolist()}
-    except zipfile.BadZipFile:
+    # A damaged archive raises more than BadZipFile (an unknown method or version,
+    # a negative seek, a truncated entry); it holds no usable files either way.
+    except (zipfile.BadZipFile, NotImplementedError, EOFError, ValueError, RuntimeError, OSError):
         return {}
 
 

@@ -341,3 +341,26 @@ def test_inspect_says_when_there_is_no_metadata(shared_data):
     report = inspect_tflite(shared_data / "mlperf-tiny-resnet8" / "pretrainedResnet_quant.tflite", gpu=False, runtimes=False)
     assert report.to_dict()["metadata"] == {"present": False}
     assert "metadata    none" in format_inspect(report)
+
+
+def test_damaged_metadata_is_reported_not_raised(digits):
+    """Seeded byte flips in the metadata and the packed labels zip: inspect reports, never crashes."""
+    import random
+
+    from edgeresnet.errors import EdgeResNetError
+    from edgeresnet.inspect import metadata_summary
+
+    data = add_metadata(digits["model"].read_bytes(), ModelInfo(name="digits", mean=(0.0,), std=(255.0,), labels=DIGITS))
+    rng = random.Random(0)
+    outcomes = set()
+    for _ in range(300):
+        b = bytearray(data)
+        for _ in range(rng.randint(1, 4)):
+            b[rng.randrange(len(b) - 3000, len(b))] = rng.randrange(256)
+        summary = metadata_summary(bytes(b))
+        outcomes.add("read" if summary["present"] else ("error" if "error" in summary else "none"))
+        if "error" in summary:
+            assert "\n" not in summary["error"]
+            with pytest.raises(EdgeResNetError):  # predict/eval refuse it with the same one-line reason
+                read_metadata(bytes(b))
+    assert {"read", "error"} <= outcomes
