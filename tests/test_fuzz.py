@@ -31,6 +31,10 @@ CORRUPTIONS_PER_MODEL = 70  # x 3 models = 210 corrupted files, 420 CLI runs
 RUN_TIMEOUT = 60.0  # seconds one inspect or bench run may take
 WORKERS = 2
 
+# Corruptions of pretrainedResnet.tflite found to crash the native GPU analyzer
+# (SIGSEGV, most runs) when it ran in-process: {offset: new byte}.
+KNOWN_CRASHERS = ({703: 36, 1005: 239}, {1254: 36, 3586: 24})
+
 _WORKER = r"""
 import contextlib, io, json, sys, time
 from edgeresnet.cli import main
@@ -163,6 +167,15 @@ def test_corrupted_models_never_crash_or_hang(shared_data, emitted_model, tmp_pa
             path.write_bytes(blob)
             files.append(path)
             labels[str(path)] = f"{src.name}, {where}"
+    float_model = sources[0].read_bytes()
+    for i, change in enumerate(KNOWN_CRASHERS):
+        blob = bytearray(float_model)
+        for pos, value in change.items():
+            blob[pos] = value
+        path = tmp_path / f"known_crasher_{i}.tflite"
+        path.write_bytes(bytes(blob))
+        files.append(path)
+        labels[str(path)] = f"{sources[0].name}, known analyzer crasher {change}"
     assert len(files) >= 200
 
     results = _run_workers(files, labels, tmp_path)
@@ -184,3 +197,57 @@ def test_corrupted_models_never_crash_or_hang(shared_data, emitted_model, tmp_pa
         outcomes["error"] += 1
     # Real corruption: some files still work, some are refused (a fuzzer that changed nothing would pass trivially).
     assert outcomes["ok"] > 0 and outcomes["error"] > 0, outcomes
+
+
+# ------------------------------------------------------------ the isolation itself, deterministically
+
+_SEGFAULT_IN = r"""
+import os, signal, sys
+import edgeresnet.{module} as m
+m.{name} = lambda *a, **k: os.kill(os.getpid(), signal.SIGSEGV)
+from edgeresnet.cli import main
+main(sys.argv[1:])
+"""
+
+
+def _cli_with_segfault(module: str, name: str, args: list) -> subprocess.CompletedProcess:
+    """Run the CLI in a fresh Python where ``edgeresnet.<module>.<name>`` kills its process with SIGSEGV."""
+    code = _SEGFAULT_IN.format(module=module, name=name)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=RUN_TIMEOUT)
+
+
+def test_inspect_reports_a_crashing_gpu_analyzer_and_the_rest(shared_data):
+    model = shared_data / "mlperf-tiny-resnet8" / "pretrainedResnet_quant.tflite"
+    res = _cli_with_segfault("gpu_compat", "_run_analyzer", ["inspect", model])
+    assert res.returncode == 0, res.stderr
+    assert "GPU analysis crashed (SIGSEGV) on this model" in res.stdout
+    assert "loads and runs in ai-edge-litert" in res.stdout  # the rest of the report is still there
+    assert "16/16 ops would map to the Edge TPU" in res.stdout
+
+
+def test_inspect_reports_a_crashing_interpreter(shared_data):
+    model = shared_data / "mlperf-tiny-resnet8" / "pretrainedResnet_quant.tflite"
+    res = _cli_with_segfault("inspect", "_load_and_run", ["inspect", model])
+    assert res.returncode == 0, res.stderr
+    assert "the interpreter crashed (SIGSEGV) on this model" in res.stdout
+    assert "16/16 ops would map to the Edge TPU" in res.stdout
+
+
+def test_bench_turns_a_crashing_interpreter_into_one_line(shared_data):
+    model = shared_data / "mlperf-tiny-resnet8" / "pretrainedResnet_quant.tflite"
+    res = _cli_with_segfault("bench", "_trial_run", ["bench", model, "--repeats", "2"])
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert res.returncode == 2, res.stderr
+    assert len(errors) == 1 and "crashed (SIGSEGV)" in errors[0] and str(model) in errors[0], res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_a_hung_child_is_killed_at_its_timeout():
+    from edgeresnet._isolate import IsolatedFailure, run_isolated
+
+    start = time.monotonic()
+    with pytest.raises(IsolatedFailure, match="did not finish within 1 s"):
+        run_isolated(time.sleep, 30, timeout=1)
+    assert time.monotonic() - start < 10
