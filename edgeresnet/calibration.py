@@ -843,6 +843,36 @@ def representative_dataset(samples: np.ndarray, progress: Optional[ProgressFn] =
     return gen
 
 
+# ITU-R 601-2 luma, the weights PIL's convert("L") uses: a colour image becomes the
+# same grey through grey_from_rgb as through edgeresnet's loader for 1-channel models.
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+def grey_from_rgb(model):
+    """A new tf_keras model taking RGB images in front of a 1-channel (greyscale) ``model``.
+
+    Phone runtimes hand classifiers RGB frames (MediaPipe's ImageClassifier
+    refuses inputs that are not 3 channels), so a greyscale model ships with its
+    grey conversion inside: a frozen 1x1 ``Conv2D`` named ``rgb_to_grey`` with
+    the luma weights (they sum to 1, so an image whose channels are equal
+    passes through unchanged). It converts to one ``CONV_2D`` op that every
+    target runs.
+    """
+    from . import _tf
+
+    keras = _tf.tf_keras()
+    if not isinstance(model, keras.Model):
+        raise ConfigError(f"an RGB front needs a tf_keras model, got {type(model).__name__}")
+    in_shape = tuple(model.input_shape[1:]) if not isinstance(model.input_shape, list) else None
+    if in_shape is None or len(in_shape) != 3 or in_shape[2] != 1 or None in in_shape[:2]:
+        raise ConfigError(f"an RGB front is for one fixed (H, W, 1) greyscale input, got {model.input_shape}")
+    inputs = keras.Input(shape=in_shape[:2] + (3,), name="rgb")
+    conv = keras.layers.Conv2D(1, 1, use_bias=False, trainable=False, name="rgb_to_grey", dtype="float32")
+    x = conv(inputs)
+    conv.set_weights([np.asarray(LUMA_WEIGHTS, dtype=np.float32).reshape(1, 1, 3, 1)])
+    return keras.Model(inputs, model(x), name=f"{model.name}_rgb")
+
+
 def fold_preprocessing(model, preset: Union[str, Preset]):
     """A new tf_keras model taking raw 0..255 pixels: ``preset`` as a fixed 1x1 conv, then ``model``.
 

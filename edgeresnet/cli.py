@@ -66,7 +66,7 @@ def _data_options(f):
     """Options shared by `convert` and `report`: targets, data, preprocessing, budget, output."""
     options = [
         click.option("--target", "targets", multiple=True, metavar="NAME", cls=_TargetOption, help="Deployment target (one of the target registry). Repeat for several."),
-        click.option("--io", "io_type", metavar="TYPE", help="Input/output type of full-integer models: int8 (cpu default), uint8 (edgetpu default) or float32."),
+        click.option("--io", "io_type", metavar="TYPE", help="Input/output type of full-integer models: uint8 (default on cpu and edgetpu: what MediaPipe and the TFLite Task Library take), int8 or float32."),
         click.option("--calib", type=click.Path(), help="Calibration data: an image folder (flat or one sub-folder per class), or a .npy/.npz array."),
         click.option("--calib-samples", type=int, default=300, show_default=True, help="How many calibration images to use (seeded, class-balanced when labelled)."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed for sampling images."),
@@ -79,6 +79,7 @@ def _data_options(f):
         click.option("--int8-method", default="mse+bias", show_default=True, metavar="M", help="How int8 ranges and weights are chosen: minmax (the plain converter), mse (error-minimising activation ranges), mse+bias (plus bias correction of weight rounding), mse+gptq (plus GPTQ rounding)."),
         click.option("--recover/--no-recover", default=True, show_default=True, help="When an int8 model exceeds --max-drop, keep its worst layers in float one at a time until it fits (cpu; the Edge TPU cannot run float layers, so there the worst layers are only named)."),
         click.option("--strict", is_flag=True, help="Fail the run when a target check fails (a model that would not map fully to the Edge TPU, or a GPU-delegate blocker); by default such findings are reported."),
+        click.option("--labels", type=click.Path(), metavar="FILE", help="Class names for the models' metadata, one per line in output order (default: the class folder names of --eval / --calib)."),
         click.option("--out", type=click.Path(), help="Output folder (convert: edgeresnet-out; report: edgeresnet-report)."),
         click.option("--overwrite", is_flag=True, help="Replace an existing output folder."),
         click.option("--train", type=click.Path(), help="Labelled images (one sub-folder per class) to fine-tune a pruned model on; without it pruning is one-shot."),
@@ -150,6 +151,7 @@ def _options(model, kw, default_out, **extra):
         int8_method=kw["int8_method"],
         strict=kw["strict"],
         trust_model_code=kw["trust_model_code"],
+        labels=kw["labels"],
         **extra,
     )
 

@@ -71,15 +71,22 @@ def reference_metadata() -> dict:
     return meta
 
 
-def digits_images(split: str) -> ImageSet:
-    """The ``"calib"`` (1,297 training images) or ``"eval"`` (500 held-out) split of the digits."""
+def digits_images(split: str, channels: int = 1) -> ImageSet:
+    """The ``"calib"`` (1,297 training images) or ``"eval"`` (500 held-out) split of the digits.
+
+    ``channels=3`` gives them as RGB (the grey value in all three channels), the
+    way a camera or an image file hands them to the RGB-input model that
+    edgeresnet ships (see :func:`edgeresnet.calibration.grey_from_rgb`).
+    """
     if split not in SPLITS:
         raise DataError(f"unknown digits split {split!r}; choose one of {', '.join(SPLITS)}")
+    if channels not in (1, 3):
+        raise DataError(f"digits come with 1 or 3 channels, got {channels!r}")
     images, labels = _digits_32()
     calib_idx, eval_idx = split_indices(labels)
     idx = calib_idx if split == "calib" else eval_idx
     return ImageSet(
-        images=images[idx],  # fancy indexing copies: callers cannot touch the cache
+        images=np.repeat(images[idx], channels, axis=-1),  # copies: callers cannot touch the cache
         labels=labels[idx].astype(np.int64),
         class_names=CLASS_NAMES,
         source=f"built-in: scikit-learn digits ({split})",

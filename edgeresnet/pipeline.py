@@ -39,6 +39,8 @@ from .fsutil import (
     tree_bytes,
     write_error,
 )
+from . import shipping
+from .metadata import LABELS_FILE, labels_text
 from .report import RunReport, VariantRecord, write_reports
 from .runtime import TFLiteModel
 from .targets import PRECISIONS, Target, get_target, target_names
@@ -78,6 +80,7 @@ class ConvertOptions:
     recover: bool = True  # over --max-drop: return the worst layers to float (targets that allow it)
     strict: bool = False  # target compatibility checks (Edge TPU mapping, GPU screen) fail the run
     trust_model_code: bool = False  # load Lambda layers, custom classes, file ops: the model's code runs here
+    labels: Optional[str] = None  # --labels FILE: class names for the metadata (else the class folders)
 
     def __post_init__(self):
         if not self.targets:
@@ -128,8 +131,11 @@ def _load_model(opts: ConvertOptions):
 
     if opts.model is None:
         from . import demo
+        from .calibration import grey_from_rgb
 
+        # The reference model reads one grey channel; it ships taking RGB, as phone runtimes feed it.
         loaded = load_model(demo.reference_model_path())
+        loaded = LoadedModel.from_keras(grey_from_rgb(loaded.model), loaded.name)
         return loaded, demo.reference_metadata()
     return load_model(opts.model, trust_code=opts.trust_model_code), None
 
@@ -145,7 +151,7 @@ def _eval_set(opts, loaded, reference_meta, calib: Optional[ImageSet], progress)
     if reference_meta is not None and opts.calib is None:
         from . import demo
 
-        return demo.digits_images("eval"), "built-in held-out split"
+        return demo.digits_images("eval", shape[-1]), "built-in held-out split"
     if opts.calib is not None and Path(opts.calib).is_dir():
         # Images of the calibration folder that calibration did not use.
         try:
@@ -307,6 +313,8 @@ def _run_staged(opts, plan, staged, needs_calib, started, progress, notify, benc
     loaded, reference_meta = _load_model(opts)
     preset_name = opts.preset or (reference_meta or {}).get("preset") or "raw"
     preset = get_preset(preset_name)
+    if opts.labels is not None:  # a bad --labels file fails before any long work
+        shipping.read_labels_file(opts.labels, loaded.num_classes)
     data = _Data()
     calib_record = None
 
@@ -315,7 +323,7 @@ def _run_staged(opts, plan, staged, needs_calib, started, progress, notify, benc
         if opts.calib is None:
             from . import demo
 
-            full = demo.digits_images("calib")
+            full = demo.digits_images("calib", loaded.input_shape[-1])
             data.calib = full.subset(_seeded_pick(len(full), opts.calib_samples, opts.seed))
         else:
             data.calib = load_images(
@@ -378,8 +386,21 @@ def _run_staged(opts, plan, staged, needs_calib, started, progress, notify, benc
         max_drop=opts.max_drop,
         prune=prune_info,
     )
-    emit = _Emitter(opts, float_out, labels, conv_calib, conv_eval, progress, notify, bench_config)
+    class_names, names_from = shipping.resolve_labels(
+        opts.labels, [("the evaluation data", data.eval), ("the calibration data", data.calib)], loaded.num_classes
+    )
+    if class_names is None:
+        notify("warning: the data is unlabelled, so the models carry no class names (apps show none); "
+               "pass --labels FILE with one name per line")
+    ship_info = shipping.model_info(
+        loaded.name, preset, opts.fold_preprocessing, loaded.input_shape[-1], class_names,
+        version=report.created, source=Path(str(report.model["source"])).name,
+    )
+    report.metadata = ship_info.to_dict() | {"labels_from": names_from}
+    emit = _Emitter(opts, float_out, labels, conv_calib, conv_eval, progress, notify, bench_config, ship_info)
     report.recovery = opts.recover and opts.max_drop is not None
+    if class_names is not None:
+        atomic_write_bytes(staged.path / LABELS_FILE, labels_text(class_names).encode("utf-8"))
     for planned in plan:
         model, info = models[planned.sparsity]
         rec = emit(model, planned, staged.path)
@@ -426,8 +447,9 @@ def _run_staged(opts, plan, staged, needs_calib, started, progress, notify, benc
 class _Emitter:
     """Converts, runs, measures and checks one planned variant; caches identical conversions."""
 
-    def __init__(self, opts, float_out, labels, conv_calib, conv_eval, progress, notify, bench_config):
+    def __init__(self, opts, float_out, labels, conv_calib, conv_eval, progress, notify, bench_config, ship_info):
         self.opts, self.float_out, self.labels = opts, float_out, labels
+        self.ship_info = ship_info
         self.conv_calib, self.conv_eval = conv_calib, conv_eval
         self.progress, self.notify, self.bench_config = progress, notify, bench_config
         self.cache: dict = {}
@@ -453,8 +475,9 @@ class _Emitter:
         rec.convert_seconds = round(result.seconds, 3)
         if spec.precision == "int8":
             rec.extra["int8_method"] = spec.method
+        shipped = self._ship(result.model, rec)  # what is written, run and checked: the model with its metadata
         try:
-            tfl = TFLiteModel(result.model)
+            tfl = TFLiteModel(shipped)
             out = tfl.predict(self.conv_eval, progress=_stage(self.progress, f"evaluate {name}"))
         except TFLiteFileError as exc:
             rec.fail("validation_failed", f"emitted model does not run: {exc}")
@@ -462,15 +485,16 @@ class _Emitter:
         rec.interpreter = f"{tfl.backend.name} {tfl.backend.version}"
         rec.set_drift(drift(self.float_out, out, self.labels))
         path = folder / name
-        atomic_write_bytes(path, result.model)
+        atomic_write_bytes(path, shipped)
         rec.set_file(path, self.opts.out)
-        rec.checks = run_checks(target, spec, result.model, path, strict=self.opts.strict)
-        rec.extra["weight_sparsity"] = _zero_fraction(result.model)
+        rec.checks = run_checks(target, spec, shipped, path, strict=self.opts.strict)
+        rec.extra["runtimes"] = shipping.runtimes(shipped, self.ship_info, rec.interpreter, rec.checks)
+        rec.extra["weight_sparsity"] = _zero_fraction(shipped)
         if self.bench_config is not None:
             from .bench import benchmark
 
             rec.extra["latency"] = benchmark(
-                result.model, self.bench_config, progress=_stage(self.progress, f"benchmark {name}"),
+                shipped, self.bench_config, progress=_stage(self.progress, f"benchmark {name}"),
                 isolate=False,  # a model this run wrote and already ran
             ).to_dict()
         failed = [k for k, v in rec.checks.items() if v.get("ok") is False and v.get("blocking", True)]
@@ -480,6 +504,13 @@ class _Emitter:
             rec.fail("over_budget", f"drop exceeds --max-drop {self.opts.max_drop}")
         return rec
 
+    def _ship(self, model: bytes, rec: VariantRecord) -> bytes:
+        """The converter's model with its metadata (and a uint8 input that takes raw pixels exactly)."""
+        shipped, note = shipping.prepare(model, self.ship_info)
+        if note:
+            rec.extra["input_note"] = note
+        return shipped
+
     def recover(self, model, planned: PlannedVariant, rec: VariantRecord, folder: Path) -> Optional[VariantRecord]:
         """An over-budget int8 variant: keep its worst layers in float where the target can run float.
 
@@ -487,6 +518,8 @@ class _Emitter:
         None when the target cannot run float layers (Edge TPU); then the worst
         layers are only named in ``rec``.
         """
+        from dataclasses import replace
+
         from .recover import RecoveryConfig, edgetpu_worst_layers, measure_cost, recover_int8
 
         target, spec = planned.target, planned.spec
@@ -504,12 +537,16 @@ class _Emitter:
         name = rec.name.replace(f"_{spec.precision}", "_int8mixed", 1)
         new = VariantRecord(name=name, target=target.name, precision=result.precision, io_type=spec.io_type)
         path = folder / name
-        atomic_write_bytes(path, result.model)
+        shipped = self._ship(result.model, new)
+        atomic_write_bytes(path, shipped)
         new.set_file(path, self.opts.out)
-        tfl = TFLiteModel(result.model)
+        tfl = TFLiteModel(shipped)
         new.interpreter = f"{tfl.backend.name} {tfl.backend.version}"
         new.set_drift(drift(self.float_out, tfl.predict(self.conv_eval), self.labels))
-        new.extra["recovery"] = result.to_dict() | {"cost": measure_cost(result, self.bench_config)}
+        new.extra["runtimes"] = shipping.runtimes(shipped, self.ship_info, new.interpreter, {})
+        # Both sides of the cost as shipped (with their metadata), so "final" is the written file's size.
+        as_shipped = replace(result, model=shipped, initial_model=shipping.prepare(result.initial_model, self.ship_info)[0])
+        new.extra["recovery"] = result.to_dict() | {"cost": measure_cost(as_shipped, self.bench_config)}
         new.extra["weight_sparsity"] = _zero_fraction(result.model)
         if over_budget(new.drift, self.opts.max_drop):
             kept = ", ".join(new.extra["recovery"]["float_layers"]) or "none"

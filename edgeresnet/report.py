@@ -112,6 +112,7 @@ class RunReport:
     prune: Optional[dict] = None
     variants: list = field(default_factory=list)
     recovery: bool = False  # whether over-budget int8 models were allowed to keep layers in float
+    metadata: Optional[dict] = None  # the TFLite metadata every emitted model carries (shipping.model_info)
     seconds: Optional[float] = None
     created: str = ""
 
@@ -168,6 +169,8 @@ class RunReport:
         }
         if self.prune is not None:
             out["prune"] = self.prune
+        if self.metadata is not None:
+            out["metadata"] = self.metadata
         return out
 
 
@@ -215,6 +218,28 @@ def variants_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def runtimes_markdown(report: dict) -> list[str]:
+    """The metadata the models carry and, per model, which runtimes take it (and why not)."""
+    meta = report.get("metadata")
+    rows = [v for v in report["variants"] if v.get("runtimes")]
+    if not meta and not rows:
+        return []
+    lines = ["## Shipping", ""]
+    if meta:
+        norm = "not stated" if meta.get("mean") is None else f"(pixel - {meta['mean']}) / {meta['std']}"
+        labels = (f"{meta['labels_count']} class names in `{meta['labels_file']}` ({meta.get('labels_from')})"
+                  if meta.get("labels_count") else "none (unlabelled data; pass --labels FILE)")
+        lines += [f"- metadata: name `{meta['name']}`, input {meta['color_space']}, normalization {norm}, labels {labels}", ""]
+    if rows:
+        lines += ["| model | LiteRT interpreter | MediaPipe Tasks / Task Library | Edge TPU |", "|---|---|---|---|"]
+        mark = {True: "yes", False: "no", None: "?"}
+        for v in rows:
+            cells = [f"{mark[r.get('ok')]}: {r.get('why', '')}" for r in (v["runtimes"].get(k, {}) for k in ("litert", "mediapipe", "edgetpu"))]
+            lines.append(f"| {v['name']} | " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+        lines.append("")
+    return lines
+
+
 def to_markdown(report: dict) -> str:
     m, f, e, c = report["model"], report["float"], report["evaluation"], report.get("calibration")
     lines = [
@@ -249,6 +274,7 @@ def to_markdown(report: dict) -> str:
         for w in p.get("warnings") or ():
             lines.append(f"  - warning: {w}")
     lines += ["", "## Variants", "", variants_table(report), ""]
+    lines += runtimes_markdown(report)
     for v in report["variants"]:
         if v.get("error"):
             lines.append(f"- `{v['name']}`: {v['status']}: {v['error']}")

@@ -102,7 +102,7 @@ def test_convert_writes_models_and_prints_a_table(tmp_path, tiny_model_h5, tiny_
             "--preset", "unit", "--out", out]
     code, stdout, err = run_cli(args, capsys)
     assert code == 0, err
-    assert re.search(r"\| tiny_cpu_int8\.tflite \| cpu \| int8 \| int8 \|", stdout)
+    assert re.search(r"\| tiny_cpu_int8\.tflite \| cpu \| int8 \| uint8 \|", stdout)
     assert (out / "tiny_cpu_int8.tflite").exists() and (out / "report.json").exists()
     # A second run into the same folder needs --overwrite, and then works.
     code, _, err = run_cli(args, capsys)

@@ -42,7 +42,8 @@ def test_three_targets_end_to_end(tiny_model_h5, tiny_data, tmp_path):
         assert v["size_bytes"] == model.size_bytes
     cpu, tpu, gpu = (read_graph(v["path"]) for v in data["variants"])
     assert {t.dtype for _, t in cpu.filter_tensors()} == {"int8"}
-    assert cpu.input_tensors[0].dtype == "int8" and cpu.output_tensors[0].dtype == "int8"
+    # uint8 io on cpu too: what MediaPipe Tasks and the TFLite Task Library take.
+    assert cpu.input_tensors[0].dtype == "uint8" and cpu.output_tensors[0].dtype == "uint8"
     assert tpu.input_tensors[0].dtype == "uint8" and tpu.output_tensors[0].dtype == "uint8"
     assert "float32" not in tpu.dtype_counts()
     assert {t.dtype for _, t in gpu.filter_tensors()} == {"float16"}

@@ -11,7 +11,7 @@ def test_table_has_the_three_delegates_in_order():
 @pytest.mark.parametrize(
     "target,int8,expected_precision,expected_io",
     [
-        ("cpu", True, "int8", "int8"),
+        ("cpu", True, "int8", "uint8"),  # what MediaPipe / the Task Library take
         ("cpu", False, "fp32", "float32"),
         ("edgetpu", True, "int8", "uint8"),
         ("gpu", True, "fp16", "float32"),
