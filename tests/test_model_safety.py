@@ -15,28 +15,17 @@ import numpy as np
 import pytest
 
 from conftest import write_image_folder
+from test_cli import run_cli as _run_cli
 from edgeresnet import _tf
 from edgeresnet.errors import UnsafeModelError
 from edgeresnet.models import build_model
-from edgeresnet.models.loading import load_model
+from edgeresnet.models.loading import LoadedModel, load_model
 from edgeresnet.models.safety import keras_config_findings, risky_op, saved_model_findings
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")
 
 SHAPE = (8, 8, 3)
 CLASSES = 3
-
-
-def _run_cli(args, capsys):
-    from edgeresnet.cli import main
-
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def _classifier(keras, middle=None):
@@ -224,12 +213,15 @@ def test_ordinary_savedmodel_has_a_saver_that_is_not_counted(ordinary):
 def test_builtin_reference_model_loads_in_safe_mode():
     from edgeresnet import demo
 
-    assert load_model(demo.reference_model_path()).safe_mode is True
+    loaded = load_model(demo.reference_model_path())
+    assert loaded.safe_mode is True
+    assert loaded.predict(np.zeros((1, *loaded.input_shape), np.float32)).shape == (1, 10)  # traced graph passes
 
 
 def test_real_mlperf_resnet8_loads_in_safe_mode(resnet8_h5):
     loaded = load_model(resnet8_h5)
     assert (loaded.safe_mode, loaded.num_classes, loaded.params) == (True, 10, 78666)
+    assert np.allclose(loaded.predict(np.zeros((2, 32, 32, 3), np.float32)).sum(1), 1.0, atol=1e-4)
 
 
 # --------------------------------------------------------------------------- what the config walk finds
@@ -376,3 +368,40 @@ def test_inspect_without_flex_ops_says_nothing_about_flex(tmp_path):
     from edgeresnet.inspect import inspect_tflite
 
     assert inspect_tflite(data).flex == {}
+
+
+def test_tf_keras_savedmodel_with_lambda_is_refused_from_keras_metadata(evil, tmp_path):
+    paths, marker = evil
+    tfk = _tf.tf_keras()
+    model = _classifier(tfk, _evil_lambda(tfk, marker))
+    model.save(str(tmp_path / "lambda_savedmodel"))
+    marker.unlink()
+    with pytest.raises(UnsafeModelError) as err:
+        load_model(tmp_path / "lambda_savedmodel")
+    assert "layer 'evil_lambda' (Lambda): a Lambda layer with marshalled Python bytecode" in str(err.value)
+    assert not marker.exists()
+
+
+def test_traced_graph_backstop_refuses_file_ops_before_the_first_run(tmp_path):
+    """Behind the config check: a safe-mode Keras model whose traced graph writes a file never runs."""
+    tf, tfk = _tf.tf(), _tf.tf_keras()
+    marker = tmp_path / "PWNED"
+
+    class Writes(tfk.layers.Layer):
+        def call(self, x):
+            tf.io.write_file(str(marker), "pwned")
+            return x
+
+    inp = tfk.Input(SHAPE)
+    x = tfk.layers.GlobalAveragePooling2D()(Writes()(inp))
+    model = tfk.Model(inp, tfk.layers.Dense(CLASSES)(x))
+    loaded = LoadedModel.from_keras(model, "writes")
+    loaded.safe_mode = True  # as if it had passed the config check
+    with pytest.raises(UnsafeModelError, match="op WriteFile"):
+        loaded.predict(np.zeros((1, *SHAPE), np.float32))
+    with pytest.raises(UnsafeModelError, match="op WriteFile"):
+        loaded.tflite_converter()
+    assert not marker.exists()
+    loaded.safe_mode = None  # an in-memory model the caller built: not checked, it runs
+    loaded.predict(np.zeros((1, *SHAPE), np.float32))
+    assert marker.exists()

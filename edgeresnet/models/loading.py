@@ -106,9 +106,11 @@ class LoadedModel:
                 def run(x):
                     return model(x, training=False)
 
-                self._predict_fn = tf.function(
+                fn = tf.function(
                     run, input_signature=[tf.TensorSpec([None, *self.input_shape], tf.float32)], autograph=False
                 )
+                self._refuse_traced_code(fn.get_concrete_function())  # the trace is reused by the calls
+                self._predict_fn = fn
             else:
                 fn, in_name, out_name = self._signature
                 self._predict_fn = lambda x: fn(**{in_name: x})[out_name]
@@ -172,7 +174,18 @@ class LoadedModel:
 
             trackable = self.model
         concrete = tf.function(serve, input_signature=[spec], autograph=False).get_concrete_function()
+        self._refuse_traced_code(concrete)
         return tf.lite.TFLiteConverter.from_concrete_functions([concrete], trackable)
+
+    def _refuse_traced_code(self, concrete) -> None:
+        """Safe mode, Keras models: a backstop behind the config check, before the graph first runs.
+
+        The config check allows only built-in classes; this refuses a traced
+        graph that would still touch files, processes or the network.
+        """
+        if self.safe_mode and self.is_keras:
+            findings = safety.graph_def_findings(concrete.graph.as_graph_def())
+            safety.refuse_if_any(findings, str(self.path or self.name))
 
 
 # ---------------------------------------------------------------------- checks

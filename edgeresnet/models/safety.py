@@ -59,7 +59,8 @@ _TF_MATH_NAMESPACES = frozenset({"math", "nn", "linalg", "image", "signal", "bit
 _TF_TOPLEVEL_DENIED = frozenset({
     "print", "Print", "py_function", "numpy_function", "py_func", "load_op_library", "load_library",
     "function", "write_file", "read_file", "map_fn", "vectorized_map", "while_loop", "cond", "switch_case",
-    "case", "custom_gradient", "recompute_grad", "make_template", "init_scope",
+    "case", "custom_gradient", "recompute_grad", "make_template", "init_scope", "matching_files",
+    "decode_proto", "encode_proto", "timestamp",
 })
 
 
@@ -361,31 +362,15 @@ def saved_model_findings(folder: Path) -> list[Finding]:
 
 def _meta_graph_findings(meta) -> list[Finding]:
     graph = meta.graph_def
-    library = {f.signature.name: f for f in graph.library.function}
     nodes = {n.name: n for n in graph.node}
-
     # Roots in the main graph: signature outputs (and inputs), the init op, the main op.
     wanted = []
     for sig in meta.signature_def.values():
         wanted += [t.name for t in sig.outputs.values()] + [t.name for t in sig.inputs.values()]
     for key in ("saved_model_init_op", "legacy_init_op", "saved_model_main_op"):
-        wanted += [n for n in _collection_names(meta, key)]
-    reached_nodes = _reach_main_graph(nodes, wanted)
-
-    findings = []
-    functions: list[str] = list(meta.object_graph_def.concrete_functions.keys())
-    for node in reached_nodes:
-        findings += _node_findings(node, "graph", library, functions)
-    seen: set = set()
-    while functions:
-        name = functions.pop()
-        if name in seen or name not in library:
-            continue
-        seen.add(name)
-        where = f"function {name}"
-        for node in library[name].node_def:
-            findings += _node_findings(node, where, library, functions)
-    return findings
+        wanted += _collection_names(meta, key)
+    # Plus every function the loader restores as a callable (object graph).
+    return _reached_findings(graph, _reach_main_graph(nodes, wanted), list(meta.object_graph_def.concrete_functions))
 
 
 def _collection_names(meta, key: str) -> list[str]:
@@ -409,6 +394,23 @@ def _reach_main_graph(nodes: dict, tensor_names: list[str]) -> list:
     return order
 
 
+def _reached_findings(graph_def, nodes, functions: list[str], where: str = "graph") -> list[Finding]:
+    """Risky ops in ``nodes`` of ``graph_def`` and in every library function they (or ``functions``) reach."""
+    library = {f.signature.name: f for f in graph_def.library.function}
+    findings: list[Finding] = []
+    for node in nodes:
+        findings += _node_findings(node, where, library, functions)
+    seen: set = set()
+    while functions:
+        name = functions.pop()
+        if name in seen or name not in library:
+            continue
+        seen.add(name)
+        for node in library[name].node_def:
+            findings += _node_findings(node, f"function {name}", library, functions)
+    return _unique(findings)
+
+
 def _node_findings(node, where: str, library: dict, functions: list) -> list[Finding]:
     """Findings for one NodeDef; queues the functions it calls."""
     if node.op in library:
@@ -422,22 +424,9 @@ def _node_findings(node, where: str, library: dict, functions: list) -> list[Fin
     return [Finding(f"{where}, node {node.name!r}", f"op {node.op} ({why})")] if why else []
 
 
-def graph_def_findings(graph_def, where: str = "traced model") -> list[Finding]:
+def graph_def_findings(graph_def) -> list[Finding]:
     """Risky ops in a GraphDef (a traced Keras model), including the functions in its library."""
-    library = {f.signature.name: f for f in graph_def.library.function}
-    functions: list[str] = []
-    findings = []
-    for node in graph_def.node:
-        findings += _node_findings(node, where, library, functions)
-    seen: set = set()
-    while functions:
-        name = functions.pop()
-        if name in seen or name not in library:
-            continue
-        seen.add(name)
-        for node in library[name].node_def:
-            findings += _node_findings(node, f"function {name}", library, functions)
-    return _unique(findings)
+    return _reached_findings(graph_def, list(graph_def.node), [], where="traced model")
 
 
 def keras_metadata_findings(folder: Path) -> list[Finding]:
