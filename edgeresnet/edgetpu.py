@@ -5,10 +5,12 @@ in execution order, against the Edge TPU's documented supported operations
 (``converters/edgetpu_ops.toml``: the op list and each op's limitations are
 data) and the model-wide requirements: 8-bit quantized tensors, sizes fixed at
 compile time, constant parameters, at most three dimensions larger than 1.
-Without ``-a``, the compiler maps ops from the start of the graph up to the
-first op it cannot map; that op and everything after it run on the CPU. The
-report names that op and says why, and estimates the parameter memory against
-the ~8 MiB on-chip cache.
+Where the compiler cuts the graph is :func:`partition`: one Edge TPU part,
+chosen by data flow, with unsupported ops at the very start left on the CPU in
+front of it (its docstring gives the rules and their sources). The report
+names the op where the graph is cut and says why, and estimates the parameter
+memory against the ~8 MiB on-chip cache. :func:`check_against_compiled`
+compares the prediction, op by op, with a file edgetpu_compiler produced.
 
 When ``edgetpu_compiler`` is on PATH, :func:`run_compiler` runs it (argument
 list, timeout), keeps ``*_edgetpu.tflite`` and its log, and reads the

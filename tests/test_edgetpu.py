@@ -135,6 +135,17 @@ def test_op_table_rejects_unknown_rule(tmp_path):
         load_op_table(bad)
 
 
+def test_op_table_rule_without_its_limit_is_refused(tmp_path):
+    bad = tmp_path / "ops.toml"
+    bad.write_text('[[op]]\ntflite = ["RESIZE_BILINEAR"]\ncoral = "ResizeBilinear"\nrules = ["resize_max_upscale"]\n')
+    with pytest.raises(Exception, match="needs limits.max_upscale"):
+        load_op_table(bad)
+    table = load_op_table()
+    assert table.get("TILE") is not None
+    assert table.get("RESIZE_BILINEAR").limits["max_upscale"] == 8
+    assert table.get("UNIDIRECTIONAL_SEQUENCE_LSTM").state_types == ("int16",)
+
+
 # --------------------------------------------------------------------------- analysis
 
 
@@ -415,6 +426,23 @@ def test_compiled_models_report_their_payload_and_are_not_gpu_failures(coral_dir
                 assert result.exit_code == 0, result.output
             else:  # CPU ops left beside the custom op: not entirely on the Edge TPU
                 assert result.exit_code == 4 and "edgetpu" in result.output and "gpu" not in result.output.splitlines()[-1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,shape", [("resnet20", (32, 32, 3)), ("resnet18", (64, 64, 3))])
+def test_zoo_resnets_map_fully(name, shape):
+    """A CIFAR and an ImageNet-style ResNet of the zoo: one Edge TPU part, every constant counted once."""
+    from edgeresnet.models import build_model
+
+    _, k = _keras()
+    k.utils.set_random_seed(4)
+    model = build_model(name, input_shape=shape, classes=10)
+    inp = k.Input(shape, batch_size=1)
+    graph = parse_tflite(_to_tflite(k.Model(inp, model(inp)), int8=True, method="minmax"))
+    report = analyze_edgetpu(graph)
+    assert report.ok and report.maps_fully and not report.issues, report.summary()
+    assert report.ops_mapped == len(graph.ops) and "all" in report.cut
+    assert report.param_bytes == graph.constant_bytes()
 
 
 # --------------------------------------------------------------------------- bad input
