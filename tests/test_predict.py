@@ -46,12 +46,12 @@ def digits(tmp_path_factory):
     run_convert(ConvertOptions(int8=True, out=str(root / "out")))
     report = json.loads((root / "out" / "report.json").read_text())
     (variant,) = report["variants"]
-    held_out = demo.digits_images("eval")
+    model = root / "out" / Path(variant["path"]).name
+    held_out = demo.digits_images("eval", TFLiteModel(model).input.shape[-1])  # what the host evaluated on
     for i, (img, label) in enumerate(zip(held_out.images, held_out.labels)):
         d = root / "images" / held_out.class_names[label]
         d.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img[..., 0], "L").save(d / f"{i:04d}.png")
-    model = root / "out" / Path(variant["path"]).name
+        Image.fromarray(img[..., 0], "L").save(d / f"{i:04d}.png")  # grey: every channel holds the same value
     (root / "digits.txt").write_text("\n".join(DIGITS) + "\n")
     return {
         "model": model, "report": root / "out" / "report.json", "variant": variant,
@@ -70,6 +70,21 @@ def test_list_images_names_what_load_images_decodes(digits):
     loaded = load_images(digits["images"], (32, 32, 1), samples=37, seed=4)
     assert files == list(loaded.paths) and names == loaded.class_names
     assert np.array_equal(labels, loaded.labels)
+
+
+def test_model_edgeresnet_wrote_runs_without_flags(digits, capsys):
+    """Labels and normalization come from the metadata the pipeline wrote; top-1 equals the host's."""
+    info = read_metadata(digits["model"].read_bytes())
+    assert info is not None and info.labels == DIGITS
+    code, out, err = _run_cli(capsys, "eval", digits["model"], "--images", digits["images"],
+                              "--report", digits["report"], "--max-drop", "0", "--json")
+    assert code == 0, err
+    got = json.loads(out)
+    assert got["labels_matched"] == "by name" and got["preprocessing"]["labels_from"] == "metadata"
+    assert got["host"]["matched_by"] == "sha256"
+    assert got["count"] == digits["variant"]["eval_count"] == 500
+    assert got["top1"] == digits["variant"]["top1"] and got["top5"] == digits["variant"]["top5"]
+    assert got["drop_pts"] == 0.0 and got["passed"] is True
 
 
 def test_device_scores_equal_the_host_pipeline_scores(digits):
@@ -185,18 +200,22 @@ def test_bad_input_is_one_line(digits, bad_inputs, capsys, args, needle):
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and needle in err, err
 
 
-def test_metadata_written_by_hand_is_used(digits, tmp_path, capsys):
-    """A foreign model given metadata (labels + mean/std) needs no flags either."""
-    data = digits["model"].read_bytes()
-    if read_metadata(data) is None:
-        data = add_metadata(data, ModelInfo(name="digits", color_space="GRAYSCALE", mean=(0.0,), std=(255.0,), labels=DIGITS))
+def test_metadata_written_by_hand_equals_the_flags(shared_data, tmp_path):
+    """A foreign model (the MLPerf reference int8) given metadata needs no flags, and scores as with flags."""
+    reference = shared_data / "mlperf-tiny-resnet8" / "pretrainedResnet_quant.tflite"
+    test = shared_data / "cifar10" / "test"
+    names = tuple(sorted(d.name for d in test.iterdir() if d.is_dir()))
+    assert read_metadata(reference.read_bytes()) is None
     path = tmp_path / "with_metadata.tflite"
-    path.write_bytes(data)
-    clf = Classifier(path)
-    assert clf.setup.labels == DIGITS and clf.setup.normalization_from == "metadata"
-    assert clf.setup.preset.name == "unit"  # (pixel - 0) / 255 is the host's preset, applied the host's way
-    result = evaluate(clf, digits["images"])
-    assert round(result.top1, 4) == digits["variant"]["top1"]
+    path.write_bytes(add_metadata(reference.read_bytes(), ModelInfo(name="resnet8", mean=(0.0,), std=(1.0,), labels=names)))
+    (tmp_path / "labels.txt").write_text("\n".join(names))
+    by_metadata = Classifier(path)
+    assert by_metadata.setup.labels == names and by_metadata.setup.normalization_from == "metadata"
+    assert by_metadata.setup.preset.name == "raw"  # (pixel - 0) / 1 is the host's preset, applied the host's way
+    by_flags = Classifier(reference, Overrides(labels=tmp_path / "labels.txt", preset="raw"))
+    a, b = evaluate(by_metadata, test, samples=200), evaluate(by_flags, test, samples=200)
+    assert a.top1 == b.top1 and a.top5 == b.top5 and a.labels_matched == b.labels_matched == "by name"
+    assert 50.0 < a.top1 < 95.0
 
 
 # ---------------------------------------------------------------------- without TensorFlow
@@ -320,19 +339,17 @@ def test_real_resnet8_in_tflite_runtime_venv(resnet8):
     assert doc["count"] == 300 and abs(doc["drop_pts"]) <= 0.5
 
 
-def test_inspect_shows_the_metadata(digits, tmp_path, capsys):
+def test_inspect_shows_the_metadata(digits, capsys):
     from edgeresnet.inspect import inspect_tflite
 
-    data = add_metadata(digits["model"].read_bytes(), ModelInfo(
-        name="digits", version="1", color_space="GRAYSCALE", mean=(0.0,), std=(255.0,), labels=DIGITS))
-    path = tmp_path / "m.tflite"
-    path.write_bytes(data)
+    """The pipeline's model: the digits as labels, the 'unit' preset as (pixel - 0) / 255, RGB input."""
+    path = digits["model"]
     meta = inspect_tflite(path, gpu=False, runtimes=False).to_dict()["metadata"]
     assert meta["present"] is True and meta["labels_count"] == 10 and meta["labels"] == list(DIGITS)
-    assert meta["mean"] == [0.0] and meta["std"] == [255.0] and meta["color_space"] == "GRAYSCALE"
+    assert meta["mean"] == [0.0] and meta["std"] == [255.0] and meta["color_space"] == "RGB"
     code, out, err = _run_cli(capsys, "inspect", path, "--no-gpu")
     assert code == 0, err
-    assert "10 labels (labels.txt: 0, 1, 2, 3, 4, ...)" in out and "input GRAYSCALE" in out and "std [255.0]" in out
+    assert "10 labels (labels.txt: 0, 1, 2, 3, 4, ...)" in out and "input RGB" in out and "std [255.0]" in out
 
 
 def test_inspect_says_when_there_is_no_metadata(shared_data):
@@ -350,7 +367,8 @@ def test_damaged_metadata_is_reported_not_raised(digits):
     from edgeresnet.errors import EdgeResNetError
     from edgeresnet.inspect import metadata_summary
 
-    data = add_metadata(digits["model"].read_bytes(), ModelInfo(name="digits", mean=(0.0,), std=(255.0,), labels=DIGITS))
+    data = digits["model"].read_bytes()  # carries the pipeline's metadata and labels.txt
+    assert read_metadata(data) is not None
     rng = random.Random(0)
     outcomes = set()
     for _ in range(300):
