@@ -272,7 +272,8 @@ def test_eval_without_tensorflow_reproduces_the_host(digits):
 
 def test_eval_in_tflite_runtime_venv(digits):
     """tflite-runtime 2.14 runs this int8 model on its built-in kernels (its XNNPACK takes no int8 ops),
-    which round differently from ai-edge-litert's XNNPACK: measured here, one of 500 digits flips.
+    which round differently from ai-edge-litert's XNNPACK: measured here, one of 500 digits flips
+    (either way, depending on the conversion).
     The venv's top-1 must equal the built-in kernels' top-1 exactly, and stay within 0.5 pts of the host."""
     python = _tflite_runtime_python()
     code = _tf_free_code(digits["model"], digits["images"], digits["report"], ["--preset", "unit"], max_drop="0.5")
