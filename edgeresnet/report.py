@@ -186,7 +186,8 @@ def _kib(n):
     return "–" if n is None else f"{n / 1024:.1f}"
 
 
-def _safe_mode_text(safe_mode) -> str:
+def safe_mode_text(safe_mode) -> str:
+    """How the report says whether the model file was loaded with the code checks on."""
     if safe_mode is None:
         return "not applicable (an in-memory model)"
     if safe_mode:
@@ -246,7 +247,7 @@ def to_markdown(report: dict) -> str:
         f"# edgeresnet report: {m['name']}",
         "",
         f"- model: `{m['source']}` ({m['flavor']}, input {tuple(m['input_shape'])}, {m['classes']} classes)",
-        f"- loaded in safe mode: {_safe_mode_text(m.get('safe_mode'))}",
+        f"- loaded in safe mode: {safe_mode_text(m.get('safe_mode'))}",
         f"- preprocessing: preset `{report['preprocessing']['preset']}`"
         + (" folded into the model (it takes raw pixels)" if report["preprocessing"]["folded_into_model"] else ""),
     ]

@@ -27,6 +27,7 @@ from typing import Optional, Sequence, Union
 
 from .errors import ConfigError, MissingDependencyError, OutputExistsError
 from .fsutil import atomic_write_bytes, atomic_write_text
+from .report import safe_mode_text
 
 PathLike = Union[str, Path]
 
@@ -923,6 +924,7 @@ def _summary(report: dict) -> str:
     items = [
         f"model <code>{_e(m.get('source'))}</code> ({_e(m.get('flavor'))}, input {_e(tuple(m.get('input_shape') or ()))}, "
         f"{_e(m.get('classes'))} classes" + (f", {int(m['params']):,} parameters" if m.get("params") is not None else "") + ")",
+        f"loaded in safe mode: {_e(safe_mode_text(m.get('safe_mode')))}",
         f"preprocessing preset <code>{_e(pre.get('preset'))}</code>"
         + (" folded into the model (it takes raw pixels)" if pre.get("folded_into_model") else ""),
     ]

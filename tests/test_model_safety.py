@@ -17,7 +17,7 @@ import pytest
 from conftest import write_image_folder
 from test_cli import run_cli as _run_cli
 from edgeresnet import _tf
-from edgeresnet.errors import UnsafeModelError
+from edgeresnet.errors import ModelLoadError, UnsafeModelError
 from edgeresnet.models import build_model
 from edgeresnet.models.loading import LoadedModel, load_model
 from edgeresnet.models.safety import keras_config_findings, risky_op, saved_model_findings
@@ -292,7 +292,7 @@ def test_bytecode_is_found_anywhere_and_in_nested_models():
     ("RestoreV2", None, True), ("MergeV2Checkpoints", None, True), ("PyFunc", None, True),
     ("EagerPyFunc", None, True), ("TFRecordDatasetV2", None, True), ("CreateSummaryFileWriter", None, True),
     ("InitializeTableFromTextFileV2", None, True), ("CollectiveReduceV2", None, True),
-    ("PrintV2", "file:///tmp/x", True), ("PrintV2", "stderr", False),
+    ("PrintV2", "file:///tmp/x", True), ("PrintV2", "stderr", False), ("PrintV2", "", True),
     ("Conv2D", None, False), ("ReadVariableOp", None, False), ("StatefulPartitionedCall", None, False),
     ("Snapshot", None, False),
 ])
@@ -301,7 +301,7 @@ def test_risky_ops(op, attrs, risky):
         def __init__(self, s):
             self.s = s.encode()
 
-    assert (risky_op(op, {"output_stream": Attr(attrs)} if attrs else None) is not None) == risky
+    assert (risky_op(op, {"output_stream": Attr(attrs)} if attrs else None) is not None) == risky  # "": Flex, attrs unknown
 
 
 def test_savedmodel_with_python_callback_or_print_to_file_is_refused(tmp_path):
@@ -326,7 +326,7 @@ def test_keras_zip_without_config_is_a_load_error(tmp_path):
     p = tmp_path / "odd.keras"
     with zipfile.ZipFile(p, "w") as z:
         z.writestr("metadata.json", json.dumps({"keras_version": "3.15.1"}))
-    with pytest.raises(Exception) as err:
+    with pytest.raises(ModelLoadError) as err:
         load_model(p)
     assert "config.json" in str(err.value)
 
@@ -405,3 +405,13 @@ def test_traced_graph_backstop_refuses_file_ops_before_the_first_run(tmp_path):
     loaded.safe_mode = None  # an in-memory model the caller built: not checked, it runs
     loaded.predict(np.zeros((1, *SHAPE), np.float32))
     assert marker.exists()
+
+
+def test_html_report_says_whether_the_model_was_loaded_in_safe_mode(tmp_path):
+    from edgeresnet.report_formats import write_all
+
+    report = {"model": {"source": "m.h5", "flavor": "tf_keras", "input_shape": [8, 8, 3], "classes": 3,
+                        "safe_mode": False}, "preprocessing": {"preset": "raw"}, "float": {"count": 1},
+              "evaluation": {"labelled": False}, "variants": []}
+    write_all(report, tmp_path)
+    assert "loaded in safe mode: NO: --trust-model-code" in (tmp_path / "report.html").read_text()

@@ -327,7 +327,9 @@ def risky_op(op: str, attrs=None) -> Optional[str]:
     if op in _NETWORK_OPS or op.startswith(("Rpc", "Collective")) or "DataService" in op:
         return "talks to other processes or the network"
     if op == "PrintV2":
-        stream = attrs["output_stream"].s.decode("utf-8", "replace") if attrs is not None and "output_stream" in attrs else ""
+        if attrs is None:  # a Flex op in a .tflite: its attrs are not read here
+            return "may print to a file"
+        stream = attrs["output_stream"].s.decode("utf-8", "replace") if "output_stream" in attrs else ""
         return f"prints to {stream}" if stream.startswith("file://") else None
     if op in _FILE_OPS or _RISKY_OP_PATTERN.search(op):
         return "reads or writes files"
