@@ -1,0 +1,156 @@
+"""A real phone-runtime client: MediaPipe Tasks' ImageClassifier runs what edgeresnet emits.
+
+MediaPipe lives in its own virtual environment (it pins absl-py~=2.3, which
+tensorflow-model-optimization refuses): ``.ci/run`` builds it and exports
+``EDGERESNET_MEDIAPIPE_PYTHON``. ``tests/clients/mediapipe_classify.py`` runs
+there with no TensorFlow and no edgeresnet, as an app would: the model file is
+its only configuration (input size, normalization and category names all
+come from the metadata edgeresnet wrote).
+
+For the built-in digits model and the real MLPerf Tiny ResNet-8, each of the
+cpu int8, edgetpu int8, gpu fp16 and cpu fp32 models must load, classify 120
+images with the class folder names as category names, and agree on the top
+class with edgeresnet's own interpreter run (``edgeresnet.predict.Classifier``)
+on at least 99 % of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeresnet.predict import Classifier
+
+REPO = Path(__file__).resolve().parents[1]
+CLIENT = REPO / "tests" / "clients" / "mediapipe_classify.py"
+MEDIAPIPE_ENV = "EDGERESNET_MEDIAPIPE_PYTHON"
+IMAGES = 120
+VARIANTS = ("cpu_int8", "edgetpu_int8", "gpu_fp16", "cpu_fp32")
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def mediapipe_python() -> str:
+    exe = os.environ.get(MEDIAPIPE_ENV)
+    if not exe:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but {MEDIAPIPE_ENV} is not set; .ci/run builds the MediaPipe venv")
+        pytest.skip(f"not checked: set {MEDIAPIPE_ENV} to a python with mediapipe 1.2 (see .ci/run)")
+    return exe
+
+
+def _convert_all(out_root: Path, **options) -> dict[str, Path]:
+    """int8 for cpu/edgetpu/gpu in one run (cpu and edgetpu share the conversion) and fp32 in another."""
+    from edgeresnet.pipeline import ConvertOptions, run_convert
+
+    models = {}
+    out_root.mkdir(parents=True, exist_ok=True)
+    runs = [("int8", dict(int8=True, targets=("cpu", "edgetpu", "gpu"))), ("fp32", dict(precision="fp32"))]
+    for tag, extra in runs:
+        out = out_root / tag
+        run_convert(ConvertOptions(out=str(out), **options, **extra))
+        for v in json.loads((out / "report.json").read_text())["variants"]:
+            models[f"{v['target']}_{v['precision']}"] = out / Path(v["path"]).name
+    assert set(models) == set(VARIANTS), sorted(models)
+    return models
+
+
+@pytest.fixture(scope="session")
+def digits_case(tmp_path_factory) -> dict:
+    """The built-in reference model, and 12 held-out digits per class as RGB PNGs in class folders 0..9."""
+    from PIL import Image
+
+    from edgeresnet import demo
+
+    root = tmp_path_factory.mktemp("mp_digits")
+    held_out = demo.digits_images("eval", channels=3)
+    per_class = IMAGES // len(demo.CLASS_NAMES)
+    for label, name in enumerate(demo.CLASS_NAMES):
+        folder = root / "images" / name
+        folder.mkdir(parents=True)
+        for i in np.flatnonzero(held_out.labels == label)[:per_class]:
+            Image.fromarray(held_out.images[i]).save(folder / f"{i:03d}.png")
+    return {"models": _convert_all(root / "out", eval_samples=200), "images": root / "images"}
+
+
+@pytest.fixture(scope="session")
+def resnet8_case(shared_data, resnet8_h5, tmp_path_factory) -> dict:
+    """The MLPerf Tiny ResNet-8 (raw 0..255 preset) calibrated on CIFAR-10 train, checked on CIFAR-10 test."""
+    root = tmp_path_factory.mktemp("mp_resnet8")
+    test = shared_data / "cifar10" / "test"
+    models = _convert_all(
+        root / "out", model=str(resnet8_h5), calib=str(shared_data / "cifar10" / "train"),
+        eval=str(test), eval_samples=200,
+    )
+    return {"models": models, "images": test}
+
+
+def _pick(folder: Path) -> list[Path]:
+    """IMAGES images spread over every class folder (sorted, round-robin)."""
+    classes = sorted(d for d in folder.iterdir() if d.is_dir())
+    files = [sorted(p for p in d.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg")) for d in classes]
+    picked = []
+    for i in range(IMAGES):
+        group = files[i % len(files)]
+        picked.append(group[i // len(files)])
+    return picked
+
+
+def _mediapipe(python: str, model: Path, images: list[Path]) -> dict:
+    request = json.dumps({"model": str(model), "images": [str(p) for p in images]})
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "EDGERESNET_INTERPRETER")}
+    proc = subprocess.run([python, str(CLIENT)], input=request, capture_output=True, text=True, env=env, timeout=600)
+    lines = proc.stdout.strip().splitlines()
+    assert lines, f"the MediaPipe client printed nothing (exit {proc.returncode}): {proc.stderr[-2000:]}"
+    return json.loads(lines[-1])
+
+
+def _check(python: str, case: dict, variant: str) -> None:
+    model = case["models"][variant]
+    images = _pick(case["images"])
+    answer = _mediapipe(python, model, images)
+    assert "error" not in answer, f"MediaPipe refused {model.name}: {answer['error']}"
+    results = answer["results"]
+    assert len(results) == IMAGES
+
+    ours = Classifier(model)  # edgeresnet's interpreter run: preprocessing and labels from the same metadata
+    top = ours.scores(np.stack([ours.read(p) for p in images])).argmax(axis=1)
+    theirs = np.array([r["index"] for r in results])
+    folder_names = sorted(d.name for d in case["images"].iterdir() if d.is_dir())
+    # (a) the category names are the class folder names, in output order
+    assert [r["name"] for r in results] == [folder_names[i] for i in theirs]
+    assert {r["name"] for r in results} <= set(folder_names)
+    # (b) MediaPipe's top class agrees with edgeresnet's own run
+    agreement = float(np.mean(theirs == top))
+    assert agreement >= 0.99, f"{model.name}: MediaPipe agrees with edgeresnet on {agreement:.1%} of {IMAGES} images"
+    # and it is a classifier, not a constant: the labels of the picked images are mostly found
+    truth = np.array([folder_names.index(p.parent.name) for p in images])
+    assert np.mean(theirs == truth) > 0.5
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_builtin_model_runs_in_mediapipe(mediapipe_python, digits_case, variant):
+    _check(mediapipe_python, digits_case, variant)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_resnet8_runs_in_mediapipe(mediapipe_python, resnet8_case, variant):
+    _check(mediapipe_python, resnet8_case, variant)
+
+
+def test_int8_io_is_refused_by_mediapipe_as_the_report_says(mediapipe_python, digits_case, tmp_path):
+    """--io int8 stays available; MediaPipe refuses it, and the report's runtimes entry said so beforehand."""
+    from edgeresnet.pipeline import ConvertOptions, run_convert
+
+    out = tmp_path / "out"
+    report = run_convert(ConvertOptions(int8=True, io_type="int8", eval_samples=100, out=str(out)))
+    (variant,) = report.to_dict()["variants"]
+    assert variant["runtimes"]["mediapipe"]["ok"] is False and "int8" in variant["runtimes"]["mediapipe"]["why"]
+    answer = _mediapipe(mediapipe_python, out / Path(variant["path"]).name, _pick(digits_case["images"])[:2])
+    assert "uint8/float32" in answer.get("error", ""), answer
