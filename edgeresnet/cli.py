@@ -323,7 +323,10 @@ def _classifier(model, kw):
     )
     if kw["threads"] is not None and kw["threads"] <= 0:
         raise click.UsageError(f"--threads must be a positive number, got {kw['threads']}")
-    return Classifier(model, overrides, backend=kw["interpreter"], num_threads=kw["threads"])
+    clf = Classifier(model, overrides, backend=kw["interpreter"], num_threads=kw["threads"])
+    for note in clf.setup.notes:
+        click.echo(f"warning: {note}", err=True)
+    return clf
 
 
 @cli.command(context_settings=CONTEXT)
@@ -348,8 +351,6 @@ def predict(model, images, k, **kw):
                "predictions": [r.to_dict() for r in results]}
         click.echo(json.dumps(doc, indent=2))
         return
-    if clf.setup.labels is None:
-        click.echo("note: the model has no labels; showing output indices (pass --labels FILE for names)", err=True)
     width = max([len(name) for r in results for _, name, _ in r.top] + [5])
     for r in results:
         click.echo(r.image)

@@ -155,6 +155,7 @@ class ModelSetup:
     input_shape: tuple[int, int, int]
     input_type: str
     metadata: Optional[dict]
+    notes: tuple[str, ...] = ()  # what was assumed because the model does not say (the CLI shows them)
 
     def to_dict(self) -> dict:
         mean, std = self.preset.channel_stats(self.input_shape[2])
@@ -186,6 +187,7 @@ def model_setup(model: TFLiteModel, data: bytes, overrides: Overrides, label: st
     num_classes = int(np.prod(model.output.shape[1:]))
     meta = read_metadata(data, label)
     meta_dict = meta.to_dict() if meta is not None else None
+    notes: list[str] = []
 
     if overrides.preset is not None:
         preset, norm_from = get_preset(overrides.preset), f"--preset {overrides.preset}"
@@ -204,6 +206,10 @@ def model_setup(model: TFLiteModel, data: bytes, overrides: Overrides, label: st
         norm_from = "metadata"
     else:
         preset, norm_from = get_preset("raw"), "none in the metadata: raw 0..255 pixels (use --preset or --mean/--std)"
+        said = "has no metadata" if meta is None else "has metadata without normalization (e.g. a BGR preset, which the schema cannot state)"
+        notes.append(
+            f"{label} {said}; feeding raw 0..255 pixels. If it was trained on other inputs, pass --preset NAME or --mean/--std"
+        )
 
     if overrides.labels is not None:
         labels = _check_count(read_labels_file(overrides.labels), str(overrides.labels), num_classes)
@@ -213,6 +219,7 @@ def model_setup(model: TFLiteModel, data: bytes, overrides: Overrides, label: st
         labels_from = "metadata"
     else:
         labels, labels_from = None, None
+        notes.append(f"{label} carries no labels; showing output indices (pass --labels FILE for class names)")
     return ModelSetup(
         preset=preset,
         normalization_from=norm_from,
@@ -222,6 +229,7 @@ def model_setup(model: TFLiteModel, data: bytes, overrides: Overrides, label: st
         input_shape=shape,
         input_type=str(model.input.dtype),
         metadata=meta_dict,
+        notes=tuple(notes),
     )
 
 

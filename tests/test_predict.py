@@ -213,6 +213,10 @@ def test_metadata_written_by_hand_equals_the_flags(shared_data, tmp_path):
     assert by_metadata.setup.labels == names and by_metadata.setup.normalization_from == "metadata"
     assert by_metadata.setup.preset.name == "raw"  # (pixel - 0) / 1 is the host's preset, applied the host's way
     by_flags = Classifier(reference, Overrides(labels=tmp_path / "labels.txt", preset="raw"))
+    assert by_metadata.setup.notes == () and by_flags.setup.notes == ()
+    bare = Classifier(reference).setup  # nothing stated, nothing given: said, not silently assumed
+    assert bare.preset.name == "raw" and bare.labels is None
+    assert any("no metadata" in n for n in bare.notes) and any("no labels" in n for n in bare.notes)
     a, b = evaluate(by_metadata, test, samples=200), evaluate(by_flags, test, samples=200)
     assert a.top1 == b.top1 and a.top5 == b.top5 and a.labels_matched == b.labels_matched == "by name"
     assert 50.0 < a.top1 < 95.0
