@@ -434,6 +434,7 @@ class EdgeTpuReport:
             "summary": self.summary(),
             "ops_total": self.ops_total,
             "ops_mapped": self.ops_mapped,
+            "maps_fully": self.maps_fully,
             "first_unsupported": self.first_unsupported,
             "cut": self.cut,
             "param_bytes": self.param_bytes,
@@ -649,17 +650,20 @@ def _describe_cut(graph: TFLiteGraph, verdicts: list[OpVerdict], places) -> str:
         return f"all {n} ops map to the Edge TPU (one {EDGETPU_OP_NAME})"
     if mapped == 0:
         v = verdicts[0]
-        return f"op #0 {v.op} cannot map ({v.reasons[0]}), and nothing maps: all {n} ops run on the CPU"
+        why = (v.reasons or v.notes or ["its input is not ready"])[0]
+        return f"op #0 {v.op} cannot map ({why}), and nothing maps: all {n} ops run on the CPU"
     parts = []
     if before:
         names = ", ".join(f"#{v.index} {v.op}" for v in before[:4]) + (" ..." if len(before) > 4 else "")
         parts.append(f"{len(before)} op(s) stay on the CPU in front of the Edge TPU part ({names}: {before[0].reasons[0]})")
     parts.append(f"{mapped} ops run on the Edge TPU (one {EDGETPU_OP_NAME})")
     if after:
-        first = next(v for v in after if not v.supported)
+        first = next((v for v in after if not v.supported), after[0])
+        why = (first.reasons or first.notes or ["it reads a tensor no earlier op produces"])[0]
         parts.append(
-            f"edgetpu_compiler would cut the graph at op #{first.index} {first.op} ({first.reasons[0]}): "
-            + (f"it and the {len(after) - 1} op(s) it feeds run on the CPU" if len(after) > 1 else "it runs on the CPU")
+            f"edgetpu_compiler would cut the graph at op #{first.index} {first.op} ({why}): "
+            + (f"it and {len(after) - 1} more op(s) after the Edge TPU part run on the CPU" if len(after) > 1
+               else "it runs on the CPU")
         )
     return "; ".join(parts)
 
@@ -703,7 +707,8 @@ def analyze_edgetpu(graph: TFLiteGraph, table: Optional[EdgeTpuOpTable] = None) 
         ops_total=len(verdicts),
         ops_mapped=sum(v.placement == "edgetpu" for v in verdicts),
         first_unsupported=(
-            {"index": first.index, "op": first.op, "reason": first.reasons[0] if first.reasons else first.notes[-1]}
+            {"index": first.index, "op": first.op,
+             "reason": (first.reasons or first.notes or ["reads a tensor no earlier op produces"])[0]}
             if first is not None else None
         ),
         ops=verdicts,

@@ -28,7 +28,7 @@ import numpy as np
 
 from ._capture import capture_output
 from ._isolate import IsolatedFailure, run_isolated
-from .errors import MissingDependencyError, TFLiteFileError
+from .errors import ConfigError, MissingDependencyError, TFLiteFileError
 from .runtime import EDGETPU_CUSTOM_OP, check_input_size, get_backend, read_tflite_bytes
 from .targets import targets
 from .targets.checks import InspectContext, Verdict, verdict_for
@@ -406,7 +406,7 @@ def metadata_summary(data: bytes, label: str = "model") -> dict:
 
     try:
         info = read_metadata(data, label)
-    except TFLiteFileError as exc:
+    except (TFLiteFileError, ConfigError) as exc:  # e.g. packed labels that repeat a name
         return {"present": False, "error": str(exc)}
     if info is None:
         return {"present": False}
