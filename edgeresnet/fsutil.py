@@ -176,6 +176,17 @@ def check_free_space(folder: PathLike, need_bytes: int) -> None:
         )
 
 
+def _public_path(path: PathLike) -> Path:
+    """``.OUT.partial-XXXX/new/file`` -> ``OUT/file``: name the file as the user will see it."""
+    path = Path(path)
+    parts = path.parts
+    for i in range(len(parts) - 1):
+        name, sep, _ = parts[i].partition(".partial-")
+        if sep and name.startswith(".") and parts[i + 1] == "new":
+            return Path(*parts[:i], name[1:], *parts[i + 2:])
+    return path
+
+
 def write_error(exc: OSError, where: PathLike, name_where: bool = False) -> Optional[OutputError]:
     """A one-line OutputError for a write failure the user can fix, else None.
 
@@ -185,7 +196,7 @@ def write_error(exc: OSError, where: PathLike, name_where: bool = False) -> Opti
     reason = _WRITE_ERRNOS.get(exc.errno)
     if reason is None:
         return None
-    path = where if name_where or not exc.filename else exc.filename
+    path = _public_path(where if name_where or not exc.filename else exc.filename)
     what = {
         errno.ENOSPC: "free some space or choose an --out on another disk",
         errno.EDQUOT: "free some space or choose an --out on another disk",

@@ -148,3 +148,12 @@ def test_run_tempdirs_of_killed_runs_are_removed(tmp_path, monkeypatch):
             (d / "owner.json").write_text(json.dumps(owner))
     notes = fsutil.clean_stale_tempdirs()
     assert not dead.exists() and live.exists() and unknown.exists() and len(notes) == 1
+
+
+def test_write_errors_name_the_file_as_the_user_will_see_it(tmp_path):
+    import errno
+
+    staged = tmp_path / ".out.partial-ab12" / "new" / "m.tflite"
+    err = fsutil.write_error(OSError(errno.ENOSPC, "No space left on device", str(staged)), tmp_path)
+    assert str(err) == f"cannot write {tmp_path / 'out' / 'm.tflite'}: no space left on the device; free some space or choose an --out on another disk"
+    assert fsutil.write_error(OSError(errno.ENOENT, "gone", "x"), tmp_path) is None  # not a write problem a user fixes
