@@ -39,7 +39,7 @@ from .fsutil import (
     tree_bytes,
     write_error,
 )
-from . import shipping
+from . import __version__, shipping
 from .metadata import LABELS_FILE, labels_text
 from .report import RunReport, VariantRecord, write_reports
 from .runtime import TFLiteModel
@@ -392,9 +392,10 @@ def _run_staged(opts, plan, staged, needs_calib, started, progress, notify, benc
     if class_names is None:
         notify("warning: the data is unlabelled, so the models carry no class names (apps show none); "
                "pass --labels FILE with one name per line")
+    # The metadata version is the release, never the clock: identical runs give bit-identical models.
     ship_info = shipping.model_info(
         loaded.name, preset, opts.fold_preprocessing, loaded.input_shape[-1], class_names,
-        version=report.created, source=Path(str(report.model["source"])).name,
+        version=f"edgeresnet {__version__}", source=Path(str(report.model["source"])).name,
     )
     report.metadata = ship_info.to_dict() | {"labels_from": names_from}
     emit = _Emitter(opts, float_out, labels, conv_calib, conv_eval, progress, notify, bench_config, ship_info)
