@@ -46,8 +46,9 @@ import numpy as np
 
 from .calibration import Preset, get_preset, list_images, load_presets, read_image
 from .errors import ConfigError, DataError, TFLiteFileError
-from .metadata import parse_labels, read_metadata
+from .metadata import read_metadata
 from .runtime import TFLiteModel, read_tflite_bytes
+from .shipping import read_labels_file
 from .verify import agreement, topk_accuracy
 
 ProgressFn = Callable[[str, int, int], None]
@@ -95,33 +96,6 @@ def parse_numbers(text: Optional[str], flag: str) -> Optional[tuple[float, ...]]
     if not values:
         raise ConfigError(f"{flag} needs at least one number, got {text!r}")
     return values
-
-
-def read_labels_file(path: PathLike) -> tuple[str, ...]:
-    """Class names from a text file, one per line (the ``labels.txt`` format); empty or repeated names are refused."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"{p}: no such labels file; pass a text file with one class name per line") from None
-    except IsADirectoryError:
-        raise DataError(f"{p} is a folder; pass a text file with one class name per line") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or type(exc).__name__
-        raise DataError(f"{p}: cannot read it as UTF-8 text ({reason}); pass a text file with one class name per line") from None
-    try:
-        return parse_labels(text, str(p))
-    except ConfigError as exc:
-        raise DataError(str(exc)) from None
-
-
-def _check_count(labels: tuple[str, ...], source: str, num_classes: int) -> tuple[str, ...]:
-    if len(labels) != num_classes:
-        raise DataError(
-            f"{source} has {len(labels)} labels but the model has {num_classes} outputs; "
-            "give exactly one label per output, in output order"
-        )
-    return labels
 
 
 def _bundled_equivalent(mean: tuple[float, ...], std: tuple[float, ...]) -> Optional[Preset]:
@@ -212,10 +186,15 @@ def model_setup(model: TFLiteModel, data: bytes, overrides: Overrides, label: st
         )
 
     if overrides.labels is not None:
-        labels = _check_count(read_labels_file(overrides.labels), str(overrides.labels), num_classes)
+        labels = read_labels_file(overrides.labels, num_classes)
         labels_from = f"--labels {overrides.labels}"
     elif meta is not None and meta.labels:
-        labels = _check_count(tuple(meta.labels), f"{label} (its metadata; override with --labels FILE)", num_classes)
+        labels = tuple(meta.labels)
+        if len(labels) != num_classes:
+            raise DataError(
+                f"{label} carries {len(labels)} labels in its metadata but has {num_classes} outputs; "
+                "pass --labels FILE with one class name per output, in output order"
+            )
         labels_from = "metadata"
     else:
         labels, labels_from = None, None

@@ -180,7 +180,7 @@ BAD = [
     (["predict", "{model}", "{root}/broken.jpg"], "cannot read this image"),
     (["predict", "{model}", "{root}/missing.png"], "no such image file"),
     (["eval", "{model}", "--images", "{root}/empty"], "is empty"),
-    (["predict", "{model}", "{img}", "--labels", "{root}/three.txt"], "3 labels but the model has 10 outputs"),
+    (["predict", "{model}", "{img}", "--labels", "{root}/three.txt"], "3 class names but the model has 10 outputs"),
     (["predict", "{model}", "{img}", "--labels", "{root}/dup.txt"], "appears twice"),
     (["predict", "{model}", "{img}", "--interpreter", "nope"], "unknown interpreter"),
     (["predict", "{model}", "{img}", "--preset", "unit", "--mean", "1"], "give one of them"),
