@@ -514,9 +514,11 @@ def partition(graph: TFLiteGraph, supported: list[bool]) -> list[tuple[str, Opti
     the CPU, the index of the CPU op it reads. ``supported[i]`` says whether op
     ``i`` could map on its own (op table, per-op rules, tensor requirements).
 
-    The rules, from Coral's documentation and checked op by op against the real
-    compiler's output on the public google-coral/test_data pairs
-    (``benchmarks/edgetpu_mapping.py``):
+    The rules, from Coral's documentation and from what the real compiler did to
+    public models (the google-coral/test_data pairs in ``../shared/data/coral-edgetpu``,
+    compared op by op by ``benchmarks/edgetpu_mapping.py`` and the tests; rules 2
+    and 3 also from issue #14's comparison of 14 public pairs, not all of which
+    are in that folder):
 
     1. One Edge TPU part. Without ``-a`` the compiler does not partition a model
        more than once ("TensorFlow models on the Edge TPU",

@@ -429,9 +429,10 @@ def test_compiled_models_report_their_payload_and_are_not_gpu_failures(coral_dir
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,shape", [("resnet20", (32, 32, 3)), ("resnet18", (64, 64, 3))])
+@pytest.mark.parametrize("name,shape", [("resnet18", (32, 32, 3))])
 def test_zoo_resnets_map_fully(name, shape):
-    """A CIFAR and an ImageNet-style ResNet of the zoo: one Edge TPU part, every constant counted once."""
+    """An ImageNet-style ResNet of the zoo (7x7 stem, max pool, projection shortcuts; the CIFAR
+    ones are covered by the real ResNet-8): one Edge TPU part, every constant counted once."""
     from edgeresnet.models import build_model
 
     _, k = _keras()
