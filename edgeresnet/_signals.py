@@ -45,7 +45,8 @@ def handle_signals():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {s: signal.signal(s, _handler) for s in SIGNALS}
+    # A signal the parent set to be ignored (nohup, a background job) stays ignored.
+    previous = {s: signal.signal(s, _handler) for s in SIGNALS if signal.getsignal(s) is not signal.SIG_IGN}
     _state.update(depth=0, pending=None, fired=False)
     try:
         yield

@@ -157,3 +157,23 @@ def test_write_errors_name_the_file_as_the_user_will_see_it(tmp_path):
     err = fsutil.write_error(OSError(errno.ENOSPC, "No space left on device", str(staged)), tmp_path)
     assert str(err) == f"cannot write {tmp_path / 'out' / 'm.tflite'}: no space left on the device; free some space or choose an --out on another disk"
     assert fsutil.write_error(OSError(errno.ENOENT, "gone", "x"), tmp_path) is None  # not a write problem a user fixes
+
+
+def test_signals_become_interrupted_and_wait_out_the_swap():
+    import signal
+
+    from edgeresnet._signals import Interrupted, handle_signals, uninterrupted
+
+    with handle_signals():
+        with pytest.raises(Interrupted) as info:
+            with uninterrupted():
+                os.kill(os.getpid(), signal.SIGTERM)
+                done = True  # the protected step finishes before the signal is raised
+        assert done and info.value.exit_code == 143
+    with handle_signals():
+        with pytest.raises(KeyboardInterrupt) as info:
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):  # the handler runs between bytecodes
+                pass
+        assert info.value.exit_code == 130
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

@@ -269,6 +269,8 @@ def _failure_report_beside(w: World, stdout: str, stderr: str):
 CASES = [
     Case("out is calib folder, --overwrite", _convert(lambda w: "--calib", lambda w: w.calib, "--out", lambda w: w.calib, "--overwrite"),
          2, ("--calib", "is the")),
+    Case("report: out is the calib folder", lambda w: ["report", "--calib", w.calib, "--out", w.calib, "--overwrite"],
+         2, ("--calib", "is the")),
     Case("out is a parent of the model", lambda w: ["convert", w.model, "--int8", "--calib", w.calib, "--out", w.model.parent, "--overwrite"],
          2, ("contains the model",)),
     Case("out is the model file", lambda w: ["convert", w.model, "--int8", "--calib", w.calib, "--out", w.model, "--overwrite"],
@@ -352,6 +354,8 @@ class Run:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edgeresnet.cli", "convert", "--int8", "--out", str(w.out), "--overwrite"],
             cwd=w.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            # A pytest started in the background has SIGINT ignored, and children inherit that.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         self.lines: list[str] = []
         self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stderr), daemon=True)
