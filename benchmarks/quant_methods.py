@@ -1,6 +1,6 @@
 """Full-integer int8 quantization methods compared on the MLPerf Tiny ResNet-8 (CIFAR-10).
 
-Measured, not asserted. For each method of ``edgeresnet.quant_opt`` the real
+Measured, not asserted. For each method of the ``edgeresnet.quantize`` registry the real
 pretrained ResNet-8 is converted to full-integer int8 (int8 input/output),
 calibrated on ``--samples`` class-balanced CIFAR-10 training images (one seeded
 draw per ``--seeds`` value), and compared with the Keras float model on the
@@ -38,7 +38,7 @@ def resnet8_table(methods, seeds, samples) -> None:
     from edgeresnet import verify
     from edgeresnet.calibration import load_images
     from edgeresnet.models.loading import load_model
-    from edgeresnet.quant_opt import quantize_int8
+    from edgeresnet.quantize import quantize_int8
     from edgeresnet.runtime import TFLiteModel
 
     root = _data_root()
@@ -90,7 +90,7 @@ def resnet50_timing(methods, samples, rounds) -> None:
     from edgeresnet.calibration import get_preset, load_images
     from edgeresnet.models import build_model
     from edgeresnet.models.loading import LoadedModel
-    from edgeresnet.quant_opt import quantize_int8
+    from edgeresnet.quantize import quantize_int8
 
     tf = _tf.tf()
     images = load_images(_data_root() / "cifar10" / "train", (224, 224, 3), samples=samples, seed=0)
@@ -126,7 +126,9 @@ def resnet50_timing(methods, samples, rounds) -> None:
 
 
 def main() -> None:
-    from edgeresnet.quant_opt import METHODS
+    from edgeresnet.quantize import method_names
+
+    METHODS = method_names()
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])

@@ -61,3 +61,25 @@ def last_error_line(text: str, default: str = "") -> str:
         if "error" in ln.lower():
             return ln[:300]
     return (lines[-1][:300] if lines else default)
+
+
+def native_call(fn, failure: str, quiet=None):
+    """``fn()`` with native output captured; any exception becomes one ConversionError.
+
+    The converter, the quantizer and the debugger raise many exception types
+    and print their reasons on stderr; all mean "failed". The error reads
+    ``"<failure>: <the most telling log line>"``. ``quiet`` replaces the plain
+    capture with another context manager that yields a :class:`Captured`.
+    """
+    from .errors import ConversionError
+
+    error = None
+    with (quiet or capture_output)() as cap:
+        try:
+            result = fn()
+        except Exception as exc:  # noqa: BLE001 - native errors come in many types
+            error = exc
+    if error is not None:
+        detail = last_error_line(str(error) + "\n" + cap.text, type(error).__name__)
+        raise ConversionError(f"{failure}: {detail}")
+    return result

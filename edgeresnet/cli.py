@@ -14,6 +14,7 @@ import sys
 import click
 
 from .errors import EdgeResNetError
+from .quantize.registry import DEFAULT_METHOD
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -76,7 +77,7 @@ def _data_options(f):
         click.option("--eval", "eval_path", type=click.Path(), help="Evaluation images: labelled (class sub-folders) gives top-1/top-5; otherwise agreement with the float model."),
         click.option("--eval-samples", type=int, help="Evaluate on at most this many images (default: all)."),
         click.option("--max-drop", type=FINITE, metavar="PTS", help="Fail (exit 3) when a model loses more than PTS top-1 points against the float model; the report then goes to OUT.failed and OUT is left as it was."),
-        click.option("--int8-method", default="mse+bias", show_default=True, metavar="M", help="How int8 ranges and weights are chosen: minmax (the plain converter), mse (error-minimising activation ranges), mse+bias (plus bias correction of weight rounding), mse+gptq (plus GPTQ rounding)."),
+        click.option("--int8-method", default=DEFAULT_METHOD, show_default=True, metavar="M", help="How int8 ranges and weights are chosen (accuracy recovery starts from the same method's model): minmax (the plain converter), mse (error-minimising activation ranges), mse+bias (plus bias correction of weight rounding), mse+gptq (plus GPTQ rounding)."),
         click.option("--recover/--no-recover", default=True, show_default=True, help="When an int8 model exceeds --max-drop, keep its worst layers in float one at a time until it fits (cpu; the Edge TPU cannot run float layers, so there the worst layers are only named)."),
         click.option("--strict", is_flag=True, help="Fail the run when a target check fails (a model that would not map fully to the Edge TPU, or a GPU-delegate blocker); by default such findings are reported."),
         click.option("--labels", type=click.Path(), metavar="FILE", help="Class names for the models' metadata, one per line in output order (default: the class folder names of --eval / --calib)."),

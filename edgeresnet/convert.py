@@ -10,15 +10,16 @@ dynamic-range, and ``SELECT_TF_OPS`` is never enabled.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import numpy as np
 
 from . import _tf
-from ._capture import capture_output, last_error_line
+from ._capture import native_call
 from .calibration import representative_dataset
-from .errors import ConfigError, ConversionError
+from .errors import ConfigError
+from .quantize.registry import DEFAULT_METHOD, get_method
 from .targets import PRECISIONS
 
 ProgressFn = Callable[[int, int], None]
@@ -30,7 +31,7 @@ class ConversionSpec:
 
     precision: str
     io_type: str = "float32"
-    method: str = "mse+bias"  # how int8 ranges and weights are chosen (see quant_opt.METHODS)
+    method: str = DEFAULT_METHOD  # how int8 ranges and weights are chosen (the quantize method registry)
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -42,10 +43,7 @@ class ConversionSpec:
             raise ConfigError(
                 f"io type {self.io_type!r} is not possible for {self.precision}; choose one of {', '.join(allowed)}"
             )
-        from .quant_opt import METHODS
-
-        if self.method not in METHODS:
-            raise ConfigError(f"unknown int8 method {self.method!r}; choose one of {', '.join(METHODS)}")
+        get_method(self.method)  # raises ConfigError naming the registered methods
 
     @property
     def needs_calibration(self) -> bool:
@@ -58,6 +56,7 @@ class ConversionResult:
     model: bytes
     seconds: float
     log: str
+    session: object = field(default=None, repr=False, compare=False)  # int8: the quantize.Int8Session it came from
 
 
 def _configure(converter, spec: ConversionSpec, calibration: Optional[np.ndarray], progress):
@@ -72,7 +71,7 @@ def _configure(converter, spec: ConversionSpec, calibration: Optional[np.ndarray
     if spec.precision == "dynamic":
         return
     converter.representative_dataset = representative_dataset(calibration, progress)
-    # int16x8 here; full int8 goes through quant_opt.quantize_int8.
+    # int16x8 here; full int8 goes through the int8 engine (quantize.Int8Session).
     converter.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
     converter.inference_input_type = dtypes[spec.io_type]
     converter.inference_output_type = dtypes[spec.io_type]
@@ -99,23 +98,14 @@ def convert(
     converter = make_converter()
     _configure(converter, spec, calibration, progress)
     start = time.perf_counter()
-    with capture_output() as cap:
-        try:
-            data = converter.convert()
-        except Exception as exc:  # the converter raises many types; all mean "failed"
-            failure = exc
-            data = None
-    seconds = time.perf_counter() - start
-    if data is None:
-        detail = last_error_line(str(failure) + "\n" + cap.text, type(failure).__name__)
-        raise ConversionError(f"the TFLite converter failed for {spec.precision}: {detail}")
-    return ConversionResult(spec=spec, model=bytes(data), seconds=seconds, log=cap.text)
+    data = native_call(converter.convert, f"the TFLite converter failed for {spec.precision}")
+    return ConversionResult(spec=spec, model=bytes(data), seconds=time.perf_counter() - start, log="")
 
 
 def _convert_int8(make_converter, spec: ConversionSpec, calibration, progress) -> ConversionResult:
     """Full integer: TFLITE_BUILTINS_INT8 only, ranges and weights chosen by ``spec.method``."""
-    from .quant_opt import quantize_int8
+    from .quantize import Int8Session
 
     start = time.perf_counter()
-    data = quantize_int8(make_converter, calibration, spec.io_type, method=spec.method, progress=progress)
-    return ConversionResult(spec=spec, model=data, seconds=time.perf_counter() - start, log="")
+    session = Int8Session(make_converter, calibration, spec.io_type, method=spec.method, progress=progress)
+    return ConversionResult(spec=spec, model=session.model, seconds=time.perf_counter() - start, log="", session=session)

@@ -26,6 +26,7 @@ from .calibration import (
 from .convert import ConversionSpec, convert
 from .errors import ConfigError, ConversionError, DataError, DriftBudgetExceeded, TFLiteFileError
 from .edgetpu import COMPILER_HINT
+from .quantize.registry import DEFAULT_METHOD
 from .fsutil import (
     MiB,
     StagedDir,
@@ -76,7 +77,7 @@ class ConvertOptions:
     overwrite: bool = False
     prune: Optional[object] = None  # a prune.PruneConfig: how pruned variants are made
     train: Optional[str] = None
-    int8_method: str = "mse+bias"  # quant_opt.METHODS: how int8 ranges and weights are chosen
+    int8_method: str = DEFAULT_METHOD  # a name in the quantize method registry: how int8 ranges and weights are chosen
     recover: bool = True  # over --max-drop: return the worst layers to float (targets that allow it)
     strict: bool = False  # target compatibility checks (Edge TPU mapping, GPU screen) fail the run
     trust_model_code: bool = False  # load Lambda layers, custom classes, file ops: the model's code runs here
@@ -521,19 +522,20 @@ class _Emitter:
         """
         from dataclasses import replace
 
-        from .recover import RecoveryConfig, edgetpu_worst_layers, measure_cost, recover_int8
+        from .quantize.recovery import RecoveryConfig, edgetpu_worst_layers, measure_cost, recover_int8
 
         target, spec = planned.target, planned.spec
+        session = self.cache[(planned.sparsity, spec)].session  # the over-budget model's own int8 session
         if not target.float_layers:
             rec.extra["worst_layers"] = edgetpu_worst_layers(
-                model.tflite_converter, self.conv_calib, self.conv_eval
+                model.tflite_converter, self.conv_calib, self.conv_eval, method=spec.method, session=session
             )
             rec.error += f"; {target.name} cannot run float layers, so accuracy cannot be recovered there (worst layers in the report)"
             return None
         result = recover_int8(
             model.tflite_converter, self.conv_calib, self.conv_eval, self.float_out, self.labels,
             RecoveryConfig(max_drop=self.opts.max_drop), io_type=spec.io_type,
-            progress=_stage(self.progress, f"recover {rec.name}"),
+            progress=_stage(self.progress, f"recover {rec.name}"), method=spec.method, session=session,
         )
         name = rec.name.replace(f"_{spec.precision}", "_int8mixed", 1)
         new = VariantRecord(name=name, target=target.name, precision=result.precision, io_type=spec.io_type)
@@ -547,6 +549,7 @@ class _Emitter:
         new.extra["runtimes"] = shipping.runtimes(shipped, self.ship_info, new.interpreter, {})
         # Both sides of the cost as shipped (with their metadata), so "final" is the written file's size.
         as_shipped = replace(result, model=shipped, initial_model=shipping.prepare(result.initial_model, self.ship_info)[0])
+        new.extra["int8_method"] = result.method
         new.extra["recovery"] = result.to_dict() | {"cost": measure_cost(as_shipped, self.bench_config)}
         new.extra["weight_sparsity"] = _zero_fraction(result.model)
         if over_budget(new.drift, self.opts.max_drop):

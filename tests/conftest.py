@@ -86,6 +86,16 @@ def outlier_model_h5(tmp_path_factory, tiny_data) -> Path:
     huge range sets the shared int8 scale of the whole activation tensor and
     crushes every other channel to a few levels.
     """
+    path = tmp_path_factory.mktemp("outlier") / "outlier.h5"
+    build_outlier_model(tiny_data["calib"]).save(path)
+    return path
+
+
+def build_outlier_model(calib_folder: Path):
+    """The model of :func:`outlier_model_h5`, fitted on the images of ``calib_folder`` (16x16, 4 classes).
+
+    Also used by ``benchmarks/recovery_methods.py``.
+    """
     import numpy as np
 
     from edgeresnet import _tf
@@ -93,7 +103,7 @@ def outlier_model_h5(tmp_path_factory, tiny_data) -> Path:
 
     keras = _tf.tf_keras()
     keras.utils.set_random_seed(0)
-    ds = load_images(tiny_data["calib"], (16, 16, 3))
+    ds = load_images(calib_folder, (16, 16, 3))
     x = ds.images.astype(np.float32) / 255.0
     inp = keras.Input((16, 16, 3))
     h = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv_a")(inp)
@@ -111,6 +121,5 @@ def outlier_model_h5(tmp_path_factory, tiny_data) -> Path:
     w, c = dense.get_weights()
     w[0, :] /= 1000.0
     dense.set_weights([w, c])
-    path = tmp_path_factory.mktemp("outlier") / "outlier.h5"
-    model.save(path)
-    return path
+    return model
+

@@ -141,6 +141,9 @@ def test_recovery_keeps_outlier_layers_in_float_and_meets_budget(outlier_model_h
     kept = mixed["recovery"]["float_layers"]
     assert kept and any("outlier" in k or "classifier" in k for k in kept)
     assert mixed["recovery"]["cost"]["size_bytes"]["final"] == mixed["size_bytes"]
+    # Recovery went through the same engine and method as the model that failed, and says so.
+    assert plain["int8_method"] == mixed["int8_method"] == mixed["recovery"]["method"] == "minmax"
+    assert mixed["recovery"]["initial"]["agreement"] == pytest.approx(plain["agreement"])  # it started from that model
     assert data["passed"] is True and report.passed
     # The reported drop is what the written model scores.
     from edgeresnet.calibration import get_preset, load_images

@@ -11,7 +11,7 @@ import pytest
 
 from edgeresnet.bench import BenchConfig
 from edgeresnet.errors import ConfigError
-from edgeresnet.recover import (
+from edgeresnet.quantize.recovery import (
     MIXED_PRECISION,
     STOP_MAX_STEPS,
     STOP_MET,
@@ -49,7 +49,8 @@ def outlier(outlier_model_h5, tiny_data):
     return {"model": model, "calib": calib, "x": x, "labels": ev.labels, "float": model.predict(x)}
 
 
-def _run(outlier, io_type="float32", labels=True, **config):
+def _run(outlier, io_type="float32", labels=True, method="minmax", **config):
+    """Recovery from plain min/max by default: that is where the outlier channel must hurt."""
     return recover_int8(
         outlier["model"].tflite_converter,
         outlier["calib"],
@@ -58,6 +59,7 @@ def _run(outlier, io_type="float32", labels=True, **config):
         outlier["labels"] if labels else None,
         RecoveryConfig(**config),
         io_type=io_type,
+        method=method,
     )
 
 
@@ -81,6 +83,7 @@ def test_recovery_brings_the_outlier_model_within_budget(outlier):
         outlier["labels"],
         RecoveryConfig(max_drop=1.0),
         progress=lambda done, total: calls.append((done, total)),
+        method="minmax",
     )
     # Plain int8 is far over budget; the loop meets it.
     assert over_budget(result.initial, 1.0) and result.initial.drop_pts > 20
@@ -169,7 +172,9 @@ def test_when_nothing_is_left_the_result_lists_what_was_tried(outlier):
 
 
 def test_edgetpu_worst_layers_names_the_outlier_path(outlier):
-    worst = edgetpu_worst_layers(outlier["model"].tflite_converter, outlier["calib"], outlier["x"], top=2)
+    worst = edgetpu_worst_layers(
+        outlier["model"].tflite_converter, outlier["calib"], outlier["x"], top=2, method="minmax"
+    )
     assert len(worst) == 2
     assert {_base(w["layer"]) for w in worst} <= OUTLIER_PATH
     assert worst[0]["channel_error"] >= worst[1]["channel_error"]
@@ -218,3 +223,37 @@ def test_config_round_trips_to_a_dict():
     cfg = RecoveryConfig(max_drop=0.5, group_size=2, max_steps=3, ranking="rmse_scale", rank_samples=16)
     assert RecoveryConfig(**cfg.to_dict()) == cfg
     assert math.isclose(cfg.to_dict()["max_drop"], 0.5)
+
+
+# ---------------------------------------------------------------- one engine: recovery starts from the chosen method
+
+
+@pytest.mark.parametrize("method", ["minmax", "mse+bias"])
+def test_recovery_starts_from_the_chosen_methods_model(outlier, method):
+    """Step 0 is exactly the model the method emits; every step keeps the method's quantization."""
+    from edgeresnet.quantize import Int8Session
+
+    session = Int8Session(outlier["model"].tflite_converter, outlier["calib"], "float32", method)
+    result = recover_int8(
+        None, None, outlier["x"], outlier["float"], outlier["labels"],
+        RecoveryConfig(max_drop=0, max_steps=1), session=session,
+    )
+    assert result.method == method and result.to_dict()["method"] == method
+    assert result.initial_model == session.model
+    again = recover_int8(
+        outlier["model"].tflite_converter, outlier["calib"], outlier["x"], outlier["float"], outlier["labels"],
+        RecoveryConfig(max_drop=0, max_steps=0), method=method,
+    )
+    assert again.initial_model == session.model  # the same bytes, quantized again from scratch
+    if len(result.steps) > 1:  # a layer went back to float on top of the method's model
+        assert "CONV_2D" in _ops_computing_in(result.model, "int8")
+        assert _ops_computing_in(result.model, "float32") and not _ops_computing_in(result.initial_model, "float32")
+
+
+def test_recovery_from_mse_bias_is_at_least_as_accurate_as_from_minmax(outlier):
+    """The default method's starting point is better, and so is what recovery makes of it."""
+    results = {m: _run(outlier, method=m, max_drop=0, max_steps=2) for m in ("minmax", "mse+bias")}
+    plain, best = results["minmax"], results["mse+bias"]
+    assert best.initial.agreement >= plain.initial.agreement
+    assert best.final.agreement >= plain.final.agreement
+    assert best.final.top1 >= plain.final.top1

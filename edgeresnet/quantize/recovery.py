@@ -4,10 +4,12 @@ When a full-integer model drifts further from the float model than the budget
 allows (``max_drop`` points of top-1, or of disagreement without labels), the
 loop below trades a little size and speed for accuracy:
 
-1. Calibrate once. ``tf.lite.experimental.QuantizationDebugger`` runs the
-   converter in calibrate-only mode and builds a *debug* model in which every
-   quantized layer has a float twin fed from the same (quantized) inputs, and a
-   ``NumericVerify`` op between the two.
+1. Start from the model the chosen int8 method produced (``--int8-method``;
+   the engine's :class:`~edgeresnet.quantize.Int8Session`, reused from the
+   conversion when the caller has it). From the same calibrated model the
+   engine builds a *debug* model in which every quantized layer has a float
+   twin fed from the same (quantized) inputs, and a ``NumericVerify`` op
+   between the two; ``tf.lite.experimental.QuantizationDebugger`` runs it.
 2. Rank the layers. The debug model is run on (up to ``rank_samples`` of) the
    evaluation images, all tensors kept, and every layer is scored by its own
    quantization error, independent of the layers before it:
@@ -26,10 +28,10 @@ loop below trades a little size and speed for accuracy:
    A layer goes back to float *with the layers that read its output*: a float
    layer whose output feeds an int8 layer is re-quantized with the same
    calibrated scale, so its output-rounding error (part of what was measured)
-   would stay. The model is rebuilt from the same calibration
-   (``QuantizationDebugOptions(denylisted_nodes=...)`` +
-   ``get_nondebug_quantized_model()``, no new calibration pass) and measured
-   again on all evaluation images.
+   would stay. The model is rebuilt from the same calibrated model, with the
+   method's ranges and weights (``Int8Session.mixed``: the quantizer's
+   ``denylisted_nodes``, no new calibration pass), and measured again on all
+   evaluation images.
 4. Stop when the drift is within budget, after ``max_steps`` steps, or when
    nothing is left to return. The loop always keeps at least one layer int8:
    a model with every layer in float is the fp32 precision's job, and is
@@ -61,19 +63,20 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import _tf
-from ._capture import capture_output, last_error_line
-from .calibration import representative_dataset
-from ._validate import whole_number
-from .errors import ConfigError, ConversionError, DataError
-from .runtime import TFLiteModel
-from .tflite_graph import TFLiteGraph, parse_tflite
-from .verify import Drift, drift, over_budget
+from .. import _tf
+from .._capture import capture_output, native_call
+from .._validate import whole_number
+from ..calibration import representative_dataset
+from ..errors import ConfigError, ConversionError, DataError
+from ..runtime import TFLiteModel
+from ..tflite_graph import TFLiteGraph, parse_tflite
+from ..verify import Drift, drift, over_budget
+from .engine import IO_TYPES, Int8Session, spread
+from .registry import DEFAULT_METHOD
 
 ProgressFn = Callable[[int, int], None]
 
 RANKINGS = ("channel_error", "rmse_scale")
-IO_TYPES = ("float32", "int8", "uint8")
 MIXED_PRECISION = "int8+float"
 RANKING_SHOWN = 10  # layers listed in to_dict()
 
@@ -198,6 +201,7 @@ class RecoveryResult:
     stopped: str
     ranking_metric: str = "channel_error"
     excluded: tuple[str, ...] = ()  # layers never returned to float (integer io boundary)
+    method: str = DEFAULT_METHOD  # the int8 method of the starting model and of every layer left int8
 
     @property
     def precision(self) -> str:
@@ -220,6 +224,7 @@ class RecoveryResult:
         labels = {layer.name: layer.layer for layer in self.ranking}
         return {
             "precision": self.precision,
+            "method": self.method,
             "io_type": self.io_type,
             "max_drop": self.max_drop,
             "met": self.met,
@@ -304,69 +309,23 @@ def _quiet():
         yield cap
 
 
-def _failed(what: str, exc: BaseException, log: str) -> ConversionError:
-    detail = last_error_line(str(exc) + "\n" + log, type(exc).__name__)
-    return ConversionError(f"{what} failed: {detail}")
-
-
 class _Session:
-    """One calibration, any number of re-quantizations with some layers in float."""
+    """The int8 engine's session, and the debugger that ranks its layers on ``rank_samples``."""
 
-    def __init__(self, make_converter, calibration: np.ndarray, rank_samples: np.ndarray, integer_only_ops: bool):
-        tf = _tf.tf()
-        calibration = np.asarray(calibration, np.float32)
-        if calibration.ndim != 4 or len(calibration) == 0:
-            raise DataError(f"calibration needs a batch of images (N, H, W, C), got shape {calibration.shape}")
-        converter = make_converter()
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = representative_dataset(calibration)
-        ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        if not integer_only_ops:
-            ops.insert(0, tf.lite.OpsSet.TFLITE_BUILTINS)
-        converter.target_spec.supported_ops = ops
-        self.tf = tf
-        self._float_nodes: tuple[str, ...] = ()
-        with _quiet() as cap:
-            try:
-                # With a converter the debugger calibrates once (calibrate-only) and
-                # keeps the calibrated model; later models re-quantize it.
-                self.debugger = tf.lite.experimental.QuantizationDebugger(
-                    converter=converter, debug_dataset=representative_dataset(rank_samples)
-                )
-                self.debug_model = bytes(self.debugger.get_debug_quantized_model())
-            except Exception as exc:  # the converter raises many types; all mean "failed"
-                failure, self.debugger = exc, None
-        if self.debugger is None:
-            raise _failed("calibrating for selective quantization", failure, cap.text)
+    def __init__(self, engine: Int8Session, rank_samples: np.ndarray):
+        self.engine, self.tf = engine, _tf.tf()
+        self.debug_model = engine.debug_model()
+        self.debugger = native_call(
+            lambda: self.tf.lite.experimental.QuantizationDebugger(
+                quant_debug_model_content=self.debug_model, debug_dataset=representative_dataset(rank_samples)
+            ),
+            "calibrating for selective quantization failed",
+            quiet=_quiet,
+        )
 
     def build(self, float_nodes: tuple[str, ...], io_type: str) -> bytes:
-        """The model with ``float_nodes`` in float and every other layer int8."""
-        tf = self.tf
-        with _quiet() as cap:
-            try:
-                if tuple(float_nodes) != self._float_nodes:
-                    self.debugger.options = tf.lite.experimental.QuantizationDebugOptions(
-                        denylisted_nodes=list(float_nodes)
-                    )
-                    self._float_nodes = tuple(float_nodes)
-                data = bytes(self.debugger.get_nondebug_quantized_model())
-                if io_type != "float32":
-                    from tensorflow.lite.python import util as lite_util
-
-                    dtype = {"int8": tf.int8, "uint8": tf.uint8}[io_type]
-                    data = bytes(lite_util.modify_model_io_type(data, dtype, dtype))
-            except Exception as exc:  # noqa: BLE001 - as above
-                failure, data = exc, None
-        if data is None:
-            raise _failed("selective quantization", failure, cap.text)
-        graph = parse_tflite(data)
-        got = {t.dtype for t in graph.input_tensors + graph.output_tensors}
-        if got != {io_type}:
-            raise ConversionError(
-                f"the mixed model's input/output types are {sorted(got)}, not {io_type}; "
-                "a layer next to the model input or output is in float: use --io float32"
-            )
-        return data
+        """The model with ``float_nodes`` in float and every other layer as the method quantized it."""
+        return self.engine.mixed(tuple(float_nodes), io_type)
 
 
 # ---------------------------------------------------------------------- ranking
@@ -454,14 +413,12 @@ def _channel_stats(debug_model: bytes, pairs: list[tuple[int, int]], samples: np
 def _rank(session: _Session, samples: np.ndarray, ranking: str) -> list[LayerError]:
     tf = session.tf
     graph = parse_tflite(session.debug_model)
-    with _quiet() as cap:
-        try:
-            session.debugger.run()
-            rows = _layer_rows(session.debugger)
-        except Exception as exc:  # noqa: BLE001
-            failure, rows = exc, None
-    if rows is None:
-        raise _failed("ranking layers by quantization error", failure, cap.text)
+
+    def run() -> list[dict]:
+        session.debugger.run()
+        return _layer_rows(session.debugger)
+
+    rows = native_call(run, "ranking layers by quantization error failed", quiet=_quiet)
     q_index = {int(r["tensor_idx"]): r["tensor_name"] for r in rows}
     pairs = []
     for op in graph.ops:
@@ -506,9 +463,7 @@ def _rank(session: _Session, samples: np.ndarray, ranking: str) -> list[LayerErr
 def _spread(x: np.ndarray, k: int) -> np.ndarray:
     """Up to ``k`` rows spread evenly over ``x`` (evaluation sets are often sorted by class)."""
     x = np.asarray(x, np.float32)
-    if len(x) <= k:
-        return x
-    return x[np.unique(np.linspace(0, len(x) - 1, k).round().astype(int))]
+    return x[spread(len(x), k)]
 
 
 # ---------------------------------------------------------------------- the loop
@@ -527,16 +482,21 @@ def recover_int8(
     config: RecoveryConfig,
     io_type: str = "float32",
     progress: Optional[ProgressFn] = None,
+    method: str = DEFAULT_METHOD,
+    session: Optional[Int8Session] = None,
 ) -> RecoveryResult:
-    """Quantize to int8, then return the worst layers to float until the drift fits ``config.max_drop``.
+    """Quantize to int8 with ``method``, then return the worst layers to float until the drift fits ``config.max_drop``.
 
     ``make_converter`` returns a fresh ``tf.lite.TFLiteConverter`` for the float
     model; ``calibration`` and ``eval_x`` are preprocessed float32 images (N, H,
     W, C); ``float_outputs`` are the float model's outputs on ``eval_x``;
     ``labels`` may be None (the budget then applies to disagreement with the
     float model). ``io_type`` is ``float32``, ``int8`` or ``uint8`` (see the
-    module docstring). ``progress(done, total)`` counts calibration, ranking and
-    steps.
+    module docstring). ``method`` names the int8 method (the method registry);
+    ``session``, an :class:`Int8Session` already made for this model and
+    calibration (e.g. by the conversion that went over budget), is reused
+    instead of quantizing again. ``progress(done, total)`` counts calibration,
+    ranking and steps.
 
     Returns a :class:`RecoveryResult` whether or not the budget was met
     (``met``); deciding to fail is the caller's. Raises ConfigError for bad
@@ -560,7 +520,10 @@ def recover_int8(
             progress(done, total)
 
     rank_x = _spread(eval_x, config.rank_samples)
-    session = _Session(make_converter, calibration, rank_x, integer_only_ops=False)
+    if session is None:
+        session = Int8Session(make_converter, calibration, io_type, method)
+    method = session.method.name
+    session = _Session(session, rank_x)
     tick(1)
     ranking = _rank(session, rank_x, config.ranking)
     integer_io = io_type != "float32"
@@ -619,6 +582,7 @@ def recover_int8(
         stopped=stopped,
         ranking_metric=config.ranking,
         excluded=excluded,
+        method=method,
     )
 
 
@@ -629,11 +593,14 @@ def edgetpu_worst_layers(
     top: int = 5,
     ranking: str = "channel_error",
     rank_samples: int = 64,
+    method: str = DEFAULT_METHOD,
+    session: Optional[Int8Session] = None,
 ) -> list[dict]:
     """The ``top`` layers with the largest int8 error, for targets with no float fallback (Edge TPU).
 
-    Same calibration and ranking as :func:`recover_int8` (integer-only ops),
-    nothing is returned to float. Each entry is ``LayerError.to_dict()``.
+    Same engine and ranking as :func:`recover_int8` (the model ``method``
+    produced, or ``session``'s), nothing is returned to float. Each entry is
+    ``LayerError.to_dict()``.
     """
     whole_number("top", top, 1)
     if ranking not in RANKINGS:
@@ -642,13 +609,15 @@ def edgetpu_worst_layers(
     if eval_x.ndim != 4 or len(eval_x) == 0:
         raise DataError(f"ranking layers needs evaluation images (N, H, W, C), got shape {eval_x.shape}")
     samples = _spread(eval_x, whole_number("rank_samples", rank_samples, 1))
-    session = _Session(make_converter, calibration, samples, integer_only_ops=True)
+    if session is None:
+        session = Int8Session(make_converter, calibration, "float32", method)
+    session = _Session(session, samples)
     return [layer.to_dict() for layer in _rank(session, samples, ranking)[:top]]
 
 
 def measure_cost(result: RecoveryResult, bench=None, backend: Optional[str] = None) -> dict:
     """Size and latency of the all-int8 model against the recovered one (``bench.benchmark``)."""
-    from .bench import BenchConfig, benchmark
+    from ..bench import BenchConfig, benchmark
 
     bench = bench or BenchConfig()
     before = benchmark(result.initial_model, bench, backend=backend, isolate=False)  # models this run wrote

@@ -1,42 +1,12 @@
-"""Full-integer int8 quantization that is more accurate than plain min/max calibration.
+"""The calibrated float flatbuffer and the statistics the int8 methods work from.
 
-The plain TFLite converter sets every activation's int8 range to the minimum
-and maximum seen on the calibration data and rounds every weight to the
-nearest step. Both leave accuracy on the table. This module keeps the
-converter's own quantizer, so the result has exactly the plain converter's
-structure (the same ops, int8 per-channel weights, the same input/output
-quantization), and only changes what that quantizer is fed:
-
-1. The converter calibrates without quantizing (``_experimental_calibrate_only``):
-   a float flatbuffer whose activation tensors carry the calibrated min/max.
-2. Equalization (all methods but ``minmax``): a channel whose range dwarfs the
-   rest of its tensor is scaled down, and the next layer's matching input
-   weights up, which keeps the float function (cross-layer equalization).
-   Applied only to real outliers; see :func:`_equalize`.
-3. One extra float pass over an evenly spread subset of the calibration
-   samples, in the TFLite interpreter with every activation made a graph
-   output, records a histogram per tensor, the mean input of every
-   convolution and fully-connected layer and, for ``mse+gptq``, each layer's
-   input correlations (Hessian).
-4. Weights (``mse+bias``, ``mse+gptq``): float weights are replaced by their
-   int8 values times the scale the quantizer will compute (symmetric,
-   ``max|w| / 127`` per output channel; each channel's largest weight never
-   moves, so the quantizer recomputes the same scale and its re-rounding is
-   exact). ``mse+bias`` rounds to nearest; ``mse+gptq`` rounds with GPTQ
-   (each rounding error is pushed onto the weights not yet rounded, weighted by
-   the input correlations). Both then subtract from the bias the mean output
-   shift the rounding causes on the calibration inputs (bias correction).
-5. Ranges: each activation range becomes the one that minimises the expected
-   squared error of int8 rounding plus clipping on its histogram. A tensor
-   read by ``AVERAGE_POOL_2D`` (whose int8 output must share its input's
-   scale) is scored on the pooled output instead; ops whose output shares its
-   input's scale get the input's range. Graph inputs and outputs keep theirs.
-6. ``tensorflow.lite.python.convert.mlir_quantize`` runs with the arguments
-   ``TFLiteConverter`` passes it, then read-only buffers are de-duplicated as
-   the converter does.
-
-``minmax`` is the plain converter, bit for bit. Numbers for each method:
-``benchmarks/quant_methods.py``.
+What the methods (``minmax.py``, ``mse.py``, ``mse_bias.py``, ``mse_gptq.py``)
+share: a mutable view of the converter's calibrate-only model (:class:`_Graph`:
+constants, activation ranges, weight layers), the float probe that runs it in
+the interpreter with chosen tensors made outputs, histograms and the
+MSE-optimal range search, cross-layer equalization of outlier channels, weight
+rounding with bias correction, and GPTQ. The engine (``engine.py``) runs the
+converter around it.
 """
 
 from __future__ import annotations
@@ -48,15 +18,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import _tf
-from ._capture import capture_output, last_error_line
-from .errors import ConfigError, ConversionError, DataError
-
-ProgressFn = Callable[[int, int], None]
-
-METHODS = ("minmax", "mse", "mse+bias", "mse+gptq")
-DEFAULT_METHOD = "mse+bias"
-IO_TYPES = ("int8", "uint8", "float32")
+from .. import _tf
+from .config import QuantOptConfig
 
 # Builtin op codes (tflite schema BuiltinOperator), named here so this module
 # does not need the schema at import time.
@@ -93,238 +56,6 @@ _WEIGHT_OPS = {_CONV_2D, _FULLY_CONNECTED}
 _TFLITE_FLOAT32 = 0
 _TFLITE_INT32 = 2
 _TFLITE_INT8 = 9
-
-
-@dataclass(frozen=True)
-class QuantOptConfig:
-    """How much data the extra statistics pass looks at (the method is chosen apart).
-
-    ``stats_samples``: calibration samples (an evenly spread subset) run once
-    more in float for histograms and layer input means; ``None`` uses all.
-    ``gptq_samples`` / ``gptq_rows``: samples, and patch rows drawn per sample
-    and layer, for the GPTQ Hessians (``mse+gptq`` only). ``equalize``:
-    rescale channels that dwarf the rest of their tensor (see
-    :func:`_equalize`), measured on ``equalize_samples`` samples.
-    """
-
-    stats_samples: Optional[int] = 128
-    gptq_samples: int = 128
-    gptq_rows: int = 512
-    bins: int = 2048
-    seed: int = 0
-    equalize: bool = True
-    equalize_samples: int = 32
-
-    def __post_init__(self):
-        ss = self.stats_samples
-        if ss is not None and (isinstance(ss, bool) or not isinstance(ss, int) or ss < 1):
-            raise ConfigError(f"stats_samples must be a positive integer or None, got {self.stats_samples!r}")
-        if not isinstance(self.equalize, bool):
-            raise ConfigError(f"equalize must be True or False, got {self.equalize!r}")
-        for name in ("gptq_samples", "gptq_rows", "bins", "equalize_samples"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
-        if self.bins % 2:
-            raise ConfigError(f"bins must be even, got {self.bins}")
-
-
-# ---------------------------------------------------------------------- public entry
-
-
-def quantize_int8(
-    make_converter: Callable[[], object],
-    calibration: np.ndarray,
-    io_type: str,
-    method: str = DEFAULT_METHOD,
-    progress: Optional[ProgressFn] = None,
-    config: Optional[QuantOptConfig] = None,
-) -> bytes:
-    """A full-integer int8 TFLite model (TFLITE_BUILTINS_INT8 ops only).
-
-    ``make_converter`` returns a fresh ``tf.lite.TFLiteConverter`` for the float
-    model; ``calibration`` holds preprocessed float32 samples (N, H, W, C);
-    ``io_type`` is the model's input/output type (``int8``, ``uint8`` or
-    ``float32``); ``method`` is one of :data:`METHODS`. ``progress(done, total)``
-    follows calibration, the statistics pass and (GPTQ) the layers.
-    """
-    cfg = config if config is not None else QuantOptConfig()
-    if method not in METHODS:
-        raise ConfigError(f"unknown quantization method {method!r}; choose one of {', '.join(METHODS)}")
-    if io_type not in IO_TYPES:
-        raise ConfigError(
-            f"io type {io_type!r} is not possible for full-integer int8; choose one of {', '.join(IO_TYPES)}"
-        )
-    calibration = _check_calibration(calibration)
-    n = len(calibration)
-    none = np.zeros(0, np.int64)
-    subsets = {
-        "stats": _spread(n, cfg.stats_samples) if method != "minmax" else none,
-        "equalize": _spread(n, cfg.equalize_samples) if cfg.equalize and method != "minmax" else none,
-        "gptq": _spread(n, cfg.gptq_samples) if method == "mse+gptq" else none,
-    }
-    tick = _Ticker(progress, n + sum(len(v) for v in subsets.values()))
-
-    tf = _tf.tf()
-    converter = make_converter()
-    _configure_int8(converter, calibration, io_type, tick)
-    if method == "minmax":
-        return _run_converter(converter, "plain int8 conversion")
-
-    converter._experimental_calibrate_only = True
-    calibrated = _run_converter(converter, "int8 calibration")
-    with capture_output():  # the interpreter announces its delegates on stderr
-        try:
-            edited = _optimise(calibrated, converter, calibration, subsets, method, cfg, tick)
-        except (ValueError, RuntimeError, np.linalg.LinAlgError) as exc:
-            raise ConversionError(
-                f"{method} quantization failed while optimising ranges/weights: {_one_line(exc)}"
-            ) from None
-    model = _mlir_quantize(tf, converter, edited, io_type)
-    check_full_integer(model, io_type)
-    return model
-
-
-def _optimise(calibrated: bytes, converter, calibration, subsets, method: str, cfg: QuantOptConfig, tick) -> bytes:
-    """Steps 2-4 of the module docstring on the calibrated float flatbuffer; returns the edited one."""
-    graph = _Graph(calibrated)
-    dense_flag = "_experimental_disable_per_channel_quantization_for_dense_layers"
-    layers = graph.weight_layers(
-        per_channel=not getattr(converter, "_experimental_disable_per_channel", False),
-        dense_per_channel=not getattr(converter, dense_flag, False),
-    )
-    if len(subsets["equalize"]):
-        _equalize(graph, calibration[subsets["equalize"]], tick)
-    stats = _collect_stats(graph, layers, calibration[subsets["stats"]], cfg, method, tick)
-    if method in ("mse+bias", "mse+gptq"):
-        hessians = {}
-        if method == "mse+gptq":
-            hessians = _collect_hessians(graph, layers, calibration[subsets["gptq"]], cfg, tick)
-        for layer in layers:
-            _quantize_layer_weights(graph, layer, stats.mean_inputs.get(layer.x), hessians.get(layer.w))
-    _set_ranges(graph, stats)
-    return graph.to_bytes()
-
-
-def check_full_integer(model: bytes, io_type: str) -> None:
-    """Raise ConversionError unless every op computes in integers (float only at float io)."""
-    fu = _flatbuffer_utils()
-    m = fu.convert_bytearray_to_object(bytearray(model))
-    sg = m.subgraphs[0]
-    io = set(int(i) for i in list(sg.inputs) + list(sg.outputs))
-    allowed_float = io if io_type == "float32" else set()
-    for op in sg.operators:
-        code = _op_code(m, op)
-        for i in list(op.inputs) + list(op.outputs):
-            if i < 0:
-                continue
-            t = sg.tensors[i]
-            if t.type == _TFLITE_FLOAT32 and int(i) not in allowed_float:
-                raise ConversionError(
-                    f"the quantized model still computes in float32 (op {code} uses tensor "
-                    f"{t.name.decode(errors='replace')}): that layer has no int8 kernel; "
-                    "use a float or dynamic-range precision for this model"
-                )
-        if code in _WEIGHT_OPS:
-            w = sg.tensors[op.inputs[1]]
-            if w.type != _TFLITE_INT8:
-                raise ConversionError(f"weights {w.name.decode(errors='replace')} are not int8 after quantization")
-
-
-# ---------------------------------------------------------------------- converter glue
-
-
-class _Ticker:
-    def __init__(self, progress, total):
-        self.progress, self.total, self.done = progress, max(int(total), 1), 0
-
-    def __call__(self, k: int = 1):
-        self.done = min(self.done + k, self.total)
-        if self.progress is not None:
-            self.progress(self.done, self.total)
-
-
-def _check_calibration(x) -> np.ndarray:
-    try:
-        arr = np.asarray(x, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise DataError(f"calibration must be a float32 array (N, H, W, C), got {type(x).__name__}") from None
-    if arr.ndim != 4 or len(arr) == 0:
-        raise DataError(
-            f"calibration must be a non-empty (N, H, W, C) array, got shape {tuple(arr.shape)}; "
-            "pass --calib with images"
-        )
-    if not np.all(np.isfinite(arr)):
-        raise DataError("calibration samples contain NaN or infinity; check the preprocessing")
-    return arr
-
-
-def _spread(n: int, k: Optional[int]) -> np.ndarray:
-    """``k`` indices spread evenly over 0..n-1 (all of them when k is None or >= n)."""
-    if k is None or k >= n:
-        return np.arange(n)
-    return np.unique(np.round(np.linspace(0, n - 1, k)).astype(np.int64))
-
-
-def _configure_int8(converter, calibration, io_type, tick):
-    tf = _tf.tf()
-    dtypes = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}
-    data = calibration
-
-    def gen():
-        for i in range(len(data)):
-            yield [data[i : i + 1]]
-            tick()
-
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = gen
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = dtypes[io_type]
-    converter.inference_output_type = dtypes[io_type]
-
-
-def _run_converter(converter, what: str) -> bytes:
-    failure = None
-    with capture_output() as cap:
-        try:
-            data = converter.convert()
-        except Exception as exc:  # the converter raises many types; all mean "failed"
-            failure, data = exc, None
-    if data is None:
-        detail = last_error_line(str(failure) + "\n" + cap.text, type(failure).__name__)
-        raise ConversionError(f"the TFLite converter failed during {what}: {detail}")
-    return bytes(data)
-
-
-def _mlir_quantize(tf, converter, calibrated: bytes, io_type: str) -> bytes:
-    from tensorflow.lite.python import convert as tfl_convert  # TF is imported by now
-
-    dtypes = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}
-    failure = None
-    with capture_output() as cap:
-        try:
-            # The same call TFLiteConverter._quantize makes for full-integer int8.
-            model = tfl_convert.mlir_quantize(
-                calibrated,
-                getattr(converter, "_experimental_disable_per_channel", False),
-                input_data_type=dtypes[io_type],
-                output_data_type=dtypes[io_type],
-                disable_per_channel_for_dense_layers=getattr(
-                    converter, "_experimental_disable_per_channel_quantization_for_dense_layers", False
-                ),
-            )
-            model = tfl_convert.deduplicate_readonly_buffers(model)
-        except Exception as exc:  # noqa: BLE001 - native errors come in many types
-            failure, model = exc, None
-    if model is None:
-        detail = last_error_line(str(failure) + "\n" + cap.text, type(failure).__name__)
-        raise ConversionError(f"the TFLite quantizer failed on the optimised ranges: {detail}")
-    return bytes(model)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return (text[:200] or type(exc).__name__)
 
 
 def _flatbuffer_utils():
@@ -457,7 +188,7 @@ class _Graph:
 
 def _probe(graph: _Graph, tensors: list[int]):
     """An interpreter on the float model with ``tensors`` as its outputs, plus a name map."""
-    from .runtime import get_backend
+    from ..runtime import get_backend
 
     saved = graph.sg.outputs
     graph.sg.outputs = np.array(tensors, np.int32)
@@ -606,14 +337,13 @@ def _pool_inputs(graph: _Graph) -> dict[int, list]:
     return out
 
 
-def _collect_stats(graph: _Graph, layers: list, samples: np.ndarray, cfg: QuantOptConfig, method: str, tick) -> _Stats:
+def _collect_stats(graph: _Graph, layers: list, samples: np.ndarray, cfg: QuantOptConfig, want_means: bool, tick) -> _Stats:
     acts = graph.activation_tensors()
     hist = {}
     for i in acts:
         lo, hi = graph.range(i)
         hist[i] = _Histogram(cfg.bins, lo, hi)
     mean_in = {}
-    want_means = method in ("mse+bias", "mse+gptq")
     layer_inputs = sorted({l.x for l in layers}) if want_means else []
     pools = _pool_inputs(graph)
     pool_keep = max(1, min(len(samples), 64))

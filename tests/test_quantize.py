@@ -1,26 +1,26 @@
-"""edgeresnet.quant_opt: full-integer int8 with optimised ranges and weights."""
+"""edgeresnet.quantize: the int8 engine and its methods (optimised ranges and weights)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from edgeresnet import quant_opt
+from edgeresnet.quantize import engine, graph as qg
 from edgeresnet.errors import ConfigError, DataError
-from edgeresnet.quant_opt import QuantOptConfig, quantize_int8
+from edgeresnet.quantize import QuantOptConfig, quantize_int8
 from edgeresnet.runtime import TFLiteModel
 
 
 def _structure(model: bytes) -> dict:
-    """What must not change between the plain converter and quant_opt: ops, io types, io quantization."""
+    """What must not change between the plain converter and the other methods: ops, io types, io quantization."""
     from tensorflow.lite.tools import flatbuffer_utils
 
     m = flatbuffer_utils.convert_bytearray_to_object(bytearray(model))
     sg = m.subgraphs[0]
-    ops = [quant_opt._op_code(m, op) for op in sg.operators]
+    ops = [qg._op_code(m, op) for op in sg.operators]
     weights = []
     for op in sg.operators:
-        if quant_opt._op_code(m, op) in (quant_opt._CONV_2D, quant_opt._FULLY_CONNECTED):
+        if qg._op_code(m, op) in (qg._CONV_2D, qg._FULLY_CONNECTED):
             t = sg.tensors[op.inputs[1]]
             weights.append((t.type, len(t.quantization.scale)))
     io = []
@@ -55,7 +55,7 @@ def test_optimised_model_is_full_integer_and_shaped_like_the_plain_one(tiny_mode
     int8 = 9
     assert all(t == int8 and n > 1 for t, n in opt["weights"])
     assert [t for t, _, _ in opt["io"]] == [int8, int8]
-    quant_opt.check_full_integer(tiny_models["mse+bias"], "int8")  # no float32 tensor anywhere
+    engine.check_full_integer(tiny_models["mse+bias"], "int8")  # no float32 tensor anywhere
 
 
 def test_minmax_is_the_plain_converter(tiny, tiny_models):
@@ -74,7 +74,7 @@ def test_other_io_types_match_the_plain_converter_and_stay_full_integer(tiny, io
     model = quantize_int8(loaded.tflite_converter, calib[:16], io_type, "mse")
     plain = convert(loaded.tflite_converter, ConversionSpec("int8", io_type, "minmax"), calib[:16]).model
     assert _structure(model) == _structure(plain)
-    quant_opt.check_full_integer(model, io_type)
+    engine.check_full_integer(model, io_type)
     tm = TFLiteModel(model)
     assert tm.input.dtype == np.dtype(io_type)
     assert np.abs(tm.predict(held) - ref).max() < 0.5
@@ -103,26 +103,26 @@ def test_default_method_is_closer_to_float_than_minmax_on_held_out_data(outlier)
 def test_equalization_keeps_the_float_function(outlier):
     loaded, calib, held, ref = outlier
     conv = loaded.tflite_converter()
-    quant_opt._configure_int8(conv, calib, "int8", quant_opt._Ticker(None, 1))
+    engine.configure_int8(conv, calib, "int8", engine.Ticker(None, 1))
     conv._experimental_calibrate_only = True
-    graph = quant_opt._Graph(quant_opt._run_converter(conv, "calibration"))
+    graph = qg._Graph(engine.run_converter(conv, "calibration"))
     before = graph.const(graph.weight_layers(True, True)[1].w).copy()
-    assert quant_opt._equalize(graph, calib[:16], quant_opt._Ticker(None, 1)) >= 1
+    assert qg._equalize(graph, calib[:16], engine.Ticker(None, 1)) >= 1
     assert not np.allclose(graph.const(graph.weight_layers(True, True)[1].w), before)
     out = graph.sg.outputs[0]
     got = []
-    quant_opt._run_probe(graph, [int(out)], held, lambda v: got.append(v[int(out)]), quant_opt._Ticker(None, 1))
+    qg._run_probe(graph, [int(out)], held, lambda v: got.append(v[int(out)]), engine.Ticker(None, 1))
     np.testing.assert_allclose(np.concatenate(got), ref, atol=1e-5)
 
 
 def test_equalization_leaves_balanced_layers_alone(tiny):
     loaded, calib, _, _ = tiny
     conv = loaded.tflite_converter()
-    quant_opt._configure_int8(conv, calib, "int8", quant_opt._Ticker(None, 1))
+    engine.configure_int8(conv, calib, "int8", engine.Ticker(None, 1))
     conv._experimental_calibrate_only = True
-    graph = quant_opt._Graph(quant_opt._run_converter(conv, "calibration"))
-    assert quant_opt._chains(graph, graph.weight_layers(True, True))  # in-block conv pairs qualify ...
-    assert quant_opt._equalize(graph, calib[:16], quant_opt._Ticker(None, 1)) == 0  # ... but need no rescaling
+    graph = qg._Graph(engine.run_converter(conv, "calibration"))
+    assert qg._chains(graph, graph.weight_layers(True, True))  # in-block conv pairs qualify ...
+    assert qg._equalize(graph, calib[:16], engine.Ticker(None, 1)) == 0  # ... but need no rescaling
 
 
 def test_progress_reaches_its_total(tiny):
@@ -136,7 +136,7 @@ def test_progress_reaches_its_total(tiny):
 @pytest.mark.parametrize(
     "kwargs, exc, needle",
     [
-        ({"method": "kl"}, ConfigError, "unknown quantization method"),
+        ({"method": "kl"}, ConfigError, "unknown int8 method"),
         ({"io_type": "int16"}, ConfigError, "not possible"),
         ({"calibration": np.zeros((0, 16, 16, 3), np.float32)}, DataError, "non-empty"),
         ({"calibration": np.full((2, 16, 16, 3), np.nan, np.float32)}, DataError, "NaN"),
@@ -164,17 +164,17 @@ def test_config_rejects_bad_values(kwargs, needle):
 def test_mse_range_matches_brute_force_and_beats_minmax_on_heavy_tails(df):
     rng = np.random.default_rng(0)
     v = rng.standard_t(df, 200_000).astype(np.float32)  # more than MAX_VALUES: the subsampled path
-    h = quant_opt._Histogram(2048, float(v.min()), float(v.max()))
+    h = qg._Histogram(2048, float(v.min()), float(v.max()))
     h.add(v)
-    lo, hi = quant_opt._mse_range(h)
-    err = lambda a, b: float(np.mean((quant_opt._fake_quant(v, a, b) - v) ** 2))  # noqa: E731
+    lo, hi = qg._mse_range(h)
+    err = lambda a, b: float(np.mean((qg._fake_quant(v, a, b) - v) ** 2))  # noqa: E731
     brute = min(err(v.min() * f, v.max() * f) for f in np.linspace(0.01, 1, 200))
     assert err(lo, hi) <= 1.05 * brute
     assert err(lo, hi) < 0.8 * err(float(v.min()), float(v.max()))
 
 
 def test_histogram_grows_its_range_without_losing_counts():
-    h = quant_opt._Histogram(64, -1.0, 1.0)
+    h = qg._Histogram(64, -1.0, 1.0)
     h.add(np.array([0.5, -0.5, 0.0, 0.0], np.float32))
     h.add(np.array([7.0, -3.0], np.float32))
     c, n, zeros = h.values_and_counts()
@@ -188,7 +188,7 @@ def test_gptq_keeps_the_scale_and_lowers_the_layer_error():
     w = rng.normal(size=(8, 24))
     h = x.T @ x / len(x)
     s = np.abs(w).max(1) / 127.0
-    q = quant_opt._gptq(w, h, s)
+    q = qg._gptq(w, h, s)
     assert np.array_equal(q, np.round(q)) and np.abs(q).max() <= 127
     assert np.all(np.abs(q).max(1) == 127)  # each row's largest weight stays at full scale
     assert np.allclose(np.abs(q * s[:, None]).max(1), np.abs(w).max(1))  # quantizer recomputes s
@@ -206,8 +206,8 @@ def test_sampled_patches_match_tf_extract_patches():
         padding, strideH, strideW, dilationHFactor, dilationWFactor = 0, 2, 2, 1, 1
 
     x = np.random.default_rng(1).normal(size=(1, 7, 7, 3)).astype(np.float32)
-    layer = quant_opt._Layer(quant_opt._CONV_2D, 0, 1, None, 2, Opt(), True)
-    got = quant_opt._sample_patches(layer, x, (4, 3, 3, 3), 10_000, np.random.default_rng(0))
+    layer = qg._Layer(qg._CONV_2D, 0, 1, None, 2, Opt(), True)
+    got = qg._sample_patches(layer, x, (4, 3, 3, 3), 10_000, np.random.default_rng(0))
     want = tf.image.extract_patches(x, [1, 3, 3, 1], [1, 2, 2, 1], [1, 1, 1, 1], "SAME").numpy().reshape(-1, 27)
     np.testing.assert_allclose(got, want)
 
@@ -240,17 +240,17 @@ def test_written_weights_survive_the_quantizer_exactly(tiny):
 
     loaded, calib, _, _ = tiny
     conv = loaded.tflite_converter()
-    quant_opt._configure_int8(conv, calib, "int8", quant_opt._Ticker(None, 1))
+    engine.configure_int8(conv, calib, "int8", engine.Ticker(None, 1))
     conv._experimental_calibrate_only = True
-    graph = quant_opt._Graph(quant_opt._run_converter(conv, "calibration"))
+    graph = qg._Graph(engine.run_converter(conv, "calibration"))
     layers = graph.weight_layers(per_channel=True, dense_per_channel=True)
     cfg = QuantOptConfig(stats_samples=16, gptq_samples=16)
-    stats = quant_opt._collect_stats(graph, layers, calib[:16], cfg, "mse+gptq", quant_opt._Ticker(None, 1))
-    hessians = quant_opt._collect_hessians(graph, layers, calib[:16], cfg, quant_opt._Ticker(None, 1))
+    stats = qg._collect_stats(graph, layers, calib[:16], cfg, True, engine.Ticker(None, 1))
+    hessians = qg._collect_hessians(graph, layers, calib[:16], cfg, engine.Ticker(None, 1))
     for layer in layers:
-        quant_opt._quantize_layer_weights(graph, layer, stats.mean_inputs.get(layer.x), hessians.get(layer.w))
+        qg._quantize_layer_weights(graph, layer, stats.mean_inputs.get(layer.x), hessians.get(layer.w))
     written = {graph.sg.tensors[l.w].name: graph.const(l.w).astype(np.float64) for l in layers}
-    model = quant_opt._mlir_quantize(_tf.tf(), conv, graph.to_bytes(), "int8")
+    model = engine.mlir_quantize(conv, graph.to_bytes(), "int8")
     m = flatbuffer_utils.convert_bytearray_to_object(bytearray(model))
     checked = 0
     for t in m.subgraphs[0].tensors:

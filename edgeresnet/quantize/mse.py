@@ -1,0 +1,50 @@
+"""``mse``: error-minimising activation ranges, after equalizing outlier channels.
+
+1. Equalization: a channel whose range dwarfs the rest of its tensor is scaled
+   down, and the next layer's matching input weights up, which keeps the float
+   function (cross-layer equalization). Applied only to real outliers; see
+   ``graph._equalize``.
+2. One extra float pass over an evenly spread subset of the calibration
+   samples, in the TFLite interpreter with every activation made a graph
+   output, records a histogram per tensor (and, for the methods built on this
+   one, the mean input of every convolution and fully-connected layer).
+3. Ranges: each activation range becomes the one that minimises the expected
+   squared error of int8 rounding plus clipping on its histogram. A tensor
+   read by ``AVERAGE_POOL_2D`` (whose int8 output must share its input's
+   scale) is scored on the pooled output instead; ops whose output shares its
+   input's scale get the input's range. Graph inputs and outputs keep theirs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import graph as g
+from .registry import Method, register_method
+
+_NONE = np.zeros(0, np.int64)
+
+
+@register_method
+class Mse(Method):
+    name = "mse"
+    description = "error-minimising activation ranges and outlier-channel equalization"
+    uses_input_means = False  # the statistics pass also averages every layer's input
+
+    def subsets(self, n, cfg):
+        from .engine import spread
+
+        return {
+            "stats": spread(n, cfg.stats_samples),
+            "equalize": spread(n, cfg.equalize_samples) if cfg.equalize else _NONE,
+        }
+
+    def edit(self, graph, layers, calibration, subsets, cfg, tick):
+        if len(subsets["equalize"]):
+            g._equalize(graph, calibration[subsets["equalize"]], tick)
+        stats = g._collect_stats(graph, layers, calibration[subsets["stats"]], cfg, self.uses_input_means, tick)
+        self.set_weights(graph, layers, stats, calibration, subsets, cfg, tick)
+        g._set_ranges(graph, stats)
+
+    def set_weights(self, graph, layers, stats, calibration, subsets, cfg, tick) -> None:
+        """Weights stay as calibrated (the quantizer rounds them to nearest)."""

@@ -1,0 +1,31 @@
+"""``mse+bias`` (the default): ``mse`` ranges plus weights rounded here and bias-corrected.
+
+Float weights are replaced by their int8 values times the scale the quantizer
+will compute (symmetric, ``max|w| / 127`` per output channel; each channel's
+largest weight never moves, so the quantizer recomputes the same scale and its
+re-rounding is exact), rounded to nearest. Then the mean output shift the
+rounding causes on the calibration inputs is subtracted from the bias (bias
+correction).
+"""
+
+from __future__ import annotations
+
+from . import graph as g
+from .mse import Mse
+from .registry import register_method
+
+
+@register_method
+class MseBias(Mse):
+    name = "mse+bias"
+    description = "mse ranges, outlier-channel equalization and bias correction of weight rounding"
+    uses_input_means = True
+
+    def set_weights(self, graph, layers, stats, calibration, subsets, cfg, tick) -> None:
+        hessians = self.hessians(graph, layers, calibration, subsets, cfg, tick)
+        for layer in layers:
+            g._quantize_layer_weights(graph, layer, stats.mean_inputs.get(layer.x), hessians.get(layer.w))
+
+    def hessians(self, graph, layers, calibration, subsets, cfg, tick) -> dict:
+        """Per-layer input correlations for error-aware rounding; none: round to nearest."""
+        return {}
