@@ -233,7 +233,7 @@ def test_resnet8_int8_meets_the_accuracy_acceptance(shared_data, resnet8_h5):
 
 
 def test_written_weights_survive_the_quantizer_exactly(tiny):
-    """The float weights quant_opt writes are int8 steps of the scale the quantizer recomputes."""
+    """The float weights mse+gptq writes are int8 steps of the scale the quantizer recomputes."""
     from tensorflow.lite.tools import flatbuffer_utils
 
     from edgeresnet import _tf
