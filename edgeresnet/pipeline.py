@@ -230,8 +230,10 @@ def run_convert(
 ) -> RunReport:
     """Run the whole convert job and return its report (also written to ``opts.out``).
 
-    Raises :class:`DriftBudgetExceeded` *after* writing everything when a
-    model's drop exceeds ``opts.max_drop``.
+    Raises :class:`DriftBudgetExceeded` (a model's drop exceeds
+    ``opts.max_drop``) or :class:`ConversionError` (a variant failed) *after*
+    writing everything to ``OUT.failed`` beside ``opts.out``, which is left as
+    it was (see :func:`edgeresnet.fsutil.failed_path`).
     """
     return _run(opts, _plan(opts), progress=progress, notify=notify)
 
