@@ -71,15 +71,23 @@ def failed_path(out: PathLike) -> Path:
 # --------------------------------------------------------------- checking --out
 
 
+def _where(get) -> Optional[Path]:
+    """The current or home folder, or None when there is none (deleted cwd, no HOME)."""
+    try:
+        return get().resolve()
+    except (OSError, RuntimeError, KeyError):
+        return None
+
+
 def _refuse_special(out: PathLike, r: Path) -> None:
-    cwd = Path.cwd().resolve()
-    home = Path.home().resolve()
+    cwd = _where(Path.cwd)
+    home = _where(Path.home)
     if r.parent == r or (r.is_dir() and os.path.ismount(r)):
         raise OutputError(f"--out {out} is the root of a file system; name a new folder inside it")
-    if _inside(cwd, r):
+    if cwd is not None and _inside(cwd, r):
         what = "the current folder" if r == cwd else f"a parent of the current folder {cwd}"
         raise OutputError(f"--out {out} is {what}; name a new folder, e.g. --out edgeresnet-out")
-    if _inside(home, r):
+    if home is not None and _inside(home, r):
         what = "your home folder" if r == home else f"a parent of your home folder {home}"
         raise OutputError(f"--out {out} is {what}; name a new folder inside it, e.g. --out ~/edgeresnet-out")
     if (r / ".git").exists():
