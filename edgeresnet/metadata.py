@@ -29,9 +29,10 @@ import math
 import struct
 import zipfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
-from .errors import ConfigError, TFLiteFileError
+from .errors import ConfigError, DataError, TFLiteFileError
 from .tflite_graph import _Reader
 
 METADATA_NAME = "TFLITE_METADATA"
@@ -154,6 +155,34 @@ def parse_labels(text: str, what: str = "labels") -> tuple[str, ...]:
     while lines and not lines[-1].strip():
         lines.pop()
     return check_labels(lines, what)
+
+
+def read_labels_file(path) -> tuple[str, ...]:
+    """Class names from a text file, one per line (the ``labels.txt`` format); :class:`DataError` otherwise."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{p}: no such labels file; pass a text file with one class name per line") from None
+    except IsADirectoryError:
+        raise DataError(f"{p} is a folder; pass a text file with one class name per line") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise DataError(f"{p}: cannot read it as UTF-8 text ({reason}); pass a text file with one class name per line") from None
+    try:
+        return parse_labels(text, str(p))
+    except ConfigError as exc:
+        raise DataError(str(exc)) from None
+
+
+def check_label_count(labels: tuple[str, ...], source: str, num_classes: int) -> tuple[str, ...]:
+    """``labels`` when there is one per model output; :class:`DataError` naming ``source`` otherwise."""
+    if len(labels) != num_classes:
+        raise DataError(
+            f"{source} has {len(labels)} class names but the model has {num_classes} outputs; "
+            "give exactly one name per output, in output order"
+        )
+    return labels
 
 
 # ---------------------------------------------------------------------- reading

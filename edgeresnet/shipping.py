@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .calibration import Preset
-from .errors import ConfigError, DataError
-from .metadata import LABELS_FILE, ModelInfo, add_metadata, parse_labels
+from .errors import ConfigError
+from . import metadata
+from .metadata import LABELS_FILE, ModelInfo, add_metadata, check_label_count, parse_labels
 from .tflite_graph import _Reader, read_graph
 
 # Tables of the TFLite schema used to reach the input tensor's quantization.
@@ -52,28 +53,7 @@ RUNTIME_NAMES = {
 
 def read_labels_file(path, num_classes: int) -> tuple[str, ...]:
     """Class names from ``--labels FILE`` (one per line), checked against the model's outputs."""
-    p = Path(path)
-    try:
-        text = p.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise DataError(f"--labels {p}: no such file; give a text file with one class name per line") from None
-    except IsADirectoryError:
-        raise DataError(f"--labels {p} is a folder; give a text file with one class name per line") from None
-    except PermissionError:
-        raise DataError(f"--labels {p}: permission denied; make the file readable") from None
-    except UnicodeDecodeError:
-        raise DataError(f"--labels {p} is not UTF-8 text; save it as UTF-8 with one class name per line") from None
-    labels = parse_labels(text, f"--labels {p}")
-    return _check_count(labels, f"--labels {p}", num_classes)
-
-
-def _check_count(labels: tuple[str, ...], what: str, num_classes: int) -> tuple[str, ...]:
-    if len(labels) != num_classes:
-        raise ConfigError(
-            f"{what} has {len(labels)} class names but the model has {num_classes} outputs; "
-            "give exactly one name per output, in output order"
-        )
-    return labels
+    return check_label_count(metadata.read_labels_file(path), f"--labels {path}", num_classes)
 
 
 def resolve_labels(labels_file, named_sets: Sequence[tuple[str, object]], num_classes: int) -> tuple[Optional[tuple[str, ...]], Optional[str]]:
@@ -101,7 +81,7 @@ def resolve_labels(labels_file, named_sets: Sequence[tuple[str, object]], num_cl
             )
     if found is None:
         return None, None
-    return _check_count(parse_labels("\n".join(found), f"class folders of {source}"), f"{source}", num_classes), f"class folders of {source}"
+    return check_label_count(parse_labels("\n".join(found), f"class folders of {source}"), f"{source}", num_classes), f"class folders of {source}"
 
 
 def _first_difference(a, b) -> str:

@@ -53,15 +53,15 @@ def test_normalization_from_presets(preset, folded, channels, mean, std):
 def test_bad_labels_files(tmp_path, text, message):
     f = tmp_path / "labels.txt"
     f.write_text(text)
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(DataError, match=message):
         read_labels_file(f, 3)
 
 
 def test_labels_file_not_text_or_missing(tmp_path):
     (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00cat")
-    with pytest.raises(DataError, match="not UTF-8"):
+    with pytest.raises(DataError, match="cannot read it as UTF-8"):
         read_labels_file(tmp_path / "bin.txt", 1)
-    with pytest.raises(DataError, match="no such file"):
+    with pytest.raises(DataError, match="no such labels file"):
         read_labels_file(tmp_path / "nope.txt", 1)
 
 
@@ -74,7 +74,7 @@ def test_labels_from_folders_must_agree():
     assert resolve_labels(None, [("eval", None), ("calib", Set(None))], 2) == (None, None)
     with pytest.raises(ConfigError, match="different class folders"):
         resolve_labels(None, [("eval", Set(("a", "b"))), ("calib", Set(("a", "c")))], 2)
-    with pytest.raises(ConfigError, match="2 class names but the model has 3 outputs"):
+    with pytest.raises(DataError, match="2 class names but the model has 3 outputs"):
         resolve_labels(None, [("eval", Set(("a", "b")))], 3)
 
 
@@ -118,6 +118,8 @@ def test_unlabelled_data_gives_models_without_labels_and_a_warning(tmp_path):
     assert info.labels is None and info.mean == (0.0,) and info.std == (255.0,) and info.color_space == "RGB"
     assert not (out / "labels.txt").exists()
     assert "category names are empty" in variant["runtimes"]["mediapipe"]["why"]
+    md = (out / "report.md").read_text()
+    assert "## Shipping" in md and "MediaPipe Tasks / Task Library" in md and "category names are empty" in md
 
     # With --labels the same run names the classes, in the metadata and beside the model.
     (tmp_path / "names.txt").write_text("".join(f"digit {d}\n" for d in range(10)))
