@@ -287,6 +287,10 @@ def _run(opts, plan, progress=None, notify=None, bench_config=None, all_formats=
     inputs = _inputs(opts)
     check_output(opts.out, opts.overwrite, inputs)
     check_output(failed_path(opts.out), True, inputs)
+    if opts.model is not None:  # the model first: a wrong path is said before any data problem
+        from .models.loading import check_model_path
+
+        check_model_path(opts.model)
     for p in (opts.calib, opts.eval, opts.train):
         if p is not None and not Path(p).exists():
             raise DataError(f"{p}: no such file or folder; pass an image folder or a .npy/.npz file")

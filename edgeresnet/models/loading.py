@@ -245,6 +245,17 @@ def load_model(path, trust_code: bool = False) -> LoadedModel:
     layers, custom classes, file/process/network ops (see :mod:`.safety`).
     ``trust_code=True`` skips those checks and lets Keras run the model's code.
     """
+    p, loader = check_model_path(path)
+    loaded = loader(p, trust_code)
+    loaded.safe_mode = not trust_code
+    return loaded
+
+
+def check_model_path(path) -> tuple[Path, Callable]:
+    """The model's path and its loader, or ModelLoadError (missing, a .tflite, an unknown format).
+
+    Cheap (no TensorFlow): run it before checking data, so a wrong model path is the first thing said.
+    """
     p = Path(path).expanduser()
     if not p.exists():
         raise ModelLoadError(f"{p}: no such file or folder; {_WHAT}")
@@ -262,9 +273,7 @@ def load_model(path, trust_code: bool = False) -> LoadedModel:
         loader = _LOADERS.get(suffix)
         if loader is None:
             raise ModelLoadError(f"{p}: unknown model format {suffix or '(no extension)'!r}; {_WHAT}")
-    loaded = loader(p, trust_code)
-    loaded.safe_mode = not trust_code
-    return loaded
+    return p, loader
 
 
 def _load_h5(p: Path, trust_code: bool) -> LoadedModel:
