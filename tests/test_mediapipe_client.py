@@ -173,3 +173,29 @@ def test_int8_io_is_refused_by_mediapipe_as_the_report_says(mediapipe_python, di
     assert variant["runtimes"]["mediapipe"]["ok"] is False and "int8" in variant["runtimes"]["mediapipe"]["why"]
     answer = _mediapipe(mediapipe_python, out / Path(variant["path"]).name, _pick(digits_case["images"])[:2])
     assert "uint8/float32" in answer.get("error", ""), answer
+
+
+@pytest.mark.parametrize(
+    "model_file, info, mediapipe_says",
+    [
+        # torch-style per-channel normalization on a float model
+        ("pretrainedResnet.tflite", dict(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375)), "Per-channel"),
+        # a BGR preset: no normalization can be stated, the colour space is unknown
+        ("pretrainedResnet.tflite", dict(color_space="UNKNOWN"), "RGB"),
+        # int8 input (the MLPerf reference int8 model)
+        ("pretrainedResnet_quant.tflite", dict(mean=(0.0,), std=(1.0,)), "uint8/float32"),
+    ],
+)
+def test_the_report_says_no_where_mediapipe_refuses(mediapipe_python, shared_data, tmp_path, model_file, info, mediapipe_says):
+    """Every "no" the report gives for MediaPipe is what MediaPipe itself answers."""
+    from edgeresnet.metadata import ModelInfo, add_metadata
+    from edgeresnet.shipping import mediapipe_verdict
+
+    meta = ModelInfo(name="r8", labels=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"), **info)
+    model = add_metadata((shared_data / "mlperf-tiny-resnet8" / model_file).read_bytes(), meta)
+    assert mediapipe_verdict(model, meta)["ok"] is False
+    path = tmp_path / "m.tflite"
+    path.write_bytes(model)
+    image = next((shared_data / "cifar10" / "test" / "cat").iterdir())
+    answer = _mediapipe(mediapipe_python, path, [image])
+    assert mediapipe_says in answer.get("error", ""), answer
