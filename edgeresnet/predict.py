@@ -46,9 +46,8 @@ import numpy as np
 
 from .calibration import Preset, get_preset, list_images, load_presets, read_image
 from .errors import ConfigError, DataError, TFLiteFileError
-from .metadata import read_metadata
+from .metadata import check_label_count, read_labels_file, read_metadata
 from .runtime import TFLiteModel, read_tflite_bytes
-from .shipping import read_labels_file
 from .verify import agreement, topk_accuracy
 
 ProgressFn = Callable[[str, int, int], None]
@@ -186,15 +185,10 @@ def model_setup(model: TFLiteModel, data: bytes, overrides: Overrides, label: st
         )
 
     if overrides.labels is not None:
-        labels = read_labels_file(overrides.labels, num_classes)
+        labels = check_label_count(read_labels_file(overrides.labels), f"--labels {overrides.labels}", num_classes)
         labels_from = f"--labels {overrides.labels}"
     elif meta is not None and meta.labels:
-        labels = tuple(meta.labels)
-        if len(labels) != num_classes:
-            raise DataError(
-                f"{label} carries {len(labels)} labels in its metadata but has {num_classes} outputs; "
-                "pass --labels FILE with one class name per output, in output order"
-            )
+        labels = check_label_count(tuple(meta.labels), f"{label}'s metadata (override: --labels FILE)", num_classes)
         labels_from = "metadata"
     else:
         labels, labels_from = None, None
