@@ -463,7 +463,7 @@ def format_inspect(report: InspectReport) -> str:
         lines.append(f"  flex        {', '.join(report.flex['ops'])}")
         lines.append(f"              {report.flex['note']}")
     dtypes = ", ".join(f"{k} {v}" for k, v in report.tensor_dtypes.items())
-    lines.append(f"  tensors     {dtypes}; float32: {report.float32_tensors}")
+    lines.append(f"  tensors     {dtypes}")
     lines += _metadata_lines(report.metadata)
     lines.append("  verdicts")
     for target, v in report.verdicts.items():

@@ -1,7 +1,9 @@
 """What a first-time user sees: the order of errors, the words on stderr, what report.md carries (issue #17)."""
 
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edgeresnet.cli import main
@@ -26,3 +28,58 @@ def test_a_missing_model_is_reported_before_any_data_problem(extra, tmp_path, ca
     assert "nomodel.h5: no such file or folder" in lines[0]
     assert "calibration" not in lines[0] and "missing-folder" not in lines[0]
     assert not (tmp_path / "o").exists()
+
+
+# --------------------------------------------------------------------------- inspect's counts
+
+
+@pytest.fixture(scope="module")
+def tiny_tflite(tmp_path_factory):
+    """A tiny Keras model converted to int8 with uint8 io (two QUANTIZE ops) and to float16."""
+    from edgeresnet import _tf
+    from edgeresnet.convert import ConversionSpec, convert
+
+    tf, k = _tf.tf(), _tf.tf_keras()
+    k.utils.set_random_seed(3)
+    inp = k.Input((16, 16, 3), batch_size=1)
+    x = k.layers.Conv2D(8, 3, padding="same", activation="relu")(inp)
+    x = k.layers.GlobalAveragePooling2D()(x)
+    model = k.Model(inp, k.layers.Dense(4, activation="softmax")(x))
+    calib = np.random.default_rng(0).uniform(0, 1, (12, 16, 16, 3)).astype(np.float32)
+    folder = tmp_path_factory.mktemp("tiny_tflite")
+    paths = {}
+    for name, spec, data in [("int8", ConversionSpec("int8", "uint8"), calib), ("fp16", ConversionSpec("fp16", "float32"), None)]:
+        paths[name] = folder / f"tiny_{name}.tflite"
+        paths[name].write_bytes(convert(lambda: tf.lite.TFLiteConverter.from_keras_model(model), spec, data).model)
+    return paths
+
+
+def test_inspect_counts_every_op_left_on_built_in_kernels(tiny_tflite, capsys):
+    from collections import Counter
+
+    from edgeresnet.inspect import inspect_tflite
+
+    left = inspect_tflite(tiny_tflite["int8"]).interpreters["ai-edge-litert"].undelegated
+    assert Counter(left)["QUANTIZE"] == 2, left  # uint8 in and out: one QUANTIZE at each end
+    code, out, err = run_cli(["inspect", tiny_tflite["int8"]], capsys)
+    assert code == 0, err
+    (cpu,) = [line for line in out.splitlines() if line.strip().startswith("cpu ")]
+    m = re.search(r"\((\d+) on built-in kernels: ([^)]*)\)", cpu)
+    assert m, cpu
+    listed = Counter()
+    for item in m.group(2).split(", "):
+        name, _, times = item.partition(" x")
+        listed[name] += int(times or 1)
+    assert listed == Counter(left) and int(m.group(1)) == sum(listed.values()), cpu
+    assert "QUANTIZE x2" in cpu
+
+
+def test_inspect_of_a_float16_model_names_each_dtype_once_and_no_edgetpu_memory(tiny_tflite, capsys):
+    code, out, err = run_cli(["inspect", tiny_tflite["fp16"]], capsys)
+    assert code == 0, err
+    (tensors,) = [line for line in out.splitlines() if line.strip().startswith("tensors")]
+    names = re.findall(r"([a-z]+\d+) \d+", tensors)
+    assert "float32" in names and "float16" in names and len(names) == len(set(names)), tensors
+    assert "parameters ~" not in out  # no op maps to the Edge TPU, so no parameter memory is claimed
+    code, out, err = run_cli(["inspect", tiny_tflite["int8"]], capsys)
+    assert re.search(r"edgetpu: parameters ~\d+\.\d KiB", out), out

@@ -171,8 +171,9 @@ def interpreter_verdict(ctx: InspectContext, target) -> Verdict:
         if litert.delegated_ops is not None:
             text += f"; XNNPACK takes {litert.delegated_ops}/{n} ops"
             if litert.undelegated:
-                left = sorted(set(litert.undelegated))
-                text += f" ({len(litert.undelegated)} on built-in kernels: {', '.join(left)})"
+                left = sorted(Counter(litert.undelegated).items())
+                names = ", ".join(name if n == 1 else f"{name} x{n}" for name, n in left)
+                text += f" ({len(litert.undelegated)} on built-in kernels: {names})"
         if ctx.precision == "int16x8":
             text += "; int16x8 activations are not accelerated by XNNPACK (reference kernels)"
     return Verdict(True, text, details)

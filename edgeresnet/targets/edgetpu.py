@@ -28,13 +28,22 @@ def _verdict(ctx, target) -> Verdict:
 def _describe(details: dict) -> list[str]:
     if not details:
         return []
-    lines = [
-        f"edgetpu: {details.get('cut', '')}",
-        f"edgetpu: {'compiled code + parameters' if details.get('already_compiled') else 'parameters'} "
-        f"~{details.get('param_bytes', 0) / 1024:.1f} KiB (on-chip parameter cache "
-        f"{details.get('cache_bytes', 0) / 2**20:.0f} MiB)",
-    ]
+    lines = [f"edgetpu: {details.get('cut', '')}"]
+    memory = parameter_memory(details)
+    if memory:
+        lines.append(f"edgetpu: {memory}")
     return lines + [f"edgetpu {i['severity']}: {i['message']}" for i in details.get("issues", [])]
+
+
+def parameter_memory(details: dict) -> str:
+    """The parameter memory the Edge TPU part needs, against the on-chip cache; "" when no op maps."""
+    if not details.get("already_compiled") and not details.get("ops_mapped"):
+        return ""
+    what = "compiled code + parameters" if details.get("already_compiled") else "parameters"
+    return (
+        f"{what} ~{details.get('param_bytes', 0) / 1024:.1f} KiB "
+        f"(on-chip parameter cache {details.get('cache_bytes', 0) / 2**20:.0f} MiB)"
+    )
 
 
 register_check("edgetpu", run=_run, verdict=_verdict, describe=_describe, accelerator=True)
