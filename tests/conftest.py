@@ -14,6 +14,19 @@ def _shared_data_dir() -> Path:
     return Path(os.environ.get("EDGERESNET_TEST_DATA", REPO.parent / "shared" / "data")).resolve()
 
 
+def python_from_env(var: str, what: str) -> str:
+    """The python that environment variable ``var`` names (a venv .ci/run builds).
+
+    Unset: the test is skipped as "not checked" outside CI, and fails under CI=true.
+    """
+    exe = os.environ.get(var)
+    if not exe:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but {var} is not set; .ci/run builds the {what} venv")
+        pytest.skip(f"not checked: set {var} to a python with {what} (see .ci/run)")
+    return exe
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real data folder (../shared/data); skipped when absent, a failure under CI=true."""

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import python_from_env
 from edgeresnet.predict import Classifier
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,12 +39,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="session")
 def mediapipe_python() -> str:
-    exe = os.environ.get(MEDIAPIPE_ENV)
-    if not exe:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true but {MEDIAPIPE_ENV} is not set; .ci/run builds the MediaPipe venv")
-        pytest.skip(f"not checked: set {MEDIAPIPE_ENV} to a python with mediapipe 1.2 (see .ci/run)")
-    return exe
+    return python_from_env(MEDIAPIPE_ENV, "mediapipe 1.2")
 
 
 def _convert_all(out_root: Path, **options) -> dict[str, Path]:

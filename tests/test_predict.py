@@ -19,6 +19,7 @@ from edgeresnet.cli import main
 from edgeresnet.metadata import ModelInfo, add_metadata, read_metadata
 from edgeresnet.predict import Classifier, Overrides, evaluate, predict
 from edgeresnet.runtime import TFLiteModel
+from conftest import python_from_env
 from test_pi import pi_python  # noqa: F401  (fixture: the emulated Raspberry Pi OS python)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -238,13 +239,10 @@ def _tf_free_code(model, images, report, extra=(), max_drop="0") -> str:
     )
 
 
-def _tflite_runtime_python() -> str:
-    exe = os.environ.get(TFLRT_ENV)
-    if not exe:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true but {TFLRT_ENV} is not set; .ci/run builds the tflite-runtime venv")
-        pytest.skip(f"not checked: set {TFLRT_ENV} to a python with tflite-runtime 2.14, pillow and click")
-    return exe
+@pytest.fixture(scope="session")
+def tflrt_python() -> str:
+    """Session-scoped, so a missing venv skips before any model is converted."""
+    return python_from_env(TFLRT_ENV, "tflite-runtime 2.14, pillow and click")
 
 
 def _run_device(python, code, interpreter=None):
@@ -275,12 +273,12 @@ def test_eval_without_tensorflow_reproduces_the_host(digits):
     assert doc["top1"] == digits["variant"]["top1"] and doc["drop_pts"] == 0.0
 
 
-def test_eval_in_tflite_runtime_venv(digits):
+def test_eval_in_tflite_runtime_venv(tflrt_python, digits):
     """tflite-runtime 2.14 runs this int8 model on its built-in kernels (its XNNPACK takes no int8 ops),
     which round differently from ai-edge-litert's XNNPACK: measured here, one of 500 digits flips
     (either way, depending on the conversion).
     The venv's top-1 must equal the built-in kernels' top-1 exactly, and stay within 0.5 pts of the host."""
-    python = _tflite_runtime_python()
+    python = tflrt_python
     code = _tf_free_code(digits["model"], digits["images"], digits["report"], ["--preset", "unit"], max_drop="0.5")
     proc = _run_device(python, code)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -290,8 +288,8 @@ def test_eval_in_tflite_runtime_venv(digits):
     assert abs(doc["drop_pts"]) <= 0.5 and doc["host"]["matched_by"] == "sha256"
 
 
-def test_predict_in_tflite_runtime_venv(digits):
-    python = _tflite_runtime_python()
+def test_predict_in_tflite_runtime_venv(tflrt_python, digits):
+    python = tflrt_python
     img = sorted((digits["images"] / "7").iterdir())[0]
     code = (
         "import sys; sys.modules['tensorflow'] = None\n"
@@ -335,8 +333,8 @@ def test_real_resnet8_eval_equals_the_host_report(resnet8, shared_data):
 
 
 @pytest.mark.slow
-def test_real_resnet8_in_tflite_runtime_venv(resnet8):
-    python = _tflite_runtime_python()
+def test_real_resnet8_in_tflite_runtime_venv(tflrt_python, resnet8):
+    python = tflrt_python
     code = _tf_free_code(resnet8["model"], resnet8["test"], resnet8["report"], ["--samples", "300"], max_drop="0.5")
     proc = _run_device(python, code)
     assert proc.returncode == 0, proc.stderr[-2000:]
