@@ -177,3 +177,16 @@ def test_signals_become_interrupted_and_wait_out_the_swap():
                 pass
         assert info.value.exit_code == 130
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_desktop_litter_and_compiler_output_do_not_make_a_folder_foreign(tmp_path):
+    out = tmp_path / "out"
+    with StagedDir(out) as staged:
+        (staged.path / "m_edgetpu_int8.tflite").write_bytes(b"x")
+        staged.commit()
+    for name in (".DS_Store", "m_edgetpu_int8_edgetpu.tflite", "m_edgetpu_int8_edgetpu.log"):
+        (out / name).write_text("made by a desktop or by `edgeresnet inspect`")
+    assert check_output(out, overwrite=True) == out
+    (out / "m_edgetpu_int8_edgetpu.log.bak").write_text("the user's")
+    with pytest.raises(OutputExistsError, match="bak"):
+        check_output(out, overwrite=True)

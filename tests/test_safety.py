@@ -303,6 +303,7 @@ CASES = [
          setup=lambda w: fake_output(w.out) and None),
     Case("OUT.failed not written by edgeresnet", _convert("--out", lambda w: w.out, "--overwrite"), 2, (".failed", "not written by edgeresnet"),
          setup=lambda w: _files(w.failed, {"keep.txt": "mine"})),
+    Case("out is an existing file", _convert("--out", lambda w: w.model.parent / "notes.md", "--overwrite"), 2, ("is a file",)),
     Case("--max-drop inf", _convert("--max-drop", "inf"), 2, ("--max-drop", "finite")),
     Case("--max-drop nan", _convert("--max-drop", "nan"), 2, ("--max-drop", "finite")),
     Case("parent of --out missing", _convert("--out", lambda w: w.root / "no" / "out"), 2, ("does not exist",)),
