@@ -367,8 +367,9 @@ def predict(model, images, k, **kw):
 @click.option("--against", type=click.Path(), metavar="OTHER.tflite", help="A second model run on the same images: its top-1/top-5 and the share of images where both agree.")
 @click.option("--report", "report_path", type=click.Path(), metavar="report.json", help="The host's report for this model (found by sha256, or file name): shows the host's top-1 and the drop on this device.")
 @click.option("--max-drop", type=FINITE, metavar="PTS", help="Exit 3 when top-1 here is more than PTS points below the host's top-1 in --report.")
+@click.option("--predictions", "predictions_path", type=click.Path(), metavar="FILE.csv", help="Also write each image's label and predicted class (CSV), to compare two devices image by image. Must not exist yet.")
 @_device_options
-def eval_(model, images, samples, seed, against, report_path, max_drop, **kw):
+def eval_(model, images, samples, seed, against, report_path, max_drop, predictions_path, **kw):
     """Measure top-1/top-5 of a .tflite MODEL on a labelled image folder, on this device (needs no TensorFlow).
 
     With --report, compares with the number the host measured for the same
@@ -379,6 +380,8 @@ def eval_(model, images, samples, seed, against, report_path, max_drop, **kw):
 
     if samples is not None and samples <= 0:
         raise click.UsageError(f"--samples must be a positive number of images, got {samples}")
+    if predictions_path is not None:
+        _check_new_file(predictions_path, "--predictions")
     clf = _classifier(model, kw)
     other = None
     if against is not None:
@@ -391,6 +394,11 @@ def eval_(model, images, samples, seed, against, report_path, max_drop, **kw):
         progress.close()
     for w in result.warnings:
         click.echo(f"warning: {w}", err=True)
+    if predictions_path is not None:
+        from .fsutil import atomic_write_text
+        from .predict import predictions_csv
+
+        atomic_write_text(predictions_path, predictions_csv(result))
     if kw["as_json"]:
         click.echo(json.dumps(result.to_dict(), indent=2))
     else:
@@ -400,6 +408,18 @@ def eval_(model, images, samples, seed, against, report_path, max_drop, **kw):
             f"{model}: top-1 {result.top1:.2f} % here is {result.drop_pts:.2f} pts below the host's "
             f"{result.host.top1:.2f} %, over --max-drop {max_drop}", 3,
         )
+
+
+def _check_new_file(path: str, flag: str) -> None:
+    """A file the command will create: refused when it exists or its folder does not."""
+    p = os.path.abspath(path)
+    if os.path.lexists(p):
+        _fail(f"{path} already exists; {flag} writes a new file: remove it or choose another path")
+    parent = os.path.dirname(p)
+    if not os.path.isdir(parent):
+        _fail(f"the folder {parent} of {flag} does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        _fail(f"cannot write in {parent} ({flag}); choose a writable folder")
 
 
 def format_eval(result) -> str:

@@ -355,6 +355,8 @@ class EvalResult:
     host: Optional[HostNumbers] = None
     max_drop: Optional[float] = None
     warnings: list = field(default_factory=list)
+    #: Per image, in evaluation order: (file, folder label as output index, predicted index).
+    per_image: list = field(default_factory=list, repr=False)
 
     @property
     def drop_pts(self) -> Optional[float]:
@@ -377,6 +379,13 @@ class EvalResult:
             "drop_pts": r(self.drop_pts), "max_drop": self.max_drop,
             "passed": not self.over_budget, "warnings": list(self.warnings),
         }
+
+
+def predictions_csv(result: EvalResult) -> str:
+    """Per-image results as CSV (image, label, predicted): compare two devices image by image."""
+    rows = ["image,label,predicted"]
+    rows += [f"{json.dumps(f)},{t},{p}" for f, t, p in result.per_image]
+    return "\n".join(rows) + "\n"
 
 
 def _label_map(clf: Classifier, class_names: tuple[str, ...], folder: str) -> tuple[np.ndarray, str]:
@@ -450,6 +459,7 @@ def evaluate(
         classes=len(class_names), labels_matched=how, setup=clf.setup.to_dict(),
         top1=topk_accuracy(out, labels, 1), top5=topk_accuracy(out, labels, 5),
         host=host, max_drop=max_drop,
+        per_image=[(str(f), int(t), int(p)) for f, t, p in zip(files, labels, out.argmax(axis=1))],
     )
     if against is not None:
         other = np.concatenate(other_outs)

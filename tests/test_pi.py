@@ -116,3 +116,88 @@ def test_bench_under_emulation_says_the_timings_are_not_the_devices(pi_python, s
     assert "emulated" in proc.stdout and "not the device" in proc.stdout
     as_json = run_pi(pi_python, "bench", str(model), "--warmup", "1", "--repeats", "3", "--json")
     assert json.loads(as_json.stdout)["emulated"] == "qemu-aarch64"
+
+
+# --------------------------------------------------------------------------- accuracy on the Pi
+
+
+def _host_convert(args: list[str], out: Path) -> dict:
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgeresnet.cli", "convert", *args, "--out", str(out)],
+        capture_output=True, text=True, timeout=1200,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads((out / "report.json").read_text())
+
+
+def _eval(python: str, model: Path, images: Path, report: Path, predictions: Path, timeout=900) -> dict:
+    proc = subprocess.run(
+        [python, "-m", "edgeresnet.cli", "eval", str(model), "--images", str(images),
+         "--report", str(report), "--predictions", str(predictions), "--json"],
+        capture_output=True, text=True, timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout)
+
+
+def _read_predictions(path: Path) -> dict:
+    rows = path.read_text().splitlines()[1:]
+    out = {}
+    for row in rows:
+        image, label, predicted = row.rsplit(",", 2)
+        out[json.loads(image)] = (int(label), int(predicted))
+    return out
+
+
+@pytest.fixture(scope="module")
+def digits_folder(tmp_path_factory) -> Path:
+    """The built-in model's 500 held-out digits as a labelled image folder."""
+    from PIL import Image
+
+    from edgeresnet import demo
+
+    root = tmp_path_factory.mktemp("digits")
+    images = demo.digits_images("eval")
+    for i, (pixels, label) in enumerate(zip(images.images, images.labels)):
+        d = root / demo.CLASS_NAMES[int(label)]
+        d.mkdir(exist_ok=True)
+        Image.fromarray(pixels[..., 0].astype("uint8"), mode="L").save(d / f"{i:04d}.png")
+    return root
+
+
+@pytest.mark.slow
+def test_accuracy_on_the_emulated_pi_equals_the_hosts(pi_python, shared_data, resnet8_h5, digits_folder, tmp_path):
+    """The real ResNet-8 (cpu and edgetpu int8) and the built-in model evaluated inside the emulated Pi.
+
+    ARM and x86 int8 kernels are not guaranteed to be bit-identical (the
+    reference kernels and XNNPACK may round differently), so images are
+    compared one by one and any mismatch is printed.
+    """
+    test = shared_data / "cifar10" / "test"
+    real = _host_convert(
+        [str(resnet8_h5), "--int8", "--target", "cpu", "--target", "edgetpu",
+         "--calib", str(shared_data / "cifar10" / "train"), "--eval", str(test)],
+        tmp_path / "real",
+    )
+    builtin = _host_convert(["--int8"], tmp_path / "builtin")
+    cases = [(tmp_path / "real", v, test) for v in real["variants"]]
+    cases += [(tmp_path / "builtin", v, digits_folder) for v in builtin["variants"]]
+    assert len(cases) == 3
+    for out, variant, images in cases:
+        model = out / Path(variant["path"]).name
+        name = model.name
+        host = _eval(sys.executable, model, images, out / "report.json", tmp_path / f"{name}.host.csv")
+        pi = _eval(str(pi_python), model, images, out / "report.json", tmp_path / f"{name}.pi.csv", timeout=1800)
+        assert pi["interpreter"].startswith("tflite-runtime 2.14")
+        assert abs(host["top1"] - pi["top1"]) <= 0.1, (name, host["top1"], pi["top1"])
+        assert abs(pi["drop_pts"]) <= 0.1, (name, pi["host"], pi["top1"])
+        h = _read_predictions(tmp_path / f"{name}.host.csv")
+        p = _read_predictions(tmp_path / f"{name}.pi.csv")
+        assert h.keys() == p.keys() and len(h) == pi["count"]
+        mismatches = sorted(k for k in h if h[k][1] != p[k][1])
+        agreement = 100.0 * (1 - len(mismatches) / len(h))
+        print(f"{name}: host top-1 {host['top1']:.2f} %, Pi top-1 {pi['top1']:.2f} %, "
+              f"agreement {agreement:.2f} % ({len(mismatches)} of {len(h)} differ)")
+        for k in mismatches:
+            print(f"  differs: {k}: label {h[k][0]}, host {h[k][1]}, Pi {p[k][1]}")
+        assert agreement >= 99.9, (name, mismatches)
