@@ -92,6 +92,7 @@ def _data_options(f):
         click.option("--prune-policy", metavar="P", help="xnnpack: prune only what XNNPACK's sparse kernels run (1x1 convolutions, at least 2/3 sparse); refused for models where it would not make them faster."),
         click.option("--stem-sparsity", type=FINITE, help="Sparsity of the first convolution (default 0: left dense, it is small and sensitive)."),
         click.option("--classifier-sparsity", type=FINITE, help="Sparsity of the last Dense layer (default 0: left dense)."),
+        click.option("--device-check", type=click.Choice(["pi"]), help="Also evaluate every emitted model inside an emulated Raspberry Pi (arm64, tflite-runtime 2.14; build it once with scripts/build_pi_env.sh) on the --eval images: the report adds the Pi's top-1 and marks models that would not load there."),
         click.option("--trust-model-code", is_flag=True, help="Load MODEL even if it carries code (Lambda layers, custom classes, file or process ops in a SavedModel); that code then runs on this machine as you, so use it only for models you or someone you trust made."),
     ]
     for option in reversed(options):
@@ -152,6 +153,7 @@ def _options(model, kw, default_out, **extra):
         int8_method=kw["int8_method"],
         strict=kw["strict"],
         trust_model_code=kw["trust_model_code"],
+        device_check=kw["device_check"],
         labels=kw["labels"],
         **extra,
     )

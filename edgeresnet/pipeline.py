@@ -24,6 +24,7 @@ from .calibration import (
     load_images,
 )
 from .convert import ConversionSpec, convert
+from .device_check import DEVICES, check_variants, pi_python
 from .errors import ConfigError, ConversionError, DataError, DriftBudgetExceeded, TFLiteFileError
 from .edgetpu import COMPILER_HINT
 from .quantize.registry import DEFAULT_METHOD
@@ -82,6 +83,7 @@ class ConvertOptions:
     strict: bool = False  # target compatibility checks (Edge TPU mapping, GPU screen) fail the run
     trust_model_code: bool = False  # load Lambda layers, custom classes, file ops: the model's code runs here
     labels: Optional[str] = None  # --labels FILE: class names for the metadata (else the class folders)
+    device_check: Optional[str] = None  # "pi": evaluate every emitted model inside the emulated Raspberry Pi
 
     def __post_init__(self):
         if not self.targets:
@@ -102,6 +104,13 @@ class ConvertOptions:
             )
         if self.resize not in ("crop", "stretch"):
             raise ConfigError(f"--resize must be crop or stretch, got {self.resize!r}")
+        if self.device_check is not None and self.device_check not in DEVICES:
+            raise ConfigError(f"unknown --device-check {self.device_check!r}; choose one of {', '.join(DEVICES)}")
+        if self.device_check is not None and (self.eval is None or not Path(self.eval).is_dir()):
+            raise ConfigError(
+                f"--device-check {self.device_check} evaluates on the device from image files; "
+                "pass --eval DIR (one sub-folder of images per class)"
+            )
         if self.train is not None and self.prune is None:
             raise ConfigError("--train is used for pruning fine-tuning; add --prune SPARSITY (or --sparsity for report)")
 
@@ -302,13 +311,15 @@ def _run(opts, plan, progress=None, notify=None, bench_config=None, all_formats=
         raise ConfigError(
             f"{names} needs calibration data; pass --calib with a folder of images like the ones the model will see"
         )
+    device_python = pi_python() if opts.device_check else None  # before any work: is the device there?
     for note in clean_stale_partials(opts.out) + clean_stale_tempdirs():
         notify(note)
     try:
         # The staged folder is made first: it proves --out's parent is writable before any work.
         with StagedDir(opts.out, opts.overwrite, inputs) as staged, run_tempdir():
             check_free_space(Path(opts.out).resolve().parent, _space_needed(opts, plan))
-            return _run_staged(opts, plan, staged, needs_calib, started, progress, notify, bench_config, all_formats)
+            return _run_staged(opts, plan, staged, needs_calib, started, progress, notify, bench_config, all_formats,
+                               device_python)
     except OSError as exc:
         err = write_error(exc, opts.out) if exc.errno in _DISK_ERRNOS else None
         if err is None:
@@ -316,7 +327,8 @@ def _run(opts, plan, progress=None, notify=None, bench_config=None, all_formats=
         raise err from None
 
 
-def _run_staged(opts, plan, staged, needs_calib, started, progress, notify, bench_config, all_formats) -> RunReport:
+def _run_staged(opts, plan, staged, needs_calib, started, progress, notify, bench_config, all_formats,
+                device_python=None) -> RunReport:
     loaded, reference_meta = _load_model(opts)
     preset_name = opts.preset or (reference_meta or {}).get("preset") or "raw"
     preset = get_preset(preset_name)
@@ -419,6 +431,9 @@ def _run_staged(opts, plan, staged, needs_calib, started, progress, notify, benc
             recovered = emit.recover(model, planned, rec, staged.path)
             if recovered is not None:
                 report.add(recovered)
+    if device_python is not None:
+        check_variants(report.variants, staged.path, opts.eval, opts.eval_samples, opts.seed, device_python,
+                       progress=_stage(progress, f"evaluate on the emulated {opts.device_check}"))
     if any(COMPILER_HINT in v.checks.get("edgetpu", {}).get("notes", ()) for v in report.variants):
         notify(f"note: {COMPILER_HINT}")  # once per run, not once per model
     report.finish(time.perf_counter() - started)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from . import device_check
 from . import __version__
 from .fsutil import atomic_write_text
 from .verify import Baseline, Drift
@@ -276,6 +277,7 @@ def to_markdown(report: dict) -> str:
             lines.append(f"  - warning: {w}")
     lines += ["", "## Variants", "", variants_table(report), ""]
     lines += runtimes_markdown(report)
+    lines += device_check.markdown(report["variants"])
     for v in report["variants"]:
         if v.get("error"):
             lines.append(f"- `{v['name']}`: {v['status']}: {v['error']}")
