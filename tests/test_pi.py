@@ -4,6 +4,7 @@
 and PyPI's aarch64 wheels; qemu-user runs it. CI builds it before the tests
 and sets ``EDGERESNET_PI_PYTHON``; elsewhere the fixture builds (or reuses) it.
 When it cannot be built the tests are skipped with the reason, and fail in CI.
+Every test that runs emulated code is marked slow (each process start costs seconds).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def run_pi(pi_python: Path, *args: str, timeout: float = 600) -> subprocess.Comp
     )
 
 
+@pytest.mark.slow
 def test_pi_python_is_arm_without_tensorflow(pi_python):
     code = (
         "import importlib.util, json, platform, sys, tflite_runtime, numpy\n"
@@ -74,6 +76,7 @@ def test_pi_python_is_arm_without_tensorflow(pi_python):
     assert info["emulation"]
 
 
+@pytest.mark.slow
 def test_emulation_is_detected_without_the_wrapper_variable(pi_python):
     """qemu-user passes the host's /proc/cpuinfo through: an ARM python on an x86 CPU is emulated."""
     env = {k: v for k, v in os.environ.items() if k != "EDGERESNET_EMULATED"}
@@ -94,6 +97,7 @@ def test_host_is_not_emulated():
     assert emulation() is None or os.environ.get("EDGERESNET_EMULATED")
 
 
+@pytest.mark.slow
 def test_inspect_in_the_pi_matches_the_host(pi_python, shared_data):
     model = shared_data / "mlperf-tiny-resnet8" / "pretrainedResnet_quant.tflite"
     proc = run_pi(pi_python, "inspect", str(model), "--json", "--no-gpu")
@@ -109,6 +113,7 @@ def test_inspect_in_the_pi_matches_the_host(pi_python, shared_data):
     assert pi["interpreters"]["tflite-runtime"]["status"] == "loads"
 
 
+@pytest.mark.slow
 def test_bench_under_emulation_says_the_timings_are_not_the_devices(pi_python, shared_data):
     model = shared_data / "mlperf-tiny-resnet8" / "pretrainedResnet_quant.tflite"
     proc = run_pi(pi_python, "bench", str(model), "--warmup", "1", "--repeats", "3")
@@ -212,6 +217,7 @@ def test_accuracy_on_the_emulated_pi_equals_the_hosts(pi_python, shared_data, re
 # --------------------------------------------------------------------------- --device-check pi
 
 
+@pytest.mark.slow
 def test_a_model_too_new_for_tflite_runtime_214_is_marked(pi_python, shared_data, tmp_path):
     """An op version tflite-runtime 2.14 does not know: 'does not load', with the interpreter's reason."""
     from test_inspect import _bump_op_version
