@@ -170,7 +170,7 @@ def check_output_free(out: PathLike, overwrite: bool) -> Path:
     return check_output(out, overwrite)
 
 
-def check_free_space(folder: PathLike, need_bytes: int) -> None:
+def check_free_space(folder: PathLike, need_bytes: int, what: str = "--out", fix: str = "choose an --out on another disk") -> None:
     """Refuse up front when ``folder``'s file system has less than ``need_bytes`` free."""
     folder = Path(folder)
     try:
@@ -179,8 +179,8 @@ def check_free_space(folder: PathLike, need_bytes: int) -> None:
         return  # cannot tell; the write itself will say
     if free < need_bytes:
         raise OutputError(
-            f"not enough free space for --out in {folder}: {free / MiB:.1f} MiB free, about "
-            f"{need_bytes / MiB:.0f} MiB needed; free some space or choose an --out on another disk"
+            f"not enough free space for {what} in {folder}: {free / MiB:.1f} MiB free, about "
+            f"{need_bytes / MiB:.0f} MiB needed; free some space or {fix}"
         )
 
 

@@ -316,8 +316,9 @@ def _run(opts, plan, progress=None, notify=None, bench_config=None, all_formats=
         notify(note)
     try:
         # The staged folder is made first: it proves --out's parent is writable before any work.
-        with StagedDir(opts.out, opts.overwrite, inputs) as staged, run_tempdir():
+        with StagedDir(opts.out, opts.overwrite, inputs) as staged, run_tempdir() as tmp:
             check_free_space(Path(opts.out).resolve().parent, _space_needed(opts, plan))
+            check_free_space(tmp.parent, _space_needed(opts, ()), "temporary files", "set TMPDIR to a folder on a disk with room")
             return _run_staged(opts, plan, staged, needs_calib, started, progress, notify, bench_config, all_formats,
                                device_python)
     except OSError as exc:
