@@ -365,7 +365,9 @@ def inspect_tflite(model: Union[str, Path, bytes], gpu: bool = True, runtimes: b
         versions.setdefault(op.name, [])
         if op.version not in versions[op.name]:
             versions[op.name].append(op.version)
-    ctx = InspectContext(graph, data, precision, litert if runtimes else None, gpu_analyzer=gpu)
+    # The cpu verdict rests on the interpreter that is here: ai-edge-litert, else tflite-runtime (a Pi).
+    installed = litert if litert.status != "not installed" or tflrt.status not in ("loads", "fails") else tflrt
+    ctx = InspectContext(graph, data, precision, installed if runtimes else None, gpu_analyzer=gpu)
     verdicts, describe, accelerators = {}, {}, []
     for name, target in targets().items():
         verdicts[name], check = verdict_for(target, ctx)

@@ -111,6 +111,11 @@ def test_inspect_in_the_pi_matches_the_host(pi_python, shared_data):
     host = json.loads(host.stdout)
     assert pi["op_histogram"] == host["op_histogram"] and pi["op_versions"] == host["op_versions"]
     assert pi["interpreters"]["tflite-runtime"]["status"] == "loads"
+    # The Pi has only tflite-runtime: the cpu verdict is judged with it, and says so.
+    cpu = pi["verdicts"]["cpu"]
+    assert pi["interpreters"]["ai-edge-litert"]["status"] == "not installed"
+    assert cpu["ok"] is True and cpu["details"]["interpreter"] == "tflite-runtime", cpu
+    assert cpu["summary"].startswith("loads and runs in tflite-runtime 2.14.0"), cpu
 
 
 @pytest.mark.slow

@@ -61,7 +61,7 @@ class InspectContext:
     graph: TFLiteGraph
     data: bytes
     precision: str
-    litert: Any  # inspect.InterpreterCheck of ai-edge-litert, or None when interpreters were skipped
+    litert: Any  # inspect.InterpreterCheck of the installed interpreter (ai-edge-litert, else tflite-runtime), or None when skipped
     gpu_analyzer: bool = True  # False: the GPU screen only, not the analyzer
 
 
@@ -158,7 +158,11 @@ def interpreter_verdict(ctx: InspectContext, target) -> Verdict:
             applies=False,
         )
     if litert.status == "not installed":
-        return Verdict(None, "not checked: ai-edge-litert is not installed (pip install ai-edge-litert)", details)
+        return Verdict(
+            None,
+            "not checked: no interpreter is installed (pip install ai-edge-litert; older Pi images: tflite-runtime)",
+            details,
+        )
     if ctx.graph.flex_ops and litert.status != "loads":
         why = f"; not run here: {litert.error}" if litert.status == "not checked" else ""
         return Verdict(False, f"needs the Flex delegate for {', '.join(ctx.graph.flex_ops)} (SELECT_TF_OPS){why}", details)
