@@ -174,8 +174,9 @@ def _run_with_progress(fn, *args, **kwargs):
 @click.option("--int8", "int8", is_flag=True, help="Full-integer int8 (int8 weights and activations, calibrated). Never falls back to dynamic-range.")
 @click.option("--precision", metavar="P", help="Precision instead of --int8: fp32, dynamic (int8 weights only), int8, or int16x8 (16-bit activations; XNNPACK does not accelerate it).")
 @click.option("--prune", "prune", type=FINITE, metavar="SPARSITY", help="Magnitude-prune to this sparsity (0 < s < 1) before quantizing; fine-tunes when --train is given.")
+@click.option("--format", "formats", multiple=True, metavar="F", help="Also write the report as F: csv, png (accuracy vs size) or html (embeds the png when both are asked for). Repeat for several; report.json and report.md are always written.")
 @_data_options
-def convert(model, int8, precision, prune, **kw):
+def convert(model, int8, precision, prune, formats, **kw):
     """Convert MODEL (.h5, .keras or SavedModel folder) to TFLite, verify drift, write a report.
 
     Without MODEL, converts the built-in reference ResNet-8 (trained on
@@ -186,6 +187,7 @@ def convert(model, int8, precision, prune, **kw):
     opts = _options(
         model, kw, DEFAULT_OUT, default_targets=("cpu",), int8=int8, precision=precision,
         prune=_prune_config(prune, kw, "--prune SPARSITY"),
+        formats=tuple(dict.fromkeys(("json", "md") + tuple(f.strip().lower() for f in formats))),
     )
     report = _run_with_progress(run_convert, opts)
     _print_summary(report.to_dict(), opts.out)

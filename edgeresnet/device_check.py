@@ -108,7 +108,7 @@ def check_variants(
     todo = [v for v in variants if v.path]
     for i, v in enumerate(todo):
         host = v.drift.top1 if v.drift is not None else None
-        v.extra["device"] = check_model(python, folder / Path(v.path).name, images, samples, seed, host).to_dict()
+        v.device = check_model(python, folder / Path(v.path).name, images, samples, seed, host).to_dict()
         if progress is not None:
             progress(i + 1, len(todo))
 

@@ -43,7 +43,7 @@ from .fsutil import (
 )
 from . import __version__, shipping
 from .metadata import LABELS_FILE, labels_text
-from .report import RunReport, VariantRecord, write_reports
+from .report import DEFAULT_FORMATS, WRITERS, RunReport, Status, VariantRecord, check_formats, write_reports
 from .runtime import TFLiteModel
 from .targets import PRECISIONS, Target, get_target, target_names
 from .targets.checks import run_checks
@@ -84,8 +84,10 @@ class ConvertOptions:
     trust_model_code: bool = False  # load Lambda layers, custom classes, file ops: the model's code runs here
     labels: Optional[str] = None  # --labels FILE: class names for the metadata (else the class folders)
     device_check: Optional[str] = None  # "pi": evaluate every emitted model inside the emulated Raspberry Pi
+    formats: tuple[str, ...] = DEFAULT_FORMATS  # report writers (json, md, csv, png, html); `report` writes all
 
     def __post_init__(self):
+        check_formats(self.formats)
         if not self.targets:
             raise ConfigError(f"no target given; pass --target with one of {', '.join(target_names())}")
         for name in self.targets:
@@ -266,7 +268,7 @@ def run_report(
         PruneConfig(sparsity=s)  # validates the range before any work
     return _run(
         opts, sweep_plan(opts, tuple(sparsities)), progress=progress, notify=notify,
-        bench_config=bench_config, all_formats=True,
+        bench_config=bench_config, formats=tuple(WRITERS),
     )
 
 
@@ -289,7 +291,7 @@ def _space_needed(opts: ConvertOptions, plan) -> int:
 _DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
 
 
-def _run(opts, plan, progress=None, notify=None, bench_config=None, all_formats=False) -> RunReport:
+def _run(opts, plan, progress=None, notify=None, bench_config=None, formats=None) -> RunReport:
     """Check --out and the inputs, then run in a staged output folder and a run-scoped temp folder."""
     notify = notify or (lambda msg: None)
     started = time.perf_counter()
@@ -319,7 +321,7 @@ def _run(opts, plan, progress=None, notify=None, bench_config=None, all_formats=
         with StagedDir(opts.out, opts.overwrite, inputs) as staged, run_tempdir() as tmp:
             check_free_space(Path(opts.out).resolve().parent, _space_needed(opts, plan))
             check_free_space(tmp.parent, _space_needed(opts, ()), "temporary files", "set TMPDIR to a folder on a disk with room")
-            return _run_staged(opts, plan, staged, needs_calib, started, progress, notify, bench_config, all_formats,
+            return _run_staged(opts, plan, staged, needs_calib, started, progress, notify, bench_config, formats or opts.formats,
                                device_python)
     except OSError as exc:
         err = write_error(exc, opts.out) if exc.errno in _DISK_ERRNOS else None
@@ -328,7 +330,7 @@ def _run(opts, plan, progress=None, notify=None, bench_config=None, all_formats=
         raise err from None
 
 
-def _run_staged(opts, plan, staged, needs_calib, started, progress, notify, bench_config, all_formats,
+def _run_staged(opts, plan, staged, needs_calib, started, progress, notify, bench_config, formats,
                 device_python=None) -> RunReport:
     loaded, reference_meta = _load_model(opts)
     preset_name = opts.preset or (reference_meta or {}).get("preset") or "raw"
@@ -426,9 +428,9 @@ def _run_staged(opts, plan, staged, needs_calib, started, progress, notify, benc
         model, info = models[planned.sparsity]
         rec = emit(model, planned, staged.path)
         if planned.sparsity is not None and info is not None:
-            rec.extra["prune"] = {k: v for k, v in info.items() if k != "layers"}
+            rec.prune = {k: v for k, v in info.items() if k != "layers"}
         report.add(rec)
-        if rec.status == "over_budget" and opts.recover and planned.spec.precision == "int8":
+        if rec.status == Status.OVER_BUDGET and opts.recover and planned.spec.precision == "int8":
             recovered = emit.recover(model, planned, rec, staged.path)
             if recovered is not None:
                 report.add(recovered)
@@ -440,18 +442,14 @@ def _run_staged(opts, plan, staged, needs_calib, started, progress, notify, benc
     report.finish(time.perf_counter() - started)
 
     # A failed run never replaces the previous output: its report goes beside it, to OUT.failed.
-    recovered_ok = {v.name for v in report.variants if v.status == "ok"}
-    bad = [v for v in report.variants if v.status == "over_budget" and v.extra.get("recovered_by") not in recovered_ok]
-    failed = [v for v in report.variants if v.status in ("convert_failed", "validation_failed")]
+    recovered_ok = {v.name for v in report.variants if v.status == Status.OK}
+    bad = [v for v in report.variants if v.status == Status.OVER_BUDGET and v.recovered_by not in recovered_ok]
+    failed = [v for v in report.variants if v.status.failed]
     dest = failed_path(opts.out) if bad or failed else Path(opts.out)
     for v in report.variants:
         if v.path:
             v.path = str(dest / Path(v.path).name)
-    data_dict = write_reports(report, staged.path)
-    if all_formats:
-        from .report_formats import write_all
-
-        write_all(data_dict, staged.path)
+    write_reports(report, staged.path, formats)
     staged.commit(dest)
 
     if bad:
@@ -462,7 +460,7 @@ def _run_staged(opts, plan, staged, needs_calib, started, progress, notify, benc
         )
     if failed:
         raise ConversionError(
-            f"{failed[0].name}: {failed[0].status.replace('_', ' ')}: {failed[0].error}; "
+            f"{failed[0].name}: {failed[0].status.value.replace('_', ' ')}: {failed[0].error}; "
             f"the report is in {dest} ({opts.out} was left as it was)"
         )
     return report
@@ -493,18 +491,18 @@ class _Emitter:
                 )
             result = self.cache[key]
         except ConversionError as exc:
-            rec.fail("convert_failed", str(exc))
+            rec.fail(Status.CONVERT_FAILED, str(exc))
             self.notify(f"{name}: conversion failed: {exc}")
             return rec
         rec.convert_seconds = round(result.seconds, 3)
         if spec.precision == "int8":
-            rec.extra["int8_method"] = spec.method
+            rec.int8_method = spec.method
         shipped = self._ship(result.model, rec)  # what is written, run and checked: the model with its metadata
         try:
             tfl = TFLiteModel(shipped)
             out = tfl.predict(self.conv_eval, progress=_stage(self.progress, f"evaluate {name}"))
         except TFLiteFileError as exc:
-            rec.fail("validation_failed", f"emitted model does not run: {exc}")
+            rec.fail(Status.VALIDATION_FAILED, f"emitted model does not run: {exc}")
             return rec
         rec.interpreter = f"{tfl.backend.name} {tfl.backend.version}"
         rec.set_drift(drift(self.float_out, out, self.labels))
@@ -512,27 +510,27 @@ class _Emitter:
         atomic_write_bytes(path, shipped)
         rec.set_file(path, self.opts.out)
         rec.checks = run_checks(target, spec, shipped, path, strict=self.opts.strict)
-        rec.extra["runtimes"] = shipping.runtimes(shipped, self.ship_info, rec.interpreter, rec.checks)
-        rec.extra["weight_sparsity"] = _zero_fraction(shipped)
+        rec.runtimes = shipping.runtimes(shipped, self.ship_info, rec.interpreter, rec.checks)
+        rec.weight_sparsity = _zero_fraction(shipped)
         if self.bench_config is not None:
             from .bench import benchmark
 
-            rec.extra["latency"] = benchmark(
+            rec.latency = benchmark(
                 shipped, self.bench_config, progress=_stage(self.progress, f"benchmark {name}"),
                 isolate=False,  # a model this run wrote and already ran
             ).to_dict()
         failed = [k for k, v in rec.checks.items() if v.get("ok") is False and v.get("blocking", True)]
         if failed:
-            rec.fail("validation_failed", "failed checks: " + ", ".join(failed))
+            rec.fail(Status.VALIDATION_FAILED, "failed checks: " + ", ".join(failed))
         elif over_budget(rec.drift, self.opts.max_drop):
-            rec.fail("over_budget", f"drop exceeds --max-drop {self.opts.max_drop}")
+            rec.fail(Status.OVER_BUDGET, f"drop exceeds --max-drop {self.opts.max_drop}")
         return rec
 
     def _ship(self, model: bytes, rec: VariantRecord) -> bytes:
         """The converter's model with its metadata (and a uint8 input that takes raw pixels exactly)."""
         shipped, note = shipping.prepare(model, self.ship_info)
         if note:
-            rec.extra["input_note"] = note
+            rec.input_note = note
         return shipped
 
     def recover(self, model, planned: PlannedVariant, rec: VariantRecord, folder: Path) -> Optional[VariantRecord]:
@@ -549,7 +547,7 @@ class _Emitter:
         target, spec = planned.target, planned.spec
         session = self.cache[(planned.sparsity, spec)].session  # the over-budget model's own int8 session
         if not target.float_layers:
-            rec.extra["worst_layers"] = edgetpu_worst_layers(
+            rec.worst_layers = edgetpu_worst_layers(
                 model.tflite_converter, self.conv_calib, self.conv_eval, method=spec.method, session=session
             )
             rec.error += f"; {target.name} cannot run float layers, so accuracy cannot be recovered there (worst layers in the report)"
@@ -568,16 +566,16 @@ class _Emitter:
         tfl = TFLiteModel(shipped)
         new.interpreter = f"{tfl.backend.name} {tfl.backend.version}"
         new.set_drift(drift(self.float_out, tfl.predict(self.conv_eval), self.labels))
-        new.extra["runtimes"] = shipping.runtimes(shipped, self.ship_info, new.interpreter, {})
+        new.runtimes = shipping.runtimes(shipped, self.ship_info, new.interpreter, {})
         # Both sides of the cost as shipped (with their metadata), so "final" is the written file's size.
         as_shipped = replace(result, model=shipped, initial_model=shipping.prepare(result.initial_model, self.ship_info)[0])
-        new.extra["int8_method"] = result.method
-        new.extra["recovery"] = result.to_dict() | {"cost": measure_cost(as_shipped, self.bench_config)}
-        new.extra["weight_sparsity"] = _zero_fraction(result.model)
+        new.int8_method = result.method
+        new.recovery = result.to_dict() | {"cost": measure_cost(as_shipped, self.bench_config)}
+        new.weight_sparsity = _zero_fraction(result.model)
         if over_budget(new.drift, self.opts.max_drop):
-            kept = ", ".join(new.extra["recovery"]["float_layers"]) or "none"
-            new.fail("over_budget", f"still over --max-drop {self.opts.max_drop} with {kept} in float ({result.stopped})")
-        rec.extra["recovered_by"] = name
+            kept = ", ".join(new.recovery["float_layers"]) or "none"
+            new.fail(Status.OVER_BUDGET, f"still over --max-drop {self.opts.max_drop} with {kept} in float ({result.stopped})")
+        rec.recovered_by = name
         return new
 
 

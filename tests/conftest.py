@@ -27,6 +27,23 @@ def python_from_env(var: str, what: str) -> str:
     return exe
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _report_json_matches_its_schema():
+    """Every report.json the tests write (through the writer registry) is checked against the shipped schema."""
+    from edgeresnet.report import writers
+    from edgeresnet.report.schema import validate_report
+
+    original = writers.WRITERS["json"]
+
+    def checked(data, folder):
+        validate_report(data)
+        return original(data, folder)
+
+    writers.WRITERS["json"] = checked
+    yield
+    writers.WRITERS["json"] = original
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real data folder (../shared/data); skipped when absent, a failure under CI=true."""

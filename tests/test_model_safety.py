@@ -408,10 +408,10 @@ def test_traced_graph_backstop_refuses_file_ops_before_the_first_run(tmp_path):
 
 
 def test_html_report_says_whether_the_model_was_loaded_in_safe_mode(tmp_path):
-    from edgeresnet.report_formats import write_all
+    from edgeresnet.report.writers import write_formats
 
     report = {"model": {"source": "m.h5", "flavor": "tf_keras", "input_shape": [8, 8, 3], "classes": 3,
                         "safe_mode": False}, "preprocessing": {"preset": "raw"}, "float": {"count": 1},
               "evaluation": {"labelled": False}, "variants": []}
-    write_all(report, tmp_path)
+    write_formats(report, tmp_path, ("png", "html"))
     assert "loaded in safe mode: NO: --trust-model-code" in (tmp_path / "report.html").read_text()

@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgeresnet import report_formats as rf
+from edgeresnet.report import views as rf
+from edgeresnet.report.writers import write_formats
 from edgeresnet.errors import ConfigError, OutputExistsError
 
 
 def _variant(name, target, precision, io_type, status="ok", **kw):
     base = {
         "name": name, "target": target, "precision": precision, "io_type": io_type, "status": status,
-        "error": None, "path": f"out/{name}", "size_bytes": None, "compressed_bytes": None, "top1": None,
+        "error": None, "path": f"out/{name}", "sha256": None, "size_bytes": None, "compressed_bytes": None, "top1": None,
         "top5": None, "drop_pts": None, "agreement": None, "cosine": None, "sqnr_db": None, "eval_count": None,
         "convert_seconds": None, "interpreter": None, "checks": {},
     }
@@ -45,6 +46,7 @@ def report():
         "float": {"count": 500, "top1": 87.6, "top5": 99.4},
         "max_drop": 1.0,
         "passed": False,
+        "recovery": True,
         "seconds": 42.5,
         "variants": [
             _variant("pretrainedResnet_cpu_fp32.tflite", "cpu", "fp32", "float32", size_bytes=321_456,
@@ -56,7 +58,10 @@ def report():
                      compressed_bytes=80_551, top1=87.2, top5=99.2, drop_pts=0.4, agreement=98.6, cosine=0.9981,
                      sqnr_db=24.7, eval_count=500, convert_seconds=6.1, interpreter="ai-edge-litert 2.3.0",
                      checks={"weights": _weights(True, "9 conv/fc filters, all int8")},
-                     latency_ms=0.287, latency_p90_ms=0.301, float_layers=["dense"]),
+                     latency={"median_ms": 0.287, "p90_ms": 0.301},
+                     recovery={"precision": "int8+float", "method": "mse+bias", "io_type": "int8", "max_drop": 1.0,
+                               "met": True, "stopped": "within budget", "float_layers": ["dense"],
+                               "initial": {}, "final": {}}),
             _variant("pretrainedResnet_gpu_fp16.tflite", "gpu", "fp16", "float32", size_bytes=163_840,
                      compressed_bytes=150_020, top1=87.6, top5=99.4, drop_pts=0.0, agreement=99.8, cosine=0.99999,
                      sqnr_db=61.3, eval_count=500, convert_seconds=1.9, interpreter="ai-edge-litert 2.3.0",
@@ -195,7 +200,7 @@ def test_html_without_plot_and_with_a_bad_plot(report, tmp_path):
 
 
 def test_write_all_writes_the_three_files(report, tmp_path):
-    paths = rf.write_all(report, tmp_path)
+    paths = write_formats(report, tmp_path, ("csv", "png", "html"))
     assert {p.name for p in paths.values()} == {"report.csv", "accuracy_vs_size.png", "report.html"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["accuracy_vs_size.png", "report.csv", "report.html"]
 
@@ -389,3 +394,18 @@ def test_box_geometry():
     assert not box.crosses((10, -5), (10, 15))  # runs along an edge only
     assert box.overlaps(rf.Box(9, 9, 20, 20)) and not box.overlaps(rf.Box(10, 0, 20, 10))
     assert box.overlaps(rf.Box(11, 0, 20, 10), gap=2) and box.distance(13, 14) == 5.0
+
+
+def test_the_example_report_is_what_the_schema_allows(report):
+    """The fixture above has only keys the pipeline writes: the shipped schema says so."""
+    from edgeresnet.report.schema import validate_report
+
+    validate_report(report)
+    bad = copy.deepcopy(report)
+    bad["variants"][0]["latency_ms"] = 0.3  # a key the pipeline never writes
+    with pytest.raises(ConfigError, match="variants/0.*latency_ms"):
+        validate_report(bad)
+    bad = copy.deepcopy(report)
+    bad["variants"][1]["status"] = "fine"
+    with pytest.raises(ConfigError, match="variants/1/status"):
+        validate_report(bad)

@@ -1,14 +1,12 @@
 """More views of a ``report.json`` dict: a CSV table, an accuracy-vs-size plot, one HTML page.
 
-Everything here reads the dict that :func:`edgeresnet.report.RunReport.to_dict`
-writes (see that module for the schema) and nothing else, so the files can be
+Everything here reads the dict that :meth:`edgeresnet.report.RunReport.to_dict`
+writes (``schema.json`` describes it) and nothing else, so the files can be
 rebuilt later from a saved ``report.json``. Every file is written atomically
 (temporary name in the same folder, then a rename).
 
-Latency is optional in a variant record; it is read from, in this order,
-``latency`` (a :meth:`edgeresnet.bench.BenchResult.to_dict`), ``latency_ms``
-(a number, the median, or such a dict), or ``latency_median_ms`` /
-``latency_p90_ms``.
+Latency is optional in a variant record: ``latency``, a
+:meth:`edgeresnet.bench.BenchResult.to_dict`.
 """
 
 from __future__ import annotations
@@ -25,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-from .errors import ConfigError, MissingDependencyError, OutputExistsError
-from .fsutil import atomic_write_bytes, atomic_write_text
-from .report import safe_mode_text
+from ..errors import ConfigError, MissingDependencyError, OutputExistsError
+from ..fsutil import atomic_write_bytes, atomic_write_text
+from .markdown import _fmt, _kib, _num, safe_mode_text
+from .records import Status
 
 PathLike = Union[str, Path]
 
@@ -60,7 +59,7 @@ CSV_COLUMNS = (
 )
 
 #: Statuses of variants that are not plotted (no model, or a model that failed a check).
-FAILED = ("convert_failed", "validation_failed")
+FAILED = tuple(s.value for s in Status if s.failed)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -94,22 +93,8 @@ def pareto_front(points: Sequence[tuple]) -> list[int]:
 
 def latency_of(variant: dict) -> tuple[Optional[float], Optional[float]]:
     """(median ms, p90 ms) of a variant record, None where it holds no latency."""
-    for key in ("latency", "latency_ms"):
-        value = variant.get(key)
-        if isinstance(value, dict):
-            return _num(value.get("median_ms")), _num(value.get("p90_ms"))
-        if key == "latency_ms" and value is not None:
-            return _num(value), _num(variant.get("latency_p90_ms"))
-    return _num(variant.get("latency_median_ms")), _num(variant.get("latency_p90_ms"))
-
-
-def _num(v) -> Optional[float]:
-    if v is None or isinstance(v, bool):
-        return None
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return None
+    value = variant.get("latency") or {}
+    return _num(value.get("median_ms")), _num(value.get("p90_ms"))
 
 
 def accuracy_metric(report: dict) -> tuple[str, str]:
@@ -467,7 +452,7 @@ class PanelLayout:
 
 
 def _colours(targets: Sequence) -> dict:
-    from .targets import target_names
+    from ..targets import target_names
 
     known = target_names()
     out, extra = {}, len(known)
@@ -570,7 +555,7 @@ def _draw(report: dict):
     handles = [Line2D([], [], marker="o", ls="", color=colour[t], label=str(t)) for t in targets]
     if any(prune_sparsity(v) is not None for v in shown):
         handles.append(Line2D([], [], marker="D", ls="", color="0.45", label="pruned"))
-    if any(v.get("status") == "over_budget" for v in shown):
+    if any(v.get("status") == Status.OVER_BUDGET for v in shown):
         handles.append(Line2D([], [], marker="o", ls="", color="0.45", markerfacecolor="none", label="over budget"))
     if shown:
         handles.append(Line2D([], [], color=FRONT_COLOUR, lw=2.6, label="Pareto front (labels in bold)"))
@@ -601,7 +586,7 @@ def _draw_markers(ax, variants: Sequence[dict], points_px: Sequence[tuple[float,
     """
     px_per_pt = ax.figure.dpi / 72.0
     shapes = ["D" if prune_sparsity(v) is not None else "o" for v in variants]
-    hollow = [v.get("status") == "over_budget" for v in variants]
+    hollow = [v.get("status") == Status.OVER_BUDGET for v in variants]
     colours = [colour[v.get("target")] for v in variants]
     if len(variants) == 2 and len(set(shapes)) == 1 and len(set(hollow)) == 1 and not hollow[0]:
         x, y = ax.transData.inverted().transform(
@@ -755,7 +740,7 @@ def csv_row(variant: dict, label: Optional[str] = None) -> dict:
     default the variant is labelled on its own.
     """
     median, p90 = latency_of(variant)
-    float_layers = variant.get("float_layers")
+    float_layers = (variant.get("recovery") or {}).get("float_layers")
     if isinstance(float_layers, (list, tuple)):
         float_layers = len(float_layers)
     row = {col: _cell(variant.get(col)) for col in CSV_COLUMNS}
@@ -802,15 +787,6 @@ img.plot{max-width:100%;border:1px solid #eee}code{background:#f6f6f6;padding:0 
 
 def _e(v) -> str:
     return html.escape("–" if v is None else str(v), quote=True)
-
-
-def _fmt(v, spec: str = ".2f") -> str:
-    n = _num(v)
-    return "–" if n is None else format(n, spec)
-
-
-def _kib(n) -> str:
-    return "–" if n is None else f"{n / 1024:.1f}"
 
 
 def _value_html(v) -> str:
@@ -985,12 +961,3 @@ def write_html(report: dict, path: PathLike, plot_png: Optional[PathLike] = None
         f"in {_e(report.get('seconds'))} s.</p></body></html>\n"
     )
     return atomic_write_text(path, "\n".join(p for p in parts if p))
-
-
-def write_all(report: dict, folder: PathLike) -> dict[str, Path]:
-    """Write ``report.csv``, ``accuracy_vs_size.png`` and ``report.html`` into ``folder``."""
-    folder = Path(folder)
-    csv_path = write_csv(report, folder / "report.csv")
-    png = plot_accuracy_vs_size(report, folder / "accuracy_vs_size.png")
-    page = write_html(report, folder / "report.html", png)
-    return {"csv": csv_path, "plot": png, "html": page}

@@ -1,186 +1,25 @@
-"""The run report: one record per emitted variant, written as JSON and Markdown.
-
-``report.json`` schema (stable; other tools read it):
-
-- ``model``: name, source, flavor, input_shape, classes, params, safe_mode (loaded with the
-  code checks on; false after ``--trust-model-code``)
-- ``preprocessing``: preset, folded
-- ``calibration``: the calibration record (source, count, seed, preset, ...)
-- ``evaluation``: source, origin, count, labelled
-- ``float``: the float Keras model's count, top1, top5
-- ``variants``: list of records with at least ``target``, ``precision``,
-  ``path``, ``sha256`` (of the file), ``size_bytes``, ``top1``, ``drop_pts``, ``agreement`` and a
-  ``status`` of ``ok``, ``over_budget``, ``convert_failed`` (no model was
-  produced) or ``validation_failed`` (a model was produced, and it failed a check)
-- ``max_drop``, ``passed``, ``seconds``, ``edgeresnet_version``, ``created``
-"""
+"""``report.md`` and the variants table the CLI prints, from a ``report.json`` dict."""
 
 from __future__ import annotations
 
-import datetime as _dt
-import hashlib
-import json
-import os
-import zlib
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional
 
-from . import device_check
-from . import __version__
-from .fsutil import atomic_write_text
-from .verify import Baseline, Drift
+from .. import device_check
 
-STATUSES = ("ok", "over_budget", "convert_failed", "validation_failed")
-
-
-@dataclass
-class VariantRecord:
-    name: str
-    target: str
-    precision: str
-    io_type: str
-    status: str = "ok"
-    error: Optional[str] = None
-    path: Optional[str] = None
-    sha256: Optional[str] = None  # of the emitted file: a device finds its numbers by it (edgeresnet eval --report)
-    size_bytes: Optional[int] = None
-    compressed_bytes: Optional[int] = None
-    convert_seconds: Optional[float] = None
-    interpreter: Optional[str] = None
-    drift: Optional[Drift] = None
-    checks: dict = field(default_factory=dict)
-    extra: dict = field(default_factory=dict)
-
-    def fail(self, status: str, error: str) -> None:
-        if status not in STATUSES:
-            raise ValueError(f"unknown status {status!r}")
-        self.status = status
-        self.error = error
-
-    def set_drift(self, d: Drift) -> None:
-        self.drift = d
-
-    def set_file(self, path: Path, out_dir) -> None:
-        data = Path(path).read_bytes()
-        self.size_bytes = len(data)
-        self.sha256 = hashlib.sha256(data).hexdigest()
-        self.compressed_bytes = len(zlib.compress(data, 9))
-        self.path = str(Path(out_dir) / Path(path).name)
-
-    def drop_text(self) -> str:
-        if self.drift is None:
-            return "n/a"
-        if self.drift.drop_pts is not None:
-            return f"{self.drift.drop_pts:.2f} pts"
-        return f"{100 - self.drift.agreement:.2f} pts disagreement"
-
-    def to_dict(self) -> dict:
-        d = self.drift.to_dict() if self.drift is not None else {}
-        return {
-            "name": self.name,
-            "target": self.target,
-            "precision": self.precision,
-            "io_type": self.io_type,
-            "status": self.status,
-            "error": self.error,
-            "path": self.path,
-            "sha256": self.sha256,
-            "size_bytes": self.size_bytes,
-            "compressed_bytes": self.compressed_bytes,
-            "top1": d.get("top1"),
-            "top5": d.get("top5"),
-            "drop_pts": d.get("drop_pts"),
-            "agreement": d.get("agreement"),
-            "cosine": d.get("cosine"),
-            "sqnr_db": d.get("sqnr_db"),
-            "eval_count": d.get("count"),
-            "convert_seconds": self.convert_seconds,
-            "interpreter": self.interpreter,
-            "checks": self.checks,
-            **self.extra,
-        }
+def _num(v) -> Optional[float]:
+    """``v`` as a float, or None for None, booleans and what is not a number."""
+    if v is None or isinstance(v, bool):
+        return None
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
 
 
-@dataclass
-class RunReport:
-    model: dict
-    preprocessing: dict
-    calibration: Optional[dict]
-    evaluation: dict
-    baseline: Baseline
-    max_drop: Optional[float]
-    prune: Optional[dict] = None
-    variants: list = field(default_factory=list)
-    recovery: bool = False  # whether over-budget int8 models were allowed to keep layers in float
-    metadata: Optional[dict] = None  # the TFLite metadata every emitted model carries (shipping.model_info)
-    seconds: Optional[float] = None
-    created: str = ""
-
-    @classmethod
-    def start(cls, *, model, source, preset, folded, calibration, evaluation, baseline, max_drop, prune=None):
-        info = {
-            "name": model.name,
-            "source": str(source),
-            "flavor": model.flavor,
-            "input_shape": list(model.input_shape),
-            "classes": model.num_classes,
-            "safe_mode": model.safe_mode,
-        }
-        params = getattr(model, "params", None)
-        if params is not None:
-            info["params"] = params
-        return cls(
-            model=info,
-            preprocessing={"preset": preset, "folded_into_model": bool(folded)},
-            calibration=calibration,
-            evaluation=evaluation,
-            baseline=baseline,
-            max_drop=max_drop,
-            prune=prune,
-            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        )
-
-    def add(self, rec: VariantRecord) -> None:
-        self.variants.append(rec)
-
-    def finish(self, seconds: float) -> None:
-        self.seconds = round(seconds, 2)
-
-    @property
-    def passed(self) -> bool:
-        """Every variant is ok, or was over budget and replaced by a recovered variant that is ok."""
-        ok = {v.name for v in self.variants if v.status == "ok"}
-        return all(v.status == "ok" or v.extra.get("recovered_by") in ok for v in self.variants)
-
-    def to_dict(self) -> dict:
-        out = {
-            "edgeresnet_version": __version__,
-            "created": self.created,
-            "model": self.model,
-            "preprocessing": self.preprocessing,
-            "calibration": self.calibration,
-            "evaluation": self.evaluation,
-            "float": self.baseline.to_dict(),
-            "max_drop": self.max_drop,
-            "recovery": self.recovery,
-            "passed": self.passed,
-            "seconds": self.seconds,
-            "variants": [v.to_dict() for v in self.variants],
-        }
-        if self.prune is not None:
-            out["prune"] = self.prune
-        if self.metadata is not None:
-            out["metadata"] = self.metadata
-        return out
-
-
-def _fmt(v, spec=".2f", none="–"):
-    if v is None:
-        return none
-    if isinstance(v, (int, float)):
-        return format(v, spec)
-    return str(v)
+def _fmt(v, spec: str = ".2f") -> str:
+    """A number in ``spec``, or an en dash when there is none (the one formatter of md, html and csv)."""
+    n = _num(v)
+    return "–" if n is None else format(n, spec)
 
 
 def _kib(n):
@@ -306,12 +145,3 @@ def to_markdown(report: dict) -> str:
             )
     lines += ["", f"Written by edgeresnet {report['edgeresnet_version']} on {report['created']} in {report['seconds']} s.", ""]
     return "\n".join(lines)
-
-
-def write_reports(report: RunReport, folder) -> dict:
-    """Write report.json and report.md into ``folder`` (atomically); return the dict."""
-    data = report.to_dict()
-    folder = Path(folder)
-    atomic_write_text(folder / "report.json", json.dumps(data, indent=2, allow_nan=False) + "\n")
-    atomic_write_text(folder / "report.md", to_markdown(data))
-    return data

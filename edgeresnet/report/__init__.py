@@ -1,0 +1,33 @@
+"""The run report: typed records, their JSON Schema, and one registry of writers.
+
+- ``records.py``: :class:`VariantRecord` (declared fields, a :class:`Status`)
+  and :class:`RunReport`; ``report.json`` is ``RunReport.to_dict()``.
+- ``schema.json`` / ``schema.py``: the JSON Schema of ``report.json``, shipped
+  in the package, and :func:`validate_report`.
+- ``writers.py``: the writer registry (json, md, csv, png, html) that both
+  ``convert`` (json and md unless ``--format`` adds more) and ``report`` (all) use.
+- ``markdown.py``: ``report.md`` and the table the CLI prints; ``views.py``:
+  the CSV table, the accuracy-vs-size plot and the HTML page.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .markdown import runtimes_markdown, safe_mode_text, to_markdown, variants_table
+from .records import OPTIONAL_FIELDS, STATUSES, RunReport, Status, VariantRecord
+from .writers import DEFAULT_FORMATS, WRITERS, check_formats, write_formats
+
+
+def write_reports(report: RunReport, folder, formats=DEFAULT_FORMATS) -> dict:
+    """Write ``report`` into ``folder`` in each of ``formats`` (atomically); return its dict."""
+    data = report.to_dict()
+    write_formats(data, Path(folder), formats)
+    return data
+
+
+__all__ = [
+    "DEFAULT_FORMATS", "OPTIONAL_FIELDS", "STATUSES", "RunReport", "Status", "VariantRecord", "WRITERS",
+    "check_formats", "runtimes_markdown", "safe_mode_text", "to_markdown", "variants_table", "write_formats",
+    "write_reports",
+]

@@ -1,0 +1,207 @@
+"""The run report's records: one typed record per emitted variant, and the run around them.
+
+``report.json`` is their ``to_dict()``; its JSON Schema ships next to this
+module (``schema.json``, checked by :func:`edgeresnet.report.schema.validate_report`).
+In short:
+
+- ``model``: name, source, flavor, input_shape, classes, params, safe_mode (loaded with the
+  code checks on; false after ``--trust-model-code``)
+- ``preprocessing``: preset, folded
+- ``calibration``: the calibration record (source, count, seed, preset, ...)
+- ``evaluation``: source, origin, count, labelled
+- ``float``: the float Keras model's count, top1, top5
+- ``variants``: :class:`VariantRecord` dicts: ``target``, ``precision``,
+  ``path``, ``sha256`` (of the file), ``size_bytes``, ``top1``, ``drop_pts``, ``agreement``, ...
+  and a :class:`Status`: ``ok``, ``over_budget``, ``convert_failed`` (no model was
+  produced) or ``validation_failed`` (a model was produced, and it failed a check)
+- ``max_drop``, ``passed``, ``seconds``, ``edgeresnet_version``, ``created``
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+from .. import __version__
+from ..sparsity import compressed_size
+from ..verify import Baseline, Drift
+
+
+class Status(str, Enum):
+    """What happened to one variant (the value is what ``report.json`` says)."""
+
+    OK = "ok"
+    OVER_BUDGET = "over_budget"  # a model was produced and runs, but lost more than --max-drop
+    CONVERT_FAILED = "convert_failed"  # no model was produced
+    VALIDATION_FAILED = "validation_failed"  # a model was produced, and it failed a check or did not run
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def failed(self) -> bool:
+        """Conversion or validation failed (over budget is a measurement, not a failure)."""
+        return self in (Status.CONVERT_FAILED, Status.VALIDATION_FAILED)
+
+
+STATUSES = tuple(s.value for s in Status)
+
+# Optional fields of a variant: written to report.json only when set, in this order.
+OPTIONAL_FIELDS = (
+    "int8_method", "runtimes", "weight_sparsity", "latency", "input_note", "prune",
+    "worst_layers", "recovered_by", "recovery", "device",
+)
+
+
+@dataclass
+class VariantRecord:
+    """One emitted (or failed) model: declared fields only; the JSON Schema has the same ones."""
+
+    name: str
+    target: str
+    precision: str
+    io_type: str
+    status: Status = Status.OK
+    error: Optional[str] = None
+    path: Optional[str] = None
+    sha256: Optional[str] = None  # of the emitted file: a device finds its numbers by it (edgeresnet eval --report)
+    size_bytes: Optional[int] = None
+    compressed_bytes: Optional[int] = None
+    convert_seconds: Optional[float] = None
+    interpreter: Optional[str] = None
+    drift: Optional[Drift] = None
+    checks: dict = field(default_factory=dict)  # check name -> {ok, blocking, summary, ...} (targets.checks)
+    int8_method: Optional[str] = None  # the quantize method of an int8 (or recovered int8+float) model
+    runtimes: Optional[dict] = None  # which runtimes take the shipped file (shipping.runtimes)
+    weight_sparsity: Optional[float] = None  # share of conv/fc weights stored as zero in the file
+    latency: Optional[dict] = None  # bench.BenchResult.to_dict(), when timed
+    input_note: Optional[str] = None
+    prune: Optional[dict] = None  # the pruning summary of a pruned variant
+    worst_layers: Optional[list] = None  # over budget where float layers cannot run: the worst int8 layers
+    recovered_by: Optional[str] = None  # over budget: the name of the recovered variant
+    recovery: Optional[dict] = None  # a recovered variant: quantize.recovery.RecoveryResult.to_dict() + cost
+    device: Optional[dict] = None  # --device-check: the model evaluated on the device (device_check)
+
+    def fail(self, status, error: str) -> None:
+        self.status = Status(status)  # ValueError for an unknown status
+        self.error = error
+
+    def set_drift(self, d: Drift) -> None:
+        self.drift = d
+
+    def set_file(self, path: Path, out_dir) -> None:
+        data = Path(path).read_bytes()
+        self.size_bytes = len(data)
+        self.sha256 = hashlib.sha256(data).hexdigest()
+        self.compressed_bytes = compressed_size(data)
+        self.path = str(Path(out_dir) / Path(path).name)
+
+    def drop_text(self) -> str:
+        if self.drift is None:
+            return "n/a"
+        if self.drift.drop_pts is not None:
+            return f"{self.drift.drop_pts:.2f} pts"
+        return f"{100 - self.drift.agreement:.2f} pts disagreement"
+
+    def to_dict(self) -> dict:
+        d = self.drift.to_dict() if self.drift is not None else {}
+        return {
+            "name": self.name,
+            "target": self.target,
+            "precision": self.precision,
+            "io_type": self.io_type,
+            "status": self.status.value,
+            "error": self.error,
+            "path": self.path,
+            "sha256": self.sha256,
+            "size_bytes": self.size_bytes,
+            "compressed_bytes": self.compressed_bytes,
+            "top1": d.get("top1"),
+            "top5": d.get("top5"),
+            "drop_pts": d.get("drop_pts"),
+            "agreement": d.get("agreement"),
+            "cosine": d.get("cosine"),
+            "sqnr_db": d.get("sqnr_db"),
+            "eval_count": d.get("count"),
+            "convert_seconds": self.convert_seconds,
+            "interpreter": self.interpreter,
+            "checks": self.checks,
+            **{k: getattr(self, k) for k in OPTIONAL_FIELDS if getattr(self, k) is not None},
+        }
+
+
+@dataclass
+class RunReport:
+    model: dict
+    preprocessing: dict
+    calibration: Optional[dict]
+    evaluation: dict
+    baseline: Baseline
+    max_drop: Optional[float]
+    prune: Optional[dict] = None
+    variants: list = field(default_factory=list)
+    recovery: bool = False  # whether over-budget int8 models were allowed to keep layers in float
+    metadata: Optional[dict] = None  # the TFLite metadata every emitted model carries (shipping.model_info)
+    seconds: Optional[float] = None
+    created: str = ""
+
+    @classmethod
+    def start(cls, *, model, source, preset, folded, calibration, evaluation, baseline, max_drop, prune=None):
+        info = {
+            "name": model.name,
+            "source": str(source),
+            "flavor": model.flavor,
+            "input_shape": list(model.input_shape),
+            "classes": model.num_classes,
+            "safe_mode": model.safe_mode,
+        }
+        params = getattr(model, "params", None)
+        if params is not None:
+            info["params"] = params
+        return cls(
+            model=info,
+            preprocessing={"preset": preset, "folded_into_model": bool(folded)},
+            calibration=calibration,
+            evaluation=evaluation,
+            baseline=baseline,
+            max_drop=max_drop,
+            prune=prune,
+            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        )
+
+    def add(self, rec: VariantRecord) -> None:
+        self.variants.append(rec)
+
+    def finish(self, seconds: float) -> None:
+        self.seconds = round(seconds, 2)
+
+    @property
+    def passed(self) -> bool:
+        """Every variant is ok, or was over budget and replaced by a recovered variant that is ok."""
+        ok = {v.name for v in self.variants if v.status == Status.OK}
+        return all(v.status == Status.OK or v.recovered_by in ok for v in self.variants)
+
+    def to_dict(self) -> dict:
+        out = {
+            "edgeresnet_version": __version__,
+            "created": self.created,
+            "model": self.model,
+            "preprocessing": self.preprocessing,
+            "calibration": self.calibration,
+            "evaluation": self.evaluation,
+            "float": self.baseline.to_dict(),
+            "max_drop": self.max_drop,
+            "recovery": self.recovery,
+            "passed": self.passed,
+            "seconds": self.seconds,
+            "variants": [v.to_dict() for v in self.variants],
+        }
+        if self.prune is not None:
+            out["prune"] = self.prune
+        if self.metadata is not None:
+            out["metadata"] = self.metadata
+        return out
