@@ -245,7 +245,11 @@ def edgetpu_verdict(model: bytes, checks: dict) -> dict:
     if check is not None:
         return _verdict(check.get("ok"), check.get("summary", ""))
     graph = read_graph(model)
+    io = set(graph.inputs) | set(graph.outputs)
     floats = [t for t in graph.tensors if t.dtype in ("float32", "float16") and not t.is_constant]
+    if floats and all(t.index in io for t in floats):
+        return _verdict(None, "int8 inside with float input/output: edgetpu_compiler leaves the (de)quantization "
+                              "at the edges on the CPU; --target edgetpu gives uint8 io and checks the op mapping")
     if floats:
         return _verdict(False, "float tensors: the Edge TPU runs fully int8 models only (use --target edgetpu)")
     int16 = [t for t in graph.tensors if t.dtype == "int16"]

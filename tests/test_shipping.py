@@ -171,3 +171,14 @@ def test_uint8_input_cannot_be_exact_for_a_half_pixel_mean(dark_uint8_model):
     assert "not a whole pixel value" in note
     verdict = mediapipe_verdict(shipped, info)
     assert verdict["ok"] is False and "--fold-preprocessing" in verdict["why"]
+
+
+def test_edgetpu_verdict_from_tensor_types(shared_data):
+    from edgeresnet.shipping import edgetpu_verdict
+
+    r8 = shared_data / "mlperf-tiny-resnet8"
+    assert edgetpu_verdict((r8 / "pretrainedResnet.tflite").read_bytes(), {})["ok"] is False  # float model
+    integer = edgetpu_verdict((r8 / "pretrainedResnet_quant.tflite").read_bytes(), {})
+    assert integer["ok"] is None and "edgetpu_compiler" in integer["why"]  # int8: the compiler decides
+    checked = {"edgetpu": {"ok": True, "summary": "17/17 ops would map to the Edge TPU"}}
+    assert edgetpu_verdict(b"", checked) == {"ok": True, "why": "17/17 ops would map to the Edge TPU"}
