@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 import os
-import tomllib
+from ._toml import tomllib
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache

@@ -25,7 +25,7 @@ import re
 import shutil
 import subprocess
 import time
-import tomllib
+from ._toml import tomllib
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import difflib
 import os
-import tomllib
+from .._toml import tomllib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
