@@ -260,3 +260,50 @@ def test_written_weights_survive_the_quantizer_exactly(tiny):
             np.testing.assert_allclose(q * scale / scale, written[t.name] / scale, atol=1e-3)
             checked += 1
     assert checked == len(layers) > 3
+
+
+def test_batched_ranges_are_the_converters_calibration(tiny, monkeypatch):
+    """Pins the private converter path the int8 engine leans on (TF upgrades must fail here, loudly).
+
+    The engine lets ``_experimental_calibrate_only`` see one sample, to lay out
+    the float graph with a min/max slot on every tensor the quantizer needs,
+    and measures those ranges itself in batches. That is only right while the
+    converter's calibrator records the plain min/max over all samples on the
+    same tensors: compare with the calibrator fed everything.
+    """
+    loaded, calib, _, _ = tiny
+
+    def calibrated(samples):
+        conv = loaded.tflite_converter()
+        engine.configure_int8(conv, samples, "int8", engine.Ticker(None, 1))
+        conv._experimental_calibrate_only = True
+        return qg._Graph(engine.run_converter(conv, "calibration"))
+
+    def ranges(graph):
+        return {i: graph.range(i) for i in range(len(graph.sg.tensors)) if graph.has_range(i)}
+
+    ref = calibrated(calib)
+    full = ranges(ref)
+    assert len(full) > 10
+    # TF 2.21's calibrator logs an op's inputs after the op ran, and ADD may
+    # write its output over one input: that input's recorded range then also
+    # covers the sum. our ranges are the tensor's own values.
+    add_out = {int(op.inputs[0]): int(op.outputs[0]) for code, op in ref.ops if code == 0}
+    add_out.update({int(op.inputs[1]): int(op.outputs[0]) for code, op in ref.ops if code == 0})
+    exact = 0
+    for batch in (1, 7, qg.PROBE_MAX_BATCH):  # one sample at a time, a ragged batch, the default
+        monkeypatch.setattr(qg, "PROBE_MAX_BATCH", batch)
+        graph = calibrated(calib[:1])
+        qg._measure_ranges(graph, calib, engine.Ticker(None, 1))
+        ours = ranges(graph)
+        assert set(ours) == set(full)
+        for i, (lo, hi) in full.items():
+            name = graph.sg.tensors[i].name.decode()
+            if np.allclose(ours[i], (lo, hi), rtol=1e-5, atol=1e-6):
+                exact += 1
+                continue
+            assert i in add_out, f"{name}: ours {ours[i]}, converter {lo, hi}"
+            o_lo, o_hi = ours[add_out[i]]
+            union = (min(ours[i][0], o_lo), max(ours[i][1], o_hi))
+            np.testing.assert_allclose(union, (lo, hi), rtol=1e-5, atol=1e-6, err_msg=name)
+    assert exact >= 3 * (len(full) - len(add_out))

@@ -7,9 +7,14 @@ the same session, from the model the chosen method produced.
 
 1. The converter calibrates (``TFLITE_BUILTINS_INT8`` only, the representative
    data streamed). A method that keeps the plain converter (``minmax``) takes
-   its output as is, bit for bit; the others calibrate without quantizing
-   (``_experimental_calibrate_only``): a float flatbuffer whose activation
-   tensors carry the calibrated min/max.
+   its output as is, bit for bit. For the others the converter calibrates
+   without quantizing (``_experimental_calibrate_only``) on one sample only:
+   a float flatbuffer with a min/max slot on every tensor the quantizer needs.
+   Its calibrator runs one sample at a time through a logging interpreter
+   (about ten times slower than float inference), so the min/max of every
+   tensor over all samples is measured instead in batched, multi-threaded
+   float inference (``graph._measure_ranges``; ``tests/test_quantize.py``
+   pins it against the calibrator fed everything).
 2. The method edits that calibrated model (ranges, weights, biases; see the
    method modules and ``graph.py``).
 3. ``tensorflow.lite.python.convert.mlir_quantize`` runs with the arguments
@@ -69,11 +74,12 @@ class Int8Session:
         subsets = self.method.subsets(len(self.calibration), self.config)
         tick = Ticker(progress, len(self.calibration) + sum(len(v) for v in subsets.values()))
         self.converter = make_converter()
-        configure_int8(self.converter, self.calibration, io_type, tick)
         if self.method.plain:
+            configure_int8(self.converter, self.calibration, io_type, tick)
             self._calibrated = None  # made on demand, for models on top of this one
             self.model = run_converter(self.converter, "plain int8 conversion")
             return
+        configure_int8(self.converter, self.calibration[:1], io_type, Ticker(None, 1))  # the layout only
         self.converter._experimental_calibrate_only = True
         calibrated = run_converter(self.converter, "int8 calibration")
         self._calibrated = self._edit(calibrated, subsets, tick)
@@ -89,6 +95,7 @@ class Int8Session:
         )
         with capture_output():  # the interpreter announces its delegates on stderr
             try:
+                g._measure_ranges(graph, self.calibration, tick)
                 self.method.edit(graph, layers, self.calibration, subsets, self.config, tick)
             except (ValueError, RuntimeError, np.linalg.LinAlgError) as exc:
                 raise ConversionError(

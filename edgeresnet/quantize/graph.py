@@ -186,8 +186,17 @@ class _Graph:
 # ---------------------------------------------------------------------- running probes
 
 
-def _probe(graph: _Graph, tensors: list[int]):
-    """An interpreter on the float model with ``tensors`` as its outputs, plus a name map."""
+PROBE_BYTES = 256 << 20  # activations a statistics batch may hold (all of them are kept as outputs)
+PROBE_MAX_BATCH = 32
+
+
+def _probe(graph: _Graph, tensors: list[int], samples: np.ndarray):
+    """An interpreter on the float model with ``tensors`` as its outputs, the batch it runs, and a name map.
+
+    The batch is as large as ``PROBE_BYTES`` of kept activations allows (at
+    most ``PROBE_MAX_BATCH``); a model whose batch dimension cannot be resized
+    runs one sample at a time.
+    """
     from ..runtime import get_backend
 
     saved = graph.sg.outputs
@@ -196,26 +205,72 @@ def _probe(graph: _Graph, tensors: list[int]):
         data = graph.to_bytes()
     finally:
         graph.sg.outputs = saved
+    per_sample = sum(4 * int(np.prod(graph.sg.tensors[i].shape[1:])) for i in tensors)
+    batch = int(max(1, min(PROBE_MAX_BATCH, len(samples), PROBE_BYTES // max(per_sample, 1))))
     backend = get_backend()
-    # The statistics pass is plain float inference: use the cores (the converter's
-    # own calibration runs single-threaded).
+    # The statistics passes are plain float inference: use the cores (the
+    # converter's own calibrator runs single-threaded, one sample at a time).
     interp = backend.interpreter_cls(model_content=data, num_threads=min(os.cpu_count() or 1, 4))
+    inp = interp.get_input_details()[0]
+    if batch > 1:
+        try:
+            interp.resize_tensor_input(inp["index"], [batch] + list(samples.shape[1:]), strict=True)
+        except (ValueError, RuntimeError):
+            batch = 1
     interp.allocate_tensors()
     names = {graph.sg.tensors[i].name.decode(): i for i in tensors}
     outs = [(d["index"], names[d["name"]]) for d in interp.get_output_details()]
-    return interp, interp.get_input_details()[0]["index"], outs
+    return interp, inp["index"], outs, batch
 
 
 def _run_probe(graph: _Graph, tensors: list[int], samples: np.ndarray, visit: Callable[[dict], None], tick):
+    """Run ``samples`` through the float model in batches; ``visit`` gets {tensor: (B, ...) values}."""
     if not tensors:
         tick(len(samples))
         return
-    interp, inp, outs = _probe(graph, tensors)
-    for k in range(len(samples)):
-        interp.set_tensor(inp, samples[k : k + 1])
+    interp, inp, outs, batch = _probe(graph, tensors, samples)
+    for k in range(0, len(samples), batch):
+        chunk = samples[k : k + batch]
+        n = len(chunk)
+        if n < batch:  # the last, short batch: padded with its own first sample, which is not visited
+            chunk = np.concatenate([chunk, np.repeat(chunk[:1], batch - n, axis=0)])
+        interp.set_tensor(inp, np.ascontiguousarray(chunk))
         interp.invoke()
-        visit({i: interp.get_tensor(idx) for idx, i in outs})
-        tick()
+        visit({i: interp.get_tensor(idx)[:n] for idx, i in outs})
+        tick(n)
+
+
+def _measure_ranges(graph: _Graph, samples: np.ndarray, tick) -> None:
+    """Every calibrated tensor's min/max over all samples, as the converter's calibrator records them.
+
+    The calibrator logs the plain minimum and maximum of each float tensor
+    over every sample it is fed, one sample at a time; this measures the same
+    in batched, multi-threaded float inference and writes them into the model.
+    """
+    tensors = [
+        i for i in range(len(graph.sg.tensors))
+        if i not in graph.inputs and graph.has_range(i) and graph.sg.tensors[i].type == _TFLITE_FLOAT32
+    ]
+    lo = {i: np.inf for i in tensors}
+    hi = {i: -np.inf for i in tensors}
+
+    def visit(values):
+        for i, v in values.items():
+            lo[i] = min(lo[i], float(v.min()))
+            hi[i] = max(hi[i], float(v.max()))
+
+    _run_probe(graph, tensors, samples, visit, tick)
+    for i in tensors:
+        _write_range(graph, i, lo[i], hi[i])
+    for i in graph.inputs:
+        if graph.has_range(i):
+            _write_range(graph, i, float(samples.min()), float(samples.max()))
+
+
+def _write_range(graph: _Graph, i: int, lo: float, hi: float) -> None:
+    q = graph.sg.tensors[i].quantization
+    q.min = np.array([lo], np.float32)
+    q.max = np.array([hi], np.float32)
 
 
 # ---------------------------------------------------------------------- statistics
@@ -352,16 +407,18 @@ def _collect_stats(graph: _Graph, layers: list, samples: np.ndarray, cfg: QuantO
     seen = [0]
 
     def visit(values):
-        for i, v in values.items():
-            if i in hist:
-                hist[i].add(v)
-            if i in pool_samples and seen[0] < pool_keep:
-                pool_samples[i].append(v.astype(np.float32, copy=True))
+        n = len(next(iter(values.values())))
+        for j in range(n):  # per sample, as the histograms subsample per added tensor
+            for i, v in values.items():
+                if i in hist:
+                    hist[i].add(v[j : j + 1])
+                if i in pool_samples and seen[0] < pool_keep:
+                    pool_samples[i].append(v[j : j + 1].astype(np.float32, copy=True))
+            seen[0] += 1
         for i in layer_inputs:
             if i not in mean_in:
-                mean_in[i] = np.zeros(values[i].shape, np.float64)
-            np.add(mean_in[i], values[i], out=mean_in[i])
-        seen[0] += 1
+                mean_in[i] = np.zeros((1,) + values[i].shape[1:], np.float64)
+            mean_in[i] += values[i].sum(0, keepdims=True, dtype=np.float64)
 
     _run_probe(graph, tensors, samples, visit, tick)
     mean_inputs = {i: (s / len(samples)).astype(np.float32) for i, s in mean_in.items()}
@@ -641,11 +698,12 @@ def _collect_hessians(graph: _Graph, layers: list[_Layer], samples: np.ndarray, 
     shapes = {l.w: graph.const(l.w).shape for l in layers}
 
     def visit(values):
-        for l in layers:
-            P = _sample_patches(l, values[l.x], shapes[l.w], cfg.gptq_rows, rng).astype(np.float32)
-            h = (P.T @ P).astype(np.float64)
-            acc[l.w] = h if acc[l.w] is None else acc[l.w] + h
-            rows[l.w] += len(P)
+        for j in range(len(values[inputs[0]])):  # sample by sample, as the seeded draws go
+            for l in layers:
+                P = _sample_patches(l, values[l.x][j : j + 1], shapes[l.w], cfg.gptq_rows, rng).astype(np.float32)
+                h = (P.T @ P).astype(np.float64)
+                acc[l.w] = h if acc[l.w] is None else acc[l.w] + h
+                rows[l.w] += len(P)
 
     _run_probe(graph, inputs, samples, visit, tick)
     return {w: h / max(rows[w], 1) for w, h in acc.items() if h is not None}
