@@ -290,13 +290,20 @@ def bench(model, threads, warmup, repeats, interpreter, as_json):
 
     Works on a device that has only ai-edge-litert or tflite-runtime installed.
     """
-    from ._progress import StageProgress
+    from ._progress import Stage, StageProgress
     from .bench import BenchConfig, benchmark, format_bench
 
     config = BenchConfig(warmup=warmup, repeats=repeats, threads=threads)
-    progress = StageProgress()
+    progress = StageProgress(min_seconds=1.0)  # a fast model's runs are over before a line would help
+
+    def runs(done, total):
+        if done <= warmup:
+            progress(Stage("benchmark", "warm-up runs"), done, warmup)
+        else:
+            progress(Stage("benchmark", "timed runs"), done - warmup, repeats)
+
     try:
-        result = benchmark(model, config, backend=interpreter, progress=lambda d, t: progress("benchmark", d, t))
+        result = benchmark(model, config, backend=interpreter, progress=runs)
     finally:
         progress.close()
     click.echo(json.dumps(result.to_dict(include_times=True), indent=2) if as_json else format_bench(result))

@@ -16,6 +16,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from ._progress import Stage
 from .calibration import (
     DEFAULT_SAMPLES,
     ImageSet,
@@ -157,7 +158,7 @@ def _eval_set(opts, loaded, reference_meta, calib: Optional[ImageSet], progress)
     if opts.eval is not None:
         images = load_images(
             opts.eval, shape, samples=opts.eval_samples, seed=opts.seed, resize=opts.resize,
-            progress=_stage(progress, "load eval images"),
+            progress=_stage(progress, "load eval images", "images"),
         )
         return images, "--eval"
     if reference_meta is not None and opts.calib is None:
@@ -170,7 +171,7 @@ def _eval_set(opts, loaded, reference_meta, calib: Optional[ImageSet], progress)
             images = load_images(
                 opts.calib, shape, samples=opts.eval_samples or HELD_OUT_EVAL_SAMPLES,
                 seed=opts.seed + 1, resize=opts.resize, exclude=set(calib.paths) if calib is not None else None,
-                progress=_stage(progress, "load eval images"),
+                progress=_stage(progress, "load eval images", "images"),
             )
             return images, "calibration folder, images not used for calibration (no --eval given)"
         except DataError:
@@ -180,10 +181,11 @@ def _eval_set(opts, loaded, reference_meta, calib: Optional[ImageSet], progress)
     return calib, "the calibration images themselves (no --eval given; in-sample)"
 
 
-def _stage(progress: Optional[ProgressFn], stage: str):
+def _stage(progress: Optional[ProgressFn], stage: str, unit: str = ""):
+    """``progress(done, total[, what])`` for one stage; the stage name carries what is counted (``Stage.unit``)."""
     if progress is None:
         return None
-    return lambda done, total: progress(stage, done, total)
+    return lambda done, total, what=None: progress(Stage(stage, what or unit), done, total)
 
 
 def _check_classes(images: ImageSet, num_classes: int, flag: str):
@@ -350,7 +352,7 @@ def _run_staged(opts, plan, staged, needs_calib, started, progress, notify, benc
         else:
             data.calib = load_images(
                 opts.calib, loaded.input_shape, samples=opts.calib_samples, seed=opts.seed,
-                resize=opts.resize, progress=_stage(progress, "load calibration images"),
+                resize=opts.resize, progress=_stage(progress, "load calibration images", "images"),
             )
         calib_record = calibration_record(data.calib, preset_name, opts.seed, opts.resize)
         for w in calib_record.warnings:  # e.g. fewer than MIN_RECOMMENDED_SAMPLES images
@@ -389,7 +391,7 @@ def _run_staged(opts, plan, staged, needs_calib, started, progress, notify, benc
         models[sparsity] = (model, info)
     prune_info = next((info for _, info in models.values() if info is not None), None)
 
-    float_out = loaded.predict(data.eval_float, progress=_stage(progress, "evaluate float model"))
+    float_out = loaded.predict(data.eval_float, progress=_stage(progress, "evaluate float model", "images"))
     labels = data.eval.labels if data.eval.labelled else None
 
     report = RunReport.start(
@@ -436,7 +438,7 @@ def _run_staged(opts, plan, staged, needs_calib, started, progress, notify, benc
                 report.add(recovered)
     if device_python is not None:
         check_variants(report.variants, staged.path, opts.eval, opts.eval_samples, opts.seed, device_python,
-                       progress=_stage(progress, f"evaluate on the emulated {opts.device_check}"))
+                       progress=_stage(progress, f"evaluate on the emulated {opts.device_check}", "images"))
     if any(COMPILER_HINT in v.checks.get("edgetpu", {}).get("notes", ()) for v in report.variants):
         notify(f"note: {COMPILER_HINT}")  # once per run, not once per model
     report.finish(time.perf_counter() - started)
@@ -500,7 +502,7 @@ class _Emitter:
         shipped = self._ship(result.model, rec)  # what is written, run and checked: the model with its metadata
         try:
             tfl = TFLiteModel(shipped)
-            out = tfl.predict(self.conv_eval, progress=_stage(self.progress, f"evaluate {name}"))
+            out = tfl.predict(self.conv_eval, progress=_stage(self.progress, f"evaluate {name}", "images"))
         except TFLiteFileError as exc:
             rec.fail(Status.VALIDATION_FAILED, f"emitted model does not run: {exc}")
             return rec
@@ -516,7 +518,7 @@ class _Emitter:
             from .bench import benchmark
 
             rec.latency = benchmark(
-                shipped, self.bench_config, progress=_stage(self.progress, f"benchmark {name}"),
+                shipped, self.bench_config, progress=_stage(self.progress, f"benchmark {name}", "runs"),
                 isolate=False,  # a model this run wrote and already ran
             ).to_dict()
         failed = [k for k, v in rec.checks.items() if v.get("ok") is False and v.get("blocking", True)]
@@ -597,7 +599,7 @@ def _load_train(opts, loaded, preset, progress):
         return None
     images = load_images(
         opts.train, loaded.input_shape, samples=None, seed=opts.seed, resize=opts.resize,
-        progress=_stage(progress, "load training images"),
+        progress=_stage(progress, "load training images", "images"),
     )
     if not images.labelled:
         raise DataError(f"{opts.train} has no class sub-folders; --train needs one sub-folder per class")
@@ -611,7 +613,7 @@ def _prune(config, loaded, train, progress, notify):
     from .prune import prune_model
 
     stage = f"fine-tune pruned model ({config.sparsity:g})"
-    result = prune_model(loaded, config, train=train, progress=_stage(progress, stage))
+    result = prune_model(loaded, config, train=train, progress=_stage(progress, stage, "training batches"))
     for w in result.warnings:
         notify(f"warning: {w}")
     name = loaded.name + f"_pruned{int(round(config.sparsity * 100))}"

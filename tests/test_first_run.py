@@ -1,5 +1,6 @@
 """What a first-time user sees: the order of errors, the words on stderr, what report.md carries (issue #17)."""
 
+import json
 import re
 from pathlib import Path
 
@@ -83,3 +84,56 @@ def test_inspect_of_a_float16_model_names_each_dtype_once_and_no_edgetpu_memory(
     assert "parameters ~" not in out  # no op maps to the Edge TPU, so no parameter memory is claimed
     code, out, err = run_cli(["inspect", tiny_tflite["int8"]], capsys)
     assert re.search(r"edgetpu: parameters ~\d+\.\d KiB", out), out
+
+
+# --------------------------------------------------------------------------- progress says what it counts
+
+
+def run_cli_fd(args, capfd):
+    """Like run_cli, reading fd 2: progress writes to a copy of the terminal's stderr."""
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out = capfd.readouterr()
+    return code, out.out, out.err
+
+
+def test_calibration_progress_counts_images_and_statistics_samples_apart(tiny_model_h5, tiny_data, tmp_path, capfd):
+    out = tmp_path / "out"
+    code, _, err = run_cli_fd([
+        "convert", tiny_model_h5, "--int8", "--calib", tiny_data["calib"], "--eval", tiny_data["eval"],
+        "--preset", "unit", "--calib-samples", 40, "--out", out,
+    ], capfd)
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    used = report["calibration"]["count"]
+    starts = [line for line in err.splitlines() if line.startswith("calibrate ") and line.endswith(" ...")]
+    counts = [re.search(r"\((\d+) ([a-z ]+)\) \.\.\.$", line).groups() for line in starts]
+    # The calibration pass counts exactly the images the report says were used; the later passes say what they count.
+    assert counts[0] == (str(used), "calibration images"), starts
+    assert ("samples for statistics" in {what for _, what in counts[1:]}), starts
+    assert all(int(n) <= used for n, _ in counts[1:]), starts
+    assert re.search(r"^evaluate float model \(\d+ images\) \.\.\.$", err, re.M), err
+
+
+def test_bench_shows_no_progress_for_a_fast_model(tiny_tflite, capfd):
+    code, out, err = run_cli_fd(["bench", tiny_tflite["int8"], "--warmup", 3, "--repeats", 5], capfd)
+    assert code == 0, err
+    assert "median" in out
+    assert "benchmark" not in err, err
+
+
+def test_bench_names_warm_up_and_timed_runs_when_they_take_long(tiny_tflite, capfd, monkeypatch):
+    import types
+
+    from edgeresnet import _progress
+
+    ticks = iter(range(10**6))  # the progress clock advances 2 s per look: every stage is slow
+    monkeypatch.setattr(_progress, "time", types.SimpleNamespace(perf_counter=lambda: 2.0 * next(ticks)))
+    code, out, err = run_cli_fd(["bench", tiny_tflite["int8"], "--warmup", 3, "--repeats", 5], capfd)
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if line.startswith("benchmark")]
+    assert lines[0] == "benchmark (3 warm-up runs) ..." and "benchmark (5 timed runs) ..." in lines, lines
+    assert re.match(r"benchmark: 5 timed runs done in \d+\.\ds$", lines[-1]), lines

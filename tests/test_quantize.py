@@ -128,9 +128,14 @@ def test_equalization_leaves_balanced_layers_alone(tiny):
 def test_progress_reaches_its_total(tiny):
     loaded, calib, _, _ = tiny
     calls = []
-    quantize_int8(loaded.tflite_converter, calib[:12], "int8", "mse+bias", progress=lambda d, t: calls.append((d, t)))
-    assert calls and calls[-1][0] == calls[-1][1]
-    assert all(b[0] >= a[0] for a, b in zip(calls, calls[1:]))
+    quantize_int8(loaded.tflite_converter, calib[:12], "int8", "mse+bias", progress=lambda d, t, what: calls.append((d, t, what)))
+    # One count per pass, each with what it counts: the 12 images, then the statistics passes on their samples.
+    passes = list(dict.fromkeys(what for _, _, what in calls))
+    assert passes[0] == "calibration images" and "samples for statistics" in passes, passes
+    for what in passes:
+        mine = [(d, t) for d, t, w in calls if w == what]
+        assert mine[-1][0] == mine[-1][1] and all(b[0] >= a[0] for a, b in zip(mine, mine[1:])), (what, mine)
+    assert [t for d, t, w in calls if w == "calibration images"][0] == 12
 
 
 @pytest.mark.parametrize(

@@ -51,7 +51,8 @@ class Int8Session:
     model; ``calibration`` holds preprocessed float32 samples (N, H, W, C);
     ``io_type`` is the model's input/output type (``int8``, ``uint8`` or
     ``float32``); ``method`` a name in the method registry. ``progress(done,
-    total)`` follows calibration, the statistics passes and (GPTQ) the layers.
+    total, what)`` follows each pass on its own: calibration ("calibration
+    images"), then the method's passes ("samples for statistics", ...).
     """
 
     def __init__(
@@ -72,7 +73,7 @@ class Int8Session:
         self.make_converter, self.io_type = make_converter, io_type
         self.calibration = check_calibration(calibration)
         subsets = self.method.subsets(len(self.calibration), self.config)
-        tick = Ticker(progress, len(self.calibration) + sum(len(v) for v in subsets.values()))
+        tick = Ticker(progress, len(self.calibration), "calibration images")  # each statistics pass is a section
         self.converter = make_converter()
         if self.method.plain:
             configure_int8(self.converter, self.calibration, io_type, tick)
@@ -213,15 +214,27 @@ def check_full_integer(model: bytes, io_type: str) -> None:
 
 
 class Ticker:
-    """Counts steps of long work towards one ``progress(done, total)``."""
+    """Counts the steps of long work, one pass at a time, towards ``progress(done, total)``.
 
-    def __init__(self, progress, total):
-        self.progress, self.total, self.done = progress, max(int(total), 1), 0
+    With ``what`` (what the pass counts: "calibration images", "samples for statistics")
+    the call is ``progress(done, total, what)``; :meth:`section` starts the next pass.
+    """
+
+    def __init__(self, progress, total, what: Optional[str] = None):
+        self.progress = progress
+        self.section(what, total)
+
+    def section(self, what: Optional[str], total: int) -> None:
+        self.what, self.total, self.done = what, max(int(total), 1), 0
 
     def __call__(self, k: int = 1):
         self.done = min(self.done + k, self.total)
-        if self.progress is not None:
+        if self.progress is None:
+            return
+        if self.what is None:
             self.progress(self.done, self.total)
+        else:
+            self.progress(self.done, self.total, self.what)
 
 
 def check_calibration(x) -> np.ndarray:

@@ -393,6 +393,7 @@ def _pool_inputs(graph: _Graph) -> dict[int, list]:
 
 
 def _collect_stats(graph: _Graph, layers: list, samples: np.ndarray, cfg: QuantOptConfig, want_means: bool, tick) -> _Stats:
+    tick.section("samples for statistics", len(samples))
     acts = graph.activation_tensors()
     hist = {}
     for i in acts:
@@ -554,6 +555,7 @@ def _equalize(graph: _Graph, samples: np.ndarray, tick) -> int:
     2.5-5x, raised the output error by about 10 %).
     Returns the number of chains rescaled.
     """
+    tick.section("samples for equalization", len(samples))
     layers = graph.weight_layers(per_channel=True, dense_per_channel=True)
     chains = _chains(graph, layers)
     if not chains:
@@ -691,6 +693,7 @@ def _gptq(w: np.ndarray, hessian: np.ndarray, scale: np.ndarray, damp: float = 0
 
 def _collect_hessians(graph: _Graph, layers: list[_Layer], samples: np.ndarray, cfg: QuantOptConfig, tick) -> dict:
     """E[p p^T] over input patches p of every layer (a seeded subset of positions)."""
+    tick.section("samples for GPTQ Hessians", len(samples))
     rng = np.random.default_rng(cfg.seed)
     acc = {l.w: None for l in layers}
     rows = {l.w: 0 for l in layers}
