@@ -17,6 +17,32 @@ from .errors import MissingDependencyError
 _HOST_HINT = "install the host extras: pip install 'edgeresnet[host]'"
 
 
+#: What ``convert`` and ``report`` import; a device install (edgeresnet[device]) has none of them.
+HOST_MODULES = ("tensorflow", "tf_keras", "h5py")
+
+
+def require_host(command: str) -> None:
+    """Raise MissingDependencyError naming what is missing when the host packages are not installed.
+
+    Looks the modules up without importing them, so it costs nothing on a host.
+    """
+    import importlib.util
+
+    missing = []
+    for name in HOST_MODULES:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # ValueError: blocked (sys.modules[name] is None)
+            found = False
+        if not found:
+            missing.append(name)
+    if missing:
+        raise MissingDependencyError(
+            f"{command} needs the host install ({', '.join(missing)} not installed here; this looks like "
+            "a device install, which runs inspect and bench): pip install 'edgeresnet[host]'"
+        )
+
+
 def _prepare_env() -> None:
     if "tensorflow" in sys.modules and os.environ.get("TF_USE_LEGACY_KERAS") != "1":
         # Too late to switch tf.keras to tf_keras; we use tf_keras explicitly anyway.

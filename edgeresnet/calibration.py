@@ -43,8 +43,14 @@ Policies (also in ``calibration/README.md``):
 
 from __future__ import annotations
 
+import errno
 import math
 import os
+import re
+import stat
+import warnings
+import zipfile
+import zlib
 from ._toml import tomllib
 from collections import Counter
 from dataclasses import dataclass
@@ -54,7 +60,8 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from .errors import ConfigError, DataError
+from ._validate import whole_number
+from .errors import ConfigError, DataError, EdgeResNetWarning
 
 DEFAULT_SAMPLES = 300
 MIN_RECOMMENDED_SAMPLES = 100
@@ -395,11 +402,11 @@ def load_images(
         raise ConfigError(f"samples must be a positive number of images (or None for all), got {samples!r}")
     if resize not in RESIZE_POLICIES:
         raise ConfigError(f"resize must be crop or stretch, got {resize!r}")
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
-        raise ConfigError(f"seed must be an integer, got {seed!r}")
+    whole_number("seed", seed, 0)
     p = Path(path)
     if not p.exists():
         raise DataError(f"{p}: no such file or folder; {_WHAT_TO_PASS}")
+    _check_special(p)
     excluded = {os.path.abspath(e) for e in (exclude or ())}
     suffix = p.suffix.lower()
     if p.is_dir():
@@ -428,6 +435,7 @@ def list_images(
     p = Path(path)
     if not p.exists():
         raise DataError(f"{p}: no such file or folder; pass a folder of {_KINDS} images")
+    _check_special(p)
     if p.is_dir():
         files, labels, class_names = _scan_folder(p)
     elif p.suffix.lower() in IMAGE_EXTENSIONS:
@@ -446,6 +454,8 @@ def read_image(path: PathLike, input_shape: tuple[int, int, int], resize: str = 
     shape = _check_shape(input_shape)
     if shape[2] not in (1, 3):
         raise ConfigError(f"image files give 1 or 3 channels but the model takes {shape[2]}")
+    if Path(path).exists():
+        _check_special(Path(path))
     if not Path(path).is_file():
         raise DataError(f"{path}: no such image file; pass the path of a {_KINDS} image")
     return _decode(str(path), shape, resize)[0]
@@ -469,13 +479,49 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def _check_special(p: Path) -> None:
+    """A FIFO, device or socket would block or never end when read: refuse it by name."""
+    try:
+        mode = p.stat().st_mode
+    except OSError as exc:
+        _unreadable_entry(str(p), exc)
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise DataError(
+            f"{p} is not a regular file (a FIFO, device or socket), so it cannot be read as an image; "
+            "remove it or pass a regular file"
+        )
+
+
+def _unreadable_entry(path: str, exc: OSError):
+    if exc.errno == errno.ELOOP:
+        raise DataError(f"{path} is a symbolic link loop; remove it or point it at an image") from None
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        raise DataError(f"{path}: permission denied; make it readable") from None
+    raise DataError(f"{path}: cannot read it ({exc.strerror or exc}); remove or replace it") from None
+
+
+def _entries(folder: str) -> list:
+    """Visible entries of ``folder``, sorted by name; special files and link loops refused by name."""
+    try:
+        entries = sorted((e for e in os.scandir(folder) if not _is_hidden(e.name)), key=lambda e: e.name)
+    except PermissionError:
+        raise DataError(f"{folder}: permission denied; make the folder readable") from None
+    for e in entries:
+        try:
+            mode = e.stat().st_mode
+        except FileNotFoundError:
+            continue  # a dangling symbolic link: ignored, like any other non-image
+        except OSError as exc:
+            _unreadable_entry(e.path, exc)
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            _check_special(Path(e.path))
+    return entries
+
+
 def _scan_folder(root: Path) -> tuple[list[str], Optional[list[int]], Optional[tuple[str, ...]]]:
     """Sorted absolute image paths, their labels and the class names (None, None when flat)."""
     root_abs = os.path.abspath(root)
-    try:
-        entries = sorted((e for e in os.scandir(root_abs) if not _is_hidden(e.name)), key=lambda e: e.name)
-    except PermissionError:
-        raise DataError(f"{root}: permission denied; make the folder readable") from None
+    entries = _entries(root_abs)
     dirs = [e for e in entries if e.is_dir()]
     files = [e for e in entries if e.is_file()]
     loose = [e.path for e in files if _is_image(e.name)]
@@ -497,10 +543,7 @@ def _scan_folder(root: Path) -> tuple[list[str], Optional[list[int]], Optional[t
     labels: list[int] = []
     nested = []
     for label, d in enumerate(dirs):
-        try:
-            inner = sorted((e for e in os.scandir(d.path) if not _is_hidden(e.name)), key=lambda e: e.name)
-        except PermissionError:
-            raise DataError(f"{d.path}: permission denied; make the folder readable") from None
+        inner = _entries(d.path)
         images = [e.path for e in inner if e.is_file() and _is_image(e.name)]
         if not images and any(e.is_dir() for e in inner):
             nested.append(d.name)
@@ -587,12 +630,30 @@ def _decode(path: str, shape: tuple[int, int, int], resize: str) -> tuple[np.nda
 
     h, w, c = shape
     try:
-        with Image.open(path) as im:
-            im.load()
-            im = _to_mode(im, "L" if c == 1 else "RGB")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                im = _to_mode(im, "L" if c == 1 else "RGB")
+    except Image.DecompressionBombError as exc:
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(pixels.group(1)):,} pixels" if pixels else "too many pixels"
+        raise DataError(
+            f"{path}: the image has {size}, over Pillow's decompression-bomb limit; "
+            "resize or remove it"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise DataError(f"{path}: cannot read this image ({reason}); replace or remove the file") from None
+    for warning in caught:
+        if issubclass(warning.category, Image.DecompressionBombWarning):
+            warnings.warn(
+                f"{path}: the image is {im.size[0]}x{im.size[1]} pixels, large enough to be a decompression "
+                "bomb; it was read, but check that the file is what you meant to use", EdgeResNetWarning,
+                stacklevel=2,
+            )
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     was_resized = im.size != (w, h)
     if was_resized:
         im = _resize(im, w, h, resize)
@@ -658,9 +719,12 @@ def _load_array(p: Path, shape, samples, seed, excluded, progress) -> ImageSet:
                     class_names = tuple(str(s) for s in npz["class_names"].reshape(-1))
     except DataError:
         raise
-    except (ValueError, OSError, EOFError) as exc:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise DataError(f"{p}: cannot read this array file ({reason}); save it with numpy.save / numpy.savez") from None
+        raise DataError(
+            f"{p}: cannot read this array file ({reason}); it is damaged or truncated: "
+            "save it again with numpy.save / numpy.savez"
+        ) from None
 
     if x.ndim == 3 and shape[2] == 1:
         x = x[..., None]

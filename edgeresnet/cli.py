@@ -10,10 +10,11 @@ import json
 import math
 import os
 import sys
+import warnings
 
 import click
 
-from .errors import EdgeResNetError
+from .errors import EdgeResNetError, EdgeResNetWarning
 from .quantize.registry import DEFAULT_METHOD
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -70,7 +71,7 @@ def _data_options(f):
         click.option("--io", "io_type", metavar="TYPE", help="Input/output type of full-integer models: uint8 (default on cpu and edgetpu: what MediaPipe and the TFLite Task Library take), int8 or float32."),
         click.option("--calib", type=click.Path(), help="Calibration data: an image folder (flat or one sub-folder per class), or a .npy/.npz array."),
         click.option("--calib-samples", type=int, default=300, show_default=True, help="How many calibration images to use (seeded, class-balanced when labelled)."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed for sampling images."),
+        click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed for sampling images."),
         click.option("--preset", metavar="NAME", help="Preprocessing the model was trained with: raw (0..255), unit ([0,1]), symmetric ([-1,1]), caffe, torch. Default: raw (the reference model knows its own)."),
         click.option("--resize", type=click.Choice(["crop", "stretch"]), default="crop", show_default=True, help="How images of another size are fitted: crop = shorter side to size then centre crop; stretch = straight resize."),
         click.option("--fold-preprocessing", is_flag=True, help="Put the preset inside the model so the deployed model takes raw 0..255 pixels."),
@@ -374,7 +375,7 @@ def predict(model, images, k, **kw):
 @click.argument("model", type=click.Path())
 @click.option("--images", "images", type=click.Path(), required=True, metavar="DIR", help="Labelled images: one sub-folder per class (matched to the model's labels by name; without labels, sorted folder names are the output indices).")
 @click.option("--samples", type=int, metavar="N", help="Evaluate at most N images, picked as convert --eval-samples N picks them (default: all).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for picking --samples images (the same as convert's --seed).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed for picking --samples images (the same as convert's --seed).")
 @click.option("--against", type=click.Path(), metavar="OTHER.tflite", help="A second model run on the same images: its top-1/top-5 and the share of images where both agree.")
 @click.option("--report", "report_path", type=click.Path(), metavar="report.json", help="The host's report for this model (found by sha256, or file name): shows the host's top-1 and the drop on this device.")
 @click.option("--max-drop", type=FINITE, metavar="PTS", help="Exit 3 when top-1 here is more than PTS points below the host's top-1 in --report.")
@@ -459,12 +460,25 @@ def _interrupted(exc) -> None:
     _fail(f"interrupted ({name or 'Ctrl-C'}); partial output removed, any previous output left as it was", code)
 
 
+_python_showwarning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """edgeresnet's own warnings as one ``warning:`` line; anything else as Python shows it."""
+    if issubclass(category, EdgeResNetWarning):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
 def main(argv=None):
     """Console entry point: every user-facing failure is one line and a non-zero exit."""
     from ._signals import handle_signals
 
     try:
-        with handle_signals():  # SIGTERM (CI cancel, docker stop) is handled like Ctrl-C
+        with handle_signals(), warnings.catch_warnings():  # SIGTERM (CI cancel, docker stop) is handled like Ctrl-C
+            warnings.simplefilter("always", EdgeResNetWarning)
+            warnings.showwarning = _show_warning
             rv = cli.main(args=argv, prog_name="edgeresnet", standalone_mode=False)
     except click.exceptions.UsageError as exc:
         hint = f" (see: {exc.ctx.command_path} --help)" if exc.ctx is not None else ""

@@ -66,3 +66,7 @@ class DriftBudgetExceeded(EdgeResNetError):
     """A model's accuracy drop exceeds ``--max-drop``; the report was still written."""
 
     exit_code = 3
+
+
+class EdgeResNetWarning(UserWarning):
+    """Something worth telling the user that does not stop the run (the CLI prints it as one line)."""

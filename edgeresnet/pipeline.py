@@ -9,6 +9,7 @@ optional ``notify(message)`` callback; everything else is in the returned
 from __future__ import annotations
 
 import errno
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +26,10 @@ from .calibration import (
     load_images,
 )
 from .convert import ConversionSpec, convert
+from ._tf import require_host
+from ._validate import whole_number
 from .device_check import DEVICES, check_variants, pi_python
-from .errors import ConfigError, ConversionError, DataError, DriftBudgetExceeded, TFLiteFileError
+from .errors import ConfigError, ConversionError, DataError, DriftBudgetExceeded, ModelLoadError, TFLiteFileError
 from .edgetpu import COMPILER_HINT
 from .quantize.registry import DEFAULT_METHOD
 from .fsutil import (
@@ -91,10 +94,15 @@ class ConvertOptions:
         check_formats(self.formats)
         if not self.targets:
             raise ConfigError(f"no target given; pass --target with one of {', '.join(target_names())}")
-        for name in self.targets:
-            get_target(name)  # raises TargetError with a suggestion
-        if len(set(self.targets)) != len(self.targets):
+        names = [get_target(name).name for name in self.targets]  # raises TargetError with a suggestion
+        if len(set(names)) != len(names):  # names are case-insensitive: cpu and CPU are one target
             raise ConfigError(f"a target is repeated in {list(self.targets)}; give each once")
+        whole_number("--seed", self.seed, 0)
+        if self.int8 and self.precision not in (None, "int8"):
+            raise ConfigError(
+                f"--int8 and --precision {self.precision} contradict each other (--int8 never falls back to "
+                f"another precision); drop --int8 to get {self.precision}, or drop --precision"
+            )
         if self.calib_samples is None or self.calib_samples <= 0:
             raise ConfigError(f"--calib-samples must be a positive number of images, got {self.calib_samples}")
         if self.eval_samples is not None and self.eval_samples <= 0:
@@ -194,6 +202,35 @@ def _check_classes(images: ImageSet, num_classes: int, flag: str):
             f"{flag} has {len(images.class_names)} class folders but the model has {num_classes} outputs; "
             "use one sub-folder per model class (sorted names give the label order)"
         )
+    if images.labels is not None and len(images.labels) and int(images.labels.max()) >= num_classes:
+        raise DataError(
+            f"{flag} ({images.source}) has labels up to {int(images.labels.max())} but the model has "
+            f"{num_classes} outputs (classes 0..{num_classes - 1}); an accuracy on these labels would mean "
+            "nothing: pass the labels of this model's classes"
+        )
+
+
+def _check_finite_weights(loaded, label: str) -> None:
+    """NaN or infinite weights make every converted model (and the float accuracy) meaningless: name the layers."""
+    bad = []
+    for layer in getattr(loaded.model, "layers", ()):
+        count = sum(int(np.size(w) - np.isfinite(w).sum()) for w in layer.get_weights()
+                    if np.issubdtype(np.asarray(w).dtype, np.floating))
+        if count:
+            bad.append(f"{layer.name} ({count})")
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise ModelLoadError(
+            f"{label} has NaN or infinite weights in layer {shown}; the model is broken "
+            "(a diverged training run?): fix or retrain it before converting"
+        )
+
+
+def _same_data(a: Optional[str], b: Optional[str]) -> bool:
+    try:
+        return a is not None and b is not None and os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _file_name(model_name: str, target: Target, spec: ConversionSpec) -> str:
@@ -248,6 +285,7 @@ def run_convert(
     writing everything to ``OUT.failed`` beside ``opts.out``, which is left as
     it was (see :func:`edgeresnet.fsutil.failed_path`).
     """
+    require_host("convert")
     return _run(opts, _plan(opts), progress=progress, notify=notify)
 
 
@@ -264,6 +302,7 @@ def run_report(
     accuracy_vs_size.png. ``bench_config`` (a ``bench.BenchConfig``) times each
     model on this machine; ``None`` skips latency.
     """
+    require_host("report")
     from .prune import PruneConfig
 
     for s in sparsities:
@@ -318,6 +357,11 @@ def _run(opts, plan, progress=None, notify=None, bench_config=None, formats=None
     device_python = pi_python() if opts.device_check else None  # before any work: is the device there?
     for note in clean_stale_partials(opts.out) + clean_stale_tempdirs():
         notify(note)
+    if _same_data(opts.calib, opts.eval):
+        notify(
+            f"warning: --eval is the same data as --calib ({opts.eval}): accuracy is measured in-sample, "
+            "on the calibration images, and will look better than on new images"
+        )
     try:
         # The staged folder is made first: it proves --out's parent is writable before any work.
         with StagedDir(opts.out, opts.overwrite, inputs) as staged, run_tempdir() as tmp:
@@ -335,6 +379,7 @@ def _run(opts, plan, progress=None, notify=None, bench_config=None, formats=None
 def _run_staged(opts, plan, staged, needs_calib, started, progress, notify, bench_config, formats,
                 device_python=None) -> RunReport:
     loaded, reference_meta = _load_model(opts)
+    _check_finite_weights(loaded, opts.model or "the reference model")
     preset_name = opts.preset or (reference_meta or {}).get("preset") or "raw"
     preset = get_preset(preset_name)
     if opts.labels is not None:  # a bad --labels file fails before any long work

@@ -26,6 +26,8 @@ _BACKENDS = (
     ("tf.lite", "tensorflow", "tensorflow"),
 )
 
+_PIP_NAMES = {"ai-edge-litert": "ai-edge-litert", "tflite-runtime": "tflite-runtime", "tf.lite": "tensorflow"}
+
 TFLITE_IDENTIFIER = b"TFL3"
 EDGETPU_CUSTOM_OP = b"edgetpu-custom-op"
 
@@ -80,6 +82,13 @@ def get_backend(name: Optional[str] = None) -> Backend:
             errors.append(f"{bname}: {exc}")
             continue
         return Backend(bname, str(version), cls, module)
+    if wanted is not None:
+        installed = [n for n in available_backends() if n != wanted]
+        have = f"installed here: {', '.join(installed)}" if installed else "no other interpreter is installed either"
+        raise MissingDependencyError(
+            f"the {wanted} interpreter was asked for but cannot be imported ({'; '.join(errors)}); {have}. "
+            f"Install {_PIP_NAMES[wanted]} or ask for one that is installed"
+        )
     raise MissingDependencyError(
         "no TFLite interpreter is installed; pip install 'edgeresnet[device]' "
         "(ai-edge-litert) or tflite-runtime ("
@@ -146,6 +155,8 @@ def read_tflite_bytes(path: Union[str, Path]) -> bytes:
         raise TFLiteFileError(f"{p}: no such file; pass the path of a .tflite model")
     if p.is_dir():
         raise TFLiteFileError(f"{p} is a folder; pass the path of a .tflite file")
+    if not p.is_file():  # reading a FIFO or a device would block or never end
+        raise TFLiteFileError(f"{p} is not a regular file (a FIFO, device or socket); pass the path of a .tflite file")
     try:
         data = p.read_bytes()
     except OSError as exc:
@@ -239,13 +250,18 @@ class TFLiteModel:
                 self.interpreter = self.backend.interpreter_cls(**kwargs)
                 check_input_size(self.interpreter, label)
                 self.interpreter.allocate_tensors()
+            self.inputs = [_spec(d) for d in self.interpreter.get_input_details()]
+            self.outputs = [_spec(d) for d in self.interpreter.get_output_details()]
+        except UnicodeDecodeError:
+            raise TFLiteFileError(
+                f"{label}: a tensor name is not valid UTF-8 text; the file is corrupt or was written by a "
+                "broken tool: convert the model again"
+            ) from None
         except (ValueError, RuntimeError) as exc:
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise TFLiteFileError(
                 f"{label} does not load in {self.backend.name} {self.backend.version}: {msg}"
             ) from None
-        self.inputs = [_spec(d) for d in self.interpreter.get_input_details()]
-        self.outputs = [_spec(d) for d in self.interpreter.get_output_details()]
         if len(self.inputs) != 1 or len(self.outputs) != 1:
             raise TFLiteFileError(
                 f"{label} has {len(self.inputs)} inputs and {len(self.outputs)} outputs; "

@@ -120,6 +120,8 @@ def snapshot(root: Path) -> dict:
                 snap[rel] = "link:" + os.readlink(p)
             elif p.is_dir():
                 snap[rel] = "dir"
+            elif not p.is_file():  # a FIFO or device: reading it would block
+                snap[rel] = "special"
             else:
                 snap[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
     return snap
@@ -445,3 +447,189 @@ def test_identical_runs_give_bit_identical_tflite(tmp_path, monkeypatch):
     assert code == 0, stderr
     assert model.read_bytes() == first and len(first) > 10_000
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+# ---------------------------------------------------------------- hostile inputs (items 3, 5 data, 6)
+
+MLPERF = Path(os.environ.get("EDGERESNET_TEST_DATA", REPO.parent / "shared" / "data")) / "mlperf-tiny-resnet8"
+QUANT_TFLITE = MLPERF / "pretrainedResnet_quant.tflite"
+FLOAT_TFLITE = MLPERF / "pretrainedResnet.tflite"
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        if os.environ.get("CI") == "true":
+            raise AssertionError(f"{path} is missing (CI=true)")
+        pytest.skip(f"{path} not found; set EDGERESNET_TEST_DATA")
+    return path
+
+
+def _fifo(rel: str):
+    def setup(w: World):
+        os.mkfifo(w.root / rel)
+    return setup
+
+
+def _symlink(rel: str, target: str):
+    def setup(w: World):
+        os.symlink(target, w.root / rel)
+    return setup
+
+
+def _npz(name: str, damage: Callable[[bytes], bytes], labels=None, size=(32, 32, 3)):
+    def setup(w: World):
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        x = rng.integers(0, 256, (20, *size), dtype=np.uint8)
+        y = np.arange(20) % 10 if labels is None else labels
+        np.savez(w.root / name, x=x, y=y)
+        (w.root / name).write_bytes(damage((w.root / name).read_bytes()))
+    return setup
+
+
+def _flip_byte_in_member(data: bytes) -> bytes:
+    """One byte of the stored x.npy changed: the zip reads, its CRC-32 check fails."""
+    out = bytearray(data)
+    out[len(data) // 3] ^= 0xFF
+    return bytes(out)
+
+
+def _huge_png(rel: str, width: int = 20000, height: int = 20000):
+    """A real PNG whose header says width x height (Pillow refuses it before decoding)."""
+    import struct
+    import zlib
+
+    def setup(w: World):
+        from PIL import Image
+
+        path = w.root / rel
+        Image.new("RGB", (8, 8), (200, 10, 10)).save(path)
+        data = path.read_bytes()
+        i = data.index(b"IHDR")
+        ihdr = bytearray(data[i:i + 17])
+        ihdr[4:12] = struct.pack(">II", width, height)
+        path.write_bytes(data[:i] + bytes(ihdr) + struct.pack(">I", zlib.crc32(bytes(ihdr))) + data[i + 21:])
+    return setup
+
+
+def _model_with_nan(w: World):
+    import h5py
+    import numpy as np
+
+    with h5py.File(w.model, "r+") as f:
+        d = f["model_weights/conv2_block1_2_conv/conv2_block1_2_conv/kernel:0"]
+        a = d[...]
+        a.flat[0], a.flat[1] = np.nan, np.inf
+        d[...] = a
+
+
+def _truncate(rel: str, keep: float = 0.5):
+    def setup(w: World):
+        p = w.root / rel
+        data = p.read_bytes()
+        p.write_bytes(data[: int(len(data) * keep)])
+    return setup
+
+
+def _tflite_copy(name: str, src: Path, change: Optional[Callable[[bytes], bytes]] = None):
+    def setup(w: World):
+        data = _need(src).read_bytes()
+        (w.root / name).write_bytes(change(data) if change else data)
+    return setup
+
+
+def _non_utf8_name(data: bytes) -> bytes:
+    out = bytearray(data)
+    i = data.index(b"input_1_int8")
+    out[i + 2:i + 4] = b"\xff\xfe"
+    return bytes(out)
+
+
+def _batch_60161(data: bytes) -> bytes:
+    """The input tensor's batch size 1 -> 60161 (a corruption the fuzz test found; 700 MiB of input)."""
+    out = bytearray(data)
+    out[318085] = 0xEB
+    return bytes(out)
+
+
+def _device_only(w, monkeypatch):
+    for name in ("tensorflow", "tf_keras", "h5py"):
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+def _bomb_limit(w, monkeypatch):
+    """Pillow's bomb limits scaled down so the 8x8 test images fall between warning (64 px) and error."""
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40)
+
+
+def _says_warning(*words):
+    def check(w: World, stdout: str, stderr: str):
+        warnings = [ln for ln in stderr.splitlines() if ln.startswith("warning:")]
+        assert any(all(str(x(w) if callable(x) else x) in ln for x in words) for ln in warnings), stderr
+    return check
+
+
+def _bomb_warning_named(w: World, stdout: str, stderr: str):
+    _says_warning(lambda w: w.calib / "class0", "decompression bomb")(w, stdout, stderr)
+    assert "DecompressionBombWarning" not in stderr  # Pillow's raw warning does not leak
+
+
+INPUT_CASES = [
+    # 3: special files never hang
+    Case("FIFO as --calib x.jpg", _convert("--calib", lambda w: w.root / "x.jpg"), 2, ("x.jpg", "not a regular file"),
+         setup=_fifo("x.jpg")),
+    Case("FIFO inside an image folder", _convert("--calib", lambda w: w.calib), 2, ("f.png", "not a regular file"),
+         setup=_fifo("calib/class0/f.png")),
+    Case("device file named .png in an image folder", _convert("--calib", lambda w: w.calib), 2,
+         ("zero.png", "not a regular file"), setup=_symlink("calib/class1/zero.png", "/dev/zero")),
+    Case("FIFO as --calib .npy", _convert("--calib", lambda w: w.root / "x.npy"), 2, ("x.npy", "not a regular file"),
+         setup=_fifo("x.npy")),
+    Case("FIFO as the model", lambda w: ["convert", w.root / "m.h5", "--int8", "--calib", w.calib], 2,
+         ("m.h5", "not a regular file"), setup=_fifo("m.h5")),
+    Case("inspect a FIFO", lambda w: ["inspect", w.root / "m.tflite"], 2, ("m.tflite", "not a regular file"),
+         setup=_fifo("m.tflite")),
+    Case("bench a FIFO", lambda w: ["bench", w.root / "m.tflite"], 2, ("m.tflite", "not a regular file"),
+         setup=_fifo("m.tflite")),
+    Case("bench a model whose input claims 700 MiB", lambda w: ["bench", w.root / "big.tflite"], 2,
+         ("big.tflite", "60161", "MiB"), setup=_tflite_copy("big.tflite", FLOAT_TFLITE, _batch_60161)),
+    # 5: data errors name the file, at once
+    Case("--seed -1", _convert("--seed", "-1"), 2, ("--seed",)),
+    Case("truncated .npz", _convert("--calib", lambda w: w.root / "t.npz"), 2, ("t.npz", "damaged or truncated"),
+         setup=_npz("t.npz", lambda b: b[: len(b) // 2])),
+    Case("CRC-damaged .npz", _convert("--calib", lambda w: w.root / "c.npz"), 2, ("c.npz", "CRC"),
+         setup=_npz("c.npz", _flip_byte_in_member)),
+    Case("symlink loop in an image folder", _convert("--calib", lambda w: w.calib), 2,
+         ("loop.png", "symbolic link loop"), setup=_symlink("calib/class0/loop.png", "loop.png")),
+    Case("20000x20000 image", _convert("--calib", lambda w: w.calib), 2,
+         ("big.png", "400,000,000 pixels", "decompression-bomb"), setup=_huge_png("calib/class1/big.png")),
+    Case("truncated .h5", lambda w: ["convert", w.model, "--int8", "--calib", w.calib], 2, ("model.h5",),
+         setup=_truncate("proj/model.h5")),
+    Case("bench: tensor names not UTF-8", lambda w: ["bench", w.root / "n.tflite"], 2, ("n.tflite", "UTF-8"),
+         setup=_tflite_copy("n.tflite", QUANT_TFLITE, _non_utf8_name)),
+    Case("convert in a device-only install", _convert(), 2, ("needs the host install", "pip install 'edgeresnet[host]'"),
+         patch=_device_only),
+    Case("report in a device-only install", lambda w: ["report"], 2, ("needs the host install", "edgeresnet[host]"),
+         patch=_device_only),
+    # 6: no silent nonsense
+    Case("--eval labels outside the model's classes", _convert("--calib", lambda w: w.calib, "--eval", lambda w: w.root / "e.npz"),
+         2, ("e.npz", "labels up to 15", "10 outputs"), setup=_npz("e.npz", lambda b: b, labels=list(range(16)) + [0] * 4)),
+    Case("NaN/Inf weights", lambda w: ["convert", w.model, "--int8", "--calib", w.calib], 2,
+         ("NaN or infinite", "conv2_block1_2_conv"), setup=_model_with_nan),
+    Case("--target cpu --target CPU", _convert("--target", "cpu", "--target", "CPU"), 2, ("repeated",)),
+    Case("--int8 --precision fp32", _convert("--precision", "fp32"), 2, ("--int8", "--precision fp32")),
+    Case("--int8 --precision dynamic", _convert("--precision", "dynamic"), 2, ("--int8", "--precision dynamic")),
+    Case("--eval same as --calib warns in-sample", _convert("--calib", lambda w: w.calib, "--eval", lambda w: w.calib),
+         2, ("class folders",), check=_says_warning("in-sample", "--eval")),
+    Case("decompression-bomb warning names the file", _convert("--calib", lambda w: w.calib), 2, ("class folders",),
+         patch=_bomb_limit, check=_bomb_warning_named),
+    Case("bench --interpreter tflite-runtime, not installed", lambda w: ["bench", w.root / "q.tflite", "--interpreter", "tflite-runtime"],
+         2, ("tflite-runtime", "installed here: ai-edge-litert"), setup=_tflite_copy("q.tflite", QUANT_TFLITE)),
+]
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.marks) for c in INPUT_CASES])
+def test_hostile_input_case(case, tmp_path, monkeypatch):
+    run_case(case, tmp_path, monkeypatch)

@@ -267,6 +267,13 @@ def check_model_path(path) -> tuple[Path, Callable]:
             )
         loader = _load_saved_model
     else:
+        if not p.is_file():  # reading a FIFO or a device would block or never end
+            raise ModelLoadError(f"{p} is not a regular file (a FIFO, device or socket); {_WHAT}")
+        try:
+            with open(p, "rb"):
+                pass
+        except OSError as exc:
+            raise ModelLoadError(f"{p} cannot be opened ({exc.strerror or exc}); make it readable, or {_WHAT}") from None
         suffix = p.suffix.lower()
         if suffix == ".tflite":
             raise ModelLoadError(f"{p} is already a TFLite model; {_WHAT} (the model before conversion)")
