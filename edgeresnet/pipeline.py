@@ -456,7 +456,9 @@ def _run_staged(opts, plan, staged, needs_calib, started, progress, notify, benc
         prune=prune_info,
     )
     class_names, names_from = shipping.resolve_labels(
-        opts.labels, [("the evaluation data", data.eval), ("the calibration data", data.calib)], loaded.num_classes
+        opts.labels,
+        [("the evaluation data", data.eval), ("the calibration data", data.calib), ("--train", _train_class_names(opts))],
+        loaded.num_classes,
     )
     if class_names is None:
         notify("warning: the data is unlabelled, so the models carry no class names (apps show none); "
@@ -636,6 +638,15 @@ def _zero_fraction(model: bytes) -> float:
 def _seeded_pick(n: int, k: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return np.sort(rng.permutation(n)[: min(k, n)])
+
+
+def _train_class_names(opts) -> Optional[tuple[str, ...]]:
+    """The class folder names of --train (a scan, no decoding), or None."""
+    if opts.train is None or not Path(opts.train).is_dir():
+        return None
+    from .calibration import list_images
+
+    return list_images(opts.train)[2]
 
 
 def _load_train(opts, loaded, preset, progress):

@@ -59,7 +59,7 @@ def read_labels_file(path, num_classes: int) -> tuple[str, ...]:
 def resolve_labels(labels_file, named_sets: Sequence[tuple[str, object]], num_classes: int) -> tuple[Optional[tuple[str, ...]], Optional[str]]:
     """(class names, where they came from): ``--labels`` first, else the labelled data folders.
 
-    ``named_sets`` are (flag, ImageSet or None), e.g. ("--eval", eval_set). Two
+    ``named_sets`` are (flag, ImageSet, class-name tuple or None), e.g. ("--eval", eval_set). Two
     labelled folders with different class names are refused. (None, None) when
     nothing names the classes.
     """
@@ -68,8 +68,11 @@ def resolve_labels(labels_file, named_sets: Sequence[tuple[str, object]], num_cl
     found: Optional[tuple[str, ...]] = None
     source = None
     for flag, images in named_sets:
-        names = getattr(images, "class_names", None) if images is not None else None
-        if not names or not getattr(images, "labelled", True):
+        if isinstance(images, tuple):  # class names straight from a folder scan
+            names = images
+        else:
+            names = getattr(images, "class_names", None) if getattr(images, "labelled", True) else None
+        if not names:
             continue
         names = tuple(str(n) for n in names)
         if found is None:

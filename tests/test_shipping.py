@@ -72,6 +72,8 @@ def test_labels_from_folders_must_agree():
 
     assert resolve_labels(None, [("eval", Set(("a", "b"))), ("calib", Set(("a", "b")))], 2) == (("a", "b"), "class folders of eval")
     assert resolve_labels(None, [("eval", None), ("calib", Set(None))], 2) == (None, None)
+    # --train's folder scan gives a plain tuple of names; used when nothing else is labelled
+    assert resolve_labels(None, [("eval", None), ("--train", ("a", "b"))], 2) == (("a", "b"), "class folders of --train")
     with pytest.raises(ConfigError, match="different class folders"):
         resolve_labels(None, [("eval", Set(("a", "b"))), ("calib", Set(("a", "c")))], 2)
     with pytest.raises(DataError, match="2 class names but the model has 3 outputs"):
