@@ -633,3 +633,53 @@ INPUT_CASES = [
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.marks) for c in INPUT_CASES])
 def test_hostile_input_case(case, tmp_path, monkeypatch):
     run_case(case, tmp_path, monkeypatch)
+
+
+_BLOCK_HOST = "import sys\nfor m in ('tensorflow', 'tf_keras', 'h5py'):\n    sys.modules[m] = None\n"
+
+
+@pytest.mark.parametrize("command", ["convert", "report"])
+def test_device_only_install_names_the_host_install(command, tmp_path):
+    """TensorFlow and h5py unimportable in a fresh Python, as in `pip install edgeresnet[device]`."""
+    code = _BLOCK_HOST + "from edgeresnet.cli import main\nmain(sys.argv[1:])\n"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("EDGERESNET_DEBUG", None)
+    res = subprocess.run([sys.executable, "-c", code, command, "--out", str(tmp_path / "out")],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert res.returncode == 2, res.stderr
+    assert len(errors) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert f"{command} needs the host install" in errors[0] and "pip install 'edgeresnet[host]'" in errors[0]
+    assert "h5py" in errors[0] and "tensorflow" in errors[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def _without_file_permission_override():
+    """In the child, before exec: drop root's CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH so mode 000 holds."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+
+def test_unreadable_h5_is_named(tmp_path):
+    """A model file without read permission (as root, the child runs without the permission override)."""
+    model = tmp_path / "model.h5"
+    shutil.copyfile(REFERENCE_H5, model)
+    model.chmod(0o000)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("EDGERESNET_DEBUG", None)
+    argv = [sys.executable, "-m", "edgeresnet.cli", "convert", str(model), "--int8", "--out", str(tmp_path / "out")]
+    try:
+        res = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+                             preexec_fn=_without_file_permission_override if os.geteuid() == 0 else None)
+    except subprocess.SubprocessError as exc:
+        pytest.skip(f"cannot drop root's file-permission override here ({exc})")
+    finally:
+        model.chmod(0o600)
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert res.returncode == 2, res.stderr
+    assert len(errors) == 1 and str(model) in errors[0] and "ermission denied" in errors[0], res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.h5"]
