@@ -19,10 +19,9 @@ from typing import Callable, Optional, Union
 
 import numpy as np
 
-from ._isolate import IsolatedFailure, run_isolated
 from ._validate import whole_number
 from .errors import ConfigError, TFLiteFileError
-from .runtime import TFLiteModel, TensorSpec, emulation, get_backend, read_tflite_bytes
+from .runtime import TFLiteModel, TensorSpec, emulation, read_tflite_bytes, run_failure, trial_run_isolated
 
 ProgressFn = Callable[[int, int], None]
 
@@ -128,16 +127,8 @@ def benchmark(
         raise ConfigError(f"config must be a BenchConfig, got {type(config).__name__}")
     label = "model" if isinstance(model, (bytes, bytearray)) else str(model)
     if isolate:
-        data = bytes(model) if isinstance(model, (bytes, bytearray)) else read_tflite_bytes(model)
-        get_backend(backend)  # a missing interpreter is reported here, not from the child
-        try:
-            run_isolated(_trial_run, data, label, config.threads, backend)
-        except IsolatedFailure as exc:
-            raise TFLiteFileError(
-                f"{label}: the interpreter {exc.how} loading and running this model; "
-                "the file is corrupt or not a valid TFLite model"
-            ) from None
-        model = data
+        model = bytes(model) if isinstance(model, (bytes, bytearray)) else read_tflite_bytes(model)
+        trial_run_isolated(model, label, num_threads=config.threads, backend=backend)
     tfl = TFLiteModel(model, num_threads=config.threads, backend=backend, label=label)
     spec = tfl.input
     x = random_input(spec)
@@ -158,7 +149,7 @@ def benchmark(
             if progress is not None:
                 progress(config.warmup + i + 1, total)
     except (ValueError, RuntimeError) as exc:
-        raise _run_error(label, tfl, exc) from None
+        raise run_failure(label, tfl, exc) from None
     ms = times * 1000.0
     return BenchResult(
         model=label,
@@ -179,21 +170,6 @@ def benchmark(
         times_ms=tuple(float(t) for t in ms),
         emulated=emulation(),
     )
-
-
-def _trial_run(data: bytes, label: str, threads: Optional[int], backend: Optional[str]) -> None:
-    """Load ``data``, allocate and invoke once (run in a child process by :func:`benchmark`)."""
-    tfl = TFLiteModel(data, num_threads=threads, backend=backend, label=label)
-    try:
-        tfl.invoke_raw(random_input(tfl.input))
-    except (ValueError, RuntimeError) as exc:
-        raise _run_error(label, tfl, exc) from None
-
-
-def _run_error(label: str, tfl: TFLiteModel, exc: Exception) -> TFLiteFileError:
-    text = str(exc).strip()
-    msg = text.splitlines()[0] if text else type(exc).__name__
-    return TFLiteFileError(f"{label} loads but does not run in {tfl.backend.name} {tfl.backend.version}: {msg}")
 
 
 def _size_text(n: int) -> str:

@@ -47,7 +47,7 @@ import numpy as np
 from .calibration import Preset, get_preset, list_images, load_presets, read_image
 from .errors import ConfigError, DataError, TFLiteFileError
 from .metadata import check_label_count, read_labels_file, read_metadata
-from .runtime import TFLiteModel, read_tflite_bytes
+from .runtime import TFLiteModel, read_tflite_bytes, trial_run_isolated
 from .verify import agreement, topk_accuracy
 
 ProgressFn = Callable[[str, int, int], None]
@@ -218,6 +218,7 @@ class Classifier:
     ):
         self.path = str(path)
         self.data = read_tflite_bytes(path)
+        trial_run_isolated(self.data, self.path, num_threads=num_threads, backend=backend)  # a crash stays in a child
         self.model = TFLiteModel(self.data, num_threads=num_threads, backend=backend)
         self.setup = model_setup(self.model, self.data, overrides or Overrides(), self.path)
         self.sha256 = hashlib.sha256(self.data).hexdigest()

@@ -18,6 +18,7 @@ from typing import Callable, Iterable, Optional, Union
 import numpy as np
 
 from ._capture import capture_output
+from ._isolate import IsolatedFailure, run_isolated
 from .errors import MissingDependencyError, TFLiteFileError
 
 _BACKENDS = (
@@ -112,6 +113,39 @@ def check_input_size(interpreter, label: str) -> None:
                 f"{label}: input {list(shape)} would take {size / 2**20:,.0f} MiB, more than the "
                 f"{MAX_INPUT_BYTES // 2**20} MiB edgeresnet runs; the file is corrupt or not an edge model"
             )
+
+
+def trial_run_isolated(data: bytes, label: str, num_threads: Optional[int] = None, backend: Optional[str] = None) -> None:
+    """Load ``data``, allocate and invoke it once on zeros in a child process.
+
+    The interpreter is C++ that trusts the file: a corrupt model can kill the
+    process that loads it. Call this before loading a model the user gave in
+    this process; a crash or a hang in the child raises TFLiteFileError here,
+    and so does anything :class:`TFLiteModel` would raise.
+    """
+    get_backend(backend)  # a missing interpreter is reported from here, not from the child
+    try:
+        run_isolated(_trial_run, data, label, num_threads, backend)
+    except IsolatedFailure as exc:
+        raise TFLiteFileError(
+            f"{label}: the interpreter {exc.how} loading and running this model; "
+            "the file is corrupt or not a valid TFLite model"
+        ) from None
+
+
+def _trial_run(data: bytes, label: str, num_threads: Optional[int], backend: Optional[str]) -> None:
+    tfl = TFLiteModel(data, num_threads=num_threads, backend=backend, label=label)
+    try:
+        tfl.invoke_raw(np.zeros([max(d, 1) for d in tfl.input.shape], tfl.input.dtype))
+    except (ValueError, RuntimeError) as exc:
+        raise run_failure(label, tfl, exc) from None
+
+
+def run_failure(label: str, tfl: "TFLiteModel", exc: Exception) -> TFLiteFileError:
+    """The error for a model that loaded but failed in ``invoke()``."""
+    text = str(exc).strip()
+    msg = text.splitlines()[0] if text else type(exc).__name__
+    return TFLiteFileError(f"{label} loads but does not run in {tfl.backend.name} {tfl.backend.version}: {msg}")
 
 
 def _dist_version(dist: str) -> str:

@@ -237,7 +237,7 @@ def test_inspect_reports_a_crashing_interpreter(shared_data):
 
 def test_bench_turns_a_crashing_interpreter_into_one_line(shared_data):
     model = shared_data / "mlperf-tiny-resnet8" / "pretrainedResnet_quant.tflite"
-    res = _cli_with_segfault("bench", "_trial_run", ["bench", model, "--repeats", "2"])
+    res = _cli_with_segfault("runtime", "_trial_run", ["bench", model, "--repeats", "2"])
     errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
     assert res.returncode == 2, res.stderr
     assert len(errors) == 1 and "crashed (SIGSEGV)" in errors[0] and str(model) in errors[0], res.stderr
