@@ -19,6 +19,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 
 def main() -> None:
@@ -28,6 +29,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
+
+    from _bare import bare_int8_seconds
 
     from edgeresnet import _tf
     from edgeresnet.calibration import get_preset, load_images
@@ -43,17 +46,6 @@ def main() -> None:
     model = build_model("resnet50")
     loaded = LoadedModel.from_keras(model, "resnet50")
 
-    def bare() -> float:
-        conv = tf.lite.TFLiteConverter.from_keras_model(model)
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.representative_dataset = lambda: ([calib[i : i + 1]] for i in range(len(calib)))
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        conv.inference_input_type = tf.int8
-        conv.inference_output_type = tf.int8
-        start = time.perf_counter()
-        conv.convert()
-        return time.perf_counter() - start
-
     def pipeline() -> float:
         start = time.perf_counter()
         convert(loaded.tflite_converter, ConversionSpec("int8", "int8"), calib)
@@ -61,7 +53,7 @@ def main() -> None:
 
     times = {"bare TFLiteConverter": [], "edgeresnet convert()": []}
     for _ in range(args.rounds):
-        times["bare TFLiteConverter"].append(bare())
+        times["bare TFLiteConverter"].append(bare_int8_seconds(tf, model, calib))
         times["edgeresnet convert()"].append(pipeline())
     base = statistics.median(times["bare TFLiteConverter"])
     print(f"ResNet-50 224x224x3, {len(calib)} calibration images from {args.images} "

@@ -26,6 +26,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 
 def _data_root() -> Path:
@@ -86,6 +87,8 @@ def resnet8_table(methods, seeds, samples) -> None:
 def resnet50_timing(methods, samples, rounds) -> None:
     import numpy as np
 
+    from _bare import bare_int8_seconds
+
     from edgeresnet import _tf
     from edgeresnet.calibration import get_preset, load_images
     from edgeresnet.models import build_model
@@ -98,20 +101,9 @@ def resnet50_timing(methods, samples, rounds) -> None:
     model = build_model("resnet50")
     loaded = LoadedModel.from_keras(model, "resnet50")
 
-    def bare() -> float:
-        conv = tf.lite.TFLiteConverter.from_keras_model(model)
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.representative_dataset = lambda: ([calib[i : i + 1]] for i in range(len(calib)))
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        conv.inference_input_type = tf.int8
-        conv.inference_output_type = tf.int8
-        start = time.perf_counter()
-        conv.convert()
-        return time.perf_counter() - start
-
     times = {"bare": []}
     for _ in range(rounds):
-        times["bare"].append(bare())
+        times["bare"].append(bare_int8_seconds(tf, model, calib))
         for method in methods:
             start = time.perf_counter()
             quantize_int8(loaded.tflite_converter, calib, "int8", method)

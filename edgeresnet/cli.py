@@ -130,6 +130,14 @@ def _prune_config(sparsity, kw, flag):
     return PruneConfig(sparsity=sparsity, seed=kw["seed"], **given)
 
 
+# Options of `convert`/`report` that are ConvertOptions fields of the same name.
+_SAME_NAMED = (
+    "io_type", "calib", "calib_samples", "seed", "preset", "resize", "fold_preprocessing", "eval_samples",
+    "max_drop", "overwrite", "train", "recover", "int8_method", "strict", "trust_model_code", "device_check",
+    "labels",
+)
+
+
 def _options(model, kw, default_out, **extra):
     from .pipeline import ConvertOptions
 
@@ -137,25 +145,9 @@ def _options(model, kw, default_out, **extra):
     return ConvertOptions(
         model=model,
         targets=tuple(kw["targets"]) or default_targets,
-        io_type=kw["io_type"],
-        calib=kw["calib"],
-        calib_samples=kw["calib_samples"],
-        seed=kw["seed"],
-        preset=kw["preset"],
-        resize=kw["resize"],
-        fold_preprocessing=kw["fold_preprocessing"],
         eval=kw["eval_path"],
-        eval_samples=kw["eval_samples"],
-        max_drop=kw["max_drop"],
         out=kw["out"] or default_out,
-        overwrite=kw["overwrite"],
-        train=kw["train"],
-        recover=kw["recover"],
-        int8_method=kw["int8_method"],
-        strict=kw["strict"],
-        trust_model_code=kw["trust_model_code"],
-        device_check=kw["device_check"],
-        labels=kw["labels"],
+        **{name: kw[name] for name in _SAME_NAMED},
         **extra,
     )
 

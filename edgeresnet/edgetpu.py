@@ -25,7 +25,6 @@ import re
 import shutil
 import subprocess
 import time
-from ._toml import tomllib
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -34,7 +33,7 @@ from typing import Callable, Optional, Union
 import numpy as np
 
 from .errors import ConfigError, MissingDependencyError, TFLiteFileError
-from .resources import resource_dir
+from .resources import read_toml, resource_dir
 from .runtime import EDGETPU_CUSTOM_OP
 from .tflite_graph import TFLiteGraph, Op, Tensor, read_graph
 
@@ -105,11 +104,7 @@ def _default_table() -> EdgeTpuOpTable:
 
 
 def _load_table(path: Path) -> EdgeTpuOpTable:
-    try:
-        with open(path, "rb") as fh:
-            raw = tomllib.load(fh)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read the Edge TPU op table {path}: {exc}") from None
+    raw = read_toml(path, "the Edge TPU op table")
     ops = {}
     for row in raw.get("op", []):
         try:

@@ -514,31 +514,8 @@ def prune_model(
     if not isinstance(config, PruneConfig):
         raise ConfigError(f"config must be a PruneConfig, got {type(config).__name__}")
     source = _unwrap(model)
-    tf = _tf.tf()
-    keras = _tf.tf_keras()
-    mot = _tf.tfmot()
-
-    out_shape = source.output_shape
-    if isinstance(out_shape, list) or len(out_shape) != 2:
-        raise PruningError(f"{source.name} has output shape {out_shape}; edgeresnet prunes single-output classifiers")
-    n_outputs = int(out_shape[-1])
-    train = _check_data("--train", train, source, n_outputs)
-    val = _check_data("validation data", val, source, n_outputs)
-    if train is not None and config.epochs == 0:
-        raise ConfigError(
-            "--epochs 0 with --train would not fine-tune at all; pass --epochs 1 or more, "
-            "or leave out --train for one-shot pruning"
-        )
-
-    warnings = []
-    if config.policy == "xnnpack":
-        warnings.append(
-            "xnnpack policy: XNNPACK runs sparse kernels only for float models whose weights are stored sparse "
-            "(converter Optimize.EXPERIMENTAL_SPARSITY); int8 variants get smaller, not faster"
-        )
-    if train is None:
-        warnings.append(ONE_SHOT_WARNING)
-
+    tf, keras, mot = _tf.tf(), _tf.tf_keras(), _tf.tfmot()
+    train, val = _check_train_val(source, config, train, val)
     strategy = _strategy(tf)
     tf.random.set_seed(config.seed)
     steps_per_epoch = math.ceil(len(train[0]) / config.batch_size) if train is not None else 0
@@ -550,56 +527,9 @@ def prune_model(
         work = keras.models.clone_model(source)
         work.set_weights(source.get_weights())
         plans = _plan(work, config, keras, mot)
-        targets = {p.name: p.target for p in plans}
-
-        def wrap(layer):
-            target = targets.get(layer.name, 0.0)
-            if target <= 0:
-                return layer
-            kwargs = {"pruning_schedule": _schedule(mot, target, config, total_steps)}
-            if config.structure == "block":
-                kwargs["block_size"] = config.block_size
-            elif config.structure == "2:4":
-                kwargs["sparsity_m_by_n"] = (2, 4)
-            try:
-                return mot.sparsity.keras.prune_low_magnitude(layer, **kwargs)
-            except ValueError as exc:
-                raise PruningError(f"tfmot cannot prune layer {layer.name}: {exc}") from None
-
-        try:
-            pruned = keras.models.clone_model(work, clone_function=wrap)
-        except (ValueError, tf.errors.InvalidArgumentError) as exc:
-            raise PruningError(f"tfmot cannot prune {source.name}: {str(exc).strip().splitlines()[0]}") from None
-
-        history = {}
+        pruned = _wrap(work, source.name, plans, config, total_steps)
         started = time.perf_counter()
-        if train is None:
-            for layer in pruned.layers:
-                if getattr(layer, "pruning_obj", None) is not None:  # a PruneLowMagnitude wrapper
-                    layer.pruning_step.assign(1)
-                    layer.pruning_obj.conditional_mask_update()
-                    layer.pruning_obj.weight_mask_op()
-        else:
-            from_logits = not _outputs_are_probabilities(work, train[0])
-            pruned.compile(
-                optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
-                metrics=["accuracy"],
-            )
-            callbacks = [mot.sparsity.keras.UpdatePruningStep()]
-            if progress is not None:
-                callbacks.append(_progress_callback(keras, progress, total_steps))
-            fit = pruned.fit(
-                train[0],
-                train[1],
-                batch_size=config.batch_size,
-                epochs=config.epochs,
-                shuffle=True,
-                validation_data=val,
-                callbacks=callbacks,
-                verbose=0,
-            )
-            history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
+        history = _fine_tune(pruned, work, config, train, val, total_steps, progress)
         seconds = time.perf_counter() - started
 
     stripped = mot.sparsity.keras.strip_pruning(pruned)
@@ -614,7 +544,104 @@ def prune_model(
     if val is not None:
         pred = final.predict(val[0], batch_size=config.batch_size, verbose=0)
         val_accuracy = 100.0 * float(np.mean(np.argmax(pred, axis=-1) == val[1]))
+    return PruneResult(
+        model=final,
+        config=config,
+        layers=_layer_records(final, plans, config),
+        fine_tuned=train is not None,
+        train_samples=0 if train is None else len(train[0]),
+        steps=total_steps or 0,
+        train_seconds=seconds,
+        strategy=type(strategy).__name__,
+        replicas=int(strategy.num_replicas_in_sync),
+        warnings=_warnings(config, train),
+        history=history,
+        val_accuracy=val_accuracy,
+        bn_recalibration_batches=bn_batches,
+    )
 
+
+def _check_train_val(source, config: PruneConfig, train, val):
+    """The model is a single-output classifier and the data fit it; checked before any work."""
+    out_shape = source.output_shape
+    if isinstance(out_shape, list) or len(out_shape) != 2:
+        raise PruningError(f"{source.name} has output shape {out_shape}; edgeresnet prunes single-output classifiers")
+    n_outputs = int(out_shape[-1])
+    train = _check_data("--train", train, source, n_outputs)
+    val = _check_data("validation data", val, source, n_outputs)
+    if train is not None and config.epochs == 0:
+        raise ConfigError(
+            "--epochs 0 with --train would not fine-tune at all; pass --epochs 1 or more, "
+            "or leave out --train for one-shot pruning"
+        )
+    return train, val
+
+
+def _warnings(config: PruneConfig, train) -> tuple[str, ...]:
+    warnings = []
+    if config.policy == "xnnpack":
+        warnings.append(
+            "xnnpack policy: XNNPACK runs sparse kernels only for float models whose weights are stored sparse "
+            "(converter Optimize.EXPERIMENTAL_SPARSITY); int8 variants get smaller, not faster"
+        )
+    if train is None:
+        warnings.append(ONE_SHOT_WARNING)
+    return tuple(warnings)
+
+
+def _wrap(work, model_name: str, plans, config: PruneConfig, total_steps):
+    """A clone of ``work`` with every planned layer wrapped for tfmot's magnitude pruning."""
+    tf, keras, mot = _tf.tf(), _tf.tf_keras(), _tf.tfmot()
+    targets = {p.name: p.target for p in plans}
+
+    def wrap(layer):
+        target = targets.get(layer.name, 0.0)
+        if target <= 0:
+            return layer
+        kwargs = {"pruning_schedule": _schedule(mot, target, config, total_steps)}
+        if config.structure == "block":
+            kwargs["block_size"] = config.block_size
+        elif config.structure == "2:4":
+            kwargs["sparsity_m_by_n"] = (2, 4)
+        try:
+            return mot.sparsity.keras.prune_low_magnitude(layer, **kwargs)
+        except ValueError as exc:
+            raise PruningError(f"tfmot cannot prune layer {layer.name}: {exc}") from None
+
+    try:
+        return keras.models.clone_model(work, clone_function=wrap)
+    except (ValueError, tf.errors.InvalidArgumentError) as exc:
+        raise PruningError(f"tfmot cannot prune {model_name}: {str(exc).strip().splitlines()[0]}") from None
+
+
+def _fine_tune(pruned, work, config: PruneConfig, train, val, total_steps, progress) -> dict:
+    """Fine-tune ``pruned`` on ``train`` (its Keras history), or, without data, apply the masks at once."""
+    keras, mot = _tf.tf_keras(), _tf.tfmot()
+    if train is None:
+        for layer in pruned.layers:
+            if getattr(layer, "pruning_obj", None) is not None:  # a PruneLowMagnitude wrapper
+                layer.pruning_step.assign(1)
+                layer.pruning_obj.conditional_mask_update()
+                layer.pruning_obj.weight_mask_op()
+        return {}
+    from_logits = not _outputs_are_probabilities(work, train[0])
+    pruned.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
+        metrics=["accuracy"],
+    )
+    callbacks = [mot.sparsity.keras.UpdatePruningStep()]
+    if progress is not None:
+        callbacks.append(_progress_callback(keras, progress, total_steps))
+    fit = pruned.fit(
+        train[0], train[1], batch_size=config.batch_size, epochs=config.epochs, shuffle=True,
+        validation_data=val, callbacks=callbacks, verbose=0,
+    )
+    return {k: [float(v) for v in vals] for k, vals in fit.history.items()}
+
+
+def _layer_records(final, plans, config: PruneConfig) -> tuple:
+    """Per planned layer: the sparsity asked for and the share of zeros its kernel ended with."""
     records = []
     for p in plans:
         kernel = final.get_layer(p.name).kernel.numpy()
@@ -625,34 +652,11 @@ def prune_model(
             structure = f"block {config.block_size[0]}x{config.block_size[1]}"
         else:
             structure = config.structure
-        records.append(
-            LayerSparsity(
-                name=p.name,
-                kind=p.kind,
-                role=p.role,
-                target_sparsity=p.target,
-                achieved_sparsity=achieved,
-                weights=p.weights,
-                structure=structure,
-                reason=p.reason,
-            )
-        )
-
-    return PruneResult(
-        model=final,
-        config=config,
-        layers=tuple(records),
-        fine_tuned=train is not None,
-        train_samples=0 if train is None else len(train[0]),
-        steps=total_steps or 0,
-        train_seconds=seconds,
-        strategy=type(strategy).__name__,
-        replicas=int(strategy.num_replicas_in_sync),
-        warnings=tuple(warnings),
-        history=history,
-        val_accuracy=val_accuracy,
-        bn_recalibration_batches=bn_batches,
-    )
+        records.append(LayerSparsity(
+            name=p.name, kind=p.kind, role=p.role, target_sparsity=p.target, achieved_sparsity=achieved,
+            weights=p.weights, structure=structure, reason=p.reason,
+        ))
+    return tuple(records)
 
 
 _RECALIBRATE_BN = True

@@ -20,3 +20,15 @@ def resource_dir(name: str) -> Path:
         if candidate.is_dir():
             return candidate
     raise FileNotFoundError(f"resource folder {name!r} is missing from this installation")
+
+
+def read_toml(path, what: str) -> dict:
+    """A declarative file as a dict; ConfigError naming the file (as ``what``) when it cannot be read."""
+    from ._toml import tomllib
+    from .errors import ConfigError
+
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc}") from None

@@ -145,16 +145,12 @@ class Int8Session:
         return self._quantize(self.calibrated(), enable_numeric_verify=True)
 
 
-def quantize_int8(
-    make_converter: Callable[[], object],
-    calibration: np.ndarray,
-    io_type: str,
-    method: str = DEFAULT_METHOD,
-    progress: Optional[ProgressFn] = None,
-    config: Optional[QuantOptConfig] = None,
-) -> bytes:
-    """A full-integer int8 TFLite model (TFLITE_BUILTINS_INT8 ops only); see :class:`Int8Session`."""
-    return Int8Session(make_converter, calibration, io_type, method, progress, config).model
+def quantize_int8(make_converter: Callable[[], object], calibration: np.ndarray, io_type: str, *args, **kwargs) -> bytes:
+    """A full-integer int8 TFLite model (TFLITE_BUILTINS_INT8 ops only): :attr:`Int8Session.model`.
+
+    The arguments are :class:`Int8Session`'s (``method``, ``progress``, ``config``).
+    """
+    return Int8Session(make_converter, calibration, io_type, *args, **kwargs).model
 
 
 def mlir_quantize(converter, calibrated: bytes, io_type: str = "float32", **options) -> bytes:

@@ -503,6 +503,47 @@ def recover_int8(
     settings, DataError for mismatched arrays, ConversionError when the
     converter fails.
     """
+    eval_x, float_outputs, labels = _check_inputs(config, io_type, eval_x, float_outputs, labels)
+    tick = _Ticks(progress, 2 + config.max_steps)
+    rank_x = _spread(eval_x, config.rank_samples)
+    if session is None:
+        session = Int8Session(make_converter, calibration, io_type, method)
+    debug = _Session(session, rank_x)
+    tick(1)
+    ranking = _rank(debug, rank_x, config.ranking)
+    integer_io = io_type != "float32"
+    excluded = tuple(layer.name for layer in ranking if integer_io and (layer.reads_input or layer.writes_output))
+
+    def measure(float_nodes: tuple[str, ...]) -> tuple[bytes, Drift]:
+        model = debug.build(float_nodes, io_type)
+        return model, _measure(model, eval_x, float_outputs, labels)
+
+    initial_model, initial = measure(())
+    steps = [RecoveryStep(0, (), 0, initial, len(initial_model), not over_budget(initial, config.max_drop))]
+    tick(2)
+    model, float_nodes, stopped = _return_to_float(ranking, excluded, config, measure, steps, tick)
+    model = model if model is not None else initial_model
+    tick(tick.total)
+    return RecoveryResult(
+        model=model,
+        initial_model=initial_model,
+        met=steps[-1].met,
+        max_drop=float(config.max_drop),
+        io_type=io_type,
+        float_layers=tuple(float_nodes),
+        ranking=tuple(ranking),
+        steps=tuple(steps),
+        initial=initial,
+        final=steps[-1].drift,
+        stopped=stopped,
+        ranking_metric=config.ranking,
+        excluded=excluded,
+        method=session.method.name,
+    )
+
+
+def _check_inputs(config, io_type: str, eval_x, float_outputs, labels):
+    """Settings and arrays of :func:`recover_int8`, checked before any work; the arrays as numpy."""
     if not isinstance(config, RecoveryConfig):
         raise ConfigError(f"config must be a RecoveryConfig, got {type(config).__name__}")
     if io_type not in IO_TYPES:
@@ -511,79 +552,60 @@ def recover_int8(
     float_outputs = np.asarray(float_outputs, np.float32)
     labels = None if labels is None else np.asarray(labels)
     _check_eval(eval_x, float_outputs, labels)
-    total = 2 + config.max_steps
-    ticks = [0]
+    return eval_x, float_outputs, labels
 
-    def tick(done: int) -> None:
-        if progress is not None and done > ticks[0]:
-            ticks[0] = done
-            progress(done, total)
 
-    rank_x = _spread(eval_x, config.rank_samples)
-    if session is None:
-        session = Int8Session(make_converter, calibration, io_type, method)
-    method = session.method.name
-    session = _Session(session, rank_x)
-    tick(1)
-    ranking = _rank(session, rank_x, config.ranking)
-    integer_io = io_type != "float32"
-    excluded = tuple(layer.name for layer in ranking if integer_io and (layer.reads_input or layer.writes_output))
-    all_layers = {layer.name for layer in ranking}
+class _Ticks:
+    """``progress(done, total)`` only when ``done`` grew."""
 
-    initial_model = session.build((), io_type)
-    initial = _measure(initial_model, eval_x, float_outputs, labels)
-    met = not over_budget(initial, config.max_drop)
-    steps = [RecoveryStep(0, (), 0, initial, len(initial_model), met)]
-    tick(2)
+    def __init__(self, progress: Optional[ProgressFn], total: int):
+        self.progress, self.total, self.done = progress, total, 0
 
+    def __call__(self, done: int) -> None:
+        if self.progress is not None and done > self.done:
+            self.done = done
+            self.progress(done, self.total)
+
+
+def _return_to_float(ranking, excluded, config: RecoveryConfig, measure, steps: list, tick):
+    """Step 3 of the module docstring: worst layers to float, one group per step, until the budget is met.
+
+    Appends a :class:`RecoveryStep` to ``steps`` per re-validation; returns the
+    last model built (None when none was), the float nodes and why it stopped.
+    """
     float_nodes: list[str] = []
-    model, final = initial_model, initial
+    all_layers = {layer.name for layer in ranking}
     queue = [layer for layer in ranking if layer.name not in excluded]
-    stopped = STOP_MET if met else ""
-    while not met:
+    model = None
+    while not steps[-1].met:
         if len(steps) - 1 >= config.max_steps:
-            stopped = STOP_MAX_STEPS
-            break
-        returned: list[str] = []
-        picked = 0
-        while queue and picked < config.group_size:
-            layer = queue.pop(0)
-            if layer.name in float_nodes or layer.name in returned:
-                continue  # already in float as a reader of an earlier layer
-            picked += 1
-            for name in (layer.name, *layer.consumers):
-                if name not in float_nodes and name not in returned and name not in excluded:
-                    returned.append(name)
+            return model, float_nodes, STOP_MAX_STEPS
+        returned = _next_group(queue, float_nodes, excluded, config.group_size)
         if returned and all_layers <= set(float_nodes) | set(returned):
             returned.pop()  # keep one layer int8: an all-float model is the fp32 precision's job
         if not returned:
-            stopped = STOP_NOTHING_LEFT
-            break
+            return model, float_nodes, STOP_NOTHING_LEFT
         float_nodes.extend(returned)
-        model = session.build(tuple(float_nodes), io_type)
-        final = _measure(model, eval_x, float_outputs, labels)
-        met = not over_budget(final, config.max_drop)
-        steps.append(RecoveryStep(len(steps), tuple(returned), len(float_nodes), final, len(model), met))
+        model, d = measure(tuple(float_nodes))
+        met = not over_budget(d, config.max_drop)
+        steps.append(RecoveryStep(len(steps), tuple(returned), len(float_nodes), d, len(model), met))
         tick(len(steps) + 1)
-        if met:
-            stopped = STOP_MET
-    tick(total)
-    return RecoveryResult(
-        model=model,
-        initial_model=initial_model,
-        met=met,
-        max_drop=float(config.max_drop),
-        io_type=io_type,
-        float_layers=tuple(float_nodes),
-        ranking=tuple(ranking),
-        steps=tuple(steps),
-        initial=initial,
-        final=final,
-        stopped=stopped,
-        ranking_metric=config.ranking,
-        excluded=excluded,
-        method=method,
-    )
+    return model, float_nodes, STOP_MET
+
+
+def _next_group(queue: list, float_nodes: list, excluded: tuple, group_size: int) -> list[str]:
+    """The next ``group_size`` ranked layers off ``queue``, each with the layers reading it (not yet float)."""
+    returned: list[str] = []
+    picked = 0
+    while queue and picked < group_size:
+        layer = queue.pop(0)
+        if layer.name in float_nodes or layer.name in returned:
+            continue  # already in float as a reader of an earlier layer
+        picked += 1
+        for name in (layer.name, *layer.consumers):
+            if name not in float_nodes and name not in returned and name not in excluded:
+                returned.append(name)
+    return returned
 
 
 def edgetpu_worst_layers(

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import difflib
 import os
-from .._toml import tomllib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 from ..errors import ConfigError, TargetError
-from ..resources import resource_dir
+from ..resources import read_toml, resource_dir
 
 IO_TYPES = ("int8", "uint8", "int16", "float32")  # every model input/output type edgeresnet emits
 
@@ -148,20 +147,14 @@ class Target:
         return precision in self.needs_calibration_for or PRECISIONS[precision].needs_calibration
 
 
-def _load(path: Path) -> Target:
-    try:
-        with open(path, "rb") as fh:
-            raw = tomllib.load(fh)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{path}: not a readable target file ({exc})") from None
+def _load(path: Path, raw: dict) -> Target:
+    raw = dict(raw)
     for key in ("precisions", "int8_io_types", "needs_calibration_for", "checks", "notes"):
         if key in raw:
             raw[key] = tuple(raw[key])
     try:
         return Target(**raw, source=str(path))
-    except TypeError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    except ConfigError as exc:
+    except (TypeError, ConfigError) as exc:  # an unknown or missing key; a bad value
         raise ConfigError(f"{path}: {exc}") from None
 
 
@@ -186,21 +179,14 @@ def reset_registry() -> None:
     _registry.cache_clear()
 
 
-def _is_target_file(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        try:
-            return "precisions" in tomllib.load(fh)  # else a data file (e.g. an op table)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-
-
 @lru_cache(maxsize=8)
 def _registry(key: tuple) -> dict[str, Target]:
     found: dict[str, Target] = {}
     for folder in key:
         for path in sorted(Path(folder).glob("*.toml")):
-            if _is_target_file(path):
-                t = _load(path)
+            raw = read_toml(path, "the target file")
+            if "precisions" in raw:  # else a data file (e.g. an op table)
+                t = _load(path, raw)
                 found[t.name] = t
     order = ["cpu", "edgetpu", "gpu"]
     return {k: found[k] for k in sorted(found, key=lambda n: (order.index(n) if n in order else 99, n))}
