@@ -53,7 +53,7 @@ import zipfile
 import zlib
 from ._toml import tomllib
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
@@ -171,6 +171,11 @@ class ImageSet:
             available=len(self),
             resized=0 if self.resized == 0 else None,  # which of them were resized is not tracked
         )
+
+    def sample(self, samples: Optional[int], seed: int = 0) -> "ImageSet":
+        """``samples`` of the images picked as ``load_images`` picks them: seeded, class-balanced when labelled."""
+        chosen = _pick(len(self), self.labels, samples, int(seed), np.ones(len(self), dtype=bool))
+        return replace(self.subset(chosen), balanced=self.labelled, requested=samples)
 
     def split(self, fraction: float, seed: int = 0) -> tuple["ImageSet", "ImageSet"]:
         """Seeded split into (``fraction`` of the images, the rest); per class when labelled.

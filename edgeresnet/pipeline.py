@@ -393,7 +393,7 @@ def _run_staged(opts, plan, staged, needs_calib, started, progress, notify, benc
             from . import demo
 
             full = demo.digits_images("calib", loaded.input_shape[-1])
-            data.calib = full.subset(_seeded_pick(len(full), opts.calib_samples, opts.seed))
+            data.calib = full.sample(opts.calib_samples, opts.seed)  # as --calib folders: seeded, class-balanced
         else:
             data.calib = load_images(
                 opts.calib, loaded.input_shape, samples=opts.calib_samples, seed=opts.seed,
@@ -633,11 +633,6 @@ def _zero_fraction(model: bytes) -> float:
     from .sparsity import tflite_weight_sparsity
 
     return round(float(tflite_weight_sparsity(model)["fraction"]), 4)
-
-
-def _seeded_pick(n: int, k: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.permutation(n)[: min(k, n)])
 
 
 def _train_class_names(opts) -> Optional[tuple[str, ...]]:

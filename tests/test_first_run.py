@@ -137,3 +137,49 @@ def test_bench_names_warm_up_and_timed_runs_when_they_take_long(tiny_tflite, cap
     lines = [line for line in err.splitlines() if line.startswith("benchmark")]
     assert lines[0] == "benchmark (3 warm-up runs) ..." and "benchmark (5 timed runs) ..." in lines, lines
     assert re.match(r"benchmark: 5 timed runs done in \d+\.\ds$", lines[-1]), lines
+
+
+# --------------------------------------------------------------------------- the default run
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    """`edgeresnet convert --int8 --target cpu --target edgetpu`: the built-in model and data, as a newcomer runs it."""
+    out = tmp_path_factory.mktemp("default") / "out"
+    try:
+        main(["convert", "--int8", "--target", "cpu", "--target", "edgetpu", "--out", str(out)])
+    except SystemExit as exc:
+        assert exc.code == 0, exc.code
+    return out
+
+
+def test_builtin_digits_calibration_is_class_balanced_and_seeded():
+    from edgeresnet import demo
+
+    full = demo.digits_images("calib")
+    picked = full.sample(300, seed=0)
+    assert picked.balanced and np.bincount(picked.labels).tolist() == [30] * 10
+    assert np.array_equal(picked.images, full.sample(300, seed=0).images)  # the default run is deterministic
+    assert not np.array_equal(picked.images, full.sample(300, seed=1).images)
+
+
+@pytest.mark.slow
+def test_default_run_reports_a_balanced_calibration(default_run):
+    c = json.loads((default_run / "report.json").read_text())["calibration"]
+    assert c["balanced"] is True and c["count"] == 300
+    assert set(c["per_class"].values()) == {30} and len(c["per_class"]) == 10
+    assert "class-balanced" in (default_run / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_report_md_carries_the_edge_tpu_note_and_parameter_memory(default_run):
+    import shutil
+
+    data = json.loads((default_run / "report.json").read_text())
+    md = (default_run / "report.md").read_text()
+    (tpu,) = [v for v in data["variants"] if v["target"] == "edgetpu"]
+    kib = tpu["checks"]["edgetpu"]["param_bytes"] / 1024
+    assert kib > 10
+    assert f"parameters ~{kib:.1f} KiB (on-chip parameter cache 8 MiB)" in md, md
+    if shutil.which("edgetpu_compiler") is None:
+        assert md.count("edgetpu_compiler is not on PATH, so these figures are edgeresnet's prediction") == 1, md

@@ -81,6 +81,17 @@ def runtimes_markdown(report: dict) -> list[str]:
     return lines
 
 
+def check_details(name: str, details: dict) -> list[str]:
+    """The lines a target check adds under its verdict (e.g. the Edge TPU's parameter memory), as inspect shows them."""
+    from ..targets.checks import get_check
+
+    check = get_check(name)
+    if check is None or check.describe is None:
+        return []
+    notes = set(details.get("notes") or ())
+    return [line for line in check.describe(details) if line.split(": ", 1)[-1] not in notes]
+
+
 def to_markdown(report: dict) -> str:
     m, f, e, c = report["model"], report["float"], report["evaluation"], report.get("calibration")
     lines = [
@@ -136,6 +147,10 @@ def to_markdown(report: dict) -> str:
             lines.append(f"- `{v['name']}`: layers with the largest int8 error: {names}")
         for name, chk in (v.get("checks") or {}).items():
             lines.append(f"- `{v['name']}` {name}: {'ok' if chk.get('ok') else 'NOT ok' if chk.get('ok') is False else 'unknown'}: {chk.get('summary', '')}")
+            lines += [f"  - {line}" for line in check_details(name, chk)]
+    notes = dict.fromkeys((name, note) for v in report["variants"] for name, chk in (v.get("checks") or {}).items()
+                          for note in chk.get("notes") or ())
+    lines += [f"- note ({name}): {note}" for name, note in notes]  # once per run, not once per model
     if report.get("prune") and report["prune"].get("layers"):
         lines += ["", "## Per-layer sparsity", "", "| layer | kind | target | achieved | weights |", "|---|---|---|---|---|"]
         for layer in report["prune"]["layers"]:
