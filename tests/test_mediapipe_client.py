@@ -73,7 +73,7 @@ def digits_case(tmp_path_factory) -> dict:
         folder.mkdir(parents=True)
         for i in np.flatnonzero(held_out.labels == label)[:per_class]:
             Image.fromarray(held_out.images[i]).save(folder / f"{i:03d}.png")
-    return {"models": _convert_all(root / "out", eval_samples=200), "images": root / "images"}
+    return {"models": _convert_all(root / "out", calib_samples=150, eval_samples=200), "images": root / "images"}
 
 
 @pytest.fixture(scope="session")
@@ -95,7 +95,7 @@ def resnet8_case(shared_data, resnet8_h5, tmp_path_factory) -> dict:
         folder.mkdir(parents=True, exist_ok=True)
         Image.open(jpeg).convert("RGB").save(folder / f"{jpeg.stem}.png")
     models = _convert_all(
-        root / "out", model=str(resnet8_h5), calib=str(shared_data / "cifar10" / "train"),
+        root / "out", model=str(resnet8_h5), calib=str(shared_data / "cifar10" / "train"), calib_samples=150,
         eval=str(test), eval_samples=200,
     )
     return {"models": models, "images": root / "images", "jpeg": test}
