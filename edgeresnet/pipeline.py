@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -139,12 +139,16 @@ class ConvertOptions:
 
 @dataclass
 class _Data:
+    """The images of one run: as loaded, preprocessed, and as the converter takes them."""
+
     calib: Optional[ImageSet] = None
     calib_float: Optional[np.ndarray] = None
+    calib_record: Optional[object] = None  # calibration.CalibrationRecord, for the report
     eval: Optional[ImageSet] = None
     eval_float: Optional[np.ndarray] = None
-    eval_note: str = ""
-    notes: list = field(default_factory=list)
+    eval_origin: str = ""
+    conv_calib: Optional[np.ndarray] = None  # calibration samples the converter sees (raw when folded)
+    conv_eval: Optional[np.ndarray] = None
 
 
 def _load_model(opts: ConvertOptions):
@@ -378,15 +382,48 @@ def _run(opts, plan, progress=None, notify=None, bench_config=None, formats=None
 
 def _run_staged(opts, plan, staged, needs_calib, started, progress, notify, bench_config, formats,
                 device_python=None) -> RunReport:
+    """The job's stages in order: data, models, float baseline, emit (and recover) each variant, report."""
     loaded, reference_meta = _load_model(opts)
-    _check_finite_weights(loaded, opts.model or "the reference model")
     preset_name = opts.preset or (reference_meta or {}).get("preset") or "raw"
     preset = get_preset(preset_name)
     if opts.labels is not None:  # a bad --labels file fails before any long work
         shipping.read_labels_file(opts.labels, loaded.num_classes)
-    data = _Data()
-    calib_record = None
+    data = _load_data(opts, loaded, reference_meta, preset, preset_name, needs_calib, progress, notify)
+    models = _build_models(opts, plan, loaded, preset, progress, notify)
+    float_out = loaded.predict(data.eval_float, progress=_stage(progress, "evaluate float model", "images"))
+    labels = data.eval.labels if data.eval.labelled else None
+    report = RunReport.start(
+        model=loaded,
+        source=opts.model or "built-in reference (digits-resnet8)",
+        preset=preset_name,
+        folded=opts.fold_preprocessing,
+        calibration=data.calib_record.to_dict() if data.calib_record is not None else None,
+        evaluation={
+            "source": data.eval.source,
+            "origin": data.eval_origin,
+            "count": len(data.eval),
+            "labelled": labels is not None,
+        },
+        baseline=baseline(float_out, labels),
+        max_drop=opts.max_drop,
+        prune=next((info for _, info in models.values() if info is not None), None),
+    )
+    ship_info = _ship_info(opts, loaded, preset, data, report, staged, notify)
+    emit = _Emitter(opts, float_out, labels, data.conv_calib, data.conv_eval, progress, notify, bench_config, ship_info)
+    report.recovery = opts.recover and opts.max_drop is not None
+    _emit_all(opts, plan, models, emit, report, staged)
+    if device_python is not None:
+        check_variants(report.variants, staged.path, opts.eval, opts.eval_samples, opts.seed, device_python,
+                       progress=_stage(progress, f"evaluate on the emulated {opts.device_check}", "images"))
+    if any(COMPILER_HINT in v.checks.get("edgetpu", {}).get("notes", ()) for v in report.variants):
+        notify(f"note: {COMPILER_HINT}")  # once per run, not once per model
+    report.finish(time.perf_counter() - started)
+    return _write_and_judge(opts, report, staged, formats)
 
+
+def _load_data(opts, loaded, reference_meta, preset, preset_name, needs_calib, progress, notify) -> "_Data":
+    """Calibration and evaluation images, preprocessed, and the arrays the converter takes."""
+    data = _Data()
     # Calibration data.
     if needs_calib or opts.calib is not None:
         if opts.calib is None:
@@ -399,24 +436,27 @@ def _run_staged(opts, plan, staged, needs_calib, started, progress, notify, benc
                 opts.calib, loaded.input_shape, samples=opts.calib_samples, seed=opts.seed,
                 resize=opts.resize, progress=_stage(progress, "load calibration images", "images"),
             )
-        calib_record = calibration_record(data.calib, preset_name, opts.seed, opts.resize)
-        for w in calib_record.warnings:  # e.g. fewer than MIN_RECOMMENDED_SAMPLES images
+        data.calib_record = calibration_record(data.calib, preset_name, opts.seed, opts.resize)
+        for w in data.calib_record.warnings:  # e.g. fewer than MIN_RECOMMENDED_SAMPLES images
             notify(f"warning: {w}")
         data.calib_float = preset.apply(data.calib.images)
 
-    data.eval, eval_origin = _eval_set(opts, loaded, reference_meta, data.calib, progress)
+    data.eval, data.eval_origin = _eval_set(opts, loaded, reference_meta, data.calib, progress)
     _check_classes(data.eval, loaded.num_classes, "--eval" if opts.eval else "the evaluation data")
     data.eval_float = preset.apply(data.eval.images)
 
     if opts.fold_preprocessing:
         loaded.require_tf_keras("--fold-preprocessing")
-        conv_calib = None if data.calib is None else data.calib.images.astype(np.float32)
-        conv_eval = data.eval.images.astype(np.float32)
+        data.conv_calib = None if data.calib is None else data.calib.images.astype(np.float32)
+        data.conv_eval = data.eval.images.astype(np.float32)
     else:
-        conv_calib, conv_eval = data.calib_float, data.eval_float
+        data.conv_calib, data.conv_eval = data.calib_float, data.eval_float
+    return data
 
-    # The models to convert: the one given, and one pruned model per sparsity
-    # in the plan (fine-tuned on --train when given). Each is built once.
+
+def _build_models(opts, plan, loaded, preset, progress, notify) -> dict:
+    """The models to convert: the one given, and one pruned model per sparsity in the plan
+    (fine-tuned on --train when given), each built once. Sparsity -> (LoadedModel, prune info)."""
     train = _load_train(opts, loaded, preset, progress) if opts.prune is not None else None
     models: dict = {}
     for sparsity in dict.fromkeys(v.sparsity for v in plan):
@@ -434,27 +474,11 @@ def _run_staged(opts, plan, staged, needs_calib, started, progress, notify, benc
 
             model = LoadedModel.from_keras(fold_preprocessing(model.model, preset), model.name)
         models[sparsity] = (model, info)
-    prune_info = next((info for _, info in models.values() if info is not None), None)
+    return models
 
-    float_out = loaded.predict(data.eval_float, progress=_stage(progress, "evaluate float model", "images"))
-    labels = data.eval.labels if data.eval.labelled else None
 
-    report = RunReport.start(
-        model=loaded,
-        source=opts.model or "built-in reference (digits-resnet8)",
-        preset=preset_name,
-        folded=opts.fold_preprocessing,
-        calibration=calib_record.to_dict() if calib_record is not None else None,
-        evaluation={
-            "source": data.eval.source,
-            "origin": eval_origin,
-            "count": len(data.eval),
-            "labelled": labels is not None,
-        },
-        baseline=baseline(float_out, labels),
-        max_drop=opts.max_drop,
-        prune=prune_info,
-    )
+def _ship_info(opts, loaded, preset, data, report, staged, notify):
+    """The metadata every emitted model carries (and labels.txt beside them)."""
     class_names, names_from = shipping.resolve_labels(
         opts.labels,
         [("the evaluation data", data.eval), ("the calibration data", data.calib), ("--train", _train_class_names(opts))],
@@ -469,10 +493,13 @@ def _run_staged(opts, plan, staged, needs_calib, started, progress, notify, benc
         version=f"edgeresnet {__version__}", source=Path(str(report.model["source"])).name,
     )
     report.metadata = ship_info.to_dict() | {"labels_from": names_from}
-    emit = _Emitter(opts, float_out, labels, conv_calib, conv_eval, progress, notify, bench_config, ship_info)
-    report.recovery = opts.recover and opts.max_drop is not None
     if class_names is not None:
         atomic_write_bytes(staged.path / LABELS_FILE, labels_text(class_names).encode("utf-8"))
+    return ship_info
+
+
+def _emit_all(opts, plan, models, emit, report, staged) -> None:
+    """Every planned variant, converted, measured and checked; an over-budget int8 one also recovered."""
     for planned in plan:
         model, info = models[planned.sparsity]
         rec = emit(model, planned, staged.path)
@@ -483,13 +510,10 @@ def _run_staged(opts, plan, staged, needs_calib, started, progress, notify, benc
             recovered = emit.recover(model, planned, rec, staged.path)
             if recovered is not None:
                 report.add(recovered)
-    if device_python is not None:
-        check_variants(report.variants, staged.path, opts.eval, opts.eval_samples, opts.seed, device_python,
-                       progress=_stage(progress, f"evaluate on the emulated {opts.device_check}", "images"))
-    if any(COMPILER_HINT in v.checks.get("edgetpu", {}).get("notes", ()) for v in report.variants):
-        notify(f"note: {COMPILER_HINT}")  # once per run, not once per model
-    report.finish(time.perf_counter() - started)
 
+
+def _write_and_judge(opts, report, staged, formats) -> RunReport:
+    """Write the report and commit the output; raise when a variant failed or missed the budget."""
     # A failed run never replaces the previous output: its report goes beside it, to OUT.failed.
     recovered_ok = {v.name for v in report.variants if v.status == Status.OK}
     bad = [v for v in report.variants if v.status == Status.OVER_BUDGET and v.recovered_by not in recovered_ok]
