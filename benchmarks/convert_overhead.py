@@ -1,11 +1,14 @@
-"""Conversion time of ResNet-50 (224x224, 300 calibration images): edgeresnet vs a bare TFLiteConverter.
+"""Int8 conversion time: edgeresnet (default ``mse+bias``) vs a bare TFLiteConverter, same run.
 
 Measured, not asserted. Both paths get the same Keras model and the same
 preprocessed calibration array, in one process, alternating, so machine load
 hits both alike. The pipeline path is what `edgeresnet convert --int8` runs for
 a model: LoadedModel.tflite_converter() + edgeresnet.convert.convert().
+ResNet-50 (224x224, random weights, CIFAR-10 images resized) for each
+``--samples`` count, then the real MLPerf Tiny ResNet-8 (32x32) with its own
+images unless ``--no-resnet8``.
 
-    python benchmarks/convert_overhead.py [--images DIR] [--samples 300] [--rounds 2]
+    python benchmarks/convert_overhead.py [--images DIR] [--samples 100 300 1000] [--rounds 1]
 """
 
 from __future__ import annotations
@@ -22,46 +25,61 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 
+def _data_root() -> Path:
+    return Path(os.environ.get("EDGERESNET_TEST_DATA", REPO.parent / "shared" / "data"))
+
+
+def _ours(loaded, calib) -> float:
+    from edgeresnet.convert import ConversionSpec, convert
+
+    start = time.perf_counter()
+    convert(loaded.tflite_converter, ConversionSpec("int8", "int8"), calib)
+    return time.perf_counter() - start
+
+
+def _row(name: str, n: int, bare: list, ours: list) -> str:
+    b, o = statistics.median(bare), statistics.median(ours)
+    return f"{name:<10} {n:>7d} {', '.join(f'{t:.1f}' for t in bare):>14} {', '.join(f'{t:.1f}' for t in ours):>14} {o / b:>6.2f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default_images = Path(os.environ.get("EDGERESNET_TEST_DATA", REPO.parent / "shared" / "data")) / "cifar10" / "train"
-    ap.add_argument("--images", default=str(default_images), help="calibration image folder (resized to 224x224)")
-    ap.add_argument("--samples", type=int, default=300)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--images", default=str(_data_root() / "cifar10" / "train"),
+                    help="calibration image folder (resized to 224x224 for ResNet-50)")
+    ap.add_argument("--samples", type=int, nargs="+", default=[100, 300, 1000], help="calibration image counts")
+    ap.add_argument("--rounds", type=int, default=1, help="alternating rounds per row (the median is compared)")
+    ap.add_argument("--no-resnet8", action="store_true", help="skip the real ResNet-8 row")
     args = ap.parse_args()
 
     from _bare import bare_int8_seconds
 
     from edgeresnet import _tf
     from edgeresnet.calibration import get_preset, load_images
-    from edgeresnet.convert import ConversionSpec, convert
     from edgeresnet.models import build_model
-    from edgeresnet.models.loading import LoadedModel
+    from edgeresnet.models.loading import LoadedModel, load_model
 
     tf = _tf.tf()
-    t0 = time.perf_counter()
-    images = load_images(args.images, (224, 224, 3), samples=args.samples, seed=0)
-    calib = get_preset("caffe").apply(images.images)
-    load_s = time.perf_counter() - t0
     model = build_model("resnet50")
     loaded = LoadedModel.from_keras(model, "resnet50")
-
-    def pipeline() -> float:
-        start = time.perf_counter()
-        convert(loaded.tflite_converter, ConversionSpec("int8", "int8"), calib)
-        return time.perf_counter() - start
-
-    times = {"bare TFLiteConverter": [], "edgeresnet convert()": []}
-    for _ in range(args.rounds):
-        times["bare TFLiteConverter"].append(bare_int8_seconds(tf, model, calib))
-        times["edgeresnet convert()"].append(pipeline())
-    base = statistics.median(times["bare TFLiteConverter"])
-    print(f"ResNet-50 224x224x3, {len(calib)} calibration images from {args.images} "
-          f"(loaded and resized in {load_s:.1f} s, not counted), TF {tf.__version__}, {os.cpu_count()} cores")
-    print(f"{'path':<24} {'runs (s)':<24} {'median s':>9} {'ratio':>6}")
-    for name, ts in times.items():
-        med = statistics.median(ts)
-        print(f"{name:<24} {', '.join(f'{t:.1f}' for t in ts):<24} {med:>9.1f} {med / base:>6.2f}")
+    print(f"TF {tf.__version__}, {os.cpu_count()} cores, load average at start {os.getloadavg()[0]:.1f}; "
+          f"calibration images from {args.images} (loading not counted)")
+    print(f"{'model':<10} {'samples':>7} {'bare s':>14} {'edgeresnet s':>14} {'ratio':>6}")
+    for n in args.samples:
+        calib = get_preset("caffe").apply(load_images(args.images, (224, 224, 3), samples=n, seed=0).images)
+        bare, ours = [], []
+        for _ in range(args.rounds):
+            bare.append(bare_int8_seconds(tf, model, calib))
+            ours.append(_ours(loaded, calib))
+        print(_row("ResNet-50", len(calib), bare, ours), flush=True)
+    if not args.no_resnet8:
+        r8 = load_model(_data_root() / "mlperf-tiny-resnet8" / "pretrainedResnet.h5")
+        calib = load_images(args.images, (32, 32, 3), samples=300, seed=0).images.astype("float32")
+        bare, ours = [], []
+        for _ in range(args.rounds):
+            bare.append(bare_int8_seconds(tf, r8.model, calib))
+            ours.append(_ours(r8, calib))
+        print(_row("ResNet-8", len(calib), bare, ours), flush=True)
+    print(f"load average at end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

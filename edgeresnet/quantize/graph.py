@@ -212,15 +212,33 @@ def _probe(graph: _Graph, tensors: list[int], samples: np.ndarray):
     # converter's own calibrator runs single-threaded, one sample at a time).
     interp = backend.interpreter_cls(model_content=data, num_threads=min(os.cpu_count() or 1, 4))
     inp = interp.get_input_details()[0]
-    if batch > 1:
-        try:
-            interp.resize_tensor_input(inp["index"], [batch] + list(samples.shape[1:]), strict=True)
-        except (ValueError, RuntimeError):
-            batch = 1
-    interp.allocate_tensors()
     names = {graph.sg.tensors[i].name.decode(): i for i in tensors}
+    if batch > 1 and not _resize_batch(interp, inp["index"], batch, samples.shape[1:], graph, names):
+        batch = 1
+        interp = backend.interpreter_cls(model_content=data, num_threads=min(os.cpu_count() or 1, 4))
+    interp.allocate_tensors()
     outs = [(d["index"], names[d["name"]]) for d in interp.get_output_details()]
     return interp, inp["index"], outs, batch
+
+
+def _resize_batch(interp, index: int, batch: int, sample_shape, graph: _Graph, names: dict) -> bool:
+    """Give the model a batch dimension of ``batch``; False when it does not batch cleanly.
+
+    Models are converted with the batch fixed to 1, so the resize is not
+    strict; it counts only when every kept tensor then has exactly the
+    declared shape with ``batch`` in front (a reshape to a fixed shape, say,
+    would fold the batch away or fail).
+    """
+    try:
+        interp.resize_tensor_input(index, [batch] + list(sample_shape))
+        interp.allocate_tensors()
+    except (ValueError, RuntimeError):
+        return False
+    for d in interp.get_output_details():
+        declared = tuple(int(x) for x in graph.sg.tensors[names[d["name"]]].shape)
+        if not declared or tuple(int(x) for x in d["shape"]) != (batch,) + declared[1:]:
+            return False
+    return True
 
 
 def _run_probe(graph: _Graph, tensors: list[int], samples: np.ndarray, visit: Callable[[dict], None], tick):
