@@ -500,11 +500,18 @@ def _ship_info(opts, loaded, preset, data, report, staged, notify):
 
 def _emit_all(opts, plan, models, emit, report, staged) -> None:
     """Every planned variant, converted, measured and checked; an over-budget int8 one also recovered."""
+    own_float: dict = {}  # sparsity -> the pruned float model's outputs on the evaluation images
     for planned in plan:
         model, info = models[planned.sparsity]
         rec = emit(model, planned, staged.path)
         if planned.sparsity is not None and info is not None:
             rec.prune = {k: v for k, v in info.items() if k != "layers"}
+            if rec.name in emit.outputs:
+                if planned.sparsity not in own_float:
+                    own_float[planned.sparsity] = model.predict(emit.conv_eval, progress=_stage(
+                        emit.progress, f"evaluate pruned float model ({planned.sparsity:g})", "images"))
+                rec.prune["vs_pruned_float"] = _vs_pruned_float(
+                    own_float[planned.sparsity], emit.outputs[rec.name], emit.labels, info)
         report.add(rec)
         if rec.status == Status.OVER_BUDGET and opts.recover and planned.spec.precision == "int8":
             recovered = emit.recover(model, planned, rec, staged.path)
@@ -539,6 +546,23 @@ def _write_and_judge(opts, report, staged, formats) -> RunReport:
     return report
 
 
+def _vs_pruned_float(float_out, out, labels, info) -> dict:
+    """A pruned variant against its own pruned (fine-tuned) float model: the conversion's error alone.
+
+    The variant's own ``drop_pts`` and ``agreement`` compare it with the unpruned float model,
+    so they mix pruning, fine-tuning and quantization.
+    """
+    d = drift(float_out, out, labels).to_dict()
+    ref = baseline(float_out, labels).to_dict()
+    how = "pruned and fine-tuned" if info.get("fine_tuned") else "pruned one-shot"
+    return {
+        "reference": f"the {how} float Keras model (before conversion)",
+        "float_top1": ref["top1"],
+        "float_top5": ref["top5"],
+        **{k: d.get(k) for k in ("top1", "drop_pts", "agreement", "cosine", "sqnr_db")},
+    }
+
+
 class _Emitter:
     """Converts, runs, measures and checks one planned variant; caches identical conversions."""
 
@@ -548,6 +572,7 @@ class _Emitter:
         self.conv_calib, self.conv_eval = conv_calib, conv_eval
         self.progress, self.notify, self.bench_config = progress, notify, bench_config
         self.cache: dict = {}
+        self.outputs: dict = {}  # variant name -> its outputs on the evaluation images
 
     def __call__(self, model, planned: PlannedVariant, folder: Path) -> VariantRecord:
         target, spec = planned.target, planned.spec
@@ -579,6 +604,7 @@ class _Emitter:
             return rec
         rec.interpreter = f"{tfl.backend.name} {tfl.backend.version}"
         rec.set_drift(drift(self.float_out, out, self.labels))
+        self.outputs[name] = out
         path = folder / name
         atomic_write_bytes(path, shipped)
         rec.set_file(path, self.opts.out)

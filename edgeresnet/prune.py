@@ -401,6 +401,8 @@ def _plan(model, config: PruneConfig, keras, mot) -> list:
         reason = None
         if policy is not None and not policy.allow_pruning(layer):
             target, reason = 0.0, "xnnpack policy: only 1x1 convolutions run sparse in XNNPACK"
+        elif not layer.trainable:
+            target, reason = 0.0, "frozen (trainable=False): left as it is; make it trainable in the model to prune it"
         elif role == "stem":
             target = config.stem_sparsity
             if target == 0:

@@ -183,3 +183,56 @@ def test_report_md_carries_the_edge_tpu_note_and_parameter_memory(default_run):
     assert f"parameters ~{kib:.1f} KiB (on-chip parameter cache 8 MiB)" in md, md
     if shutil.which("edgetpu_compiler") is None:
         assert md.count("edgetpu_compiler is not on PATH, so these figures are edgeresnet's prediction") == 1, md
+
+
+# --------------------------------------------------------------------------- pruning: frozen layers, the pruned model's own float model
+
+
+@pytest.fixture(scope="module")
+def pruned_run(tiny_model_h5, tiny_data, tmp_path_factory):
+    """`convert --prune 0.5 --train ...` on the tiny ResNet with one 1x1 shortcut convolution frozen."""
+    from edgeresnet import _tf
+
+    k = _tf.tf_keras()
+    folder = tmp_path_factory.mktemp("frozen")
+    model = k.models.load_model(tiny_model_h5)
+    frozen = next(layer for layer in model.layers if isinstance(layer, k.layers.Conv2D)
+                  and tuple(layer.kernel_size) == (1, 1))
+    frozen.trainable = False
+    model.save(folder / "frozen.h5")
+    out = folder / "out"
+    try:
+        main([str(a) for a in [
+            "convert", folder / "frozen.h5", "--int8", "--prune", 0.5, "--train", tiny_data["calib"], "--epochs", 1,
+            "--calib", tiny_data["calib"], "--eval", tiny_data["eval"], "--preset", "unit", "--out", out,
+        ]])
+    except SystemExit as exc:
+        assert exc.code == 0, exc.code
+    return {"out": out, "frozen": frozen.name, "data": json.loads((out / "report.json").read_text()),
+            "md": (out / "report.md").read_text()}
+
+
+@pytest.mark.slow
+def test_frozen_layers_are_not_pruned_and_the_report_says_so(pruned_run):
+    prune = pruned_run["data"]["prune"]
+    (layer,) = [layer for layer in prune["layers"] if layer["name"] == pruned_run["frozen"]]
+    assert layer["target_sparsity"] == 0 and layer["achieved_sparsity"] < 0.05, layer
+    assert any(d["name"] == pruned_run["frozen"] and "frozen (trainable=False)" in d["reason"] for d in prune["left_dense"])
+    assert f"left dense: `{pruned_run['frozen']}`: frozen (trainable=False)" in pruned_run["md"]
+    assert any(layer["achieved_sparsity"] > 0.4 for layer in prune["layers"])  # the others were pruned
+
+
+@pytest.mark.slow
+def test_pruned_variant_is_also_measured_against_its_own_fine_tuned_float_model(pruned_run):
+    data, md = pruned_run["data"], pruned_run["md"]
+    (plain, pruned) = data["variants"]
+    assert "prune" not in plain or not plain["prune"].get("vs_pruned_float")
+    own = pruned["prune"]["vs_pruned_float"]
+    assert own["reference"] == "the pruned and fine-tuned float Keras model (before conversion)"
+    # The two references really differ: the unpruned float model's top-1 is the report's `float`.
+    assert pruned["drop_pts"] == pytest.approx(data["float"]["top1"] - pruned["top1"], abs=0.011)
+    assert own["drop_pts"] == pytest.approx(own["float_top1"] - own["top1"], abs=0.011)
+    assert own["top1"] == pytest.approx(pruned["top1"], abs=0.011)
+    assert 0 <= own["agreement"] <= 100 and own["sqnr_db"] is not None
+    assert f"`{pruned['name']}` against the pruned and fine-tuned float Keras model" in md
+    assert f"top-1 {own['float_top1']:.2f} %" in md and "the conversion's error alone" in md

@@ -131,6 +131,15 @@ def to_markdown(report: dict) -> str:
     for v in report["variants"]:
         if v.get("error"):
             lines.append(f"- `{v['name']}`: {v['status']}: {v['error']}")
+        own = (v.get("prune") or {}).get("vs_pruned_float")
+        if own:
+            top1 = "" if own.get("float_top1") is None else (
+                f"top-1 {_fmt(own['float_top1'])} % (this model {_fmt(own.get('top1'))} %, drop {_fmt(own.get('drop_pts'))} pts), ")
+            lines.append(
+                f"- `{v['name']}` against {own['reference']}: {top1}agreement {_fmt(own.get('agreement'))} %, "
+                f"SQNR {_fmt(own.get('sqnr_db'), '.1f')} dB: the conversion's error alone (the table's drop and "
+                "agreement are against the unpruned float model: pruning, fine-tuning and conversion together)"
+            )
         if v.get("recovered_by"):
             lines.append(f"- `{v['name']}` was over budget; recovered as `{v['recovered_by']}`")
         if v.get("recovery"):
