@@ -2,22 +2,12 @@
 
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edgeresnet.cli import main
-
-
-def run_cli(args, capsys):
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from test_cli import run_cli  # capsys, or capfd where progress is read (it writes to a copy of fd 2)
 
 
 @pytest.mark.parametrize("extra", [[], ["--calib", "missing-folder"], ["--eval", "missing-folder"]])
@@ -89,20 +79,9 @@ def test_inspect_of_a_float16_model_names_each_dtype_once_and_no_edgetpu_memory(
 # --------------------------------------------------------------------------- progress says what it counts
 
 
-def run_cli_fd(args, capfd):
-    """Like run_cli, reading fd 2: progress writes to a copy of the terminal's stderr."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out = capfd.readouterr()
-    return code, out.out, out.err
-
-
 def test_calibration_progress_counts_images_and_statistics_samples_apart(tiny_model_h5, tiny_data, tmp_path, capfd):
     out = tmp_path / "out"
-    code, _, err = run_cli_fd([
+    code, _, err = run_cli([
         "convert", tiny_model_h5, "--int8", "--calib", tiny_data["calib"], "--eval", tiny_data["eval"],
         "--preset", "unit", "--calib-samples", 40, "--out", out,
     ], capfd)
@@ -119,7 +98,7 @@ def test_calibration_progress_counts_images_and_statistics_samples_apart(tiny_mo
 
 
 def test_bench_shows_no_progress_for_a_fast_model(tiny_tflite, capfd):
-    code, out, err = run_cli_fd(["bench", tiny_tflite["int8"], "--warmup", 3, "--repeats", 5], capfd)
+    code, out, err = run_cli(["bench", tiny_tflite["int8"], "--warmup", 3, "--repeats", 5], capfd)
     assert code == 0, err
     assert "median" in out
     assert "benchmark" not in err, err
@@ -132,7 +111,7 @@ def test_bench_names_warm_up_and_timed_runs_when_they_take_long(tiny_tflite, cap
 
     ticks = iter(range(10**6))  # the progress clock advances 2 s per look: every stage is slow
     monkeypatch.setattr(_progress, "time", types.SimpleNamespace(perf_counter=lambda: 2.0 * next(ticks)))
-    code, out, err = run_cli_fd(["bench", tiny_tflite["int8"], "--warmup", 3, "--repeats", 5], capfd)
+    code, out, err = run_cli(["bench", tiny_tflite["int8"], "--warmup", 3, "--repeats", 5], capfd)
     assert code == 0, err
     lines = [line for line in err.splitlines() if line.startswith("benchmark")]
     assert lines[0] == "benchmark (3 warm-up runs) ..." and "benchmark (5 timed runs) ..." in lines, lines
