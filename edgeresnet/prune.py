@@ -30,6 +30,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from . import _tf
+from ._validate import is_whole, whole_number
 from .errors import ConfigError, DataError, PruningError
 
 ProgressFn = Callable[[int, int], None]
@@ -67,10 +68,6 @@ KERAS3_HINT = (
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -119,7 +116,7 @@ class PruneConfig:
                 bs = tuple(bs)
             except TypeError:
                 bs = (bs,)
-            if len(bs) != 2 or not all(_is_int(b) and b >= 1 for b in bs) or bs == (1, 1):
+            if len(bs) != 2 or not all(is_whole(b) and b >= 1 for b in bs) or bs == (1, 1):
                 raise ConfigError(
                     f"block size must be two positive integers other than (1, 1), e.g. (1, 4), got {self.block_size!r}"
                 )
@@ -136,10 +133,8 @@ class PruneConfig:
                         f"2:4 structure zeroes exactly 2 of every 4 weights (50 %), so {name} must be 0.5"
                         f"{'' if name == 'sparsity' else ' or 0'}, got {v}"
                     )
-        if not _is_int(self.epochs) or self.epochs < 0:
-            raise ConfigError(f"--epochs must be a whole number of epochs (0 or more), got {self.epochs!r}")
-        if not _is_int(self.batch_size) or self.batch_size < 1:
-            raise ConfigError(f"batch size must be a positive whole number, got {self.batch_size!r}")
+        whole_number("--epochs", self.epochs, 0)
+        whole_number("batch size", self.batch_size, 1)
         lr = self.learning_rate
         if not _is_number(lr) or not math.isfinite(float(lr)) or not 0.0 < float(lr) < 1.0:
             raise ConfigError(f"learning rate must be above 0 and below 1 (e.g. 1e-4), got {lr!r}")
@@ -158,7 +153,7 @@ class PruneConfig:
                     f"--prune {self.sparsity} would make the model smaller but not faster: use --prune 0.7 or more, "
                     "or drop the xnnpack policy"
                 )
-        if not _is_int(self.seed):
+        if not is_whole(self.seed):
             raise ConfigError(f"seed must be a whole number, got {self.seed!r}")
 
     def to_dict(self) -> dict:

@@ -31,16 +31,28 @@ def _structure(model: bytes) -> dict:
     return {"ops": ops, "weights": weights, "io": io}
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_model_h5, tiny_data):
-    """Float model, calibration and held-out samples (the tiny model takes pixels / 255)."""
+def _model_and_data(path, tiny_data):
+    """Float model, calibration and held-out samples, and the float outputs (the models take pixels / 255)."""
     from edgeresnet.calibration import load_images
     from edgeresnet.models.loading import load_model
 
-    loaded = load_model(tiny_model_h5)
+    loaded = load_model(path)
     calib = load_images(tiny_data["calib"], (16, 16, 3)).images.astype(np.float32) / 255.0
     held = load_images(tiny_data["eval"], (16, 16, 3)).images.astype(np.float32) / 255.0
     return loaded, calib, held, loaded.predict(held)
+
+
+def _calibrated(loaded, calib):
+    """The converter, and the calibrated float model it gives, as the int8 engine sees it."""
+    conv = loaded.tflite_converter()
+    engine.configure_int8(conv, calib, "int8", engine.Ticker(None, 1))
+    conv._experimental_calibrate_only = True
+    return conv, qg._Graph(engine.run_converter(conv, "calibration"))
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_h5, tiny_data):
+    return _model_and_data(tiny_model_h5, tiny_data)
 
 
 @pytest.fixture(scope="module")
@@ -82,13 +94,7 @@ def test_other_io_types_match_the_plain_converter_and_stay_full_integer(tiny, io
 
 @pytest.fixture(scope="module")
 def outlier(outlier_model_h5, tiny_data):
-    from edgeresnet.calibration import load_images
-    from edgeresnet.models.loading import load_model
-
-    loaded = load_model(outlier_model_h5)
-    calib = load_images(tiny_data["calib"], (16, 16, 3)).images.astype(np.float32) / 255.0
-    held = load_images(tiny_data["eval"], (16, 16, 3)).images.astype(np.float32) / 255.0
-    return loaded, calib, held, loaded.predict(held)
+    return _model_and_data(outlier_model_h5, tiny_data)
 
 
 def test_default_method_is_closer_to_float_than_minmax_on_held_out_data(outlier):
@@ -102,10 +108,7 @@ def test_default_method_is_closer_to_float_than_minmax_on_held_out_data(outlier)
 
 def test_equalization_keeps_the_float_function(outlier):
     loaded, calib, held, ref = outlier
-    conv = loaded.tflite_converter()
-    engine.configure_int8(conv, calib, "int8", engine.Ticker(None, 1))
-    conv._experimental_calibrate_only = True
-    graph = qg._Graph(engine.run_converter(conv, "calibration"))
+    conv, graph = _calibrated(loaded, calib)
     before = graph.const(graph.weight_layers(True, True)[1].w).copy()
     assert qg._equalize(graph, calib[:16], engine.Ticker(None, 1)) >= 1
     assert not np.allclose(graph.const(graph.weight_layers(True, True)[1].w), before)
@@ -117,10 +120,7 @@ def test_equalization_keeps_the_float_function(outlier):
 
 def test_equalization_leaves_balanced_layers_alone(tiny):
     loaded, calib, _, _ = tiny
-    conv = loaded.tflite_converter()
-    engine.configure_int8(conv, calib, "int8", engine.Ticker(None, 1))
-    conv._experimental_calibrate_only = True
-    graph = qg._Graph(engine.run_converter(conv, "calibration"))
+    conv, graph = _calibrated(loaded, calib)
     assert qg._chains(graph, graph.weight_layers(True, True))  # in-block conv pairs qualify ...
     assert qg._equalize(graph, calib[:16], engine.Ticker(None, 1)) == 0  # ... but need no rescaling
 
@@ -244,10 +244,7 @@ def test_written_weights_survive_the_quantizer_exactly(tiny):
     from edgeresnet import _tf
 
     loaded, calib, _, _ = tiny
-    conv = loaded.tflite_converter()
-    engine.configure_int8(conv, calib, "int8", engine.Ticker(None, 1))
-    conv._experimental_calibrate_only = True
-    graph = qg._Graph(engine.run_converter(conv, "calibration"))
+    conv, graph = _calibrated(loaded, calib)
     layers = graph.weight_layers(per_channel=True, dense_per_channel=True)
     cfg = QuantOptConfig(stats_samples=16, gptq_samples=16)
     stats = qg._collect_stats(graph, layers, calib[:16], cfg, True, engine.Ticker(None, 1))
