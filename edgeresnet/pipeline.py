@@ -48,6 +48,7 @@ from .fsutil import (
 from . import __version__, shipping
 from .metadata import LABELS_FILE, labels_text
 from .report import DEFAULT_FORMATS, WRITERS, RunReport, Status, VariantRecord, check_formats, write_reports
+from .report.records import Timings
 from .runtime import TFLiteModel
 from .targets import PRECISIONS, Target, get_target, target_names
 from .targets.checks import run_checks
@@ -383,14 +384,19 @@ def _run(opts, plan, progress=None, notify=None, bench_config=None, formats=None
 def _run_staged(opts, plan, staged, needs_calib, started, progress, notify, bench_config, formats,
                 device_python=None) -> RunReport:
     """The job's stages in order: data, models, float baseline, emit (and recover) each variant, report."""
-    loaded, reference_meta = _load_model(opts)
+    timings = Timings()
+    with timings("load"):
+        loaded, reference_meta = _load_model(opts)
     preset_name = opts.preset or (reference_meta or {}).get("preset") or "raw"
     preset = get_preset(preset_name)
     if opts.labels is not None:  # a bad --labels file fails before any long work
         shipping.read_labels_file(opts.labels, loaded.num_classes)
-    data = _load_data(opts, loaded, reference_meta, preset, preset_name, needs_calib, progress, notify)
-    models = _build_models(opts, plan, loaded, preset, progress, notify)
-    float_out = loaded.predict(data.eval_float, progress=_stage(progress, "evaluate float model", "images"))
+    with timings("calibration data"):
+        data = _load_data(opts, loaded, reference_meta, preset, preset_name, needs_calib, progress, notify)
+    with timings("prune"):
+        models = _build_models(opts, plan, loaded, preset, progress, notify)
+    with timings("evaluate"):
+        float_out = loaded.predict(data.eval_float, progress=_stage(progress, "evaluate float model", "images"))
     labels = data.eval.labels if data.eval.labelled else None
     report = RunReport.start(
         model=loaded,
@@ -408,8 +414,11 @@ def _run_staged(opts, plan, staged, needs_calib, started, progress, notify, benc
         max_drop=opts.max_drop,
         prune=next((info for _, info in models.values() if info is not None), None),
     )
-    ship_info = _ship_info(opts, loaded, preset, data, report, staged, notify)
-    emit = _Emitter(opts, float_out, labels, data.conv_calib, data.conv_eval, progress, notify, bench_config, ship_info)
+    report.timings = timings
+    with timings("write"):
+        ship_info = _ship_info(opts, loaded, preset, data, report, staged, notify)
+    emit = _Emitter(opts, float_out, labels, data.conv_calib, data.conv_eval, progress, notify, bench_config, ship_info,
+                    timings)
     report.recovery = opts.recover and opts.max_drop is not None
     _emit_all(opts, plan, models, emit, report, staged)
     if device_python is not None:
@@ -514,7 +523,8 @@ def _emit_all(opts, plan, models, emit, report, staged) -> None:
                     own_float[planned.sparsity], emit.outputs[rec.name], emit.labels, info)
         report.add(rec)
         if rec.status == Status.OVER_BUDGET and opts.recover and planned.spec.precision == "int8":
-            recovered = emit.recover(model, planned, rec, staged.path)
+            with emit.timings("recover"):
+                recovered = emit.recover(model, planned, rec, staged.path)
             if recovered is not None:
                 report.add(recovered)
 
@@ -566,7 +576,9 @@ def _vs_pruned_float(float_out, out, labels, info) -> dict:
 class _Emitter:
     """Converts, runs, measures and checks one planned variant; caches identical conversions."""
 
-    def __init__(self, opts, float_out, labels, conv_calib, conv_eval, progress, notify, bench_config, ship_info):
+    def __init__(self, opts, float_out, labels, conv_calib, conv_eval, progress, notify, bench_config, ship_info,
+                 timings=None):
+        self.timings = timings if timings is not None else Timings()
         self.opts, self.float_out, self.labels = opts, float_out, labels
         self.ship_info = ship_info
         self.conv_calib, self.conv_eval = conv_calib, conv_eval
@@ -587,6 +599,11 @@ class _Emitter:
                     self.conv_calib if spec.needs_calibration else None,
                     progress=_stage(self.progress, f"calibrate {name}"),
                 )
+                session_seconds = getattr(self.cache[key].session, "seconds", None) or {}
+                for stage, sec in session_seconds.items():
+                    self.timings.add(stage, sec)
+                if not session_seconds:
+                    self.timings.add("quantize", self.cache[key].seconds)
             result = self.cache[key]
         except ConversionError as exc:
             rec.fail(Status.CONVERT_FAILED, str(exc))
@@ -595,10 +612,12 @@ class _Emitter:
         rec.convert_seconds = round(result.seconds, 3)
         if spec.precision == "int8":
             rec.int8_method = spec.method
-        shipped = self._ship(result.model, rec)  # what is written, run and checked: the model with its metadata
+        with self.timings("checks"):
+            shipped = self._ship(result.model, rec)  # what is written, run and checked: the model with its metadata
         try:
-            tfl = TFLiteModel(shipped)
-            out = tfl.predict(self.conv_eval, progress=_stage(self.progress, f"evaluate {name}", "images"))
+            with self.timings("evaluate"):
+                tfl = TFLiteModel(shipped)
+                out = tfl.predict(self.conv_eval, progress=_stage(self.progress, f"evaluate {name}", "images"))
         except TFLiteFileError as exc:
             rec.fail(Status.VALIDATION_FAILED, f"emitted model does not run: {exc}")
             return rec
@@ -606,18 +625,21 @@ class _Emitter:
         rec.set_drift(drift(self.float_out, out, self.labels))
         self.outputs[name] = out
         path = folder / name
-        atomic_write_bytes(path, shipped)
+        with self.timings("write"):
+            atomic_write_bytes(path, shipped)
         rec.set_file(path, self.opts.out)
-        rec.checks = run_checks(target, spec, shipped, path, strict=self.opts.strict)
-        rec.runtimes = shipping.runtimes(shipped, self.ship_info, rec.interpreter, rec.checks)
-        rec.weight_sparsity = _zero_fraction(shipped)
+        with self.timings("checks"):
+            rec.checks = run_checks(target, spec, shipped, path, strict=self.opts.strict)
+            rec.runtimes = shipping.runtimes(shipped, self.ship_info, rec.interpreter, rec.checks)
+            rec.weight_sparsity = _zero_fraction(shipped)
         if self.bench_config is not None:
             from .bench import benchmark
 
-            rec.latency = benchmark(
-                shipped, self.bench_config, progress=_stage(self.progress, f"benchmark {name}", "runs"),
-                isolate=False,  # a model this run wrote and already ran
-            ).to_dict()
+            with self.timings("benchmark"):
+                rec.latency = benchmark(
+                    shipped, self.bench_config, progress=_stage(self.progress, f"benchmark {name}", "runs"),
+                    isolate=False,  # a model this run wrote and already ran
+                ).to_dict()
         failed = [k for k, v in rec.checks.items() if v.get("ok") is False and v.get("blocking", True)]
         if failed:
             rec.fail(Status.VALIDATION_FAILED, "failed checks: " + ", ".join(failed))

@@ -20,9 +20,10 @@ def _opts(tiny_model_h5, tiny_data, out, **kw):
     return ConvertOptions(**base)
 
 
-def test_three_targets_end_to_end(tiny_model_h5, tiny_data, tmp_path):
+def test_three_targets_end_to_end(tiny_model_h5, tiny_data, tmp_path, monkeypatch):
     out = tmp_path / "out"
     stages = []
+    sessions = _count_int8_sessions(monkeypatch)
     report = run_convert(
         _opts(tiny_model_h5, tiny_data, out, targets=("cpu", "edgetpu", "gpu")),
         progress=lambda s, d, t: stages.append(s),
@@ -48,6 +49,31 @@ def test_three_targets_end_to_end(tiny_model_h5, tiny_data, tmp_path):
     assert "float32" not in tpu.dtype_counts()
     assert {t.dtype for _, t in gpu.filter_tensors()} == {"float16"}
     assert report.to_dict()["float"]["top1"] == data["float"]["top1"]
+    assert len(sessions) == 1  # cpu and edgetpu int8 (both uint8 io) share one calibration
+    # Where the time went, per stage; report.md says it in one line.
+    t = data["timings"]
+    assert set(t) >= {"load", "calibration data", "statistics", "quantize", "evaluate", "checks", "write"}
+    assert all(v >= 0 for v in t.values())
+    assert t["statistics"] > 0 and t["quantize"] > 0 and t["evaluate"] > 0 and t["checks"] > 0
+    assert sum(t.values()) <= data["seconds"] + 1.0
+    assert sessions[0].seconds["statistics"] <= t["statistics"] + 1e-3
+    md = (out / "report.md").read_text()
+    assert sum(1 for line in md.splitlines() if line.startswith("Time by stage (s): ")) == 1
+
+
+def _count_int8_sessions(monkeypatch) -> list:
+    """Every int8 engine session the run makes (each is one calibration)."""
+    from edgeresnet import quantize
+
+    made = []
+
+    class Counted(quantize.Int8Session):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            made.append(self)
+
+    monkeypatch.setattr(quantize, "Int8Session", Counted)
+    return made
 
 
 def test_numbers_match_an_independent_evaluation(tiny_model_h5, tiny_data, tmp_path):

@@ -13,7 +13,10 @@ from edgeresnet.pipeline import ConvertOptions, run_report
 from tests.test_cli import run_cli
 
 
-def test_report_sweeps_variants_and_writes_all_formats(tiny_model_h5, tiny_data, tmp_path):
+def test_report_sweeps_variants_and_writes_all_formats(tiny_model_h5, tiny_data, tmp_path, monkeypatch):
+    from tests.test_pipeline import _count_int8_sessions
+
+    sessions = _count_int8_sessions(monkeypatch)
     out = tmp_path / "rep"
     opts = ConvertOptions(
         model=str(tiny_model_h5), targets=("cpu", "edgetpu", "gpu"), calib=str(tiny_data["calib"]),
@@ -40,6 +43,9 @@ def test_report_sweeps_variants_and_writes_all_formats(tiny_model_h5, tiny_data,
     img = Image.open(out / "accuracy_vs_size.png")
     assert img.size[0] > 400 and len(np.unique(np.asarray(img.convert("L")))) > 10
     assert len(report.variants) == len(data["variants"])
+    # One calibration per model: cpu and edgetpu int8 share it, unpruned and pruned each have theirs.
+    assert len(sessions) == 2
+    assert data["timings"]["benchmark"] > 0 and data["timings"]["prune"] > 0
 
 
 @pytest.mark.parametrize("bad", ["1.5", "0", "-0.2", "x"])

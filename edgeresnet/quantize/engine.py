@@ -27,6 +27,7 @@ the same session, from the model the chosen method produced.
 
 from __future__ import annotations
 
+import time
 from typing import Callable, Optional
 
 import numpy as np
@@ -75,17 +76,24 @@ class Int8Session:
         subsets = self.method.subsets(len(self.calibration), self.config)
         tick = Ticker(progress, len(self.calibration), "calibration images")  # each statistics pass is a section
         self.converter = make_converter()
+        # Where the time went: the converter and quantizer, and this side's statistics passes.
+        self.seconds = {"statistics": 0.0, "quantize": 0.0}
+        start = time.perf_counter()
         if self.method.plain:
             configure_int8(self.converter, self.calibration, io_type, tick)
             self._calibrated = None  # made on demand, for models on top of this one
             self.model = run_converter(self.converter, "plain int8 conversion")
+            self.seconds["quantize"] = time.perf_counter() - start
             return
         configure_int8(self.converter, self.calibration[:1], io_type, Ticker(None, 1))  # the layout only
         self.converter._experimental_calibrate_only = True
         calibrated = run_converter(self.converter, "int8 calibration")
+        edit_start = time.perf_counter()
         self._calibrated = self._edit(calibrated, subsets, tick)
+        self.seconds["statistics"] = time.perf_counter() - edit_start
         self.model = self._quantize(self._calibrated, io_type=io_type)
         check_full_integer(self.model, io_type)
+        self.seconds["quantize"] = time.perf_counter() - start - self.seconds["statistics"]
 
     def _edit(self, calibrated: bytes, subsets: dict, tick) -> bytes:
         graph = g._Graph(calibrated)

@@ -167,5 +167,9 @@ def to_markdown(report: dict) -> str:
                 f"| {layer.get('name')} | {layer.get('kind')} | {_fmt(layer.get('target_sparsity'))} | "
                 f"{_fmt(layer.get('achieved_sparsity'))} | {layer.get('weights')} |"
             )
+    timings = report.get("timings") or {}
+    spent = [f"{stage} {sec:.1f}" for stage, sec in timings.items() if sec >= 0.05]
+    if spent:
+        lines += ["", "Time by stage (s): " + ", ".join(spent) + "."]
     lines += ["", f"Written by edgeresnet {report['edgeresnet_version']} on {report['created']} in {report['seconds']} s.", ""]
     return "\n".join(lines)

@@ -15,12 +15,14 @@ In short:
   and a :class:`Status`: ``ok``, ``over_budget``, ``convert_failed`` (no model was
   produced) or ``validation_failed`` (a model was produced, and it failed a check)
 - ``max_drop``, ``passed``, ``seconds``, ``edgeresnet_version``, ``created``
+- ``timings``: seconds per stage (:data:`STAGES`) summed over the run, so a user sees where the time goes
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import time
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -134,6 +136,45 @@ class VariantRecord:
         }
 
 
+STAGES = ("load", "prune", "calibration data", "statistics", "quantize", "evaluate", "checks", "benchmark",
+          "recover", "write")
+
+
+class Timings:
+    """Seconds per stage of a run (:data:`STAGES`), summed: ``with timings("evaluate"): ...``.
+
+    ``write`` counts the models and labels written; the report files, written
+    last, are not in it.
+    """
+
+    def __init__(self):
+        self.seconds = {s: 0.0 for s in STAGES}
+
+    def add(self, stage: str, seconds: float) -> None:
+        if stage not in self.seconds:
+            raise ValueError(f"unknown stage {stage!r}; one of {', '.join(STAGES)}")
+        self.seconds[stage] += max(float(seconds), 0.0)
+
+    def __call__(self, stage: str):
+        return _Timed(self, stage)
+
+    def to_dict(self) -> dict:
+        return {s: round(v, 3) for s, v in self.seconds.items()}
+
+
+class _Timed:
+    def __init__(self, timings: Timings, stage: str):
+        self.timings, self.stage = timings, stage
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.timings.add(self.stage, time.perf_counter() - self.start)
+        return False
+
+
 @dataclass
 class RunReport:
     model: dict
@@ -148,6 +189,7 @@ class RunReport:
     metadata: Optional[dict] = None  # the TFLite metadata every emitted model carries (shipping.model_info)
     seconds: Optional[float] = None
     created: str = ""
+    timings: Timings = field(default_factory=Timings)
 
     @classmethod
     def start(cls, *, model, source, preset, folded, calibration, evaluation, baseline, max_drop, prune=None):
@@ -198,6 +240,7 @@ class RunReport:
             "recovery": self.recovery,
             "passed": self.passed,
             "seconds": self.seconds,
+            "timings": self.timings.to_dict(),
             "variants": [v.to_dict() for v in self.variants],
         }
         if self.prune is not None:
