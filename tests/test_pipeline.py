@@ -140,6 +140,7 @@ def test_int8_without_calibration_is_refused(tiny_model_h5, tmp_path):
         run_convert(ConvertOptions(model=str(tiny_model_h5), targets=("edgetpu",), out=str(tmp_path / "o")))
 
 
+@pytest.mark.slow  # end to end: many conversions (and a fine-tuning) of the tiny model
 def test_prune_emits_unpruned_and_pruned_side_by_side(tiny_model_h5, tiny_data, tmp_path):
     from edgeresnet.prune import PruneConfig
 

@@ -13,6 +13,7 @@ from edgeresnet.pipeline import ConvertOptions, run_report
 from tests.test_cli import run_cli
 
 
+@pytest.mark.slow  # end to end: many conversions (and a fine-tuning) of the tiny model
 def test_report_sweeps_variants_and_writes_all_formats(tiny_model_h5, tiny_data, tmp_path, monkeypatch):
     from tests.test_pipeline import _count_int8_sessions
 

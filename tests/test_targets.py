@@ -119,6 +119,7 @@ def test_add_target_path_api(tmp_path):
         get_target("npu")
 
 
+@pytest.mark.slow  # end to end: many conversions (and a fine-tuning) of the tiny model
 def test_a_new_target_runs_through_convert_inspect_and_report(
     extra_targets, tiny_model_h5, tiny_data, tmp_path, capsys
 ):
