@@ -93,6 +93,32 @@ def check_details(name: str, details: dict) -> list[str]:
 
 
 def to_markdown(report: dict) -> str:
+    lines = _header_lines(report)
+    lines += ["", "## Variants", "", variants_table(report), ""]
+    lines += runtimes_markdown(report)
+    lines += device_check.markdown(report["variants"])
+    for v in report["variants"]:
+        lines += _variant_lines(v)
+    notes = dict.fromkeys((name, note) for v in report["variants"] for name, chk in (v.get("checks") or {}).items()
+                          for note in chk.get("notes") or ())
+    lines += [f"- note ({name}): {note}" for name, note in notes]  # once per run, not once per model
+    if report.get("prune") and report["prune"].get("layers"):
+        lines += ["", "## Per-layer sparsity", "", "| layer | kind | target | achieved | weights |", "|---|---|---|---|---|"]
+        for layer in report["prune"]["layers"]:
+            lines.append(
+                f"| {layer.get('name')} | {layer.get('kind')} | {_fmt(layer.get('target_sparsity'))} | "
+                f"{_fmt(layer.get('achieved_sparsity'))} | {layer.get('weights')} |"
+            )
+    timings = report.get("timings") or {}
+    spent = [f"{stage} {sec:.1f}" for stage, sec in timings.items() if sec >= 0.05]
+    if spent:
+        lines += ["", "Time by stage (s): " + ", ".join(spent) + "."]
+    lines += ["", f"Written by edgeresnet {report['edgeresnet_version']} on {report['created']} in {report['seconds']} s.", ""]
+    return "\n".join(lines)
+
+
+def _header_lines(report: dict) -> list[str]:
+    """The model, the data, the float baseline, the budget and pruning, one line each."""
     m, f, e, c = report["model"], report["float"], report["evaluation"], report.get("calibration")
     lines = [
         f"# edgeresnet report: {m['name']}",
@@ -125,51 +151,39 @@ def to_markdown(report: dict) -> str:
             lines.append(f"  - left dense: `{d['name']}`: {d['reason']}")
         for w in p.get("warnings") or ():
             lines.append(f"  - warning: {w}")
-    lines += ["", "## Variants", "", variants_table(report), ""]
-    lines += runtimes_markdown(report)
-    lines += device_check.markdown(report["variants"])
-    for v in report["variants"]:
-        if v.get("error"):
-            lines.append(f"- `{v['name']}`: {v['status']}: {v['error']}")
-        own = (v.get("prune") or {}).get("vs_pruned_float")
-        if own:
-            top1 = "" if own.get("float_top1") is None else (
-                f"top-1 {_fmt(own['float_top1'])} % (this model {_fmt(own.get('top1'))} %, drop {_fmt(own.get('drop_pts'))} pts), ")
-            lines.append(
-                f"- `{v['name']}` against {own['reference']}: {top1}agreement {_fmt(own.get('agreement'))} %, "
-                f"SQNR {_fmt(own.get('sqnr_db'), '.1f')} dB: the conversion's error alone (the table's drop and "
-                "agreement are against the unpruned float model: pruning, fine-tuning and conversion together)"
-            )
-        if v.get("recovered_by"):
-            lines.append(f"- `{v['name']}` was over budget; recovered as `{v['recovered_by']}`")
-        if v.get("recovery"):
-            r = v["recovery"]
-            cost = r.get("cost") or {}
-            lines.append(
-                f"- `{v['name']}`: kept in float: {', '.join(r.get('float_layers') or []) or 'nothing'} "
-                f"({'budget met' if r.get('met') else 'budget NOT met'}); size "
-                f"{(cost.get('size_bytes') or {}).get('initial')} -> {(cost.get('size_bytes') or {}).get('final')} bytes, "
-                f"median latency {(cost.get('latency_ms') or {}).get('initial')} -> {(cost.get('latency_ms') or {}).get('final')} ms"
-            )
-        if v.get("worst_layers"):
-            names = ", ".join(str(w.get("name") or w.get("layer")) for w in v["worst_layers"][:5])
-            lines.append(f"- `{v['name']}`: layers with the largest int8 error: {names}")
-        for name, chk in (v.get("checks") or {}).items():
-            lines.append(f"- `{v['name']}` {name}: {'ok' if chk.get('ok') else 'NOT ok' if chk.get('ok') is False else 'unknown'}: {chk.get('summary', '')}")
-            lines += [f"  - {line}" for line in check_details(name, chk)]
-    notes = dict.fromkeys((name, note) for v in report["variants"] for name, chk in (v.get("checks") or {}).items()
-                          for note in chk.get("notes") or ())
-    lines += [f"- note ({name}): {note}" for name, note in notes]  # once per run, not once per model
-    if report.get("prune") and report["prune"].get("layers"):
-        lines += ["", "## Per-layer sparsity", "", "| layer | kind | target | achieved | weights |", "|---|---|---|---|---|"]
-        for layer in report["prune"]["layers"]:
-            lines.append(
-                f"| {layer.get('name')} | {layer.get('kind')} | {_fmt(layer.get('target_sparsity'))} | "
-                f"{_fmt(layer.get('achieved_sparsity'))} | {layer.get('weights')} |"
-            )
-    timings = report.get("timings") or {}
-    spent = [f"{stage} {sec:.1f}" for stage, sec in timings.items() if sec >= 0.05]
-    if spent:
-        lines += ["", "Time by stage (s): " + ", ".join(spent) + "."]
-    lines += ["", f"Written by edgeresnet {report['edgeresnet_version']} on {report['created']} in {report['seconds']} s.", ""]
-    return "\n".join(lines)
+    return lines
+
+
+def _variant_lines(v: dict) -> list[str]:
+    """What the table cannot say about one variant: errors, recovery, worst layers, check results."""
+    lines = []
+    if v.get("error"):
+        lines.append(f"- `{v['name']}`: {v['status']}: {v['error']}")
+    own = (v.get("prune") or {}).get("vs_pruned_float")
+    if own:
+        top1 = "" if own.get("float_top1") is None else (
+            f"top-1 {_fmt(own['float_top1'])} % (this model {_fmt(own.get('top1'))} %, drop {_fmt(own.get('drop_pts'))} pts), ")
+        lines.append(
+            f"- `{v['name']}` against {own['reference']}: {top1}agreement {_fmt(own.get('agreement'))} %, "
+            f"SQNR {_fmt(own.get('sqnr_db'), '.1f')} dB: the conversion's error alone (the table's drop and "
+            "agreement are against the unpruned float model: pruning, fine-tuning and conversion together)"
+        )
+    if v.get("recovered_by"):
+        lines.append(f"- `{v['name']}` was over budget; recovered as `{v['recovered_by']}`")
+    if v.get("recovery"):
+        r = v["recovery"]
+        cost = r.get("cost") or {}
+        lines.append(
+            f"- `{v['name']}`: kept in float on top of its `{r.get('method')}` int8 model: "
+            f"{', '.join(r.get('float_layers') or []) or 'nothing'} "
+            f"({'budget met' if r.get('met') else 'budget NOT met'}); size "
+            f"{(cost.get('size_bytes') or {}).get('initial')} -> {(cost.get('size_bytes') or {}).get('final')} bytes, "
+            f"median latency {(cost.get('latency_ms') or {}).get('initial')} -> {(cost.get('latency_ms') or {}).get('final')} ms"
+        )
+    if v.get("worst_layers"):
+        names = ", ".join(str(w.get("name") or w.get("layer")) for w in v["worst_layers"][:5])
+        lines.append(f"- `{v['name']}`: layers with the largest int8 error: {names}")
+    for name, chk in (v.get("checks") or {}).items():
+        lines.append(f"- `{v['name']}` {name}: {'ok' if chk.get('ok') else 'NOT ok' if chk.get('ok') is False else 'unknown'}: {chk.get('summary', '')}")
+        lines += [f"  - {line}" for line in check_details(name, chk)]
+    return lines
