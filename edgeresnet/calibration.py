@@ -403,26 +403,233 @@ def load_images(
     ``progress(done, total)`` is called after each decoded image.
     """
     shape = _check_shape(input_shape)
+    _check_load_args(samples, seed, resize)
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{p}: no such file or folder; {_WHAT_TO_PASS}")
+    excluded = {os.path.abspath(e) for e in (exclude or ())}
+    if p.suffix.lower() in ARRAY_EXTENSIONS:
+        return _load_array(p, shape, samples, int(seed), excluded, progress)
+    return _select_files(p, shape, samples, int(seed), resize, excluded).load(progress)
+
+
+def stream_images(
+    path: PathLike,
+    input_shape: tuple[int, int, int],
+    samples: Optional[int] = None,
+    seed: int = 0,
+    resize: str = "crop",
+    exclude: Optional[Iterable[str]] = None,
+) -> "ImageStream":
+    """The images :func:`load_images` would read, as an :class:`ImageStream` decoded a batch at a time.
+
+    Same arguments, same seeded choice and order of files, same class order and
+    the same pixels; only the memory differs: nothing is decoded until a batch
+    is asked for. ``.npy``/``.npz`` arrays are read as :func:`load_images` does
+    (a ``.npy`` is memory-mapped, so its rows are read batch by batch).
+    """
+    shape = _check_shape(input_shape)
+    _check_load_args(samples, seed, resize)
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{p}: no such file or folder; {_WHAT_TO_PASS}")
+    excluded = {os.path.abspath(e) for e in (exclude or ())}
+    if p.suffix.lower() in ARRAY_EXTENSIONS:
+        return ImageStream.from_imageset(_load_array(p, shape, samples, int(seed), excluded, None))
+    return _select_files(p, shape, samples, int(seed), resize, excluded)
+
+
+def _check_load_args(samples, seed, resize) -> None:
     if samples is not None and (isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples <= 0):
         raise ConfigError(f"samples must be a positive number of images (or None for all), got {samples!r}")
     if resize not in RESIZE_POLICIES:
         raise ConfigError(f"resize must be crop or stretch, got {resize!r}")
     whole_number("seed", seed, 0)
-    p = Path(path)
-    if not p.exists():
-        raise DataError(f"{p}: no such file or folder; {_WHAT_TO_PASS}")
+
+
+def _select_files(p: Path, shape, samples, seed: int, resize: str, excluded) -> "ImageStream":
+    """The seeded choice of image files of a folder (or one image file), not decoded yet."""
     _check_special(p)
-    excluded = {os.path.abspath(e) for e in (exclude or ())}
     suffix = p.suffix.lower()
     if p.is_dir():
         files, labels, class_names = _scan_folder(p)
-        return _load_files(p, files, labels, class_names, shape, samples, int(seed), resize, excluded, progress)
-    if suffix in ARRAY_EXTENSIONS:
-        return _load_array(p, shape, samples, int(seed), excluded, progress)
-    if suffix in IMAGE_EXTENSIONS:
-        return _load_files(p, [os.path.abspath(p)], None, None, shape, samples, int(seed), resize, excluded, progress)
-    kind = f"a {suffix} file" if suffix else "a file without an extension"
-    raise DataError(f"{p} is {kind}; {_WHAT_TO_PASS}")
+    elif suffix in IMAGE_EXTENSIONS:
+        files, labels, class_names = [os.path.abspath(p)], None, None
+    else:
+        kind = f"a {suffix} file" if suffix else "a file without an extension"
+        raise DataError(f"{p} is {kind}; {_WHAT_TO_PASS}")
+    label_arr = None if labels is None else np.asarray(labels, dtype=np.int64)
+    allowed = np.array([f not in excluded for f in files], dtype=bool)
+    if not allowed.any():
+        raise DataError(
+            f"all {len(files)} images in {p} are excluded (already used, e.g. for calibration); "
+            "pass a separate folder"
+        )
+    if shape[2] not in (1, 3):
+        raise ConfigError(
+            f"image files give 1 or 3 channels but the model takes {shape[2]}; pass a .npy/.npz array instead"
+        )
+    chosen = _pick(len(files), label_arr, samples, seed, allowed)
+    return ImageStream(
+        shape=shape,
+        files=tuple(files[i] for i in chosen),
+        labels=None if label_arr is None else label_arr[chosen],
+        class_names=class_names,
+        source=str(p),
+        resize=resize,
+        requested=samples,
+        available=int(allowed.sum()),
+    )
+
+
+# How many images are decoded ahead of the consumer, in batches (bounded memory).
+PREFETCH_BATCHES = 2
+DEFAULT_BATCH = 64
+
+
+def _decode_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+@dataclass(frozen=True, eq=False)
+class ImageStream:
+    """The chosen images of a source, decoded (in threads) and preprocessed one batch at a time.
+
+    ``files`` (absolute paths, in the seeded order of :func:`list_images`) are
+    decoded with the same :func:`read_image` code the device side uses, so host
+    and device see identical pixels. A stream made from an in-memory
+    :class:`ImageSet` (arrays, the built-in digits) slices its rows instead.
+    ``preset`` (None: raw pixels as float32) turns pixels into model inputs;
+    :meth:`with_preset` gives a copy with another one. At most
+    ``PREFETCH_BATCHES`` batches are decoded ahead, so memory does not grow with
+    the number of images.
+    """
+
+    shape: tuple[int, int, int]
+    files: tuple[str, ...] = ()
+    labels: Optional[np.ndarray] = None
+    class_names: Optional[tuple[str, ...]] = None
+    source: str = ""
+    resize: str = "crop"
+    requested: Optional[int] = None
+    available: Optional[int] = None
+    rows: Optional[np.ndarray] = None  # in memory instead of files (arrays, the built-in digits)
+    row_paths: tuple[str, ...] = ()
+    preset: Optional["Preset"] = None
+
+    @classmethod
+    def from_imageset(cls, images: ImageSet) -> "ImageStream":
+        return cls(
+            shape=images.shape, labels=images.labels, class_names=images.class_names, source=images.source,
+            requested=images.requested, available=images.available, rows=images.images, row_paths=images.paths,
+        )
+
+    @classmethod
+    def from_arrays(cls, x: np.ndarray, labels: Optional[np.ndarray] = None) -> "ImageStream":
+        """Model inputs already in memory (any (N, ...) float array), e.g. the ``(x, y)`` pairs of the Python API."""
+        x = np.asarray(x)
+        return cls(shape=tuple(int(d) for d in x.shape[1:]), rows=x,
+                   labels=None if labels is None else np.asarray(labels, dtype=np.int64))
+
+    def with_preset(self, preset: Optional["Preset"]) -> "ImageStream":
+        from dataclasses import replace
+
+        return replace(self, preset=preset)
+
+    def __len__(self) -> int:
+        return len(self.rows) if self.rows is not None else len(self.files)
+
+    @property
+    def labelled(self) -> bool:
+        return self.labels is not None
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return self.row_paths if self.rows is not None else self.files
+
+    def pixels(self, indices: Sequence[int]) -> np.ndarray:
+        """Raw pixels (uint8, or float32 for float arrays) of the images at ``indices``, decoded in threads."""
+        idx = [int(i) for i in indices]
+        if self.rows is not None:
+            return self.rows[np.asarray(idx, dtype=np.int64)]
+        out = np.empty((len(idx),) + tuple(self.shape), dtype=np.uint8)
+        if len(idx) == 1:
+            out[0] = _decode(self.files[idx[0]], self.shape, self.resize)[0]
+            return out
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(_decode_workers(), len(idx))) as pool:
+            for j, (pixels, _) in enumerate(pool.map(lambda i: _decode(self.files[i], self.shape, self.resize), idx)):
+                out[j] = pixels
+        return out
+
+    def inputs(self, indices: Sequence[int]) -> np.ndarray:
+        """Model inputs (float32) of the images at ``indices``: pixels with the preset applied."""
+        x = self.pixels(indices)
+        return self.preset.apply(x) if self.preset is not None else np.asarray(x, dtype=np.float32)
+
+    def batches(self, batch_size: int = DEFAULT_BATCH, order: Optional[Sequence[int]] = None,
+                prefetch: int = PREFETCH_BATCHES) -> Iterator[tuple[np.ndarray, Optional[np.ndarray]]]:
+        """(model inputs, labels or None) ``batch_size`` images at a time, in ``order`` (default: stream order).
+
+        The next ``prefetch`` batches are decoded in a background thread while
+        the caller works on the current one.
+        """
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be positive, got {batch_size}")
+        order = np.arange(len(self)) if order is None else np.asarray(order, dtype=np.int64)
+        chunks = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+        label = (lambda c: self.labels[c]) if self.labels is not None else (lambda c: None)
+        if prefetch < 1 or len(chunks) < 2:
+            for c in chunks:
+                yield self.inputs(c), label(c)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = [pool.submit(self.inputs, c) for c in chunks[:prefetch]]
+            for k, c in enumerate(chunks):
+                x = pending.pop(0).result()
+                if k + prefetch < len(chunks):
+                    pending.append(pool.submit(self.inputs, chunks[k + prefetch]))
+                yield x, label(c)
+
+    def predict(self, fn: Callable[[np.ndarray], np.ndarray], batch_size: int = DEFAULT_BATCH,
+                progress: Optional[ProgressFn] = None) -> np.ndarray:
+        """``fn`` (a batch of model inputs -> outputs) over the whole stream; only the outputs are kept."""
+        out, done, total = [], 0, len(self)
+        for x, _ in self.batches(batch_size):
+            y = np.asarray(fn(x), dtype=np.float32)
+            out.append(y.reshape(len(x), -1))
+            done += len(x)
+            if progress is not None:
+                progress(done, total)
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+    def load(self, progress: Optional[ProgressFn] = None) -> ImageSet:
+        """All images in memory as an :class:`ImageSet` (for small sets: calibration, accuracy recovery)."""
+        if self.rows is not None:
+            return ImageSet(images=self.rows, labels=self.labels, class_names=self.class_names, source=self.source,
+                            paths=self.row_paths, requested=self.requested, available=self.available)
+        out = np.empty((len(self.files),) + tuple(self.shape), dtype=np.uint8)
+        resized = 0
+        for i, f in enumerate(self.files):
+            out[i], was_resized = _decode(f, self.shape, self.resize)
+            resized += was_resized
+            if progress is not None:
+                progress(i + 1, len(self.files))
+        return ImageSet(
+            images=out,
+            labels=self.labels,
+            class_names=self.class_names,
+            source=self.source,
+            paths=self.files,
+            raw_is_pixels=True,
+            balanced=self.labels is not None,
+            requested=self.requested,
+            available=self.available,
+            resized=resized,
+        )
 
 
 def list_images(
@@ -592,41 +799,6 @@ def _pick(n: int, labels: Optional[np.ndarray], samples: Optional[int], seed: in
         grid[: len(pool), j] = pool
     order = grid.reshape(-1)
     return order[order >= 0][:want]
-
-
-def _load_files(root, files, labels, class_names, shape, samples, seed, resize, excluded, progress) -> ImageSet:
-    label_arr = None if labels is None else np.asarray(labels, dtype=np.int64)
-    allowed = np.array([f not in excluded for f in files], dtype=bool)
-    if not allowed.any():
-        raise DataError(
-            f"all {len(files)} images in {root} are excluded (already used, e.g. for calibration); "
-            "pass a separate folder"
-        )
-    h, w, c = shape
-    if c not in (1, 3):
-        raise ConfigError(f"image files give 1 or 3 channels but the model takes {c}; pass a .npy/.npz array instead")
-    chosen = _pick(len(files), label_arr, samples, seed, allowed)
-    out = np.empty((len(chosen), h, w, c), dtype=np.uint8)
-    resized = 0
-    total = len(chosen)
-    for i, idx in enumerate(chosen):
-        pixels, was_resized = _decode(files[idx], shape, resize)
-        out[i] = pixels
-        resized += was_resized
-        if progress is not None:
-            progress(i + 1, total)
-    return ImageSet(
-        images=out,
-        labels=None if label_arr is None else label_arr[chosen],
-        class_names=class_names,
-        source=str(root),
-        paths=tuple(files[i] for i in chosen),
-        raw_is_pixels=True,
-        balanced=label_arr is not None,
-        requested=samples,
-        available=int(allowed.sum()),
-        resized=resized,
-    )
 
 
 def _decode(path: str, shape: tuple[int, int, int], resize: str) -> tuple[np.ndarray, bool]:

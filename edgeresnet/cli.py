@@ -84,7 +84,10 @@ def _data_options(f):
         click.option("--labels", type=click.Path(), metavar="FILE", help="Class names for the models' metadata, one per line in output order (default: the class folder names of --eval, --calib or --train)."),
         click.option("--out", type=click.Path(), help="Output folder (convert: edgeresnet-out; report: edgeresnet-report)."),
         click.option("--overwrite", is_flag=True, help="Replace an existing output folder."),
-        click.option("--train", type=click.Path(), help="Labelled images (one sub-folder per class) to fine-tune a pruned model on; without it pruning is one-shot."),
+        click.option("--train", type=click.Path(), help="Labelled images (one sub-folder per class) to fine-tune on, read as a stream of batches: the pruned model (without it pruning is one-shot), and the new classifier of --classes."),
+        click.option("--weights", type=click.Path(), metavar="FILE.h5", help="With a built-in architecture as MODEL (e.g. resnet50): a local Keras .h5 to load by layer name (never downloaded)."),
+        click.option("--classes", type=int, metavar="N", help="With a built-in architecture as MODEL: a new classifier for N classes, fine-tuned on --train (backbone from --weights frozen for the first epoch, then trained too)."),
+        click.option("--input-size", type=int, metavar="PX", help="With a built-in architecture as MODEL: square input side in pixels (default: the architecture's, 224 or 32)."),
         click.option("--epochs", type=int, help="Fine-tuning epochs for pruning with --train (default 3)."),
         click.option("--batch-size", type=int, help="Fine-tuning batch size (default 64)."),
         click.option("--learning-rate", type=FINITE, help="Fine-tuning learning rate (default 3e-4, Adam)."),
@@ -113,10 +116,24 @@ _PRUNE_KEYS = {
 }
 
 
+_TRANSFER_KEYS = ("epochs", "batch_size", "learning_rate")
+
+
+def _transfer_config(kw):
+    """A TransferConfig for --classes (fine-tuning options shared with pruning), or None."""
+    if kw.get("classes") is None:
+        return None
+    from .transfer import TransferConfig
+
+    return TransferConfig(seed=kw["seed"], **{k: kw[k] for k in _TRANSFER_KEYS if kw.get(k) is not None})
+
+
 def _prune_config(sparsity, kw, flag):
     """A PruneConfig from the pruning options, or None; pruning options without pruning are an error."""
     given = {cfg: kw[opt] for opt, cfg in _PRUNE_KEYS.items() if kw.get(opt) is not None}
     if sparsity is None:
+        if kw.get("classes") is not None:  # --epochs/--batch-size/--learning-rate then set transfer learning
+            given = {k: v for k, v in given.items() if k not in _TRANSFER_KEYS}
         if given:
             names = ", ".join("--" + k.replace("_", "-") for k, v in _PRUNE_KEYS.items() if kw.get(k) is not None)
             raise click.UsageError(f"{names} only apply to pruning; add {flag}")
@@ -148,6 +165,10 @@ def _options(model, kw, default_out, **extra):
         eval=kw["eval_path"],
         out=kw["out"] or default_out,
         **{name: kw[name] for name in _SAME_NAMED},
+        weights=kw["weights"],
+        classes=kw["classes"],
+        input_size=kw["input_size"],
+        transfer=_transfer_config(kw),
         **extra,
     )
 
@@ -170,7 +191,7 @@ def _run_with_progress(fn, *args, **kwargs):
 @click.option("--format", "formats", multiple=True, metavar="F", help="Also write the report as F: csv, png (accuracy vs size) or html (embeds the png when both are asked for). Repeat for several; report.json and report.md are always written.")
 @_data_options
 def convert(model, int8, precision, prune, formats, **kw):
-    """Convert MODEL (.h5, .keras or SavedModel folder) to TFLite, verify drift, write a report.
+    """Convert MODEL (.h5, .keras, SavedModel folder, or a built-in architecture name such as resnet50 with --weights or --classes/--train) to TFLite, verify drift, write a report.
 
     Without MODEL, converts the built-in reference ResNet-8 (trained on
     scikit-learn's digits) and verifies it on built-in held-out digits.

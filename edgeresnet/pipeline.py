@@ -21,9 +21,11 @@ from ._progress import Stage
 from .calibration import (
     DEFAULT_SAMPLES,
     ImageSet,
+    ImageStream,
     calibration_record,
     get_preset,
     load_images,
+    stream_images,
 )
 from .convert import ConversionSpec, convert
 from ._tf import require_host
@@ -90,6 +92,10 @@ class ConvertOptions:
     labels: Optional[str] = None  # --labels FILE: class names for the metadata (else the class folders)
     device_check: Optional[str] = None  # "pi": evaluate every emitted model inside the emulated Raspberry Pi
     formats: tuple[str, ...] = DEFAULT_FORMATS  # report writers (json, md, csv, png, html); `report` writes all
+    weights: Optional[str] = None  # a zoo MODEL: a local .h5 to load by layer name
+    classes: Optional[int] = None  # a zoo MODEL: a new classifier for N classes, fine-tuned on --train
+    input_size: Optional[int] = None  # a zoo MODEL: square input side (default: the architecture's)
+    transfer: Optional[object] = None  # a transfer.TransferConfig for --classes (epochs, batch, learning rate)
 
     def __post_init__(self):
         check_formats(self.formats)
@@ -123,8 +129,14 @@ class ConvertOptions:
                 f"--device-check {self.device_check} evaluates on the device from image files; "
                 "pass --eval DIR (one sub-folder of images per class)"
             )
-        if self.train is not None and self.prune is None:
-            raise ConfigError("--train is used for pruning fine-tuning; add --prune SPARSITY (or --sparsity for report)")
+        if self.classes is not None and (isinstance(self.classes, bool) or self.classes < 1):
+            raise ConfigError(f"--classes must be a positive number of classes, got {self.classes}")
+        if self.classes is not None and self.train is None:
+            raise ConfigError("--classes N gives the model a new, untrained classifier; add --train DIR (one sub-folder per class) to fine-tune it")
+        if self.input_size is not None and self.input_size < 1:
+            raise ConfigError(f"--input-size must be a positive number of pixels, got {self.input_size}")
+        if self.train is not None and self.prune is None and self.classes is None:
+            raise ConfigError("--train is used for pruning fine-tuning or with --classes; add --prune SPARSITY (or --sparsity for report)")
 
     def variant_plan(self) -> list[tuple[Target, ConversionSpec]]:
         """One (target, spec) per requested target."""
@@ -145,11 +157,35 @@ class _Data:
     calib: Optional[ImageSet] = None
     calib_float: Optional[np.ndarray] = None
     calib_record: Optional[object] = None  # calibration.CalibrationRecord, for the report
-    eval: Optional[ImageSet] = None
-    eval_float: Optional[np.ndarray] = None
+    eval: Optional[ImageStream] = None  # read a batch at a time: never all in memory
+    eval_float: Optional[ImageStream] = None  # the same stream, preprocessed for the float model
     eval_origin: str = ""
     conv_calib: Optional[np.ndarray] = None  # calibration samples the converter sees (raw when folded)
-    conv_eval: Optional[np.ndarray] = None
+    conv_eval: Optional[ImageStream] = None  # the evaluation stream as the converted models take it
+
+
+def _zoo(opts: ConvertOptions):
+    """The zoo architecture MODEL names (None for a file); --weights/--classes/--input-size need one;
+    random weights are refused for accuracy work."""
+    from .models.zoo import zoo_spec
+
+    spec = zoo_spec(opts.model)
+    zoo_only = [f for f, v in (("--weights", opts.weights), ("--classes", opts.classes), ("--input-size", opts.input_size))
+                if v is not None]
+    if spec is None and zoo_only:
+        raise ConfigError(f"{zoo_only[0]} applies to a built-in architecture MODEL (e.g. resnet50; see `edgeresnet models`), "
+                          "not to a model file")
+    if spec is not None and opts.weights is None and opts.train is None:
+        raise ConfigError(
+            f"{spec.name} has random weights, so its accuracy and drift would mean nothing; pass --weights FILE.h5 "
+            "(trained weights) or --classes N --train DIR (fine-tune it on your images)"
+        )
+    if spec is not None and opts.weights is None and opts.classes is None:
+        raise ConfigError(
+            f"{spec.name} without --weights would fine-tune random weights only while pruning; "
+            "pass --weights FILE.h5, or --classes N to train it on --train DIR first"
+        )
+    return spec
 
 
 def _load_model(opts: ConvertOptions):
@@ -163,35 +199,38 @@ def _load_model(opts: ConvertOptions):
         loaded = load_model(demo.reference_model_path())
         loaded = LoadedModel.from_keras(grey_from_rgb(loaded.model), loaded.name)
         return loaded, demo.reference_metadata()
+    spec = _zoo(opts)
+    if spec is not None:
+        from .models.zoo import build_zoo_model
+
+        model = build_zoo_model(spec, opts.weights, opts.classes, opts.input_size)
+        return LoadedModel.from_keras(model, spec.name), None
     return load_model(opts.model, trust_code=opts.trust_model_code), None
 
 
-def _eval_set(opts, loaded, reference_meta, calib: Optional[ImageSet], progress) -> tuple[ImageSet, str]:
+def _eval_set(opts, loaded, reference_meta, calib: Optional[ImageSet]) -> tuple[ImageStream, str]:
+    """The evaluation images as a stream (decoded a batch at a time), and where they came from."""
     shape = loaded.input_shape
     if opts.eval is not None:
-        images = load_images(
-            opts.eval, shape, samples=opts.eval_samples, seed=opts.seed, resize=opts.resize,
-            progress=_stage(progress, "load eval images", "images"),
-        )
+        images = stream_images(opts.eval, shape, samples=opts.eval_samples, seed=opts.seed, resize=opts.resize)
         return images, "--eval"
     if reference_meta is not None and opts.calib is None:
         from . import demo
 
-        return demo.digits_images("eval", shape[-1]), "built-in held-out split"
+        return ImageStream.from_imageset(demo.digits_images("eval", shape[-1])), "built-in held-out split"
     if opts.calib is not None and Path(opts.calib).is_dir():
         # Images of the calibration folder that calibration did not use.
         try:
-            images = load_images(
+            images = stream_images(
                 opts.calib, shape, samples=opts.eval_samples or HELD_OUT_EVAL_SAMPLES,
                 seed=opts.seed + 1, resize=opts.resize, exclude=set(calib.paths) if calib is not None else None,
-                progress=_stage(progress, "load eval images", "images"),
             )
             return images, "calibration folder, images not used for calibration (no --eval given)"
         except DataError:
             pass
     if calib is None:
         raise DataError("nothing to evaluate on; pass --eval with a folder of images")
-    return calib, "the calibration images themselves (no --eval given; in-sample)"
+    return ImageStream.from_imageset(calib), "the calibration images themselves (no --eval given; in-sample)"
 
 
 def _stage(progress: Optional[ProgressFn], stage: str, unit: str = ""):
@@ -201,7 +240,7 @@ def _stage(progress: Optional[ProgressFn], stage: str, unit: str = ""):
     return lambda done, total, what=None: progress(Stage(stage, what or unit), done, total)
 
 
-def _check_classes(images: ImageSet, num_classes: int, flag: str):
+def _check_classes(images, num_classes: int, flag: str):
     if images.labelled and images.class_names is not None and len(images.class_names) != num_classes:
         raise DataError(
             f"{flag} has {len(images.class_names)} class folders but the model has {num_classes} outputs; "
@@ -320,7 +359,10 @@ def run_report(
 
 def _inputs(opts: ConvertOptions) -> dict:
     """The paths a run reads; --out may not be, contain or lie inside any of them."""
-    return {"model": opts.model, "--calib": opts.calib, "--eval": opts.eval, "--train": opts.train}
+    from .models.zoo import zoo_spec
+
+    model = None if zoo_spec(opts.model) is not None else opts.model
+    return {"model": model, "--weights": opts.weights, "--calib": opts.calib, "--eval": opts.eval, "--train": opts.train}
 
 
 def _space_needed(opts: ConvertOptions, plan) -> int:
@@ -330,7 +372,9 @@ def _space_needed(opts: ConvertOptions, plan) -> int:
 
         model = demo.reference_model_path()
     else:
-        model = opts.model
+        model = _inputs(opts)["model"] or opts.weights
+    if model is None:
+        return 64 * MiB * (len(plan) + 1)  # a zoo model without weights: built here
     return 16 * MiB + 2 * tree_bytes([model]) * (len(plan) + 1)
 
 
@@ -344,10 +388,12 @@ def _run(opts, plan, progress=None, notify=None, bench_config=None, formats=None
     inputs = _inputs(opts)
     check_output(opts.out, opts.overwrite, inputs)
     check_output(failed_path(opts.out), True, inputs)
-    if opts.model is not None:  # the model first: a wrong path is said before any data problem
+    if opts.model is not None and _zoo(opts) is None:  # the model first: a wrong path is said before any data problem
         from .models.loading import check_model_path
 
         check_model_path(opts.model)
+    if opts.weights is not None and not Path(opts.weights).is_file():
+        raise DataError(f"--weights {opts.weights}: no such file; pass a local .h5 written by model.save_weights()")
     for p in (opts.calib, opts.eval, opts.train):
         if p is not None and not Path(p).exists():
             raise DataError(f"{p}: no such file or folder; pass an image folder or a .npy/.npz file")
@@ -391,12 +437,14 @@ def _run_staged(opts, plan, staged, needs_calib, started, progress, notify, benc
     preset = get_preset(preset_name)
     if opts.labels is not None:  # a bad --labels file fails before any long work
         shipping.read_labels_file(opts.labels, loaded.num_classes)
+    with timings("prune"):
+        transfer_info = _transfer(opts, loaded, preset, progress)  # --classes: the new classifier, trained first
     with timings("calibration data"):
         data = _load_data(opts, loaded, reference_meta, preset, preset_name, needs_calib, progress, notify)
     with timings("prune"):
         models = _build_models(opts, plan, loaded, preset, progress, notify)
     with timings("evaluate"):
-        float_out = loaded.predict(data.eval_float, progress=_stage(progress, "evaluate float model", "images"))
+        float_out = data.eval_float.predict(loaded.predict, progress=_stage(progress, "evaluate float model", "images"))
     labels = data.eval.labels if data.eval.labelled else None
     report = RunReport.start(
         model=loaded,
@@ -414,6 +462,10 @@ def _run_staged(opts, plan, staged, needs_calib, started, progress, notify, benc
         max_drop=opts.max_drop,
         prune=next((info for _, info in models.values() if info is not None), None),
     )
+    if opts.weights is not None:
+        report.model["weights"] = str(opts.weights)
+    if transfer_info is not None:
+        report.model["transfer"] = transfer_info  # the new classifier's fine-tuning (backbone frozen first)
     report.timings = timings
     with timings("write"):
         ship_info = _ship_info(opts, loaded, preset, data, report, staged, notify)
@@ -450,14 +502,14 @@ def _load_data(opts, loaded, reference_meta, preset, preset_name, needs_calib, p
             notify(f"warning: {w}")
         data.calib_float = preset.apply(data.calib.images)
 
-    data.eval, data.eval_origin = _eval_set(opts, loaded, reference_meta, data.calib, progress)
+    data.eval, data.eval_origin = _eval_set(opts, loaded, reference_meta, data.calib)
     _check_classes(data.eval, loaded.num_classes, "--eval" if opts.eval else "the evaluation data")
-    data.eval_float = preset.apply(data.eval.images)
+    data.eval_float = data.eval.with_preset(preset)  # what the float model takes
 
     if opts.fold_preprocessing:
         loaded.require_tf_keras("--fold-preprocessing")
         data.conv_calib = None if data.calib is None else data.calib.images.astype(np.float32)
-        data.conv_eval = data.eval.images.astype(np.float32)
+        data.conv_eval = data.eval.with_preset(None)  # raw 0..255 pixels as float32
     else:
         data.conv_calib, data.conv_eval = data.calib_float, data.eval_float
     return data
@@ -517,7 +569,7 @@ def _emit_all(opts, plan, models, emit, report, staged) -> None:
             rec.prune = {k: v for k, v in info.items() if k != "layers"}
             if rec.name in emit.outputs:
                 if planned.sparsity not in own_float:
-                    own_float[planned.sparsity] = model.predict(emit.conv_eval, progress=_stage(
+                    own_float[planned.sparsity] = emit.conv_eval.predict(model.predict, progress=_stage(
                         emit.progress, f"evaluate pruned float model ({planned.sparsity:g})", "images"))
                 rec.prune["vs_pruned_float"] = _vs_pruned_float(
                     own_float[planned.sparsity], emit.outputs[rec.name], emit.labels, info)
@@ -585,6 +637,13 @@ class _Emitter:
         self.progress, self.notify, self.bench_config = progress, notify, bench_config
         self.cache: dict = {}
         self.outputs: dict = {}  # variant name -> its outputs on the evaluation images
+        self._eval_array: Optional[np.ndarray] = None
+
+    def eval_array(self) -> np.ndarray:
+        """All evaluation inputs in memory: only accuracy recovery needs them (its layer-by-layer debugger)."""
+        if self._eval_array is None:
+            self._eval_array = self.conv_eval.inputs(range(len(self.conv_eval)))
+        return self._eval_array
 
     def __call__(self, model, planned: PlannedVariant, folder: Path) -> VariantRecord:
         target, spec = planned.target, planned.spec
@@ -617,7 +676,7 @@ class _Emitter:
         try:
             with self.timings("evaluate"):
                 tfl = TFLiteModel(shipped)
-                out = tfl.predict(self.conv_eval, progress=_stage(self.progress, f"evaluate {name}", "images"))
+                out = self.conv_eval.predict(tfl.predict, progress=_stage(self.progress, f"evaluate {name}", "images"))
         except TFLiteFileError as exc:
             rec.fail(Status.VALIDATION_FAILED, f"emitted model does not run: {exc}")
             return rec
@@ -669,12 +728,12 @@ class _Emitter:
         session = self.cache[(planned.sparsity, spec)].session  # the over-budget model's own int8 session
         if not target.float_layers:
             rec.worst_layers = edgetpu_worst_layers(
-                model.tflite_converter, self.conv_calib, self.conv_eval, method=spec.method, session=session
+                model.tflite_converter, self.conv_calib, self.eval_array(), method=spec.method, session=session
             )
             rec.error += f"; {target.name} cannot run float layers, so accuracy cannot be recovered there (worst layers in the report)"
             return None
         result = recover_int8(
-            model.tflite_converter, self.conv_calib, self.conv_eval, self.float_out, self.labels,
+            model.tflite_converter, self.conv_calib, self.eval_array(), self.float_out, self.labels,
             RecoveryConfig(max_drop=self.opts.max_drop), io_type=spec.io_type,
             progress=_stage(self.progress, f"recover {rec.name}"), method=spec.method, session=session,
         )
@@ -686,7 +745,7 @@ class _Emitter:
         new.set_file(path, self.opts.out)
         tfl = TFLiteModel(shipped)
         new.interpreter = f"{tfl.backend.name} {tfl.backend.version}"
-        new.set_drift(drift(self.float_out, tfl.predict(self.conv_eval), self.labels))
+        new.set_drift(drift(self.float_out, self.conv_eval.predict(tfl.predict), self.labels))
         new.runtimes = shipping.runtimes(shipped, self.ship_info, new.interpreter, {})
         # Both sides of the cost as shipped (with their metadata), so "final" is the written file's size.
         as_shipped = replace(result, model=shipped, initial_model=shipping.prepare(result.initial_model, self.ship_info)[0])
@@ -716,18 +775,25 @@ def _train_class_names(opts) -> Optional[tuple[str, ...]]:
     return list_images(opts.train)[2]
 
 
-def _load_train(opts, loaded, preset, progress):
-    """The --train images as (preprocessed float32, labels), or None without --train."""
+def _transfer(opts, loaded, preset, progress) -> Optional[dict]:
+    """With --classes: fine-tune the zoo model's new classifier on --train (in place); its report, else None."""
+    if opts.classes is None:
+        return None
+    from .transfer import TransferConfig, fine_tune
+
+    return fine_tune(loaded.model, _load_train(opts, loaded, preset), opts.transfer or TransferConfig(seed=opts.seed),
+                     progress=_stage(progress, f"fine-tune new {opts.classes}-class classifier", "steps"))
+
+
+def _load_train(opts, loaded, preset, progress=None) -> Optional[ImageStream]:
+    """The --train images as a labelled stream of model inputs (decoded per batch), or None without --train."""
     if opts.train is None:
         return None
-    images = load_images(
-        opts.train, loaded.input_shape, samples=None, seed=opts.seed, resize=opts.resize,
-        progress=_stage(progress, "load training images", "images"),
-    )
+    images = stream_images(opts.train, loaded.input_shape, samples=None, seed=opts.seed, resize=opts.resize)
     if not images.labelled:
         raise DataError(f"{opts.train} has no class sub-folders; --train needs one sub-folder per class")
     _check_classes(images, loaded.num_classes, "--train")
-    return preset.apply(images.images), images.labels
+    return images.with_preset(preset)
 
 
 def _prune(config, loaded, train, progress, notify):

@@ -448,6 +448,43 @@ def _schedule(mot, target: float, config: PruneConfig, total_steps: Optional[int
 # --------------------------------------------------------------------------- data checks
 
 
+def _train_stream(data, model, n_outputs: int):
+    """--train as an ImageStream of model inputs: a stream is checked without decoding; arrays are wrapped."""
+    from .calibration import ImageStream
+
+    if data is None:
+        return None
+    if not isinstance(data, ImageStream):
+        return ImageStream.from_arrays(*_check_data("--train", data, model, n_outputs))
+    want = tuple(model.input_shape[1:])
+    if any(w is not None and w != g for w, g in zip(want, data.shape)):
+        raise DataError(f"--train images have shape {data.shape} but the model expects {want}")
+    if len(data) == 0:
+        raise DataError("--train holds no images; give a folder with images in class sub-folders")
+    if not data.labelled:
+        raise DataError("--train has no labels; give one sub-folder per class")
+    if data.labels.min() < 0 or data.labels.max() >= n_outputs:
+        raise DataError(
+            f"--train has class labels {int(data.labels.min())}..{int(data.labels.max())} but the model has "
+            f"{n_outputs} outputs; give one class sub-folder per model output"
+        )
+    return data
+
+
+def _train_dataset(tf, stream, batch_size: int, seed: int):
+    """A tf.data pipeline over ``stream``: a new seeded shuffle of the files each epoch, batches decoded
+    and preprocessed in background threads (the stream's prefetch), then tf.data's own prefetch."""
+    import itertools
+
+    epochs = itertools.count()
+    def batches():
+        order = np.random.default_rng([seed, next(epochs)]).permutation(len(stream))
+        yield from stream.batches(batch_size, order=order)
+
+    signature = (tf.TensorSpec((None,) + tuple(stream.shape), tf.float32), tf.TensorSpec((None,), tf.int64))
+    return tf.data.Dataset.from_generator(batches, output_signature=signature).prefetch(tf.data.AUTOTUNE)
+
+
 def _check_data(name: str, data, model, n_outputs: int):
     if data is None:
         return None
@@ -504,7 +541,9 @@ def prune_model(
     """Prune ``model`` (a tf_keras Model or a LoadedModel) and return the stripped result.
 
     ``train`` and ``val`` are ``(x, y)`` pairs: x preprocessed float32 NHWC
-    batches exactly as the model takes them, y integer class indices. With
+    batches exactly as the model takes them, y integer class indices; ``train``
+    may also be a labelled :class:`~edgeresnet.calibration.ImageStream` (with
+    its preset), read a batch at a time so memory does not grow with it. With
     ``train`` the model is fine-tuned for ``config.epochs`` epochs; without it
     the sparsity is applied in one shot. The input model is not modified.
     """
@@ -515,7 +554,7 @@ def prune_model(
     train, val = _check_train_val(source, config, train, val)
     strategy = _strategy(tf)
     tf.random.set_seed(config.seed)
-    steps_per_epoch = math.ceil(len(train[0]) / config.batch_size) if train is not None else 0
+    steps_per_epoch = math.ceil(len(train) / config.batch_size) if train is not None else 0
     total_steps = steps_per_epoch * config.epochs if train is not None else None
 
     with strategy.scope():
@@ -536,7 +575,7 @@ def prune_model(
 
     bn_batches = 0
     if train is not None and _RECALIBRATE_BN:
-        bn_batches = _recalibrate_batchnorm(final, keras, train[0], config.batch_size, config.seed)
+        bn_batches = _recalibrate_batchnorm(final, keras, train, config.batch_size, config.seed)
     val_accuracy = None
     if val is not None:
         pred = final.predict(val[0], batch_size=config.batch_size, verbose=0)
@@ -546,7 +585,7 @@ def prune_model(
         config=config,
         layers=_layer_records(final, plans, config),
         fine_tuned=train is not None,
-        train_samples=0 if train is None else len(train[0]),
+        train_samples=0 if train is None else len(train),
         steps=total_steps or 0,
         train_seconds=seconds,
         strategy=type(strategy).__name__,
@@ -564,7 +603,7 @@ def _check_train_val(source, config: PruneConfig, train, val):
     if isinstance(out_shape, list) or len(out_shape) != 2:
         raise PruningError(f"{source.name} has output shape {out_shape}; edgeresnet prunes single-output classifiers")
     n_outputs = int(out_shape[-1])
-    train = _check_data("--train", train, source, n_outputs)
+    train = _train_stream(train, source, n_outputs)
     val = _check_data("validation data", val, source, n_outputs)
     if train is not None and config.epochs == 0:
         raise ConfigError(
@@ -621,7 +660,7 @@ def _fine_tune(pruned, work, config: PruneConfig, train, val, total_steps, progr
                 layer.pruning_obj.conditional_mask_update()
                 layer.pruning_obj.weight_mask_op()
         return {}
-    from_logits = not _outputs_are_probabilities(work, train[0])
+    from_logits = not _outputs_are_probabilities(work, train.inputs(range(min(32, len(train)))))
     pruned.compile(
         optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
@@ -631,7 +670,7 @@ def _fine_tune(pruned, work, config: PruneConfig, train, val, total_steps, progr
     if progress is not None:
         callbacks.append(_progress_callback(keras, progress, total_steps))
     fit = pruned.fit(
-        train[0], train[1], batch_size=config.batch_size, epochs=config.epochs, shuffle=True,
+        _train_dataset(_tf.tf(), train, config.batch_size, config.seed), epochs=config.epochs,
         validation_data=val, callbacks=callbacks, verbose=0,
     )
     return {k: [float(v) for v in vals] for k, vals in fit.history.items()}
@@ -660,7 +699,7 @@ _RECALIBRATE_BN = True
 BN_RECALIBRATION_BATCHES = 100
 
 
-def _recalibrate_batchnorm(model, keras, x: np.ndarray, batch_size: int, seed: int) -> int:
+def _recalibrate_batchnorm(model, keras, train, batch_size: int, seed: int) -> int:
     """Re-estimate BatchNorm moving statistics of the pruned weights; returns batches used.
 
     Pruning changes the weights faster than the moving averages (momentum 0.99)
@@ -672,14 +711,14 @@ def _recalibrate_batchnorm(model, keras, x: np.ndarray, batch_size: int, seed: i
     bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
     if not bns:
         return 0
-    order = np.random.default_rng(seed).permutation(len(x))[: BN_RECALIBRATION_BATCHES * batch_size]
+    order = np.random.default_rng(seed).permutation(len(train))[: BN_RECALIBRATION_BATCHES * batch_size]
     saved = [layer.momentum for layer in bns]
     batches = 0
     try:
         for start in range(0, len(order), batch_size):
             for layer in bns:
                 layer.momentum = batches / (batches + 1.0)  # running mean over batches
-            model(x[np.sort(order[start : start + batch_size])], training=True)
+            model(train.inputs(np.sort(order[start : start + batch_size])), training=True)
             batches += 1
     finally:
         for layer, momentum in zip(bns, saved):

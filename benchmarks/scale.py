@@ -1,0 +1,155 @@
+"""Memory and throughput of a convert on many images: streamed data keeps peak RSS flat.
+
+Builds (once, in a cache folder outside the repository) a labelled folder of N
+JPEG images at 224x224 by upscaling the CIFAR-10 photographs of
+``$EDGERESNET_TEST_DATA/cifar10`` (or takes ``--data DIR``), then, for each N in
+``--images``, runs in a fresh process::
+
+    edgeresnet convert MODEL --weights W.h5 --input-size PX --int8 --prune 0.5 \\
+        --train DIR --epochs 1 --eval DIR --calib DIR
+
+with a zoo ResNet (weights: the architecture's own initialisation saved to the
+cache, a 10-class head; this measures memory and speed, not accuracy) and
+prints, per N, the peak RSS (``resource.getrusage``) and images/s of each stage
+(calibration, fine-tuning, float evaluation, each .tflite evaluation).
+
+    python benchmarks/scale.py --images 2000 8000 --model resnet18 --input-size 64
+    python benchmarks/scale.py --images 5000 20000 --model resnet18   # 224x224: hours on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+STORED_SIDE = 224  # the images on disk; the model may take a smaller --input-size
+
+
+def _cifar() -> Path:
+    root = Path(os.environ.get("EDGERESNET_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    return root / "cifar10"
+
+
+def build_folder(n: int, cache: Path) -> Path:
+    """``cache/cifar224-N/<class>/*.jpg``: N upscaled CIFAR-10 photographs (built once, reused)."""
+    from PIL import Image
+
+    folder = cache / f"cifar{STORED_SIDE}-{n}"
+    done = folder / ".complete"
+    if done.exists():
+        return folder
+    classes = sorted(d for d in (_cifar() / "train").iterdir() if d.is_dir()) if (_cifar() / "train").is_dir() else []
+    sources = [sorted(c.glob("*.jpg")) + sorted((_cifar() / "test" / c.name).glob("*.jpg")) for c in classes]
+    if not sources or not all(sources):
+        raise SystemExit(f"error: no CIFAR-10 images under {_cifar()}; set EDGERESNET_TEST_DATA or pass --data DIR")
+    for i in range(n):  # round-robin over the classes, so every N has all ten
+        members = sources[i % len(sources)]
+        src = members[(i // len(sources)) % len(members)]
+        dest = folder / src.parent.name / f"{i:06d}.jpg"
+        if dest.exists():
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with Image.open(src) as im:
+            im.convert("RGB").resize((STORED_SIDE, STORED_SIDE), Image.Resampling.BILINEAR).save(dest, quality=90)
+    done.write_text(str(n))
+    return folder
+
+
+def weights_file(model: str, size: int, cache: Path) -> Path:
+    path = cache / f"{model}-{size}-10.h5"
+    if not path.exists():
+        from edgeresnet.models import build_model
+
+        build_model(model, input_shape=(size, size, 3), classes=10).save_weights(str(path))
+    return path
+
+
+def run_one(args) -> dict:
+    """One convert in this process; per-stage seconds, images and the RSS peak after each stage."""
+    from edgeresnet.pipeline import ConvertOptions, run_convert
+    from edgeresnet.prune import PruneConfig
+
+    stages: dict = {}
+
+    def progress(stage, done, total):
+        stage = str(stage)
+        now = time.perf_counter()
+        s = stages.setdefault(stage, {"start": now, "images": total})
+        s["end"] = now
+        s["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    out = Path(args.out)
+    opts = ConvertOptions(
+        model=args.model, weights=args.weights, input_size=args.input_size, int8=True,
+        calib=args.data, eval=args.data, train=args.data, out=str(out), overwrite=True,
+        prune=PruneConfig(sparsity=0.5, epochs=1, batch_size=args.batch_size), formats=("json", "md"),
+    )
+    started = time.perf_counter()
+    report = run_convert(opts, progress=progress)
+    total = time.perf_counter() - started
+    rows = []
+    for name, s in stages.items():
+        seconds = max(s["end"] - s["start"], 1e-9)
+        images = s["images"]
+        if name.startswith("fine-tune"):  # its progress counts steps
+            images = s["images"] * args.batch_size
+        rows.append({"stage": name, "seconds": round(seconds, 1), "images_per_s": round(images / seconds, 1),
+                     "peak_rss_mb": round(s["peak_rss_mb"])})
+    return {
+        "images": report.evaluation["count"], "seconds": round(total, 1), "stages": rows,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, nargs="+", default=[2000, 8000], help="image counts to compare")
+    ap.add_argument("--model", default="resnet18", help="a zoo architecture (see: edgeresnet models)")
+    ap.add_argument("--input-size", type=int, default=64, help="model input side (images are stored at 224)")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--data", type=Path, help="an existing labelled folder (10 classes) instead of building one")
+    ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "edgeresnet-scale",
+                    help="where built image folders and weights are kept (never the repository)")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--weights", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        args.data = str(args.data)
+        print(json.dumps(run_one(args)))
+        return 0
+
+    args.cache.mkdir(parents=True, exist_ok=True)
+    weights = weights_file(args.model, args.input_size, args.cache)
+    results = []
+    for n in args.images:
+        data = args.data or build_folder(n, args.cache)
+        out = args.cache / f"out-{n}"
+        cmd = [sys.executable, __file__, "--child", "--images", str(n), "--model", args.model,
+               "--input-size", str(args.input_size), "--batch-size", str(args.batch_size), "--data", str(data),
+               "--weights", str(weights), "--out", str(out)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(proc.stderr[-2000:], file=sys.stderr)
+            return proc.returncode
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+    print(f"\n{args.model} at {args.input_size}x{args.input_size}, images stored at {STORED_SIDE}x{STORED_SIDE}, "
+          "prune 0.5, 1 epoch, int8 cpu")
+    print(f"{'images':>7} {'stage':<48} {'s':>7} {'img/s':>7} {'peak RSS MB':>11}")
+    for r in results:
+        for row in r["stages"]:
+            print(f"{r['images']:>7} {row['stage'][:48]:<48} {row['seconds']:>7} {row['images_per_s']:>7} {row['peak_rss_mb']:>11}")
+        print(f"{r['images']:>7} {'whole run':<48} {r['seconds']:>7} {'':>7} {r['peak_rss_mb']:>11}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Streamed data (#13): same images, pixels and order as load_images; zoo names as MODEL on the CLI."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from edgeresnet.calibration import get_preset, load_images, read_image, stream_images
+from edgeresnet.cli import cli, main
+from edgeresnet.errors import ConfigError, ModelLoadError
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """3 classes x 8 images of various sizes (so crop-resize runs), deterministic noise."""
+    root = tmp_path_factory.mktemp("imgs")
+    rng = np.random.default_rng(1)
+    for c, name in enumerate(("cat", "dog", "owl")):
+        (root / name).mkdir()
+        for i in range(8):
+            h, w = (40 + 3 * i, 48) if i % 2 else (32, 32)
+            arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            arr[..., c] = 255 - 10 * i  # a class signal
+            Image.fromarray(arr).save(root / name / f"{i}.png")
+    return root
+
+
+def test_stream_gives_load_images_pixels_labels_and_order(folder):
+    loaded = load_images(folder, (32, 32, 3), samples=17, seed=3)
+    stream = stream_images(folder, (32, 32, 3), samples=17, seed=3)
+    assert stream.paths == loaded.paths and stream.class_names == loaded.class_names
+    np.testing.assert_array_equal(stream.labels, loaded.labels)
+    preset = get_preset("torch")
+    xs, ys = zip(*stream.with_preset(preset).batches(batch_size=5))
+    assert [len(x) for x in xs] == [5, 5, 5, 2]
+    np.testing.assert_array_equal(np.concatenate(xs), preset.apply(loaded.images))  # bit-identical inputs
+    np.testing.assert_array_equal(np.concatenate(ys), loaded.labels)
+    # the device-side single-image reader gives the same pixels
+    np.testing.assert_array_equal(read_image(stream.paths[4], (32, 32, 3)), loaded.images[4])
+    # predict keeps only outputs, in stream order
+    out = stream.with_preset(preset).predict(lambda x: x.mean(axis=(1, 2)), batch_size=4)
+    np.testing.assert_allclose(out, preset.apply(loaded.images).mean(axis=(1, 2)), rtol=1e-6)
+
+
+def test_stream_excludes_like_load_images(folder):
+    calib = load_images(folder, (32, 32, 3), samples=6, seed=0)
+    rest = stream_images(folder, (32, 32, 3), seed=1, exclude=calib.paths)
+    assert len(rest) == 24 - 6 and not set(rest.paths) & set(calib.paths)
+
+
+def test_zoo_weights_load_by_name_and_name_the_first_mismatch(tmp_path):
+    from edgeresnet.models import build_model
+    from edgeresnet.models.zoo import build_zoo_model, load_weights_by_name, zoo_spec
+
+    src = build_model("resnet8", classes=4)
+    path = tmp_path / "w.h5"
+    src.save_weights(str(path))
+    got = build_zoo_model(zoo_spec("resnet8"), weights=str(path))  # head size taken from the file
+    x = np.random.default_rng(0).random((2, 32, 32, 3), np.float32) * 255
+    np.testing.assert_array_equal(got(x).numpy(), src(x).numpy())
+    new_head = build_zoo_model(zoo_spec("resnet8"), weights=str(path), classes=7)
+    assert new_head.output_shape[-1] == 7
+    np.testing.assert_array_equal(new_head.get_layer("conv1_conv").get_weights()[0], src.get_layer("conv1_conv").get_weights()[0])
+    other = build_model("resnet8", classes=4, input_shape=(32, 32, 1))  # first conv has 1 input channel
+    with pytest.raises(ModelLoadError, match="layer conv1_conv has weights"):
+        load_weights_by_name(other, path)
+    with pytest.raises(ConfigError, match="did you mean resnet50"):
+        zoo_spec("resnt50")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["resnt50", "--int8"], "did you mean resnet50"),
+        (["resnet50", "--int8", "--calib", "{d}"], "random weights"),
+        (["resnet8", "--classes", "3", "--calib", "{d}"], "add --train"),
+        (["{d}/cat/0.png", "--weights", "{d}/cat/1.png", "--calib", "{d}"], "--weights applies to a built-in"),
+    ],
+)
+def test_zoo_bad_input_is_one_line_and_writes_nothing(folder, tmp_path, args, message, capsys):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["convert", *[a.format(d=folder) for a in args], "--out", str(out)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code != 0 and message in err, err
+    assert err.strip().count("\n") == 0 and err.startswith("error: ")
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_zoo_transfer_learning_from_the_command_line(folder, tmp_path):
+    """resnet8 + a new 3-class head fine-tuned on a folder (streamed), int8, verified: one command."""
+    from edgeresnet.models import build_model
+    from edgeresnet.runtime import TFLiteModel
+
+    weights = tmp_path / "resnet8.h5"
+    build_model("resnet8", classes=10).save_weights(str(weights))
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, [
+        "convert", "resnet8", "--weights", str(weights), "--classes", "3", "--train", str(folder),
+        "--epochs", "2", "--batch-size", "8", "--int8", "--calib", str(folder), "--calib-samples", "12",
+        "--eval", str(folder), "--out", str(out),
+    ])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"]["classes"] == 3 and report["model"]["weights"] == str(weights)
+    assert report["model"]["transfer"]["frozen_backbone_epochs"] == 1 and report["model"]["transfer"]["train_samples"] == 24
+    assert report["evaluation"]["count"] == 24
+    model = TFLiteModel((out / report["variants"][0]["path"].split("/")[-1]).read_bytes())
+    assert model.output.shape[-1] == 3
+    assert (out / "labels.txt").read_text().split() == ["cat", "dog", "owl"]
