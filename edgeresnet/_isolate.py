@@ -7,20 +7,31 @@ gave us run through :func:`run_isolated`, which calls them in a child process
 with a timeout; a crash or a hang there becomes :class:`IsolatedFailure` in the
 caller, which turns it into a line of its report or a one-line error.
 
-The child is forked when that is safe (no TensorFlow in this process: its
-thread pools do not survive a fork) and spawned otherwise.
+The child is forked when that is safe and cheap (no TensorFlow in this
+process: its thread pools do not survive a fork); otherwise it is a fresh
+Python that imports only what the function needs. Neither re-runs the
+caller's ``__main__`` (as multiprocessing's spawn would). The answer comes back
+pickled through a pipe of its own, so whatever native code prints cannot mix
+into it.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
+import pickle
+import selectors
 import signal
+import subprocess
 import sys
+import time
+from pathlib import Path
 from typing import Callable
 
 #: Seconds a child may take before it is killed (a model that loads takes well under one).
 DEFAULT_TIMEOUT = 120.0
+
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
+_SERVE = "import sys; from edgeresnet._isolate import _serve; _serve(int(sys.argv[1]))"
 
 
 class IsolatedFailure(Exception):
@@ -38,7 +49,8 @@ def _signal_name(code: int) -> str:
         return f"signal {code}"
 
 
-def _child(conn, fn, args):
+def _answer(fd: int, fn: Callable, args: tuple) -> None:
+    """In the child: call ``fn(*args)`` and write the pickled outcome to ``fd``."""
     # The parent's Ctrl-C / SIGTERM handlers (output clean-up) must not run here.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)
@@ -47,46 +59,105 @@ def _child(conn, fn, args):
     except BaseException as exc:  # noqa: BLE001 - handed to the parent, which re-raises it
         answer = ("raise", exc)
     try:
-        conn.send(answer)
+        data = pickle.dumps(answer)
     except Exception:  # noqa: BLE001 - a result or exception that does not pickle
-        conn.send(("raise", RuntimeError(f"{type(answer[1]).__name__}: {answer[1]}")))
-    conn.close()
+        data = pickle.dumps(("raise", RuntimeError(f"{type(answer[1]).__name__}: {answer[1]}")))
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
 
 
-def _context():
-    if hasattr(os, "fork") and "tensorflow" not in sys.modules:
-        return multiprocessing.get_context("fork")
-    return multiprocessing.get_context("spawn")
+def _serve(fd: int) -> None:
+    """Entry point of a spawned child: (fn, args) pickled on stdin, the outcome to ``fd``."""
+    fn, args = pickle.load(sys.stdin.buffer)
+    _answer(fd, fn, args)
+
+
+def _read_all(fd: int, deadline: float, timeout: float) -> bytes:
+    """Everything written to ``fd`` until the child closes it; IsolatedFailure past ``deadline``."""
+    chunks = []
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not sel.select(left):
+                raise IsolatedFailure(f"did not finish within {timeout:g} s")
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+
+def _outcome(data: bytes, exit_code: int):
+    if data:
+        status, value = pickle.loads(data)
+        if status == "raise":
+            raise value
+        return value
+    if exit_code < 0:
+        raise IsolatedFailure(f"crashed ({_signal_name(-exit_code)})")
+    raise IsolatedFailure(f"exited with status {exit_code} without an answer")
+
+
+def _run_forked(fn, args, timeout):
+    deadline = time.monotonic() + timeout
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        try:
+            os.close(r)
+            _answer(w, fn, args)
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        data = _read_all(r, deadline, timeout)
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
+    finally:
+        os.close(r)
+    _, status = os.waitpid(pid, 0)
+    return _outcome(data, os.waitstatus_to_exitcode(status))
+
+
+def _run_spawned(fn, args, timeout):
+    deadline = time.monotonic() + timeout
+    r, w = os.pipe()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _SERVE, str(w)], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, pass_fds=(w,), env=env,
+        )
+    finally:
+        os.close(w)
+    try:
+        try:
+            proc.stdin.write(pickle.dumps((fn, args)))
+            proc.stdin.close()
+        except BrokenPipeError:  # the child died before reading its task
+            pass
+        data = _read_all(r, deadline, timeout)
+        code = proc.wait(max(1.0, deadline - time.monotonic()))
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        os.close(r)
+    return _outcome(data, code)
 
 
 def run_isolated(fn: Callable, *args, timeout: float = DEFAULT_TIMEOUT):
     """``fn(*args)`` in a child process; its result, or its exception re-raised here.
 
-    ``fn`` and its arguments must be picklable (a module-level function). Raises
-    :class:`IsolatedFailure` when the child is killed by a signal, exits without
-    answering, or does not answer within ``timeout`` seconds (it is then killed).
+    ``fn`` and its arguments must be picklable (a module-level function of an
+    importable module). Raises :class:`IsolatedFailure` when the child is killed
+    by a signal, exits without answering, or does not answer within ``timeout``
+    seconds (it is then killed).
     """
-    ctx = _context()
-    receiver, sender = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(sender, fn, args), daemon=True)
-    proc.start()
-    sender.close()
-    try:
-        if not receiver.poll(timeout):
-            raise IsolatedFailure(f"did not finish within {timeout:g} s")
-        try:
-            status, value = receiver.recv()
-        except (EOFError, OSError):
-            proc.join(5)
-            code = proc.exitcode
-            if code is not None and code < 0:
-                raise IsolatedFailure(f"crashed ({_signal_name(-code)})") from None
-            raise IsolatedFailure(f"exited with status {code} without an answer") from None
-    finally:
-        receiver.close()
-        if proc.is_alive():
-            proc.kill()
-        proc.join()
-    if status == "raise":
-        raise value
-    return value
+    if hasattr(os, "fork") and "tensorflow" not in sys.modules:
+        return _run_forked(fn, args, timeout)
+    return _run_spawned(fn, args, timeout)
