@@ -58,6 +58,10 @@ class PruningError(EdgeResNetError):
     """Pruning cannot be applied to this model or with these settings."""
 
 
+class QATError(EdgeResNetError):
+    """Quantization-aware training cannot be applied to this model (Keras 3, layers tfmot cannot quantize)."""
+
+
 class TFLiteFileError(EdgeResNetError):
     """A file is not a TFLite flatbuffer, or cannot be loaded by any interpreter."""
 
