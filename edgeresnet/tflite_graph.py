@@ -448,64 +448,14 @@ def parse_tflite(data: bytes, label: str = "model") -> TFLiteGraph:
     try:
         model = r.root()
         version = r.scalar(model, 0, "<I", 0)
-        codes = []
-        for oc in r.tables(model, 1):
-            deprecated = r.scalar(oc, 0, "<b", 0)
-            builtin = r.scalar(oc, 3, "<i", 0)
-            code = max(int(deprecated), int(builtin))
-            codes.append((code, r.string(oc, 1), r.scalar(oc, 2, "<i", 1)))
-        spans = []
-        for buf in r.tables(model, 4):
-            span = r.byte_span(buf, 0)
-            if span is None or span[1] == 0:
-                offset = r.scalar(buf, 1, "<Q", 0)
-                size = r.scalar(buf, 2, "<Q", 0)
-                span = (int(offset), int(size)) if offset > 1 and size > 0 and offset + size <= len(data) else None
-            spans.append(span)
+        codes = _read_codes(r, model)
+        spans = _read_spans(r, model, len(data))
         subgraphs = r.tables(model, 2)
         if not subgraphs:
             raise TFLiteFileError(f"{label} has no subgraph; it is not a usable TFLite model")
         sg = subgraphs[0]
-        tensors = []
-        for i, t in enumerate(r.tables(sg, 0)):
-            type_code = r.scalar(t, 1, "<b", 0)
-            dtype, _ = _TENSOR_TYPES.get(type_code, (f"type{type_code}", None))
-            buf_index = r.scalar(t, 2, "<I", 0)
-            span = spans[buf_index] if 0 < buf_index < len(spans) else None
-            sig = r.scalars(t, 7, "i")
-            tensors.append(
-                Tensor(
-                    index=i,
-                    name=r.string(t, 3) or "",
-                    dtype=dtype,
-                    shape=tuple(int(s) for s in r.scalars(t, 0, "i")),
-                    shape_signature=tuple(int(s) for s in sig) if r.vector(t, 7) is not None else None,
-                    buffer=buf_index,
-                    const_bytes=span[1] if span else 0,
-                    quantization=_quantization(r, r.table(t, 4)),
-                    is_variable=bool(r.scalar(t, 5, "<B", 0)),
-                )
-            )
-        ops = []
-        for j, o in enumerate(r.tables(sg, 3)):
-            idx = r.scalar(o, 0, "<I", 0)
-            if idx >= len(codes):
-                raise TFLiteFileError(f"{label}: op {j} names operator code {idx}, which does not exist")
-            code, custom, op_version = codes[idx]
-            name = (custom or "CUSTOM") if code == CUSTOM_CODE else builtin_name(code)
-            ops.append(
-                Op(
-                    index=j,
-                    name=name,
-                    builtin_code=code,
-                    custom_code=custom if code == CUSTOM_CODE else None,
-                    version=int(op_version),
-                    inputs=tuple(int(x) for x in r.scalars(o, 1, "i")),
-                    outputs=tuple(int(x) for x in r.scalars(o, 2, "i")),
-                    options=_options(r, name, r.table(o, 4)),
-                    custom_options_bytes=_custom_options_bytes(r, o),
-                )
-            )
+        tensors = _read_tensors(r, sg, spans)
+        ops = _read_ops(r, sg, codes, label)
         graph = TFLiteGraph(
             size_bytes=len(data),
             schema_version=int(version),
@@ -533,6 +483,78 @@ def parse_tflite(data: bytes, label: str = "model") -> TFLiteGraph:
         if not 0 <= t < len(graph.tensors):
             raise TFLiteFileError(f"{label}: graph input/output tensor {t} does not exist; the file is corrupt")
     return graph
+
+
+def _read_codes(r: "_Reader", model) -> list[tuple[int, Optional[str], int]]:
+    """(builtin code, custom code, version) of every operator code."""
+    codes = []
+    for oc in r.tables(model, 1):
+        deprecated = r.scalar(oc, 0, "<b", 0)
+        builtin = r.scalar(oc, 3, "<i", 0)
+        code = max(int(deprecated), int(builtin))
+        codes.append((code, r.string(oc, 1), r.scalar(oc, 2, "<i", 1)))
+    return codes
+
+
+def _read_spans(r: "_Reader", model, size: int) -> list:
+    """(offset, length) of every buffer's bytes, inline or after the flatbuffer; None when empty."""
+    spans = []
+    for buf in r.tables(model, 4):
+        span = r.byte_span(buf, 0)
+        if span is None or span[1] == 0:
+            offset = r.scalar(buf, 1, "<Q", 0)
+            length = r.scalar(buf, 2, "<Q", 0)
+            span = (int(offset), int(length)) if offset > 1 and length > 0 and offset + length <= size else None
+        spans.append(span)
+    return spans
+
+
+def _read_tensors(r: "_Reader", sg, spans: list) -> list:
+    tensors = []
+    for i, t in enumerate(r.tables(sg, 0)):
+        type_code = r.scalar(t, 1, "<b", 0)
+        dtype, _ = _TENSOR_TYPES.get(type_code, (f"type{type_code}", None))
+        buf_index = r.scalar(t, 2, "<I", 0)
+        span = spans[buf_index] if 0 < buf_index < len(spans) else None
+        sig = r.scalars(t, 7, "i")
+        tensors.append(
+            Tensor(
+                index=i,
+                name=r.string(t, 3) or "",
+                dtype=dtype,
+                shape=tuple(int(s) for s in r.scalars(t, 0, "i")),
+                shape_signature=tuple(int(s) for s in sig) if r.vector(t, 7) is not None else None,
+                buffer=buf_index,
+                const_bytes=span[1] if span else 0,
+                quantization=_quantization(r, r.table(t, 4)),
+                is_variable=bool(r.scalar(t, 5, "<B", 0)),
+            )
+        )
+    return tensors
+
+
+def _read_ops(r: "_Reader", sg, codes: list, label: str) -> list:
+    ops = []
+    for j, o in enumerate(r.tables(sg, 3)):
+        idx = r.scalar(o, 0, "<I", 0)
+        if idx >= len(codes):
+            raise TFLiteFileError(f"{label}: op {j} names operator code {idx}, which does not exist")
+        code, custom, op_version = codes[idx]
+        name = (custom or "CUSTOM") if code == CUSTOM_CODE else builtin_name(code)
+        ops.append(
+            Op(
+                index=j,
+                name=name,
+                builtin_code=code,
+                custom_code=custom if code == CUSTOM_CODE else None,
+                version=int(op_version),
+                inputs=tuple(int(x) for x in r.scalars(o, 1, "i")),
+                outputs=tuple(int(x) for x in r.scalars(o, 2, "i")),
+                options=_options(r, name, r.table(o, 4)),
+                custom_options_bytes=_custom_options_bytes(r, o),
+            )
+        )
+    return ops
 
 
 def read_graph(model: Union[str, Path, bytes, bytearray], label: Optional[str] = None) -> TFLiteGraph:
