@@ -48,6 +48,16 @@ def _top1(outputs: np.ndarray, labels: np.ndarray) -> float:
     return 100.0 * float(np.mean(np.argmax(outputs, axis=-1) == labels))
 
 
+def print_table(rows: list) -> None:
+    """Rows of equal-keyed dicts as an aligned text table (also used by benchmarks/qat.py)."""
+    cols = list(rows[0])
+    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in cols]
+    print(" | ".join(c.rjust(w) for c, w in zip(cols, widths)))
+    print("-|-".join("-" * w for w in widths))
+    for r in rows:
+        print(" | ".join(str(r[c]).rjust(w) for c, w in zip(cols, widths)))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.75, 0.9])
@@ -109,12 +119,7 @@ def main(argv=None) -> int:
 
     mode = "one-shot" if args.one_shot else f"{args.epochs} epochs, lr {args.lr}, {args.schedule}"
     print(f"\nResNet-8 (MLPerf Tiny), cifar10/test {len(x_test)} images, pruning: {mode}\n")
-    cols = list(rows[0])
-    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in cols]
-    print(" | ".join(c.rjust(w) for c, w in zip(cols, widths)))
-    print("-|-".join("-" * w for w in widths))
-    for r in rows:
-        print(" | ".join(str(r[c]).rjust(w) for c, w in zip(cols, widths)))
+    print_table(rows)
     print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 

@@ -84,13 +84,14 @@ def _data_options(f):
         click.option("--labels", type=click.Path(), metavar="FILE", help="Class names for the models' metadata, one per line in output order (default: the class folder names of --eval, --calib or --train)."),
         click.option("--out", type=click.Path(), help="Output folder (convert: edgeresnet-out; report: edgeresnet-report)."),
         click.option("--overwrite", is_flag=True, help="Replace an existing output folder."),
-        click.option("--train", type=click.Path(), help="Labelled images (one sub-folder per class) to fine-tune on, read as a stream of batches: the pruned model (without it pruning is one-shot), and the new classifier of --classes."),
+        click.option("--train", type=click.Path(), help="Labelled images (one sub-folder per class) to fine-tune on, read as a stream of batches: the pruned model (without it pruning is one-shot), --qat, and the new classifier of --classes."),
+        click.option("--qat", is_flag=True, help="Also emit int8 models made by quantization-aware fine-tuning on --train (tfmot; pruned models keep their zeros). Needs --train."),
         click.option("--weights", type=click.Path(), metavar="FILE.h5", help="With a built-in architecture as MODEL (e.g. resnet50): a local Keras .h5 to load by layer name (never downloaded)."),
         click.option("--classes", type=int, metavar="N", help="With a built-in architecture as MODEL: a new classifier for N classes, fine-tuned on --train (backbone from --weights frozen for the first epoch, then trained too)."),
         click.option("--input-size", type=int, metavar="PX", help="With a built-in architecture as MODEL: square input side in pixels (default: the architecture's, 224 or 32)."),
-        click.option("--epochs", type=int, help="Fine-tuning epochs for pruning with --train (default 3)."),
+        click.option("--epochs", type=int, help="Fine-tuning epochs for pruning, --qat and --classes with --train (default 3)."),
         click.option("--batch-size", type=int, help="Fine-tuning batch size (default 64)."),
-        click.option("--learning-rate", type=FINITE, help="Fine-tuning learning rate (default 3e-4, Adam)."),
+        click.option("--learning-rate", type=FINITE, help="Fine-tuning learning rate (Adam; default 3e-4 for pruning, 1e-4 for --qat)."),
         click.option("--prune-schedule", type=click.Choice(["polynomial", "constant"]), help="Sparsity schedule while fine-tuning (default polynomial decay)."),
         click.option("--prune-structure", metavar="S", help="unstructured (default), block (1x4 blocks; tfmot supports it on Dense layers only) or 2:4 (two of every four weights; sparsity must be 0.5)."),
         click.option("--prune-policy", metavar="P", help="xnnpack: prune only what XNNPACK's sparse kernels run (1x1 convolutions, at least 2/3 sparse); refused for models where it would not make them faster."),
@@ -128,14 +129,25 @@ def _transfer_config(kw):
     return TransferConfig(seed=kw["seed"], **{k: kw[k] for k in _TRANSFER_KEYS if kw.get(k) is not None})
 
 
+def _qat_config(kw):
+    """A QATConfig when --qat is given (it needs --train), else None."""
+    if not kw.get("qat"):
+        return None
+    if kw.get("train") is None:
+        raise click.UsageError("--qat fine-tunes on labelled images; add --train DIR (one sub-folder per class)")
+    from .qat import QATConfig
+
+    return QATConfig(seed=kw["seed"], **{k: kw[k] for k in _TRANSFER_KEYS if kw.get(k) is not None})
+
+
 def _prune_config(sparsity, kw, flag):
     """A PruneConfig from the pruning options, or None; pruning options without pruning are an error."""
     given = {cfg: kw[opt] for opt, cfg in _PRUNE_KEYS.items() if kw.get(opt) is not None}
     if sparsity is None:
-        if kw.get("classes") is not None:  # --epochs/--batch-size/--learning-rate then set transfer learning
+        if kw.get("classes") is not None or kw.get("qat"):  # --epochs/--batch-size/--learning-rate then set those
             given = {k: v for k, v in given.items() if k not in _TRANSFER_KEYS}
         if given:
-            names = ", ".join("--" + k.replace("_", "-") for k, v in _PRUNE_KEYS.items() if kw.get(k) is not None)
+            names = ", ".join("--" + k.replace("_", "-") for k in _PRUNE_KEYS if _PRUNE_KEYS[k] in given)
             raise click.UsageError(f"{names} only apply to pruning; add {flag}")
         return None
     from .prune import PruneConfig
@@ -169,6 +181,7 @@ def _options(model, kw, default_out, **extra):
         classes=kw["classes"],
         input_size=kw["input_size"],
         transfer=_transfer_config(kw),
+        qat=_qat_config(kw),
         **extra,
     )
 

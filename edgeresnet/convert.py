@@ -24,6 +24,10 @@ from .targets import PRECISIONS
 
 ProgressFn = Callable[[int, int], None]
 
+# The int8 "method" of a model fine-tuned with fake quantization (edgeresnet.qat):
+# its ranges come from training, not from calibration.
+QAT_METHOD = "qat"
+
 
 @dataclass(frozen=True)
 class ConversionSpec:
@@ -43,7 +47,11 @@ class ConversionSpec:
             raise ConfigError(
                 f"io type {self.io_type!r} is not possible for {self.precision}; choose one of {', '.join(allowed)}"
             )
-        get_method(self.method)  # raises ConfigError naming the registered methods
+        if self.method == QAT_METHOD:
+            if self.precision != "int8":
+                raise ConfigError(f"quantization-aware models convert to int8 only, not {self.precision}")
+        else:
+            get_method(self.method)  # raises ConfigError naming the registered methods
 
     @property
     def needs_calibration(self) -> bool:
@@ -104,8 +112,13 @@ def convert(
 
 def _convert_int8(make_converter, spec: ConversionSpec, calibration, progress) -> ConversionResult:
     """Full integer: TFLITE_BUILTINS_INT8 only, ranges and weights chosen by ``spec.method``."""
+    start = time.perf_counter()
+    if spec.method == QAT_METHOD:  # ranges come from training (edgeresnet.qat), not from calibration
+        from .qat import convert_qat
+
+        data = convert_qat(make_converter, spec.io_type, calibration)
+        return ConversionResult(spec=spec, model=data, seconds=time.perf_counter() - start, log="")
     from .quantize import Int8Session
 
-    start = time.perf_counter()
     session = Int8Session(make_converter, calibration, spec.io_type, method=spec.method, progress=progress)
     return ConversionResult(spec=spec, model=session.model, seconds=time.perf_counter() - start, log="", session=session)

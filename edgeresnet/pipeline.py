@@ -27,7 +27,7 @@ from .calibration import (
     load_images,
     stream_images,
 )
-from .convert import ConversionSpec, convert
+from .convert import QAT_METHOD, ConversionSpec, convert
 from ._tf import require_host
 from ._validate import whole_number
 from .device_check import DEVICES, check_variants, pi_python
@@ -96,6 +96,7 @@ class ConvertOptions:
     classes: Optional[int] = None  # a zoo MODEL: a new classifier for N classes, fine-tuned on --train
     input_size: Optional[int] = None  # a zoo MODEL: square input side (default: the architecture's)
     transfer: Optional[object] = None  # a transfer.TransferConfig for --classes (epochs, batch, learning rate)
+    qat: Optional[object] = None  # a qat.QATConfig: also emit quantization-aware fine-tuned int8 models
 
     def __post_init__(self):
         check_formats(self.formats)
@@ -135,15 +136,38 @@ class ConvertOptions:
             raise ConfigError("--classes N gives the model a new, untrained classifier; add --train DIR (one sub-folder per class) to fine-tune it")
         if self.input_size is not None and self.input_size < 1:
             raise ConfigError(f"--input-size must be a positive number of pixels, got {self.input_size}")
-        if self.train is not None and self.prune is None and self.classes is None:
-            raise ConfigError("--train is used for pruning fine-tuning or with --classes; add --prune SPARSITY (or --sparsity for report)")
+        if self.train is not None and self.prune is None and self.classes is None and self.qat is None:
+            raise ConfigError(
+                "--train is used for fine-tuning (pruning, --qat or --classes); add --prune SPARSITY "
+                "(or --sparsity for report) or --qat"
+            )
+        if self.int8_method == QAT_METHOD:
+            raise ConfigError("qat is not a calibration method for --int8-method; use --qat --train DIR")
+        if self.qat is not None:
+            if self.train is None:
+                raise ConfigError(
+                    "--qat fine-tunes the model with fake quantization on labelled images; add --train DIR "
+                    "(one sub-folder per class)"
+                )
+            if self.precision not in (None, "int8"):
+                raise ConfigError(f"--qat makes full-int8 models; drop --precision {self.precision} or use --int8")
+            if self.fold_preprocessing:
+                raise ConfigError(
+                    "--qat cannot be combined with --fold-preprocessing (tfmot cannot quantize the folded "
+                    "preprocessing layers); drop one of them"
+                )
+            if not any(get_target(t).int8_precision == "int8" for t in self.targets):
+                raise ConfigError(
+                    f"--qat makes int8 models, but none of the targets ({', '.join(self.targets)}) runs int8; "
+                    "add --target cpu or --target edgetpu"
+                )
 
     def variant_plan(self) -> list[tuple[Target, ConversionSpec]]:
         """One (target, spec) per requested target."""
         plan = []
         for name in self.targets:
             target = get_target(name)
-            precision = target.precision_for(self.int8, self.precision)
+            precision = target.precision_for(self.int8 or self.qat is not None, self.precision)
             integer_io = PRECISIONS[precision].integer_only
             io = target.io_type_for(precision, self.io_type if integer_io else None)
             plan.append((target, ConversionSpec(precision=precision, io_type=io, method=self.int8_method)))
@@ -289,6 +313,17 @@ class PlannedVariant:
     target: Target
     spec: ConversionSpec
     sparsity: Optional[float] = None  # None: the model as given; else pruned to this sparsity
+    qat: bool = False  # quantization-aware fine-tuned (sparsity-preserving when pruned); spec.method is "qat"
+
+    @property
+    def model_key(self) -> tuple:
+        return (self.sparsity, self.qat)
+
+
+def _qat_variant(target: Target, spec: ConversionSpec, sparsity: Optional[float]) -> PlannedVariant:
+    from dataclasses import replace
+
+    return PlannedVariant(target, replace(spec, method="qat"), sparsity, qat=True)
 
 
 def _plan(opts: ConvertOptions) -> list[PlannedVariant]:
@@ -297,6 +332,10 @@ def _plan(opts: ConvertOptions) -> list[PlannedVariant]:
     plan = [PlannedVariant(t, s) for t, s in opts.variant_plan()]
     if opts.prune is not None:
         plan += [PlannedVariant(v.target, v.spec, opts.prune.sparsity) for v in plan]
+    if opts.qat is not None:
+        # QAT fine-tunes the model that is shipped: the pruned one with --prune (keeping its zeros).
+        s = opts.prune.sparsity if opts.prune is not None else None
+        plan += [_qat_variant(v.target, v.spec, s) for v in plan if v.sparsity == s and v.spec.precision == "int8"]
     return plan
 
 
@@ -314,6 +353,8 @@ def sweep_plan(opts: ConvertOptions, sparsities: tuple = ()) -> list[PlannedVari
             if "int8" in target.precisions:
                 spec = ConversionSpec("int8", target.io_type_for("int8", opts.io_type), opts.int8_method)
                 plan.append(PlannedVariant(target, spec, s))
+    if opts.qat is not None:
+        plan += [_qat_variant(v.target, v.spec, v.sparsity) for v in list(plan) if v.spec.precision == "int8"]
     return plan
 
 
@@ -433,6 +474,10 @@ def _run_staged(opts, plan, staged, needs_calib, started, progress, notify, benc
     timings = Timings()
     with timings("load"):
         loaded, reference_meta = _load_model(opts)
+    if opts.qat is not None:
+        from .qat import check_quantizable
+
+        check_quantizable(loaded)  # Keras 3, layers tfmot cannot quantize: refused before any long work
     preset_name = opts.preset or (reference_meta or {}).get("preset") or "raw"
     preset = get_preset(preset_name)
     if opts.labels is not None:  # a bad --labels file fails before any long work
@@ -441,7 +486,7 @@ def _run_staged(opts, plan, staged, needs_calib, started, progress, notify, benc
         transfer_info = _transfer(opts, loaded, preset, progress)  # --classes: the new classifier, trained first
     with timings("calibration data"):
         data = _load_data(opts, loaded, reference_meta, preset, preset_name, needs_calib, progress, notify)
-    with timings("prune"):
+    with timings("prune"):  # pruning and quantization-aware fine-tuning
         models = _build_models(opts, plan, loaded, preset, progress, notify)
     with timings("evaluate"):
         float_out = data.eval_float.predict(loaded.predict, progress=_stage(progress, "evaluate float model", "images"))
@@ -460,7 +505,7 @@ def _run_staged(opts, plan, staged, needs_calib, started, progress, notify, benc
         },
         baseline=baseline(float_out, labels),
         max_drop=opts.max_drop,
-        prune=next((info for _, info in models.values() if info is not None), None),
+        prune=next((info for (_, qat), (_, info) in models.items() if info is not None and not qat), None),
     )
     if opts.weights is not None:
         report.model["weights"] = str(opts.weights)
@@ -516,13 +561,17 @@ def _load_data(opts, loaded, reference_meta, preset, preset_name, needs_calib, p
 
 
 def _build_models(opts, plan, loaded, preset, progress, notify) -> dict:
-    """The models to convert: the one given, and one pruned model per sparsity in the plan
-    (fine-tuned on --train when given), each built once. Sparsity -> (LoadedModel, prune info)."""
-    train = _load_train(opts, loaded, preset, progress) if opts.prune is not None else None
+    """The models to convert: the one given, one pruned model per sparsity in the plan (fine-tuned on
+    --train when given) and, with --qat, a quantization-aware fine-tuned copy of each (sparsity-preserving
+    for pruned ones); each built once. (sparsity, qat) -> (LoadedModel, prune or QAT info)."""
+    fine_tunes = opts.prune is not None or opts.qat is not None
+    train = _load_train(opts, loaded, preset, progress) if fine_tunes else None
     models: dict = {}
-    for sparsity in dict.fromkeys(v.sparsity for v in plan):
+    for sparsity, qat in dict.fromkeys(v.model_key for v in plan):
         model, info = loaded, None
-        if sparsity is not None:
+        if qat:
+            model, info = _qat(opts.qat, *models[(sparsity, False)], train, progress)
+        elif sparsity is not None:
             from dataclasses import replace
 
             from .prune import PruneConfig
@@ -534,7 +583,7 @@ def _build_models(opts, plan, loaded, preset, progress, notify) -> dict:
             from .models.loading import LoadedModel
 
             model = LoadedModel.from_keras(fold_preprocessing(model.model, preset), model.name)
-        models[sparsity] = (model, info)
+        models[(sparsity, qat)] = (model, info)
     return models
 
 
@@ -563,22 +612,30 @@ def _emit_all(opts, plan, models, emit, report, staged) -> None:
     """Every planned variant, converted, measured and checked; an over-budget int8 one also recovered."""
     own_float: dict = {}  # sparsity -> the pruned float model's outputs on the evaluation images
     for planned in plan:
-        model, info = models[planned.sparsity]
+        model, info = models[planned.model_key]
         rec = emit(model, planned, staged.path)
-        if planned.sparsity is not None and info is not None:
-            rec.prune = {k: v for k, v in info.items() if k != "layers"}
-            if rec.name in emit.outputs:
+        prune = (info or {}).get("pruning") if planned.qat else info
+        if planned.sparsity is not None and prune is not None:
+            rec.prune = {k: v for k, v in prune.items() if k != "layers"}
+            if rec.name in emit.outputs and not planned.qat:
                 if planned.sparsity not in own_float:
                     own_float[planned.sparsity] = emit.conv_eval.predict(model.predict, progress=_stage(
                         emit.progress, f"evaluate pruned float model ({planned.sparsity:g})", "images"))
                 rec.prune["vs_pruned_float"] = _vs_pruned_float(
                     own_float[planned.sparsity], emit.outputs[rec.name], emit.labels, info)
+        rec.fine_tune = _fine_tune_record(opts.train, info, planned.qat)
         report.add(rec)
-        if rec.status == Status.OVER_BUDGET and opts.recover and planned.spec.precision == "int8":
+        if rec.status == Status.OVER_BUDGET and planned.qat:
+            rec.error += "; quantization-aware models are not recovered by keeping layers in float"
+        elif rec.status == Status.OVER_BUDGET and opts.recover and planned.spec.precision == "int8":
             with emit.timings("recover"):
                 recovered = emit.recover(model, planned, rec, staged.path)
             if recovered is not None:
                 report.add(recovered)
+        if rec.status == Status.OVER_BUDGET and not planned.qat and not planned.target.float_layers:
+            # No layer can stay float there: quantization-aware training is the way to win accuracy back.
+            rec.suggestion = qat_command(opts, planned.target.name, planned.sparsity)
+            rec.error += f"; try quantization-aware training: {rec.suggestion}"
 
 
 def _write_and_judge(opts, report, staged, formats) -> RunReport:
@@ -596,9 +653,11 @@ def _write_and_judge(opts, report, staged, formats) -> RunReport:
 
     if bad:
         worst = max(bad, key=lambda v: v.drift.drop_pts if v.drift.drop_pts is not None else 100 - v.drift.agreement)
+        hint = next((v for v in bad if v.suggestion), None)
         raise DriftBudgetExceeded(
             f"{worst.name}: accuracy drop {worst.drop_text()} exceeds --max-drop {opts.max_drop}; "
             f"the report is in {dest} ({opts.out} was left as it was)"
+            + (f"; {hint.target} cannot keep layers in float, try: {hint.suggestion}" if hint else "")
         )
     if failed:
         raise ConversionError(
@@ -649,7 +708,7 @@ class _Emitter:
         target, spec = planned.target, planned.spec
         name = _file_name(model.name, target, spec)
         rec = VariantRecord(name=name, target=target.name, precision=spec.precision, io_type=spec.io_type)
-        key = (planned.sparsity, spec)
+        key = (planned.model_key, spec)
         try:
             if key not in self.cache:
                 self.cache[key] = convert(
@@ -725,7 +784,7 @@ class _Emitter:
         from .quantize.recovery import RecoveryConfig, edgetpu_worst_layers, measure_cost, recover_int8
 
         target, spec = planned.target, planned.spec
-        session = self.cache[(planned.sparsity, spec)].session  # the over-budget model's own int8 session
+        session = self.cache[(planned.model_key, spec)].session  # the over-budget model's own int8 session
         if not target.float_layers:
             rec.worst_layers = edgetpu_worst_layers(
                 model.tflite_converter, self.conv_calib, self.eval_array(), method=spec.method, session=session
@@ -807,3 +866,57 @@ def _prune(config, loaded, train, progress, notify):
         notify(f"warning: {w}")
     name = loaded.name + f"_pruned{int(round(config.sparsity * 100))}"
     return LoadedModel.from_keras(result.model, name), result.to_dict()
+
+
+def _qat(config, base, base_info, train, progress):
+    """Quantization-aware fine-tuning of ``base`` (sparsity-preserving when it was pruned).
+
+    Returns (LoadedModel, info): ``info`` is the QAT record, with the pruning
+    record of ``base`` under ``pruning`` when there is one.
+    """
+    from .models.loading import LoadedModel
+    from .qat import quantize_aware_train
+
+    pruned = base_info is not None
+    stage = "quantization-aware fine-tuning" + (" (sparsity-preserving)" if pruned else "")
+    result = quantize_aware_train(
+        base, config, train, preserve_sparsity=pruned, progress=_stage(progress, stage, "training batches")
+    )
+    info = result.to_dict()
+    if pruned:
+        info["pruning"] = base_info
+    return LoadedModel.from_keras(result.model, base.name + "_qat"), info
+
+
+def _fine_tune_record(train_path, info, qat: bool) -> Optional[dict]:
+    """How a variant's model was fine-tuned (None: not at all): method, epochs, learning rate, data."""
+    if info is None:
+        return None
+    if qat:
+        record = {k: info[k] for k in ("method", "epochs", "learning_rate", "batch_size", "train_samples", "train_seconds")}
+        pruning = info.get("pruning")
+        if pruning is not None and pruning.get("fine_tuned"):
+            record["after_pruning"] = _fine_tune_record(train_path, pruning, False)
+    elif info.get("fine_tuned"):
+        config = info.get("config") or {}
+        record = {"method": "prune", "epochs": info.get("epochs"), "learning_rate": config.get("learning_rate"),
+                  "batch_size": config.get("batch_size"), "train_samples": info.get("train_samples"),
+                  "train_seconds": info.get("train_seconds")}
+    else:
+        return None
+    record["data"] = train_path
+    return record
+
+
+def qat_command(opts: ConvertOptions, target: str, sparsity: Optional[float] = None) -> str:
+    """The ``edgeresnet convert ... --qat`` command that retries ``target`` with quantization-aware training."""
+    import shlex
+
+    args = ["edgeresnet", "convert"] + ([opts.model] if opts.model else []) + ["--int8", "--target", target]
+    args += (["--prune", f"{sparsity:g}"] if sparsity is not None else []) + ["--qat", "--train", opts.train or "TRAIN_DIR"]
+    for flag, value in (("--calib", opts.calib), ("--eval", opts.eval), ("--preset", opts.preset),
+                        ("--io", opts.io_type), ("--max-drop", opts.max_drop)):
+        if value is not None:
+            args += [flag, str(value)]
+    args += ["--out", opts.out + "-qat"]
+    return " ".join(a if a == "TRAIN_DIR" else shlex.quote(a) for a in args)

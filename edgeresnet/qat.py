@@ -52,6 +52,9 @@ DEFAULT_BATCH_SIZE = 64
 DEFAULT_LEARNING_RATE = 1e-4
 # Samples handed to the converter's representative dataset (see module docstring).
 REPRESENTATIVE_SAMPLES = 4
+# Training batches whose activation ranges initialise the fake-quantization ranges.
+RANGE_INIT_BATCHES = 16
+_RANGE_VARS = {"output": "out", "post_activation": "out", "pre_activation": "pre"}
 
 KERAS3_HINT = (
     "quantization-aware training needs a tf_keras (Keras 2) model because tensorflow-model-optimization only "
@@ -95,6 +98,7 @@ class QATResult:
     strategy: str
     replicas: int
     history: dict = field(default_factory=dict)
+    range_init_batches: int = 0  # batches whose float activation ranges started the fake-quant ranges
 
     def to_dict(self) -> dict:
         return {
@@ -109,6 +113,7 @@ class QATResult:
             "train_seconds": round(self.train_seconds, 2),
             "strategy": self.strategy,
             "replicas": self.replicas,
+            "range_init_batches": self.range_init_batches,
             "history": {k: [round(float(v), 6) for v in vals] for k, vals in self.history.items()},
         }
 
@@ -186,7 +191,7 @@ def check_quantizable(model_or_loaded, dry_run: bool = True) -> None:
 
 def _quantize(model, preserve_sparsity: bool):
     """tfmot's quantization-aware copy of ``model`` (not trained), or QATError naming the cause."""
-    from .quant_opt import _one_line
+    from .quantize.engine import _one_line
 
     keras, mot = _tf.tf_keras(), _tf.tfmot()
     qk = mot.quantization.keras
@@ -212,11 +217,12 @@ def quantize_aware_train(
 ) -> QATResult:
     """Fine-tune ``model`` (tf_keras Model or LoadedModel) with fake quantization; the input is not modified.
 
-    ``train`` is ``(x, y)``: preprocessed float32 NHWC images exactly as the
-    model takes them and integer class labels. Runs under the current
-    ``tf.distribute`` strategy (as pruning does).
+    ``train`` is ``(x, y)`` (preprocessed float32 NHWC images exactly as the
+    model takes them, integer class labels) or a labelled
+    :class:`~edgeresnet.calibration.ImageStream`, read in batches as pruning
+    does. Runs under the current ``tf.distribute`` strategy (as pruning does).
     """
-    from .prune import _check_data, _outputs_are_probabilities, _progress_callback, _strategy
+    from .prune import _outputs_are_probabilities, _progress_callback, _strategy, _train_dataset, _train_stream
 
     if not isinstance(config, QATConfig):
         raise ConfigError(f"config must be a QATConfig, got {type(config).__name__}")
@@ -224,14 +230,15 @@ def quantize_aware_train(
     check_quantizable(source, dry_run=False)  # the real wrapping below is the dry run
     if train is None:
         raise ConfigError("quantization-aware training needs labelled training images; pass --train DIR")
-    train = _check_data("--train", train, source, int(source.output_shape[-1]))
+    train = _train_stream(train, source, int(source.output_shape[-1]))
     tf, keras, mot = _tf.tf(), _tf.tf_keras(), _tf.tfmot()
     strategy = _strategy(tf)
     keras.utils.set_random_seed(config.seed)
-    steps = math.ceil(len(train[0]) / config.batch_size) * config.epochs
+    steps = math.ceil(len(train) / config.batch_size) * config.epochs
     with strategy.scope():
         qmodel = _quantize(source, preserve_sparsity)
-        from_logits = not _outputs_are_probabilities(source, train[0])
+        range_batches = _init_ranges(qmodel, source, train, config.batch_size, config.seed)
+        from_logits = not _outputs_are_probabilities(source, train.inputs(range(min(32, len(train)))))
         qmodel.compile(
             optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
@@ -240,8 +247,8 @@ def quantize_aware_train(
         callbacks = [] if progress is None else [_progress_callback(keras, progress, steps)]
         started = time.perf_counter()
         fit = qmodel.fit(
-            train[0], train[1], batch_size=config.batch_size, epochs=config.epochs,
-            shuffle=True, callbacks=callbacks, verbose=0,
+            _train_dataset(tf, train, config.batch_size, config.seed), epochs=config.epochs,
+            callbacks=callbacks, verbose=0,
         )
         seconds = time.perf_counter() - started
     # A plain copy (no strategy-mirrored variables) for the converter.
@@ -252,13 +259,64 @@ def quantize_aware_train(
         model=final,
         config=config,
         scheme="prune_preserve_8bit" if preserve_sparsity else "default_8bit",
-        train_samples=len(train[0]),
+        train_samples=len(train),
         steps=steps,
         train_seconds=seconds,
         strategy=type(strategy).__name__,
         replicas=int(strategy.num_replicas_in_sync),
         history={k: [float(v) for v in vals] for k, vals in fit.history.items()},
+        range_init_batches=range_batches,
     )
+
+
+def _init_ranges(qmodel, source, train, batch_size: int, seed: int) -> int:
+    """Start every activation range at the float model's, not at tfmot's [-6, 6]; returns batches used.
+
+    tfmot learns activation ranges as a moving average (decay 0.999) of each
+    training batch's min and max, starting from [-6, 6]. A fine-tune of a few
+    hundred steps leaves them mostly at that start, which clips or wastes
+    int8 levels. Each range variable is set instead to the average batch
+    min/max (zero included) of the tensor it quantizes in the float model:
+    the moving average's own fixed point. Weights are not touched.
+    """
+    keras, mot = _tf.tf_keras(), _tf.tfmot()
+    wanted = []  # (variable, "out"/"pre", is_min, float layer name)
+    for wrapper in qmodel.layers:
+        if not isinstance(wrapper, mot.quantization.keras.QuantizeWrapperV2):
+            continue
+        for var in wrapper.non_trainable_weights:
+            short = var.name.split("/")[-1].split(":")[0]
+            kind = _RANGE_VARS.get(short.rsplit("_", 1)[0])
+            if kind is not None and var.shape.rank == 0:
+                wanted.append((var, kind, short.endswith("_min"), wrapper.layer.name))
+    names = sorted({(kind, name) for _, kind, _, name in wanted})
+    if not names:
+        return 0
+    # The float tensors: a layer's output, or (pre-activation) what it computes before its activation.
+    probe = keras.Model(source.inputs, [source.get_layer(n).output if k == "out" else source.get_layer(n).input
+                                        for k, n in names])
+    order = np.random.default_rng(seed).permutation(len(train))[: RANGE_INIT_BATCHES * batch_size]
+    lows, highs = {key: [] for key in names}, {key: [] for key in names}
+    batches = 0
+    for start in range(0, len(order), batch_size):
+        outs = probe(train.inputs(np.sort(order[start : start + batch_size])), training=False)
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        for (kind, name), value in zip(names, outs):
+            if kind == "pre":
+                layer = source.get_layer(name)
+                activation, layer.activation = layer.activation, keras.activations.linear
+                try:
+                    value = layer(value, training=False)
+                finally:
+                    layer.activation = activation
+            value = np.asarray(value)
+            lows[(kind, name)].append(float(value.min()))
+            highs[(kind, name)].append(float(value.max()))
+        batches += 1
+    for var, kind, is_min, name in wanted:
+        lo, hi = min(float(np.mean(lows[(kind, name)])), 0.0), max(float(np.mean(highs[(kind, name)])), 0.0)
+        var.assign(lo if is_min else hi)
+    return batches
 
 
 def convert_qat(make_converter: Callable[[], object], io_type: str, samples: Optional[np.ndarray]) -> bytes:
@@ -268,21 +326,15 @@ def convert_qat(make_converter: Callable[[], object], io_type: str, samples: Opt
     model; ``samples`` are a few preprocessed inputs the converter's API
     requires for integer io (their values do not change the result).
     """
-    from .quant_opt import IO_TYPES, _run_converter, check_full_integer
+    from .quantize.engine import IO_TYPES, check_full_integer, configure_int8, run_converter
 
     if io_type not in IO_TYPES:
         raise ConfigError(f"io type {io_type!r} is not possible for full-integer int8; choose one of {', '.join(IO_TYPES)}")
     if samples is None or len(samples) == 0:
         raise ConfigError("int8 conversion of the QAT model needs a few input samples; pass --calib with images")
-    tf = _tf.tf()
-    dtypes = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}
-    x = np.asarray(samples[:REPRESENTATIVE_SAMPLES], dtype=np.float32)
     converter = make_converter()
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([x[i : i + 1]] for i in range(len(x)))
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = dtypes[io_type]
-    converter.inference_output_type = dtypes[io_type]
-    data = _run_converter(converter, "int8 conversion of the quantization-aware model")
+    # The same converter settings as post-training int8 (TFLITE_BUILTINS_INT8 only, the io type asked for).
+    configure_int8(converter, np.asarray(samples[:REPRESENTATIVE_SAMPLES], dtype=np.float32), io_type, lambda: None)
+    data = run_converter(converter, "int8 conversion of the quantization-aware model")
     check_full_integer(data, io_type)
     return data

@@ -35,10 +35,30 @@ def safe_mode_text(safe_mode) -> str:
     return "NO: --trust-model-code, the model's own code (Lambda layers, custom classes, graph ops) was allowed to run"
 
 
+def is_qat(variant: dict) -> bool:
+    """Whether a variant's int8 ranges come from quantization-aware training (QAT or PQAT)."""
+    return (variant.get("fine_tune") or {}).get("method") in ("qat", "pqat")
+
+
+def fine_tune_text(variant: dict) -> str:
+    """How a variant's model was fine-tuned, short: ``prune 3 ep @0.0003 + PQAT 3 ep @0.0001``, or ``–``."""
+
+    def one(ft: dict) -> str:
+        what = {"prune": "prune", "qat": "QAT", "pqat": "PQAT"}.get(ft.get("method"), str(ft.get("method")))
+        return f"{what} {ft.get('epochs')} ep @{_fmt(ft.get('learning_rate'), 'g')}"
+
+    ft = variant.get("fine_tune")
+    if not ft:
+        return "–"
+    before = ft.get("after_pruning")
+    return (one(before) + " + " if before else "") + one(ft)
+
+
 def variants_table(report: dict) -> str:
     """A Markdown table of the variants of a ``report.json`` dict (also used by the CLI)."""
     labelled = report["evaluation"].get("labelled")
-    head = ["variant", "target", "precision", "io", "size KiB", "zlib KiB"]
+    tuned = any(v.get("fine_tune") for v in report["variants"])
+    head = ["variant", "target", "precision", "io"] + (["fine-tuned"] if tuned else []) + ["size KiB", "zlib KiB"]
     head += ["top-1 %", "drop pts"] if labelled else []
     head += ["agree %", "SQNR dB"]
     timed = any(v.get("latency") for v in report["variants"])
@@ -46,7 +66,8 @@ def variants_table(report: dict) -> str:
     head += ["status"]
     rows = []
     for v in report["variants"]:
-        row = [v["name"], v["target"], v["precision"], v["io_type"], _kib(v["size_bytes"]), _kib(v["compressed_bytes"])]
+        row = [v["name"], v["target"], v["precision"], v["io_type"]] + ([fine_tune_text(v)] if tuned else [])
+        row += [_kib(v["size_bytes"]), _kib(v["compressed_bytes"])]
         if labelled:
             row += [_fmt(v["top1"]), _fmt(v["drop_pts"])]
         row += [_fmt(v["agreement"]), _fmt(v["sqnr_db"], ".1f")]
@@ -140,6 +161,9 @@ def _header_lines(report: dict) -> list[str]:
         lines.append(f"- float model: top-1 {f['top1']:.2f} %, top-5 {f['top5']:.2f} %")
     if report.get("max_drop") is not None:
         lines.append(f"- budget: --max-drop {report['max_drop']} pts: {'met' if report['passed'] else 'NOT met'}")
+    data = sorted({str(v["fine_tune"].get("data")) for v in report["variants"] if v.get("fine_tune")})
+    if data:
+        lines.append(f"- fine-tuning data: {', '.join(f'`{d}`' for d in data)} (each variant's `fine_tune` says how)")
     if report.get("prune"):
         p = report["prune"]
         how = "fine-tuned" if p.get("fine_tuned") else "one-shot, not fine-tuned"

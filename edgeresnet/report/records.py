@@ -55,7 +55,7 @@ STATUSES = tuple(s.value for s in Status)
 # Optional fields of a variant: written to report.json only when set, in this order.
 OPTIONAL_FIELDS = (
     "int8_method", "runtimes", "weight_sparsity", "latency", "input_note", "prune",
-    "worst_layers", "recovered_by", "recovery", "device",
+    "worst_layers", "recovered_by", "recovery", "device", "fine_tune", "suggestion",
 )
 
 
@@ -87,6 +87,9 @@ class VariantRecord:
     recovered_by: Optional[str] = None  # over budget: the name of the recovered variant
     recovery: Optional[dict] = None  # a recovered variant: quantize.recovery.RecoveryResult.to_dict() + cost
     device: Optional[dict] = None  # --device-check: the model evaluated on the device (device_check)
+    # How the model was fine-tuned (pipeline._fine_tune_record): method prune/qat/pqat, epochs, learning_rate, data.
+    fine_tune: Optional[dict] = None
+    suggestion: Optional[str] = None  # over budget where no layer can stay float: the --qat command to try
 
     def fail(self, status, error: str) -> None:
         self.status = Status(status)  # ValueError for an unknown status

@@ -25,7 +25,7 @@ from typing import Optional, Sequence, Union
 
 from ..errors import ConfigError, MissingDependencyError, OutputExistsError
 from ..fsutil import atomic_write_bytes, atomic_write_text
-from .markdown import _fmt, _kib, _num, safe_mode_text
+from .markdown import _fmt, _kib, _num, fine_tune_text, is_qat, safe_mode_text
 from .records import Status
 
 PathLike = Union[str, Path]
@@ -49,6 +49,7 @@ CSV_COLUMNS = (
     "latency_median_ms",
     "latency_p90_ms",
     "prune_sparsity",
+    "fine_tune",
     "weight_sparsity",
     "float_layers",
     "convert_seconds",
@@ -156,13 +157,14 @@ def _percent(fraction: float) -> str:
 
 
 def point_labels(variants: Sequence[dict]) -> list[str]:
-    """Short marker labels: ``target/precision``, ``/io_type`` where that repeats, `` pruned 50%`` when pruned."""
+    """Short marker labels: ``target/precision``, ``/io_type`` where that repeats, `` pruned 50%`` when pruned,
+    `` QAT`` when quantization-aware trained."""
     sparsities = [prune_sparsity(v) for v in variants]
-    keys = [(v.get("target"), v.get("precision"), s) for v, s in zip(variants, sparsities)]
+    keys = [(v.get("target"), v.get("precision"), s, is_qat(v)) for v, s in zip(variants, sparsities)]
     labels = []
     for v, k, s in zip(variants, keys, sparsities):
         text = f"{k[0]}/{k[1]}" + (f"/{v.get('io_type')}" if keys.count(k) > 1 else "")
-        labels.append(text + (f" pruned {_percent(s)}" if s is not None else ""))
+        labels.append(text + (f" pruned {_percent(s)}" if s is not None else "") + (" QAT" if k[3] else ""))
     return labels
 
 
@@ -555,6 +557,8 @@ def _draw(report: dict):
     handles = [Line2D([], [], marker="o", ls="", color=colour[t], label=str(t)) for t in targets]
     if any(prune_sparsity(v) is not None for v in shown):
         handles.append(Line2D([], [], marker="D", ls="", color="0.45", label="pruned"))
+    if any(is_qat(v) for v in shown):
+        handles.append(Line2D([], [], marker="s", ls="", color="0.45", label="QAT (plus: pruned + QAT)"))
     if any(v.get("status") == Status.OVER_BUDGET for v in shown):
         handles.append(Line2D([], [], marker="o", ls="", color="0.45", markerfacecolor="none", label="over budget"))
     if shown:
@@ -577,15 +581,23 @@ def _draw(report: dict):
     return fig, layouts
 
 
+def _marker(variant: dict) -> str:
+    """Dot; diamond when pruned; square (QAT) or filled plus (pruned + QAT) when quantization-aware trained."""
+    pruned = prune_sparsity(variant) is not None
+    if is_qat(variant):
+        return "P" if pruned else "s"
+    return "D" if pruned else "o"
+
+
 def _draw_markers(ax, variants: Sequence[dict], points_px: Sequence[tuple[float, float]], colour: dict) -> float:
     """The markers of variants that fall on the same pixels; return the radius they cover, in pixels.
 
-    One variant: a dot (a diamond when pruned, hollow when over budget). Two
+    One variant: a dot (see :func:`_marker`; hollow when over budget). Two
     of the same shape and fill: one marker split in their two colours. More:
     rings around one another, the first outermost.
     """
     px_per_pt = ax.figure.dpi / 72.0
-    shapes = ["D" if prune_sparsity(v) is not None else "o" for v in variants]
+    shapes = [_marker(v) for v in variants]
     hollow = [v.get("status") == Status.OVER_BUDGET for v in variants]
     colours = [colour[v.get("target")] for v in variants]
     if len(variants) == 2 and len(set(shapes)) == 1 and len(set(hollow)) == 1 and not hollow[0]:
@@ -751,6 +763,7 @@ def csv_row(variant: dict, label: Optional[str] = None) -> dict:
         checks=_checks_cell(variant.get("checks")),
         label=label if label is not None else point_labels([variant])[0],
         prune_sparsity=_cell(prune_sparsity(variant)),
+        fine_tune=fine_tune_text(variant) if variant.get("fine_tune") else "",
     )
     return row
 
@@ -818,8 +831,10 @@ def _variants_table(report: dict) -> str:
     labelled = accuracy_metric(report)[0] == "top1"
     has_latency = any(latency_of(v)[0] is not None for v in variants)
     has_pruned = any(prune_sparsity(v) is not None for v in variants)
+    has_tuned = any(v.get("fine_tune") for v in variants)
     has_zeros = any(_num(v.get("weight_sparsity")) is not None for v in variants)
-    head = ["variant", "target", "precision", "io"] + (["pruned"] if has_pruned else []) + ["size KiB", "zlib KiB"]
+    head = ["variant", "target", "precision", "io"] + (["pruned"] if has_pruned else [])
+    head += (["fine-tuned"] if has_tuned else []) + ["size KiB", "zlib KiB"]
     head += ["top-1 %", "top-5 %", "drop pts"] if labelled else []
     head += ["agree %", "cosine", "SQNR dB"]
     head += ["zero weights %"] if has_zeros else []
@@ -831,6 +846,7 @@ def _variants_table(report: dict) -> str:
                  f"<td>{_e(v.get('target'))}</td>", f"<td>{_e(v.get('precision'))}</td>",
                  f"<td>{_e(v.get('io_type'))}</td>"]
         cells += [f"<td>{_e(_pruning_text(v))}</td>"] if has_pruned else []
+        cells += [f"<td>{_e(fine_tune_text(v))}</td>"] if has_tuned else []
         cells += [f'<td class="num">{_kib(v.get(k))}</td>' for k in ("size_bytes", "compressed_bytes")]
         nums = [_fmt(v.get("top1")), _fmt(v.get("top5")), _fmt(v.get("drop_pts"))] if labelled else []
         nums += [_fmt(v.get("agreement")), _fmt(v.get("cosine"), ".4f"), _fmt(v.get("sqnr_db"), ".1f")]
