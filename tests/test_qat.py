@@ -76,6 +76,27 @@ def test_qat_emits_full_int8_for_cpu_and_edgetpu_next_to_ptq(qat_run, tiny_model
     assert "qat" in md.lower()
 
 
+def test_pqat_keeps_the_pruned_zeros_in_the_tflite(tiny_model_h5, tiny_data):
+    from edgeresnet.calibration import load_images
+    from edgeresnet.convert import ConversionSpec, convert
+    from edgeresnet.models import load_model
+    from edgeresnet.models.loading import LoadedModel
+    from edgeresnet.prune import PruneConfig, prune_model
+    from edgeresnet.sparsity import tflite_weight_sparsity
+
+    ds = load_images(tiny_data["calib"], (16, 16, 3))
+    x = ds.images.astype(np.float32) / 255.0
+    pruned = prune_model(load_model(tiny_model_h5), PruneConfig(0.6, epochs=1, batch_size=40), train=(x, ds.labels))
+    ptq = convert(LoadedModel.from_keras(pruned.model, "p").tflite_converter, ConversionSpec("int8", "int8", "minmax"), x)
+    result = quantize_aware_train(pruned.model, QATConfig(epochs=1, batch_size=40), (x, ds.labels), preserve_sparsity=True)
+    assert result.scheme == "prune_preserve_8bit" and result.to_dict()["method"] == "pqat"
+    pqat = convert_qat(LoadedModel.from_keras(result.model, "pq").tflite_converter, "int8", x)
+    before, after = tflite_weight_sparsity(ptq.model)["fraction"], tflite_weight_sparsity(pqat)["fraction"]
+    assert before > 0.4 and abs(after - before) <= 0.01, (before, after)
+    assert _float_tensors(pqat) == []
+
+
+@pytest.mark.slow  # a full report sweep with two fine-tunes: slow on 2 shared cores
 def test_report_sweeps_qat_and_pqat_side_by_side_and_pqat_keeps_the_zeros(tmp_path, tiny_model_h5, tiny_data, capsys):
     out = tmp_path / "out"
     code, _, err = run_cli([
