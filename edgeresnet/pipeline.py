@@ -227,7 +227,7 @@ def _load_model(opts: ConvertOptions):
     if spec is not None:
         from .models.zoo import build_zoo_model
 
-        model = build_zoo_model(spec, opts.weights, opts.classes, opts.input_size)
+        model = build_zoo_model(spec, opts.weights, opts.classes, opts.input_size, seed=opts.seed)
         return LoadedModel.from_keras(model, spec.name), None
     return load_model(opts.model, trust_code=opts.trust_model_code), None
 
@@ -841,7 +841,8 @@ def _transfer(opts, loaded, preset, progress) -> Optional[dict]:
     from .transfer import TransferConfig, fine_tune
 
     return fine_tune(loaded.model, _load_train(opts, loaded, preset), opts.transfer or TransferConfig(seed=opts.seed),
-                     progress=_stage(progress, f"fine-tune new {opts.classes}-class classifier", "steps"))
+                     progress=_stage(progress, f"fine-tune new {opts.classes}-class classifier", "steps"),
+                     freeze_backbone=opts.weights is not None)
 
 
 def _load_train(opts, loaded, preset, progress=None) -> Optional[ImageStream]:

@@ -1,8 +1,9 @@
 """Transfer learning: a zoo ResNet with a new classifier, fine-tuned on the user's labelled images.
 
-The first epoch trains only the new head (the backbone, BatchNorm statistics
-included, is frozen, so the random head cannot wreck pretrained features); the
-remaining epochs train everything at the same learning rate. The images are read
+With a pretrained backbone the first epoch trains only the new head (the
+backbone, BatchNorm statistics included, is frozen, so the random head cannot
+wreck pretrained features); the remaining epochs train everything at the same
+learning rate. A randomly initialised backbone trains from the first epoch. The images are read
 as a stream (:class:`~edgeresnet.calibration.ImageStream`), the same tf.data
 pipeline pruning fine-tunes on.
 """
@@ -36,8 +37,13 @@ class TransferConfig:
             raise ConfigError(f"--learning-rate must be positive, got {self.learning_rate}")
 
 
-def fine_tune(model, train, config: TransferConfig, progress: Optional[ProgressFn] = None) -> dict:
-    """Train ``model`` (tf_keras, changed in place) on the labelled stream ``train``; returns a report dict."""
+def fine_tune(model, train, config: TransferConfig, progress: Optional[ProgressFn] = None,
+              freeze_backbone: bool = True) -> dict:
+    """Train ``model`` (tf_keras, changed in place) on the labelled stream ``train``; returns a report dict.
+
+    ``freeze_backbone``: train only the head in the first epoch (for a pretrained backbone; a randomly
+    initialised one gains nothing from it and trains from the start).
+    """
     import math
 
     from .prune import _progress_callback, _train_dataset
@@ -51,7 +57,9 @@ def fine_tune(model, train, config: TransferConfig, progress: Optional[ProgressF
     callbacks = [_progress_callback(keras, progress, total)] if progress is not None else []
     history: dict = {}
     started = time.perf_counter()
-    phases = [("head", 1)] + ([("all", config.epochs - 1)] if config.epochs > 1 else [])
+    frozen = 1 if freeze_backbone else 0
+    phases = [("head", frozen), ("all", config.epochs - frozen)]
+    phases = [(phase, n) for phase, n in phases if n > 0]
     for phase, epochs in phases:
         for layer in model.layers:
             layer.trainable = phase == "all" or layer.name == config.head
@@ -68,7 +76,7 @@ def fine_tune(model, train, config: TransferConfig, progress: Optional[ProgressF
     return {
         "train_samples": len(train),
         "epochs": config.epochs,
-        "frozen_backbone_epochs": 1,
+        "frozen_backbone_epochs": frozen,
         "batch_size": config.batch_size,
         "learning_rate": config.learning_rate,
         "steps": total,

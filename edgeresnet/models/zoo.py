@@ -44,8 +44,15 @@ def zoo_spec(model: Optional[str]) -> Optional[ArchSpec]:
 
 
 def build_zoo_model(spec: ArchSpec, weights: Optional[str] = None, classes: Optional[int] = None,
-                    input_size: Optional[int] = None):
-    """The zoo model as a tf_keras Model: ``classes`` outputs (a new head), weights by layer name from ``weights``."""
+                    input_size: Optional[int] = None, seed: int = 0):
+    """The zoo model as a tf_keras Model: ``classes`` outputs (a new head), weights by layer name from ``weights``.
+
+    The initial weights (of a new head, or of everything without ``weights``) are drawn with ``seed``, so the
+    same command gives the same model.
+    """
+    from .. import _tf
+
+    _tf.tf_keras().utils.set_random_seed(int(seed))
     shape = None
     if input_size is not None:
         shape = (int(input_size), int(input_size), spec.default_input_shape[-1])
