@@ -48,6 +48,20 @@ def _top1(outputs: np.ndarray, labels: np.ndarray) -> float:
     return 100.0 * float(np.mean(np.argmax(outputs, axis=-1) == labels))
 
 
+def resnet8_and_cifar10():
+    """(the real ResNet-8, cifar10/train, cifar10/test) from the shared data, or None (said on stderr)."""
+    data = _data_dir()
+    h5 = data / "mlperf-tiny-resnet8" / "pretrainedResnet.h5"
+    if not h5.exists():
+        print(f"no shared data at {data}; set EDGERESNET_TEST_DATA", file=sys.stderr)
+        return None
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
+    loaded = load_model(h5)
+    train = load_images(data / "cifar10" / "train", loaded.input_shape)
+    test = load_images(data / "cifar10" / "test", loaded.input_shape)
+    return loaded, train, test
+
+
 def print_table(rows: list) -> None:
     """Rows of equal-keyed dicts as an aligned text table (also used by benchmarks/qat.py)."""
     cols = list(rows[0])
@@ -68,16 +82,11 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", type=Path, help="folder to save the .tflite files in")
     args = ap.parse_args(argv)
 
-    data = _data_dir()
-    h5 = data / "mlperf-tiny-resnet8" / "pretrainedResnet.h5"
-    if not h5.exists():
-        print(f"no shared data at {data}; set EDGERESNET_TEST_DATA", file=sys.stderr)
+    real = resnet8_and_cifar10()
+    if real is None:
         return 2
-    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
+    loaded, train, test = real
     tf = _tf.tf()
-    loaded = load_model(h5)
-    train = load_images(data / "cifar10" / "train", loaded.input_shape)
-    test = load_images(data / "cifar10" / "test", loaded.input_shape)
     x_train, x_test = train.images.astype(np.float32), test.images.astype(np.float32)  # raw 0..255, as trained
     calib = x_train[np.random.default_rng(0).permutation(len(x_train))[:CALIBRATION_IMAGES]]
     if args.keep:

@@ -32,15 +32,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgeresnet import _tf  # noqa: E402
-from edgeresnet.calibration import load_images  # noqa: E402
 from edgeresnet.convert import ConversionSpec, convert  # noqa: E402
-from edgeresnet.models import load_model  # noqa: E402
 from edgeresnet.models.loading import LoadedModel  # noqa: E402
 from edgeresnet.prune import PruneConfig, prune_model  # noqa: E402
 from edgeresnet.qat import DEFAULT_EPOCHS, DEFAULT_LEARNING_RATE, QATConfig, convert_qat, quantize_aware_train  # noqa: E402
 from edgeresnet.runtime import TFLiteModel  # noqa: E402
 from edgeresnet.sparsity import tflite_weight_sparsity  # noqa: E402
-from prune_sweep import _data_dir, _top1, print_table  # noqa: E402 - this folder is on sys.path when run
+from prune_sweep import _top1, print_table, resnet8_and_cifar10  # noqa: E402 - this folder is on sys.path when run
 
 CALIBRATION_IMAGES = 300
 
@@ -64,15 +62,10 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=DEFAULT_LEARNING_RATE)
     args = ap.parse_args(argv)
 
-    data = _data_dir()
-    h5 = data / "mlperf-tiny-resnet8" / "pretrainedResnet.h5"
-    if not h5.exists():
-        print(f"no shared data at {data}; set EDGERESNET_TEST_DATA", file=sys.stderr)
+    real = resnet8_and_cifar10()
+    if real is None:
         return 2
-    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
-    loaded = load_model(h5)
-    train = load_images(data / "cifar10" / "train", loaded.input_shape)
-    test = load_images(data / "cifar10" / "test", loaded.input_shape)
+    loaded, train, test = real
     x, y = train.images.astype(np.float32), train.labels  # raw 0..255, as the model was trained
     xt, yt = test.images.astype(np.float32), test.labels
     calib = x[np.random.default_rng(0).permutation(len(x))[:CALIBRATION_IMAGES]]
