@@ -402,15 +402,8 @@ def load_images(
 
     ``progress(done, total)`` is called after each decoded image.
     """
-    shape = _check_shape(input_shape)
-    _check_load_args(samples, seed, resize)
-    p = Path(path)
-    if not p.exists():
-        raise DataError(f"{p}: no such file or folder; {_WHAT_TO_PASS}")
-    excluded = {os.path.abspath(e) for e in (exclude or ())}
-    if p.suffix.lower() in ARRAY_EXTENSIONS:
-        return _load_array(p, shape, samples, int(seed), excluded, progress)
-    return _select_files(p, shape, samples, int(seed), resize, excluded).load(progress)
+    source = _open_source(path, input_shape, samples, seed, resize, exclude, progress)
+    return source if isinstance(source, ImageSet) else source.load(progress)
 
 
 def stream_images(
@@ -425,17 +418,24 @@ def stream_images(
 
     Same arguments, same seeded choice and order of files, same class order and
     the same pixels; only the memory differs: nothing is decoded until a batch
-    is asked for. ``.npy``/``.npz`` arrays are read as :func:`load_images` does
-    (a ``.npy`` is memory-mapped, so its rows are read batch by batch).
+    is asked for. ``.npy``/``.npz`` arrays are read into memory as
+    :func:`load_images` reads them (the chosen rows only).
     """
+    source = _open_source(path, input_shape, samples, seed, resize, exclude, None)
+    return ImageStream.from_imageset(source) if isinstance(source, ImageSet) else source
+
+
+def _open_source(path, input_shape, samples, seed, resize, exclude, progress) -> Union[ImageSet, "ImageStream"]:
+    """Checked arguments -> the chosen rows of an array file (loaded) or the chosen image files (not decoded)."""
     shape = _check_shape(input_shape)
     _check_load_args(samples, seed, resize)
     p = Path(path)
     if not p.exists():
         raise DataError(f"{p}: no such file or folder; {_WHAT_TO_PASS}")
+    _check_special(p)
     excluded = {os.path.abspath(e) for e in (exclude or ())}
     if p.suffix.lower() in ARRAY_EXTENSIONS:
-        return ImageStream.from_imageset(_load_array(p, shape, samples, int(seed), excluded, None))
+        return _load_array(p, shape, samples, int(seed), excluded, progress)
     return _select_files(p, shape, samples, int(seed), resize, excluded)
 
 
