@@ -90,7 +90,7 @@ def test_zoo_bad_input_is_one_line_and_writes_nothing(folder, tmp_path, args, me
 
 
 def test_zoo_transfer_learning_from_the_command_line(folder, tmp_path):
-    """resnet8 + a new 3-class head fine-tuned on a folder (streamed), int8, verified: one command."""
+    """resnet8 + a new 3-class head fine-tuned on a folder (streamed), pruned, int8, verified: one command."""
     from edgeresnet.models import build_model
     from edgeresnet.runtime import TFLiteModel
 
@@ -99,13 +99,15 @@ def test_zoo_transfer_learning_from_the_command_line(folder, tmp_path):
     out = tmp_path / "out"
     res = CliRunner().invoke(cli, [
         "convert", "resnet8", "--weights", str(weights), "--classes", "3", "--train", str(folder),
-        "--epochs", "2", "--batch-size", "8", "--int8", "--calib", str(folder), "--calib-samples", "12",
+        "--epochs", "2", "--batch-size", "8", "--prune", "0.5", "--int8", "--calib", str(folder), "--calib-samples", "12",
         "--eval", str(folder), "--out", str(out),
     ])
     assert res.exit_code == 0, res.output
     report = json.loads((out / "report.json").read_text())
     assert report["model"]["classes"] == 3 and report["model"]["weights"] == str(weights)
     assert report["model"]["transfer"]["frozen_backbone_epochs"] == 1 and report["model"]["transfer"]["train_samples"] == 24
+    pruned = next(v for v in report["variants"] if "pruned50" in v["name"])  # fine-tuned on the same stream
+    assert pruned["prune"]["train_samples"] == 24 and pruned["weight_sparsity"] > 0.4
     assert report["evaluation"]["count"] == 24
     model = TFLiteModel((out / report["variants"][0]["path"].split("/")[-1]).read_bytes())
     assert model.output.shape[-1] == 3
