@@ -11,7 +11,10 @@ JPEG images at 224x224 by upscaling the CIFAR-10 photographs of
 with a zoo ResNet (weights: the architecture's own initialisation saved to the
 cache, a 10-class head; this measures memory and speed, not accuracy) and
 prints, per N, the peak RSS (``resource.getrusage``) and images/s of each stage
-(calibration, fine-tuning, float evaluation, each .tflite evaluation).
+(calibration, fine-tuning, float evaluation, each .tflite evaluation). A
+stage's seconds run from the end of the stage before it, so model conversion
+counts in the "calibrate" stage that follows it. On a shared machine the
+images/s move with the load; the peak RSS does not.
 
     python benchmarks/scale.py --images 2000 8000 --model resnet18 --input-size 64
     python benchmarks/scale.py --images 5000 20000 --model resnet18   # 224x224: hours on 2 cores
@@ -77,12 +80,13 @@ def run_one(args) -> dict:
     from edgeresnet.prune import PruneConfig
 
     stages: dict = {}
+    last = [time.perf_counter()]  # a stage starts where the one before it ended (its first batch counts)
 
     def progress(stage, done, total):
         stage = str(stage)
         now = time.perf_counter()
-        s = stages.setdefault(stage, {"start": now, "images": total})
-        s["end"] = now
+        s = stages.setdefault(stage, {"start": last[0], "images": total})
+        s["end"] = last[0] = now
         s["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     out = Path(args.out)
