@@ -14,7 +14,7 @@ import warnings
 
 import click
 
-from .errors import EdgeResNetError, EdgeResNetWarning
+from .errors import ClusterError, EdgeResNetError, EdgeResNetWarning
 from .quantize.registry import DEFAULT_METHOD
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -92,6 +92,7 @@ def _data_options(f):
         click.option("--epochs", type=int, help="Fine-tuning epochs for pruning, --qat and --classes with --train (default 3)."),
         click.option("--batch-size", type=int, help="Fine-tuning batch size (default 64)."),
         click.option("--learning-rate", type=FINITE, help="Fine-tuning learning rate (Adam; default 3e-4 for pruning, 1e-4 for --qat, 1e-3 for the new classifier of --classes)."),
+        click.option("--strategy", type=click.Choice(["auto", "one", "mirrored", "multiworker"]), help="tf.distribute strategy for fine-tuning: auto (default: multiworker when TF_CONFIG lists a cluster, mirrored with several GPUs, else one device), one, mirrored or multiworker. In a cluster only the chief writes --out."),
         click.option("--prune-schedule", type=click.Choice(["polynomial", "constant"]), help="Sparsity schedule while fine-tuning (default polynomial decay)."),
         click.option("--prune-structure", metavar="S", help="unstructured (default), block (1x4 blocks; tfmot supports it on Dense layers only) or 2:4 (two of every four weights; sparsity must be 0.5)."),
         click.option("--prune-policy", metavar="P", help="xnnpack: prune only what XNNPACK's sparse kernels run (1x1 convolutions, at least 2/3 sparse); refused for models where it would not make them faster."),
@@ -114,6 +115,7 @@ _PRUNE_KEYS = {
     "prune_policy": "policy",
     "stem_sparsity": "stem_sparsity",
     "classifier_sparsity": "classifier_sparsity",
+    "strategy": "strategy",
 }
 
 
@@ -217,6 +219,8 @@ def convert(model, int8, precision, prune, formats, **kw):
         formats=tuple(dict.fromkeys(("json", "md") + tuple(f.strip().lower() for f in formats))),
     )
     report = _run_with_progress(run_convert, opts)
+    if _worker_done(report, opts.out):
+        return
     _print_summary(report.to_dict(), opts.out)
 
 
@@ -251,9 +255,26 @@ def report(model, sparsity, latency, bench_repeats, **kw):
 
     opts = _options(model, kw, "edgeresnet-report", default_targets=target_names(), prune=prune)
     bench_config = BenchConfig(warmup=5, repeats=bench_repeats) if latency else None
-    data = _run_with_progress(run_report, opts, sparsities=sparsities, bench_config=bench_config).to_dict()
+    result = _run_with_progress(run_report, opts, sparsities=sparsities, bench_config=bench_config)
+    if _worker_done(result, opts.out):
+        return
+    data = result.to_dict()
     _print_summary(data, opts.out)
     click.echo(f"open {opts.out}/report.html (plot: {opts.out}/accuracy_vs_size.png)")
+
+
+def _worker_done(result, out: str) -> bool:
+    """On a non-chief worker of a fine-tuning cluster: say what it did, and that it wrote nothing."""
+    from .pipeline import WorkerRun
+
+    if not isinstance(result, WorkerRun):
+        return False
+    click.echo(
+        f"{result.task} at {result.address}: fine-tuned "
+        f"{', '.join(f'{name} (weights sha256 {digest[:12]})' for name, digest in result.models) or 'nothing'} with the cluster; "
+        f"the chief at {result.chief} converts and writes {out} (nothing written here)"
+    )
+    return True
 
 
 def _print_summary(data: dict, out: str) -> None:
@@ -513,6 +534,14 @@ def main(argv=None):
         _interrupted(exc.__context__)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except ClusterError as exc:
+        # TensorFlow's cluster threads never return from a failed join and would
+        # hold the interpreter's shutdown forever: say it, then leave at once
+        # (everything edgeresnet made was removed on the way here).
+        click.echo(f"error: {exc}", err=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(exc.exit_code)
     except EdgeResNetError as exc:
         _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt as exc:

@@ -50,6 +50,10 @@ class OutputExistsError(OutputError):
     """The output already exists and --overwrite was not given (or may not replace it)."""
 
 
+class ClusterError(EdgeResNetError):
+    """The fine-tuning cluster described by TF_CONFIG cannot be formed (a worker never answered)."""
+
+
 class ConversionError(EdgeResNetError):
     """The TFLite converter failed, or its output does not run in an interpreter."""
 

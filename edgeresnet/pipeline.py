@@ -426,6 +426,9 @@ def _run(opts, plan, progress=None, notify=None, bench_config=None, formats=None
     """Check --out and the inputs, then run in a staged output folder and a run-scoped temp folder."""
     notify = notify or (lambda msg: None)
     started = time.perf_counter()
+    cluster = _fine_tuning_cluster(opts)
+    if cluster is not None and not cluster.is_chief:  # only the chief writes --out
+        return _run_worker(opts, plan, cluster, progress, notify)
     inputs = _inputs(opts)
     check_output(opts.out, opts.overwrite, inputs)
     check_output(failed_path(opts.out), True, inputs)
@@ -454,6 +457,10 @@ def _run(opts, plan, progress=None, notify=None, bench_config=None, formats=None
             f"warning: --eval is the same data as --calib ({opts.eval}): accuracy is measured in-sample, "
             "on the calibration images, and will look better than on new images"
         )
+    if cluster is not None:  # before TensorFlow runs anything (collective ops are set up at start)
+        from .cluster import join
+
+        join(cluster)
     try:
         # The staged folder is made first: it proves --out's parent is writable before any work.
         with StagedDir(opts.out, opts.overwrite, inputs) as staged, run_tempdir() as tmp:
@@ -832,6 +839,40 @@ def _train_class_names(opts) -> Optional[tuple[str, ...]]:
     from .calibration import list_images
 
     return list_images(opts.train)[2]
+
+
+@dataclass(frozen=True)
+class WorkerRun:
+    """What a non-chief worker of a fine-tuning cluster did: it trained, and wrote nothing."""
+
+    task: str
+    address: str
+    chief: str
+    models: tuple  # (name, weights sha256) of each fine-tuned model: the chief's report.json has the same
+
+
+def _fine_tuning_cluster(opts):
+    """The cluster this run fine-tunes in, or None (no pruning with --train, or no TF_CONFIG cluster)."""
+    if opts.prune is None or opts.train is None or opts.prune.strategy not in ("auto", "multiworker"):
+        return None
+    from .cluster import read_tf_config
+
+    return read_tf_config()
+
+
+def _run_worker(opts, plan, cluster, progress, notify) -> WorkerRun:
+    """A non-chief worker: load the model and --train, fine-tune with the chief, write nothing in --out."""
+    from .cluster import join
+
+    with run_tempdir():
+        join(cluster)
+        loaded, reference_meta = _load_model(opts)
+        preset = get_preset(opts.preset or (reference_meta or {}).get("preset") or "raw")
+        models = _build_models(opts, plan, loaded, preset, progress, notify)
+    return WorkerRun(
+        task=f"{cluster.task_type} {cluster.task_index}", address=cluster.address, chief=cluster.chief_address,
+        models=tuple((m.name, info.get("weights_sha256", "")) for m, info in models.values() if info is not None),
+    )
 
 
 def _transfer(opts, loaded, preset, progress) -> Optional[dict]:

@@ -22,6 +22,7 @@ was achieved. The int8 zeros that reach the .tflite file are counted by
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -31,6 +32,7 @@ import numpy as np
 
 from . import _tf
 from ._validate import is_whole, whole_number
+from .cluster import STRATEGIES, make_strategy
 from .errors import ConfigError, DataError, PruningError
 
 ProgressFn = Callable[[int, int], None]
@@ -93,6 +95,7 @@ class PruneConfig:
     learning_rate: float = DEFAULT_LEARNING_RATE
     policy: Optional[str] = None
     seed: int = 0
+    strategy: str = "auto"  # the tf.distribute strategy fine-tuning runs under (edgeresnet.cluster)
 
     def __post_init__(self):
         s = self.sparsity
@@ -106,6 +109,8 @@ class PruneConfig:
             if not _is_number(v) or not math.isfinite(float(v)) or not 0.0 <= float(v) < 1.0:
                 raise ConfigError(f"{name} must be at least 0 and below 1 (0 leaves the layer dense), got {v!r}")
             object.__setattr__(self, name, float(v))
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"unknown --strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"unknown pruning schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         if self.structure not in STRUCTURES:
@@ -231,6 +236,14 @@ class PruneResult:
         zeros = sum(layer.achieved_sparsity * layer.weights for layer in self.layers)
         return zeros / total if total else 0.0
 
+    @property
+    def weights_sha256(self) -> str:
+        """A fingerprint of the returned weights: every worker of a fine-tuning cluster ends with the same one."""
+        h = hashlib.sha256()
+        for w in self.model.get_weights():
+            h.update(np.ascontiguousarray(w).tobytes())
+        return h.hexdigest()
+
     def to_dict(self) -> dict:
         return {
             "sparsity": self.config.sparsity,
@@ -244,6 +257,7 @@ class PruneResult:
             "train_seconds": round(self.train_seconds, 2),
             "strategy": self.strategy,
             "replicas": self.replicas,
+            "weights_sha256": self.weights_sha256,
             "keras_sparsity": round(self.keras_sparsity, 6),
             "val_accuracy": None if self.val_accuracy is None else round(self.val_accuracy, 3),
             "bn_recalibration_batches": self.bn_recalibration_batches,
@@ -523,14 +537,6 @@ def _outputs_are_probabilities(model, x: np.ndarray) -> bool:
 # --------------------------------------------------------------------------- main entry
 
 
-def _strategy(tf):
-    if tf.distribute.has_strategy():
-        return tf.distribute.get_strategy()
-    if len(tf.config.list_logical_devices("GPU")) > 1:
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
-
-
 def prune_model(
     model,
     config: PruneConfig,
@@ -552,7 +558,7 @@ def prune_model(
     source = _unwrap(model)
     tf, keras, mot = _tf.tf(), _tf.tf_keras(), _tf.tfmot()
     train, val = _check_train_val(source, config, train, val)
-    strategy = _strategy(tf)
+    strategy = make_strategy(config.strategy) if train is not None else tf.distribute.get_strategy()
     tf.random.set_seed(config.seed)
     steps_per_epoch = math.ceil(len(train) / config.batch_size) if train is not None else 0
     total_steps = steps_per_epoch * config.epochs if train is not None else None
