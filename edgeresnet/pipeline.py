@@ -481,6 +481,7 @@ def _run_staged(opts, plan, staged, needs_calib, started, progress, notify, benc
     timings = Timings()
     with timings("load"):
         loaded, reference_meta = _load_model(opts)
+        _check_finite_weights(loaded, opts.model or "the reference model")
     if opts.qat is not None:
         from .qat import check_quantizable
 
