@@ -807,11 +807,10 @@ def _decode(path: str, shape: tuple[int, int, int], resize: str) -> tuple[np.nda
 
     h, w, c = shape
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                im.load()
-                im = _to_mode(im, "L" if c == 1 else "RGB")
+        with Image.open(path) as im:
+            _warn_if_huge(path, im.size, Image.MAX_IMAGE_PIXELS)
+            im.load()
+            im = _to_mode(im, "L" if c == 1 else "RGB")
     except Image.DecompressionBombError as exc:
         pixels = re.search(r"\((\d+) pixels\)", str(exc))
         size = f"{int(pixels.group(1)):,} pixels" if pixels else "too many pixels"
@@ -822,20 +821,24 @@ def _decode(path: str, shape: tuple[int, int, int], resize: str) -> tuple[np.nda
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise DataError(f"{path}: cannot read this image ({reason}); replace or remove the file") from None
-    for warning in caught:
-        if issubclass(warning.category, Image.DecompressionBombWarning):
-            warnings.warn(
-                f"{path}: the image is {im.size[0]}x{im.size[1]} pixels, large enough to be a decompression "
-                "bomb; it was read, but check that the file is what you meant to use", EdgeResNetWarning,
-                stacklevel=2,
-            )
-        else:
-            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     was_resized = im.size != (w, h)
     if was_resized:
         im = _resize(im, w, h, resize)
     arr = np.asarray(im, dtype=np.uint8)
     return (arr[..., None] if arr.ndim == 2 else arr), was_resized
+
+
+def _warn_if_huge(path: str, size: tuple[int, int], limit: Optional[int]) -> None:
+    """edgeresnet's own warning, naming the file, where Pillow warns of a possible decompression bomb.
+
+    (Pillow's own warning names no file; the CLI hides it. No ``catch_warnings``
+    here: images are decoded in threads, and that is not thread-safe.)
+    """
+    if limit and size[0] * size[1] > limit:
+        warnings.warn(
+            f"{path}: the image is {size[0]}x{size[1]} pixels, large enough to be a decompression bomb; "
+            "it was read, but check that the file is what you meant to use", EdgeResNetWarning, stacklevel=3,
+        )
 
 
 def _to_mode(im, mode: str):
@@ -876,6 +879,7 @@ def _resize(im, w: int, h: int, policy: str):
 
 
 def _load_array(p: Path, shape, samples, seed, excluded, progress) -> ImageSet:
+    _check_special(p)  # np.load on a FIFO would wait forever
     labels = class_names = None
     try:
         if p.suffix.lower() == ".npy":

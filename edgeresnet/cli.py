@@ -525,6 +525,8 @@ def main(argv=None):
     try:
         with handle_signals(), warnings.catch_warnings():  # SIGTERM (CI cancel, docker stop) is handled like Ctrl-C
             warnings.simplefilter("always", EdgeResNetWarning)
+            # Pillow's raw decompression-bomb warning names no file; calibration warns with the file name instead.
+            warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
             warnings.showwarning = _show_warning
             rv = cli.main(args=argv, prog_name="edgeresnet", standalone_mode=False)
     except click.exceptions.UsageError as exc:
