@@ -71,6 +71,12 @@ def cluster_inputs(tmp_path_factory, tiny_model_h5):
     return tiny_model_h5, train
 
 
+def _prune_args(model, train, epochs):
+    """`convert` with pruning fine-tuned on ``train``: the command every worker runs."""
+    return ["convert", str(model), "--int8", "--prune", "0.5", "--train", str(train), "--epochs", str(epochs),
+            "--batch-size", "16", "--calib", str(train), "--calib-samples", "32", "--out", "out"]
+
+
 def _start(args, tf_config, cwd, extra_env=None):
     env = {**os.environ, "TF_CONFIG": tf_config, "CUDA_VISIBLE_DEVICES": "", **(extra_env or {})}
     return subprocess.Popen(
@@ -97,11 +103,8 @@ def _finish(procs, timeout):
 
 @pytest.mark.slow
 def test_two_workers_fine_tune_one_model_and_only_the_chief_writes(cluster_inputs, tmp_path):
-    model, train = cluster_inputs
-    ports = _free_ports(2)
-    workers = [f"127.0.0.1:{p}" for p in ports]
-    args = ["convert", str(model), "--int8", "--prune", "0.5", "--train", str(train), "--epochs", "2",
-            "--batch-size", "16", "--calib", str(train), "--calib-samples", "32", "--out", "out"]
+    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    args = _prune_args(*cluster_inputs, epochs=2)
     procs = [_start(args, _tf_config(workers, i), tmp_path) for i in (0, 1)]
     (chief_rc, chief_out, chief_err), (worker_rc, worker_out, worker_err) = _finish(procs, timeout=600)
     assert chief_rc == 0, chief_err[-3000:]
@@ -125,11 +128,8 @@ def test_two_workers_fine_tune_one_model_and_only_the_chief_writes(cluster_input
 
 @pytest.mark.slow
 def test_a_worker_that_never_comes_is_a_one_line_timeout(cluster_inputs, tmp_path):
-    model, train = cluster_inputs
-    ports = _free_ports(2)
-    workers = [f"127.0.0.1:{p}" for p in ports]
-    args = ["convert", str(model), "--int8", "--prune", "0.5", "--train", str(train), "--epochs", "1",
-            "--calib", str(train), "--calib-samples", "32", "--out", "out"]
+    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    args = _prune_args(*cluster_inputs, epochs=1)
     started = time.monotonic()
     proc = _start(args, _tf_config(workers, 0), tmp_path, {"EDGERESNET_CLUSTER_TIMEOUT": "20"})
     ((rc, out, err),) = _finish([proc], timeout=240)
