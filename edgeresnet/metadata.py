@@ -295,6 +295,38 @@ def _packed_file(model: bytes, name: str, label: str) -> bytes:
 # ---------------------------------------------------------------------- writing
 
 
+class _Builder:
+    """The few flatbuffer shapes the metadata needs, over a ``flatbuffers.Builder``."""
+
+    def __init__(self, builder):
+        self.b = builder
+
+    def table(self, fields):
+        """fields: (slot, kind, value) with kind 'off', 'u8', 'i8', 'u32'; None values are skipped."""
+        b = self.b
+        present = [f for f in fields if f[2] is not None]
+        b.StartObject(max((f[0] for f in fields), default=-1) + 1)
+        for slot, kind, value in present:
+            {"off": b.PrependUOffsetTRelativeSlot, "u8": b.PrependUint8Slot, "i8": b.PrependInt8Slot,
+             "u32": b.PrependUint32Slot}[kind](slot, value, 0)
+        return b.EndObject()
+
+    def offsets(self, items):
+        self.b.StartVector(4, len(items), 4)
+        for item in reversed(items):
+            self.b.PrependUOffsetTRelative(item)
+        return self.b.EndVector()
+
+    def floats(self, values):
+        self.b.StartVector(4, len(values), 4)
+        for v in reversed(values):
+            self.b.PrependFloat32(v)
+        return self.b.EndVector()
+
+    def text(self, s):
+        return self.b.CreateString(s) if s else None
+
+
 def metadata_flatbuffer(info: ModelInfo) -> bytes:
     """The ``M001`` flatbuffer for a single-input image classifier described by ``info``."""
     try:
@@ -304,32 +336,8 @@ def metadata_flatbuffer(info: ModelInfo) -> bytes:
 
         raise MissingDependencyError("writing model metadata needs the flatbuffers package: pip install flatbuffers") from None
 
-    b = flatbuffers.Builder(1024)
-
-    def table(fields):
-        """fields: (slot, kind, value) with kind 'off', 'u8', 'i8', 'u32'; None values are skipped."""
-        present = [f for f in fields if f[2] is not None]
-        b.StartObject(max((f[0] for f in fields), default=-1) + 1)
-        for slot, kind, value in present:
-            {"off": b.PrependUOffsetTRelativeSlot, "u8": b.PrependUint8Slot, "i8": b.PrependInt8Slot,
-             "u32": b.PrependUint32Slot}[kind](slot, value, 0 if kind != "off" else 0)
-        return b.EndObject()
-
-    def offsets(items):
-        b.StartVector(4, len(items), 4)
-        for item in reversed(items):
-            b.PrependUOffsetTRelative(item)
-        return b.EndVector()
-
-    def floats(values):
-        b.StartVector(4, len(values), 4)
-        for v in reversed(values):
-            b.PrependFloat32(v)
-        return b.EndVector()
-
-    def text(s):
-        return b.CreateString(s) if s else None
-
+    fb = _Builder(flatbuffers.Builder(1024))
+    b, table, offsets, floats, text = fb.b, fb.table, fb.offsets, fb.floats, fb.text
     # Input: an RGB image, normalized as stated.
     image_props = table([(0, "i8", COLOR_SPACES.index(info.color_space))])
     in_content = table([(_CONTENT_PROPS_TYPE, "u8", _IMAGE_PROPERTIES), (_CONTENT_PROPS, "off", image_props)])
@@ -391,16 +399,8 @@ class _Out:
         struct.pack_into("<I", self.buf, slot_pos, target - slot_pos)
 
 
-def add_metadata(model: bytes, info: ModelInfo, label: str = "model") -> bytes:
-    """``model`` with ``info`` written as standard TFLite metadata (and labels packed as a zip).
-
-    The original flatbuffer is kept byte for byte: a new root ``Model`` table
-    in front of it reuses all of its objects and adds one buffer (the
-    metadata) and one ``metadata`` entry. :class:`TFLiteFileError` for a
-    model that already has ``TFLITE_METADATA`` or stores buffers outside the
-    flatbuffer (models over 2 GB).
-    """
-    data = bytes(model)
+def _model_to_extend(data: bytes, label: str):
+    """(reader, root, buffers, metadata entries) of a model :func:`add_metadata` can extend; else TFLiteFileError."""
     r = _Reader(data, label)
     old_root = r.root()
     if _metadata_buffer(r) is not None:
@@ -414,7 +414,45 @@ def add_metadata(model: bytes, info: ModelInfo, label: str = "model") -> bytes:
     buffers = r.tables(old_root, _MODEL_BUFFERS)
     if any(r.scalar(buf, _BUFFER_OFFSET, "<Q", 0) > 1 for buf in buffers):
         raise TFLiteFileError(f"{label} keeps its weights outside the flatbuffer (a model over 2 GB); not supported")
-    old_metadata = r.tables(old_root, _MODEL_METADATA)
+    return r, old_root, buffers, r.tables(old_root, _MODEL_METADATA)
+
+
+def _put_metadata_entry(out: "_Out", buffer_index: int, meta: bytes) -> tuple:
+    """The new Metadata entry {name, buffer index} and the new Buffer {data}; positions to patch later.
+
+    Returns (metadata table, its name slot, buffer table, its data slot, name string, data vector).
+    """
+    meta_vt = out.put("HHHH", 8, 12, 4, 8)
+    meta_table = out.put("i", 0)
+    struct.pack_into("<i", out.buf, meta_table, meta_table - meta_vt)
+    meta_name_slot = out.put("I", 0)
+    out.put("I", buffer_index)
+    buf_vt = out.put("HHH", 6, 8, 4)
+    out.align(4)
+    buf_table = out.put("i", 0)
+    struct.pack_into("<i", out.buf, buf_table, buf_table - buf_vt)
+    buf_data_slot = out.put("I", 0)
+    name_pos = out.put("I", len(METADATA_NAME))
+    out.buf += METADATA_NAME.encode() + b"\0"
+    out.align(16)
+    out.buf += b"\0" * 12  # so the vector's bytes start 16-aligned
+    data_pos = out.put("I", len(meta))
+    out.buf += meta
+    out.align(16)
+    return meta_table, meta_name_slot, buf_table, buf_data_slot, name_pos, data_pos
+
+
+def add_metadata(model: bytes, info: ModelInfo, label: str = "model") -> bytes:
+    """``model`` with ``info`` written as standard TFLite metadata (and labels packed as a zip).
+
+    The original flatbuffer is kept byte for byte: a new root ``Model`` table
+    in front of it reuses all of its objects and adds one buffer (the
+    metadata) and one ``metadata`` entry. :class:`TFLiteFileError` for a
+    model that already has ``TFLITE_METADATA`` or stores buffers outside the
+    flatbuffer (models over 2 GB).
+    """
+    data = bytes(model)
+    r, old_root, buffers, old_metadata = _model_to_extend(data, label)
     meta = metadata_flatbuffer(info)
 
     # Every old object moves by `shift` (the prefix length, a multiple of 16 so
@@ -436,24 +474,7 @@ def add_metadata(model: bytes, info: ModelInfo, label: str = "model") -> bytes:
     buffer_slots = [out.put("I", 0) for _ in range(len(buffers) + 1)]
     metadata_vec = out.put("I", len(old_metadata) + 1)
     metadata_slots = [out.put("I", 0) for _ in range(len(old_metadata) + 1)]
-    # The new Metadata entry {name, buffer index} and the new Buffer {data}.
-    meta_vt = out.put("HHHH", 8, 12, 4, 8)
-    meta_table = out.put("i", 0)
-    struct.pack_into("<i", out.buf, meta_table, meta_table - meta_vt)
-    meta_name_slot = out.put("I", 0)
-    out.put("I", len(buffers))
-    buf_vt = out.put("HHH", 6, 8, 4)
-    out.align(4)
-    buf_table = out.put("i", 0)
-    struct.pack_into("<i", out.buf, buf_table, buf_table - buf_vt)
-    buf_data_slot = out.put("I", 0)
-    name_pos = out.put("I", len(METADATA_NAME))
-    out.buf += METADATA_NAME.encode() + b"\0"
-    out.align(16)
-    out.buf += b"\0" * 12  # so the vector's bytes start 16-aligned
-    data_pos = out.put("I", len(meta))
-    out.buf += meta
-    out.align(16)
+    meta_table, meta_name_slot, buf_table, buf_data_slot, name_pos, data_pos = _put_metadata_entry(out, len(buffers), meta)
     shift = len(out.buf)
 
     def old(slot):
