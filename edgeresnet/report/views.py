@@ -527,14 +527,7 @@ def _draw(report: dict):
     panels = [p for p in SIZE_PANELS if p[0] == "size_bytes" or any(_num(v.get(p[0])) is not None for v in shown)]
     ref = _num((report.get("float") or {}).get("top1")) if key == "top1" else 100.0
 
-    note_lines = []
-    if left_out:
-        parts = []
-        for v in left_out:
-            why = str(v.get("status")).replace("_", " ") if v.get("status") in FAILED else f"no size or {key}"
-            err = f": {_clip(v['error'], 90)}" if v.get("error") else ""
-            parts.append(f"{v.get('name')} ({why}{err})")
-        note_lines = textwrap.wrap("Not plotted: " + "; ".join(parts), width=95 * len(panels))
+    note_lines = _not_plotted(left_out, key, len(panels))
 
     # Fixed margins in inches (no tight_layout), so the label layout sees the axes exactly as they are saved.
     width, top_in, axes_in = 1.0 + 6.2 * len(panels), 0.75, 5.4
@@ -554,18 +547,7 @@ def _draw(report: dict):
                for ax, (size_key, xlabel) in zip(axes, panels)]
     axes[0].set_ylabel(ylabel)
 
-    handles = [Line2D([], [], marker="o", ls="", color=colour[t], label=str(t)) for t in targets]
-    if any(prune_sparsity(v) is not None for v in shown):
-        handles.append(Line2D([], [], marker="D", ls="", color="0.45", label="pruned"))
-    if any(is_qat(v) for v in shown):
-        handles.append(Line2D([], [], marker="s", ls="", color="0.45", label="QAT (plus: pruned + QAT)"))
-    if any(v.get("status") == Status.OVER_BUDGET for v in shown):
-        handles.append(Line2D([], [], marker="o", ls="", color="0.45", markerfacecolor="none", label="over budget"))
-    if shown:
-        handles.append(Line2D([], [], color=FRONT_COLOUR, lw=2.6, label="Pareto front (labels in bold)"))
-    if ref is not None:
-        what = f"float model {ref:.2f} %" if key == "top1" else "float model (100 % agreement)"
-        handles.append(Line2D([], [], color=REF_COLOUR, ls="--", lw=1.0, label=what))
+    handles = _legend_handles(Line2D, shown, targets, colour, key, ref)
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8.5, frameon=False,
                bbox_to_anchor=(0.5, (0.06 + 0.15 * len(note_lines)) / height))
     model = report.get("model") or {}
@@ -579,6 +561,35 @@ def _draw(report: dict):
     if note_lines:
         fig.text(0.01, 0.05 / height, "\n".join(note_lines), fontsize=7, va="bottom", ha="left", color="0.25")
     return fig, layouts
+
+
+def _not_plotted(left_out: list, key: str, panels: int) -> list:
+    """The wrapped note naming the variants left out of the plot, and why."""
+    if not left_out:
+        return []
+    parts = []
+    for v in left_out:
+        why = str(v.get("status")).replace("_", " ") if v.get("status") in FAILED else f"no size or {key}"
+        err = f": {_clip(v['error'], 90)}" if v.get("error") else ""
+        parts.append(f"{v.get('name')} ({why}{err})")
+    return textwrap.wrap("Not plotted: " + "; ".join(parts), width=95 * panels)
+
+
+def _legend_handles(Line2D, shown, targets, colour, key, ref) -> list:  # noqa: N803 - matplotlib's class
+    """One legend entry per target colour, marker kind in use, the front and the float reference."""
+    handles = [Line2D([], [], marker="o", ls="", color=colour[t], label=str(t)) for t in targets]
+    if any(prune_sparsity(v) is not None for v in shown):
+        handles.append(Line2D([], [], marker="D", ls="", color="0.45", label="pruned"))
+    if any(is_qat(v) for v in shown):
+        handles.append(Line2D([], [], marker="s", ls="", color="0.45", label="QAT (plus: pruned + QAT)"))
+    if any(v.get("status") == Status.OVER_BUDGET for v in shown):
+        handles.append(Line2D([], [], marker="o", ls="", color="0.45", markerfacecolor="none", label="over budget"))
+    if shown:
+        handles.append(Line2D([], [], color=FRONT_COLOUR, lw=2.6, label="Pareto front (labels in bold)"))
+    if ref is not None:
+        what = f"float model {ref:.2f} %" if key == "top1" else "float model (100 % agreement)"
+        handles.append(Line2D([], [], color=REF_COLOUR, ls="--", lw=1.0, label=what))
+    return handles
 
 
 def _marker(variant: dict) -> str:
@@ -633,15 +644,7 @@ def _draw_panel(ax, shown, size_key, xlabel, key, ref, label_of, colour) -> Pane
         ax.text(0.5, 0.5, "no variant produced a model that could be scored", ha="center", va="center",
                 transform=ax.transAxes, color="0.4")
         return PanelLayout(size_key, xlabel, (), ())
-    scale, lims = _x_scale(xs)
-    ax.set_xscale(scale)
-    if scale == "log":  # KiB as plain numbers on 1-2-5 steps, not powers of ten
-        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # matplotlib is known present here
-
-        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlim(*lims)  # limits are final from here on: pixel positions below stay true in the saved PNG
+    lims = _set_x_axis(ax, xs)  # limits are final from here on: pixel positions below stay true in the saved PNG
     if len(front) >= 2:
         ax.step([xs[i] for i in front], [ys[i] for i in front], where="post", color=FRONT_COLOUR, lw=2.6,
                 zorder=1.5, solid_joinstyle="miter", solid_capstyle="butt")
@@ -651,6 +654,40 @@ def _draw_panel(ax, shown, size_key, xlabel, key, ref, label_of, colour) -> Pane
     points_px = [tuple(to_px((x, y))) for x, y in zip(xs, ys)]
     clusters = _clusters(points_px, within=1.25 * base_r)  # markers that mostly cover each other
     texts = [label_of[id(v)] for v in pts]
+    anchors, sizes, radii, labels = _markers_and_label_sizes(ax, clusters, pts, points_px, xs, ys, texts, on_front, colour)
+
+    bb = ax.bbox
+    bounds = Box(bb.x0 + 2, bb.y0 + 2, bb.x1 - 2, bb.y1 - 2)
+    drawn = []
+    if ref is not None:
+        y_ref = to_px((lims[0], ref))[1]
+        drawn.append(((bounds.x0, y_ref), (bounds.x1, y_ref)))
+    corners = [to_px((xs[front[0]], ys[front[0]]))] if front else []
+    for a, b in zip(front, front[1:]):
+        corners += [to_px((xs[b], ys[a])), to_px((xs[b], ys[b]))]
+    drawn += [(tuple(p), tuple(q)) for p, q in zip(corners, corners[1:])]
+    spots = _layout_labels(anchors, sizes, bounds, radii, lines=drawn)
+
+    placed = _place_labels(ax, labels, anchors, spots, pts, xs, ys)
+    return PanelLayout(size_key, xlabel, tuple(str(pts[i].get("name")) for i in front), tuple(placed))
+
+
+def _set_x_axis(ax, xs) -> tuple:
+    """Linear or log size axis (log: KiB as plain numbers on 1-2-5 steps); returns the final limits."""
+    scale, lims = _x_scale(xs)
+    ax.set_xscale(scale)
+    if scale == "log":
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # matplotlib is known present here
+
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlim(*lims)
+    return lims
+
+
+def _markers_and_label_sizes(ax, clusters, pts, points_px, xs, ys, texts, on_front, colour) -> tuple:
+    """Draw each cluster's markers; return per cluster its anchor, label box size, marker radius and lines."""
     renderer = ax.figure.canvas.get_renderer()
     anchors, sizes, radii, labels = [], [], [], []
     for members in clusters:
@@ -666,25 +703,16 @@ def _draw_panel(ax, shown, size_key, xlabel, key, ref, label_of, colour) -> Pane
         anchors.append((sum(points_px[i][0] for i in members) / len(members),
                         sum(points_px[i][1] for i in members) / len(members)))
         labels.append((lines, [i for g in groups for i in g], [e.height for e in extents]))
+    return anchors, sizes, radii, labels
 
-    bb = ax.bbox
-    bounds = Box(bb.x0 + 2, bb.y0 + 2, bb.x1 - 2, bb.y1 - 2)
-    drawn = []
-    if ref is not None:
-        y_ref = to_px((lims[0], ref))[1]
-        drawn.append(((bounds.x0, y_ref), (bounds.x1, y_ref)))
-    corners = [to_px((xs[front[0]], ys[front[0]]))] if front else []
-    for a, b in zip(front, front[1:]):
-        corners += [to_px((xs[b], ys[a])), to_px((xs[b], ys[b]))]
-    drawn += [(tuple(p), tuple(q)) for p, q in zip(corners, corners[1:])]
-    spots = _layout_labels(anchors, sizes, bounds, radii, lines=drawn)
 
+def _place_labels(ax, labels, anchors, spots, pts, xs, ys) -> list:
+    """Write each label at its spot (one Text per line, so front lines can be bold), with a leader when moved."""
     to_data = ax.transData.inverted()
     placed = []
     for (lines, members, heights), (ax_px, ay_px), spot in zip(labels, anchors, spots):
         top = spot.box.y1 - 1.0
         for (text, bold), h in zip(lines, heights):
-            # One Text per line so that each line can be bold (front) or not; lines left-aligned in the box.
             ax.annotate(text, (xs[members[0]], ys[members[0]]), xytext=(spot.box.x0 + 2.0 - ax_px, top - h / 2 - ay_px),
                         textcoords="offset pixels", ha="left", va="center", fontsize=LABEL_FONT,
                         fontweight="bold" if bold else "normal", zorder=5, annotation_clip=False,
@@ -696,7 +724,7 @@ def _draw_panel(ax, shown, size_key, xlabel, key, ref, label_of, colour) -> Pane
         placed.append(PlacedLabel(tuple(lines), tuple(str(pts[i].get("name")) for i in members),
                                   tuple(to_data.transform((ax_px, ay_px))), spot.box, spot.leader is not None,
                                   spot.clean))
-    return PanelLayout(size_key, xlabel, tuple(str(pts[i].get("name")) for i in front), tuple(placed))
+    return placed
 
 
 def plot_accuracy_vs_size(report: dict, path: PathLike) -> Path:
