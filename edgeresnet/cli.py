@@ -235,6 +235,7 @@ def _floats(text):
 @click.argument("model", required=False)
 @click.option("--sparsity", "sparsity", default="", metavar="S1,S2", help="Also build pruned + int8 variants at these sparsities, e.g. 0.5,0.75 (fine-tuned when --train is given).")
 @click.option("--latency/--no-latency", default=True, show_default=True, help="Time every variant on this machine (ai-edge-litert).")
+@click.option("--jobs", type=int, default=1, show_default=True, metavar="N", help="Convert the variants in N processes at once (results identical to --jobs 1; latency is measured afterwards, one model at a time).")
 @click.option("--bench-repeats", type=int, default=30, show_default=True, help="Timed runs per variant for the latency figures.")
 @_data_options
 def report(model, sparsity, latency, bench_repeats, **kw):
@@ -253,7 +254,7 @@ def report(model, sparsity, latency, bench_repeats, **kw):
     prune = _prune_config(sparsities[0] if sparsities else None, kw, "--sparsity S1,S2")
     from .targets import target_names
 
-    opts = _options(model, kw, "edgeresnet-report", default_targets=target_names(), prune=prune)
+    opts = _options(model, kw, "edgeresnet-report", default_targets=target_names(), prune=prune, jobs=kw["jobs"])
     bench_config = BenchConfig(warmup=5, repeats=bench_repeats) if latency else None
     result = _run_with_progress(run_report, opts, sparsities=sparsities, bench_config=bench_config)
     if _worker_done(result, opts.out):

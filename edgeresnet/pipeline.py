@@ -91,6 +91,7 @@ class ConvertOptions:
     trust_model_code: bool = False  # load Lambda layers, custom classes, file ops: the model's code runs here
     labels: Optional[str] = None  # --labels FILE: class names for the metadata (else the class folders)
     device_check: Optional[str] = None  # "pi": evaluate every emitted model inside the emulated Raspberry Pi
+    jobs: int = 1  # conversions run in this many child processes at once (edgeresnet.parallel)
     formats: tuple[str, ...] = DEFAULT_FORMATS  # report writers (json, md, csv, png, html); `report` writes all
     weights: Optional[str] = None  # a zoo MODEL: a local .h5 to load by layer name
     classes: Optional[int] = None  # a zoo MODEL: a new classifier for N classes, fine-tuned on --train
@@ -100,6 +101,8 @@ class ConvertOptions:
 
     def __post_init__(self):
         check_formats(self.formats)
+        if isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1:
+            raise ConfigError(f"--jobs must be a whole number of processes, 1 or more, got {self.jobs!r}")
         if not self.targets:
             raise ConfigError(f"no target given; pass --target with one of {', '.join(target_names())}")
         names = [get_target(name).name for name in self.targets]  # raises TargetError with a suggestion
@@ -525,6 +528,9 @@ def _run_staged(opts, plan, staged, needs_calib, started, progress, notify, benc
     emit = _Emitter(opts, float_out, labels, data.conv_calib, data.conv_eval, progress, notify, bench_config, ship_info,
                     timings)
     report.recovery = opts.recover and opts.max_drop is not None
+    if opts.jobs > 1:
+        with timings("quantize"):
+            _convert_in_parallel(opts, plan, models, emit, progress)
     _emit_all(opts, plan, models, emit, report, staged)
     if device_python is not None:
         check_variants(report.variants, staged.path, opts.eval, opts.eval_samples, opts.seed, device_python,
@@ -533,6 +539,29 @@ def _run_staged(opts, plan, staged, needs_calib, started, progress, notify, benc
         notify(f"note: {COMPILER_HINT}")  # once per run, not once per model
     report.finish(time.perf_counter() - started)
     return _write_and_judge(opts, report, staged, formats)
+
+
+def _convert_in_parallel(opts, plan, models, emit, progress) -> None:
+    """--jobs N: fill the emitter's conversion cache from N child processes (see edgeresnet.parallel)."""
+    import tempfile
+
+    from .convert import ConversionResult
+    from .parallel import convert_in_parallel
+
+    work = {}
+    for planned in plan:
+        key = (planned.model_key, planned.spec)
+        if key not in emit.cache and not planned.qat:  # quantization-aware models convert in-process
+            work[key] = (key, models[planned.model_key][0], planned.spec)
+    if len(work) < 2:
+        return
+    folder = Path(tempfile.mkdtemp(prefix="jobs-"))  # inside the run's temporary folder
+    done = convert_in_parallel(
+        opts.jobs, list(work.values()), emit.conv_calib, folder, trust_code=opts.trust_model_code,
+        progress=_stage(progress, f"convert {len(work)} variants in {opts.jobs} processes", "variants"),
+    )
+    for key, (model_bytes, seconds, stages) in done.items():
+        emit.cache[key] = ConversionResult(spec=key[1], model=model_bytes, seconds=seconds, log="")
 
 
 def _load_data(opts, loaded, reference_meta, preset, preset_name, needs_calib, progress, notify) -> "_Data":
