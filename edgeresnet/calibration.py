@@ -880,6 +880,39 @@ def _resize(im, w: int, h: int, policy: str):
 
 def _load_array(p: Path, shape, samples, seed, excluded, progress) -> ImageSet:
     _check_special(p)  # np.load on a FIFO would wait forever
+    x, labels, class_names = _read_array_file(p)
+    _check_array_images(p, x, shape)
+    if x.ndim == 3:
+        x = x[..., None]
+    n = int(x.shape[0])
+    if labels is not None:
+        labels = _check_labels(p, np.asarray(labels), n, class_names)
+
+    paths = [f"{os.path.abspath(p)}#{i}" for i in range(n)]
+    allowed = np.array([q not in excluded for q in paths], dtype=bool)
+    if not allowed.any():
+        raise DataError(f"all {n} images in {p} are excluded (already used, e.g. for calibration); pass a separate file")
+    chosen = _pick(n, labels, samples, seed, allowed)
+    picked = np.asarray(x[np.sort(chosen)])[np.argsort(np.argsort(chosen))]  # read rows in file order
+    picked, raw_is_pixels = _as_pixels_or_floats(p, picked)
+    if progress is not None:
+        progress(len(chosen), len(chosen))
+    return ImageSet(
+        images=np.ascontiguousarray(picked),
+        labels=None if labels is None else labels[chosen],
+        class_names=class_names,
+        source=str(p),
+        paths=tuple(paths[i] for i in chosen),
+        raw_is_pixels=raw_is_pixels,
+        balanced=labels is not None,
+        requested=samples,
+        available=int(allowed.sum()),
+        resized=0,
+    )
+
+
+def _read_array_file(p: Path) -> tuple:
+    """(images, labels or None, class names or None) of a .npy (memory-mapped) or .npz; DataError when damaged."""
     labels = class_names = None
     try:
         if p.suffix.lower() == ".npy":
@@ -906,7 +939,11 @@ def _load_array(p: Path, shape, samples, seed, excluded, progress) -> ImageSet:
             f"{p}: cannot read this array file ({reason}); it is damaged or truncated: "
             "save it again with numpy.save / numpy.savez"
         ) from None
+    return x, labels, class_names
 
+
+def _check_array_images(p: Path, x, shape) -> None:
+    """The array holds (N, H, W, C) images of the model's size, at least one, of a numeric type."""
     if x.ndim == 3 and shape[2] == 1:
         x = x[..., None]
     if x.ndim != 4:
@@ -923,15 +960,10 @@ def _load_array(p: Path, shape, samples, seed, excluded, progress) -> ImageSet:
         raise DataError(f"{p} holds no images (shape {tuple(x.shape)}); save at least one image")
     if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)) or x.dtype == np.bool_:
         raise DataError(f"{p} holds {x.dtype} values; images must be uint8 pixels or floats")
-    if labels is not None:
-        labels = _check_labels(p, np.asarray(labels), n, class_names)
 
-    paths = [f"{os.path.abspath(p)}#{i}" for i in range(n)]
-    allowed = np.array([q not in excluded for q in paths], dtype=bool)
-    if not allowed.any():
-        raise DataError(f"all {n} images in {p} are excluded (already used, e.g. for calibration); pass a separate file")
-    chosen = _pick(n, labels, samples, seed, allowed)
-    picked = np.asarray(x[np.sort(chosen)])[np.argsort(np.argsort(chosen))]  # read rows in file order
+
+def _as_pixels_or_floats(p: Path, picked: np.ndarray) -> tuple:
+    """(uint8 pixels, True) or (float32 values, False): integers must be 0..255, floats finite."""
     raw_is_pixels = True
     if picked.dtype != np.uint8:
         if np.issubdtype(picked.dtype, np.integer):
@@ -946,20 +978,7 @@ def _load_array(p: Path, shape, samples, seed, excluded, progress) -> ImageSet:
             if not np.isfinite(picked).all():
                 raise DataError(f"{p} contains NaN or infinite values; fix the array")
             raw_is_pixels = False
-    if progress is not None:
-        progress(len(chosen), len(chosen))
-    return ImageSet(
-        images=np.ascontiguousarray(picked),
-        labels=None if labels is None else labels[chosen],
-        class_names=class_names,
-        source=str(p),
-        paths=tuple(paths[i] for i in chosen),
-        raw_is_pixels=raw_is_pixels,
-        balanced=labels is not None,
-        requested=samples,
-        available=int(allowed.sum()),
-        resized=0,
-    )
+    return picked, raw_is_pixels
 
 
 def _check_labels(p: Path, y: np.ndarray, n: int, class_names) -> np.ndarray:
