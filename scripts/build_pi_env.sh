@@ -97,7 +97,8 @@ write_wrapper() {
 # Runs the emulated Raspberry Pi OS (arm64) Python 3.11 with edgeresnet's device side.
 export PYTHONPATH="$DEST/site"
 export PYTHONNOUSERSITE=1 EDGERESNET_EMULATED=qemu-aarch64
-unset PYTHONHOME
+# The host's own interpreters and venvs mean nothing on the Pi (an x86 python cannot run here).
+unset PYTHONHOME EDGERESNET_TFLITE_RUNTIME_PYTHON EDGERESNET_MEDIAPIPE_PYTHON EDGERESNET_INTERPRETER EDGERESNET_PI_PYTHON
 exec qemu-aarch64-static -L "$DEST/rootfs" "$DEST/rootfs/usr/bin/python$PYVER" "\$@"
 EOF
   chmod +x "$DEST/python.tmp"
