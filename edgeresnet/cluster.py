@@ -145,6 +145,21 @@ def join(cluster: Cluster):
     return _JOINED[0]
 
 
+def local_strategy():
+    """This machine's strategy: an active scope, else MirroredStrategy over several GPUs, else the default.
+
+    For training that does not span the cluster (quantization-aware fine-tuning).
+    """
+    from . import _tf
+
+    tf = _tf.tf()
+    if tf.distribute.has_strategy():
+        return tf.distribute.get_strategy()
+    if len(tf.config.list_logical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
 def make_strategy(name: str):
     """The ``tf.distribute`` strategy for ``--strategy name`` (an already active strategy scope wins)."""
     from . import _tf

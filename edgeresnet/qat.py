@@ -222,7 +222,8 @@ def quantize_aware_train(
     :class:`~edgeresnet.calibration.ImageStream`, read in batches as pruning
     does. Runs under the current ``tf.distribute`` strategy (as pruning does).
     """
-    from .prune import _outputs_are_probabilities, _progress_callback, _strategy, _train_dataset, _train_stream
+    from .cluster import local_strategy
+    from .prune import _outputs_are_probabilities, _progress_callback, _train_dataset, _train_stream
 
     if not isinstance(config, QATConfig):
         raise ConfigError(f"config must be a QATConfig, got {type(config).__name__}")
@@ -232,7 +233,7 @@ def quantize_aware_train(
         raise ConfigError("quantization-aware training needs labelled training images; pass --train DIR")
     train = _train_stream(train, source, int(source.output_shape[-1]))
     tf, keras, mot = _tf.tf(), _tf.tf_keras(), _tf.tfmot()
-    strategy = _strategy(tf)
+    strategy = local_strategy()
     keras.utils.set_random_seed(config.seed)
     steps = math.ceil(len(train) / config.batch_size) * config.epochs
     with strategy.scope():
