@@ -25,21 +25,21 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ._isolate import IsolatedFailure, run_isolated
+from ._isolate import run_isolated
 
 #: A child's conversion may take as long as a big model's calibration does.
 CONVERT_TIMEOUT_S = 6 * 3600.0
 
 
 def _convert_in_child(model_path: str, spec, calib_path: Optional[str], trust_code: bool):
-    """In the child: load the saved model and convert it; (model bytes, seconds, per-stage seconds)."""
+    """In the child: load the saved model and convert it; (model bytes, seconds)."""
     from .convert import convert
     from .models.loading import load_model
 
     loaded = load_model(model_path, trust_code=trust_code)
     calib = np.load(calib_path) if calib_path is not None else None
     result = convert(loaded.tflite_converter, spec, calib)
-    return result.model, result.seconds, dict(getattr(result.session, "seconds", None) or {})
+    return result.model, result.seconds
 
 
 def _save_models(items, folder: Path) -> dict:
@@ -69,11 +69,9 @@ def convert_in_parallel(
 ) -> dict:
     """Convert ``work`` ((cache key, LoadedModel, ConversionSpec), ...) ``jobs`` at a time.
 
-    Returns cache key -> (model bytes, seconds, per-stage seconds) for each
+    Returns cache key -> (model bytes, seconds) for each
     conversion that succeeded in a child; the rest are for the caller to do.
     """
-    from .convert import ConversionSpec  # noqa: F401 - specs travel pickled
-
     folder.mkdir(parents=True, exist_ok=True)
     saved = _save_models({key[0]: model for key, model, _ in work}.items(), folder)
     calib_path = None
@@ -90,7 +88,7 @@ def convert_in_parallel(
             return key, run_isolated(_convert_in_child, saved[key[0]], spec,
                                      calib_path if spec.needs_calibration else None, trust_code,
                                      timeout=CONVERT_TIMEOUT_S)
-        except (IsolatedFailure, Exception):  # noqa: BLE001 - done again in-process, which reports it properly
+        except Exception:  # noqa: BLE001 - a crash (IsolatedFailure) or an error: done again in-process, which reports it
             return key, None
 
     if progress is not None:

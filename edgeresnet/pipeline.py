@@ -101,8 +101,7 @@ class ConvertOptions:
 
     def __post_init__(self):
         check_formats(self.formats)
-        if isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1:
-            raise ConfigError(f"--jobs must be a whole number of processes, 1 or more, got {self.jobs!r}")
+        whole_number("--jobs", self.jobs, 1)
         if not self.targets:
             raise ConfigError(f"no target given; pass --target with one of {', '.join(target_names())}")
         names = [get_target(name).name for name in self.targets]  # raises TargetError with a suggestion
@@ -560,7 +559,7 @@ def _convert_in_parallel(opts, plan, models, emit, progress) -> None:
         opts.jobs, list(work.values()), emit.conv_calib, folder, trust_code=opts.trust_model_code,
         progress=_stage(progress, f"convert {len(work)} variants in {opts.jobs} processes", "variants"),
     )
-    for key, (model_bytes, seconds, stages) in done.items():
+    for key, (model_bytes, seconds) in done.items():
         emit.cache[key] = ConversionResult(spec=key[1], model=model_bytes, seconds=seconds, log="")
 
 
