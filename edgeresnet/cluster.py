@@ -146,28 +146,18 @@ def join(cluster: Cluster):
 
 
 def local_strategy():
-    """This machine's strategy: an active scope, else MirroredStrategy over several GPUs, else the default.
-
-    For training that does not span the cluster (quantization-aware fine-tuning).
-    """
-    from . import _tf
-
-    tf = _tf.tf()
-    if tf.distribute.has_strategy():
-        return tf.distribute.get_strategy()
-    if len(tf.config.list_logical_devices("GPU")) > 1:
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
+    """This machine's strategy (``auto`` without the cluster): for training that does not span it (QAT)."""
+    return make_strategy("auto", use_cluster=False)
 
 
-def make_strategy(name: str):
+def make_strategy(name: str, use_cluster: bool = True):
     """The ``tf.distribute`` strategy for ``--strategy name`` (an already active strategy scope wins)."""
     from . import _tf
 
     tf = _tf.tf()
     if tf.distribute.has_strategy():
         return tf.distribute.get_strategy()
-    cluster = read_tf_config()
+    cluster = read_tf_config() if use_cluster else None
     concrete = resolve(name, cluster, len(tf.config.list_logical_devices("GPU")))
     if concrete == "one":
         return tf.distribute.get_strategy()
