@@ -270,15 +270,12 @@ def test_device_check_bad_input_is_one_line_before_any_work(args, env, message, 
 def test_report_device_check_adds_the_pis_accuracy(pi_python, shared_data, resnet8_h5, tmp_path, monkeypatch):
     monkeypatch.setenv("EDGERESNET_PI_PYTHON", str(pi_python))
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [sys.executable, "-m", "edgeresnet.cli", "convert", str(resnet8_h5), "--int8", "--target", "cpu",
-         "--precision", "int8", "--calib", str(shared_data / "cifar10" / "train"), "--calib-samples", "100",
-         "--eval", str(shared_data / "cifar10" / "test"), "--eval-samples", "100", "--device-check", "pi",
-         "--out", str(out)],
-        capture_output=True, text=True, timeout=1800, env={**os.environ},
+    report = _host_convert(
+        [str(resnet8_h5), "--int8", "--target", "cpu", "--precision", "int8",
+         "--calib", str(shared_data / "cifar10" / "train"), "--calib-samples", "100",
+         "--eval", str(shared_data / "cifar10" / "test"), "--eval-samples", "100", "--device-check", "pi"],
+        out,
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    report = json.loads((out / "report.json").read_text())
     (v,) = report["variants"]
     d = v["device"]
     assert d["status"] == "ok" and d["count"] == 100 and d["interpreter"].startswith("tflite-runtime 2.14")
