@@ -569,16 +569,21 @@ class ImageStream:
         return self.preset.apply(x) if self.preset is not None else np.asarray(x, dtype=np.float32)
 
     def batches(self, batch_size: int = DEFAULT_BATCH, order: Optional[Sequence[int]] = None,
-                prefetch: int = PREFETCH_BATCHES) -> Iterator[tuple[np.ndarray, Optional[np.ndarray]]]:
-        """(model inputs, labels or None) ``batch_size`` images at a time, in ``order`` (default: stream order).
+                prefetch: int = PREFETCH_BATCHES,
+                chunks: Optional[Sequence[Sequence[int]]] = None) -> Iterator[tuple[np.ndarray, Optional[np.ndarray]]]:
+        """(model inputs, labels or None) ``batch_size`` images at a time, in ``order`` (default: stream order),
+        or exactly the batches of indices in ``chunks`` (a cluster worker's shard).
 
         The next ``prefetch`` batches are decoded in a background thread while
         the caller works on the current one.
         """
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be positive, got {batch_size}")
-        order = np.arange(len(self)) if order is None else np.asarray(order, dtype=np.int64)
-        chunks = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+        if chunks is not None:
+            chunks = [np.asarray(c, dtype=np.int64) for c in chunks]
+        else:
+            if batch_size < 1:
+                raise ConfigError(f"batch_size must be positive, got {batch_size}")
+            order = np.arange(len(self)) if order is None else np.asarray(order, dtype=np.int64)
+            chunks = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
         label = (lambda c: self.labels[c]) if self.labels is not None else (lambda c: None)
         if prefetch < 1 or len(chunks) < 2:
             for c in chunks:

@@ -119,7 +119,7 @@ _PRUNE_KEYS = {
 }
 
 
-_TRANSFER_KEYS = ("epochs", "batch_size", "learning_rate")
+_TRANSFER_KEYS = ("epochs", "batch_size", "learning_rate", "strategy")
 
 
 def _transfer_config(kw):
@@ -146,7 +146,7 @@ def _prune_config(sparsity, kw, flag):
     """A PruneConfig from the pruning options, or None; pruning options without pruning are an error."""
     given = {cfg: kw[opt] for opt, cfg in _PRUNE_KEYS.items() if kw.get(opt) is not None}
     if sparsity is None:
-        if kw.get("classes") is not None or kw.get("qat"):  # --epochs/--batch-size/--learning-rate then set those
+        if kw.get("classes") is not None or kw.get("qat"):  # --epochs/--batch-size/--learning-rate/--strategy set those
             given = {k: v for k, v in given.items() if k not in _TRANSFER_KEYS}
         if given:
             names = ", ".join("--" + k.replace("_", "-") for k in _PRUNE_KEYS if _PRUNE_KEYS[k] in given)
@@ -270,10 +270,12 @@ def _worker_done(result, out: str) -> bool:
 
     if not isinstance(result, WorkerRun):
         return False
+    share = (f" on its {result.shard['files_read']} of {result.shard['files']} --train files"
+             if result.shard else "")
     click.echo(
         f"{result.task} at {result.address}: fine-tuned "
-        f"{', '.join(f'{name} (weights sha256 {digest[:12]})' for name, digest in result.models) or 'nothing'} with the cluster; "
-        f"the chief at {result.chief} converts and writes {out} (nothing written here)"
+        f"{', '.join(f'{name} (weights sha256 {digest[:12]})' for name, digest in result.models) or 'nothing'} "
+        f"with the cluster{share}; the chief at {result.chief} converts and writes {out} (nothing written here)"
     )
     return True
 

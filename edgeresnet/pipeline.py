@@ -878,15 +878,19 @@ class WorkerRun:
     address: str
     chief: str
     models: tuple  # (name, weights sha256) of each fine-tuned model: the chief's report.json has the same
+    shard: Optional[dict] = None  # this worker's share of --train (train_data.TrainData.shard)
 
 
 def _fine_tuning_cluster(opts):
-    """The cluster this run fine-tunes in, or None (no pruning with --train, or no TF_CONFIG cluster)."""
-    if opts.prune is None or opts.train is None or opts.prune.strategy not in ("auto", "multiworker"):
+    """The cluster this run fine-tunes in (pruning, --qat or --classes on --train), or None."""
+    configs = [c for c in (opts.prune, opts.qat, opts.transfer) if c is not None]
+    if opts.train is None or not configs or configs[0].strategy not in ("auto", "multiworker"):
         return None
-    from .cluster import read_tf_config
+    from .cluster import read_tf_config, resolve
 
-    return read_tf_config()
+    cluster = read_tf_config()
+    resolve(configs[0].strategy, cluster, gpus=0)  # multiworker without a cluster: refused before any work
+    return cluster
 
 
 def _run_worker(opts, plan, cluster, progress, notify) -> WorkerRun:
@@ -897,10 +901,14 @@ def _run_worker(opts, plan, cluster, progress, notify) -> WorkerRun:
         join(cluster)
         loaded, reference_meta = _load_model(opts)
         preset = get_preset(opts.preset or (reference_meta or {}).get("preset") or "raw")
+        transfer_info = _transfer(opts, loaded, preset, progress)  # the same new classifier as the chief's
         models = _build_models(opts, plan, loaded, preset, progress, notify)
+    trained = [(loaded.name, transfer_info)] if transfer_info is not None else []
+    trained += [(m.name, info) for m, info in models.values() if info is not None]
     return WorkerRun(
         task=f"{cluster.task_type} {cluster.task_index}", address=cluster.address, chief=cluster.chief_address,
-        models=tuple((m.name, info.get("weights_sha256", "")) for m, info in models.values() if info is not None),
+        models=tuple((name, info.get("weights_sha256", "")) for name, info in trained),
+        shard=next((info["shard"] for _, info in trained if info.get("shard")), None),
     )
 
 

@@ -22,7 +22,6 @@ was achieved. The int8 zeros that reach the .tflite file are counted by
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -34,6 +33,7 @@ from . import _tf
 from ._validate import is_whole, whole_number
 from .cluster import STRATEGIES, make_strategy
 from .errors import ConfigError, DataError, PruningError
+from .train_data import mean_across_workers, statistics_batches, training_data, weights_sha256
 
 ProgressFn = Callable[[int, int], None]
 
@@ -220,6 +220,7 @@ class PruneResult:
     history: dict = field(default_factory=dict)
     val_accuracy: Optional[float] = None  # top-1 (%) of the returned model on ``val``
     bn_recalibration_batches: int = 0
+    shard: Optional[dict] = None  # in a cluster: this worker's share of the training files (train_data.TrainData)
 
     @property
     def pruned_layers(self) -> tuple:
@@ -239,10 +240,7 @@ class PruneResult:
     @property
     def weights_sha256(self) -> str:
         """A fingerprint of the returned weights: every worker of a fine-tuning cluster ends with the same one."""
-        h = hashlib.sha256()
-        for w in self.model.get_weights():
-            h.update(np.ascontiguousarray(w).tobytes())
-        return h.hexdigest()
+        return weights_sha256(self.model)
 
     def to_dict(self) -> dict:
         return {
@@ -257,6 +255,7 @@ class PruneResult:
             "train_seconds": round(self.train_seconds, 2),
             "strategy": self.strategy,
             "replicas": self.replicas,
+            "shard": self.shard,
             "weights_sha256": self.weights_sha256,
             "keras_sparsity": round(self.keras_sparsity, 6),
             "val_accuracy": None if self.val_accuracy is None else round(self.val_accuracy, 3),
@@ -485,20 +484,6 @@ def _train_stream(data, model, n_outputs: int):
     return data
 
 
-def _train_dataset(tf, stream, batch_size: int, seed: int):
-    """A tf.data pipeline over ``stream``: a new seeded shuffle of the files each epoch, batches decoded
-    and preprocessed in background threads (the stream's prefetch), then tf.data's own prefetch."""
-    import itertools
-
-    epochs = itertools.count()
-    def batches():
-        order = np.random.default_rng([seed, next(epochs)]).permutation(len(stream))
-        yield from stream.batches(batch_size, order=order)
-
-    signature = (tf.TensorSpec((None,) + tuple(stream.shape), tf.float32), tf.TensorSpec((None,), tf.int64))
-    return tf.data.Dataset.from_generator(batches, output_signature=signature).prefetch(tf.data.AUTOTUNE)
-
-
 def _check_data(name: str, data, model, n_outputs: int):
     if data is None:
         return None
@@ -560,8 +545,8 @@ def prune_model(
     train, val = _check_train_val(source, config, train, val)
     strategy = make_strategy(config.strategy) if train is not None else tf.distribute.get_strategy()
     tf.random.set_seed(config.seed)
-    steps_per_epoch = math.ceil(len(train) / config.batch_size) if train is not None else 0
-    total_steps = steps_per_epoch * config.epochs if train is not None else None
+    data = training_data(tf, strategy, train, config.batch_size, config.seed) if train is not None else None
+    total_steps = data.steps_per_epoch * config.epochs if train is not None else None
 
     with strategy.scope():
         # Work on a copy: tfmot wraps layer instances in place, and the caller
@@ -571,7 +556,7 @@ def prune_model(
         plans = _plan(work, config, keras, mot)
         pruned = _wrap(work, source.name, plans, config, total_steps)
         started = time.perf_counter()
-        history = _fine_tune(pruned, work, config, train, val, total_steps, progress)
+        history = _fine_tune(pruned, work, config, data, train, val, total_steps, progress)
         seconds = time.perf_counter() - started
 
     stripped = mot.sparsity.keras.strip_pruning(pruned)
@@ -581,7 +566,8 @@ def prune_model(
 
     bn_batches = 0
     if train is not None and _RECALIBRATE_BN:
-        bn_batches = _recalibrate_batchnorm(final, keras, train, config.batch_size, config.seed)
+        bn_batches = _recalibrate_batchnorm(final, keras, train, config.batch_size, config.seed, data, strategy,
+                                            epoch=config.epochs)
     val_accuracy = None
     if val is not None:
         pred = final.predict(val[0], batch_size=config.batch_size, verbose=0)
@@ -600,6 +586,7 @@ def prune_model(
         history=history,
         val_accuracy=val_accuracy,
         bn_recalibration_batches=bn_batches,
+        shard=data.shard() if data is not None else None,
     )
 
 
@@ -656,7 +643,7 @@ def _wrap(work, model_name: str, plans, config: PruneConfig, total_steps):
         raise PruningError(f"tfmot cannot prune {model_name}: {str(exc).strip().splitlines()[0]}") from None
 
 
-def _fine_tune(pruned, work, config: PruneConfig, train, val, total_steps, progress) -> dict:
+def _fine_tune(pruned, work, config: PruneConfig, data, train, val, total_steps, progress) -> dict:
     """Fine-tune ``pruned`` on ``train`` (its Keras history), or, without data, apply the masks at once."""
     keras, mot = _tf.tf_keras(), _tf.tfmot()
     if train is None:
@@ -675,10 +662,8 @@ def _fine_tune(pruned, work, config: PruneConfig, train, val, total_steps, progr
     callbacks = [mot.sparsity.keras.UpdatePruningStep()]
     if progress is not None:
         callbacks.append(_progress_callback(keras, progress, total_steps))
-    fit = pruned.fit(
-        _train_dataset(_tf.tf(), train, config.batch_size, config.seed), epochs=config.epochs,
-        validation_data=val, callbacks=callbacks, verbose=0,
-    )
+    fit = pruned.fit(data.dataset, epochs=config.epochs, validation_data=val, callbacks=callbacks, verbose=0,
+                     **data.fit_args())
     return {k: [float(v) for v in vals] for k, vals in fit.history.items()}
 
 
@@ -705,30 +690,37 @@ _RECALIBRATE_BN = True
 BN_RECALIBRATION_BATCHES = 100
 
 
-def _recalibrate_batchnorm(model, keras, train, batch_size: int, seed: int) -> int:
-    """Re-estimate BatchNorm moving statistics of the pruned weights; returns batches used.
+def _recalibrate_batchnorm(model, keras, train, batch_size: int, seed: int, data=None, strategy=None,
+                           epoch: int = 0) -> int:
+    """Re-estimate BatchNorm moving statistics of the pruned weights; returns batches used (on this worker).
 
     Pruning changes the weights faster than the moving averages (momentum 0.99)
     follow, so a short fine-tune leaves statistics that describe weights from
     several hundred steps ago. A forward pass over the training data in training
     mode, with momentum set so that the moving values become the plain average
-    over the batches seen, replaces them. No weight is changed.
+    over the batches seen, replaces them. No weight is changed. In a cluster each
+    worker averages over batches of its own files (the same number everywhere)
+    and the workers then average their statistics, so all end with the same ones.
     """
     bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
     if not bns:
         return 0
-    order = np.random.default_rng(seed).permutation(len(train))[: BN_RECALIBRATION_BATCHES * batch_size]
+    chunks = statistics_batches(data, len(train), batch_size, seed, BN_RECALIBRATION_BATCHES, epoch)
     saved = [layer.momentum for layer in bns]
     batches = 0
     try:
-        for start in range(0, len(order), batch_size):
+        for chunk in chunks:
             for layer in bns:
                 layer.momentum = batches / (batches + 1.0)  # running mean over batches
-            model(train.inputs(np.sort(order[start : start + batch_size])), training=True)
+            model(train.inputs(chunk), training=True)
             batches += 1
     finally:
         for layer, momentum in zip(bns, saved):
             layer.momentum = momentum
+    if data is not None and data.workers > 1:  # every worker ends with the mean over all workers' batches
+        stats = [v for layer in bns for v in (layer.moving_mean, layer.moving_variance)]
+        for var, value in zip(stats, mean_across_workers(_tf.tf(), strategy, [v.numpy() for v in stats])):
+            var.assign(value)
     return batches
 
 

@@ -41,6 +41,7 @@ import numpy as np
 from . import _tf
 from ._validate import whole_number
 from .errors import ConfigError, QATError
+from .train_data import mean_across_workers, statistics_batches, training_data, weights_sha256
 
 ProgressFn = Callable[[int, int], None]
 
@@ -71,8 +72,13 @@ class QATConfig:
     batch_size: int = DEFAULT_BATCH_SIZE
     learning_rate: float = DEFAULT_LEARNING_RATE
     seed: int = 0
+    strategy: str = "auto"  # the tf.distribute strategy it trains under (edgeresnet.cluster), as pruning
 
     def __post_init__(self):
+        from .cluster import STRATEGIES
+
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"unknown --strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
         object.__setattr__(self, "epochs", whole_number("--epochs (quantization-aware training)", self.epochs, 1))
         object.__setattr__(self, "batch_size", whole_number("--batch-size", self.batch_size, 1))
         lr = self.learning_rate
@@ -99,6 +105,12 @@ class QATResult:
     replicas: int
     history: dict = field(default_factory=dict)
     range_init_batches: int = 0  # batches whose float activation ranges started the fake-quant ranges
+    shard: Optional[dict] = None  # in a cluster: this worker's share of the training files
+
+    @property
+    def weights_sha256(self) -> str:
+        """A fingerprint of the trained weights: every worker of a fine-tuning cluster ends with the same one."""
+        return weights_sha256(self.model)
 
     def to_dict(self) -> dict:
         return {
@@ -113,6 +125,8 @@ class QATResult:
             "train_seconds": round(self.train_seconds, 2),
             "strategy": self.strategy,
             "replicas": self.replicas,
+            "shard": self.shard,
+            "weights_sha256": self.weights_sha256,
             "range_init_batches": self.range_init_batches,
             "history": {k: [round(float(v), 6) for v in vals] for k, vals in self.history.items()},
         }
@@ -220,10 +234,11 @@ def quantize_aware_train(
     ``train`` is ``(x, y)`` (preprocessed float32 NHWC images exactly as the
     model takes them, integer class labels) or a labelled
     :class:`~edgeresnet.calibration.ImageStream`, read in batches as pruning
-    does. Runs under the current ``tf.distribute`` strategy (as pruning does).
+    does. Runs under ``config.strategy`` as pruning does: in a cluster every
+    worker trains on its own share of the files.
     """
-    from .cluster import local_strategy
-    from .prune import _outputs_are_probabilities, _progress_callback, _train_dataset, _train_stream
+    from .cluster import make_strategy
+    from .prune import _outputs_are_probabilities, _progress_callback, _train_stream
 
     if not isinstance(config, QATConfig):
         raise ConfigError(f"config must be a QATConfig, got {type(config).__name__}")
@@ -233,12 +248,13 @@ def quantize_aware_train(
         raise ConfigError("quantization-aware training needs labelled training images; pass --train DIR")
     train = _train_stream(train, source, int(source.output_shape[-1]))
     tf, keras, mot = _tf.tf(), _tf.tf_keras(), _tf.tfmot()
-    strategy = local_strategy()
+    strategy = make_strategy(config.strategy)
     keras.utils.set_random_seed(config.seed)
-    steps = math.ceil(len(train) / config.batch_size) * config.epochs
+    data = training_data(tf, strategy, train, config.batch_size, config.seed)
+    steps = data.steps_per_epoch * config.epochs
     with strategy.scope():
         qmodel = _quantize(source, preserve_sparsity)
-        range_batches = _init_ranges(qmodel, source, train, config.batch_size, config.seed)
+        range_batches = _init_ranges(qmodel, source, train, config.batch_size, config.seed, data, strategy)
         from_logits = not _outputs_are_probabilities(source, train.inputs(range(min(32, len(train)))))
         qmodel.compile(
             optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
@@ -247,10 +263,7 @@ def quantize_aware_train(
         )
         callbacks = [] if progress is None else [_progress_callback(keras, progress, steps)]
         started = time.perf_counter()
-        fit = qmodel.fit(
-            _train_dataset(tf, train, config.batch_size, config.seed), epochs=config.epochs,
-            callbacks=callbacks, verbose=0,
-        )
+        fit = qmodel.fit(data.dataset, epochs=config.epochs, callbacks=callbacks, verbose=0, **data.fit_args())
         seconds = time.perf_counter() - started
     # A plain copy (no strategy-mirrored variables) for the converter.
     with mot.quantization.keras.quantize_scope():
@@ -267,10 +280,11 @@ def quantize_aware_train(
         replicas=int(strategy.num_replicas_in_sync),
         history={k: [float(v) for v in vals] for k, vals in fit.history.items()},
         range_init_batches=range_batches,
+        shard=data.shard(),
     )
 
 
-def _init_ranges(qmodel, source, train, batch_size: int, seed: int) -> int:
+def _init_ranges(qmodel, source, train, batch_size: int, seed: int, data=None, strategy=None) -> int:
     """Start every activation range at the float model's, not at tfmot's [-6, 6]; returns batches used.
 
     tfmot learns activation ranges as a moving average (decay 0.999) of each
@@ -296,11 +310,11 @@ def _init_ranges(qmodel, source, train, batch_size: int, seed: int) -> int:
     # The float tensors: a layer's output, or (pre-activation) what it computes before its activation.
     probe = keras.Model(source.inputs, [source.get_layer(n).output if k == "out" else source.get_layer(n).input
                                         for k, n in names])
-    order = np.random.default_rng(seed).permutation(len(train))[: RANGE_INIT_BATCHES * batch_size]
+    chunks = statistics_batches(data, len(train), batch_size, seed, RANGE_INIT_BATCHES, epoch=0)
     lows, highs = {key: [] for key in names}, {key: [] for key in names}
     batches = 0
-    for start in range(0, len(order), batch_size):
-        outs = probe(train.inputs(np.sort(order[start : start + batch_size])), training=False)
+    for chunk in chunks:
+        outs = probe(train.inputs(chunk), training=False)
         outs = outs if isinstance(outs, (list, tuple)) else [outs]
         for (kind, name), value in zip(names, outs):
             if kind == "pre":
@@ -314,8 +328,12 @@ def _init_ranges(qmodel, source, train, batch_size: int, seed: int) -> int:
             lows[(kind, name)].append(float(value.min()))
             highs[(kind, name)].append(float(value.max()))
         batches += 1
+    means = {key: (float(np.mean(lows[key])), float(np.mean(highs[key]))) for key in names}
+    if data is not None and data.workers > 1:  # the mean over every worker's batches (the same count on each)
+        shared = mean_across_workers(_tf.tf(), strategy, [np.array([means[key] for key in names], np.float64)])[0]
+        means = {key: (float(lo), float(hi)) for key, (lo, hi) in zip(names, shared)}
     for var, kind, is_min, name in wanted:
-        lo, hi = min(float(np.mean(lows[(kind, name)])), 0.0), max(float(np.mean(highs[(kind, name)])), 0.0)
+        lo, hi = min(means[(kind, name)][0], 0.0), max(means[(kind, name)][1], 0.0)
         var.assign(lo if is_min else hi)
     return batches
 

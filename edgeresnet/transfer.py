@@ -27,8 +27,13 @@ class TransferConfig:
     learning_rate: float = 1e-3
     seed: int = 0
     head: str = "predictions"
+    strategy: str = "auto"  # the tf.distribute strategy it trains under (edgeresnet.cluster), as pruning
 
     def __post_init__(self):
+        from .cluster import STRATEGIES
+
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"unknown --strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
         if self.epochs < 1:
             raise ConfigError(f"--epochs must be 1 or more to fine-tune a new classifier, got {self.epochs}")
         if self.batch_size < 1:
@@ -44,35 +49,43 @@ def fine_tune(model, train, config: TransferConfig, progress: Optional[ProgressF
     ``freeze_backbone``: train only the head in the first epoch (for a pretrained backbone; a randomly
     initialised one gains nothing from it and trains from the start).
     """
-    import math
-
-    from .prune import _progress_callback, _train_dataset
+    from .cluster import make_strategy
+    from .prune import _progress_callback
+    from .train_data import training_data, weights_sha256
 
     tf = _tf.tf()
     keras = _tf.tf_keras()
     tf.random.set_seed(config.seed)
-    steps = math.ceil(len(train) / config.batch_size)
-    total = steps * config.epochs
-    data = _train_dataset(tf, train, config.batch_size, config.seed)
+    strategy = make_strategy(config.strategy)
+    data = training_data(tf, strategy, train, config.batch_size, config.seed)
+    total = data.steps_per_epoch * config.epochs
     callbacks = [_progress_callback(keras, progress, total)] if progress is not None else []
     history: dict = {}
     started = time.perf_counter()
     frozen = 1 if freeze_backbone else 0
     phases = [("head", frozen), ("all", config.epochs - frozen)]
     phases = [(phase, n) for phase, n in phases if n > 0]
-    for phase, epochs in phases:
-        for layer in model.layers:
-            layer.trainable = phase == "all" or layer.name == config.head
-        model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
-            loss=keras.losses.SparseCategoricalCrossentropy(),
-            metrics=["accuracy"],
-        )
-        fit = model.fit(data, epochs=epochs, callbacks=callbacks, verbose=0)
-        for k, vals in fit.history.items():
-            history.setdefault(k, []).extend(float(v) for v in vals)
-    for layer in model.layers:
-        layer.trainable = True
+    copy = strategy is not tf.distribute.get_strategy()  # the model's variables are not that strategy's
+    with strategy.scope():
+        work = model
+        if copy:  # train a copy made in the strategy's scope, then take its weights
+            work = keras.models.clone_model(model)
+            work.set_weights(model.get_weights())
+        for phase, epochs in phases:
+            for layer in work.layers:
+                layer.trainable = phase == "all" or layer.name == config.head
+            work.compile(
+                optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
+                loss=keras.losses.SparseCategoricalCrossentropy(),
+                metrics=["accuracy"],
+            )
+            fit = work.fit(data.dataset, epochs=epochs, callbacks=callbacks, verbose=0, **data.fit_args())
+            for k, vals in fit.history.items():
+                history.setdefault(k, []).extend(float(v) for v in vals)
+        for layer in work.layers:
+            layer.trainable = True
+    if work is not model:
+        model.set_weights(work.get_weights())
     return {
         "train_samples": len(train),
         "epochs": config.epochs,
@@ -80,6 +93,10 @@ def fine_tune(model, train, config: TransferConfig, progress: Optional[ProgressF
         "batch_size": config.batch_size,
         "learning_rate": config.learning_rate,
         "steps": total,
+        "strategy": type(strategy).__name__,
+        "replicas": int(strategy.num_replicas_in_sync),
+        "shard": data.shard(),
+        "weights_sha256": weights_sha256(model),
         "train_seconds": round(time.perf_counter() - started, 2),
         "history": history,
     }

@@ -54,6 +54,48 @@ def test_tf_config_roles_and_auto_choice():
         resolve("multiworker", None, gpus=0)
 
 
+class _TwoWorkerStrategy:
+    """What training_data asks of a MultiWorkerMirroredStrategy with two workers of one CPU each: the input
+    function is called once per worker with tf.distribute's own InputContext, as the real strategy does."""
+
+    num_replicas_in_sync = 2
+
+    class extended:
+        worker_devices = ("/job:worker/replica:0/task:0/device:CPU:0",)
+
+    def distribute_datasets_from_function(self, dataset_fn):
+        import tensorflow as tf
+
+        return [dataset_fn(tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=k, num_replicas_in_sync=2))
+                for k in range(2)]
+
+
+def test_each_worker_reads_only_its_own_files_and_together_they_read_all():
+    import numpy as np
+    import tensorflow as tf
+
+    from edgeresnet.calibration import ImageStream
+    from edgeresnet.train_data import training_data
+
+    n, batch = 37, 8
+    stream = ImageStream.from_arrays(np.arange(n, dtype=np.float32).reshape(n, 1, 1, 1), np.arange(n) % 3)
+    data = training_data(tf, _TwoWorkerStrategy(), stream, batch_size=batch, seed=5)
+    assert data.workers == 2 and data.steps_per_epoch == 5  # ceil(37 / 8) global batches, split in two
+    seen = []
+    for worker, dataset in enumerate(data.dataset):
+        batches = iter(dataset)  # endless: fit takes steps_per_epoch batches per epoch
+        epochs = [[sorted(int(v) for v in next(batches)[0].numpy().ravel()) for _ in range(data.steps_per_epoch)]
+                  for _ in range(2)]
+        assert all(all(e_batch for e_batch in e) for e in epochs)
+        assert all(abs(len(b) - batch / 2) <= 1 for e in epochs for b in e)  # the global batch split across replicas
+        files = [sorted(v for b in e for v in b) for e in epochs]
+        assert files[0] == files[1]  # the same own files every epoch ...
+        assert epochs[0] != epochs[1]  # ... shuffled anew
+        seen.append(set(files[0]))
+    assert not seen[0] & seen[1] and seen[0] | seen[1] == set(range(n))
+    assert abs(len(seen[0]) - len(seen[1])) <= 1
+
+
 def _free_ports(n):
     socks = [socket.socket() for _ in range(n)]
     for s in socks:
@@ -116,6 +158,11 @@ def test_two_workers_fine_tune_one_model_and_only_the_chief_writes(cluster_input
     # The worker fine-tuned the same weights the chief converted.
     assert prune["weights_sha256"][:12] in worker_out, worker_out
     assert "nothing written here" in worker_out
+    # Each worker read only its half of the 128 --train files (disjoint halves: unit test above), and each
+    # step's global batch of 16 was split in two: 8 steps per epoch, as on one machine.
+    assert prune["shard"] == {"workers": 2, "worker": 0, "files_read": 64, "files": 128, "steps_per_epoch": 8}
+    assert "on its 64 of 128 --train files" in worker_out, worker_out
+    assert prune["steps"] == 16
     pruned = [v for v in report["variants"] if "pruned" in v["name"]]
     assert pruned and pruned[0]["status"] == "ok"
     # The zeros reach the emitted .tflite (counted in the flatbuffer; stem and classifier stay dense).
