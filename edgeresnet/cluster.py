@@ -145,11 +145,6 @@ def join(cluster: Cluster):
     return _JOINED[0]
 
 
-def local_strategy():
-    """This machine's strategy (``auto`` without the cluster): for training that does not span it (QAT)."""
-    return make_strategy("auto", use_cluster=False)
-
-
 def make_strategy(name: str, use_cluster: bool = True):
     """The ``tf.distribute`` strategy for ``--strategy name`` (an already active strategy scope wins)."""
     from . import _tf

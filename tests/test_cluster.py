@@ -174,6 +174,27 @@ def test_two_workers_fine_tune_one_model_and_only_the_chief_writes(cluster_input
 
 
 @pytest.mark.slow
+def test_two_workers_train_a_new_classifier_and_quantization_aware(cluster_inputs, tmp_path):
+    """--classes (a zoo ResNet's new head) and --qat train across the cluster, each worker on its own files."""
+    train = cluster_inputs[1]
+    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    args = ["convert", "resnet8", "--input-size", "16", "--classes", "4", "--train", str(train), "--qat",
+            "--epochs", "1", "--batch-size", "16", "--calib", str(train), "--calib-samples", "32", "--out", "out"]
+    procs = [_start(args, _tf_config(workers, i), tmp_path) for i in (0, 1)]
+    (chief_rc, _, chief_err), (worker_rc, worker_out, worker_err) = _finish(procs, timeout=600)
+    assert chief_rc == 0, chief_err[-3000:]
+    assert worker_rc == 0, worker_err[-3000:]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    transfer = report["model"]["transfer"]
+    qat = next(v for v in report["variants"] if (v.get("fine_tune") or {}).get("method") == "qat")
+    for record in (transfer, qat["fine_tune"]):
+        assert record["replicas"] == 2 and record["shard"]["files_read"] == 64 and record["shard"]["files"] == 128
+        assert record["weights_sha256"][:12] in worker_out, worker_out  # the worker trained the same weights
+    assert qat["status"] == "ok"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.slow
 def test_a_worker_that_never_comes_is_a_one_line_timeout(cluster_inputs, tmp_path):
     workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
     args = _prune_args(*cluster_inputs, epochs=1)
