@@ -286,6 +286,8 @@ def _print_summary(data: dict, out: str) -> None:
     f = data["float"]
     if f.get("top1") is not None:
         click.echo(f"float model: top-1 {f['top1']:.2f} % on {f['count']} images")
+    if data["evaluation"].get("not_measured"):
+        click.echo(f"accuracy not measured: {data['evaluation']['not_measured']}; sizes and latency only")
     click.echo(variants_table(data))
     click.echo(f"wrote {out}/report.json and report.md ({data['seconds']} s)")
 
@@ -336,15 +338,37 @@ def inspect(model, as_json, strict, no_gpu):
 @click.option("--repeats", type=int, default=50, show_default=True, metavar="N", help="Timed runs; median, p90, mean and min are reported.")
 @click.option("--interpreter", metavar="NAME", help="Force an interpreter: ai-edge-litert, tflite-runtime or tf.lite (default: the first installed, or EDGERESNET_INTERPRETER).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (with every timed run in times_ms).")
-def bench(model, threads, warmup, repeats, interpreter, as_json):
+@click.option("--precision", metavar="P", help="With a built-in architecture as MODEL: the precision to convert it to before timing (fp32, dynamic, int8, int16x8, fp16; default int8).")
+@click.option("--input-size", type=int, metavar="PX", help="With a built-in architecture as MODEL: square input side in pixels (default: the architecture's).")
+def bench(model, threads, warmup, repeats, interpreter, as_json, precision, input_size):
     """Time a .tflite model's invoke() on this machine (random input; needs no TensorFlow).
 
     Works on a device that has only ai-edge-litert or tflite-runtime installed.
+    MODEL may also be a built-in architecture (e.g. resnet50): it is built with
+    random weights and converted here (needs TensorFlow), for timing only.
     """
+    from dataclasses import replace
+
     from ._progress import Stage, StageProgress
     from .bench import BenchConfig, benchmark, format_bench
+    from .models.zoo import zoo_spec
 
     config = BenchConfig(warmup=warmup, repeats=repeats, threads=threads)
+    label = None
+    if zoo_spec(model) is not None:
+        from .pipeline import zoo_timing_model
+
+        from .targets import PRECISIONS
+
+        precision = precision or "int8"
+        if precision not in PRECISIONS:
+            raise click.UsageError(f"unknown --precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        label = f"{zoo_spec(model).name} ({precision}, random weights: timing only)"
+        click.echo(f"build {label} and convert it ...", err=True)
+        model = zoo_timing_model(model, precision, input_size)
+    elif precision is not None or input_size is not None:
+        flag = "--precision" if precision is not None else "--input-size"
+        raise click.UsageError(f"{flag} applies to a built-in architecture MODEL (e.g. resnet50), not to a .tflite file")
     progress = StageProgress(min_seconds=1.0)  # a fast model's runs are over before a line would help
 
     def runs(done, total):
@@ -354,9 +378,11 @@ def bench(model, threads, warmup, repeats, interpreter, as_json):
             progress(Stage("benchmark", "timed runs"), done - warmup, repeats)
 
     try:
-        result = benchmark(model, config, backend=interpreter, progress=runs)
+        result = benchmark(model, config, backend=interpreter, progress=runs, isolate=label is None)
     finally:
         progress.close()
+    if label is not None:
+        result = replace(result, model=label)
     click.echo(json.dumps(result.to_dict(include_times=True), indent=2) if as_json else format_bench(result))
 
 

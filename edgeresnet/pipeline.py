@@ -98,6 +98,7 @@ class ConvertOptions:
     input_size: Optional[int] = None  # a zoo MODEL: square input side (default: the architecture's)
     transfer: Optional[object] = None  # a transfer.TransferConfig for --classes (epochs, batch, learning rate)
     qat: Optional[object] = None  # a qat.QATConfig: also emit quantization-aware fine-tuned int8 models
+    timing_only: bool = False  # `report` of a zoo MODEL with random weights: sizes and latency, no accuracy
 
     def __post_init__(self):
         check_formats(self.formats)
@@ -201,12 +202,12 @@ def _zoo(opts: ConvertOptions):
     if spec is None and zoo_only:
         raise ConfigError(f"{zoo_only[0]} applies to a built-in architecture MODEL (e.g. resnet50; see `edgeresnet models`), "
                           "not to a model file")
-    if spec is not None and opts.weights is None and opts.train is None:
+    if spec is not None and opts.weights is None and opts.train is None and not opts.timing_only:
         raise ConfigError(
             f"{spec.name} has random weights, so its accuracy and drift would mean nothing; pass --weights FILE.h5 "
             "(trained weights) or --classes N --train DIR (fine-tune it on your images)"
         )
-    if spec is not None and opts.weights is None and opts.classes is None:
+    if spec is not None and opts.weights is None and opts.classes is None and not opts.timing_only:
         raise ConfigError(
             f"{spec.name} without --weights would fine-tune random weights only while pruning; "
             "pass --weights FILE.h5, or --classes N to train it on --train DIR first"
@@ -394,10 +395,41 @@ def run_report(
 
     for s in sparsities:
         PruneConfig(sparsity=s)  # validates the range before any work
+    if _random_weights(opts):
+        opts = _timing_only(opts)
     return _run(
         opts, sweep_plan(opts, tuple(sparsities)), progress=progress, notify=notify,
         bench_config=bench_config, formats=tuple(WRITERS),
     )
+
+
+def _random_weights(opts: ConvertOptions) -> bool:
+    """A zoo MODEL with nothing to give it weights: no --weights, no --train to fine-tune it on."""
+    from .models.zoo import zoo_spec
+
+    return zoo_spec(opts.model) is not None and opts.weights is None and opts.train is None
+
+
+def random_weights_reason(name: str) -> str:
+    return f"{name} has random weights (no --weights), so its accuracy and drift would mean nothing"
+
+
+def _timing_only(opts: ConvertOptions) -> ConvertOptions:
+    """`report` of a zoo MODEL with random weights: it may be timed (sizes, latency), never judged on accuracy."""
+    from dataclasses import replace
+
+    from .models.zoo import zoo_spec
+
+    name = zoo_spec(opts.model).name
+    asked = [flag for flag, value in (("--eval", opts.eval), ("--eval-samples", opts.eval_samples),
+                                      ("--max-drop", opts.max_drop), ("--device-check", opts.device_check))
+             if value is not None]
+    if asked:
+        raise ConfigError(
+            f"{random_weights_reason(name)}: {asked[0]} asks for accuracy; pass --weights FILE.h5 (trained weights), "
+            f"or drop {asked[0]} to time the architecture (sizes and latency only)"
+        )
+    return replace(opts, timing_only=True)
 
 
 def _inputs(opts: ConvertOptions) -> dict:
@@ -444,7 +476,7 @@ def _run(opts, plan, progress=None, notify=None, bench_config=None, formats=None
         if p is not None and not Path(p).exists():
             raise DataError(f"{p}: no such file or folder; pass an image folder or a .npy/.npz file")
     needs_calib = any(v.target.needs_calibration(v.spec.precision) for v in plan)
-    if needs_calib and opts.calib is None and opts.model is not None:
+    if needs_calib and opts.calib is None and opts.model is not None and not opts.timing_only:
         names = ", ".join(
             sorted({f"{v.target.name}/{v.spec.precision}" for v in plan if v.target.needs_calibration(v.spec.precision)})
         )
@@ -498,22 +530,19 @@ def _run_staged(opts, plan, staged, needs_calib, started, progress, notify, benc
         data = _load_data(opts, loaded, reference_meta, preset, preset_name, needs_calib, progress, notify)
     with timings("prune"):  # pruning and quantization-aware fine-tuning
         models = _build_models(opts, plan, loaded, preset, progress, notify)
-    with timings("evaluate"):
-        float_out = data.eval_float.predict(loaded.predict, progress=_stage(progress, "evaluate float model", "images"))
-    labels = data.eval.labels if data.eval.labelled else None
+    float_out, labels = None, None
+    if data.eval is not None:
+        with timings("evaluate"):
+            float_out = data.eval_float.predict(loaded.predict, progress=_stage(progress, "evaluate float model", "images"))
+        labels = data.eval.labels if data.eval.labelled else None
     report = RunReport.start(
         model=loaded,
         source=opts.model or "built-in reference (digits-resnet8)",
         preset=preset_name,
         folded=opts.fold_preprocessing,
         calibration=data.calib_record.to_dict() if data.calib_record is not None else None,
-        evaluation={
-            "source": data.eval.source,
-            "origin": data.eval_origin,
-            "count": len(data.eval),
-            "labelled": labels is not None,
-        },
-        baseline=baseline(float_out, labels),
+        evaluation=_evaluation_record(data, labels, loaded),
+        baseline=baseline(float_out if float_out is not None else np.zeros((0, loaded.num_classes)), labels),
         max_drop=opts.max_drop,
         prune=next((info for (_, qat), (_, info) in models.items() if info is not None and not qat), None),
     )
@@ -538,6 +567,13 @@ def _run_staged(opts, plan, staged, needs_calib, started, progress, notify, benc
         notify(f"note: {COMPILER_HINT}")  # once per run, not once per model
     report.finish(time.perf_counter() - started)
     return _write_and_judge(opts, report, staged, formats)
+
+
+def _evaluation_record(data, labels, loaded) -> dict:
+    if data.eval is None:  # a timing-only run (random weights): no accuracy, and the report says why
+        return {"source": None, "origin": "not measured", "count": 0, "labelled": False,
+                "not_measured": random_weights_reason(loaded.name)}
+    return {"source": data.eval.source, "origin": data.eval_origin, "count": len(data.eval), "labelled": labels is not None}
 
 
 def _convert_in_parallel(opts, plan, models, emit, progress) -> None:
@@ -567,8 +603,10 @@ def _load_data(opts, loaded, reference_meta, preset, preset_name, needs_calib, p
     """Calibration and evaluation images, preprocessed, and the arrays the converter takes."""
     data = _Data()
     # Calibration data.
-    if needs_calib or opts.calib is not None:
-        if opts.calib is None:
+    if needs_calib or opts.calib is not None or opts.timing_only:  # timing only: one calibration image runs each model
+        if opts.calib is None and opts.timing_only:
+            data.calib = _random_pixels(loaded.input_shape, min(opts.calib_samples, TIMING_CALIB_SAMPLES), opts.seed)
+        elif opts.calib is None:
             from . import demo
 
             full = demo.digits_images("calib", loaded.input_shape[-1])
@@ -579,21 +617,54 @@ def _load_data(opts, loaded, reference_meta, preset, preset_name, needs_calib, p
                 resize=opts.resize, progress=_stage(progress, "load calibration images", "images"),
             )
         data.calib_record = calibration_record(data.calib, preset_name, opts.seed, opts.resize)
-        for w in data.calib_record.warnings:  # e.g. fewer than MIN_RECOMMENDED_SAMPLES images
+        for w in data.calib_record.warnings if not opts.timing_only else ():  # e.g. fewer than 100 images
             notify(f"warning: {w}")
         data.calib_float = preset.apply(data.calib.images)
 
-    data.eval, data.eval_origin = _eval_set(opts, loaded, reference_meta, data.calib)
-    _check_classes(data.eval, loaded.num_classes, "--eval" if opts.eval else "the evaluation data")
-    data.eval_float = data.eval.with_preset(preset)  # what the float model takes
+    if not opts.timing_only:
+        data.eval, data.eval_origin = _eval_set(opts, loaded, reference_meta, data.calib)
+        _check_classes(data.eval, loaded.num_classes, "--eval" if opts.eval else "the evaluation data")
+        data.eval_float = data.eval.with_preset(preset)  # what the float model takes
 
     if opts.fold_preprocessing:
         loaded.require_tf_keras("--fold-preprocessing")
         data.conv_calib = None if data.calib is None else data.calib.images.astype(np.float32)
-        data.conv_eval = data.eval.with_preset(None)  # raw 0..255 pixels as float32
+        data.conv_eval = None if data.eval is None else data.eval.with_preset(None)  # raw 0..255 pixels as float32
     else:
         data.conv_calib, data.conv_eval = data.calib_float, data.eval_float
     return data
+
+
+TIMING_CALIB_SAMPLES = 32  # random pixels calibrate a random-weights model for timing: the values do not matter
+
+
+def _random_pixels(input_shape, count: int, seed: int) -> ImageSet:
+    """Seeded random 0..255 pixels: calibration for a model that is only timed (ranges, not accuracy)."""
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(count,) + tuple(input_shape), dtype=np.uint8)
+    return ImageSet(images=pixels, source="random pixels (timing only)")
+
+
+def zoo_timing_model(name: str, precision: str = "int8", input_size: Optional[int] = None, seed: int = 0) -> bytes:
+    """The .tflite of built-in architecture ``name`` with random weights, for timing only (``bench resnet50``).
+
+    Full-integer precisions are calibrated on seeded random pixels: the ranges
+    do not change how long a model takes, and its accuracy is never measured.
+    """
+    require_host("bench of a built-in architecture")
+    from .models.loading import LoadedModel
+    from .models.zoo import build_zoo_model, zoo_spec
+
+    spec = zoo_spec(name)
+    if spec is None:
+        raise ConfigError(f"{name} is not a built-in architecture; see `edgeresnet models`")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if input_size is not None:
+        whole_number("--input-size", input_size, 1)
+    loaded = LoadedModel.from_keras(build_zoo_model(spec, input_size=input_size, seed=seed), spec.name)
+    conversion = ConversionSpec(precision, get_target("cpu").io_type_for(precision), DEFAULT_METHOD)
+    calib = _random_pixels(loaded.input_shape, TIMING_CALIB_SAMPLES, seed).images.astype(np.float32)
+    return convert(loaded.tflite_converter, conversion, calib if conversion.needs_calibration else None).model
 
 
 def _build_models(opts, plan, loaded, preset, progress, notify) -> dict:
@@ -734,6 +805,10 @@ class _Emitter:
         self.outputs: dict = {}  # variant name -> its outputs on the evaluation images
         self._eval_array: Optional[np.ndarray] = None
 
+    def sample(self) -> np.ndarray:
+        """One input as the converted models take it (from the calibration images)."""
+        return np.asarray(self.conv_calib[:1], dtype=np.float32)
+
     def eval_array(self) -> np.ndarray:
         """All evaluation inputs in memory: only accuracy recovery needs them (its layer-by-layer debugger)."""
         if self._eval_array is None:
@@ -771,13 +846,17 @@ class _Emitter:
         try:
             with self.timings("evaluate"):
                 tfl = TFLiteModel(shipped)
-                out = self.conv_eval.predict(tfl.predict, progress=_stage(self.progress, f"evaluate {name}", "images"))
+                if self.conv_eval is None:  # timing only: one run proves the model runs; accuracy is not measured
+                    tfl.predict(self.sample())
+                else:
+                    out = self.conv_eval.predict(tfl.predict, progress=_stage(self.progress, f"evaluate {name}", "images"))
         except TFLiteFileError as exc:
             rec.fail(Status.VALIDATION_FAILED, f"emitted model does not run: {exc}")
             return rec
         rec.interpreter = f"{tfl.backend.name} {tfl.backend.version}"
-        rec.set_drift(drift(self.float_out, out, self.labels))
-        self.outputs[name] = out
+        if self.conv_eval is not None:
+            rec.set_drift(drift(self.float_out, out, self.labels))
+            self.outputs[name] = out
         path = folder / name
         with self.timings("write"):
             atomic_write_bytes(path, shipped)

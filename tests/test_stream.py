@@ -89,6 +89,59 @@ def test_zoo_bad_input_is_one_line_and_writes_nothing(folder, tmp_path, args, me
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
+def test_report_times_a_zoo_model_without_weights_and_measures_no_accuracy(tmp_path):
+    """`report resnet8` with random weights: every variant converted, run and timed; accuracy not measured (said
+    why, in every format), no drift verdict."""
+    from edgeresnet.report.schema import validate_report
+    from edgeresnet.runtime import TFLiteModel
+
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["report", "resnet8", "--input-size", "16", "--target", "cpu", "--target", "edgetpu",
+                                   "--bench-repeats", "3", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "accuracy not measured: resnet8 has random weights" in res.output
+    report = json.loads((out / "report.json").read_text())
+    validate_report(report)
+    assert report["evaluation"]["count"] == 0 and "random weights" in report["evaluation"]["not_measured"]
+    assert report["max_drop"] is None and report["float"]["top1"] is None
+    assert {v["precision"] for v in report["variants"]} == {"int8", "fp32", "dynamic", "int16x8"}
+    for v in report["variants"]:
+        assert v["status"] == "ok" and v["top1"] is None and v["agreement"] is None and v["drop_pts"] is None
+        assert v["latency"]["median_ms"] > 0 and v["size_bytes"] == (out / v["name"]).stat().st_size
+        assert TFLiteModel((out / v["name"]).read_bytes()).input.shape[1:3] == (16, 16)
+    assert "accuracy: not measured: resnet8 has random weights" in (out / "report.md").read_text()
+    assert "not measured" in (out / "report.html").read_text()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--eval", "{d}"], "--eval asks for accuracy"),
+        (["--max-drop", "1"], "--max-drop asks for accuracy"),
+    ],
+)
+def test_report_of_a_zoo_model_without_weights_refuses_accuracy_work(folder, tmp_path, args, message, capsys):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", "resnet8", *[a.format(d=folder) for a in args], "--out", str(out)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code != 0 and message in err and "random weights" in err, err
+    assert err.strip().count("\n") == 0 and err.startswith("error: ")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_times_a_zoo_model_without_weights(tmp_path):
+    res = CliRunner().invoke(cli, ["bench", "resnet8", "--input-size", "16", "--precision", "int8", "--repeats", "3",
+                                   "--warmup", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.output[res.output.index("{"):])
+    assert result["model"] == "resnet8 (int8, random weights: timing only)"
+    assert result["input_shape"] == [1, 16, 16, 3] and result["input_dtype"] == "uint8"
+    assert result["repeats"] == 3 and result["median_ms"] > 0 and result["size_bytes"] > 50_000
+    bad = CliRunner().invoke(cli, ["bench", str(tmp_path / "m.tflite"), "--precision", "int8"])
+    assert bad.exit_code == 2 and "--precision applies to a built-in architecture" in bad.output
+
+
 def test_zoo_transfer_learning_from_the_command_line(folder, tmp_path):
     """resnet8 + a new 3-class head fine-tuned on a folder (streamed), pruned, int8, verified: one command."""
     from edgeresnet.models import build_model

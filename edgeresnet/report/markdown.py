@@ -57,10 +57,11 @@ def fine_tune_text(variant: dict) -> str:
 def variants_table(report: dict) -> str:
     """A Markdown table of the variants of a ``report.json`` dict (also used by the CLI)."""
     labelled = report["evaluation"].get("labelled")
+    measured = not report["evaluation"].get("not_measured")  # a timing-only report (random weights) has no accuracy
     tuned = any(v.get("fine_tune") for v in report["variants"])
     head = ["variant", "target", "precision", "io"] + (["fine-tuned"] if tuned else []) + ["size KiB", "zlib KiB"]
     head += ["top-1 %", "drop pts"] if labelled else []
-    head += ["agree %", "SQNR dB"]
+    head += ["agree %", "SQNR dB"] if measured else ["accuracy"]
     timed = any(v.get("latency") for v in report["variants"])
     head += ["median ms"] if timed else []
     head += ["status"]
@@ -70,7 +71,7 @@ def variants_table(report: dict) -> str:
         row += [_kib(v["size_bytes"]), _kib(v["compressed_bytes"])]
         if labelled:
             row += [_fmt(v["top1"]), _fmt(v["drop_pts"])]
-        row += [_fmt(v["agreement"]), _fmt(v["sqnr_db"], ".1f")]
+        row += [_fmt(v["agreement"]), _fmt(v["sqnr_db"], ".1f")] if measured else ["not measured"]
         if timed:
             row += [_fmt((v.get("latency") or {}).get("median_ms"), ".3f")]
         row += [v["status"]]
@@ -156,7 +157,10 @@ def _header_lines(report: dict) -> list[str]:
         )
         for w in c.get("warnings") or ():
             lines.append(f"  - warning: {w}")
-    lines.append(f"- evaluation: {e['count']} images from `{e['source']}` ({e['origin']})")
+    if e.get("not_measured"):
+        lines.append(f"- accuracy: not measured: {e['not_measured']}; this report gives sizes and latency only")
+    else:
+        lines.append(f"- evaluation: {e['count']} images from `{e['source']}` ({e['origin']})")
     if f.get("top1") is not None:
         lines.append(f"- float model: top-1 {f['top1']:.2f} %, top-5 {f['top5']:.2f} %")
     if report.get("max_drop") is not None:

@@ -519,6 +519,14 @@ def _draw(report: dict):
         from matplotlib.lines import Line2D
     except ImportError as exc:
         raise MissingDependencyError(f"the plot needs matplotlib ({exc}); pip install matplotlib") from None
+    reason = (report.get("evaluation") or {}).get("not_measured")
+    if reason:  # a timing-only report: there is no accuracy to plot, and the figure says why
+        fig = Figure(figsize=(7.2, 2.4), dpi=100)
+        FigureCanvasAgg(fig)
+        name = (report.get("model") or {}).get("name", "model")
+        fig.text(0.5, 0.5, f"{name}: accuracy not measured\n{_clip(reason, 90)}\nsizes and latency: report.md, report.html",
+                 ha="center", va="center", fontsize=10.5, color="0.25")
+        return fig, []
     key, ylabel = accuracy_metric(report)
     variants = list(report.get("variants") or ())
     shown = [v for v in variants if _plottable(v, key)]
@@ -864,7 +872,8 @@ def _variants_table(report: dict) -> str:
     head = ["variant", "target", "precision", "io"] + (["pruned"] if has_pruned else [])
     head += (["fine-tuned"] if has_tuned else []) + ["size KiB", "zlib KiB"]
     head += ["top-1 %", "top-5 %", "drop pts"] if labelled else []
-    head += ["agree %", "cosine", "SQNR dB"]
+    measured = not (report.get("evaluation") or {}).get("not_measured")  # timing only (random weights): no accuracy
+    head += ["agree %", "cosine", "SQNR dB"] if measured else ["accuracy"]
     head += ["zero weights %"] if has_zeros else []
     head += ["median ms", "p90 ms"] if has_latency else []
     head += ["status"]
@@ -877,7 +886,8 @@ def _variants_table(report: dict) -> str:
         cells += [f"<td>{_e(fine_tune_text(v))}</td>"] if has_tuned else []
         cells += [f'<td class="num">{_kib(v.get(k))}</td>' for k in ("size_bytes", "compressed_bytes")]
         nums = [_fmt(v.get("top1")), _fmt(v.get("top5")), _fmt(v.get("drop_pts"))] if labelled else []
-        nums += [_fmt(v.get("agreement")), _fmt(v.get("cosine"), ".4f"), _fmt(v.get("sqnr_db"), ".1f")]
+        nums += ([_fmt(v.get("agreement")), _fmt(v.get("cosine"), ".4f"), _fmt(v.get("sqnr_db"), ".1f")]
+                 if measured else ["not measured"])
         if has_zeros:
             zeros = _num(v.get("weight_sparsity"))
             nums.append(_fmt(None if zeros is None else 100 * zeros, ".1f"))
@@ -948,7 +958,10 @@ def _summary(report: dict) -> str:
         f"preprocessing preset <code>{_e(pre.get('preset'))}</code>"
         + (" folded into the model (it takes raw pixels)" if pre.get("folded_into_model") else ""),
     ]
-    if f.get("top1") is not None:
+    reason = (report.get("evaluation") or {}).get("not_measured")
+    if reason:
+        items.append(f"accuracy not measured: {_e(reason)}; sizes and latency only")
+    elif f.get("top1") is not None:
         items.append(f"float model: top-1 {_fmt(f.get('top1'))} %, top-5 {_fmt(f.get('top5'))} % on {_e(f.get('count'))} images")
     else:
         items.append(f"float model scored on {_e(f.get('count'))} unlabelled images (variants compared by agreement)")
