@@ -5,8 +5,8 @@ pretrained ResNet-8 is converted to full-integer int8 (int8 input/output),
 calibrated on ``--samples`` class-balanced CIFAR-10 training images (one seeded
 draw per ``--seeds`` value), and compared with the Keras float model on the
 1,000 CIFAR-10 test images: top-1 agreement with the float model, top-1
-accuracy, drop against float, mean squared error of the softmax outputs, and
-the conversion time. The MLPerf reference int8 model is listed for scale.
+accuracy, drop against float, mean squared error and SQNR of the softmax
+outputs, and the conversion time. The MLPerf reference int8 model is listed for scale.
 
 ``--resnet50`` also times each method on ResNet-50 (224x224, random weights,
 ``--samples`` CIFAR-10 images resized) against a bare ``TFLiteConverter`` call,
@@ -54,7 +54,7 @@ def resnet8_table(methods, seeds, samples) -> None:
         f"MLPerf reference int8: agreement {verify.agreement(ref, peer):.1f} %, "
         f"top-1 {verify.topk_accuracy(peer, test.labels):.1f} %\n"
     )
-    header = f"{'method':10s} {'seed':>4s} {'agree %':>8s} {'top-1 %':>8s} {'drop pts':>8s} {'mse e-4':>8s} {'convert s':>9s}"
+    header = f"{'method':10s} {'seed':>4s} {'agree %':>8s} {'top-1 %':>8s} {'drop pts':>8s} {'mse e-4':>8s} {'sqnr dB':>8s} {'convert s':>9s}"
     print(header)
     print("-" * len(header))
     summary = {}
@@ -70,17 +70,19 @@ def resnet8_table(methods, seeds, samples) -> None:
             agree = verify.agreement(ref, out)
             top1 = verify.topk_accuracy(out, test.labels)
             mse = float(np.mean((out - ref) ** 2)) * 1e4
-            summary.setdefault(method, []).append((agree, top1, mse, seconds))
-            print(f"{method:10s} {seed:4d} {agree:8.1f} {top1:8.1f} {float_top1 - top1:8.1f} {mse:8.2f} {seconds:9.1f}", flush=True)
+            sqnr = verify.sqnr_db(ref, out)
+            summary.setdefault(method, []).append((agree, top1, mse, seconds, sqnr))
+            print(f"{method:10s} {seed:4d} {agree:8.1f} {top1:8.1f} {float_top1 - top1:8.1f} {mse:8.2f} {sqnr:8.2f} "
+                  f"{seconds:9.1f}", flush=True)
     if len(seeds) > 1:
         print("\nmean over seeds (min agreement, max drop):")
         for method, rows in summary.items():
-            a, t, m, s = (statistics.mean(r[k] for r in rows) for k in range(4))
+            a, t, m, s, q = (statistics.mean(r[k] for r in rows) for k in range(5))
             worst_a = min(r[0] for r in rows)
             worst_drop = max(float_top1 - r[1] for r in rows)
             print(
                 f"{method:10s} agree {a:5.2f} (min {worst_a:4.1f})  top-1 {t:5.2f}  drop {float_top1 - t:4.2f} "
-                f"(max {worst_drop:4.1f})  mse {m:5.2f}  {s:5.1f} s"
+                f"(max {worst_drop:4.1f})  mse {m:5.2f}  sqnr {q:5.2f} dB  {s:5.1f} s"
             )
 
 
