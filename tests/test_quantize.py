@@ -27,8 +27,11 @@ def _structure(model: bytes) -> dict:
     for i in list(sg.inputs) + list(sg.outputs):
         t = sg.tensors[i]
         q = t.quantization
-        io.append((t.type, tuple(t.shape), None if q is None or q.scale is None else (float(q.scale[0]), int(q.zeroPoint[0]))))
-    return {"ops": ops, "weights": weights, "io": io}
+        io.append((t.name, t.type, tuple(t.shape),
+                   None if q is None or q.scale is None else (float(q.scale[0]), int(q.zeroPoint[0]))))
+    signatures = [(s.signatureKey, [(t.name, t.tensorIndex) for t in s.inputs], [(t.name, t.tensorIndex) for t in s.outputs])
+                  for s in m.signatureDefs or []]
+    return {"ops": ops, "weights": weights, "io": io, "signatures": signatures}
 
 
 def _model_and_data(path, tiny_data):
@@ -66,7 +69,8 @@ def test_optimised_model_is_full_integer_and_shaped_like_the_plain_one(tiny_mode
     assert opt == plain  # same op sequence, int8 per-channel weights, same io types and io quantization
     int8 = 9
     assert all(t == int8 and n > 1 for t, n in opt["weights"])
-    assert [t for t, _, _ in opt["io"]] == [int8, int8]
+    assert [t for _, t, _, _ in opt["io"]] == [int8, int8]
+    assert opt["signatures"] and opt["io"][0][0] == b"serving_default_input:0"  # the SavedModel path's names
     engine.check_full_integer(tiny_models["mse+bias"], "int8")  # no float32 tensor anywhere
 
 
@@ -262,6 +266,39 @@ def test_written_weights_survive_the_quantizer_exactly(tiny):
             np.testing.assert_allclose(q * scale / scale, written[t.name] / scale, atol=1e-3)
             checked += 1
     assert checked == len(layers) > 3
+
+
+def test_direct_conversion_lays_out_the_savedmodel_paths_graph(tiny):
+    """Pins the converter switch the int8 engine leans on (TF upgrades must fail here, loudly).
+
+    The engine converts the traced function without the converter's SavedModel
+    round trip (``engine._skip_saved_model``) and writes the SavedModel path's
+    input/output names and signature itself. That is only right while both
+    paths give the same graph: same ops, constants and min/max slots.
+    """
+    loaded, calib, _, _ = tiny
+    conv, lowered = _calibrated(loaded, calib[:1])
+    direct = loaded.tflite_converter()
+    engine.configure_int8(direct, calib[:1], "int8", engine.Ticker(None, 1))
+    direct._experimental_calibrate_only = True
+    assert engine._skip_saved_model(direct) and not direct.experimental_lower_to_saved_model
+    graph = qg._Graph(engine.run_converter(direct, "calibration"))
+    assert [c for c, _ in graph.ops] == [c for c, _ in lowered.ops]
+    assert [list(op.inputs) + [-9] + list(op.outputs) for _, op in graph.ops] == [
+        list(op.inputs) + [-9] + list(op.outputs) for _, op in lowered.ops]
+    assert len(graph.sg.tensors) == len(lowered.sg.tensors)
+    for i, (a, b) in enumerate(zip(graph.sg.tensors, lowered.sg.tensors)):
+        assert (a.type, list(a.shape), graph.has_range(i)) == (b.type, list(b.shape), lowered.has_range(i))
+        ca, cb = graph.const(i), lowered.const(i)
+        assert (ca is None) == (cb is None) and (ca is None or np.array_equal(ca, cb))
+    assert graph.model.signatureDefs is None or not graph.model.signatureDefs
+    graph.name_like_saved_model()
+    for attr in ("inputs", "outputs"):
+        assert [graph.sg.tensors[i].name for i in getattr(graph.sg, attr)] == [
+            lowered.sg.tensors[i].name for i in getattr(lowered.sg, attr)]
+    sig = lambda m: [(s.signatureKey, s.subgraphIndex, [(t.name, t.tensorIndex) for t in s.inputs],  # noqa: E731
+                      [(t.name, t.tensorIndex) for t in s.outputs]) for s in m.signatureDefs]
+    assert sig(graph.model) == sig(lowered.model)
 
 
 def test_batched_ranges_are_the_converters_calibration(tiny, monkeypatch):

@@ -105,6 +105,35 @@ class _Graph:
     def to_bytes(self) -> bytes:
         return bytes(self.fu.convert_object_to_bytearray(self.model))
 
+    def name_like_saved_model(self) -> None:
+        """Give a single-input, single-output model converted from a traced function the SavedModel path's names.
+
+        The converter's SavedModel path (its default for a traced function)
+        names the input ``serving_default_<arg>:0``, the output
+        ``StatefulPartitionedCall:0``, and adds the ``serving_default``
+        signature (input keyed by the argument's name, output ``output_0``);
+        the direct path names them ``<arg>`` and ``Identity`` and has no
+        signature. A model of another shape is left as it is.
+        """
+        from tensorflow.lite.python import schema_py_generated as schema
+
+        if len(self.sg.inputs) != 1 or len(self.sg.outputs) != 1 or self.model.signatureDefs:
+            return
+        i, o = int(self.sg.inputs[0]), int(self.sg.outputs[0])
+        arg = self.sg.tensors[i].name.decode()
+        self.sg.tensors[i].name = f"serving_default_{arg}:0".encode()
+        self.sg.tensors[o].name = b"StatefulPartitionedCall:0"
+
+        def tensor_map(key: str, index: int):
+            m = schema.TensorMapT()
+            m.name, m.tensorIndex = key.encode(), index
+            return m
+
+        sig = schema.SignatureDefT()
+        sig.signatureKey, sig.subgraphIndex = b"serving_default", 0
+        sig.inputs, sig.outputs = [tensor_map(arg, i)], [tensor_map("output_0", o)]
+        self.model.signatureDefs = [sig]
+
     # constants ----------------------------------------------------------
     def const(self, i: int) -> Optional[np.ndarray]:
         t = self.sg.tensors[i]
