@@ -39,6 +39,29 @@ def test_bad_tf_config_is_one_line(raw, message):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize(
+    "raw, extra, message",
+    [
+        ("{not json", [], "TF_CONFIG is not valid JSON"),
+        (_tf_config(["127.0.0.1:5000", "127.0.0.1:5000"], 1), [], "TF_CONFIG names 127.0.0.1:5000 twice"),
+        (_tf_config(["127.0.0.1:5000", "127.0.0.1:5001"], 2), [], "is not in the cluster"),
+        ("", ["--strategy", "multiworker"], "--strategy multiworker needs TF_CONFIG"),
+    ],
+)
+def test_bad_cluster_from_the_command_line_is_one_line_before_any_work(cluster_inputs, tmp_path, monkeypatch, capsys,
+                                                                     raw, extra, message):
+    from edgeresnet.cli import main
+
+    monkeypatch.setenv("TF_CONFIG", raw)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main([*_prune_args(*cluster_inputs, epochs=1), *extra])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert exit_info.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_tf_config_roles_and_auto_choice():
     assert read_tf_config({}) is None
     assert read_tf_config({"TF_CONFIG": _tf_config(["127.0.0.1:5000"], 0)}) is None  # one task: no cluster
