@@ -11,8 +11,10 @@ With labelled training data the model is fine-tuned while sparsity ramps up
 (``polynomial``, the default) or is held at the target from the first step
 (``constant``). Without training data the target sparsity is applied in one
 shot from the weight magnitudes, which costs accuracy; a warning says so.
-Training runs under the current ``tf.distribute`` strategy; with no strategy
-set and two or more GPUs visible, a ``MirroredStrategy`` is used.
+Training runs under the strategy ``--strategy`` names (:mod:`edgeresnet.cluster`):
+with two or more GPUs visible, a ``MirroredStrategy``; in a ``TF_CONFIG``
+cluster, ``MultiWorkerMirroredStrategy`` with each worker reading only its own
+share of the files (:mod:`edgeresnet.train_data`).
 
 The result holds the *stripped* tf_keras model (no pruning wrappers), ready
 for the TFLite converter, and a per-layer record of what was asked and what
