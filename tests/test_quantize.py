@@ -110,15 +110,21 @@ def test_default_method_is_closer_to_float_than_minmax_on_held_out_data(outlier)
     assert (out["mse+bias"].argmax(1) == ref.argmax(1)).mean() > (out["minmax"].argmax(1) == ref.argmax(1)).mean()
 
 
+def _channel_max(graph, samples):
+    """The statistics pass's per-channel maxima of the equalization chains' heads."""
+    measured = qg._StatsPass(graph, [], samples, {"equalize": np.arange(len(samples))}, QuantOptConfig(), False)
+    return measured.run(engine.Ticker(None, 1)).channel_max
+
+
 def test_equalization_keeps_the_float_function(outlier):
     loaded, calib, held, ref = outlier
     conv, graph = _calibrated(loaded, calib)
     before = graph.const(graph.weight_layers(True, True)[1].w).copy()
-    assert qg._equalize(graph, calib[:16], engine.Ticker(None, 1)) >= 1
+    assert qg._equalize(graph, _channel_max(graph, calib[:16]))  # the rescaled tensors
     assert not np.allclose(graph.const(graph.weight_layers(True, True)[1].w), before)
     out = graph.sg.outputs[0]
     got = []
-    qg._run_probe(graph, [int(out)], held, lambda v: got.append(v[int(out)]), engine.Ticker(None, 1))
+    qg._run_probe(graph, [int(out)], held, lambda v, rows: got.append(v[int(out)].copy()), engine.Ticker(None, 1))
     np.testing.assert_allclose(np.concatenate(got), ref, atol=1e-5)
 
 
@@ -126,16 +132,17 @@ def test_equalization_leaves_balanced_layers_alone(tiny):
     loaded, calib, _, _ = tiny
     conv, graph = _calibrated(loaded, calib)
     assert qg._chains(graph, graph.weight_layers(True, True))  # in-block conv pairs qualify ...
-    assert qg._equalize(graph, calib[:16], engine.Ticker(None, 1)) == 0  # ... but need no rescaling
+    assert qg._equalize(graph, _channel_max(graph, calib[:16])) == set()  # ... but need no rescaling
 
 
-def test_progress_reaches_its_total(tiny):
-    loaded, calib, _, _ = tiny
+@pytest.mark.parametrize("model, passes", [("tiny", ["calibration images"]),
+                                           ("outlier", ["calibration images", "samples after equalization"])])
+def test_statistics_take_one_pass_and_progress_reaches_its_total(model, passes, request):
+    """Every statistic comes from one pass over the images; only tensors equalization rescaled get a second look."""
+    loaded, calib, _, _ = request.getfixturevalue(model)
     calls = []
     quantize_int8(loaded.tflite_converter, calib[:12], "int8", "mse+bias", progress=lambda d, t, what: calls.append((d, t, what)))
-    # One count per pass, each with what it counts: the 12 images, then the statistics passes on their samples.
-    passes = list(dict.fromkeys(what for _, _, what in calls))
-    assert passes[0] == "calibration images" and "samples for statistics" in passes, passes
+    assert list(dict.fromkeys(what for _, _, what in calls)) == passes
     for what in passes:
         mine = [(d, t) for d, t, w in calls if w == what]
         assert mine[-1][0] == mine[-1][1] and all(b[0] >= a[0] for a, b in zip(mine, mine[1:])), (what, mine)
@@ -251,10 +258,11 @@ def test_written_weights_survive_the_quantizer_exactly(tiny):
     conv, graph = _calibrated(loaded, calib)
     layers = graph.weight_layers(per_channel=True, dense_per_channel=True)
     cfg = QuantOptConfig(stats_samples=16, gptq_samples=16)
-    stats = qg._collect_stats(graph, layers, calib[:16], cfg, True, engine.Ticker(None, 1))
-    hessians = qg._collect_hessians(graph, layers, calib[:16], cfg, engine.Ticker(None, 1))
+    rows = np.arange(16)
+    stats = qg._StatsPass(graph, layers, calib[:16], {"stats": rows, "gptq": rows}, cfg, True).run(engine.Ticker(None, 1))
+    assert set(stats.hessians) == {l.w for l in layers} and set(stats.mean_inputs) == {l.x for l in layers}
     for layer in layers:
-        qg._quantize_layer_weights(graph, layer, stats.mean_inputs.get(layer.x), hessians.get(layer.w))
+        qg._quantize_layer_weights(graph, layer, stats.mean_inputs.get(layer.x), stats.hessians.get(layer.w))
     written = {graph.sg.tensors[l.w].name: graph.const(l.w).astype(np.float64) for l in layers}
     model = engine.mlir_quantize(conv, graph.to_bytes(), "int8")
     m = flatbuffer_utils.convert_bytearray_to_object(bytearray(model))

@@ -11,10 +11,11 @@ from ..errors import ConfigError
 
 @dataclass(frozen=True)
 class QuantOptConfig:
-    """How much data the extra statistics pass looks at.
+    """Which samples each statistic of the one statistics pass looks at.
 
-    ``stats_samples``: calibration samples (an evenly spread subset) run once
-    more in float for histograms and layer input means; ``None`` uses all.
+    Every calibration sample gives the min/max ranges. ``stats_samples``: the
+    evenly spread subset whose activations also feed the histograms and layer
+    input means; ``None`` uses all.
     ``gptq_samples`` / ``gptq_rows``: samples, and patch rows drawn per sample
     and layer, for the GPTQ Hessians (``mse+gptq`` only). ``equalize``:
     rescale channels that dwarf the rest of their tensor (see

@@ -8,15 +8,19 @@ the same session, from the model the chosen method produced.
 1. The converter calibrates (``TFLITE_BUILTINS_INT8`` only, the representative
    data streamed). A method that keeps the plain converter (``minmax``) takes
    its output as is, bit for bit. For the others the converter calibrates
-   without quantizing (``_experimental_calibrate_only``) on one sample only:
-   a float flatbuffer with a min/max slot on every tensor the quantizer needs.
-   Its calibrator runs one sample at a time through a logging interpreter
-   (about ten times slower than float inference), so the min/max of every
-   tensor over all samples is measured instead in batched, multi-threaded
-   float inference (``graph._measure_ranges``; ``tests/test_quantize.py``
-   pins it against the calibrator fed everything).
+   without quantizing (``_experimental_calibrate_only``) on one sample only,
+   from the traced function directly (not through the converter's temporary
+   SavedModel: :func:`_skip_saved_model`): a float flatbuffer with a min/max
+   slot on every tensor the quantizer needs. Its calibrator runs one sample
+   at a time through a logging interpreter (about ten times slower than float
+   inference), so ONE batched, multi-threaded float pass over all samples
+   (``graph._StatsPass``) measures instead the min/max of every tensor
+   (``tests/test_quantize.py`` pins it against the calibrator fed
+   everything) and, in the same pass, every statistic the method asks for
+   (histograms, layer input means, equalization and GPTQ statistics).
 2. The method edits that calibrated model (ranges, weights, biases; see the
-   method modules and ``graph.py``).
+   method modules and ``graph.py``); only tensors equalization rescaled are
+   measured again.
 3. ``tensorflow.lite.python.convert.mlir_quantize`` runs with the arguments
    ``TFLiteConverter`` passes it, then read-only buffers are de-duplicated as
    the converter does. With ``denylisted_nodes`` the same call keeps layers in
@@ -52,8 +56,9 @@ class Int8Session:
     model; ``calibration`` holds preprocessed float32 samples (N, H, W, C);
     ``io_type`` is the model's input/output type (``int8``, ``uint8`` or
     ``float32``); ``method`` a name in the method registry. ``progress(done,
-    total, what)`` follows each pass on its own: calibration ("calibration
-    images"), then the method's passes ("samples for statistics", ...).
+    total, what)`` follows each pass on its own: the statistics pass
+    ("calibration images"), then, when equalization rescaled tensors, their
+    second look ("samples after equalization").
     """
 
     def __init__(
@@ -74,7 +79,7 @@ class Int8Session:
         self.make_converter, self.io_type = make_converter, io_type
         self.calibration = check_calibration(calibration)
         subsets = self.method.subsets(len(self.calibration), self.config)
-        tick = Ticker(progress, len(self.calibration), "calibration images")  # each statistics pass is a section
+        tick = Ticker(progress, len(self.calibration), "calibration images")  # a second look is its own section
         self.converter = make_converter()
         # Where the time went: the converter and quantizer, and this side's statistics passes.
         self.seconds = {"statistics": 0.0, "quantize": 0.0}
@@ -108,8 +113,10 @@ class Int8Session:
         )
         with capture_output():  # the interpreter announces its delegates on stderr
             try:
-                g._measure_ranges(graph, self.calibration, tick)
-                self.method.edit(graph, layers, self.calibration, subsets, self.config, tick)
+                measured = g._StatsPass(graph, layers, self.calibration, subsets, self.config, self.method.uses_input_means)
+                measured.run(tick)  # ranges and every statistic the method asked for, in one batched pass
+                measured.write_ranges()
+                self.method.edit(graph, layers, measured, self.config, tick)
             except (ValueError, RuntimeError, np.linalg.LinAlgError) as exc:
                 raise ConversionError(
                     f"{self.method.name} quantization failed while optimising ranges/weights: {_one_line(exc)}"
@@ -224,7 +231,7 @@ def check_full_integer(model: bytes, io_type: str) -> None:
 class Ticker:
     """Counts the steps of long work, one pass at a time, towards ``progress(done, total)``.
 
-    With ``what`` (what the pass counts: "calibration images", "samples for statistics")
+    With ``what`` (what the pass counts: "calibration images", "samples after equalization")
     the call is ``progress(done, total, what)``; :meth:`section` starts the next pass.
     """
 

@@ -270,21 +270,36 @@ def _resize_batch(interp, index: int, batch: int, sample_shape, graph: _Graph, n
     return True
 
 
-def _run_probe(graph: _Graph, tensors: list[int], samples: np.ndarray, visit: Callable[[dict], None], tick):
-    """Run ``samples`` through the float model in batches; ``visit`` gets {tensor: (B, ...) values}."""
+def _run_probe(graph: _Graph, tensors: list[int], samples: np.ndarray, visit: Callable[[dict, np.ndarray], None], tick,
+               rows: Optional[np.ndarray] = None):
+    """Run ``samples`` (the ``rows`` of it, in that order; default all) through the float model in batches;
+    ``visit(values, batch_rows)`` gets {tensor: (B, ...) values} and the rows of ``samples`` they came from.
+
+    The values are views of the interpreter's buffers, valid only during the call (copy what is kept).
+    """
+    rows = np.arange(len(samples)) if rows is None else np.asarray(rows)
     if not tensors:
-        tick(len(samples))
+        tick(len(rows))
         return
-    interp, inp, outs, batch = _probe(graph, tensors, samples)
-    for k in range(0, len(samples), batch):
-        chunk = samples[k : k + batch]
-        n = len(chunk)
+    interp, inp, outs, batch = _probe(graph, tensors, samples[rows[:PROBE_MAX_BATCH]])
+    for k in range(0, len(rows), batch):
+        here = rows[k : k + batch]
+        n = len(here)
+        chunk = samples[here]
         if n < batch:  # the last, short batch: padded with its own first sample, which is not visited
             chunk = np.concatenate([chunk, np.repeat(chunk[:1], batch - n, axis=0)])
         interp.set_tensor(inp, np.ascontiguousarray(chunk))
         interp.invoke()
-        visit({i: interp.get_tensor(idx)[:n] for idx, i in outs})
+        visit({i: interp.tensor(idx)()[:n] for idx, i in outs}, here)  # no view outlives the call
         tick(n)
+
+
+def _range_tensors(graph: _Graph) -> list[int]:
+    """The float tensors the calibrator gives a min/max (graph inputs apart: their range is the data's)."""
+    return [
+        i for i in range(len(graph.sg.tensors))
+        if i not in graph.inputs and graph.has_range(i) and graph.sg.tensors[i].type == _TFLITE_FLOAT32
+    ]
 
 
 def _measure_ranges(graph: _Graph, samples: np.ndarray, tick) -> None:
@@ -292,26 +307,12 @@ def _measure_ranges(graph: _Graph, samples: np.ndarray, tick) -> None:
 
     The calibrator logs the plain minimum and maximum of each float tensor
     over every sample it is fed, one sample at a time; this measures the same
-    in batched, multi-threaded float inference and writes them into the model.
+    in batched, multi-threaded float inference and writes them into the model
+    (the statistics pass, :func:`_measure`, with nothing else to collect).
     """
-    tensors = [
-        i for i in range(len(graph.sg.tensors))
-        if i not in graph.inputs and graph.has_range(i) and graph.sg.tensors[i].type == _TFLITE_FLOAT32
-    ]
-    lo = {i: np.inf for i in tensors}
-    hi = {i: -np.inf for i in tensors}
-
-    def visit(values):
-        for i, v in values.items():
-            lo[i] = min(lo[i], float(v.min()))
-            hi[i] = max(hi[i], float(v.max()))
-
-    _run_probe(graph, tensors, samples, visit, tick)
-    for i in tensors:
-        _write_range(graph, i, lo[i], hi[i])
-    for i in graph.inputs:
-        if graph.has_range(i):
-            _write_range(graph, i, float(samples.min()), float(samples.max()))
+    stats = _StatsPass(graph, [], samples, {}, QuantOptConfig(), False)
+    stats.run(tick)
+    stats.write_ranges()
 
 
 def _write_range(graph: _Graph, i: int, lo: float, hi: float) -> None:
@@ -326,19 +327,21 @@ def _write_range(graph: _Graph, i: int, lo: float, hi: float) -> None:
 class _Histogram:
     """Counts of a tensor's values, both signs, exact zeros apart.
 
-    Each side covers [0, R) in ``bins/2`` equal bins; R doubles (merging bin
-    pairs) whenever a larger value arrives, so bin edges stay aligned with 0.
-    Large tensors are subsampled (a strided subset, each value counting for the
-    stride), except their tails (beyond R/4), which are always counted in full:
-    the few largest values decide the clipping error.
+    Each side covers [0, R) in ``bins/2`` equal bins; R is set by the first
+    values added and doubles (merging bin pairs) whenever a larger value
+    arrives, so bin edges stay aligned with 0. Large tensors are subsampled
+    (every ``step``-th run of ``RUN`` consecutive values, each value counting
+    for the share it stands for), except their tails (beyond R/4), which are
+    always counted in full: the few largest values decide the clipping error.
     """
 
     MAX_VALUES = 1 << 16  # per tensor and sample before subsampling
+    RUN = 256  # consecutive values kept together when subsampling (contiguous reads are cheap)
     TAIL = 0.25
 
-    def __init__(self, bins: int, lo: float, hi: float):
+    def __init__(self, bins: int, lo: Optional[float] = None, hi: Optional[float] = None):
         self.k = bins // 2
-        self.r = [max(hi, 1e-8), max(-lo, 1e-8)]
+        self.r = None if lo is None else [max(hi, 1e-8), max(-lo, 1e-8)]  # None: set by the first values added
         self.counts = [np.zeros(self.k), np.zeros(self.k)]
         self.zeros = 0.0
         self.vmin = 0.0
@@ -356,33 +359,61 @@ class _Histogram:
             idx = np.minimum((a * (self.k / self.r[side])).astype(np.int64), self.k - 1)
             self.counts[side] += weight * np.bincount(idx, minlength=self.k)
 
-    def add(self, v: np.ndarray) -> None:
+    def add(self, v: np.ndarray, samples: int = 1, vmin: Optional[float] = None, vmax: Optional[float] = None) -> None:
+        """Count the values ``v`` of ``samples`` samples (each may keep ``MAX_VALUES`` before subsampling).
+
+        ``vmin``/``vmax``: the values' minimum and maximum when the caller already knows them.
+        """
         v = v.reshape(-1)
-        vmin, vmax = float(v.min()), float(v.max())
+        if not v.size:
+            return
+        if vmin is None or vmax is None:
+            vmin, vmax = float(v.min()), float(v.max())
         self.vmin, self.vmax = min(self.vmin, vmin), max(self.vmax, vmax)
+        if self.r is None:
+            self.r = [max(vmax, 1e-8), max(-vmin, 1e-8)]
         if vmax > 0:
             self._grow(0, vmax)
         if vmin < 0:
             self._grow(1, -vmin)
-        step = 1
-        if v.size > self.MAX_VALUES:
-            step = int(math.ceil(v.size / self.MAX_VALUES))
+        tail, weight = None, 1.0
+        if v.size > self.MAX_VALUES * samples:
             t_pos, t_neg = self.r[0] * self.TAIL, self.r[1] * self.TAIL
             if vmax >= t_pos:
                 self._count(0, v[np.flatnonzero(v >= t_pos)], 1.0)
             if vmin <= -t_neg:
                 self._count(1, -v[np.flatnonzero(v <= -t_neg)], 1.0)
-            v = v[self.offset % step :: step]
-            self.offset += 1
-            v = v[(v < t_pos) & (v > -t_neg)]
-        pos = v[v > 0]
-        neg = -v[v < 0]
-        self.zeros += step * float(v.size - pos.size - neg.size)
-        self._count(0, pos, float(step))
-        self._count(1, neg, float(step))
+            tail = int(self.k * self.TAIL)  # the bins from here on hold the tails: already counted
+            v, weight = self._subsample(v, samples)
+        zeros = v.size - np.count_nonzero(v)
+        if vmin >= 0:  # no negative values (a ReLU's output): one side
+            counts = [np.bincount(np.minimum((v * np.float32(self.k / self.r[0])).astype(np.int32), self.k - 1),
+                                  minlength=self.k), None]
+        else:
+            neg = v < 0
+            scaled = np.abs(v) * np.where(neg, np.float32(self.k / self.r[1]), np.float32(self.k / self.r[0]))
+            both = np.bincount(np.minimum(scaled.astype(np.int32), self.k - 1) + self.k * neg, minlength=2 * self.k)
+            counts = [both[: self.k], both[self.k :]]
+        counts[0][0] -= zeros  # exact zeros fell in the first positive bin
+        for side, c in enumerate(counts):
+            if c is not None:
+                if tail is not None:
+                    c[tail:] = 0
+                self.counts[side] += weight * c
+        self.zeros += weight * float(zeros)
+
+    def _subsample(self, v: np.ndarray, samples: int) -> tuple[np.ndarray, float]:
+        """Every ``step``-th run of ``RUN`` values (the first run rotating between calls), and the share each stands for."""
+        runs = v.size // self.RUN
+        step = int(math.ceil(v.size / (self.MAX_VALUES * samples)))
+        kept = v[: runs * self.RUN].reshape(runs, self.RUN)[self.offset % step :: step].reshape(-1)
+        self.offset += 1
+        return kept, v.size / max(kept.size, 1)
 
     def values_and_counts(self) -> tuple[np.ndarray, np.ndarray, float]:
         """Bin centres (ascending), their counts, and the number of exact zeros."""
+        if self.r is None:
+            return np.zeros(0), np.zeros(0), self.zeros
         wp, wn = self.r[0] / self.k, self.r[1] / self.k
         cp = (np.arange(self.k) + 0.5) * wp
         cn = -(np.arange(self.k)[::-1] + 0.5) * wn
@@ -424,9 +455,15 @@ def _mse_range(h: _Histogram, grid: int = 48, min_frac: float = 0.1) -> tuple[fl
 
 @dataclass
 class _Stats:
-    hist: dict  # activation tensor -> _Histogram
-    mean_inputs: dict  # layer input tensor -> mean input (1, H, W, C) or (1, C)
+    """What the statistics pass measured (see :class:`_StatsPass`)."""
+
+    lo: dict  # calibrated tensor -> minimum over the samples
+    hi: dict  # ... and maximum
+    hist: dict  # activation tensor -> _Histogram ("stats" samples)
+    mean_inputs: dict  # layer input tensor -> mean input (1, H, W, C) or (1, C) ("stats" samples)
     pooled: dict  # tensor read only by AVERAGE_POOL_2D -> (pool ops, kept samples)
+    channel_max: dict  # equalization chain head -> per-channel max |value| ("equalize" samples)
+    hessians: dict  # weight tensor -> E[p p^T] over its layer's input patches ("gptq" samples)
 
 
 def _pool_inputs(graph: _Graph) -> dict[int, list]:
@@ -439,38 +476,152 @@ def _pool_inputs(graph: _Graph) -> dict[int, list]:
     return out
 
 
-def _collect_stats(graph: _Graph, layers: list, samples: np.ndarray, cfg: QuantOptConfig, want_means: bool, tick) -> _Stats:
-    tick.section("samples for statistics", len(samples))
-    acts = graph.activation_tensors()
-    hist = {}
-    for i in acts:
-        lo, hi = graph.range(i)
-        hist[i] = _Histogram(cfg.bins, lo, hi)
-    mean_in = {}
-    layer_inputs = sorted({l.x for l in layers}) if want_means else []
-    pools = _pool_inputs(graph)
-    pool_keep = max(1, min(len(samples), 64))
-    pool_samples = {i: [] for i in pools}
-    tensors = sorted(set(acts) | set(layer_inputs))
-    seen = [0]
+POOL_KEEP = 64  # "stats" samples of each average-pool input kept to score its range on the pooled output
 
-    def visit(values):
-        n = len(next(iter(values.values())))
-        for j in range(n):  # per sample, as the histograms subsample per added tensor
-            for i, v in values.items():
-                if i in hist:
-                    hist[i].add(v[j : j + 1])
-                if i in pool_samples and seen[0] < pool_keep:
-                    pool_samples[i].append(v[j : j + 1].astype(np.float32, copy=True))
-            seen[0] += 1
-        for i in layer_inputs:
-            if i not in mean_in:
-                mean_in[i] = np.zeros((1,) + values[i].shape[1:], np.float64)
-            mean_in[i] += values[i].sum(0, keepdims=True, dtype=np.float64)
 
-    _run_probe(graph, tensors, samples, visit, tick)
-    mean_inputs = {i: (s / len(samples)).astype(np.float32) for i, s in mean_in.items()}
-    return _Stats(hist, mean_inputs, {i: (pools[i], v) for i, v in pool_samples.items() if v})
+class _StatsPass:
+    """Every statistic the int8 methods use, from ONE batched float pass over the calibration samples.
+
+    Each batch of the float model (every tensor that is measured made a graph
+    output) feeds all collectors at once: the min/max of every calibrated
+    tensor over all samples (what the converter's calibrator records), and on
+    the evenly spread subsets ``subsets`` names (sample indices): ``"stats"``
+    the activation histograms, the kept average-pool inputs and, with
+    ``want_means``, every weight layer's mean input; ``"equalize"`` the
+    per-channel maxima of the equalization chains' heads; ``"gptq"`` the
+    GPTQ input correlations. After equalization rescales some tensors,
+    :meth:`run` with ``tensors`` measures just those again.
+    """
+
+    def __init__(self, graph: _Graph, layers: list, samples: np.ndarray, subsets: dict, cfg: QuantOptConfig,
+                 want_means: bool):
+        self.graph, self.samples, self.cfg, self.layers = graph, samples, cfg, layers
+        n = len(samples)
+        self.rows = {key: np.isin(np.arange(n), subsets.get(key, ())) for key in ("stats", "equalize", "gptq")}
+        want = {key: bool(mask.any()) for key, mask in self.rows.items()}
+        self.range_tensors = _range_tensors(graph)
+        self.acts = graph.activation_tensors() if want["stats"] else []
+        self.pools = _pool_inputs(graph) if want["stats"] else {}
+        self.mean_layers = sorted({l.x for l in layers}) if want["stats"] and want_means else []
+        self.heads = sorted({c.producer.y for c in _chains(graph, _equalize_layers(graph))}) if want["equalize"] else []
+        self.gptq_layers = list(layers) if want["gptq"] else []
+        self.stats = _Stats({}, {}, {}, {}, {}, {}, {})
+        self._mean_sums: dict = {}
+        self._rows_seen = {"pool": 0}
+
+    # the pass -----------------------------------------------------------
+    def run(self, tick, tensors: Optional[set] = None) -> _Stats:
+        """Measure everything (``tensors`` None: all samples), or again only the statistics of ``tensors``
+        (on the samples that feed them; their min/max then cover those samples)."""
+        only = None if tensors is None else set(tensors)
+        keep = lambda ts: [i for i in ts if only is None or i in only]  # noqa: E731
+        acts, pools, means = keep(self.acts), {i: p for i, p in self.pools.items() if only is None or i in only}, keep(self.mean_layers)
+        heads = keep(self.heads) if only is None else []
+        gptq = [l for l in self.gptq_layers if only is None or l.x in only]
+        self._reset(acts, pools, means, gptq)
+        if only is None:
+            rows = np.arange(len(self.samples))
+            ranged = self.range_tensors
+        else:
+            rows = np.flatnonzero(self.rows["stats"] | self.rows["gptq"])
+            ranged = keep(self.range_tensors)
+            tick.section("samples after equalization", len(rows))
+        # The subsets' samples first (each in its order), so most batches are wholly in or out of them.
+        wanted = (self.rows["stats"] | self.rows["equalize"] | self.rows["gptq"])[rows]
+        rows = np.concatenate([rows[wanted], rows[~wanted]])
+        lo, hi = self.stats.lo, self.stats.hi
+        for i in ranged:
+            lo[i], hi[i] = np.inf, -np.inf
+        rng = np.random.default_rng(self.cfg.seed)
+
+        def visit(values, batch_rows):
+            extremes = {}
+            for i in ranged:
+                v = values[i]
+                extremes[i] = float(v.min()), float(v.max())
+                lo[i], hi[i] = min(lo[i], extremes[i][0]), max(hi[i], extremes[i][1])
+            self._visit_stats(values, self.rows["stats"][batch_rows], acts, pools, means, extremes)
+            self._visit_heads(values, self.rows["equalize"][batch_rows], heads)
+            self._visit_gptq(values, self.rows["gptq"][batch_rows], gptq, rng)
+
+        tensors_run = sorted(set(ranged) | set(acts) | set(pools) | set(means) | set(heads) | {l.x for l in gptq})
+        _run_probe(self.graph, tensors_run, self.samples, visit, tick, rows)
+        self._finish(means, gptq)
+        return self.stats
+
+    def _reset(self, acts, pools, means, gptq) -> None:
+        st = self.stats
+        for i in acts:
+            st.hist[i] = _Histogram(self.cfg.bins)
+        for i in pools:
+            st.pooled[i] = (self.pools[i], [])
+        self._rows_seen["pool"] = 0 if pools else self._rows_seen["pool"]
+        for i in means:
+            self._mean_sums[i] = None
+        self._mean_count = 0
+        for l in gptq:
+            st.hessians[l.w] = None
+        self._gptq_rows = {l.w: 0 for l in gptq}
+
+    def _visit_stats(self, values, sel, acts, pools, means, extremes) -> None:
+        n = int(sel.sum())
+        if not n:
+            return
+        whole = n == len(sel)  # the batch's min/max are these samples' own
+        picked = {i: values[i] if whole else values[i][sel] for i in set(acts) | set(pools) | set(means)}
+        for i in acts:
+            self.stats.hist[i].add(picked[i], n, *(extremes.get(i, (None, None)) if whole else (None, None)))
+        room = POOL_KEEP - self._rows_seen["pool"]
+        if room > 0 and pools:
+            for i in pools:
+                self.stats.pooled[i][1].append(picked[i][:room].astype(np.float32, copy=True))
+            self._rows_seen["pool"] += min(room, n)
+        for i in means:
+            s = picked[i].sum(0, keepdims=True, dtype=np.float64)
+            self._mean_sums[i] = s if self._mean_sums[i] is None else self._mean_sums[i] + s
+        self._mean_count += n
+
+    def _visit_heads(self, values, sel, heads) -> None:
+        if not sel.any():
+            return
+        for i in heads:
+            v = values[i][sel]
+            m = np.abs(v.reshape(-1, v.shape[-1])).max(0)
+            cur = self.stats.channel_max.get(i)
+            self.stats.channel_max[i] = m if cur is None else np.maximum(cur, m)
+
+    def _visit_gptq(self, values, sel, layers, rng) -> None:
+        shapes = {l.w: self.graph.const(l.w).shape for l in layers}
+        for j in np.flatnonzero(sel):  # sample by sample, as the seeded draws go
+            for l in layers:
+                P = _sample_patches(l, values[l.x][j : j + 1], shapes[l.w], self.cfg.gptq_rows, rng).astype(np.float32)
+                h = (P.T @ P).astype(np.float64)
+                cur = self.stats.hessians[l.w]
+                self.stats.hessians[l.w] = h if cur is None else cur + h
+                self._gptq_rows[l.w] += len(P)
+
+    def _finish(self, means, gptq) -> None:
+        st = self.stats
+        for i in means:
+            if self._mean_sums[i] is not None:
+                st.mean_inputs[i] = (self._mean_sums[i] / self._mean_count).astype(np.float32)
+        for l in gptq:
+            if st.hessians[l.w] is None:
+                del st.hessians[l.w]
+            else:
+                st.hessians[l.w] = st.hessians[l.w] / max(self._gptq_rows[l.w], 1)
+        for i, (ops, kept) in list(st.pooled.items()):
+            if not kept:
+                del st.pooled[i]
+
+    def write_ranges(self) -> None:
+        """The measured min/max into the model: every calibrated tensor's, the graph inputs' from the data."""
+        for i in self.range_tensors:
+            if i in self.stats.lo:
+                _write_range(self.graph, i, self.stats.lo[i], self.stats.hi[i])
+        for i in self.graph.inputs:
+            if self.graph.has_range(i):
+                _write_range(self.graph, i, float(self.samples.min()), float(self.samples.max()))
 
 
 def _pool_range(x: np.ndarray, pool_ops: list, h: _Histogram, grid: int = 40) -> tuple[float, float]:
@@ -588,10 +739,15 @@ def _int_const(graph: _Graph, i: int):
     return np.frombuffer(np.asarray(data, np.uint8).tobytes(), np.int32).tolist()
 
 
-def _equalize(graph: _Graph, samples: np.ndarray, tick) -> int:
+def _equalize_layers(graph: _Graph) -> list[_Layer]:
+    return graph.weight_layers(per_channel=True, dense_per_channel=True)
+
+
+def _equalize(graph: _Graph, channel_max: dict) -> set:
     """Shrink channels whose range dwarfs the rest of their (per-tensor quantized) activation.
 
-    For a chain producer -> consumer with channel ranges r_c, scaling channel c
+    For a chain producer -> consumer with channel ranges r_c (``channel_max``:
+    chain head -> per-channel max |value|, from the statistics pass), scaling channel c
     by t_c = min(1, R / r_c) makes the int8 step R / 255 for the whole tensor,
     while the consumer's input channel c grows by 1 / t_c. The rounding noise
     reaching the consumer's output is proportional to
@@ -600,26 +756,14 @@ def _equalize(graph: _Graph, samples: np.ndarray, tick) -> int:
     channel): milder imbalance is left to MSE range clipping, which measured
     better on ResNet-8 (equalizing its three in-block pairs, predicted gain
     2.5-5x, raised the output error by about 10 %).
-    Returns the number of chains rescaled.
+    Returns the activation tensors whose values changed (the rescaled chains'),
+    for the statistics pass to measure again.
     """
-    tick.section("samples for equalization", len(samples))
-    layers = graph.weight_layers(per_channel=True, dense_per_channel=True)
-    chains = _chains(graph, layers)
-    if not chains:
-        tick(len(samples))
-        return 0
-    heads = sorted({c.producer.y for c in chains})
-    ranges = {i: None for i in heads}
-
-    def visit(values):
-        for i in heads:
-            v = np.abs(values[i].reshape(-1, values[i].shape[-1])).max(0)
-            ranges[i] = v if ranges[i] is None else np.maximum(ranges[i], v)
-
-    _run_probe(graph, heads, samples, visit, tick)
-    done = 0
-    for ch in chains:
-        r = ranges[ch.producer.y].astype(np.float64)
+    changed: set = set()
+    for ch in _chains(graph, _equalize_layers(graph)):
+        if ch.producer.y not in channel_max:
+            continue
+        r = channel_max[ch.producer.y].astype(np.float64)
         w2 = graph.const(ch.consumer.w).astype(np.float64)
         cin = w2.shape[-1] if ch.consumer.kind == _CONV_2D else w2.shape[1]
         if cin != len(r):
@@ -644,13 +788,8 @@ def _equalize(graph: _Graph, samples: np.ndarray, tick) -> int:
         graph.set_const(ch.producer.w, w1 * t.reshape((-1,) + (1,) * (w1.ndim - 1)))
         graph.set_const(ch.producer.b, graph.const(ch.producer.b).astype(np.float64) * t)
         graph.set_const(ch.consumer.w, w2 / t)  # broadcasts over the last (input-channel) axis of both layouts
-        shrink = R / float(r.max())  # a starting range; the statistics pass measures the new one
-        for i in ch.tensors:
-            if graph.has_range(i):
-                lo, hi = graph.range(i)
-                graph.set_range(i, lo * shrink, hi * shrink)
-        done += 1
-    return done
+        changed.update(ch.tensors)
+    return changed
 
 
 # ---------------------------------------------------------------------- weights
@@ -736,27 +875,6 @@ def _gptq(w: np.ndarray, hessian: np.ndarray, scale: np.ndarray, damp: float = 0
     out = np.empty_like(Q)
     out[:, order] = Q
     return out
-
-
-def _collect_hessians(graph: _Graph, layers: list[_Layer], samples: np.ndarray, cfg: QuantOptConfig, tick) -> dict:
-    """E[p p^T] over input patches p of every layer (a seeded subset of positions)."""
-    tick.section("samples for GPTQ Hessians", len(samples))
-    rng = np.random.default_rng(cfg.seed)
-    acc = {l.w: None for l in layers}
-    rows = {l.w: 0 for l in layers}
-    inputs = sorted({l.x for l in layers})
-    shapes = {l.w: graph.const(l.w).shape for l in layers}
-
-    def visit(values):
-        for j in range(len(values[inputs[0]])):  # sample by sample, as the seeded draws go
-            for l in layers:
-                P = _sample_patches(l, values[l.x][j : j + 1], shapes[l.w], cfg.gptq_rows, rng).astype(np.float32)
-                h = (P.T @ P).astype(np.float64)
-                acc[l.w] = h if acc[l.w] is None else acc[l.w] + h
-                rows[l.w] += len(P)
-
-    _run_probe(graph, inputs, samples, visit, tick)
-    return {w: h / max(rows[w], 1) for w, h in acc.items() if h is not None}
 
 
 def _sample_patches(layer: _Layer, x: np.ndarray, w_shape: tuple, n: int, rng) -> np.ndarray:

@@ -4,10 +4,11 @@
    down, and the next layer's matching input weights up, which keeps the float
    function (cross-layer equalization). Applied only to real outliers; see
    ``graph._equalize``.
-2. One extra float pass over an evenly spread subset of the calibration
-   samples, in the TFLite interpreter with every activation made a graph
-   output, records a histogram per tensor (and, for the methods built on this
-   one, the mean input of every convolution and fully-connected layer).
+2. The engine's one float pass over the calibration samples (in the TFLite
+   interpreter, every activation made a graph output) records, besides every
+   tensor's min/max, a histogram per tensor on an evenly spread subset (and,
+   for the methods built on this one, the mean input of every convolution and
+   fully-connected layer). Tensors equalization rescaled are measured again.
 3. Ranges: each activation range becomes the one that minimises the expected
    squared error of int8 rounding plus clipping on its histogram. A tensor
    read by ``AVERAGE_POOL_2D`` (whose int8 output must share its input's
@@ -29,8 +30,6 @@ _NONE = np.zeros(0, np.int64)
 class Mse(Method):
     name = "mse"
     description = "error-minimising activation ranges and outlier-channel equalization"
-    uses_input_means = False  # the statistics pass also averages every layer's input
-
     def subsets(self, n, cfg):
         from .engine import spread
 
@@ -39,12 +38,12 @@ class Mse(Method):
             "equalize": spread(n, cfg.equalize_samples) if cfg.equalize else _NONE,
         }
 
-    def edit(self, graph, layers, calibration, subsets, cfg, tick):
-        if len(subsets["equalize"]):
-            g._equalize(graph, calibration[subsets["equalize"]], tick)
-        stats = g._collect_stats(graph, layers, calibration[subsets["stats"]], cfg, self.uses_input_means, tick)
-        self.set_weights(graph, layers, stats, calibration, subsets, cfg, tick)
-        g._set_ranges(graph, stats)
+    def edit(self, graph, layers, measured, cfg, tick):
+        changed = g._equalize(graph, measured.stats.channel_max)
+        if changed:
+            measured.run(tick, tensors=changed)
+        self.set_weights(graph, layers, measured.stats)
+        g._set_ranges(graph, measured.stats)
 
-    def set_weights(self, graph, layers, stats, calibration, subsets, cfg, tick) -> None:
+    def set_weights(self, graph, layers, stats) -> None:
         """Weights stay as calibrated (the quantizer rounds them to nearest)."""

@@ -21,11 +21,7 @@ class MseBias(Mse):
     description = "mse ranges, outlier-channel equalization and bias correction of weight rounding"
     uses_input_means = True
 
-    def set_weights(self, graph, layers, stats, calibration, subsets, cfg, tick) -> None:
-        hessians = self.hessians(graph, layers, calibration, subsets, cfg, tick)
+    def set_weights(self, graph, layers, stats) -> None:
+        # Input correlations (``stats.hessians``) only when the method asked for "gptq" samples; else round to nearest.
         for layer in layers:
-            g._quantize_layer_weights(graph, layer, stats.mean_inputs.get(layer.x), hessians.get(layer.w))
-
-    def hessians(self, graph, layers, calibration, subsets, cfg, tick) -> dict:
-        """Per-layer input correlations for error-aware rounding; none: round to nearest."""
-        return {}
+            g._quantize_layer_weights(graph, layer, stats.mean_inputs.get(layer.x), stats.hessians.get(layer.w))

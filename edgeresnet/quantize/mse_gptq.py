@@ -7,7 +7,6 @@ calibration samples and ``gptq_rows`` patch rows per sample and layer.
 
 from __future__ import annotations
 
-from . import graph as g
 from .mse_bias import MseBias
 from .registry import register_method
 
@@ -21,6 +20,3 @@ class MseGptq(MseBias):
         from .engine import spread
 
         return super().subsets(n, cfg) | {"gptq": spread(n, cfg.gptq_samples)}
-
-    def hessians(self, graph, layers, calibration, subsets, cfg, tick) -> dict:
-        return g._collect_hessians(graph, layers, calibration[subsets["gptq"]], cfg, tick)

@@ -23,13 +23,19 @@ class Method:
     name: str = ""
     description: str = ""
     plain: bool = False  # the model is the plain converter's output, bit for bit (no edit)
+    uses_input_means: bool = False  # the statistics pass also averages every weight layer's input
 
     def subsets(self, n: int, cfg) -> dict:
-        """Calibration sample indices each extra pass runs on (their sizes count towards progress)."""
+        """Calibration sample indices of each statistic the one statistics pass collects besides the ranges:
+        ``"stats"`` (histograms, kept pool inputs, input means), ``"equalize"``, ``"gptq"``."""
         return {}
 
-    def edit(self, graph, layers, calibration, subsets: dict, cfg, tick) -> None:
-        """Change the calibrated float model ``graph`` (ranges, weights, biases) in place."""
+    def edit(self, graph, layers, measured, cfg, tick) -> None:
+        """Change the calibrated float model ``graph`` (ranges, weights, biases) in place.
+
+        ``measured`` is the statistics pass (``graph._StatsPass``) that already ran over the calibration
+        samples; its ``stats`` hold what :meth:`subsets` asked for.
+        """
 
 
 def register_method(cls):
