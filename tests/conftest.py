@@ -60,6 +60,57 @@ def resnet8_h5(shared_data) -> Path:
     return shared_data / "mlperf-tiny-resnet8" / "pretrainedResnet.h5"
 
 
+def _convert_once(out: Path, args: list) -> dict:
+    """`edgeresnet convert ARGS --out OUT` in-process; the report, each variant by target, and what it printed.
+
+    For session fixtures whose output many tests read: a test that must change
+    a file of it copies it to its own ``tmp_path`` first.
+    """
+    import contextlib
+    import io
+    import json
+
+    from edgeresnet.cli import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            main([str(a) for a in [*args, "--out", out]])
+        except SystemExit as exc:
+            assert exc.code in (0, None), f"convert {args} exited {exc.code}: {stderr.getvalue()[-2000:]}"
+    report = json.loads((out / "report.json").read_text())
+    return {"out": out, "report": report, "by_target": {v["target"]: v for v in report["variants"]},
+            "stdout": stdout.getvalue(), "stderr": stderr.getvalue()}
+
+
+@pytest.fixture(scope="session")
+def tiny_int8_run(tiny_model_h5, tiny_data, tmp_path_factory) -> dict:
+    """ONE `convert tiny.h5 --int8 --calib CALIB --eval EVAL --preset unit` (cpu), read by every test that
+    only needs an int8 model edgeresnet wrote, its report or its printed table. Read-only."""
+    return _convert_once(tmp_path_factory.mktemp("tiny_int8_run") / "out", [
+        "convert", tiny_model_h5, "--int8", "--calib", tiny_data["calib"], "--eval", tiny_data["eval"], "--preset", "unit",
+    ])
+
+
+@pytest.fixture(scope="session")
+def resnet8_run(shared_data, resnet8_h5, tmp_path_factory) -> dict:
+    """ONE `convert pretrainedResnet.h5 --int8 --target cpu --target edgetpu --target gpu` on real CIFAR-10
+    (calibrated on train, evaluated on all 1,000 test images), read by every test that needs it. Read-only."""
+    cifar = shared_data / "cifar10"
+    return _convert_once(tmp_path_factory.mktemp("resnet8_run") / "OUT", [
+        "convert", resnet8_h5, "--int8", "--target", "cpu", "--target", "edgetpu", "--target", "gpu",
+        "--calib", cifar / "train", "--eval", cifar / "test",
+    ])
+
+
+@pytest.fixture(scope="session")
+def builtin_run(tmp_path_factory) -> dict:
+    """ONE `edgeresnet convert --int8 --target cpu --target edgetpu` (the built-in model and digits, as a
+    newcomer runs it), read by every test that needs it. Read-only."""
+    return _convert_once(tmp_path_factory.mktemp("builtin_run") / "out",
+                         ["convert", "--int8", "--target", "cpu", "--target", "edgetpu"])
+
+
 def write_image_folder(root: Path, classes: int, per_class: int, size=(16, 16), seed: int = 0) -> Path:
     """A labelled image folder whose classes differ in colour, so a model can tell them apart."""
     import numpy as np

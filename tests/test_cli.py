@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -96,19 +97,22 @@ def test_bad_input_gets_one_line_error(case, tmp_path, tiny_model_h5, tiny_data,
     assert not (tmp_path / "edgeresnet-out").exists()
 
 
-def test_convert_writes_models_and_prints_a_table(tmp_path, tiny_model_h5, tiny_data, capsys):
+def test_convert_writes_models_and_prints_a_table(tmp_path, tiny_model_h5, tiny_data, tiny_int8_run, capsys):
+    # The first run is the session's (conftest.tiny_int8_run: these very arguments); a copy of its output here.
     out = tmp_path / "out"
+    shutil.copytree(tiny_int8_run["out"], out)
     args = ["convert", tiny_model_h5, "--int8", "--calib", tiny_data["calib"], "--eval", tiny_data["eval"],
             "--preset", "unit", "--out", out]
-    code, stdout, err = run_cli(args, capsys)
-    assert code == 0, err
-    assert re.search(r"\| tiny_cpu_int8\.tflite \| cpu \| int8 \| uint8 \|", stdout)
+    assert re.search(r"\| tiny_cpu_int8\.tflite \| cpu \| int8 \| uint8 \|", tiny_int8_run["stdout"])
     assert (out / "tiny_cpu_int8.tflite").exists() and (out / "report.json").exists()
     # A second run into the same folder needs --overwrite, and then works.
     code, _, err = run_cli(args, capsys)
     assert code == 2 and "--overwrite" in err
-    code, _, err = run_cli(args + ["--overwrite"], capsys)
+    (out / "tiny_cpu_int8.tflite").write_bytes(b"TFL3 stale")
+    code, stdout, err = run_cli(args + ["--overwrite"], capsys)
     assert code == 0, err
+    assert re.search(r"\| tiny_cpu_int8\.tflite \| cpu \| int8 \| uint8 \|", stdout)
+    assert (out / "tiny_cpu_int8.tflite").read_bytes() == (tiny_int8_run["out"] / "tiny_cpu_int8.tflite").read_bytes()
 
 
 def test_max_drop_zero_is_met_by_recovery_or_fails(tmp_path, outlier_model_h5, tiny_data, capsys):

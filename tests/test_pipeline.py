@@ -76,13 +76,11 @@ def _count_int8_sessions(monkeypatch) -> list:
     return made
 
 
-def test_numbers_match_an_independent_evaluation(tiny_model_h5, tiny_data, tmp_path):
-    """The reported top-1 is what the written model really scores on the eval images."""
+def test_numbers_match_an_independent_evaluation(tiny_int8_run, tiny_data):
+    """The reported top-1 is what the written model really scores on the eval images (conftest.tiny_int8_run)."""
     from edgeresnet.calibration import get_preset, load_images
 
-    out = tmp_path / "out"
-    run_convert(_opts(tiny_model_h5, tiny_data, out))
-    v = json.loads((out / "report.json").read_text())["variants"][0]
+    v = tiny_int8_run["report"]["variants"][0]
     ev = load_images(tiny_data["eval"], (16, 16, 3))
     pred = TFLiteModel(v["path"]).predict(get_preset("unit").apply(ev.images))
     assert v["top1"] == pytest.approx(100.0 * np.mean(pred.argmax(1) == ev.labels), abs=1e-3)

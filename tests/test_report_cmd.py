@@ -67,8 +67,9 @@ def test_sweep_sparsity_validated_before_work(tmp_path):
         run_report(ConvertOptions(out=str(tmp_path / "r")), sparsities=(1.0,))
 
 
-def test_convert_format_adds_writers_from_the_one_registry(tiny_model_h5, tiny_data, tmp_path, capsys):
-    """`convert` writes json+md by default; --format adds the others `report` writes, through the same writers."""
+def test_convert_format_adds_writers_from_the_one_registry(tiny_model_h5, tiny_data, tiny_int8_run, tmp_path, capsys):
+    """`convert` writes json+md by default (conftest.tiny_int8_run, no --format); --format adds the others
+    `report` writes, through the same writers."""
     from edgeresnet.report import WRITERS
 
     args = ["convert", tiny_model_h5, "--int8", "--calib", tiny_data["calib"], "--eval", tiny_data["eval"],
@@ -76,14 +77,13 @@ def test_convert_format_adds_writers_from_the_one_registry(tiny_model_h5, tiny_d
     code, _, err = run_cli(args + ["--out", tmp_path / "a", "--format", "bogus"], capsys)
     assert code == 2 and "unknown report format 'bogus'" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "a").exists()
-    code, _, err = run_cli(args + ["--out", tmp_path / "c"], capsys)
-    assert code == 0, err
-    assert {"report.json", "report.md"} <= {p.name for p in (tmp_path / "c").iterdir()}
+    plain = tiny_int8_run["out"]
+    assert {"report.json", "report.md"} <= {p.name for p in plain.iterdir()}
     code, _, err = run_cli(args + ["--out", tmp_path / "b", "--format", "csv", "--format", "png", "--format", "html"], capsys)
     assert code == 0, err
     names = {p.name for p in (tmp_path / "b").iterdir()}
     assert {"report.json", "report.md", "report.csv", "accuracy_vs_size.png", "report.html"} <= names
-    assert not {"report.csv", "report.html", "accuracy_vs_size.png"} & {p.name for p in (tmp_path / "c").glob("*")}
+    assert not {"report.csv", "report.html", "accuracy_vs_size.png"} & {p.name for p in plain.glob("*")}
     assert set(WRITERS) == {"json", "md", "csv", "png", "html"}
     assert "data:image/png;base64," in (tmp_path / "b" / "report.html").read_text()
     rows = list(csv.DictReader((tmp_path / "b" / "report.csv").open()))
