@@ -1,10 +1,7 @@
 """The issues' acceptance checks on the real MLPerf Tiny ResNet-8 and real CIFAR-10 images."""
 
-import json
-
 import pytest
 
-from edgeresnet.cli import main
 from edgeresnet.inspect import inspect_tflite
 from edgeresnet.tflite_graph import read_graph
 
@@ -12,20 +9,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def converted(shared_data, resnet8_h5, tmp_path_factory):
-    """`edgeresnet convert pretrainedResnet.h5 --int8 --target cpu --target edgetpu --target gpu` on real data."""
-    out = tmp_path_factory.mktemp("acc") / "OUT"
-    args = [
-        "convert", str(resnet8_h5), "--int8", "--target", "cpu", "--target", "edgetpu", "--target", "gpu",
-        "--calib", str(shared_data / "cifar10" / "train"), "--eval", str(shared_data / "cifar10" / "test"),
-        "--out", str(out),
-    ]
-    try:
-        main(args)
-    except SystemExit as exc:
-        assert exc.code == 0
-    report = json.loads((out / "report.json").read_text())
-    return {v["target"]: v for v in report["variants"]} | {"_report": report}
+def converted(resnet8_run):
+    """`edgeresnet convert pretrainedResnet.h5 --int8 --target cpu --target edgetpu --target gpu` on real data
+    (the session's one run of it, conftest.resnet8_run)."""
+    return resnet8_run["by_target"] | {"_report": resnet8_run["report"]}
 
 
 def test_float_baseline_is_the_documented_one(converted):

@@ -120,14 +120,10 @@ def test_bench_names_warm_up_and_timed_runs_when_they_take_long(tiny_tflite, cap
 
 
 @pytest.fixture(scope="module")
-def default_run(tmp_path_factory):
-    """`edgeresnet convert --int8 --target cpu --target edgetpu`: the built-in model and data, as a newcomer runs it."""
-    out = tmp_path_factory.mktemp("default") / "out"
-    try:
-        main(["convert", "--int8", "--target", "cpu", "--target", "edgetpu", "--out", str(out)])
-    except SystemExit as exc:
-        assert exc.code == 0, exc.code
-    return out
+def default_run(builtin_run):
+    """`edgeresnet convert --int8 --target cpu --target edgetpu`: the built-in model and data, as a newcomer runs it
+    (the session's one run of it, conftest.builtin_run)."""
+    return builtin_run["out"]
 
 
 def test_builtin_digits_calibration_is_class_balanced_and_seeded():

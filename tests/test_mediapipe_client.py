@@ -21,6 +21,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -42,17 +43,24 @@ def mediapipe_python() -> str:
     return python_from_env(MEDIAPIPE_ENV, "mediapipe 1.2")
 
 
-def _convert_all(out_root: Path, **options) -> dict[str, Path]:
-    """int8 for cpu/edgetpu/gpu in one run (cpu and edgetpu share the conversion) and fp32 in another."""
+def _convert_all(out_root: Path, int8_run: Optional[dict] = None, **options) -> dict[str, Path]:
+    """int8 for cpu/edgetpu/gpu in one run (cpu and edgetpu share the conversion) and fp32 in another.
+
+    ``int8_run``: a session run (conftest) that already holds the int8 cpu/edgetpu/gpu models; only fp32 is converted.
+    """
     from edgeresnet.pipeline import ConvertOptions, run_convert
 
     models = {}
     out_root.mkdir(parents=True, exist_ok=True)
     runs = [("int8", dict(int8=True, targets=("cpu", "edgetpu", "gpu"))), ("fp32", dict(precision="fp32"))]
     for tag, extra in runs:
-        out = out_root / tag
-        run_convert(ConvertOptions(out=str(out), **options, **extra))
-        for v in json.loads((out / "report.json").read_text())["variants"]:
+        if tag == "int8" and int8_run is not None:
+            out, variants = int8_run["out"], int8_run["report"]["variants"]
+        else:
+            out = out_root / tag
+            run_convert(ConvertOptions(out=str(out), **options, **extra))
+            variants = json.loads((out / "report.json").read_text())["variants"]
+        for v in variants:
             models[f"{v['target']}_{v['precision']}"] = out / Path(v["path"]).name
     assert set(models) == set(VARIANTS), sorted(models)
     return models
@@ -77,7 +85,7 @@ def digits_case(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="session")
-def resnet8_case(shared_data, resnet8_h5, tmp_path_factory) -> dict:
+def resnet8_case(shared_data, resnet8_h5, resnet8_run, tmp_path_factory) -> dict:
     """The MLPerf Tiny ResNet-8 (raw 0..255 preset) calibrated on CIFAR-10 train, checked on CIFAR-10 test.
 
     MediaPipe decodes JPEG with its own decoder, which differs from Pillow's by
@@ -94,9 +102,10 @@ def resnet8_case(shared_data, resnet8_h5, tmp_path_factory) -> dict:
         folder = root / "images" / jpeg.parent.name
         folder.mkdir(parents=True, exist_ok=True)
         Image.open(jpeg).convert("RGB").save(folder / f"{jpeg.stem}.png")
+    # int8: the session's one real ResNet-8 run (conftest.resnet8_run); fp32 converted here.
     models = _convert_all(
-        root / "out", model=str(resnet8_h5), calib=str(shared_data / "cifar10" / "train"), calib_samples=150,
-        eval=str(test), eval_samples=200,
+        root / "out", int8_run=resnet8_run, model=str(resnet8_h5), calib=str(shared_data / "cifar10" / "train"),
+        calib_samples=150, eval=str(test), eval_samples=200,
     )
     return {"models": models, "images": root / "images", "jpeg": test}
 

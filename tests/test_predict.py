@@ -36,19 +36,17 @@ def _run_cli(capsys, *args) -> tuple[int, str, str]:
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    """The built-in reference model converted by the host pipeline (cpu int8), its report, and its
-    500 held-out digits written as PNG files in class folders (lossless: the same pixels the host used)."""
+def digits(builtin_run, tmp_path_factory):
+    """The built-in reference model converted by the host pipeline (cpu int8; the session's one default run,
+    conftest.builtin_run), its report, and its 500 held-out digits written as PNG files in class folders
+    (lossless: the same pixels the host used)."""
     from PIL import Image
 
     from edgeresnet import demo
-    from edgeresnet.pipeline import ConvertOptions, run_convert
 
     root = tmp_path_factory.mktemp("digits")
-    run_convert(ConvertOptions(int8=True, out=str(root / "out")))
-    report = json.loads((root / "out" / "report.json").read_text())
-    (variant,) = report["variants"]
-    model = root / "out" / Path(variant["path"]).name
+    variant = builtin_run["by_target"]["cpu"]
+    model = builtin_run["out"] / Path(variant["path"]).name
     held_out = demo.digits_images("eval", TFLiteModel(model).input.shape[-1])  # what the host evaluated on
     for i, (img, label) in enumerate(zip(held_out.images, held_out.labels)):
         d = root / "images" / held_out.class_names[label]
@@ -56,7 +54,7 @@ def digits(tmp_path_factory):
         Image.fromarray(img[..., 0], "L").save(d / f"{i:04d}.png")  # grey: every channel holds the same value
     (root / "digits.txt").write_text("\n".join(DIGITS) + "\n")
     return {
-        "model": model, "report": root / "out" / "report.json", "variant": variant,
+        "model": model, "report": builtin_run["out"] / "report.json", "variant": variant,
         "images": root / "images", "held_out": held_out, "labels": root / "digits.txt", "root": root,
     }
 

@@ -435,17 +435,20 @@ def test_sigkill_leaves_a_partial_that_the_next_run_removes(tmp_path, monkeypatc
 
 
 @pytest.mark.slow
-def test_identical_runs_give_bit_identical_tflite(tmp_path, monkeypatch):
-    """Determinism; the second run also replaces the first one's real output with --overwrite."""
+def test_identical_runs_give_bit_identical_tflite(builtin_run, tmp_path, monkeypatch):
+    """Determinism: the same command run again gives the same bytes. The first run is the session's default
+    run (conftest.builtin_run); this one replaces a copy of its real output with --overwrite."""
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
-    model = out / "reference_digits_resnet8_cpu_int8.tflite"
-    code, _, stderr = run_cli(["convert", "--int8", "--out", out])
+    shutil.copytree(builtin_run["out"], out)
+    names = [f"reference_digits_resnet8_{t}_int8.tflite" for t in ("cpu", "edgetpu")]
+    first = {n: (builtin_run["out"] / n).read_bytes() for n in names}
+    for n in names:
+        (out / n).write_bytes(b"TFL3 stale copy")  # so the bytes below can only come from this run
+    code, _, stderr = run_cli(["convert", "--int8", "--target", "cpu", "--target", "edgetpu", "--out", out, "--overwrite"])
     assert code == 0, stderr
-    first = model.read_bytes()
-    code, _, stderr = run_cli(["convert", "--int8", "--out", out, "--overwrite"])
-    assert code == 0, stderr
-    assert model.read_bytes() == first and len(first) > 10_000
+    for n in names:
+        assert (out / n).read_bytes() == first[n] and len(first[n]) > 10_000, n
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
