@@ -12,6 +12,7 @@ import errno
 import os
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -51,7 +52,7 @@ from . import __version__, shipping
 from .metadata import LABELS_FILE, labels_text
 from .report import DEFAULT_FORMATS, WRITERS, RunReport, Status, VariantRecord, check_formats, write_reports
 from .report.records import Timings
-from .runtime import TFLiteModel
+from .runtime import EVAL_BATCH, TFLiteModel
 from .targets import PRECISIONS, Target, get_target, target_names
 from .targets.checks import run_checks
 from .verify import baseline, drift, over_budget
@@ -849,7 +850,8 @@ class _Emitter:
                 if self.conv_eval is None:  # timing only: one run proves the model runs; accuracy is not measured
                     tfl.predict(self.sample())
                 else:
-                    out = self.conv_eval.predict(tfl.predict, progress=_stage(self.progress, f"evaluate {name}", "images"))
+                    out = self.conv_eval.predict(partial(tfl.predict, batch=EVAL_BATCH),
+                                                 progress=_stage(self.progress, f"evaluate {name}", "images"))
         except TFLiteFileError as exc:
             rec.fail(Status.VALIDATION_FAILED, f"emitted model does not run: {exc}")
             return rec
@@ -919,7 +921,7 @@ class _Emitter:
         new.set_file(path, self.opts.out)
         tfl = TFLiteModel(shipped)
         new.interpreter = f"{tfl.backend.name} {tfl.backend.version}"
-        new.set_drift(drift(self.float_out, self.conv_eval.predict(tfl.predict), self.labels))
+        new.set_drift(drift(self.float_out, self.conv_eval.predict(partial(tfl.predict, batch=EVAL_BATCH)), self.labels))
         new.runtimes = shipping.runtimes(shipped, self.ship_info, new.interpreter, {})
         # Both sides of the cost as shipped (with their metadata), so "final" is the written file's size.
         as_shipped = replace(result, model=shipped, initial_model=shipping.prepare(result.initial_model, self.ship_info)[0])

@@ -239,13 +239,18 @@ def _spec(d: dict) -> TensorSpec:
     )
 
 
+#: Images per invoke when edgeresnet evaluates the models it converted (``TFLiteModel.predict(batch=...)``).
+EVAL_BATCH = 16
+
+
 class TFLiteModel:
     """A loaded TFLite model that takes and returns float arrays.
 
     Inputs are quantized with the model's own input scale/zero-point when the
     input tensor is integer, and outputs are dequantized, so callers compare
-    numbers with the float model directly. Batches are run one sample at a time
-    (the shape the model was converted with), which is what devices do.
+    numbers with the float model directly. Batches are run at the batch size
+    the model was converted with (one sample at a time), which is what devices
+    do, unless :meth:`predict` is asked for more images per invoke.
     """
 
     def __init__(
@@ -286,6 +291,8 @@ class TFLiteModel:
                 self.interpreter.allocate_tensors()
             self.inputs = [_spec(d) for d in self.interpreter.get_input_details()]
             self.outputs = [_spec(d) for d in self.interpreter.get_output_details()]
+            self._batch = self.inputs[0].shape[0] if self.inputs and self.inputs[0].shape and self.inputs[0].shape[0] > 0 else 1
+            self._unbatchable: set = set()
         except UnicodeDecodeError:
             raise TFLiteFileError(
                 f"{label}: a tensor name is not valid UTF-8 text; the file is corrupt or was written by a "
@@ -334,15 +341,26 @@ class TFLiteModel:
         self,
         x: np.ndarray,
         progress: Optional[Callable[[int, int], None]] = None,
+        batch: Optional[int] = None,
     ) -> np.ndarray:
-        """Float outputs for a float batch ``x`` (N, *input_shape[1:])."""
+        """Float outputs for a float batch ``x`` (N, *input_shape[1:]).
+
+        ``batch``: images per invoke. The input's batch dimension is resized
+        to it once (later calls reuse the allocation; the last, short batch is
+        padded); a model whose batch dimension does not resize cleanly (a
+        reshape to a fixed shape, say) keeps its own batch size, the default.
+        Each image's outputs are the same as run on its own
+        (``tests/test_verify.py`` compares them).
+        """
         x = np.asarray(x, dtype=np.float32)
         expected = self.input.shape[1:]
         if tuple(x.shape[1:]) != tuple(expected):
             raise TFLiteFileError(
                 f"inputs have shape {tuple(x.shape[1:])} but the model expects {tuple(expected)}"
             )
-        batch = self.input.shape[0] if self.input.shape and self.input.shape[0] > 0 else 1
+        if batch is not None and batch > 1 and len(x) > 1:
+            self._resize_batch(int(batch))
+        batch = self._batch
         out = []
         n = len(x)
         for start in range(0, n, batch):
@@ -358,6 +376,28 @@ class TFLiteModel:
         if not out:
             return np.zeros((0,) + self.output.shape[1:], np.float32)
         return np.concatenate(out)
+
+    def _resize_batch(self, batch: int) -> None:
+        """Run ``batch`` images per invoke from now on, when the model allows it (else keep the batch it has)."""
+        if batch == self._batch or batch in self._unbatchable:
+            return
+        index, sample = self.input.index, list(self.input.shape[1:])
+        ok = False
+        try:
+            with capture_output():
+                self.interpreter.resize_tensor_input(index, [batch] + sample, strict=False)
+                self.interpreter.allocate_tensors()
+            got = tuple(int(v) for v in self.interpreter.get_output_details()[0]["shape"])
+            ok = got == (batch,) + tuple(self.output.shape[1:])  # every image kept its own row of outputs
+        except (ValueError, RuntimeError):
+            pass
+        if ok:
+            self._batch = batch
+            return
+        self._unbatchable.add(batch)
+        with capture_output():  # back to the batch that worked
+            self.interpreter.resize_tensor_input(index, [self._batch] + sample, strict=False)
+            self.interpreter.allocate_tensors()
 
     def ops(self) -> list[str]:
         """Op names in execution order (after delegation, ops may show as DELEGATE)."""

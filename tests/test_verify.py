@@ -43,3 +43,48 @@ def test_unlabelled_budget_uses_disagreement():
     d = verify.drift(f, q, None)
     assert d.top1 is None and d.drop_pts is None
     assert verify.over_budget(d, 4.0) and not verify.over_budget(d, 5.0)
+
+
+# --------------------------------------------------------------------------- batched evaluation
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision, io_type", [("int8", "uint8"), ("fp32", "float32")])
+def test_batched_evaluation_gives_every_image_its_own_outputs(shared_data, resnet8_h5, precision, io_type):
+    """The real ResNet-8 converted, real CIFAR-10 images: N per invoke (the input's batch resized) = one at a time."""
+    from edgeresnet.calibration import load_images
+    from edgeresnet.convert import ConversionSpec, convert
+    from edgeresnet.models.loading import load_model
+    from edgeresnet.runtime import EVAL_BATCH, TFLiteModel
+
+    loaded = load_model(resnet8_h5)
+    calib = load_images(shared_data / "cifar10" / "train", (32, 32, 3), samples=40, seed=0).images.astype(np.float32)
+    x = load_images(shared_data / "cifar10" / "test", (32, 32, 3), samples=100, seed=0).images.astype(np.float32)
+    model = convert(loaded.tflite_converter, ConversionSpec(precision, io_type), calib if precision == "int8" else None).model
+    one = TFLiteModel(model).predict(x)
+    batched = TFLiteModel(model)
+    assert batched.input.shape[0] == 1  # converted with a batch of one ...
+    many = np.concatenate([batched.predict(x[:70], batch=EVAL_BATCH), batched.predict(x[70:], batch=EVAL_BATCH)])
+    assert batched._batch == EVAL_BATCH > 1  # ... and really run EVAL_BATCH at a time (the last batches padded)
+    np.testing.assert_array_equal(many, one)  # every output value (dequantized logits/probabilities), bit for bit
+    assert np.array_equal(many.argmax(1), one.argmax(1)) and verify.agreement(one, many) == 100.0
+
+
+def test_a_model_whose_batch_does_not_resize_runs_one_image_at_a_time():
+    """A reshape to a fixed [1, -1] folds a resized batch into one row: refused, the model keeps its batch of 1."""
+    from edgeresnet import _tf
+    from edgeresnet.runtime import TFLiteModel
+
+    tf = _tf.tf()
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 4, 4, 3], tf.float32)])
+    def fixed(x):
+        return tf.nn.relu(tf.reshape(x, [1, -1])) * 2.0
+
+    model = tf.lite.TFLiteConverter.from_concrete_functions([fixed.get_concrete_function()]).convert()
+    x = np.random.default_rng(1).normal(size=(7, 4, 4, 3)).astype(np.float32)
+    tfl = TFLiteModel(model)
+    out = tfl.predict(x, batch=4)
+    assert tfl._batch == 1 and 4 in tfl._unbatchable
+    np.testing.assert_allclose(out, np.maximum(x.reshape(7, -1), 0) * 2.0, rtol=1e-6)
+    np.testing.assert_array_equal(out, TFLiteModel(model).predict(x))

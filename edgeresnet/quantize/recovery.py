@@ -68,7 +68,7 @@ from .._capture import capture_output, native_call
 from .._validate import whole_number
 from ..calibration import representative_dataset
 from ..errors import ConfigError, ConversionError, DataError
-from ..runtime import TFLiteModel
+from ..runtime import EVAL_BATCH, TFLiteModel
 from ..tflite_graph import TFLiteGraph, parse_tflite
 from ..verify import Drift, drift, over_budget
 from .engine import IO_TYPES, Int8Session, spread
@@ -470,7 +470,7 @@ def _spread(x: np.ndarray, k: int) -> np.ndarray:
 
 
 def _measure(model: bytes, eval_x, float_outputs, labels) -> Drift:
-    return drift(np.asarray(float_outputs), TFLiteModel(model).predict(eval_x), labels)
+    return drift(np.asarray(float_outputs), TFLiteModel(model).predict(eval_x, batch=EVAL_BATCH), labels)
 
 
 def recover_int8(
