@@ -1053,8 +1053,8 @@ def _fine_tune_record(train_path, info, qat: bool) -> Optional[dict]:
     if info is None:
         return None
     if qat:
-        record = {k: info[k] for k in ("method", "epochs", "learning_rate", "batch_size", "train_samples", "train_seconds",
-                                       "strategy", "replicas", "shard", "weights_sha256")}
+        record = {k: info[k] for k in ("method", "epochs", "learning_rate", "schedule", "batch_size", "train_samples",
+                                       "train_seconds", "strategy", "replicas", "shard", "weights_sha256")}
         pruning = info.get("pruning")
         if pruning is not None and pruning.get("fine_tuned"):
             record["after_pruning"] = _fine_tune_record(train_path, pruning, False)

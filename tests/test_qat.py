@@ -56,6 +56,7 @@ def test_qat_emits_full_int8_for_cpu_and_edgetpu_next_to_ptq(qat_run, tiny_model
         assert v["int8_method"] == "qat" and "_qat_" in v["name"]
         ft = v["fine_tune"]
         assert ft["epochs"] == 1 and ft["learning_rate"] == pytest.approx(1e-4) and ft["batch_size"] == 32
+        assert ft["schedule"] == "cosine"  # the default recipe, recorded
         assert ft["data"] == str(tiny_data["calib"]) and ft["train_samples"] == 120
         data = (out / Path(v["path"]).name).read_bytes()
         assert _float_tensors(data) == [], f"{target}: float tensors left"
@@ -169,6 +170,49 @@ def test_strategy_is_honoured_and_converts(tiny_model_h5, tiny_data):
     tfl_out = TFLiteModel(data).predict(x)
     assert np.mean(np.argmax(keras_out, -1) == np.argmax(tfl_out, -1)) >= 0.95
     assert np.max(np.abs(keras_out - tfl_out)) < 0.1
+    # Those ranges were measured again on the trained weights: re-measuring the float twin of the returned
+    # model gives them back, while the ranges chosen before training (on the untrained weights) differ.
+    from edgeresnet.prune import _train_stream
+    from edgeresnet.qat import _float_twin, _quantize, _set_ranges
+
+    stream = _train_stream((x, ds.labels), loaded.model, 4)
+    before = _quantize(loaded.model, preserve_sparsity=False)
+    _set_ranges(before, loaded.model, stream, 40, 0)
+    again = _quantize(_float_twin(result.model, loaded.model), preserve_sparsity=False)
+    _set_ranges(again, _float_twin(result.model, loaded.model), stream, 40, 0)
+    got, want, untrained = _activation_ranges(result.model), _activation_ranges(again), _activation_ranges(before)
+    assert len(got) >= 4 and set(got) == set(want) == set(untrained)
+    assert all(got[k] == pytest.approx(want[k], rel=1e-5, abs=1e-6) for k in got), (got, want)
+    assert any(abs(got[k] - untrained[k]) > 1e-3 for k in got)
+
+
+def _activation_ranges(qmodel) -> dict:
+    """(layer, min/max) -> value of every activation range of a quantization-aware model."""
+    out = {}
+    for wrapper in qmodel.layers:
+        for v in getattr(wrapper, "non_trainable_weights", []):
+            short = v.name.rsplit("/", 1)[-1].split(":")[0]
+            if short.rsplit("_", 1)[0] in ("output", "post_activation", "pre_activation") and v.shape.rank == 0:
+                out[(wrapper.layer.name, short)] = float(v.numpy())
+    return out
+
+
+def test_float_fine_tune_is_the_recipe_without_fake_quantization(tiny_model_h5, tiny_data):
+    from edgeresnet.calibration import load_images
+    from edgeresnet.models import load_model
+    from edgeresnet.qat import float_fine_tune
+
+    mot = _tf.tfmot()
+    loaded = load_model(tiny_model_h5)
+    original = [w.copy() for w in loaded.model.get_weights()]
+    ds = load_images(tiny_data["calib"], (16, 16, 3))
+    x = ds.images.astype(np.float32) / 255.0
+    tuned = float_fine_tune(loaded, QATConfig(epochs=1, batch_size=40), (x, ds.labels))
+    assert not any(isinstance(layer, mot.quantization.keras.QuantizeWrapperV2) for layer in tuned.layers)
+    assert all(np.array_equal(a, b) for a, b in zip(original, loaded.model.get_weights()))  # input untouched
+    assert any(not np.allclose(a, b) for a, b in zip(original, tuned.get_weights()))  # it was trained
+    with pytest.raises(ConfigError, match="--train"):
+        float_fine_tune(loaded, QATConfig(), None)
 
 
 # --------------------------------------------------------------------------- bad input
@@ -249,6 +293,12 @@ def test_config_is_validated():
         QATConfig(learning_rate=2.0)
     with pytest.raises(ConfigError, match="--batch-size"):
         QATConfig(batch_size=True)
+    with pytest.raises(ConfigError, match="cosine, constant"):
+        QATConfig(schedule="linear")
+    assert QATConfig(schedule="constant").learning_rate_for(100) == pytest.approx(1e-4)
+    cosine = QATConfig(learning_rate=2e-4).learning_rate_for(100)  # the default: decays to 0 over the steps
+    assert float(cosine(0)) == pytest.approx(2e-4) and float(cosine(50)) == pytest.approx(1e-4)
+    assert float(cosine(100)) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_int8_method_qat_alone_is_refused(tiny_model_h5, tiny_data, tmp_path, capsys):

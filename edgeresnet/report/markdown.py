@@ -41,11 +41,12 @@ def is_qat(variant: dict) -> bool:
 
 
 def fine_tune_text(variant: dict) -> str:
-    """How a variant's model was fine-tuned, short: ``prune 3 ep @0.0003 + PQAT 3 ep @0.0001``, or ``–``."""
+    """How a variant's model was fine-tuned, short: ``prune 3 ep @0.0003 + PQAT 3 ep @0.0001 cosine``, or ``–``."""
 
     def one(ft: dict) -> str:
         what = {"prune": "prune", "qat": "QAT", "pqat": "PQAT"}.get(ft.get("method"), str(ft.get("method")))
-        return f"{what} {ft.get('epochs')} ep @{_fmt(ft.get('learning_rate'), 'g')}"
+        schedule = " cosine" if ft.get("schedule") == "cosine" else ""
+        return f"{what} {ft.get('epochs')} ep @{_fmt(ft.get('learning_rate'), 'g')}{schedule}"
 
     ft = variant.get("fine_tune")
     if not ft:
