@@ -23,7 +23,7 @@ Every row is run once per seed (the seed of fine-tuning, pruning and batch
 order); the table gives each seed's top-1 and their mean, then the goals of
 issue #12 computed on the means.
 
-    python benchmarks/qat.py [--seeds 0 1] [--sparsity 0.75 0.9] [--epochs 3] [--lr 1e-4] [--schedule cosine]
+    python benchmarks/qat.py [--seeds 0 1] [--sparsity 0.75 0.9] [--epochs 3] [--lr LR] [--schedule cosine]
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from edgeresnet.convert import ConversionSpec, convert  # noqa: E402
 from edgeresnet.models.loading import LoadedModel  # noqa: E402
 from edgeresnet.prune import PruneConfig, prune_model  # noqa: E402
 from edgeresnet.qat import (  # noqa: E402
-    DEFAULT_EPOCHS, DEFAULT_LEARNING_RATE, DEFAULT_SCHEDULE, SCHEDULES, QATConfig, convert_qat, float_fine_tune,
+    DEFAULT_EPOCHS, DEFAULT_LEARNING_RATE, DEFAULT_SCHEDULE, PRUNED_LEARNING_RATE, SCHEDULES, QATConfig, convert_qat, float_fine_tune,
     quantize_aware_train,
 )
 from edgeresnet.runtime import TFLiteModel  # noqa: E402
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sparsity", type=float, nargs="*", default=[0.75, 0.9])
     ap.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
-    ap.add_argument("--lr", type=float, default=DEFAULT_LEARNING_RATE)
+    ap.add_argument("--lr", type=float, help=f"default {DEFAULT_LEARNING_RATE:g}, {PRUNED_LEARNING_RATE:g} for PQAT")
     ap.add_argument("--schedule", choices=SCHEDULES, default=DEFAULT_SCHEDULE)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     args = ap.parse_args(argv)
@@ -116,8 +116,9 @@ def main(argv=None) -> int:
         row.update({"mean top-1 %": f"{mean(r['top1']):.2f}", "int8 zeros %": "-" if zeros is None else f"{zeros:.1f}",
                     "train s": "-" if seconds is None else f"{seconds:.0f}"})
         rows.append(row)
+    lr = f"{args.lr:g}" if args.lr else f"{DEFAULT_LEARNING_RATE:g} ({PRUNED_LEARNING_RATE:g} for PQAT)"
     print(f"\nResNet-8 (MLPerf Tiny): fine-tuned on cifar10/train ({len(x)} images), top-1 on cifar10/test "
-          f"({len(xt)} images, 0.1 pt = 1 image); QAT: {args.epochs} epochs, Adam lr {args.lr:g} {args.schedule}, "
+          f"({len(xt)} images, 0.1 pt = 1 image); QAT: {args.epochs} epochs, Adam lr {lr} {args.schedule}, "
           f"batch 64, seeds {' '.join(map(str, args.seeds))}\n")
     print_table(rows)
     top1 = {key: mean(r["top1"]) for key, r in results.items()}

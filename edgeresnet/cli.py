@@ -91,7 +91,7 @@ def _data_options(f):
         click.option("--input-size", type=int, metavar="PX", help="With a built-in architecture as MODEL: square input side in pixels (default: the architecture's, 224 or 32)."),
         click.option("--epochs", type=int, help="Fine-tuning epochs for pruning, --qat and --classes with --train (default 3)."),
         click.option("--batch-size", type=int, help="Fine-tuning batch size (default 64)."),
-        click.option("--learning-rate", type=FINITE, help="Fine-tuning learning rate (Adam; default 3e-4 for pruning, 1e-4 for --qat, 1e-3 for the new classifier of --classes)."),
+        click.option("--learning-rate", type=FINITE, help="Fine-tuning learning rate (Adam; default 3e-4 for pruning, 1e-4 for --qat (3e-4 for --qat after --prune), 1e-3 for the new classifier of --classes)."),
         click.option("--strategy", type=click.Choice(["auto", "one", "mirrored", "multiworker"]), help="tf.distribute strategy for fine-tuning: auto (default: multiworker when TF_CONFIG lists a cluster, mirrored with several GPUs, else one device), one, mirrored or multiworker. In a cluster only the chief writes --out."),
         click.option("--prune-schedule", type=click.Choice(["polynomial", "constant"]), help="Sparsity schedule while fine-tuning (default polynomial decay)."),
         click.option("--prune-structure", metavar="S", help="unstructured (default), block (1x4 blocks; tfmot supports it on Dense layers only) or 2:4 (two of every four weights; sparsity must be 0.5)."),

@@ -91,6 +91,7 @@ def test_pqat_keeps_the_pruned_zeros_in_the_tflite(tiny_model_h5, tiny_data):
     ptq = convert(LoadedModel.from_keras(pruned.model, "p").tflite_converter, ConversionSpec("int8", "int8", "minmax"), x)
     result = quantize_aware_train(pruned.model, QATConfig(epochs=1, batch_size=40), (x, ds.labels), preserve_sparsity=True)
     assert result.scheme == "prune_preserve_8bit" and result.to_dict()["method"] == "pqat"
+    assert result.config.learning_rate == pytest.approx(3e-4)  # after pruning: pruning's own rate by default
     pqat = convert_qat(LoadedModel.from_keras(result.model, "pq").tflite_converter, "int8", x)
     before, after = tflite_weight_sparsity(ptq.model)["fraction"], tflite_weight_sparsity(pqat)["fraction"]
     assert before > 0.4 and abs(after - before) <= 0.01, (before, after)
@@ -296,6 +297,9 @@ def test_config_is_validated():
     with pytest.raises(ConfigError, match="cosine, constant"):
         QATConfig(schedule="linear")
     assert QATConfig(schedule="constant").learning_rate_for(100) == pytest.approx(1e-4)
+    assert QATConfig().for_model(pruned=False).learning_rate == pytest.approx(1e-4)
+    assert QATConfig().for_model(pruned=True).learning_rate == pytest.approx(3e-4)
+    assert QATConfig(learning_rate=5e-5).for_model(pruned=True).learning_rate == pytest.approx(5e-5)  # given: kept
     cosine = QATConfig(learning_rate=2e-4).learning_rate_for(100)  # the default: decays to 0 over the steps
     assert float(cosine(0)) == pytest.approx(2e-4) and float(cosine(50)) == pytest.approx(1e-4)
     assert float(cosine(100)) == pytest.approx(0.0, abs=1e-12)
