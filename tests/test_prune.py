@@ -318,7 +318,8 @@ def test_xnnpack_policy_refuses_a_standard_resnet(tiny):
     assert "1x1" in str(exc.value) and "smaller, not faster" in str(exc.value)
 
 
-@pytest.mark.parametrize("train", [False, True], ids=["one-shot", "fine-tuned"])
+# fine-tuning under a strategy is slow-marked: the quick loop keeps one-shot under it and fine-tuning without it
+@pytest.mark.parametrize("train", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["one-shot", "fine-tuned"])
 def test_runs_under_the_current_distribution_strategy(tiny, data, train):
     tf = _tf.tf()
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])

@@ -77,6 +77,7 @@ def test_qat_emits_full_int8_for_cpu_and_edgetpu_next_to_ptq(qat_run, tiny_model
     assert "qat" in md.lower()
 
 
+@pytest.mark.slow  # two fine-tunes and two conversions; the report sweep (slow) checks the same zeros through the CLI
 def test_pqat_keeps_the_pruned_zeros_in_the_tflite(tiny_model_h5, tiny_data):
     from edgeresnet.calibration import load_images
     from edgeresnet.convert import ConversionSpec, convert
@@ -148,6 +149,7 @@ def test_zoo_resnets_quantize_with_conv_bn_relu_folded(name):
         assert bn and all(type(w.quantize_config).__name__ in ("NoOpQuantizeConfig", "Default8BitOutputQuantizeConfig") for w in bn)
 
 
+@pytest.mark.slow  # a QAT fine-tune and a conversion under a strategy; the quick loop keeps `convert --qat` (qat_run)
 def test_strategy_is_honoured_and_converts(tiny_model_h5, tiny_data):
     from edgeresnet.calibration import load_images
     from edgeresnet.models import load_model

@@ -142,6 +142,7 @@ def test_bench_times_a_zoo_model_without_weights(tmp_path):
     assert bad.exit_code == 2 and "--precision applies to a built-in architecture" in bad.output
 
 
+@pytest.mark.slow  # end to end: a fine-tune, a pruning fine-tune and two conversions of a zoo model
 def test_zoo_transfer_learning_from_the_command_line(folder, tmp_path):
     """resnet8 + a new 3-class head fine-tuned on a folder (streamed), pruned, int8, verified: one command."""
     from edgeresnet.models import build_model
