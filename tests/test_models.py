@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +42,18 @@ def _weighted(model):
 # --------------------------------------------------------------------------- structure vs tf_keras.applications
 
 
+@functools.lru_cache(maxsize=None)
+def _default_build(name: str):
+    """Each architecture built ONCE, at its default input shape and classes, for the tests that only read it."""
+    return ARCHITECTURES[name].build()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _free_default_builds():
+    yield
+    _default_build.cache_clear()
+
+
 def test_resnet50_loads_keras_applications_weights_by_name(tmp_path):
     keras = _tf.tf_keras()
     ref = keras.applications.ResNet50(weights=None, input_shape=(64, 64, 3), classes=10, classifier_activation=None)
@@ -62,8 +75,9 @@ def test_resnet50_loads_keras_applications_weights_by_name(tmp_path):
 @pytest.mark.parametrize("name, app", [("resnet101", "ResNet101"), ("resnet152", "ResNet152")])
 def test_deep_bottleneck_resnets_have_keras_applications_layers(name, app):
     keras = _tf.tf_keras()
-    ref = getattr(keras.applications, app)(weights=None, input_shape=(32, 32, 3), classes=10)
-    ours = build_model(name, input_shape=(32, 32, 3), classes=10)
+    spec = get_arch(name)
+    ref = getattr(keras.applications, app)(weights=None, input_shape=spec.default_input_shape, classes=spec.default_classes)
+    ours = _default_build(name)
     assert [layer.name for layer in ours.layers[1:]] == [layer.name for layer in ref.layers[1:]]
     assert _weighted(ours) == _weighted(ref)
     assert ours.count_params() == ref.count_params()
@@ -82,13 +96,12 @@ def test_basic_block_layer_names_follow_the_same_scheme():
 @pytest.mark.parametrize("name", ["resnet8", "resnet20", "resnet32", "resnet44", "resnet56", "resnet18", "resnet34", "resnet50"])
 def test_depth_is_the_number_of_weight_layers_on_the_main_path(name):
     spec = get_arch(name)
-    shape = (32, 32, 3)
-    model = build_model(name, input_shape=shape, classes=7)
+    model = _default_build(name)
     kinds = {"Conv2D", "Dense"}
     main = [layer for layer in model.layers if type(layer).__name__ in kinds and not layer.name.endswith("_0_conv")]
     assert len(main) == spec.depth
-    assert model.output_shape == (None, 7)
-    assert model.input_shape == (None,) + shape
+    assert model.output_shape == (None, spec.default_classes)
+    assert model.input_shape == (None,) + tuple(spec.default_input_shape)
 
 
 def test_resnet8_is_the_mlperf_tiny_network(resnet8_h5, shared_data):
@@ -223,7 +236,8 @@ def test_count_macs_by_hand():
     ],
 )
 def test_count_macs_matches_cited_numbers(name, shape, low, high):
-    model = build_model(name, input_shape=shape)
+    assert tuple(get_arch(name).default_input_shape) == shape
+    model = _default_build(name)
     macs = count_macs(model)
     assert low <= macs <= high
     assert (model.count_params(), macs) == get_arch(name).counts()
@@ -233,7 +247,7 @@ def test_count_macs_matches_cited_numbers(name, shape, low, high):
 @pytest.mark.parametrize("name", list(ARCHITECTURES))
 def test_analytic_counts_equal_built_models(name):
     spec = ARCHITECTURES[name]
-    model = spec.build()
+    model = _default_build(name)
     assert spec.counts() == (model.count_params(), count_macs(model))
     odd = (40, 56, 3) if spec.family == "imagenet" else (20, 28, 1)  # odd sizes exercise the rounding
     model = spec.build(input_shape=odd, classes=3)
