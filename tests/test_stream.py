@@ -89,6 +89,7 @@ def test_zoo_bad_input_is_one_line_and_writes_nothing(folder, tmp_path, args, me
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # end to end: a report sweep (four conversions, each run and timed); the refusals stay quick
 def test_report_times_a_zoo_model_without_weights_and_measures_no_accuracy(tmp_path):
     """`report resnet8` with random weights: every variant converted, run and timed; accuracy not measured (said
     why, in every format), no drift verdict."""
