@@ -39,7 +39,9 @@ def _ours(loaded, calib) -> float:
 
 def _row(name: str, n: int, bare: list, ours: list) -> str:
     b, o = statistics.median(bare), statistics.median(ours)
-    return f"{name:<10} {n:>7d} {', '.join(f'{t:.1f}' for t in bare):>14} {', '.join(f'{t:.1f}' for t in ours):>14} {o / b:>6.2f}"
+    load = "/".join(f"{v:.1f}" for v in os.getloadavg())
+    return (f"{name:<10} {n:>7d} {', '.join(f'{t:.1f}' for t in bare):>14} {', '.join(f'{t:.1f}' for t in ours):>14} "
+            f"{o / b:>6.2f}  {load}")
 
 
 def main() -> None:
@@ -63,7 +65,7 @@ def main() -> None:
     loaded = LoadedModel.from_keras(model, "resnet50")
     print(f"TF {tf.__version__}, {os.cpu_count()} cores, load average at start {os.getloadavg()[0]:.1f}; "
           f"calibration images from {args.images} (loading not counted)")
-    print(f"{'model':<10} {'samples':>7} {'bare s':>14} {'edgeresnet s':>14} {'ratio':>6}")
+    print(f"{'model':<10} {'samples':>7} {'bare s':>14} {'edgeresnet s':>14} {'ratio':>6}  load 1/5/15 min after the row")
     for n in args.samples:
         calib = get_preset("caffe").apply(load_images(args.images, (224, 224, 3), samples=n, seed=0).images)
         bare, ours = [], []
@@ -79,7 +81,7 @@ def main() -> None:
             bare.append(bare_int8_seconds(tf, r8.model, calib))
             ours.append(_ours(r8, calib))
         print(_row("ResNet-8", len(calib), bare, ours), flush=True)
-    print(f"load average at end {os.getloadavg()[0]:.1f}")
+    print(f"load average at end {'/'.join(f'{v:.1f}' for v in os.getloadavg())}")
 
 
 if __name__ == "__main__":
