@@ -495,7 +495,7 @@ class _StatsPass:
 
     def __init__(self, graph: _Graph, layers: list, samples: np.ndarray, subsets: dict, cfg: QuantOptConfig,
                  want_means: bool):
-        self.graph, self.samples, self.cfg, self.layers = graph, samples, cfg, layers
+        self.graph, self.samples, self.cfg = graph, samples, cfg
         n = len(samples)
         self.rows = {key: np.isin(np.arange(n), subsets.get(key, ())) for key in ("stats", "equalize", "gptq")}
         want = {key: bool(mask.any()) for key, mask in self.rows.items()}
@@ -507,7 +507,8 @@ class _StatsPass:
         self.gptq_layers = list(layers) if want["gptq"] else []
         self.stats = _Stats({}, {}, {}, {}, {}, {}, {})
         self._mean_sums: dict = {}
-        self._rows_seen = {"pool": 0}
+        self._mean_count = self._pool_rows = 0
+        self._gptq_rows: dict = {}
 
     # the pass -----------------------------------------------------------
     def run(self, tick, tensors: Optional[set] = None) -> _Stats:
@@ -555,7 +556,7 @@ class _StatsPass:
             st.hist[i] = _Histogram(self.cfg.bins)
         for i in pools:
             st.pooled[i] = (self.pools[i], [])
-        self._rows_seen["pool"] = 0 if pools else self._rows_seen["pool"]
+        self._pool_rows = 0 if pools else self._pool_rows
         for i in means:
             self._mean_sums[i] = None
         self._mean_count = 0
@@ -571,11 +572,11 @@ class _StatsPass:
         picked = {i: values[i] if whole else values[i][sel] for i in set(acts) | set(pools) | set(means)}
         for i in acts:
             self.stats.hist[i].add(picked[i], n, *(extremes.get(i, (None, None)) if whole else (None, None)))
-        room = POOL_KEEP - self._rows_seen["pool"]
+        room = POOL_KEEP - self._pool_rows
         if room > 0 and pools:
             for i in pools:
                 self.stats.pooled[i][1].append(picked[i][:room].astype(np.float32, copy=True))
-            self._rows_seen["pool"] += min(room, n)
+            self._pool_rows += min(room, n)
         for i in means:
             s = picked[i].sum(0, keepdims=True, dtype=np.float64)
             self._mean_sums[i] = s if self._mean_sums[i] is None else self._mean_sums[i] + s
