@@ -136,7 +136,9 @@ def test_convert_plan_with_prune_and_qat_fine_tunes_the_pruned_model():
     assert ("gpu", "fp16", "mse+bias", None, False) in plan
 
 
-@pytest.mark.parametrize("name", ["resnet20", pytest.param("resnet18", marks=pytest.mark.slow),
+# resnet8 (basic blocks, 1x1 projection shortcuts) keeps the quick loop cheap; the deeper ones are slow-marked
+@pytest.mark.parametrize("name", ["resnet8", pytest.param("resnet20", marks=pytest.mark.slow),
+                                  pytest.param("resnet18", marks=pytest.mark.slow),
                                   pytest.param("resnet50", marks=pytest.mark.slow)])
 def test_zoo_resnets_quantize_with_conv_bn_relu_folded(name):
     """tfmot wraps every layer of the zoo ResNets; BatchNormalization carries no fake quant of its own."""
