@@ -4,6 +4,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -167,14 +168,16 @@ def test_signals_become_interrupted_and_wait_out_the_swap():
     with handle_signals():
         with pytest.raises(Interrupted) as info:
             with uninterrupted():
-                os.kill(os.getpid(), signal.SIGTERM)
+                # raise_signal delivers to this thread: os.kill may reach one of TensorFlow's
+                # threads first, and the main thread then sees the signal only some time later.
+                signal.raise_signal(signal.SIGTERM)
                 done = True  # the protected step finishes before the signal is raised
         assert done and info.value.exit_code == 143
     with handle_signals():
         with pytest.raises(KeyboardInterrupt) as info:
-            os.kill(os.getpid(), signal.SIGINT)
-            for _ in range(1000):  # the handler runs between bytecodes
-                pass
+            signal.raise_signal(signal.SIGINT)
+            for _ in range(500):  # the handler runs between bytecodes (or cuts a sleep short)
+                time.sleep(0.01)
         assert info.value.exit_code == 130
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
