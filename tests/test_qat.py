@@ -39,6 +39,7 @@ def qat_run(tmp_path_factory, tiny_model_h5, tiny_data):
     return json.loads((out / "report.json").read_text()), out
 
 
+@pytest.mark.slow  # a QAT fine-tune (13 s); the quick loop keeps QAT's wrapping, folding and bad-input tests
 def test_qat_emits_full_int8_for_cpu_and_edgetpu_next_to_ptq(qat_run, tiny_model_h5, tiny_data):
     report, out = qat_run
     by = {(v["target"], (v.get("fine_tune") or {}).get("method")): v for v in report["variants"]}
@@ -151,7 +152,7 @@ def test_zoo_resnets_quantize_with_conv_bn_relu_folded(name):
         assert bn and all(type(w.quantize_config).__name__ in ("NoOpQuantizeConfig", "Default8BitOutputQuantizeConfig") for w in bn)
 
 
-@pytest.mark.slow  # a QAT fine-tune and a conversion under a strategy; the quick loop keeps `convert --qat` (qat_run)
+@pytest.mark.slow  # a QAT fine-tune and a conversion under a strategy; the full suite also runs `convert --qat` (qat_run)
 def test_strategy_is_honoured_and_converts(tiny_model_h5, tiny_data):
     from edgeresnet.calibration import load_images
     from edgeresnet.models import load_model

@@ -309,6 +309,7 @@ def test_direct_conversion_lays_out_the_savedmodel_paths_graph(tiny):
     assert sig(graph.model) == sig(lowered.model)
 
 
+@pytest.mark.slow  # runs the converter's own per-sample calibrator (9 s); CI runs it on every change
 def test_batched_ranges_are_the_converters_calibration(tiny, monkeypatch):
     """Pins the private converter path the int8 engine leans on (TF upgrades must fail here, loudly).
 
