@@ -165,21 +165,45 @@ def test_signals_become_interrupted_and_wait_out_the_swap():
 
     from edgeresnet._signals import Interrupted, handle_signals, uninterrupted
 
-    with handle_signals():
-        with pytest.raises(Interrupted) as info:
-            with uninterrupted():
-                # raise_signal delivers to this thread: os.kill may reach one of TensorFlow's
-                # threads first, and the main thread then sees the signal only some time later.
-                signal.raise_signal(signal.SIGTERM)
-                done = True  # the protected step finishes before the signal is raised
-        assert done and info.value.exit_code == 143
-    with handle_signals():
-        with pytest.raises(KeyboardInterrupt) as info:
-            signal.raise_signal(signal.SIGINT)
-            for _ in range(500):  # the handler runs between bytecodes (or cuts a sleep short)
-                time.sleep(0.01)
-        assert info.value.exit_code == 130
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    # A shell starts background jobs with SIGINT ignored, and handle_signals leaves an ignored signal
+    # ignored (nohup, `cmd &`): give this test the default dispositions, whatever launched pytest.
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        with handle_signals():
+            with pytest.raises(Interrupted) as info:
+                with uninterrupted():
+                    signal.raise_signal(signal.SIGTERM)
+                    done = True  # the protected step finishes before the signal is raised
+            assert done and info.value.exit_code == 143
+        with handle_signals():
+            with pytest.raises(KeyboardInterrupt) as info:
+                signal.raise_signal(signal.SIGINT)
+                for _ in range(500):  # the handler runs between bytecodes (or cuts a sleep short)
+                    time.sleep(0.01)
+            assert info.value.exit_code == 130
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)
+
+
+def test_an_ignored_signal_stays_ignored():
+    import signal
+
+    from edgeresnet._signals import handle_signals
+
+    saved = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with handle_signals():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            signal.raise_signal(signal.SIGINT)  # ignored: nothing is raised
+            time.sleep(0.05)
+    finally:
+        signal.signal(signal.SIGINT, saved)
 
 
 def test_desktop_litter_and_compiler_output_do_not_make_a_folder_foreign(tmp_path):
