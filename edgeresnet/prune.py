@@ -35,7 +35,7 @@ from . import _tf
 from ._validate import is_whole, whole_number
 from .cluster import STRATEGIES, make_strategy
 from .errors import ConfigError, DataError, PruningError
-from .train_data import mean_across_workers, statistics_batches, training_data, weights_sha256
+from .train_data import TrainedRun, mean_across_workers, statistics_batches, training_data
 
 ProgressFn = Callable[[int, int], None]
 
@@ -200,7 +200,7 @@ class LayerSparsity:
 
 
 @dataclass(frozen=True)
-class PruneResult:
+class PruneResult(TrainedRun):
     """The stripped model plus what the pruning did.
 
     ``history`` is Keras's per-epoch log (loss, accuracy, and val_* when
@@ -239,11 +239,6 @@ class PruneResult:
         zeros = sum(layer.achieved_sparsity * layer.weights for layer in self.layers)
         return zeros / total if total else 0.0
 
-    @property
-    def weights_sha256(self) -> str:
-        """A fingerprint of the returned weights: every worker of a fine-tuning cluster ends with the same one."""
-        return weights_sha256(self.model)
-
     def to_dict(self) -> dict:
         return {
             "sparsity": self.config.sparsity,
@@ -253,12 +248,7 @@ class PruneResult:
             "fine_tuned": self.fine_tuned,
             "train_samples": self.train_samples,
             "epochs": self.config.epochs if self.fine_tuned else 0,
-            "steps": self.steps,
-            "train_seconds": round(self.train_seconds, 2),
-            "strategy": self.strategy,
-            "replicas": self.replicas,
-            "shard": self.shard,
-            "weights_sha256": self.weights_sha256,
+            **self.run_record(),
             "keras_sparsity": round(self.keras_sparsity, 6),
             "val_accuracy": None if self.val_accuracy is None else round(self.val_accuracy, 3),
             "bn_recalibration_batches": self.bn_recalibration_batches,

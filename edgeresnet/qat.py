@@ -41,7 +41,7 @@ import numpy as np
 from . import _tf
 from ._validate import whole_number
 from .errors import ConfigError, QATError
-from .train_data import mean_across_workers, statistics_batches, training_data, weights_sha256
+from .train_data import TrainedRun, mean_across_workers, statistics_batches, training_data
 
 ProgressFn = Callable[[int, int], None]
 
@@ -120,7 +120,7 @@ class QATConfig:
 
 
 @dataclass(frozen=True)
-class QATResult:
+class QATResult(TrainedRun):
     """The fine-tuned quantization-aware tf_keras model and how it was made."""
 
     model: Any  # tf_keras Model with tfmot quantize wrappers (fake quantization)
@@ -135,11 +135,6 @@ class QATResult:
     range_init_batches: int = 0  # batches whose float activations set the fake-quant ranges (before and after)
     shard: Optional[dict] = None  # in a cluster: this worker's share of the training files
 
-    @property
-    def weights_sha256(self) -> str:
-        """A fingerprint of the trained weights: every worker of a fine-tuning cluster ends with the same one."""
-        return weights_sha256(self.model)
-
     def to_dict(self) -> dict:
         return {
             "method": "pqat" if self.scheme == "prune_preserve_8bit" else "qat",
@@ -150,12 +145,7 @@ class QATResult:
             "schedule": self.config.schedule,
             "optimizer": "adam",
             "train_samples": self.train_samples,
-            "steps": self.steps,
-            "train_seconds": round(self.train_seconds, 2),
-            "strategy": self.strategy,
-            "replicas": self.replicas,
-            "shard": self.shard,
-            "weights_sha256": self.weights_sha256,
+            **self.run_record(),
             "range_init_batches": self.range_init_batches,
             "activation_ranges": "mse",  # before training from the float model, after it from the trained weights
             "history": {k: [round(float(v), 6) for v in vals] for k, vals in self.history.items()},
