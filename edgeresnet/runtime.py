@@ -239,6 +239,28 @@ def _spec(d: dict) -> TensorSpec:
     )
 
 
+def resize_batch(interpreter, index: int, batch: int, sample_shape, declared: Callable[[dict], tuple]) -> bool:
+    """Give input ``index`` a batch dimension of ``batch``; False when the model does not batch cleanly.
+
+    Models are converted with the batch fixed (to 1), so the resize is not
+    strict; it counts only when every output then has its declared shape
+    (``declared(output_detail)``) with ``batch`` in front: a reshape to a fixed
+    shape, say, would fold the batch away or fail. On False the interpreter
+    is left as the failed resize made it.
+    """
+    try:
+        with capture_output():
+            interpreter.resize_tensor_input(index, [batch] + list(sample_shape), strict=False)
+            interpreter.allocate_tensors()
+    except (ValueError, RuntimeError):
+        return False
+    for d in interpreter.get_output_details():
+        want = tuple(int(x) for x in declared(d))
+        if not want or tuple(int(x) for x in d["shape"]) != (batch,) + want[1:]:
+            return False
+    return True
+
+
 #: Images per invoke when edgeresnet evaluates the models it converted (``TFLiteModel.predict(batch=...)``).
 EVAL_BATCH = 16
 
@@ -382,16 +404,8 @@ class TFLiteModel:
         if batch == self._batch or batch in self._unbatchable:
             return
         index, sample = self.input.index, list(self.input.shape[1:])
-        ok = False
-        try:
-            with capture_output():
-                self.interpreter.resize_tensor_input(index, [batch] + sample, strict=False)
-                self.interpreter.allocate_tensors()
-            got = tuple(int(v) for v in self.interpreter.get_output_details()[0]["shape"])
-            ok = got == (batch,) + tuple(self.output.shape[1:])  # every image kept its own row of outputs
-        except (ValueError, RuntimeError):
-            pass
-        if ok:
+        shapes = {o.index: o.shape for o in self.outputs}  # every image keeps its own row of outputs
+        if resize_batch(self.interpreter, index, batch, sample, lambda d: shapes[d["index"]]):
             self._batch = batch
             return
         self._unbatchable.add(batch)

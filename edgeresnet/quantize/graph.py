@@ -226,7 +226,7 @@ def _probe(graph: _Graph, tensors: list[int], samples: np.ndarray):
     most ``PROBE_MAX_BATCH``); a model whose batch dimension cannot be resized
     runs one sample at a time.
     """
-    from ..runtime import get_backend
+    from ..runtime import get_backend, resize_batch
 
     saved = graph.sg.outputs
     graph.sg.outputs = np.array(tensors, np.int32)
@@ -242,32 +242,13 @@ def _probe(graph: _Graph, tensors: list[int], samples: np.ndarray):
     interp = backend.interpreter_cls(model_content=data, num_threads=min(os.cpu_count() or 1, 4))
     inp = interp.get_input_details()[0]
     names = {graph.sg.tensors[i].name.decode(): i for i in tensors}
-    if batch > 1 and not _resize_batch(interp, inp["index"], batch, samples.shape[1:], graph, names):
+    if batch > 1 and not resize_batch(interp, inp["index"], batch, samples.shape[1:],
+                                      lambda d: graph.sg.tensors[names[d["name"]]].shape):
         batch = 1
         interp = backend.interpreter_cls(model_content=data, num_threads=min(os.cpu_count() or 1, 4))
     interp.allocate_tensors()
     outs = [(d["index"], names[d["name"]]) for d in interp.get_output_details()]
     return interp, inp["index"], outs, batch
-
-
-def _resize_batch(interp, index: int, batch: int, sample_shape, graph: _Graph, names: dict) -> bool:
-    """Give the model a batch dimension of ``batch``; False when it does not batch cleanly.
-
-    Models are converted with the batch fixed to 1, so the resize is not
-    strict; it counts only when every kept tensor then has exactly the
-    declared shape with ``batch`` in front (a reshape to a fixed shape, say,
-    would fold the batch away or fail).
-    """
-    try:
-        interp.resize_tensor_input(index, [batch] + list(sample_shape))
-        interp.allocate_tensors()
-    except (ValueError, RuntimeError):
-        return False
-    for d in interp.get_output_details():
-        declared = tuple(int(x) for x in graph.sg.tensors[names[d["name"]]].shape)
-        if not declared or tuple(int(x) for x in d["shape"]) != (batch,) + declared[1:]:
-            return False
-    return True
 
 
 def _run_probe(graph: _Graph, tensors: list[int], samples: np.ndarray, visit: Callable[[dict, np.ndarray], None], tick,
