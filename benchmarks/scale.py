@@ -10,11 +10,22 @@ JPEG images at 224x224 by upscaling the CIFAR-10 photographs of
 
 with a zoo ResNet (weights: the architecture's own initialisation saved to the
 cache, a 10-class head; this measures memory and speed, not accuracy) and
-prints, per N, the peak RSS (``resource.getrusage``) and images/s of each stage
-(calibration, fine-tuning, float evaluation, each .tflite evaluation). A
-stage's seconds run from the end of the stage before it, so model conversion
-counts in the "calibrate" stage that follows it. On a shared machine the
-images/s move with the load; the peak RSS does not.
+prints, per N, the peak memory and images/s of each stage (calibration,
+fine-tuning, float evaluation, each .tflite evaluation). A stage's seconds run
+from the end of the stage before it, so model conversion counts in the
+"calibrate" stage that follows it. On a shared machine the images/s move with
+the load; the memory does not.
+
+Memory, three ways, because fine-tuning at 224x224 runs in a child process of
+the convert (``ConvertOptions.train_in_child``):
+
+- ``RSS self``: ``resource.getrusage(RUSAGE_SELF)`` peak of the convert process;
+- ``RSS child``: ``getrusage(RUSAGE_CHILDREN)``, the largest finished child's peak
+  (the fine-tuning process);
+- ``tree RSS`` / ``tree PSS``: the peak over time of the summed RSS (and PSS, which
+  counts shared library pages once) of the convert process and all its
+  children, sampled every 0.1 s from ``/proc``: what the machine must hold at
+  once. The goal is judged on ``tree RSS``, the largest of the three.
 
     python benchmarks/scale.py --images 2000 8000 --model resnet18 --input-size 64
     python benchmarks/scale.py --images 5000 20000 --model resnet18   # 224x224: hours on 2 cores
@@ -29,6 +40,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -74,6 +86,53 @@ def weights_file(model: str, size: int, cache: Path) -> Path:
     return path
 
 
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _memory_kb(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) of one process in kB; (0, 0) when it is gone."""
+    rss = pss = 0
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Rss:"):
+                rss = int(line.split()[1])
+            elif line.startswith("Pss:"):
+                pss = int(line.split()[1])
+    except OSError:
+        pass
+    return rss, pss
+
+
+class TreeMemory(threading.Thread):
+    """Samples the summed RSS and PSS of this process and all its descendants; keeps the peaks (MB)."""
+
+    def __init__(self, interval: float = 0.1):
+        super().__init__(daemon=True)
+        self.interval, self.peak_rss, self.peak_pss, self.stop = interval, 0.0, 0.0, threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            pids, todo = [], [os.getpid()]
+            while todo:
+                pid = todo.pop()
+                pids.append(pid)
+                todo += _children(pid)
+            rss, pss = map(sum, zip(*(_memory_kb(p) for p in pids)))
+            self.peak_rss, self.peak_pss = max(self.peak_rss, rss / 1024), max(self.peak_pss, pss / 1024)
+            self.stop.wait(self.interval)
+
+
+def _rusage_mb(who) -> float:
+    return resource.getrusage(who).ru_maxrss / 1024
+
+
 def run_one(args) -> dict:
     """One convert in this process; per-stage seconds, images and the RSS peak after each stage."""
     from edgeresnet.pipeline import ConvertOptions, run_convert
@@ -87,7 +146,9 @@ def run_one(args) -> dict:
         now = time.perf_counter()
         s = stages.setdefault(stage, {"start": last[0], "images": total})
         s["end"] = last[0] = now
-        s["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        s["peak_rss_mb"] = _rusage_mb(resource.RUSAGE_SELF)
+        s["peak_child_mb"] = _rusage_mb(resource.RUSAGE_CHILDREN)
+        s["peak_tree_mb"] = tree.peak_rss
 
     out = Path(args.out)
     opts = ConvertOptions(
@@ -95,9 +156,13 @@ def run_one(args) -> dict:
         calib=args.data, eval=args.data, train=args.data, out=str(out), overwrite=True,
         prune=PruneConfig(sparsity=0.5, epochs=1, batch_size=args.batch_size), formats=("json", "md"),
     )
+    tree = TreeMemory()
+    tree.start()
     started = time.perf_counter()
     report = run_convert(opts, progress=progress)
     total = time.perf_counter() - started
+    tree.stop.set()
+    tree.join()
     rows = []
     for name, s in stages.items():
         seconds = max(s["end"] - s["start"], 1e-9)
@@ -105,10 +170,13 @@ def run_one(args) -> dict:
         if name.startswith("fine-tune"):  # its progress counts steps
             images = s["images"] * args.batch_size
         rows.append({"stage": name, "seconds": round(seconds, 1), "images_per_s": round(images / seconds, 1),
-                     "peak_rss_mb": round(s["peak_rss_mb"])})
+                     "peak_rss_mb": round(s["peak_rss_mb"]), "peak_child_mb": round(s["peak_child_mb"]),
+                     "peak_tree_mb": round(s["peak_tree_mb"])})
     return {
         "images": report.evaluation["count"], "seconds": round(total, 1), "stages": rows,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "peak_rss_mb": round(_rusage_mb(resource.RUSAGE_SELF)), "peak_child_mb": round(_rusage_mb(resource.RUSAGE_CHILDREN)),
+        "peak_tree_mb": round(tree.peak_rss), "peak_tree_pss_mb": round(tree.peak_pss),
+        "train_in_child": (report.to_dict().get("prune") or {}).get("process"),
     }
 
 
@@ -147,11 +215,15 @@ def main(argv=None) -> int:
 
     print(f"\n{args.model} at {args.input_size}x{args.input_size}, images stored at {STORED_SIDE}x{STORED_SIDE}, "
           "prune 0.5, 1 epoch, int8 cpu")
-    print(f"{'images':>7} {'stage':<48} {'s':>7} {'img/s':>7} {'peak RSS MB':>11}")
+    print("peak MB so far at each stage's end: RSS of the convert process (self), of its fine-tuning child, and the "
+          "sampled sum over both (tree); whole run adds the tree's PSS")
+    print(f"{'images':>7} {'stage':<44} {'s':>7} {'img/s':>7} {'self':>6} {'child':>6} {'tree':>6}")
     for r in results:
         for row in r["stages"]:
-            print(f"{r['images']:>7} {row['stage'][:48]:<48} {row['seconds']:>7} {row['images_per_s']:>7} {row['peak_rss_mb']:>11}")
-        print(f"{r['images']:>7} {'whole run':<48} {r['seconds']:>7} {'':>7} {r['peak_rss_mb']:>11}")
+            print(f"{r['images']:>7} {row['stage'][:44]:<44} {row['seconds']:>7} {row['images_per_s']:>7} "
+                  f"{row['peak_rss_mb']:>6} {row['peak_child_mb']:>6} {row['peak_tree_mb']:>6}")
+        print(f"{r['images']:>7} {'whole run':<44} {r['seconds']:>7} {'':>7} {r['peak_rss_mb']:>6} "
+              f"{r['peak_child_mb']:>6} {r['peak_tree_mb']:>6}  (tree PSS {r['peak_tree_pss_mb']})")
     return 0
 
 

@@ -13,6 +13,11 @@ Python that imports only what the function needs. Neither re-runs the
 caller's ``__main__`` (as multiprocessing's spawn would). The answer comes back
 pickled through a pipe of its own, so whatever native code prints cannot mix
 into it.
+
+:func:`run_in_child` is the same for long work whose memory should die with it
+(fine-tuning: TensorFlow's CPU allocator keeps the training step's peak as a
+pool it never returns): always a fresh Python, no timeout, and the child's
+``progress(done, total, what)`` calls reach the parent's callback while it runs.
 """
 
 from __future__ import annotations
@@ -25,13 +30,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 #: Seconds a child may take before it is killed (a model that loads takes well under one).
 DEFAULT_TIMEOUT = 120.0
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
 _SERVE = "import sys; from edgeresnet._isolate import _serve; _serve(int(sys.argv[1]))"
+_SERVE_STREAMING = "import sys; from edgeresnet._isolate import _serve_streaming; _serve_streaming(int(sys.argv[1]))"
 
 
 class IsolatedFailure(Exception):
@@ -161,3 +167,123 @@ def run_isolated(fn: Callable, *args, timeout: float = DEFAULT_TIMEOUT):
     if hasattr(os, "fork") and "tensorflow" not in sys.modules:
         return _run_forked(fn, args, timeout)
     return _run_spawned(fn, args, timeout)
+
+
+# --- long work in a child, with progress -------------------------------------------------------------------------
+#
+# The child writes framed messages to its pipe: one tag byte (_PROGRESS or _ANSWER), an 8-byte length, a pickle.
+
+_PROGRESS, _ANSWER = b"p", b"a"
+_LENGTH = 8
+
+
+def _send(out, tag: bytes, message) -> None:
+    data = pickle.dumps(message)
+    out.write(tag + len(data).to_bytes(_LENGTH, "little") + data)
+    out.flush()
+
+
+class _PipeProgress:
+    """In the child: ``progress(done, total, what=None)`` calls, sent to the parent."""
+
+    def __init__(self, out):
+        self.out = out
+
+    def __call__(self, done, total, what=None):
+        _send(self.out, _PROGRESS, (done, total, what))
+
+
+def _serve_streaming(fd: int) -> None:
+    """Entry point of :func:`run_in_child`'s child: (fn, args, kwargs, wants_progress) on stdin, messages to ``fd``."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+    fn, args, kwargs, wants_progress = pickle.load(sys.stdin.buffer)
+    with os.fdopen(fd, "wb") as out:
+        if wants_progress:
+            kwargs = dict(kwargs, progress=_PipeProgress(out))
+        try:
+            answer = ("ok", fn(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - handed to the parent, which re-raises it
+            answer = ("raise", exc)
+        try:
+            _send(out, _ANSWER, answer)
+        except Exception:  # noqa: BLE001 - a result or exception that does not pickle
+            _send(out, _ANSWER, ("raise", RuntimeError(f"{type(answer[1]).__name__}: {answer[1]}")))
+
+
+def _read_exactly(fd: int, n: int) -> bytes:
+    """``n`` bytes from ``fd``; fewer (b"" or a part) when the writer closed it first."""
+    chunks, left = [], n
+    while left:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _release_free_heap() -> None:
+    """glibc's ``malloc_trim(0)``: return freed heap pages to the system (a no-op elsewhere)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def run_in_child(fn: Callable, *args, progress: Optional[Callable] = None, **kwargs):
+    """``fn(*args, **kwargs)`` in a fresh Python process; its result, or its exception re-raised here.
+
+    With ``progress``, ``fn`` is called with a ``progress=`` keyword whose calls
+    run ``progress(done, total, what)`` here. The child inherits the
+    environment and sees this checkout of edgeresnet. When this process is
+    interrupted (Ctrl-C, SIGTERM: an exception while waiting), the child is
+    killed before the exception goes on. Raises :class:`IsolatedFailure` when
+    the child dies without an answer (e.g. killed by the kernel for memory).
+    """
+    _release_free_heap()  # this process waits while the child works: give back what it no longer uses
+    r, w = os.pipe()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _SERVE_STREAMING, str(w)], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, pass_fds=(w,), env=env,
+        )
+    finally:
+        os.close(w)
+    try:
+        try:
+            proc.stdin.write(pickle.dumps((fn, args, kwargs, progress is not None)))
+            proc.stdin.close()
+        except BrokenPipeError:  # the child died before reading its task
+            pass
+        while True:
+            head = _read_exactly(r, 1 + _LENGTH)
+            size = int.from_bytes(head[1:], "little") if len(head) == 1 + _LENGTH else -1
+            body = _read_exactly(r, size) if size >= 0 else b""
+            if len(body) != size:  # the pipe closed before a whole message: the child is gone
+                code = proc.wait()
+                if code < 0:
+                    raise IsolatedFailure(f"was killed ({_signal_name(-code)})")
+                raise IsolatedFailure(f"exited with status {code} without an answer")
+            if head[:1] == _PROGRESS:
+                if progress is not None:
+                    progress(*pickle.loads(body))
+                continue
+            # The answer (e.g. trained weights) is unpickled only once the child is gone, so its memory and
+            # the answer's copy here are never held at the same time.
+            proc.wait()
+            status, value = pickle.loads(body)
+            if status == "raise":
+                raise value
+            return value
+    except BaseException:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        raise
+    finally:
+        os.close(r)

@@ -61,6 +61,7 @@ ProgressFn = Callable[[str, int, int], None]
 NotifyFn = Callable[[str], None]
 
 DEFAULT_OUT = "edgeresnet-out"
+CHILD_TRAINING_MIN_SIDE = 96  # see ConvertOptions.train_in_child
 HELD_OUT_EVAL_SAMPLES = 500
 
 
@@ -100,6 +101,11 @@ class ConvertOptions:
     transfer: Optional[object] = None  # a transfer.TransferConfig for --classes (epochs, batch, learning rate)
     qat: Optional[object] = None  # a qat.QATConfig: also emit quantization-aware fine-tuned int8 models
     timing_only: bool = False  # `report` of a zoo MODEL with random weights: sizes and latency, no accuracy
+    # Fine-tune (pruning, --classes) in a child process, whose training memory dies with it. None: when the
+    # model's input is at least CHILD_TRAINING_MIN_SIDE pixels a side, it is not on a cluster, and its layers
+    # are tf_keras built-ins (train_data.portable); below that the pool is small and the child's start (a
+    # TensorFlow import, ~5 s) would dominate.
+    train_in_child: Optional[bool] = None
 
     def __post_init__(self):
         check_formats(self.formats)
@@ -183,7 +189,6 @@ class _Data:
     """The images of one run: as loaded, preprocessed, and as the converter takes them."""
 
     calib: Optional[ImageSet] = None
-    calib_float: Optional[np.ndarray] = None
     calib_record: Optional[object] = None  # calibration.CalibrationRecord, for the report
     eval: Optional[ImageStream] = None  # read a batch at a time: never all in memory
     eval_float: Optional[ImageStream] = None  # the same stream, preprocessed for the float model
@@ -531,6 +536,7 @@ def _run_staged(opts, plan, staged, needs_calib, started, progress, notify, benc
         data = _load_data(opts, loaded, reference_meta, preset, preset_name, needs_calib, progress, notify)
     with timings("prune"):  # pruning and quantization-aware fine-tuning
         models = _build_models(opts, plan, loaded, preset, progress, notify)
+    _converter_calibration(opts, data, preset)
     float_out, labels = None, None
     if data.eval is not None:
         with timings("evaluate"):
@@ -620,7 +626,6 @@ def _load_data(opts, loaded, reference_meta, preset, preset_name, needs_calib, p
         data.calib_record = calibration_record(data.calib, preset_name, opts.seed, opts.resize)
         for w in data.calib_record.warnings if not opts.timing_only else ():  # e.g. fewer than 100 images
             notify(f"warning: {w}")
-        data.calib_float = preset.apply(data.calib.images)
 
     if not opts.timing_only:
         data.eval, data.eval_origin = _eval_set(opts, loaded, reference_meta, data.calib)
@@ -629,11 +634,18 @@ def _load_data(opts, loaded, reference_meta, preset, preset_name, needs_calib, p
 
     if opts.fold_preprocessing:
         loaded.require_tf_keras("--fold-preprocessing")
-        data.conv_calib = None if data.calib is None else data.calib.images.astype(np.float32)
         data.conv_eval = None if data.eval is None else data.eval.with_preset(None)  # raw 0..255 pixels as float32
     else:
-        data.conv_calib, data.conv_eval = data.calib_float, data.eval_float
+        data.conv_eval = data.eval_float
     return data
+
+
+def _converter_calibration(opts, data: "_Data", preset) -> None:
+    """The calibration samples as the converter takes them (float32, preprocessed unless folded). Made after
+    fine-tuning: a float copy of 300 224x224 images is 180 MB the training step does not need beside it."""
+    if data.calib is None:
+        return
+    data.conv_calib = data.calib.images.astype(np.float32) if opts.fold_preprocessing else preset.apply(data.calib.images)
 
 
 TIMING_CALIB_SAMPLES = 32  # random pixels calibrate a random-weights model for timing: the values do not matter
@@ -685,7 +697,7 @@ def _build_models(opts, plan, loaded, preset, progress, notify) -> dict:
             from .prune import PruneConfig
 
             config = replace(opts.prune, sparsity=sparsity) if opts.prune else PruneConfig(sparsity=sparsity)
-            model, info = _prune(config, loaded, train, progress, notify)
+            model, info = _prune(config, loaded, train, progress, notify, _train_in_child(opts, loaded, train))
         if opts.fold_preprocessing:
             from .calibration import fold_preprocessing
             from .models.loading import LoadedModel
@@ -997,11 +1009,16 @@ def _transfer(opts, loaded, preset, progress) -> Optional[dict]:
     """With --classes: fine-tune the zoo model's new classifier on --train (in place); its report, else None."""
     if opts.classes is None:
         return None
-    from .transfer import TransferConfig, fine_tune
+    from .transfer import TransferConfig, fine_tune, fine_tune_in_child
 
-    return fine_tune(loaded.model, _load_train(opts, loaded, preset), opts.transfer or TransferConfig(seed=opts.seed),
-                     progress=_stage(progress, f"fine-tune new {opts.classes}-class classifier", "steps"),
-                     freeze_backbone=opts.weights is not None)
+    train = _load_train(opts, loaded, preset)
+    in_child = _train_in_child(opts, loaded, train)
+    info = (fine_tune_in_child if in_child else fine_tune)(
+        loaded.model, train, opts.transfer or TransferConfig(seed=opts.seed),
+        progress=_stage(progress, f"fine-tune new {opts.classes}-class classifier", "steps"),
+        freeze_backbone=opts.weights is not None,
+    )
+    return {**info, "process": _process(in_child, train)}
 
 
 def _load_train(opts, loaded, preset, progress=None) -> Optional[ImageStream]:
@@ -1015,17 +1032,35 @@ def _load_train(opts, loaded, preset, progress=None) -> Optional[ImageStream]:
     return images.with_preset(preset)
 
 
-def _prune(config, loaded, train, progress, notify):
+def _train_in_child(opts, loaded, train) -> bool:
+    """Does fine-tuning run in a child process (ConvertOptions.train_in_child)?"""
+    if train is None or _fine_tuning_cluster(opts) is not None:  # a cluster's collectives live in this process
+        return False
+    from .train_data import portable
+
+    if opts.train_in_child is not None:
+        return opts.train_in_child and portable(loaded.model)
+    side = min(loaded.input_shape[:2]) if len(loaded.input_shape) == 3 else 0
+    return side >= CHILD_TRAINING_MIN_SIDE and portable(loaded.model)
+
+
+def _process(in_child: bool, train) -> Optional[str]:
+    """The report's record of where fine-tuning ran: "child" (a process of its own), "this", or None (none ran)."""
+    return None if train is None else ("child" if in_child else "this")
+
+
+def _prune(config, loaded, train, progress, notify, in_child: bool = False):
     """Prune (and fine-tune when ``train`` is given); returns (LoadedModel, report dict)."""
     from .models.loading import LoadedModel
-    from .prune import prune_model
+    from .prune import prune_model, prune_model_in_child
 
     stage = f"fine-tune pruned model ({config.sparsity:g})"
-    result = prune_model(loaded, config, train=train, progress=_stage(progress, stage, "training batches"))
+    run = prune_model_in_child if in_child else prune_model
+    result = run(loaded, config, train=train, progress=_stage(progress, stage, "training batches"))
     for w in result.warnings:
         notify(f"warning: {w}")
     name = loaded.name + f"_pruned{int(round(config.sparsity * 100))}"
-    return LoadedModel.from_keras(result.model, name), result.to_dict()
+    return LoadedModel.from_keras(result.model, name), {**result.to_dict(), "process": _process(in_child, train)}
 
 
 def _qat(config, base, base_info, train, progress):

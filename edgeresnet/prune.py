@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -580,6 +580,33 @@ def prune_model(
         bn_recalibration_batches=bn_batches,
         shard=data.shard() if data is not None else None,
     )
+
+
+def prune_model_in_child(model, config: PruneConfig, train=None, progress: Optional[ProgressFn] = None) -> PruneResult:
+    """:func:`prune_model` run in a fresh process (see ``train_data``'s "fine-tuning in a child process"): the
+    same result, without the training step's memory pool left in this one. Needs a :func:`~edgeresnet.train_data.
+    portable` model (built-in tf_keras layers); one machine (not a cluster)."""
+    from ._isolate import IsolatedFailure, run_in_child
+    from .train_data import child_failure
+
+    source = _unwrap(model)
+    try:
+        result, weights = run_in_child(_prune_rebuilt, source.to_json(), source.get_weights(), config, train,
+                                       progress=progress)
+    except IsolatedFailure as failure:
+        raise child_failure(failure, "fine-tuning (pruning)") from None
+    keras = _tf.tf_keras()
+    final = keras.models.clone_model(source)
+    final.set_weights(weights)
+    return replace(result, model=final)
+
+
+def _prune_rebuilt(architecture: str, weights: list, config: PruneConfig, train, progress=None):
+    """In the child: prune the rebuilt model; (the result without its model, the trained weights)."""
+    from .train_data import rebuild
+
+    result = prune_model(rebuild(architecture, weights), config, train=train, progress=progress)
+    return replace(result, model=None), result.model.get_weights()
 
 
 def _check_train_val(source, config: PruneConfig, train, val):

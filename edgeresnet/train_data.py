@@ -187,3 +187,39 @@ class TrainedRun:
             "shard": self.shard,
             "weights_sha256": self.weights_sha256,
         }
+
+
+# --- fine-tuning in a child process ------------------------------------------------------------------------------
+#
+# TensorFlow's oneDNN CPU allocator keeps the largest training step's memory as a pool it never returns (about
+# 1.3 GB for ResNet-18 at 224x224, batch 32), so a convert that fine-tunes would carry it through conversion and
+# evaluation. Fine-tuned in a child process, the pool dies with the child: the model goes there as its
+# architecture (JSON) and weights, and only the trained weights and the run's record come back.
+
+
+def portable(model) -> bool:
+    """Can ``model`` be rebuilt in another process from its JSON and weights? Only from tf_keras built-in
+    layers: a custom layer class exists only in this process, and a Lambda's function (with its closure and
+    globals) does not survive serialization faithfully."""
+    layers = getattr(model, "layers", None)
+    if not layers or not (getattr(model, "_is_graph_network", False) or type(model).__name__ == "Sequential"):
+        return False
+    return all(type(layer).__module__.startswith("tf_keras.") and type(layer).__name__ != "Lambda" for layer in layers)
+
+
+def rebuild(architecture: str, weights: list):
+    """In the child: the tf_keras model of ``architecture`` (``model.to_json()``) with ``weights``."""
+    from . import _tf
+
+    model = _tf.tf_keras().models.model_from_json(architecture)
+    model.set_weights(weights)
+    return model
+
+
+def child_failure(failure, what: str):
+    """An ``IsolatedFailure`` of a fine-tuning child as the one-line error a user can act on."""
+    from .errors import EdgeResNetError
+
+    hint = ("the system probably ran out of memory; lower --batch-size or free memory"
+            if "SIGKILL" in failure.how else "run again; if it repeats, report it")
+    return EdgeResNetError(f"the {what} process {failure.how}: {hint}")

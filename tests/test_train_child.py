@@ -1,0 +1,127 @@
+"""Fine-tuning in a child process (``_isolate.run_in_child``): same results, progress, errors, clean-up."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeresnet._isolate import IsolatedFailure, run_in_child
+from edgeresnet.errors import DataError, EdgeResNetError
+
+
+def _children() -> list[int]:
+    out = []
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def test_run_in_child_relays_progress_and_returns_the_same_result(tmp_path):
+    from edgeresnet.calibration import load_images
+    from tests.conftest import write_image_folder
+
+    folder = write_image_folder(tmp_path / "imgs", classes=2, per_class=5)
+    seen = []
+    there = run_in_child(load_images, folder, (16, 16, 3), progress=lambda done, total, what=None: seen.append((done, total)))
+    here = load_images(folder, (16, 16, 3))
+    assert np.array_equal(there.images, here.images) and np.array_equal(there.labels, here.labels)
+    assert seen and seen[-1] == (10, 10)  # the child's progress calls reached this process, in order
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_run_in_child_reraises_the_childs_error_and_names_its_death(tmp_path):
+    from edgeresnet.calibration import load_images
+    from edgeresnet.train_data import child_failure
+
+    with pytest.raises(DataError, match="no such"):  # the library's own exception, message intact
+        run_in_child(load_images, tmp_path / "missing", (16, 16, 3))
+    with pytest.raises(IsolatedFailure, match=r"was killed \(SIGABRT\)"):
+        run_in_child(os.abort)
+    oom = child_failure(IsolatedFailure("was killed (SIGKILL)"), "fine-tuning (pruning)")
+    assert isinstance(oom, EdgeResNetError) and "lower --batch-size" in str(oom) and "\n" not in str(oom)
+    assert not _children()
+
+
+def test_an_interrupted_parent_kills_its_child():
+    """Ctrl-C / SIGTERM arrive as an exception while waiting (handle_signals): the child must not outlive it."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, interrupt)
+    started = time.monotonic()
+    try:
+        signal.alarm(2)
+        with pytest.raises(KeyboardInterrupt):
+            run_in_child(time.sleep, 60)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert time.monotonic() - started < 30
+    assert not _children()
+
+
+@pytest.mark.slow  # two pruning fine-tunes, one of them in a fresh TensorFlow process
+def test_prune_in_child_is_bit_identical_to_in_process():
+    from edgeresnet import _tf
+    from edgeresnet.prune import PruneConfig, prune_model, prune_model_in_child
+    from edgeresnet.train_data import portable
+
+    keras = _tf.tf_keras()
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16, 16, 3))
+    x = inp
+    for filters in (8, 16):
+        x = keras.layers.ReLU()(keras.layers.BatchNormalization()(keras.layers.Conv2D(filters, 3, padding="same")(x)))
+    out = keras.layers.Dense(4, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inp, out)
+    assert portable(model)
+    rng = np.random.default_rng(0)
+    train = (rng.random((48, 16, 16, 3), dtype=np.float32), rng.integers(0, 4, 48))
+    config = PruneConfig(sparsity=0.5, epochs=2, batch_size=16)
+    seen = []
+    here = prune_model(model, config, train=train)
+    there = prune_model_in_child(model, config, train=train, progress=lambda d, t, w=None: seen.append((d, t)))
+    a, b = here.to_dict(), there.to_dict()
+    assert a.pop("train_seconds") >= 0 and b.pop("train_seconds") >= 0
+    assert a == b  # weights fingerprint, sparsity per layer, history, BN re-estimation: all the same
+    assert all(np.array_equal(x, y) for x, y in zip(here.model.get_weights(), there.model.get_weights()))
+    assert [layer.name for layer in there.model.layers] == [layer.name for layer in here.model.layers]
+    assert seen[-1] == (6, 6)  # 48 images / 16 per batch x 2 epochs, counted in the child
+    assert not portable(keras.Sequential([keras.layers.Lambda(lambda t: t, input_shape=(4,))]))
+
+
+@pytest.mark.slow  # two end-to-end converts with a new head and a pruning fine-tune each
+def test_convert_fine_tuned_in_a_child_emits_the_same_models(tmp_path):
+    """--classes and --prune fine-tuned in a child (the default for inputs of 96 px and more) or in this
+    process give byte-identical .tflite files; the report says where each ran."""
+    from edgeresnet.models import build_model
+    from edgeresnet.pipeline import ConvertOptions, run_convert
+    from edgeresnet.prune import PruneConfig
+    from edgeresnet.transfer import TransferConfig
+    from tests.conftest import write_image_folder
+
+    folder = write_image_folder(tmp_path / "imgs", classes=3, per_class=8)
+    weights = tmp_path / "resnet8.h5"
+    build_model("resnet8", input_shape=(16, 16, 3), classes=10).save_weights(str(weights))
+    runs = {}
+    for in_child in (True, False):
+        out = tmp_path / f"out-{in_child}"
+        run_convert(ConvertOptions(
+            model="resnet8", weights=str(weights), input_size=16, classes=3, train=str(folder), int8=True,
+            calib=str(folder), calib_samples=12, eval=str(folder), out=str(out), train_in_child=in_child,
+            prune=PruneConfig(sparsity=0.5, epochs=1, batch_size=8), transfer=TransferConfig(epochs=2, batch_size=8),
+        ))
+        report = json.loads((out / "report.json").read_text())
+        runs[in_child] = (report, {p.name: p.read_bytes() for p in out.glob("*.tflite")})
+    (child, child_models), (here, here_models) = runs[True], runs[False]
+    assert child["model"]["transfer"]["process"] == "child" and here["model"]["transfer"]["process"] == "this"
+    assert child["prune"]["process"] == "child" and here["prune"]["process"] == "this"
+    assert child["model"]["transfer"]["weights_sha256"] == here["model"]["transfer"]["weights_sha256"]
+    assert child["prune"]["weights_sha256"] == here["prune"]["weights_sha256"]
+    assert len(child_models) == 2 and child_models == here_models
