@@ -197,6 +197,7 @@ def _serve_streaming(fd: int) -> None:
     """Entry point of :func:`run_in_child`'s child: (fn, args, kwargs, wants_progress) on stdin, messages to ``fd``."""
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)
+    _die_with_parent()
     fn, args, kwargs, wants_progress = pickle.load(sys.stdin.buffer)
     with os.fdopen(fd, "wb") as out:
         if wants_progress:
@@ -221,6 +222,18 @@ def _read_exactly(fd: int, n: int) -> bytes:
         chunks.append(chunk)
         left -= len(chunk)
     return b"".join(chunks)
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this process when its parent dies (even by SIGKILL), so long work is never orphaned."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux/glibc: the child ends at its next write to the closed pipe
+        return
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def _release_free_heap() -> None:

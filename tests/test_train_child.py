@@ -66,6 +66,39 @@ def test_an_interrupted_parent_kills_its_child():
     assert not _children()
 
 
+def test_a_child_dies_with_its_parent_even_by_sigkill(tmp_path):
+    """SIGKILL cannot be caught: the child must not go on training orphaned (PR_SET_PDEATHSIG)."""
+    import subprocess
+    import sys
+
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import time; from edgeresnet._isolate import run_in_child; run_in_child(time.sleep, 60)"],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    try:
+        deadline, child = time.monotonic() + 20, None
+        while child is None and time.monotonic() < deadline:
+            kids = [int(c) for t in Path(f"/proc/{parent.pid}/task").iterdir() for c in (t / "children").read_text().split()]
+            child = kids[0] if kids else None
+            time.sleep(0.1)
+        assert child is not None, "run_in_child never started its child"
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+            try:  # a zombie until someone reaps it: dead all the same
+                if Path(f"/proc/{child}/stat").read_text().split(")")[-1].split()[0] == "Z":
+                    break
+            except OSError:
+                break
+            time.sleep(0.1)
+        alive = Path(f"/proc/{child}").exists() and Path(f"/proc/{child}/stat").read_text().split(")")[-1].split()[0] != "Z"
+        assert not alive, "the child outlived its SIGKILLed parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
 @pytest.mark.slow  # two pruning fine-tunes, one of them in a fresh TensorFlow process
 def test_prune_in_child_is_bit_identical_to_in_process():
     from edgeresnet import _tf
