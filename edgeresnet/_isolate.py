@@ -127,24 +127,34 @@ def _run_forked(fn, args, timeout):
     return _outcome(data, os.waitstatus_to_exitcode(status))
 
 
-def _run_spawned(fn, args, timeout):
-    deadline = time.monotonic() + timeout
+def _spawn(entry: str, task: tuple):
+    """A fresh Python running ``entry`` with this checkout importable, given ``task`` pickled on its stdin;
+    (the process, the read end of the pipe whose write end the child got as ``sys.argv[1]``)."""
     r, w = os.pipe()
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-c", _SERVE, str(w)], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            [sys.executable, "-c", entry, str(w)], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL, pass_fds=(w,), env=env,
         )
+    except BaseException:
+        os.close(r)
+        raise
     finally:
         os.close(w)
     try:
-        try:
-            proc.stdin.write(pickle.dumps((fn, args)))
-            proc.stdin.close()
-        except BrokenPipeError:  # the child died before reading its task
-            pass
+        proc.stdin.write(pickle.dumps(task))
+        proc.stdin.close()
+    except BrokenPipeError:  # the child died before reading its task
+        pass
+    return proc, r
+
+
+def _run_spawned(fn, args, timeout):
+    deadline = time.monotonic() + timeout
+    proc, r = _spawn(_SERVE, (fn, args))
+    try:
         data = _read_all(r, deadline, timeout)
         code = proc.wait(max(1.0, deadline - time.monotonic()))
     except BaseException:
@@ -257,22 +267,8 @@ def run_in_child(fn: Callable, *args, progress: Optional[Callable] = None, **kwa
     the child dies without an answer (e.g. killed by the kernel for memory).
     """
     _release_free_heap()  # this process waits while the child works: give back what it no longer uses
-    r, w = os.pipe()
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+    proc, r = _spawn(_SERVE_STREAMING, (fn, args, kwargs, progress is not None))
     try:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", _SERVE_STREAMING, str(w)], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, pass_fds=(w,), env=env,
-        )
-    finally:
-        os.close(w)
-    try:
-        try:
-            proc.stdin.write(pickle.dumps((fn, args, kwargs, progress is not None)))
-            proc.stdin.close()
-        except BrokenPipeError:  # the child died before reading its task
-            pass
         while True:
             head = _read_exactly(r, 1 + _LENGTH)
             size = int.from_bytes(head[1:], "little") if len(head) == 1 + _LENGTH else -1
