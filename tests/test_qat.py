@@ -78,29 +78,7 @@ def test_qat_emits_full_int8_for_cpu_and_edgetpu_next_to_ptq(qat_run, tiny_model
     assert "qat" in md.lower()
 
 
-@pytest.mark.slow  # two fine-tunes and two conversions; the report sweep (slow) checks the same zeros through the CLI
-def test_pqat_keeps_the_pruned_zeros_in_the_tflite(tiny_model_h5, tiny_data):
-    from edgeresnet.calibration import load_images
-    from edgeresnet.convert import ConversionSpec, convert
-    from edgeresnet.models import load_model
-    from edgeresnet.models.loading import LoadedModel
-    from edgeresnet.prune import PruneConfig, prune_model
-    from edgeresnet.sparsity import tflite_weight_sparsity
-
-    ds = load_images(tiny_data["calib"], (16, 16, 3))
-    x = ds.images.astype(np.float32) / 255.0
-    pruned = prune_model(load_model(tiny_model_h5), PruneConfig(0.6, epochs=1, batch_size=40), train=(x, ds.labels))
-    ptq = convert(LoadedModel.from_keras(pruned.model, "p").tflite_converter, ConversionSpec("int8", "int8", "minmax"), x)
-    result = quantize_aware_train(pruned.model, QATConfig(epochs=1, batch_size=40), (x, ds.labels), preserve_sparsity=True)
-    assert result.scheme == "prune_preserve_8bit" and result.to_dict()["method"] == "pqat"
-    assert result.config.learning_rate == pytest.approx(3e-4)  # after pruning: pruning's own rate by default
-    pqat = convert_qat(LoadedModel.from_keras(result.model, "pq").tflite_converter, "int8", x)
-    before, after = tflite_weight_sparsity(ptq.model)["fraction"], tflite_weight_sparsity(pqat)["fraction"]
-    assert before > 0.4 and abs(after - before) <= 0.01, (before, after)
-    assert _float_tensors(pqat) == []
-
-
-@pytest.mark.slow  # a full report sweep with two fine-tunes: slow on 2 shared cores
+@pytest.mark.slow  # a full report sweep with three fine-tunes (prune, QAT, PQAT): slow on 2 shared cores
 def test_report_sweeps_qat_and_pqat_side_by_side_and_pqat_keeps_the_zeros(tmp_path, tiny_model_h5, tiny_data, capsys):
     out = tmp_path / "out"
     code, _, err = run_cli([
@@ -117,6 +95,10 @@ def test_report_sweeps_qat_and_pqat_side_by_side_and_pqat_keeps_the_zeros(tmp_pa
     assert pruned["weight_sparsity"] > 0.4
     assert abs(pqat["weight_sparsity"] - pruned["weight_sparsity"]) <= 0.01  # the zeros survive QAT
     assert pqat["fine_tune"]["after_pruning"]["method"] == "prune" and pqat["prune"]["sparsity"] == 0.6
+    # Method "pqat" is tfmot's prune-preserving scheme (QATResult.to_dict); after pruning the default rate is
+    # pruning's own, without pruning QAT's.
+    assert pqat["fine_tune"]["learning_rate"] == pytest.approx(3e-4)
+    assert by[("int8", False, "qat")]["fine_tune"]["learning_rate"] == pytest.approx(1e-4)
     assert _float_tensors((out / Path(pqat["path"]).name).read_bytes()) == []
     # Same table, CSV and plot labels, told apart.
     csv_text = (out / "report.csv").read_text()
