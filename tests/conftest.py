@@ -10,6 +10,30 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+# The test files that take longest (seconds of one run of the full suite on 2 cores, ``--durations``), longest
+# first. Under pytest-xdist (`-n 2 --dist loadfile`, the README's test command) each worker takes whole files
+# in collection order, so these are collected first: a long file started last would leave the other worker idle.
+LONGEST_FIRST = (
+    "test_qat.py", "test_pi.py", "test_prune.py", "test_cluster.py", "test_jobs.py", "test_quantize.py",
+    "test_train_child.py", "test_stream.py", "test_fuzz.py", "test_models.py", "test_mediapipe_client.py",
+    "test_safety.py",
+)
+
+
+def pytest_configure(config):
+    # pytest-xdist would otherwise hand out files by their number of tests, not by their time.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist, collect the longest files first (see LONGEST_FIRST); a plain run keeps file order."""
+    if not hasattr(config, "workerinput"):
+        return
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the order inside a file is kept
+
+
 def _shared_data_dir() -> Path:
     return Path(os.environ.get("EDGERESNET_TEST_DATA", REPO.parent / "shared" / "data")).resolve()
 
