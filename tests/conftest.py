@@ -107,13 +107,60 @@ def _convert_once(out: Path, args: list) -> dict:
             "stdout": stdout.getvalue(), "stderr": stderr.getvalue()}
 
 
+def _encode(value):
+    if isinstance(value, Path):
+        return {"__path__": str(value)}
+    if isinstance(value, dict):
+        return {k: _encode(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v) for v in value]
+    return value
+
+
+def _decode(value):
+    if isinstance(value, dict):
+        return Path(value["__path__"]) if set(value) == {"__path__"} else {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+def made_once(tmp_path_factory, name: str, make):
+    """``make(folder)`` for a session fixture, made once per test run even under pytest-xdist.
+
+    A plain run makes it in a fresh temp folder. Under xdist (the README's test
+    command) the first worker that needs it makes it in a folder of the run's
+    temp root that every worker sees, while the others wait on a lock, then read
+    what it returned (paths, dicts, lists, strings and numbers) instead of making
+    it again.
+    """
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return make(tmp_path_factory.mktemp(name))
+    import fcntl
+    import json
+    import shutil
+
+    root = tmp_path_factory.getbasetemp().parent / "made-once"  # pytest-N/, shared by this run's workers
+    root.mkdir(exist_ok=True)
+    folder, done = root / name, root / f"{name}.json"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if done.exists():
+            return _decode(json.loads(done.read_text()))
+        shutil.rmtree(folder, ignore_errors=True)  # a worker whose make() failed left it half made
+        folder.mkdir()
+        value = make(folder)
+        done.write_text(json.dumps(_encode(value)))
+        return value
+
+
 @pytest.fixture(scope="session")
 def tiny_int8_run(tiny_model_h5, tiny_data, tmp_path_factory) -> dict:
     """ONE `convert tiny.h5 --int8 --calib CALIB --eval EVAL --preset unit` (cpu), read by every test that
     only needs an int8 model edgeresnet wrote, its report or its printed table. Read-only."""
-    return _convert_once(tmp_path_factory.mktemp("tiny_int8_run") / "out", [
+    return made_once(tmp_path_factory, "tiny_int8_run", lambda folder: _convert_once(folder / "out", [
         "convert", tiny_model_h5, "--int8", "--calib", tiny_data["calib"], "--eval", tiny_data["eval"], "--preset", "unit",
-    ])
+    ]))
 
 
 @pytest.fixture(scope="session")
@@ -121,18 +168,18 @@ def resnet8_run(shared_data, resnet8_h5, tmp_path_factory) -> dict:
     """ONE `convert pretrainedResnet.h5 --int8 --target cpu --target edgetpu --target gpu` on real CIFAR-10
     (calibrated on train, evaluated on all 1,000 test images), read by every test that needs it. Read-only."""
     cifar = shared_data / "cifar10"
-    return _convert_once(tmp_path_factory.mktemp("resnet8_run") / "OUT", [
+    return made_once(tmp_path_factory, "resnet8_run", lambda folder: _convert_once(folder / "OUT", [
         "convert", resnet8_h5, "--int8", "--target", "cpu", "--target", "edgetpu", "--target", "gpu",
         "--calib", cifar / "train", "--eval", cifar / "test",
-    ])
+    ]))
 
 
 @pytest.fixture(scope="session")
 def builtin_run(tmp_path_factory) -> dict:
     """ONE `edgeresnet convert --int8 --target cpu --target edgetpu` (the built-in model and digits, as a
     newcomer runs it), read by every test that needs it. Read-only."""
-    return _convert_once(tmp_path_factory.mktemp("builtin_run") / "out",
-                         ["convert", "--int8", "--target", "cpu", "--target", "edgetpu"])
+    return made_once(tmp_path_factory, "builtin_run", lambda folder: _convert_once(
+        folder / "out", ["convert", "--int8", "--target", "cpu", "--target", "edgetpu"]))
 
 
 def write_image_folder(root: Path, classes: int, per_class: int, size=(16, 16), seed: int = 0) -> Path:
@@ -155,12 +202,15 @@ def write_image_folder(root: Path, classes: int, per_class: int, size=(16, 16), 
 @pytest.fixture(scope="session")
 def tiny_model_h5(tmp_path_factory) -> Path:
     """A tiny ResNet (16x16x3 input, 4 classes) fitted for a few steps on colour-coded images."""
+    return made_once(tmp_path_factory, "tiny", _fit_tiny_model)
+
+
+def _fit_tiny_model(root: Path) -> Path:
     import numpy as np
 
     from edgeresnet.calibration import load_images
     from edgeresnet.models import build_model
 
-    root = tmp_path_factory.mktemp("tiny")
     data = write_image_folder(root / "train", classes=4, per_class=24, seed=1)
     ds = load_images(data, (16, 16, 3))
     model = build_model("resnet8", input_shape=(16, 16, 3), classes=4)
@@ -173,11 +223,10 @@ def tiny_model_h5(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("tinydata")
-    return {
+    return made_once(tmp_path_factory, "tinydata", lambda root: {
         "calib": write_image_folder(root / "calib", classes=4, per_class=30, seed=2),
         "eval": write_image_folder(root / "eval", classes=4, per_class=15, seed=3),
-    }
+    })
 
 
 @pytest.fixture(scope="session")
@@ -191,9 +240,11 @@ def outlier_model_h5(tmp_path_factory, tiny_data) -> Path:
     huge range sets the shared int8 scale of the whole activation tensor and
     crushes every other channel to a few levels.
     """
-    path = tmp_path_factory.mktemp("outlier") / "outlier.h5"
-    build_outlier_model(tiny_data["calib"]).save(path)
-    return path
+    def make(folder: Path) -> Path:
+        build_outlier_model(tiny_data["calib"]).save(folder / "outlier.h5")
+        return folder / "outlier.h5"
+
+    return made_once(tmp_path_factory, "outlier", make)
 
 
 def build_outlier_model(calib_folder: Path):
