@@ -690,7 +690,8 @@ def _build_models(opts, plan, loaded, preset, progress, notify) -> dict:
     for sparsity, qat in dict.fromkeys(v.model_key for v in plan):
         model, info = loaded, None
         if qat:
-            model, info = _qat(opts.qat, *models[(sparsity, False)], train, progress)
+            base = models[(sparsity, False)]
+            model, info = _qat(opts.qat, *base, train, progress, _train_in_child(opts, base[0], train))
         elif sparsity is not None:
             from dataclasses import replace
 
@@ -1063,21 +1064,21 @@ def _prune(config, loaded, train, progress, notify, in_child: bool = False):
     return LoadedModel.from_keras(result.model, name), {**result.to_dict(), "process": _process(in_child, train)}
 
 
-def _qat(config, base, base_info, train, progress):
+def _qat(config, base, base_info, train, progress, in_child: bool = False):
     """Quantization-aware fine-tuning of ``base`` (sparsity-preserving when it was pruned).
 
     Returns (LoadedModel, info): ``info`` is the QAT record, with the pruning
     record of ``base`` under ``pruning`` when there is one.
     """
     from .models.loading import LoadedModel
-    from .qat import quantize_aware_train
+    from .qat import quantize_aware_train, quantize_aware_train_in_child
 
     pruned = base_info is not None
     stage = "quantization-aware fine-tuning" + (" (sparsity-preserving)" if pruned else "")
-    result = quantize_aware_train(
+    result = (quantize_aware_train_in_child if in_child else quantize_aware_train)(
         base, config, train, preserve_sparsity=pruned, progress=_stage(progress, stage, "training batches")
     )
-    info = result.to_dict()
+    info = {**result.to_dict(), "process": _process(in_child, train)}
     if pruned:
         info["pruning"] = base_info
     return LoadedModel.from_keras(result.model, base.name + "_qat"), info
@@ -1101,6 +1102,7 @@ def _fine_tune_record(train_path, info, qat: bool) -> Optional[dict]:
     else:
         return None
     record["data"] = train_path
+    record["process"] = info.get("process")  # "child": fine-tuned in a process of its own
     return record
 
 

@@ -296,6 +296,36 @@ def quantize_aware_train(
     )
 
 
+def quantize_aware_train_in_child(model, config: QATConfig, train, preserve_sparsity: bool = False,
+                                  progress: Optional[ProgressFn] = None) -> QATResult:
+    """:func:`quantize_aware_train` run in a fresh process (see ``train_data``'s "fine-tuning in a child
+    process"): the same result, without the training step's memory pool left in this one."""
+    from ._isolate import IsolatedFailure, run_in_child
+    from .train_data import child_failure
+
+    source = _keras_model(model)
+    try:
+        result, weights = run_in_child(_qat_rebuilt, source.to_json(), source.get_weights(), config, train,
+                                       preserve_sparsity, progress=progress)
+    except IsolatedFailure as failure:
+        raise child_failure(failure, "quantization-aware fine-tuning") from None
+    keras, mot = _tf.tf_keras(), _tf.tfmot()
+    with mot.quantization.keras.quantize_scope():  # the same wrapped model the child trained, then its weights
+        final = keras.models.clone_model(_quantize(source, preserve_sparsity))
+    final.set_weights(weights)
+    return replace(result, model=final)
+
+
+def _qat_rebuilt(architecture: str, weights: list, config: QATConfig, train, preserve_sparsity: bool,
+                 progress=None):
+    """In the child: quantization-aware training of the rebuilt model; (the result without its model, the
+    trained weights)."""
+    from .train_data import rebuild
+
+    result = quantize_aware_train(rebuild(architecture, weights), config, train, preserve_sparsity, progress)
+    return replace(result, model=None), result.model.get_weights()
+
+
 def float_fine_tune(model, config: QATConfig, train: tuple):
     """``model`` fine-tuned with the QAT recipe but no fake quantization: the fair float reference.
 

@@ -99,23 +99,38 @@ def test_a_child_dies_with_its_parent_even_by_sigkill(tmp_path):
             parent.kill()
 
 
-@pytest.mark.slow  # two pruning fine-tunes, one of them in a fresh TensorFlow process
-def test_prune_in_child_is_bit_identical_to_in_process():
-    from edgeresnet import _tf
-    from edgeresnet.prune import PruneConfig, prune_model, prune_model_in_child
-    from edgeresnet.train_data import portable
-
-    keras = _tf.tf_keras()
+def _tiny_portable_model(keras):
     keras.utils.set_random_seed(0)
     inp = keras.Input((16, 16, 3))
     x = inp
     for filters in (8, 16):
         x = keras.layers.ReLU()(keras.layers.BatchNormalization()(keras.layers.Conv2D(filters, 3, padding="same")(x)))
     out = keras.layers.Dense(4, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
-    model = keras.Model(inp, out)
+    return keras.Model(inp, out)
+
+
+def _same_weights(a, b) -> bool:
+    wa, wb = a.get_weights(), b.get_weights()
+    return len(wa) == len(wb) and all(np.array_equal(x, y) for x, y in zip(wa, wb))
+
+
+@pytest.mark.slow  # three fine-tunes in this process and the same three in fresh TensorFlow processes
+def test_fine_tuning_in_a_child_is_bit_identical_to_in_process():
+    """Pruning, quantization-aware training (sparsity-preserving) and a new classifier: the child's weights
+    and records equal this process's, and its progress arrives here."""
+    from edgeresnet import _tf
+    from edgeresnet.prune import PruneConfig, prune_model, prune_model_in_child
+    from edgeresnet.qat import QATConfig, quantize_aware_train, quantize_aware_train_in_child
+    from edgeresnet.train_data import portable
+    from edgeresnet.transfer import TransferConfig, fine_tune, fine_tune_in_child
+
+    keras = _tf.tf_keras()
+    model = _tiny_portable_model(keras)
     assert portable(model)
+    assert not portable(keras.Sequential([keras.layers.Lambda(lambda t: t, input_shape=(4,))]))
     rng = np.random.default_rng(0)
     train = (rng.random((48, 16, 16, 3), dtype=np.float32), rng.integers(0, 4, 48))
+
     config = PruneConfig(sparsity=0.5, epochs=2, batch_size=16)
     seen = []
     here = prune_model(model, config, train=train)
@@ -123,38 +138,56 @@ def test_prune_in_child_is_bit_identical_to_in_process():
     a, b = here.to_dict(), there.to_dict()
     assert a.pop("train_seconds") >= 0 and b.pop("train_seconds") >= 0
     assert a == b  # weights fingerprint, sparsity per layer, history, BN re-estimation: all the same
-    assert all(np.array_equal(x, y) for x, y in zip(here.model.get_weights(), there.model.get_weights()))
+    assert _same_weights(here.model, there.model)
     assert [layer.name for layer in there.model.layers] == [layer.name for layer in here.model.layers]
     assert seen[-1] == (6, 6)  # 48 images / 16 per batch x 2 epochs, counted in the child
-    assert not portable(keras.Sequential([keras.layers.Lambda(lambda t: t, input_shape=(4,))]))
+
+    qconfig = QATConfig(epochs=1, batch_size=16)
+    q_here = quantize_aware_train(here.model, qconfig, train, preserve_sparsity=True)
+    q_there = quantize_aware_train_in_child(here.model, qconfig, train, preserve_sparsity=True)
+    assert _same_weights(q_here.model, q_there.model)  # fake-quant ranges included
+    assert q_here.weights_sha256 == q_there.weights_sha256 and q_here.history == q_there.history
+
+    head_here, head_there = keras.models.clone_model(model), keras.models.clone_model(model)
+    for m in (head_here, head_there):
+        m.set_weights(model.get_weights())
+    tconfig = TransferConfig(epochs=2, batch_size=16, head=model.layers[-1].name)
+    from edgeresnet.calibration import ImageStream
+
+    stream = ImageStream.from_arrays(*train)
+    t_here = fine_tune(head_here, stream, tconfig)
+    t_there = fine_tune_in_child(head_there, stream, tconfig)
+    assert _same_weights(head_here, head_there) and t_here["weights_sha256"] == t_there["weights_sha256"]
 
 
-@pytest.mark.slow  # two end-to-end converts with a new head and a pruning fine-tune each
-def test_convert_fine_tuned_in_a_child_emits_the_same_models(tmp_path):
-    """--classes and --prune fine-tuned in a child (the default for inputs of 96 px and more) or in this
-    process give byte-identical .tflite files; the report says where each ran."""
+@pytest.mark.slow  # an end-to-end convert with a new head, a pruning and a QAT fine-tune in children
+def test_convert_fine_tunes_in_children_and_says_so(tmp_path):
+    """ConvertOptions(train_in_child=True) (the default for inputs of 96 px and more): --classes, --prune and
+    --qat each run in a child; the report says so, and the models are what those fine-tunes promise."""
     from edgeresnet.models import build_model
     from edgeresnet.pipeline import ConvertOptions, run_convert
     from edgeresnet.prune import PruneConfig
+    from edgeresnet.qat import QATConfig
     from edgeresnet.transfer import TransferConfig
     from tests.conftest import write_image_folder
 
     folder = write_image_folder(tmp_path / "imgs", classes=3, per_class=8)
     weights = tmp_path / "resnet8.h5"
     build_model("resnet8", input_shape=(16, 16, 3), classes=10).save_weights(str(weights))
-    runs = {}
-    for in_child in (True, False):
-        out = tmp_path / f"out-{in_child}"
-        run_convert(ConvertOptions(
-            model="resnet8", weights=str(weights), input_size=16, classes=3, train=str(folder), int8=True,
-            calib=str(folder), calib_samples=12, eval=str(folder), out=str(out), train_in_child=in_child,
-            prune=PruneConfig(sparsity=0.5, epochs=1, batch_size=8), transfer=TransferConfig(epochs=2, batch_size=8),
-        ))
-        report = json.loads((out / "report.json").read_text())
-        runs[in_child] = (report, {p.name: p.read_bytes() for p in out.glob("*.tflite")})
-    (child, child_models), (here, here_models) = runs[True], runs[False]
-    assert child["model"]["transfer"]["process"] == "child" and here["model"]["transfer"]["process"] == "this"
-    assert child["prune"]["process"] == "child" and here["prune"]["process"] == "this"
-    assert child["model"]["transfer"]["weights_sha256"] == here["model"]["transfer"]["weights_sha256"]
-    assert child["prune"]["weights_sha256"] == here["prune"]["weights_sha256"]
-    assert len(child_models) == 2 and child_models == here_models
+    out = tmp_path / "out"
+    run_convert(ConvertOptions(
+        model="resnet8", weights=str(weights), input_size=16, classes=3, train=str(folder), int8=True,
+        calib=str(folder), calib_samples=12, eval=str(folder), out=str(out), train_in_child=True,
+        prune=PruneConfig(sparsity=0.5, epochs=1, batch_size=8), transfer=TransferConfig(epochs=2, batch_size=8),
+        qat=QATConfig(epochs=1, batch_size=8),
+    ))
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"]["transfer"]["process"] == "child" and report["prune"]["process"] == "child"
+    variants = {v["name"]: v for v in report["variants"]}
+    assert set(variants) == {"resnet8_cpu_int8.tflite", "resnet8_pruned50_cpu_int8.tflite",
+                             "resnet8_pruned50_qat_cpu_int8.tflite"}
+    pqat = variants["resnet8_pruned50_qat_cpu_int8.tflite"]["fine_tune"]
+    assert pqat["process"] == "child" and pqat["after_pruning"]["process"] == "child"
+    for name in ("resnet8_pruned50_cpu_int8.tflite", "resnet8_pruned50_qat_cpu_int8.tflite"):
+        assert variants[name]["weight_sparsity"] > 0.4  # the child's zeros reached the emitted file
+    assert report["evaluation"]["count"] == 24 and all(v["status"] == "ok" for v in variants.values())
