@@ -39,13 +39,14 @@ def test_run_in_child_reraises_the_childs_error_and_names_its_death(tmp_path):
     from edgeresnet.calibration import load_images
     from edgeresnet.train_data import child_failure
 
+    before = set(_children())  # other tests in this process may have children of their own
     with pytest.raises(DataError, match="no such"):  # the library's own exception, message intact
         run_in_child(load_images, tmp_path / "missing", (16, 16, 3))
     with pytest.raises(IsolatedFailure, match=r"was killed \(SIGABRT\)"):
         run_in_child(os.abort)
     oom = child_failure(IsolatedFailure("was killed (SIGKILL)"), "fine-tuning (pruning)")
     assert isinstance(oom, EdgeResNetError) and "lower --batch-size" in str(oom) and "\n" not in str(oom)
-    assert not _children()
+    assert set(_children()) <= before
 
 
 def test_an_interrupted_parent_kills_its_child():
@@ -54,6 +55,7 @@ def test_an_interrupted_parent_kills_its_child():
         raise KeyboardInterrupt
 
     old = signal.signal(signal.SIGALRM, interrupt)
+    before = set(_children())
     started = time.monotonic()
     try:
         signal.alarm(2)
@@ -63,7 +65,7 @@ def test_an_interrupted_parent_kills_its_child():
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
     assert time.monotonic() - started < 30
-    assert not _children()
+    assert set(_children()) <= before
 
 
 def test_a_child_dies_with_its_parent_even_by_sigkill(tmp_path):
