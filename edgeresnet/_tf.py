@@ -67,6 +67,10 @@ def tf():
             failure = exc
         else:
             failure = None
+            # The CUDA probe ("failed call to cuInit" on a machine without a GPU) runs on the first device
+            # query; do it here, inside the capture. Listing physical devices does not start the runtime, so
+            # a fine-tuning cluster can still be joined afterwards.
+            tensorflow.config.list_physical_devices("GPU")
     if failure is not None:
         raise MissingDependencyError(f"TensorFlow is not installed ({failure}); {_HOST_HINT}")
     return tensorflow
