@@ -101,7 +101,7 @@ class ConvertOptions:
     transfer: Optional[object] = None  # a transfer.TransferConfig for --classes (epochs, batch, learning rate)
     qat: Optional[object] = None  # a qat.QATConfig: also emit quantization-aware fine-tuned int8 models
     timing_only: bool = False  # `report` of a zoo MODEL with random weights: sizes and latency, no accuracy
-    # Fine-tune (pruning, --classes) in a child process, whose training memory dies with it. None: when the
+    # Fine-tune (pruning, --qat, --classes) in a child process, whose training memory dies with it. None: when the
     # model's input is at least CHILD_TRAINING_MIN_SIDE pixels a side, it is not on a cluster, and its layers
     # are tf_keras built-ins (train_data.portable); below that the pool is small and the child's start (a
     # TensorFlow import, ~5 s) would dominate.
