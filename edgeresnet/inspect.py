@@ -29,7 +29,7 @@ import numpy as np
 from ._capture import capture_output
 from ._isolate import IsolatedFailure, run_isolated
 from .errors import ConfigError, MissingDependencyError, TFLiteFileError
-from .runtime import EDGETPU_CUSTOM_OP, check_input_size, get_backend, read_tflite_bytes
+from .runtime import EDGETPU_CUSTOM_OP, MAX_INPUT_BYTES, check_input_size, get_backend, input_too_large, read_tflite_bytes
 from .targets import targets
 from .targets.checks import InspectContext, Verdict, verdict_for
 from .tflite_graph import TFLiteGraph, parse_tflite
@@ -49,6 +49,11 @@ try:
     import numpy as np
     out["version"] = getattr(tflite_runtime, "__version__", None)
     it = Interpreter(model_path=sys.argv[1])
+    for d in it.get_input_details():  # the host's check_input_size, before anything is allocated
+        size = int(np.prod([max(int(s), 1) for s in d["shape"]], dtype=np.float64)) * np.dtype(d["dtype"]).itemsize
+        if size > int(sys.argv[2]):
+            out["too_large"] = {"shape": [int(s) for s in d["shape"]], "bytes": size}
+            raise SystemExit
     it.allocate_tensors()
     for d in it.get_input_details():
         it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
@@ -60,6 +65,8 @@ try:
 except ImportError as exc:
     out["status"] = "not installed"
     out["error"] = str(exc)
+except SystemExit:
+    pass
 except Exception as exc:
     out["error"] = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 print("EDGERESNET_RESULT " + json.dumps(out))
@@ -281,7 +288,7 @@ def check_in_venv(tflite_path: Union[str, Path], python_exe: Union[str, Path], t
         return check
     try:
         proc = subprocess.run(
-            [exe, "-c", _VENV_SCRIPT, str(Path(tflite_path).resolve())],
+            [exe, "-c", _VENV_SCRIPT, str(Path(tflite_path).resolve()), str(MAX_INPUT_BYTES)],
             capture_output=True, text=True, timeout=timeout, check=False,
         )
     except subprocess.TimeoutExpired:
@@ -300,6 +307,8 @@ def check_in_venv(tflite_path: Union[str, Path], python_exe: Union[str, Path], t
     check.status = result["status"]
     check.version = result.get("version")
     check.error = result.get("error")
+    if result.get("too_large"):
+        check.error = input_too_large("the model", result["too_large"]["shape"], result["too_large"]["bytes"])
     if check.status == "fails" and proc.stderr:
         specific = [ln.strip() for ln in proc.stderr.splitlines() if "op" in ln.lower() and "version" in ln.lower()]
         if specific:

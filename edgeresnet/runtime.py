@@ -109,10 +109,13 @@ def check_input_size(interpreter, label: str) -> None:
         shape = [int(s) for s in d["shape"]]
         size = int(np.prod([max(s, 1) for s in shape], dtype=np.float64)) * np.dtype(d["dtype"]).itemsize
         if size > MAX_INPUT_BYTES:
-            raise TFLiteFileError(
-                f"{label}: input {list(shape)} would take {size / 2**20:,.0f} MiB, more than the "
-                f"{MAX_INPUT_BYTES // 2**20} MiB edgeresnet runs; the file is corrupt or not an edge model"
-            )
+            raise TFLiteFileError(input_too_large(label, shape, size))
+
+
+def input_too_large(label: str, shape: list, size: int) -> str:
+    """What :func:`check_input_size` says about an input of ``size`` bytes (also for another Python's check)."""
+    return (f"{label}: input {list(shape)} would take {size / 2**20:,.0f} MiB, more than the "
+            f"{MAX_INPUT_BYTES // 2**20} MiB edgeresnet runs; the file is corrupt or not an edge model")
 
 
 def trial_run_isolated(data: bytes, label: str, num_threads: Optional[int] = None, backend: Optional[str] = None) -> None:

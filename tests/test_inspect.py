@@ -7,6 +7,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -260,6 +261,15 @@ def test_real_tflite_runtime_loads_reference_and_tf221_models(shared_data, tmp_p
     assert ours.status == "loads", ours.error
     future = check_in_venv(_write(tmp_path, "v99.tflite", _bump_op_version(models["int8"], "CONV_2D", 99)), exe)
     assert future.status == "fails" and "CONV_2D" in future.error
+    # A corrupt batch size is refused there as here, before 700 MiB are allocated and run (it took 28 s, and
+    # more than a minute on 2 busy cores, in the fuzz test).
+    from test_safety import _batch_60161
+
+    big = _write(tmp_path, "big.tflite", _batch_60161((shared_data / "mlperf-tiny-resnet8" / "pretrainedResnet.tflite").read_bytes()))
+    started = time.monotonic()
+    refused = check_in_venv(big, exe)
+    assert refused.status == "fails" and "input [60161, 32, 32, 3] would take" in refused.error, refused.error
+    assert "more than the 256 MiB edgeresnet runs" in refused.error and time.monotonic() - started < 20
 
 
 def test_inspect_needs_no_tensorflow(tmp_path, models):
