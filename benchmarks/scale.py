@@ -22,10 +22,15 @@ the convert (``ConvertOptions.train_in_child``):
 - ``RSS self``: ``resource.getrusage(RUSAGE_SELF)`` peak of the convert process;
 - ``RSS child``: ``getrusage(RUSAGE_CHILDREN)``, the largest finished child's peak
   (the fine-tuning process);
-- ``tree RSS`` / ``tree PSS``: the peak over time of the summed RSS (and PSS, which
-  counts shared library pages once) of the convert process and all its
-  children, sampled every 0.1 s from ``/proc``: what the machine must hold at
-  once. The goal is judged on ``tree RSS``, the largest of the three.
+- ``tree``: the peak over time of the summed RSS of the convert process and
+  all its children, sampled every 0.1 s from ``/proc``; it counts the
+  TensorFlow libraries both processes map twice;
+- ``held``: what the machine held for the run at once: the peak count of
+  distinct physical pages resident in the tree (``/proc/PID/pagemap``, root
+  only), else an estimate (summed private memory plus the largest
+  file-backed RSS of one process). PSS would also count shared pages once,
+  but it splits them with every other program mapping the same libraries
+  (another TensorFlow job), so it reads low on a shared machine.
 
     python benchmarks/scale.py --images 2000 8000 --model resnet18 --input-size 64
     python benchmarks/scale.py --images 5000 20000 --model resnet18   # 224x224: hours on 2 cores
@@ -96,26 +101,64 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _memory_kb(pid: int) -> tuple[int, int]:
-    """(RSS, PSS) of one process in kB; (0, 0) when it is gone."""
-    rss = pss = 0
+def _memory_kb(pid: int) -> tuple[int, int, int]:
+    """(RssAnon + RssShmem, RssFile, VmRSS) of one process in kB; zeros when it is gone."""
+    fields = {}
     try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Rss:"):
-                rss = int(line.split()[1])
-            elif line.startswith("Pss:"):
-                pss = int(line.split()[1])
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("RssAnon", "RssFile", "RssShmem", "VmRSS"):
+                fields[key] = int(value.split()[0])
     except OSError:
         pass
-    return rss, pss
+    return fields.get("RssAnon", 0) + fields.get("RssShmem", 0), fields.get("RssFile", 0), fields.get("VmRSS", 0)
+
+
+_PFN_MASK = (1 << 55) - 1
+
+
+def _resident_frames(pid: int):
+    """The physical page frames resident in ``pid`` (``/proc/PID/pagemap``; needs root for real frame numbers),
+    or None when they cannot be read."""
+    import numpy as np
+
+    frames = []
+    try:
+        with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/pagemap", "rb") as pagemap:
+            for line in maps:
+                fields = line.split()
+                if fields[-1] == "[vsyscall]":
+                    continue
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                pagemap.seek((start // 4096) * 8)
+                entries = np.frombuffer(pagemap.read(((end - start) // 4096) * 8), dtype=np.uint64)
+                present = entries[(entries >> np.uint64(63)).astype(bool)] & np.uint64(_PFN_MASK)
+                frames.append(present)
+    except OSError:
+        return None
+    frames = np.concatenate(frames) if frames else np.zeros(0, np.uint64)
+    if len(frames) and not frames.any():  # not root: the kernel hides the frame numbers
+        return None
+    return frames
 
 
 class TreeMemory(threading.Thread):
-    """Samples the summed RSS and PSS of this process and all its descendants; keeps the peaks (MB)."""
+    """Samples the memory of this process and all its descendants together; keeps the peaks (MB).
 
-    def __init__(self, interval: float = 0.1):
+    ``peak_rss``: the summed RSS (counts the TensorFlow libraries both
+    processes map twice). ``exact``: the distinct physical pages resident in
+    any of them (from ``/proc/PID/pagemap``, root only), i.e. what the
+    machine holds for the tree. ``peak_unique``: without root, an estimate
+    of the same: the summed private (anonymous) memory plus the largest
+    file-backed RSS of any one of them. Unlike PSS, neither depends on what
+    other programs on the machine map the same libraries.
+    """
+
+    def __init__(self, interval: float = 0.1, exact_every: int = 10):
         super().__init__(daemon=True)
-        self.interval, self.peak_rss, self.peak_pss, self.stop = interval, 0.0, 0.0, threading.Event()
+        self.interval, self.peak_rss, self.peak_unique, self.stop = interval, 0.0, 0.0, threading.Event()
+        self.samples, self.exact_every = 0, exact_every  # pagemap is read every exact_every-th sample (it costs CPU)
+        self.exact = None  # peak of the distinct resident pages of the tree (MB); False: pagemap not readable
 
     def run(self):
         while not self.stop.is_set():
@@ -124,8 +167,20 @@ class TreeMemory(threading.Thread):
                 pid = todo.pop()
                 pids.append(pid)
                 todo += _children(pid)
-            rss, pss = map(sum, zip(*(_memory_kb(p) for p in pids)))
-            self.peak_rss, self.peak_pss = max(self.peak_rss, rss / 1024), max(self.peak_pss, pss / 1024)
+            samples = [_memory_kb(p) for p in pids]
+            rss = sum(s[2] for s in samples)
+            unique = sum(s[0] for s in samples) + max(s[1] for s in samples)
+            self.peak_rss, self.peak_unique = max(self.peak_rss, rss / 1024), max(self.peak_unique, unique / 1024)
+            self.samples += 1
+            if self.exact is not False and self.samples % self.exact_every == 1 % self.exact_every:
+                import numpy as np
+
+                frames = [_resident_frames(p) for p in pids]
+                if any(f is None for f in frames):
+                    self.exact = False if self.exact is None else self.exact
+                else:
+                    pages = len(np.unique(np.concatenate(frames)))
+                    self.exact = max(self.exact or 0.0, pages * 4096 / 2**20)
             self.stop.wait(self.interval)
 
 
@@ -149,6 +204,7 @@ def run_one(args) -> dict:
         s["peak_rss_mb"] = _rusage_mb(resource.RUSAGE_SELF)
         s["peak_child_mb"] = _rusage_mb(resource.RUSAGE_CHILDREN)
         s["peak_tree_mb"] = tree.peak_rss
+        s["peak_held_mb"] = tree.exact or tree.peak_unique
 
     out = Path(args.out)
     opts = ConvertOptions(
@@ -171,11 +227,12 @@ def run_one(args) -> dict:
             images = s["images"] * args.batch_size
         rows.append({"stage": name, "seconds": round(seconds, 1), "images_per_s": round(images / seconds, 1),
                      "peak_rss_mb": round(s["peak_rss_mb"]), "peak_child_mb": round(s["peak_child_mb"]),
-                     "peak_tree_mb": round(s["peak_tree_mb"])})
+                     "peak_tree_mb": round(s["peak_tree_mb"]), "peak_held_mb": round(s["peak_held_mb"])})
     return {
         "images": report.evaluation["count"], "seconds": round(total, 1), "stages": rows,
         "peak_rss_mb": round(_rusage_mb(resource.RUSAGE_SELF)), "peak_child_mb": round(_rusage_mb(resource.RUSAGE_CHILDREN)),
-        "peak_tree_mb": round(tree.peak_rss), "peak_tree_pss_mb": round(tree.peak_pss),
+        "peak_tree_mb": round(tree.peak_rss), "peak_tree_unique_mb": round(tree.peak_unique),
+        "peak_tree_exact_mb": round(tree.exact) if tree.exact else None,
         "train_in_child": (report.to_dict().get("prune") or {}).get("process"),
     }
 
@@ -216,14 +273,17 @@ def main(argv=None) -> int:
     print(f"\n{args.model} at {args.input_size}x{args.input_size}, images stored at {STORED_SIDE}x{STORED_SIDE}, "
           "prune 0.5, 1 epoch, int8 cpu")
     print("peak MB so far at each stage's end: RSS of the convert process (self), of its fine-tuning child, and the "
-          "sampled sum over both (tree); whole run adds the tree's PSS")
-    print(f"{'images':>7} {'stage':<44} {'s':>7} {'img/s':>7} {'self':>6} {'child':>6} {'tree':>6}")
+          "sampled sum over both (tree), and what the machine held for them, shared pages once (held)")
+    print(f"{'images':>7} {'stage':<44} {'s':>7} {'img/s':>7} {'self':>6} {'child':>6} {'tree':>6} {'held':>6}")
     for r in results:
         for row in r["stages"]:
             print(f"{r['images']:>7} {row['stage'][:44]:<44} {row['seconds']:>7} {row['images_per_s']:>7} "
-                  f"{row['peak_rss_mb']:>6} {row['peak_child_mb']:>6} {row['peak_tree_mb']:>6}")
+                  f"{row['peak_rss_mb']:>6} {row['peak_child_mb']:>6} {row['peak_tree_mb']:>6} {row['peak_held_mb']:>6}")
         print(f"{r['images']:>7} {'whole run':<44} {r['seconds']:>7} {'':>7} {r['peak_rss_mb']:>6} "
-              f"{r['peak_child_mb']:>6} {r['peak_tree_mb']:>6}  (tree PSS {r['peak_tree_pss_mb']})")
+              f"{r['peak_child_mb']:>6} {r['peak_tree_mb']:>6} {r['peak_tree_exact_mb'] or r['peak_tree_unique_mb']:>6}")
+        held = (f"{r['peak_tree_exact_mb']} MB (distinct resident pages, from pagemap)" if r["peak_tree_exact_mb"]
+                else f"~{r['peak_tree_unique_mb']} MB (private memory + the largest file-backed RSS; pagemap needs root)")
+        print(f"{'':>7} what the machine held for the run at once, shared pages counted once: {held}")
     return 0
 
 
