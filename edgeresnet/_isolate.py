@@ -217,9 +217,13 @@ def _serve_streaming(fd: int) -> None:
         except BaseException as exc:  # noqa: BLE001 - handed to the parent, which re-raises it
             answer = ("raise", exc)
         try:
-            _send(out, _ANSWER, answer)
+            data = pickle.dumps(answer)
         except Exception:  # noqa: BLE001 - a result or exception that does not pickle
-            _send(out, _ANSWER, ("raise", RuntimeError(f"{type(answer[1]).__name__}: {answer[1]}")))
+            data = pickle.dumps(("raise", RuntimeError(f"{type(answer[1]).__name__}: {answer[1]}")))
+        del answer  # (e.g. trained weights) now held once, as the bytes that go to the parent
+        out.write(_ANSWER + len(data).to_bytes(_LENGTH, "little"))
+        out.write(data)
+        out.flush()
 
 
 def _read_exactly(fd: int, n: int) -> bytes:
@@ -266,8 +270,8 @@ def run_in_child(fn: Callable, *args, progress: Optional[Callable] = None, **kwa
     killed before the exception goes on. Raises :class:`IsolatedFailure` when
     the child dies without an answer (e.g. killed by the kernel for memory).
     """
-    _release_free_heap()  # this process waits while the child works: give back what it no longer uses
     proc, r = _spawn(_SERVE_STREAMING, (fn, args, kwargs, progress is not None))
+    _release_free_heap()  # this process waits while the child works: give back what it no longer uses
     try:
         while True:
             head = _read_exactly(r, 1 + _LENGTH)

@@ -587,12 +587,11 @@ def prune_model_in_child(model, config: PruneConfig, train=None, progress: Optio
     same result, without the training step's memory pool left in this one. Needs a :func:`~edgeresnet.train_data.
     portable` model (built-in tf_keras layers); one machine (not a cluster)."""
     from ._isolate import IsolatedFailure, run_in_child
-    from .train_data import child_failure
+    from .train_data import ModelParcel, child_failure
 
     source = _unwrap(model)
     try:
-        result, weights = run_in_child(_prune_rebuilt, source.to_json(), source.get_weights(), config, train,
-                                       progress=progress)
+        result, weights = run_in_child(_prune_rebuilt, ModelParcel(source), config, train, progress=progress)
     except IsolatedFailure as failure:
         raise child_failure(failure, "fine-tuning (pruning)") from None
     keras = _tf.tf_keras()
@@ -601,11 +600,9 @@ def prune_model_in_child(model, config: PruneConfig, train=None, progress: Optio
     return replace(result, model=final)
 
 
-def _prune_rebuilt(architecture: str, weights: list, config: PruneConfig, train, progress=None):
+def _prune_rebuilt(parcel, config: PruneConfig, train, progress=None):
     """In the child: prune the rebuilt model; (the result without its model, the trained weights)."""
-    from .train_data import rebuild
-
-    result = prune_model(rebuild(architecture, weights), config, train=train, progress=progress)
+    result = prune_model(parcel.open(), config, train=train, progress=progress)
     return replace(result, model=None), result.model.get_weights()
 
 

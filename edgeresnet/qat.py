@@ -301,12 +301,12 @@ def quantize_aware_train_in_child(model, config: QATConfig, train, preserve_spar
     """:func:`quantize_aware_train` run in a fresh process (see ``train_data``'s "fine-tuning in a child
     process"): the same result, without the training step's memory pool left in this one."""
     from ._isolate import IsolatedFailure, run_in_child
-    from .train_data import child_failure
+    from .train_data import ModelParcel, child_failure
 
     source = _keras_model(model)
     try:
-        result, weights = run_in_child(_qat_rebuilt, source.to_json(), source.get_weights(), config, train,
-                                       preserve_sparsity, progress=progress)
+        result, weights = run_in_child(_qat_rebuilt, ModelParcel(source), config, train, preserve_sparsity,
+                                       progress=progress)
     except IsolatedFailure as failure:
         raise child_failure(failure, "quantization-aware fine-tuning") from None
     keras, mot = _tf.tf_keras(), _tf.tfmot()
@@ -316,13 +316,10 @@ def quantize_aware_train_in_child(model, config: QATConfig, train, preserve_spar
     return replace(result, model=final)
 
 
-def _qat_rebuilt(architecture: str, weights: list, config: QATConfig, train, preserve_sparsity: bool,
-                 progress=None):
+def _qat_rebuilt(parcel, config: QATConfig, train, preserve_sparsity: bool, progress=None):
     """In the child: quantization-aware training of the rebuilt model; (the result without its model, the
     trained weights)."""
-    from .train_data import rebuild
-
-    result = quantize_aware_train(rebuild(architecture, weights), config, train, preserve_sparsity, progress)
+    result = quantize_aware_train(parcel.open(), config, train, preserve_sparsity, progress)
     return replace(result, model=None), result.model.get_weights()
 
 

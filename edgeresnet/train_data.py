@@ -207,13 +207,31 @@ def portable(model) -> bool:
     return all(type(layer).__module__.startswith("tf_keras.") and type(layer).__name__ != "Lambda" for layer in layers)
 
 
-def rebuild(architecture: str, weights: list):
-    """In the child: the tf_keras model of ``architecture`` (``model.to_json()``) with ``weights``."""
-    from . import _tf
+class ModelParcel:
+    """A tf_keras model on its way to a child process, rebuilt there by :meth:`open`.
 
-    model = _tf.tf_keras().models.model_from_json(architecture)
-    model.set_weights(weights)
-    return model
+    It pickles as the model's architecture (JSON) and weights, copied at that
+    moment: the parent keeps no second copy while the child trains, and the
+    child lets go of the arrays once the rebuilt model's variables hold them.
+    """
+
+    def __init__(self, model):
+        self._model, self._state = model, None
+
+    def __getstate__(self):
+        return {"architecture": self._model.to_json(), "weights": self._model.get_weights()}
+
+    def __setstate__(self, state):
+        self._model, self._state = None, state
+
+    def open(self):
+        """In the child: the model (once; the parcel is empty afterwards)."""
+        from . import _tf
+
+        state, self._state = self._state, None
+        model = _tf.tf_keras().models.model_from_json(state["architecture"])
+        model.set_weights(state["weights"])
+        return model
 
 
 def child_failure(failure, what: str):

@@ -107,22 +107,19 @@ def fine_tune_in_child(model, train, config: TransferConfig, progress: Optional[
     """:func:`fine_tune` run in a fresh process (see ``train_data``'s "fine-tuning in a child process"): the
     same weights end up in ``model``, without the training step's memory pool left in this one."""
     from ._isolate import IsolatedFailure, run_in_child
-    from .train_data import child_failure
+    from .train_data import ModelParcel, child_failure
 
     try:
-        info, weights = run_in_child(_fine_tune_rebuilt, model.to_json(), model.get_weights(), train, config,
-                                     freeze_backbone, progress=progress)
+        info, weights = run_in_child(_fine_tune_rebuilt, ModelParcel(model), train, config, freeze_backbone,
+                                     progress=progress)
     except IsolatedFailure as failure:
         raise child_failure(failure, "fine-tuning (new classifier)") from None
     model.set_weights(weights)
     return info
 
 
-def _fine_tune_rebuilt(architecture: str, weights: list, train, config: TransferConfig, freeze_backbone: bool,
-                       progress=None):
+def _fine_tune_rebuilt(parcel, train, config: TransferConfig, freeze_backbone: bool, progress=None):
     """In the child: fine-tune the rebuilt model; (the report dict, the trained weights)."""
-    from .train_data import rebuild
-
-    model = rebuild(architecture, weights)
+    model = parcel.open()
     info = fine_tune(model, train, config, progress=progress, freeze_backbone=freeze_backbone)
     return info, model.get_weights()
