@@ -55,19 +55,24 @@ def _signal_name(code: int) -> str:
         return f"signal {code}"
 
 
+def _outcome_bytes(fn: Callable, args: tuple, kwargs: dict) -> bytes:
+    """In the child: ``fn(*args, **kwargs)``'s result, or the exception it raised, pickled."""
+    try:
+        answer = ("ok", fn(*args, **kwargs))
+    except BaseException as exc:  # noqa: BLE001 - handed to the parent, which re-raises it
+        answer = ("raise", exc)
+    try:
+        return pickle.dumps(answer)
+    except Exception:  # noqa: BLE001 - a result or exception that does not pickle
+        return pickle.dumps(("raise", RuntimeError(f"{type(answer[1]).__name__}: {answer[1]}")))
+
+
 def _answer(fd: int, fn: Callable, args: tuple) -> None:
     """In the child: call ``fn(*args)`` and write the pickled outcome to ``fd``."""
     # The parent's Ctrl-C / SIGTERM handlers (output clean-up) must not run here.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)
-    try:
-        answer = ("ok", fn(*args))
-    except BaseException as exc:  # noqa: BLE001 - handed to the parent, which re-raises it
-        answer = ("raise", exc)
-    try:
-        data = pickle.dumps(answer)
-    except Exception:  # noqa: BLE001 - a result or exception that does not pickle
-        data = pickle.dumps(("raise", RuntimeError(f"{type(answer[1]).__name__}: {answer[1]}")))
+    data = _outcome_bytes(fn, args, {})
     with os.fdopen(fd, "wb") as out:
         out.write(data)
 
@@ -212,15 +217,7 @@ def _serve_streaming(fd: int) -> None:
     with os.fdopen(fd, "wb") as out:
         if wants_progress:
             kwargs = dict(kwargs, progress=_PipeProgress(out))
-        try:
-            answer = ("ok", fn(*args, **kwargs))
-        except BaseException as exc:  # noqa: BLE001 - handed to the parent, which re-raises it
-            answer = ("raise", exc)
-        try:
-            data = pickle.dumps(answer)
-        except Exception:  # noqa: BLE001 - a result or exception that does not pickle
-            data = pickle.dumps(("raise", RuntimeError(f"{type(answer[1]).__name__}: {answer[1]}")))
-        del answer  # (e.g. trained weights) now held once, as the bytes that go to the parent
+        data = _outcome_bytes(fn, args, kwargs)  # the result (e.g. trained weights) is held once, as these bytes
         out.write(_ANSWER + len(data).to_bytes(_LENGTH, "little"))
         out.write(data)
         out.flush()
