@@ -143,9 +143,10 @@ def test_bench_times_a_zoo_model_without_weights(tmp_path):
     assert bad.exit_code == 2 and "--precision applies to a built-in architecture" in bad.output
 
 
-@pytest.mark.slow  # end to end: a fine-tune, a pruning fine-tune and two conversions of a zoo model
+@pytest.mark.slow  # end to end: a new head, a pruning and a QAT fine-tune (each in a child), three conversions
 def test_zoo_transfer_learning_from_the_command_line(folder, tmp_path):
-    """resnet8 + a new 3-class head fine-tuned on a folder (streamed), pruned, int8, verified: one command."""
+    """resnet8 + a new 3-class head fine-tuned on a folder (streamed), pruned, quantization-aware trained, int8,
+    verified: one command. At 96 px every fine-tuning runs in a child process, and the report says so."""
     from edgeresnet.models import build_model
     from edgeresnet.runtime import TFLiteModel
 
@@ -153,16 +154,20 @@ def test_zoo_transfer_learning_from_the_command_line(folder, tmp_path):
     build_model("resnet8", classes=10).save_weights(str(weights))
     out = tmp_path / "out"
     res = CliRunner().invoke(cli, [
-        "convert", "resnet8", "--weights", str(weights), "--classes", "3", "--train", str(folder),
-        "--epochs", "2", "--batch-size", "8", "--prune", "0.5", "--int8", "--calib", str(folder), "--calib-samples", "12",
-        "--eval", str(folder), "--out", str(out),
+        "convert", "resnet8", "--weights", str(weights), "--classes", "3", "--input-size", "96", "--train", str(folder),
+        "--epochs", "2", "--batch-size", "8", "--prune", "0.5", "--qat", "--int8", "--calib", str(folder),
+        "--calib-samples", "12", "--eval", str(folder), "--out", str(out),
     ])
     assert res.exit_code == 0, res.output
     report = json.loads((out / "report.json").read_text())
     assert report["model"]["classes"] == 3 and report["model"]["weights"] == str(weights)
     assert report["model"]["transfer"]["frozen_backbone_epochs"] == 1 and report["model"]["transfer"]["train_samples"] == 24
-    pruned = next(v for v in report["variants"] if "pruned50" in v["name"])  # fine-tuned on the same stream
+    assert report["model"]["transfer"]["process"] == "child" and report["prune"]["process"] == "child"
+    pruned = next(v for v in report["variants"] if v["name"].startswith("resnet8_pruned50_cpu"))  # the same stream
     assert pruned["prune"]["train_samples"] == 24 and pruned["weight_sparsity"] > 0.4
+    pqat = next(v for v in report["variants"] if v["name"].startswith("resnet8_pruned50_qat_cpu"))
+    assert pqat["fine_tune"]["process"] == "child" and pqat["fine_tune"]["after_pruning"]["process"] == "child"
+    assert pqat["weight_sparsity"] > 0.4  # the zeros survived quantization-aware training in the child
     assert report["evaluation"]["count"] == 24
     model = TFLiteModel((out / report["variants"][0]["path"].split("/")[-1]).read_bytes())
     assert model.output.shape[-1] == 3

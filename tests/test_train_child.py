@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -162,34 +161,5 @@ def test_fine_tuning_in_a_child_is_bit_identical_to_in_process():
     assert _same_weights(head_here, head_there) and t_here["weights_sha256"] == t_there["weights_sha256"]
 
 
-@pytest.mark.slow  # an end-to-end convert with a new head, a pruning and a QAT fine-tune in children
-def test_convert_fine_tunes_in_children_and_says_so(tmp_path):
-    """ConvertOptions(train_in_child=True) (the default for inputs of 96 px and more): --classes, --prune and
-    --qat each run in a child; the report says so, and the models are what those fine-tunes promise."""
-    from edgeresnet.models import build_model
-    from edgeresnet.pipeline import ConvertOptions, run_convert
-    from edgeresnet.prune import PruneConfig
-    from edgeresnet.qat import QATConfig
-    from edgeresnet.transfer import TransferConfig
-    from tests.conftest import write_image_folder
-
-    folder = write_image_folder(tmp_path / "imgs", classes=3, per_class=8)
-    weights = tmp_path / "resnet8.h5"
-    build_model("resnet8", input_shape=(16, 16, 3), classes=10).save_weights(str(weights))
-    out = tmp_path / "out"
-    run_convert(ConvertOptions(
-        model="resnet8", weights=str(weights), input_size=16, classes=3, train=str(folder), int8=True,
-        calib=str(folder), calib_samples=12, eval=str(folder), out=str(out), train_in_child=True,
-        prune=PruneConfig(sparsity=0.5, epochs=1, batch_size=8), transfer=TransferConfig(epochs=2, batch_size=8),
-        qat=QATConfig(epochs=1, batch_size=8),
-    ))
-    report = json.loads((out / "report.json").read_text())
-    assert report["model"]["transfer"]["process"] == "child" and report["prune"]["process"] == "child"
-    variants = {v["name"]: v for v in report["variants"]}
-    assert set(variants) == {"resnet8_cpu_int8.tflite", "resnet8_pruned50_cpu_int8.tflite",
-                             "resnet8_pruned50_qat_cpu_int8.tflite"}
-    pqat = variants["resnet8_pruned50_qat_cpu_int8.tflite"]["fine_tune"]
-    assert pqat["process"] == "child" and pqat["after_pruning"]["process"] == "child"
-    for name in ("resnet8_pruned50_cpu_int8.tflite", "resnet8_pruned50_qat_cpu_int8.tflite"):
-        assert variants[name]["weight_sparsity"] > 0.4  # the child's zeros reached the emitted file
-    assert report["evaluation"]["count"] == 24 and all(v["status"] == "ok" for v in variants.values())
+# The convert command's use of the child (--classes, --prune and --qat at 96 px, the report's `process`
+# fields) is tested end to end in tests/test_stream.py::test_zoo_transfer_learning_from_the_command_line.
