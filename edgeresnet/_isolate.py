@@ -235,26 +235,31 @@ def _read_exactly(fd: int, n: int) -> bytes:
     return b"".join(chunks)
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGKILL this process when its parent dies (even by SIGKILL), so long work is never orphaned."""
+def _libc():
+    """glibc, or None (another C library or system)."""
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux/glibc: the child ends at its next write to the closed pipe
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this process when its parent dies (even by SIGKILL), so long work is never orphaned."""
+    prctl = getattr(_libc(), "prctl", None)
+    if prctl is None:  # not Linux/glibc: the child ends at its next write to the closed pipe
         return
+    prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() == 1:  # the parent died before prctl took effect
         os._exit(1)
 
 
 def _release_free_heap() -> None:
     """glibc's ``malloc_trim(0)``: return freed heap pages to the system (a no-op elsewhere)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 def run_in_child(fn: Callable, *args, progress: Optional[Callable] = None, **kwargs):

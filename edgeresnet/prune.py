@@ -586,24 +586,14 @@ def prune_model_in_child(model, config: PruneConfig, train=None, progress: Optio
     """:func:`prune_model` run in a fresh process (see ``train_data``'s "fine-tuning in a child process"): the
     same result, without the training step's memory pool left in this one. Needs a :func:`~edgeresnet.train_data.
     portable` model (built-in tf_keras layers); one machine (not a cluster)."""
-    from ._isolate import IsolatedFailure, run_in_child
-    from .train_data import ModelParcel, child_failure
+    from .train_data import train_in_child
 
     source = _unwrap(model)
-    try:
-        result, weights = run_in_child(_prune_rebuilt, ModelParcel(source), config, train, progress=progress)
-    except IsolatedFailure as failure:
-        raise child_failure(failure, "fine-tuning (pruning)") from None
-    keras = _tf.tf_keras()
-    final = keras.models.clone_model(source)
+    result, weights = train_in_child(prune_model, source, config, train=train, what="fine-tuning (pruning)",
+                                     progress=progress)
+    final = _tf.tf_keras().models.clone_model(source)
     final.set_weights(weights)
     return replace(result, model=final)
-
-
-def _prune_rebuilt(parcel, config: PruneConfig, train, progress=None):
-    """In the child: prune the rebuilt model; (the result without its model, the trained weights)."""
-    result = prune_model(parcel.open(), config, train=train, progress=progress)
-    return replace(result, model=None), result.model.get_weights()
 
 
 def _check_train_val(source, config: PruneConfig, train, val):

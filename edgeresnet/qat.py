@@ -300,27 +300,16 @@ def quantize_aware_train_in_child(model, config: QATConfig, train, preserve_spar
                                   progress: Optional[ProgressFn] = None) -> QATResult:
     """:func:`quantize_aware_train` run in a fresh process (see ``train_data``'s "fine-tuning in a child
     process"): the same result, without the training step's memory pool left in this one."""
-    from ._isolate import IsolatedFailure, run_in_child
-    from .train_data import ModelParcel, child_failure
+    from .train_data import train_in_child
 
     source = _keras_model(model)
-    try:
-        result, weights = run_in_child(_qat_rebuilt, ModelParcel(source), config, train, preserve_sparsity,
-                                       progress=progress)
-    except IsolatedFailure as failure:
-        raise child_failure(failure, "quantization-aware fine-tuning") from None
+    result, weights = train_in_child(quantize_aware_train, source, config, train, preserve_sparsity,
+                                     what="quantization-aware fine-tuning", progress=progress)
     keras, mot = _tf.tf_keras(), _tf.tfmot()
     with mot.quantization.keras.quantize_scope():  # the same wrapped model the child trained, then its weights
         final = keras.models.clone_model(_quantize(source, preserve_sparsity))
     final.set_weights(weights)
     return replace(result, model=final)
-
-
-def _qat_rebuilt(parcel, config: QATConfig, train, preserve_sparsity: bool, progress=None):
-    """In the child: quantization-aware training of the rebuilt model; (the result without its model, the
-    trained weights)."""
-    result = quantize_aware_train(parcel.open(), config, train, preserve_sparsity, progress)
-    return replace(result, model=None), result.model.get_weights()
 
 
 def float_fine_tune(model, config: QATConfig, train: tuple):

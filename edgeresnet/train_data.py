@@ -241,3 +241,31 @@ def child_failure(failure, what: str):
     hint = ("the system probably ran out of memory; lower --batch-size or free memory"
             if "SIGKILL" in failure.how else "run again; if it repeats, report it")
     return EdgeResNetError(f"the {what} process {failure.how}: {hint}")
+
+
+def train_in_child(fn, model, *args, what: str, progress=None, **kwargs):
+    """``fn(model, *args, progress=..., **kwargs)`` in a fresh process on a copy of ``model`` (a
+    :func:`portable` tf_keras model); returns (fn's result, the trained weights).
+
+    ``fn`` either returns a result whose ``model`` is the trained model (it comes back as None: the caller
+    rebuilds it from the weights) or trains ``model`` in place. A child that dies without an answer is the
+    one-line error of :func:`child_failure`, naming ``what``.
+    """
+    from ._isolate import IsolatedFailure, run_in_child
+
+    try:
+        return run_in_child(_train_rebuilt, fn, ModelParcel(model), args, kwargs, progress=progress)
+    except IsolatedFailure as failure:
+        raise child_failure(failure, what) from None
+
+
+def _train_rebuilt(fn, parcel: ModelParcel, args: tuple, kwargs: dict, progress=None):
+    """In the child: ``fn`` on the rebuilt model; (its result without a model, the trained weights)."""
+    from dataclasses import replace
+
+    model = parcel.open()
+    result = fn(model, *args, progress=progress, **kwargs)
+    trained = getattr(result, "model", None)
+    if trained is None:  # trained in place (e.g. transfer.fine_tune, which returns its report)
+        return result, model.get_weights()
+    return replace(result, model=None), trained.get_weights()

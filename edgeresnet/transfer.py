@@ -106,20 +106,9 @@ def fine_tune_in_child(model, train, config: TransferConfig, progress: Optional[
                        freeze_backbone: bool = True) -> dict:
     """:func:`fine_tune` run in a fresh process (see ``train_data``'s "fine-tuning in a child process"): the
     same weights end up in ``model``, without the training step's memory pool left in this one."""
-    from ._isolate import IsolatedFailure, run_in_child
-    from .train_data import ModelParcel, child_failure
+    from .train_data import train_in_child
 
-    try:
-        info, weights = run_in_child(_fine_tune_rebuilt, ModelParcel(model), train, config, freeze_backbone,
-                                     progress=progress)
-    except IsolatedFailure as failure:
-        raise child_failure(failure, "fine-tuning (new classifier)") from None
+    info, weights = train_in_child(fine_tune, model, train, config, freeze_backbone=freeze_backbone,
+                                   what="fine-tuning (new classifier)", progress=progress)
     model.set_weights(weights)
     return info
-
-
-def _fine_tune_rebuilt(parcel, train, config: TransferConfig, freeze_backbone: bool, progress=None):
-    """In the child: fine-tune the rebuilt model; (the report dict, the trained weights)."""
-    model = parcel.open()
-    info = fine_tune(model, train, config, progress=progress, freeze_backbone=freeze_backbone)
-    return info, model.get_weights()
