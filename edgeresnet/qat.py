@@ -31,7 +31,6 @@ identical with unrelated data), so a few calibration samples are passed.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Optional

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 import struct
-from pathlib import Path
 from typing import Optional, Sequence
 
 from .calibration import Preset

@@ -112,11 +112,11 @@ def test_resnet8_is_the_mlperf_tiny_network(resnet8_h5, shared_data):
     assert ours.count_params() == ref.count_params() == 78666
 
     def split(model):
-        convs = [l for l in model.layers if type(l).__name__ == "Conv2D"]
-        short = [l for l in convs if tuple(l.kernel_size) == (1, 1)]
-        main = [l for l in convs if tuple(l.kernel_size) != (1, 1)]
-        bns = [l for l in model.layers if type(l).__name__ == "BatchNormalization"]
-        dense = [l for l in model.layers if type(l).__name__ == "Dense"]
+        convs = [layer for layer in model.layers if type(layer).__name__ == "Conv2D"]
+        short = [layer for layer in convs if tuple(layer.kernel_size) == (1, 1)]
+        main = [layer for layer in convs if tuple(layer.kernel_size) != (1, 1)]
+        bns = [layer for layer in model.layers if type(layer).__name__ == "BatchNormalization"]
+        dense = [layer for layer in model.layers if type(layer).__name__ == "Dense"]
         return main + short + bns + dense
 
     for mine, theirs in zip(split(ours), split(ref), strict=True):
@@ -133,10 +133,10 @@ def test_generic_builder_takes_a_custom_stack_and_no_bias():
     stack_fn = resnet.stages_fn(resnet.basic_block, widths=(8, 16), blocks=(1, 1))
     model = resnet.ResNet(stack_fn, stem_fn=resnet.cifar_stem, use_bias=False, model_name="tiny",
                           input_shape=(16, 16, 3), classes=3)
-    convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D)]
-    assert sorted(l.name for l in convs) == ["conv1_conv", "conv2_block1_0_conv", "conv2_block1_1_conv", "conv2_block1_2_conv",
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert sorted(layer.name for layer in convs) == ["conv1_conv", "conv2_block1_0_conv", "conv2_block1_1_conv", "conv2_block1_2_conv",
                                        "conv3_block1_0_conv", "conv3_block1_1_conv", "conv3_block1_2_conv"]
-    assert all(not l.use_bias for l in convs)
+    assert all(not layer.use_bias for layer in convs)
     y = model(np.ones((2, 16, 16, 3), np.float32)).numpy()
     assert np.allclose(y.sum(axis=1), 1.0, atol=1e-5)  # softmax by default
 

@@ -152,7 +152,7 @@ def test_prune_emits_unpruned_and_pruned_side_by_side(tiny_model_h5, tiny_data, 
     assert data["prune"]["config"]["sparsity"] == 0.6 and data["prune"]["fine_tuned"] is True
     kinds = {layer["role"] for layer in data["prune"]["layers"]}
     assert {"stem", "classifier"} <= kinds
-    assert all(l["achieved_sparsity"] == 0 for l in data["prune"]["layers"] if l["role"] in ("stem", "classifier"))
+    assert all(layer["achieved_sparsity"] == 0 for layer in data["prune"]["layers"] if layer["role"] in ("stem", "classifier"))
 
 
 def test_recovery_keeps_outlier_layers_in_float_and_meets_budget(outlier_model_h5, tiny_data, tmp_path):

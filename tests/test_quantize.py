@@ -252,18 +252,16 @@ def test_written_weights_survive_the_quantizer_exactly(tiny):
     """The float weights mse+gptq writes are int8 steps of the scale the quantizer recomputes."""
     from tensorflow.lite.tools import flatbuffer_utils
 
-    from edgeresnet import _tf
-
     loaded, calib, _, _ = tiny
     conv, graph = _calibrated(loaded, calib)
     layers = graph.weight_layers(per_channel=True, dense_per_channel=True)
     cfg = QuantOptConfig(stats_samples=16, gptq_samples=16)
     rows = np.arange(16)
     stats = qg._StatsPass(graph, layers, calib[:16], {"stats": rows, "gptq": rows}, cfg, True).run(engine.Ticker(None, 1))
-    assert set(stats.hessians) == {l.w for l in layers} and set(stats.mean_inputs) == {l.x for l in layers}
+    assert set(stats.hessians) == {layer.w for layer in layers} and set(stats.mean_inputs) == {layer.x for layer in layers}
     for layer in layers:
         qg._quantize_layer_weights(graph, layer, stats.mean_inputs.get(layer.x), stats.hessians.get(layer.w))
-    written = {graph.sg.tensors[l.w].name: graph.const(l.w).astype(np.float64) for l in layers}
+    written = {graph.sg.tensors[layer.w].name: graph.const(layer.w).astype(np.float64) for layer in layers}
     model = engine.mlir_quantize(conv, graph.to_bytes(), "int8")
     m = flatbuffer_utils.convert_bytearray_to_object(bytearray(model))
     checked = 0

@@ -166,7 +166,7 @@ class _KnownClasses:
     def resolves(self, class_name: str, module) -> bool:
         """True when ``class_name`` (from ``module``, if the config names one) is a built-in Keras class."""
         if module is not None:
-            if not isinstance(module, str) or not (module.split(".")[0] in ("keras", "tf_keras")):
+            if not isinstance(module, str) or module.split(".")[0] not in ("keras", "tf_keras"):
                 return False
             if self.flavor == "keras3":
                 # Only modules Keras already imported: a config never makes us import anything.

@@ -483,7 +483,7 @@ class _StatsPass:
         self.range_tensors = _range_tensors(graph)
         self.acts = graph.activation_tensors() if want["stats"] else []
         self.pools = _pool_inputs(graph) if want["stats"] else {}
-        self.mean_layers = sorted({l.x for l in layers}) if want["stats"] and want_means else []
+        self.mean_layers = sorted({layer.x for layer in layers}) if want["stats"] and want_means else []
         self.heads = sorted({c.producer.y for c in _chains(graph, _equalize_layers(graph))}) if want["equalize"] else []
         self.gptq_layers = list(layers) if want["gptq"] else []
         self.stats = _Stats({}, {}, {}, {}, {}, {}, {})
@@ -499,7 +499,7 @@ class _StatsPass:
         keep = lambda ts: [i for i in ts if only is None or i in only]  # noqa: E731
         acts, pools, means = keep(self.acts), {i: p for i, p in self.pools.items() if only is None or i in only}, keep(self.mean_layers)
         heads = keep(self.heads) if only is None else []
-        gptq = [l for l in self.gptq_layers if only is None or l.x in only]
+        gptq = [layer for layer in self.gptq_layers if only is None or layer.x in only]
         self._reset(acts, pools, means, gptq)
         if only is None:
             rows = np.arange(len(self.samples))
@@ -526,7 +526,7 @@ class _StatsPass:
             self._visit_heads(values, self.rows["equalize"][batch_rows], heads)
             self._visit_gptq(values, self.rows["gptq"][batch_rows], gptq, rng)
 
-        tensors_run = sorted(set(ranged) | set(acts) | set(pools) | set(means) | set(heads) | {l.x for l in gptq})
+        tensors_run = sorted(set(ranged) | set(acts) | set(pools) | set(means) | set(heads) | {layer.x for layer in gptq})
         _run_probe(self.graph, tensors_run, self.samples, visit, tick, rows)
         self._finish(means, gptq)
         return self.stats
@@ -541,9 +541,9 @@ class _StatsPass:
         for i in means:
             self._mean_sums[i] = None
         self._mean_count = 0
-        for l in gptq:
-            st.hessians[l.w] = None
-        self._gptq_rows = {l.w: 0 for l in gptq}
+        for layer in gptq:
+            st.hessians[layer.w] = None
+        self._gptq_rows = {layer.w: 0 for layer in gptq}
 
     def _visit_stats(self, values, sel, acts, pools, means, extremes) -> None:
         n = int(sel.sum())
@@ -573,25 +573,25 @@ class _StatsPass:
             self.stats.channel_max[i] = m if cur is None else np.maximum(cur, m)
 
     def _visit_gptq(self, values, sel, layers, rng) -> None:
-        shapes = {l.w: self.graph.const(l.w).shape for l in layers}
+        shapes = {layer.w: self.graph.const(layer.w).shape for layer in layers}
         for j in np.flatnonzero(sel):  # sample by sample, as the seeded draws go
-            for l in layers:
-                P = _sample_patches(l, values[l.x][j : j + 1], shapes[l.w], self.cfg.gptq_rows, rng).astype(np.float32)
+            for layer in layers:
+                P = _sample_patches(layer, values[layer.x][j : j + 1], shapes[layer.w], self.cfg.gptq_rows, rng).astype(np.float32)
                 h = (P.T @ P).astype(np.float64)
-                cur = self.stats.hessians[l.w]
-                self.stats.hessians[l.w] = h if cur is None else cur + h
-                self._gptq_rows[l.w] += len(P)
+                cur = self.stats.hessians[layer.w]
+                self.stats.hessians[layer.w] = h if cur is None else cur + h
+                self._gptq_rows[layer.w] += len(P)
 
     def _finish(self, means, gptq) -> None:
         st = self.stats
         for i in means:
             if self._mean_sums[i] is not None:
                 st.mean_inputs[i] = (self._mean_sums[i] / self._mean_count).astype(np.float32)
-        for l in gptq:
-            if st.hessians[l.w] is None:
-                del st.hessians[l.w]
+        for layer in gptq:
+            if st.hessians[layer.w] is None:
+                del st.hessians[layer.w]
             else:
-                st.hessians[l.w] = st.hessians[l.w] / max(self._gptq_rows[l.w], 1)
+                st.hessians[layer.w] = st.hessians[layer.w] / max(self._gptq_rows[layer.w], 1)
         for i, (ops, kept) in list(st.pooled.items()):
             if not kept:
                 del st.pooled[i]
@@ -676,8 +676,8 @@ def _chains(graph: _Graph, layers: list[_Layer]) -> list[_Chain]:
     pooling, zero padding and means are positively homogeneous per channel).
     """
     by_input = {}
-    for l in layers:
-        by_input.setdefault(l.x, []).append(l)
+    for layer in layers:
+        by_input.setdefault(layer.x, []).append(layer)
     out = []
     for prod in layers:
         act = getattr(prod.options, "fusedActivationFunction", _ACT_NONE)
@@ -691,7 +691,7 @@ def _chains(graph: _Graph, layers: list[_Layer]) -> list[_Chain]:
                 break
             code, op = readers[0]
             if code in _WEIGHT_OPS:
-                cons = [l for l in by_input.get(t, []) if l.y == int(op.outputs[0])]
+                cons = [layer for layer in by_input.get(t, []) if layer.y == int(op.outputs[0])]
                 if cons and int(op.inputs[0]) == t:
                     out.append(_Chain(prod, cons[0], path))
                 break
