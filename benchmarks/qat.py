@@ -20,8 +20,8 @@ PQAT (the first pruned model, then sparsity-preserving QAT) int8. Each int8
 row gives the share of zero int8 conv/fc weights counted in the .tflite.
 
 Every row is run once per seed (the seed of fine-tuning, pruning and batch
-order); the table gives each seed's top-1 and their mean, then the goals of
-issue #12 computed on the means.
+order); the table gives each seed's top-1 and their mean, then the goals
+(QAT >= PTQ, QAT within 0.1 pt of its float reference, PQAT >= PTQ + 2) computed on the means.
 
     python benchmarks/qat.py [--seeds 0 1] [--sparsity 0.75 0.9] [--epochs 3] [--lr LR] [--schedule cosine]
 """

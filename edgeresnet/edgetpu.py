@@ -512,7 +512,7 @@ def partition(graph: TFLiteGraph, supported: list[bool]) -> list[tuple[str, Opti
     The rules, from Coral's documentation and from what the real compiler did to
     public models (the google-coral/test_data pairs in ``../shared/data/coral-edgetpu``,
     compared op by op by ``benchmarks/edgetpu_mapping.py`` and the tests; rules 2
-    and 3 also from issue #14's comparison of 14 public pairs, not all of which
+    and 3 also from a comparison of 14 public pairs, not all of which
     are in that folder):
 
     1. One Edge TPU part. Without ``-a`` the compiler does not partition a model

@@ -1,4 +1,4 @@
-"""The issues' acceptance checks on the real MLPerf Tiny ResNet-8 and real CIFAR-10 images."""
+"""convert on the real MLPerf Tiny ResNet-8 and real CIFAR-10 images: drift, Edge TPU mapping, GPU weights."""
 
 import pytest
 

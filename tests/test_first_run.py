@@ -1,4 +1,4 @@
-"""What a first-time user sees: the order of errors, the words on stderr, what report.md carries (issue #17)."""
+"""What a first-time user sees: the order of errors, the words on stderr, what report.md carries."""
 
 import json
 import re

@@ -1,4 +1,4 @@
-"""Corrupted real models never crash or hang `inspect` and `bench` (issue #8, item 3).
+"""Corrupted real models never crash or hang `inspect` and `bench`.
 
 Seeded random 1-4 byte corruptions at the head, middle and tail of the MLPerf
 Tiny ResNet-8 models (float and int8) and of one model edgeresnet emitted. Each

@@ -229,8 +229,8 @@ def test_sampled_patches_match_tf_extract_patches():
 
 
 @pytest.mark.slow
-def test_resnet8_int8_meets_the_accuracy_acceptance(shared_data, resnet8_h5):
-    """Issue 2: default method, 300 class-balanced training images -> agreement >= 97 %, drop <= 0.3."""
+def test_resnet8_int8_agrees_97_percent_and_drops_at_most_0_3_points(shared_data, resnet8_h5):
+    """Default method, 300 class-balanced training images -> agreement >= 97 %, drop <= 0.3."""
     from edgeresnet import verify
     from edgeresnet.calibration import load_images
     from edgeresnet.models.loading import load_model

@@ -1,4 +1,4 @@
-"""Nothing lost, nothing crashes (issue #8): table-driven bad-input and fault cases for the CLI.
+"""Nothing lost, nothing crashes: table-driven bad-input and fault cases for the CLI.
 
 Every case builds a small world under ``tmp_path`` (a model, image folders, a
 previous output, mounts), takes a snapshot of every path under it (sha256 of

@@ -1,4 +1,4 @@
-"""Streamed data (#13): same images, pixels and order as load_images; zoo names as MODEL on the CLI."""
+"""Streamed data: same images, pixels and order as load_images; zoo names as MODEL on the CLI."""
 
 import json
 
