@@ -288,4 +288,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from _results import run
+
+    sys.exit(run(main))
