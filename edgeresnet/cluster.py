@@ -111,7 +111,7 @@ def resolve(name: str, cluster: Optional[Cluster], gpus: int) -> str:
     if name == "multiworker" and cluster is None:
         raise ConfigError(
             "--strategy multiworker needs TF_CONFIG describing the cluster (two or more tasks); "
-            "see README 'Fine-tuning on a cluster'"
+            "see docs/cluster.md"
         )
     return name
 

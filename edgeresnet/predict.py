@@ -18,7 +18,7 @@ the metadata. Flags override it for models from elsewhere:
   pixels as ``(pixel - mean) / std``, the TFLite metadata convention).
 - ``resize``: ``crop`` (default) or ``stretch``.
 
-Policies of ``eval`` (also in README.md):
+Policies of ``eval`` (also in docs/reference.md):
 
 - The folder has one sub-folder per class. When the model carries labels
   (metadata or ``labels``), each folder is matched *by name* to its label, so a

@@ -229,7 +229,7 @@ def test_accuracy_on_the_emulated_pi_equals_the_hosts(pi_python, shared_data, re
         # Measured: 97.1 % on both ResNet-8 models (29 of 1,000 images; top-1 75.0 % on the
         # Pi vs 75.3 % on the host) and 99.8 % on the digits. The Pi's tflite-runtime 2.14
         # runs int8 on its built-in ARM kernels, the host's ai-edge-litert on XNNPACK; the
-        # two round differently (README, "Check on a Raspberry Pi without one"). A wrong
+        # two round differently (docs/device.md, "Check on a Raspberry Pi without one"). A wrong
         # preprocessing or a broken model shows as tens of points, so these bounds still bite.
         assert agreement >= 96.0, (name, agreement, mismatches)
         assert abs(host["top1"] - pi["top1"]) <= 0.5, (name, host["top1"], pi["top1"])
