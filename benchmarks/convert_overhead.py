@@ -3,7 +3,7 @@
 Measured, not asserted. Both paths get the same Keras model and the same
 preprocessed calibration array, in one process, alternating, so machine load
 hits both alike. The pipeline path is what `edgeresnet convert --int8` runs for
-a model: LoadedModel.tflite_converter() + edgeresnet.convert.convert().
+a model: LoadedModel.tflite_converter() + edgeresnet.host.converter.convert().
 ResNet-50 (224x224, random weights, CIFAR-10 images resized) for each
 ``--samples`` count, then the real MLPerf Tiny ResNet-8 (32x32) with its own
 images unless ``--no-resnet8``.
@@ -30,7 +30,7 @@ def _data_root() -> Path:
 
 
 def _ours(loaded, calib) -> float:
-    from edgeresnet.convert import ConversionSpec, convert
+    from edgeresnet.host.converter import ConversionSpec, convert
 
     start = time.perf_counter()
     convert(loaded.tflite_converter, ConversionSpec("int8", "int8"), calib)
@@ -55,10 +55,10 @@ def main() -> None:
 
     from _bare import bare_int8_seconds
 
-    from edgeresnet import _tf
-    from edgeresnet.calibration import get_preset, load_images
-    from edgeresnet.models import build_model
-    from edgeresnet.models.loading import LoadedModel, load_model
+    from edgeresnet._util import tf as _tf
+    from edgeresnet.host.calibration import get_preset, load_images
+    from edgeresnet.host.models import build_model
+    from edgeresnet.host.models.loading import LoadedModel, load_model
 
     tf = _tf.tf()
     model = build_model("resnet50")

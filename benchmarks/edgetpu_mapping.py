@@ -42,8 +42,8 @@ def _ops(graph, indices) -> str:
 
 
 def main(argv=None) -> int:
-    from edgeresnet.edgetpu import check_against_compiled
-    from edgeresnet.tflite_graph import read_graph
+    from edgeresnet.targets.edgetpu.analysis import check_against_compiled
+    from edgeresnet.device.tflite_graph import read_graph
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=_data_root() / "coral-edgetpu" / "models",

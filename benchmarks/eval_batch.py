@@ -31,9 +31,9 @@ def _models(name: str, n_images: int):
     """(label, loaded model, calibration, evaluation inputs) of one benchmark model."""
     import numpy as np
 
-    from edgeresnet.calibration import get_preset, load_images
-    from edgeresnet.models import build_model
-    from edgeresnet.models.loading import LoadedModel, load_model
+    from edgeresnet.host.calibration import get_preset, load_images
+    from edgeresnet.host.models import build_model
+    from edgeresnet.host.models.loading import LoadedModel, load_model
 
     root = _data_root() / "cifar10"
     if name == "resnet8":
@@ -50,8 +50,8 @@ def _models(name: str, n_images: int):
 def _table(name, loaded, calib, x, batches, rounds) -> None:
     import numpy as np
 
-    from edgeresnet.convert import ConversionSpec, convert
-    from edgeresnet.runtime import TFLiteModel
+    from edgeresnet.host.converter import ConversionSpec, convert
+    from edgeresnet.device.runtime import TFLiteModel
 
     for spec in (ConversionSpec("int8", "uint8"), ConversionSpec("fp32", "float32")):
         model = convert(loaded.tflite_converter, spec, calib if spec.needs_calibration else None).model
@@ -79,7 +79,7 @@ def main() -> None:
     ap.add_argument("--resnet50-images", type=int, default=192, help="ResNet-50 evaluation images (0: skip)")
     args = ap.parse_args()
 
-    from edgeresnet.runtime import EVAL_BATCH
+    from edgeresnet.device.runtime import EVAL_BATCH
 
     print(f"{os.cpu_count()} cores, load average at start {os.getloadavg()[0]:.1f}; convert/report evaluate "
           f"{EVAL_BATCH} images per invoke")

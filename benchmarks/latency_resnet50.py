@@ -1,11 +1,11 @@
 """ResNet-50 (224x224x3) latency on this CPU: fp32 against full-integer int8 TFLite.
 
-Measured, not asserted. Builds ``edgeresnet.models.build_model("resnet50")``
+Measured, not asserted. Builds ``edgeresnet.host.models.build_model("resnet50")``
 with random weights (latency does not depend on weight values), converts it to
 fp32 and to full-int8 (int8 input/output) calibrated on random images (uniform
 in [-1, 1): the values only set quantization ranges, which do not change the
 op graph or its cost), then times ``interpreter.invoke()`` with
-``edgeresnet.bench.benchmark`` at each thread count.
+``edgeresnet.device.bench.benchmark`` at each thread count.
 
     python benchmarks/latency_resnet50.py [--threads 1 2] [--warmup 5] [--repeats 30] [--keep DIR]
 
@@ -25,10 +25,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edgeresnet.bench import BenchConfig, benchmark  # noqa: E402
-from edgeresnet.convert import ConversionSpec, convert  # noqa: E402
-from edgeresnet.models import build_model  # noqa: E402
-from edgeresnet.models.loading import LoadedModel  # noqa: E402
+from edgeresnet.device.bench import BenchConfig, benchmark  # noqa: E402
+from edgeresnet.host.converter import ConversionSpec, convert  # noqa: E402
+from edgeresnet.host.models import build_model  # noqa: E402
+from edgeresnet.host.models.loading import LoadedModel  # noqa: E402
 
 
 def main(argv=None) -> int:

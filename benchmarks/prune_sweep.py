@@ -2,7 +2,7 @@
 
 Measured, not asserted. Loads the MLPerf Tiny ResNet-8 and the CIFAR-10 JPEGs
 from the shared data folder (``EDGERESNET_TEST_DATA``, default ../shared/data),
-prunes it with :func:`edgeresnet.prune.prune_model` at each sparsity
+prunes it with :func:`edgeresnet.host.training.prune.prune_model` at each sparsity
 (fine-tuning on cifar10/train unless ``--one-shot``), converts every variant to
 full-integer int8 (int8 input/output, 200 calibration images from
 cifar10/train) and prints, per sparsity: the .tflite size, its zlib size (and
@@ -28,13 +28,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edgeresnet import _tf  # noqa: E402
-from edgeresnet.calibration import load_images  # noqa: E402
-from edgeresnet.convert import ConversionSpec, convert  # noqa: E402
-from edgeresnet.models import load_model  # noqa: E402
-from edgeresnet.prune import DEFAULT_EPOCHS, DEFAULT_LEARNING_RATE, PruneConfig, prune_model  # noqa: E402
-from edgeresnet.runtime import TFLiteModel  # noqa: E402
-from edgeresnet.sparsity import size_summary, tflite_weight_sparsity  # noqa: E402
+from edgeresnet._util import tf as _tf
+from edgeresnet.host.calibration import load_images  # noqa: E402
+from edgeresnet.host.converter import ConversionSpec, convert  # noqa: E402
+from edgeresnet.host.models import load_model  # noqa: E402
+from edgeresnet.host.training.prune import DEFAULT_EPOCHS, DEFAULT_LEARNING_RATE, PruneConfig, prune_model  # noqa: E402
+from edgeresnet.device.runtime import TFLiteModel  # noqa: E402
+from edgeresnet.device.sparsity import size_summary, tflite_weight_sparsity  # noqa: E402
 
 CALIBRATION_IMAGES = 200
 

@@ -8,9 +8,9 @@ fine-tunes on all of cifar10/train and evaluates top-1 on all of cifar10/test
 Dense rows: the pretrained float model; PTQ int8 (edgeresnet's default
 ``mse+bias``, 300 calibration images from cifar10/train); the float model
 fine-tuned with the QAT recipe but no fake quantization
-(:func:`edgeresnet.qat.float_fine_tune`: same epochs, learning rate and
+(:func:`edgeresnet.host.training.qat.float_fine_tune`: same epochs, learning rate and
 schedule, batch size, batch order and seed: the fair float reference for
-QAT); and the QAT int8 model (:func:`edgeresnet.qat.quantize_aware_train` +
+QAT); and the QAT int8 model (:func:`edgeresnet.host.training.qat.quantize_aware_train` +
 ``convert_qat``).
 
 Pruned rows, per sparsity: pruning with fine-tuning (edgeresnet's defaults),
@@ -38,15 +38,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edgeresnet.convert import ConversionSpec, convert  # noqa: E402
-from edgeresnet.models.loading import LoadedModel  # noqa: E402
-from edgeresnet.prune import PruneConfig, prune_model  # noqa: E402
-from edgeresnet.qat import (  # noqa: E402
+from edgeresnet.host.converter import ConversionSpec, convert  # noqa: E402
+from edgeresnet.host.models.loading import LoadedModel  # noqa: E402
+from edgeresnet.host.training.prune import PruneConfig, prune_model  # noqa: E402
+from edgeresnet.host.training.qat import (  # noqa: E402
     DEFAULT_EPOCHS, DEFAULT_LEARNING_RATE, DEFAULT_SCHEDULE, PRUNED_LEARNING_RATE, SCHEDULES, QATConfig, convert_qat, float_fine_tune,
     quantize_aware_train,
 )
-from edgeresnet.runtime import TFLiteModel  # noqa: E402
-from edgeresnet.sparsity import tflite_weight_sparsity  # noqa: E402
+from edgeresnet.device.runtime import TFLiteModel  # noqa: E402
+from edgeresnet.device.sparsity import tflite_weight_sparsity  # noqa: E402
 from prune_sweep import _top1, print_table, resnet8_and_cifar10  # noqa: E402 - this folder is on sys.path when run
 
 CALIBRATION_IMAGES = 300

@@ -1,6 +1,6 @@
 """Full-integer int8 quantization methods compared on the MLPerf Tiny ResNet-8 (CIFAR-10).
 
-Measured, not asserted. For each method of the ``edgeresnet.quantize`` registry the real
+Measured, not asserted. For each method of the ``edgeresnet.host.quantize`` registry the real
 pretrained ResNet-8 is converted to full-integer int8 (int8 input/output),
 calibrated on ``--samples`` class-balanced CIFAR-10 training images (one seeded
 draw per ``--seeds`` value), and compared with the Keras float model on the
@@ -36,11 +36,11 @@ def _data_root() -> Path:
 def resnet8_table(methods, seeds, samples) -> None:
     import numpy as np
 
-    from edgeresnet import verify
-    from edgeresnet.calibration import load_images
-    from edgeresnet.models.loading import load_model
-    from edgeresnet.quantize import quantize_int8
-    from edgeresnet.runtime import TFLiteModel
+    from edgeresnet.device import verify
+    from edgeresnet.host.calibration import load_images
+    from edgeresnet.host.models.loading import load_model
+    from edgeresnet.host.quantize import quantize_int8
+    from edgeresnet.device.runtime import TFLiteModel
 
     root = _data_root()
     h5 = root / "mlperf-tiny-resnet8" / "pretrainedResnet.h5"
@@ -91,11 +91,11 @@ def resnet50_timing(methods, samples, rounds) -> None:
 
     from _bare import bare_int8_seconds
 
-    from edgeresnet import _tf
-    from edgeresnet.calibration import get_preset, load_images
-    from edgeresnet.models import build_model
-    from edgeresnet.models.loading import LoadedModel
-    from edgeresnet.quantize import quantize_int8
+    from edgeresnet._util import tf as _tf
+    from edgeresnet.host.calibration import get_preset, load_images
+    from edgeresnet.host.models import build_model
+    from edgeresnet.host.models.loading import LoadedModel
+    from edgeresnet.host.quantize import quantize_int8
 
     tf = _tf.tf()
     images = load_images(_data_root() / "cifar10" / "train", (224, 224, 3), samples=samples, seed=0)
@@ -120,7 +120,7 @@ def resnet50_timing(methods, samples, rounds) -> None:
 
 
 def main() -> None:
-    from edgeresnet.quantize import method_names
+    from edgeresnet.host.quantize import method_names
 
     METHODS = method_names()
 

@@ -2,7 +2,7 @@
 
 Measured, not asserted. Recovery starts from the model the chosen
 ``--int8-method`` produced and returns its worst layers to float one at a time
-(``edgeresnet.quantize.recovery``). With a budget of 0 points it runs every
+(``edgeresnet.host.quantize.recovery``). With a budget of 0 points it runs every
 step it is allowed (``--steps``), so the two starting points are compared over
 the same number of float layers:
 
@@ -47,8 +47,8 @@ def _cases(steps: int):
     """(name, make_converter, calibration, eval images, float outputs, labels or None) per model."""
     import numpy as np
 
-    from edgeresnet.calibration import get_preset, load_images
-    from edgeresnet.models.loading import LoadedModel, load_model
+    from edgeresnet.host.calibration import get_preset, load_images
+    from edgeresnet.host.models.loading import LoadedModel, load_model
     from tests.conftest import build_outlier_model, write_image_folder
 
     tmp = Path(tempfile.mkdtemp(prefix="recovery-bench-"))
@@ -69,8 +69,8 @@ def _cases(steps: int):
 
 
 def main() -> None:
-    from edgeresnet.quantize import method_names
-    from edgeresnet.quantize.recovery import RecoveryConfig, recover_int8
+    from edgeresnet.host.quantize import method_names
+    from edgeresnet.host.quantize.recovery import RecoveryConfig, recover_int8
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=3, help="layers returned to float at most (one per step)")

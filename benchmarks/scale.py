@@ -85,7 +85,7 @@ def build_folder(n: int, cache: Path) -> Path:
 def weights_file(model: str, size: int, cache: Path) -> Path:
     path = cache / f"{model}-{size}-10.h5"
     if not path.exists():
-        from edgeresnet.models import build_model
+        from edgeresnet.host.models import build_model
 
         build_model(model, input_shape=(size, size, 3), classes=10).save_weights(str(path))
     return path
@@ -190,8 +190,8 @@ def _rusage_mb(who) -> float:
 
 def run_one(args) -> dict:
     """One convert in this process; per-stage seconds, images and the RSS peak after each stage."""
-    from edgeresnet.pipeline import ConvertOptions, run_convert
-    from edgeresnet.prune import PruneConfig
+    from edgeresnet.host.pipeline import ConvertOptions, run_convert
+    from edgeresnet.host.training.prune import PruneConfig
 
     stages: dict = {}
     last = [time.perf_counter()]  # a stage starts where the one before it ended (its first batch counts)

@@ -14,8 +14,8 @@ import warnings
 
 import click
 
-from .errors import ClusterError, EdgeResNetError, EdgeResNetWarning
-from .quantize.registry import DEFAULT_METHOD
+from edgeresnet.errors import ClusterError, EdgeResNetError, EdgeResNetWarning
+from edgeresnet.host.quantize.registry import DEFAULT_METHOD
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -57,7 +57,7 @@ class _TargetOption(click.Option):
     """``--target``: its help lists the target registry, read only when help is shown."""
 
     def get_help_record(self, ctx):
-        from .targets import targets
+        from edgeresnet.targets import targets
 
         names = "; ".join(f"{t.name} ({t.description})" for t in targets().values())
         self.help = f"Deployment target: {names}. Repeat for several."
@@ -126,7 +126,7 @@ def _transfer_config(kw):
     """A TransferConfig for --classes (fine-tuning options shared with pruning), or None."""
     if kw.get("classes") is None:
         return None
-    from .transfer import TransferConfig
+    from edgeresnet.host.training.transfer import TransferConfig
 
     return TransferConfig(seed=kw["seed"], **{k: kw[k] for k in _TRANSFER_KEYS if kw.get(k) is not None})
 
@@ -137,7 +137,7 @@ def _qat_config(kw):
         return None
     if kw.get("train") is None:
         raise click.UsageError("--qat fine-tunes on labelled images; add --train DIR (one sub-folder per class)")
-    from .qat import QATConfig
+    from edgeresnet.host.training.qat import QATConfig
 
     return QATConfig(seed=kw["seed"], **{k: kw[k] for k in _TRANSFER_KEYS if kw.get(k) is not None})
 
@@ -152,7 +152,7 @@ def _prune_config(sparsity, kw, flag):
             names = ", ".join("--" + k.replace("_", "-") for k in _PRUNE_KEYS if _PRUNE_KEYS[k] in given)
             raise click.UsageError(f"{names} only apply to pruning; add {flag}")
         return None
-    from .prune import PruneConfig
+    from edgeresnet.host.training.prune import PruneConfig
 
     if kw.get("train") is not None and given.get("epochs") == 0:
         raise click.UsageError("--epochs 0 with --train would not fine-tune at all; use --epochs 1 or more, or drop --train")
@@ -170,7 +170,7 @@ _SAME_NAMED = (
 
 
 def _options(model, kw, default_out, **extra):
-    from .pipeline import ConvertOptions
+    from edgeresnet.host.pipeline import ConvertOptions
 
     default_targets = extra.pop("default_targets")
     return ConvertOptions(
@@ -189,7 +189,7 @@ def _options(model, kw, default_out, **extra):
 
 
 def _run_with_progress(fn, *args, **kwargs):
-    from ._progress import StageProgress
+    from edgeresnet._util.progress import StageProgress
 
     progress = StageProgress()
     try:
@@ -211,7 +211,7 @@ def convert(model, int8, precision, prune, formats, **kw):
     Without MODEL, converts the built-in reference ResNet-8 (trained on
     scikit-learn's digits) and verifies it on built-in held-out digits.
     """
-    from .pipeline import DEFAULT_OUT, run_convert
+    from edgeresnet.host.pipeline import DEFAULT_OUT, run_convert
 
     opts = _options(
         model, kw, DEFAULT_OUT, default_targets=("cpu",), int8=int8, precision=precision,
@@ -247,12 +247,12 @@ def report(model, sparsity, latency, bench_repeats, **kw):
     --sparsity. Writes report.json, report.md, report.csv, report.html and
     accuracy_vs_size.png (with the Pareto front).
     """
-    from .bench import BenchConfig
-    from .pipeline import run_report
+    from edgeresnet.device.bench import BenchConfig
+    from edgeresnet.host.pipeline import run_report
 
     sparsities = _floats(sparsity)
     prune = _prune_config(sparsities[0] if sparsities else None, kw, "--sparsity S1,S2")
-    from .targets import target_names
+    from edgeresnet.targets import target_names
 
     opts = _options(model, kw, "edgeresnet-report", default_targets=target_names(), prune=prune, jobs=kw["jobs"])
     bench_config = BenchConfig(warmup=5, repeats=bench_repeats) if latency else None
@@ -266,7 +266,7 @@ def report(model, sparsity, latency, bench_repeats, **kw):
 
 def _worker_done(result, out: str) -> bool:
     """On a non-chief worker of a fine-tuning cluster: say what it did, and that it wrote nothing."""
-    from .pipeline import WorkerRun
+    from edgeresnet.host.pipeline import WorkerRun
 
     if not isinstance(result, WorkerRun):
         return False
@@ -281,7 +281,7 @@ def _worker_done(result, out: str) -> bool:
 
 
 def _print_summary(data: dict, out: str) -> None:
-    from .report import variants_table
+    from edgeresnet.report import variants_table
 
     f = data["float"]
     if f.get("top1") is not None:
@@ -296,7 +296,7 @@ def _print_summary(data: dict, out: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def models(as_json):
     """List the built-in ResNet architectures with parameters, MACs and input size."""
-    from .models import architecture_table
+    from edgeresnet.host.models import architecture_table
 
     rows = architecture_table()
     if as_json:
@@ -321,7 +321,7 @@ def inspect(model, as_json, strict, no_gpu):
     TensorFlow. Set EDGERESNET_TFLITE_RUNTIME_PYTHON to a Python that has
     tflite-runtime 2.14 to check that interpreter too.
     """
-    from .inspect import format_inspect, inspect_tflite
+    from edgeresnet.device.inspection import format_inspect, inspect_tflite
 
     report = inspect_tflite(model, gpu=not no_gpu)
     click.echo(report.to_json() if as_json else format_inspect(report))
@@ -349,16 +349,16 @@ def bench(model, threads, warmup, repeats, interpreter, as_json, precision, inpu
     """
     from dataclasses import replace
 
-    from ._progress import Stage, StageProgress
-    from .bench import BenchConfig, benchmark, format_bench
-    from .models.zoo import zoo_spec
+    from edgeresnet._util.progress import Stage, StageProgress
+    from edgeresnet.device.bench import BenchConfig, benchmark, format_bench
+    from edgeresnet.host.models.zoo import zoo_spec
 
     config = BenchConfig(warmup=warmup, repeats=repeats, threads=threads)
     label = None
     if zoo_spec(model) is not None:
-        from .pipeline import zoo_timing_model
+        from edgeresnet.host.pipeline import zoo_timing_model
 
-        from .targets import PRECISIONS
+        from edgeresnet.targets import PRECISIONS
 
         precision = precision or "int8"
         if precision not in PRECISIONS:
@@ -404,7 +404,7 @@ def _device_options(f):
 
 
 def _classifier(model, kw):
-    from .predict import Classifier, Overrides, parse_numbers
+    from edgeresnet.device.predict import Classifier, Overrides, parse_numbers
 
     overrides = Overrides(
         labels=kw["labels"], preset=kw["preset"], mean=parse_numbers(kw["mean"], "--mean"),
@@ -431,7 +431,7 @@ def predict(model, images, k, **kw):
     for models from elsewhere. int8/uint8 inputs are quantized with the
     model's own scale and zero point.
     """
-    from .predict import predict as run_predict
+    from edgeresnet.device.predict import predict as run_predict
 
     clf = _classifier(model, kw)
     results = run_predict(clf, list(images), k)
@@ -463,8 +463,8 @@ def eval_(model, images, samples, seed, against, report_path, max_drop, predicti
     With --report, compares with the number the host measured for the same
     file: drift verified on the device itself (--max-drop fails with exit 3).
     """
-    from ._progress import StageProgress
-    from .predict import evaluate
+    from edgeresnet._util.progress import StageProgress
+    from edgeresnet.device.predict import evaluate
 
     if samples is not None and samples <= 0:
         raise click.UsageError(f"--samples must be a positive number of images, got {samples}")
@@ -483,8 +483,8 @@ def eval_(model, images, samples, seed, against, report_path, max_drop, predicti
     for w in result.warnings:
         click.echo(f"warning: {w}", err=True)
     if predictions_path is not None:
-        from .fsutil import atomic_write_text
-        from .predict import predictions_csv
+        from edgeresnet._util.files import atomic_write_text
+        from edgeresnet.device.predict import predictions_csv
 
         atomic_write_text(predictions_path, predictions_csv(result))
     if kw["as_json"]:
@@ -549,7 +549,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 def main(argv=None):
     """Console entry point: every user-facing failure is one line and a non-zero exit."""
-    from ._signals import handle_signals
+    from edgeresnet._util.signals import handle_signals
 
     try:
         with handle_signals(), warnings.catch_warnings():  # SIGTERM (CI cancel, docker stop) is handled like Ctrl-C

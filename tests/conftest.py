@@ -208,8 +208,8 @@ def tiny_model_h5(tmp_path_factory) -> Path:
 def _fit_tiny_model(root: Path) -> Path:
     import numpy as np
 
-    from edgeresnet.calibration import load_images
-    from edgeresnet.models import build_model
+    from edgeresnet.host.calibration import load_images
+    from edgeresnet.host.models import build_model
 
     data = write_image_folder(root / "train", classes=4, per_class=24, seed=1)
     ds = load_images(data, (16, 16, 3))
@@ -254,8 +254,8 @@ def build_outlier_model(calib_folder: Path):
     """
     import numpy as np
 
-    from edgeresnet import _tf
-    from edgeresnet.calibration import load_images
+    from edgeresnet._util import tf as _tf
+    from edgeresnet.host.calibration import load_images
 
     keras = _tf.tf_keras()
     keras.utils.set_random_seed(0)

@@ -2,8 +2,8 @@
 
 import pytest
 
-from edgeresnet.inspect import inspect_tflite
-from edgeresnet.tflite_graph import read_graph
+from edgeresnet.device.inspection import inspect_tflite
+from edgeresnet.device.tflite_graph import read_graph
 
 pytestmark = pytest.mark.slow
 

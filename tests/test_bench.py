@@ -6,18 +6,18 @@ import sys
 import numpy as np
 import pytest
 
-from edgeresnet import bench
-from edgeresnet.bench import BenchConfig, benchmark, format_bench
+from edgeresnet.device import bench
+from edgeresnet.device.bench import BenchConfig, benchmark, format_bench
 from edgeresnet.errors import ConfigError, TFLiteFileError
-from edgeresnet.runtime import TensorSpec, available_backends
+from edgeresnet.device.runtime import TensorSpec, available_backends
 
 
 @pytest.fixture(scope="module")
 def tiny_models():
     """A 16x16 conv net converted to fp32 and to full-int8 (int8 in/out) with the project's converter."""
-    from edgeresnet._tf import tf_keras
-    from edgeresnet.convert import ConversionSpec, convert
-    from edgeresnet.models.loading import LoadedModel
+    from edgeresnet._util.tf import tf_keras
+    from edgeresnet.host.converter import ConversionSpec, convert
+    from edgeresnet.host.models.loading import LoadedModel
 
     keras = tf_keras()
     keras.utils.set_random_seed(0)
@@ -109,7 +109,7 @@ def test_benchmark_runs_without_tensorflow(tiny_models, tmp_path):
     path = tmp_path / "m.tflite"
     path.write_bytes(tiny_models["int8"])
     code = (
-        "import sys; from edgeresnet.bench import benchmark, BenchConfig; "
+        "import sys; from edgeresnet.device.bench import benchmark, BenchConfig; "
         f"r = benchmark({str(path)!r}, BenchConfig(warmup=1, repeats=2)); "
         "assert r.interpreter != 'tf.lite', r.interpreter; "
         "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'"

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgeresnet import calibration as cal
-from edgeresnet.calibration import (
+from edgeresnet.host import calibration as cal
+from edgeresnet.host.calibration import (
     DEFAULT_SAMPLES,
     MIN_RECOMMENDED_SAMPLES,
     CalibrationRecord,
@@ -367,7 +367,7 @@ def test_bad_inputs_raise_one_line_errors(bad_root, name, kwargs, error, text):
 
 
 def test_bundled_presets_found_through_resources():
-    from edgeresnet.resources import resource_dir
+    from edgeresnet._util.resources import resource_dir
 
     assert cal.presets_path() == resource_dir("calibration") / "presets.toml"
     assert set(load_presets()) == {"raw", "unit", "symmetric", "caffe", "torch"}
@@ -486,7 +486,7 @@ def test_representative_dataset_yields_single_float_samples():
 
 
 def _tiny_model(channels: int):
-    from edgeresnet import _tf
+    from edgeresnet._util import tf as _tf
 
     keras = _tf.tf_keras()
     keras.utils.set_random_seed(0)
@@ -505,8 +505,8 @@ def _assert_close(got, expected, frac):
 
 
 def _to_tflite(model, int8_calib=None):
-    from edgeresnet import _tf
-    from edgeresnet.models.loading import LoadedModel
+    from edgeresnet._util import tf as _tf
+    from edgeresnet.host.models.loading import LoadedModel
 
     tf = _tf.tf()
     converter = LoadedModel.from_keras(model, "tiny").tflite_converter()
@@ -521,8 +521,8 @@ def _to_tflite(model, int8_calib=None):
 
 @pytest.mark.parametrize("preset, channels", [("caffe", 3), ("torch", 3), ("symmetric", 3), ("raw", 3), ("caffe", 1)])
 def test_folded_model_in_tflite_matches_preset_then_model(preset, channels):
-    from edgeresnet.calibration import fold_preprocessing
-    from edgeresnet.runtime import TFLiteModel
+    from edgeresnet.host.calibration import fold_preprocessing
+    from edgeresnet.device.runtime import TFLiteModel
 
     model = _tiny_model(channels)
     p = get_preset(preset)
@@ -541,8 +541,8 @@ def test_folded_model_in_tflite_matches_preset_then_model(preset, channels):
 
 
 def test_folded_caffe_model_quantizes_to_int8():
-    from edgeresnet.calibration import fold_preprocessing
-    from edgeresnet.runtime import TFLiteModel
+    from edgeresnet.host.calibration import fold_preprocessing
+    from edgeresnet.device.runtime import TFLiteModel
 
     model = _tiny_model(3)
     pixels = np.random.default_rng(2).integers(0, 256, (64, 8, 8, 3)).astype(np.float32)

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import write_image_folder
-from edgeresnet.cluster import Cluster, read_tf_config, resolve
+from edgeresnet.host.training.cluster import Cluster, read_tf_config, resolve
 from edgeresnet.errors import ConfigError
 
 
@@ -96,8 +96,8 @@ def test_each_worker_reads_only_its_own_files_and_together_they_read_all():
     import numpy as np
     import tensorflow as tf
 
-    from edgeresnet.calibration import ImageStream
-    from edgeresnet.train_data import training_data
+    from edgeresnet.host.calibration import ImageStream
+    from edgeresnet.host.training.data import training_data
 
     n, batch = 37, 8
     stream = ImageStream.from_arrays(np.arange(n, dtype=np.float32).reshape(n, 1, 1, 1), np.arange(n) % 3)

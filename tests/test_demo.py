@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from edgeresnet import demo
+from edgeresnet.host import demo
 from edgeresnet.errors import DataError
 
 pytest.importorskip("sklearn")
@@ -100,7 +100,7 @@ def test_unknown_split_is_a_data_error():
 
 def test_demo_data_does_not_import_tensorflow():
     code = (
-        "import sys; from edgeresnet import demo; demo.digits_images('eval'); demo.reference_metadata(); "
+        "import sys; from edgeresnet.host import demo; demo.digits_images('eval'); demo.reference_metadata(); "
         "demo.reference_model_path(); print('tensorflow' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -128,7 +128,7 @@ def test_metadata_describes_the_committed_weights():
 
 @pytest.fixture(scope="module")
 def reference_model():
-    from edgeresnet import _tf
+    from edgeresnet._util import tf as _tf
 
     return _tf.tf_keras().models.load_model(demo.reference_model_path(), compile=False)
 
@@ -149,8 +149,8 @@ def test_reference_model_scores_95_percent_on_held_out(reference_model, keras_ev
 
 @pytest.mark.slow
 def test_full_int8_conversion_agrees_with_keras(reference_model, keras_eval_outputs, calib, held_out):
-    from edgeresnet import _tf
-    from edgeresnet.runtime import TFLiteModel
+    from edgeresnet._util import tf as _tf
+    from edgeresnet.device.runtime import TFLiteModel
 
     tf = _tf.tf()
     pick = np.random.RandomState(0).permutation(len(calib.images))[:200]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeresnet.edgetpu import (
+from edgeresnet.targets.edgetpu.analysis import (
     COMPILER_HINT,
     EDGETPU_OP_NAME,
     analyze_edgetpu,
@@ -27,21 +27,21 @@ from edgeresnet.edgetpu import (
     run_compiler,
 )
 from edgeresnet.errors import MissingDependencyError, TFLiteFileError
-from edgeresnet.runtime import TFLiteModel, is_edgetpu_compiled
-from edgeresnet.tflite_graph import _BUILTIN_NAMES, parse_tflite, read_graph
+from edgeresnet.device.runtime import TFLiteModel, is_edgetpu_compiled
+from edgeresnet.device.tflite_graph import _BUILTIN_NAMES, parse_tflite, read_graph
 
 
 # --------------------------------------------------------------------------- tiny models
 
 
 def _keras():
-    from edgeresnet import _tf
+    from edgeresnet._util import tf as _tf
 
     return _tf.tf(), _tf.tf_keras()
 
 
 def _to_tflite(model, int8: bool, io: str = "uint8", method: str = "mse+bias") -> bytes:
-    from edgeresnet.convert import ConversionSpec, convert
+    from edgeresnet.host.converter import ConversionSpec, convert
 
     tf, _ = _keras()
     rng = np.random.default_rng(0)
@@ -234,7 +234,7 @@ def test_real_resnet8_edgetpu_model_is_fully_8bit(resnet8_h5, shared_data):
     """The real pretrained ResNet-8 converted the Edge TPU way: every op on the supported list."""
     from PIL import Image
 
-    from edgeresnet.convert import ConversionSpec, convert
+    from edgeresnet.host.converter import ConversionSpec, convert
 
     tf, k = _keras()
     model = k.models.load_model(resnet8_h5, compile=False)
@@ -402,7 +402,7 @@ def test_compiled_models_report_their_payload_and_are_not_gpu_failures(coral_dir
     from click.testing import CliRunner
 
     from edgeresnet.cli import cli
-    from edgeresnet.inspect import format_inspect, inspect_tflite
+    from edgeresnet.device.inspection import format_inspect, inspect_tflite
 
     for pair in _coral_pairs():
         path = coral_dir / f"{pair}_edgetpu.tflite"
@@ -433,7 +433,7 @@ def test_compiled_models_report_their_payload_and_are_not_gpu_failures(coral_dir
 def test_zoo_resnets_map_fully(name, shape):
     """An ImageNet-style ResNet of the zoo (7x7 stem, max pool, projection shortcuts; the CIFAR
     ones are covered by the real ResNet-8): one Edge TPU part, every constant counted once."""
-    from edgeresnet.models import build_model
+    from edgeresnet.host.models import build_model
 
     _, k = _keras()
     k.utils.set_random_seed(4)

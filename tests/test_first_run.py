@@ -27,8 +27,8 @@ def test_a_missing_model_is_reported_before_any_data_problem(extra, tmp_path, ca
 @pytest.fixture(scope="module")
 def tiny_tflite(tmp_path_factory):
     """A tiny Keras model converted to int8 with uint8 io (two QUANTIZE ops) and to float16."""
-    from edgeresnet import _tf
-    from edgeresnet.convert import ConversionSpec, convert
+    from edgeresnet._util import tf as _tf
+    from edgeresnet.host.converter import ConversionSpec, convert
 
     tf, k = _tf.tf(), _tf.tf_keras()
     k.utils.set_random_seed(3)
@@ -48,7 +48,7 @@ def tiny_tflite(tmp_path_factory):
 def test_inspect_counts_every_op_left_on_built_in_kernels(tiny_tflite, capsys):
     from collections import Counter
 
-    from edgeresnet.inspect import inspect_tflite
+    from edgeresnet.device.inspection import inspect_tflite
 
     left = inspect_tflite(tiny_tflite["int8"]).interpreters["ai-edge-litert"].undelegated
     assert Counter(left)["QUANTIZE"] == 2, left  # uint8 in and out: one QUANTIZE at each end
@@ -105,7 +105,7 @@ def test_bench_shows_no_progress_for_a_fast_model(tiny_tflite, capfd):
 def test_bench_names_warm_up_and_timed_runs_when_they_take_long(tiny_tflite, capfd, monkeypatch):
     import types
 
-    from edgeresnet import _progress
+    from edgeresnet._util import progress as _progress
 
     ticks = iter(range(10**6))  # the progress clock advances 2 s per look: every stage is slow
     monkeypatch.setattr(_progress, "time", types.SimpleNamespace(perf_counter=lambda: 2.0 * next(ticks)))
@@ -127,7 +127,7 @@ def default_run(builtin_run):
 
 
 def test_builtin_digits_calibration_is_class_balanced_and_seeded():
-    from edgeresnet import demo
+    from edgeresnet.host import demo
 
     full = demo.digits_images("calib")
     picked = full.sample(300, seed=0)
@@ -164,7 +164,7 @@ def test_report_md_carries_the_edge_tpu_note_and_parameter_memory(default_run):
 @pytest.fixture(scope="module")
 def pruned_run(tiny_model_h5, tiny_data, tmp_path_factory):
     """`convert --prune 0.5 --train ...` on the tiny ResNet with one 1x1 shortcut convolution frozen."""
-    from edgeresnet import _tf
+    from edgeresnet._util import tf as _tf
 
     k = _tf.tf_keras()
     folder = tmp_path_factory.mktemp("frozen")

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from edgeresnet import fsutil
+from edgeresnet._util import files as fsutil
 from edgeresnet.errors import OutputExistsError
-from edgeresnet.fsutil import MANIFEST, StagedDir, atomic_write_bytes, check_output, check_output_free, read_manifest
+from edgeresnet._util.files import MANIFEST, StagedDir, atomic_write_bytes, check_output, check_output_free, read_manifest
 
 
 def test_staged_dir_appears_only_on_commit(tmp_path):
@@ -163,7 +163,7 @@ def test_write_errors_name_the_file_as_the_user_will_see_it(tmp_path):
 def test_signals_become_interrupted_and_wait_out_the_swap():
     import signal
 
-    from edgeresnet._signals import Interrupted, handle_signals, uninterrupted
+    from edgeresnet._util.signals import Interrupted, handle_signals, uninterrupted
 
     # A shell starts background jobs with SIGINT ignored, and handle_signals leaves an ignored signal
     # ignored (nohup, `cmd &`): give this test the default dispositions, whatever launched pytest.
@@ -193,7 +193,7 @@ def test_signals_become_interrupted_and_wait_out_the_swap():
 def test_an_ignored_signal_stays_ignored():
     import signal
 
-    from edgeresnet._signals import handle_signals
+    from edgeresnet._util.signals import handle_signals
 
     saved = signal.getsignal(signal.SIGINT)
     signal.signal(signal.SIGINT, signal.SIG_IGN)

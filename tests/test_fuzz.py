@@ -212,7 +212,7 @@ def _cli_with_segfault(module: str, name: str, args: list) -> subprocess.Complet
 
 def test_inspect_reports_a_crashing_gpu_analyzer_and_the_rest(shared_data):
     model = shared_data / "mlperf-tiny-resnet8" / "pretrainedResnet_quant.tflite"
-    res = _cli_with_segfault("gpu_compat", "_run_analyzer", ["inspect", model])
+    res = _cli_with_segfault("targets.gpu.analysis", "_run_analyzer", ["inspect", model])
     assert res.returncode == 0, res.stderr
     assert "GPU analysis crashed (SIGSEGV) on this model" in res.stdout
     assert "loads and runs in ai-edge-litert" in res.stdout  # the rest of the report is still there
@@ -221,7 +221,7 @@ def test_inspect_reports_a_crashing_gpu_analyzer_and_the_rest(shared_data):
 
 def test_inspect_reports_a_crashing_interpreter(shared_data):
     model = shared_data / "mlperf-tiny-resnet8" / "pretrainedResnet_quant.tflite"
-    res = _cli_with_segfault("inspect", "_load_and_run", ["inspect", model])
+    res = _cli_with_segfault("device.inspection", "_load_and_run", ["inspect", model])
     assert res.returncode == 0, res.stderr
     assert "the interpreter crashed (SIGSEGV) on this model" in res.stdout
     assert "16/16 ops would map to the Edge TPU" in res.stdout
@@ -229,7 +229,7 @@ def test_inspect_reports_a_crashing_interpreter(shared_data):
 
 def test_bench_turns_a_crashing_interpreter_into_one_line(shared_data):
     model = shared_data / "mlperf-tiny-resnet8" / "pretrainedResnet_quant.tflite"
-    res = _cli_with_segfault("runtime", "_trial_run", ["bench", model, "--repeats", "2"])
+    res = _cli_with_segfault("device.runtime", "_trial_run", ["bench", model, "--repeats", "2"])
     errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
     assert res.returncode == 2, res.stderr
     assert len(errors) == 1 and "crashed (SIGSEGV)" in errors[0] and str(model) in errors[0], res.stderr
@@ -237,7 +237,7 @@ def test_bench_turns_a_crashing_interpreter_into_one_line(shared_data):
 
 
 def test_a_hung_child_is_killed_at_its_timeout():
-    from edgeresnet._isolate import IsolatedFailure, run_isolated
+    from edgeresnet._util.isolation import IsolatedFailure, run_isolated
 
     start = time.monotonic()
     with pytest.raises(IsolatedFailure, match="did not finish within 1 s"):

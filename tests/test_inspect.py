@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 
 from edgeresnet.errors import TFLiteFileError
-from edgeresnet.gpu_compat import analyze_gpu, analyzer_checks_gpu, parse_analyzer_output
-from edgeresnet.inspect import (
+from edgeresnet.targets.gpu.analysis import analyze_gpu, analyzer_checks_gpu, parse_analyzer_output
+from edgeresnet.device.inspection import (
     TFLITE_RUNTIME_PYTHON_ENV,
     check_in_process,
     check_in_venv,
     format_inspect,
     inspect_tflite,
 )
-from edgeresnet.tflite_graph import _BUILTIN_NAMES, _Reader, parse_tflite
+from edgeresnet.device.tflite_graph import _BUILTIN_NAMES, _Reader, parse_tflite
 
 REPO = Path(__file__).resolve().parents[1]
 schema = pytest.importorskip("ai_edge_litert.schema_py_generated")
@@ -32,7 +32,7 @@ schema = pytest.importorskip("ai_edge_litert.schema_py_generated")
 
 
 def _keras():
-    from edgeresnet import _tf
+    from edgeresnet._util import tf as _tf
 
     return _tf.tf(), _tf.tf_keras()
 
@@ -50,7 +50,7 @@ def _tiny(extra=None, size=16):
 
 
 def _convert(model, precision: str, io: str = "float32", custom_ops: bool = False) -> bytes:
-    from edgeresnet.convert import ConversionSpec, convert
+    from edgeresnet.host.converter import ConversionSpec, convert
 
     tf, _ = _keras()
 
@@ -276,7 +276,7 @@ def test_inspect_needs_no_tensorflow(tmp_path, models):
     path = _write(tmp_path, "m.tflite", models["int8"])
     code = (
         "import sys, json\n"
-        "from edgeresnet.inspect import inspect_tflite\n"
+        "from edgeresnet.device.inspection import inspect_tflite\n"
         f"r = inspect_tflite({str(path)!r})\n"
         "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
         "print(json.dumps({'gpu': r.verdicts['gpu'].ok, 'cpu': r.verdicts['cpu'].ok}))\n"

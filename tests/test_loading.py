@@ -7,10 +7,10 @@ import zipfile
 import numpy as np
 import pytest
 
-from edgeresnet import _tf
+from edgeresnet._util import tf as _tf
 from edgeresnet.errors import DataError, ModelLoadError
-from edgeresnet.models.loading import LoadedModel, load_model
-from edgeresnet.runtime import TFLiteModel
+from edgeresnet.host.models.loading import LoadedModel, load_model
+from edgeresnet.device.runtime import TFLiteModel
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")
 

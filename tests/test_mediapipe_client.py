@@ -12,7 +12,7 @@ cpu int8, edgetpu int8, gpu fp16 and cpu fp32 models must load, classify 120
 images (12 per class; CIFAR-10 test images as lossless PNG copies, so both
 sides see the same pixels) with the class folder names as category names,
 and agree on the top class with edgeresnet's own interpreter run
-(``edgeresnet.predict.Classifier``) on at least 99 % of them.
+(``edgeresnet.device.predict.Classifier``) on at least 99 % of them.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 from conftest import python_from_env
-from edgeresnet.predict import Classifier
+from edgeresnet.device.predict import Classifier
 
 REPO = Path(__file__).resolve().parents[1]
 CLIENT = REPO / "tests" / "clients" / "mediapipe_classify.py"
@@ -48,7 +48,7 @@ def _convert_all(out_root: Path, int8_run: Optional[dict] = None, **options) -> 
 
     ``int8_run``: a session run (conftest) that already holds the int8 cpu/edgetpu/gpu models; only fp32 is converted.
     """
-    from edgeresnet.pipeline import ConvertOptions, run_convert
+    from edgeresnet.host.pipeline import ConvertOptions, run_convert
 
     models = {}
     out_root.mkdir(parents=True, exist_ok=True)
@@ -71,7 +71,7 @@ def digits_case(tmp_path_factory) -> dict:
     """The built-in reference model, and 12 held-out digits per class as RGB PNGs in class folders 0..9."""
     from PIL import Image
 
-    from edgeresnet import demo
+    from edgeresnet.host import demo
 
     root = tmp_path_factory.mktemp("mp_digits")
     held_out = demo.digits_images("eval", channels=3)
@@ -170,7 +170,7 @@ def test_resnet8_jpeg_files_in_mediapipe(mediapipe_python, resnet8_case):
 
 def test_int8_io_is_refused_by_mediapipe_as_the_report_says(mediapipe_python, digits_case, tmp_path):
     """--io int8 stays available; MediaPipe refuses it, and the report's runtimes entry said so beforehand."""
-    from edgeresnet.pipeline import ConvertOptions, run_convert
+    from edgeresnet.host.pipeline import ConvertOptions, run_convert
 
     out = tmp_path / "out"
     report = run_convert(ConvertOptions(int8=True, io_type="int8", eval_samples=100, out=str(out)))
@@ -193,8 +193,8 @@ def test_int8_io_is_refused_by_mediapipe_as_the_report_says(mediapipe_python, di
 )
 def test_the_report_says_no_where_mediapipe_refuses(mediapipe_python, shared_data, tmp_path, model_file, info, mediapipe_says):
     """Every "no" the report gives for MediaPipe is what MediaPipe itself answers."""
-    from edgeresnet.metadata import ModelInfo, add_metadata
-    from edgeresnet.shipping import mediapipe_verdict
+    from edgeresnet.device.metadata import ModelInfo, add_metadata
+    from edgeresnet.host.shipping import mediapipe_verdict
 
     meta = ModelInfo(name="r8", labels=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"), **info)
     model = add_metadata((shared_data / "mlperf-tiny-resnet8" / model_file).read_bytes(), meta)

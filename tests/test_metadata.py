@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edgeresnet.errors import ConfigError, TFLiteFileError
-from edgeresnet.metadata import (
+from edgeresnet.device.metadata import (
     METADATA_NAME,
     ModelInfo,
     add_metadata,
@@ -28,7 +28,7 @@ def reference_model(request, shared_data) -> bytes:
 
 
 def _run(model: bytes, x: np.ndarray) -> np.ndarray:
-    from edgeresnet.runtime import TFLiteModel
+    from edgeresnet.device.runtime import TFLiteModel
 
     m = TFLiteModel(model)
     return m.invoke_raw(x.astype(m.input.dtype)).copy()

@@ -16,11 +16,11 @@ import pytest
 
 from conftest import write_image_folder
 from test_cli import run_cli as _run_cli
-from edgeresnet import _tf
+from edgeresnet._util import tf as _tf
 from edgeresnet.errors import ModelLoadError, UnsafeModelError
-from edgeresnet.models import build_model
-from edgeresnet.models.loading import LoadedModel, load_model
-from edgeresnet.models.safety import keras_config_findings, risky_op, saved_model_findings
+from edgeresnet.host.models import build_model
+from edgeresnet.host.models.loading import LoadedModel, load_model
+from edgeresnet.host.models.safety import keras_config_findings, risky_op, saved_model_findings
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")
 
@@ -211,7 +211,7 @@ def test_ordinary_savedmodel_has_a_saver_that_is_not_counted(ordinary):
 
 
 def test_builtin_reference_model_loads_in_safe_mode():
-    from edgeresnet import demo
+    from edgeresnet.host import demo
 
     loaded = load_model(demo.reference_model_path())
     assert loaded.safe_mode is True
@@ -349,7 +349,7 @@ def test_inspect_reports_flex_ops_and_does_not_run_a_file_writer(tmp_path, capsy
     path = tmp_path / "flex.tflite"
     path.write_bytes(converter.convert())
 
-    from edgeresnet.inspect import inspect_tflite
+    from edgeresnet.device.inspection import inspect_tflite
 
     report = inspect_tflite(path)
     assert report.flex["ops"] == ["AsString", "WriteFile"]
@@ -365,7 +365,7 @@ def test_inspect_without_flex_ops_says_nothing_about_flex(tmp_path):
     tf = _tf.tf()
     f = tf.function(lambda x: x * 2.0, input_signature=[tf.TensorSpec([1, 4], tf.float32)])
     data = tf.lite.TFLiteConverter.from_concrete_functions([f.get_concrete_function()], f).convert()
-    from edgeresnet.inspect import inspect_tflite
+    from edgeresnet.device.inspection import inspect_tflite
 
     assert inspect_tflite(data).flex == {}
 

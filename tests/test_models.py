@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeresnet import _tf
+from edgeresnet._util import tf as _tf
 from edgeresnet.errors import ConfigError, ModelLoadError
-from edgeresnet.models import ARCHITECTURES, architecture_table, build_model, count_macs, get_arch
-from edgeresnet.models import resnet
+from edgeresnet.host.models import ARCHITECTURES, architecture_table, build_model, count_macs, get_arch
+from edgeresnet.host.models import resnet
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -257,7 +257,7 @@ def test_analytic_counts_equal_built_models(name):
 def test_architecture_table_is_fast_and_needs_no_tensorflow():
     code = (
         "import sys, time, json; t = time.perf_counter()\n"
-        "from edgeresnet.models import architecture_table\n"
+        "from edgeresnet.host.models import architecture_table\n"
         "rows = architecture_table()\n"
         "print(json.dumps([time.perf_counter() - t, 'tensorflow' in sys.modules, rows]))\n"
     )

@@ -46,7 +46,7 @@ def _run_installed(installed, code):
 
 def test_installed_package_finds_its_resources_anywhere(installed):
     res = _run_installed(installed, (
-        "import edgeresnet.targets as t, edgeresnet.calibration as c;"
+        "import edgeresnet.targets as t, edgeresnet.host.calibration as c;"
         "print(t.resource_dir('converters')); print(sorted(t.targets())); print(sorted(c.load_presets()))"
     ))
     assert res.returncode == 0, res.stderr
@@ -61,8 +61,8 @@ def test_device_side_runs_without_tensorflow(installed, shared_data):
     model = shared_data / "mlperf-tiny-resnet8" / "pretrainedResnet_quant.tflite"
     res = _run_installed(installed, (
         "import sys; sys.modules['tensorflow'] = None; sys.modules['tf_keras'] = None\n"
-        "from edgeresnet.inspect import inspect_tflite\n"
-        "from edgeresnet.bench import BenchConfig, benchmark\n"
+        "from edgeresnet.device.inspection import inspect_tflite\n"
+        "from edgeresnet.device.bench import BenchConfig, benchmark\n"
         f"r = inspect_tflite({str(model)!r}).to_dict()\n"
         "print(r['verdicts']['edgetpu']['ok'], r['verdicts']['cpu']['ok'])\n"
         f"b = benchmark({str(model)!r}, BenchConfig(warmup=1, repeats=5))\n"

@@ -61,7 +61,7 @@ def run_pi(pi_python: Path, *args: str, timeout: float = 600) -> subprocess.Comp
 def test_pi_python_is_arm_without_tensorflow(pi_python):
     code = (
         "import importlib.util, json, platform, sys, tflite_runtime, numpy\n"
-        "from edgeresnet.runtime import emulation, available_backends\n"
+        "from edgeresnet.device.runtime import emulation, available_backends\n"
         "print(json.dumps({'machine': platform.machine(), 'python': sys.version.split()[0],"
         " 'tflite_runtime': tflite_runtime.__version__, 'numpy': numpy.__version__,"
         " 'tensorflow': importlib.util.find_spec('tensorflow') is not None,"
@@ -82,7 +82,7 @@ def test_emulation_is_detected_without_the_wrapper_variable(pi_python):
     """qemu-user passes the host's /proc/cpuinfo through: an ARM python on an x86 CPU is emulated."""
     env = {k: v for k, v in os.environ.items() if k != "EDGERESNET_EMULATED"}
     rootfs = pi_python.parent / "rootfs"
-    code = "from edgeresnet.runtime import emulation; print(emulation())"
+    code = "from edgeresnet.device.runtime import emulation; print(emulation())"
     proc = subprocess.run(
         ["qemu-aarch64-static", "-L", str(rootfs), str(rootfs / "usr" / "bin" / "python3.11"), "-c", code],
         capture_output=True, text=True, timeout=300,
@@ -93,7 +93,7 @@ def test_emulation_is_detected_without_the_wrapper_variable(pi_python):
 
 
 def test_host_is_not_emulated():
-    from edgeresnet.runtime import emulation
+    from edgeresnet.device.runtime import emulation
 
     assert emulation() is None or os.environ.get("EDGERESNET_EMULATED")
 
@@ -171,7 +171,7 @@ def digits_folder(tmp_path_factory) -> Path:
     """The built-in model's 500 held-out digits as a labelled image folder."""
     from PIL import Image
 
-    from edgeresnet import demo
+    from edgeresnet.host import demo
 
     root = tmp_path_factory.mktemp("digits")
     images = demo.digits_images("eval")
@@ -243,7 +243,7 @@ def test_a_model_too_new_for_tflite_runtime_214_is_marked(pi_python, shared_data
     """An op version tflite-runtime 2.14 does not know: 'does not load', with the interpreter's reason."""
     from test_inspect import _bump_op_version
 
-    from edgeresnet.device_check import check_model
+    from edgeresnet.host.device_check import check_model
 
     data = (shared_data / "mlperf-tiny-resnet8" / "pretrainedResnet_quant.tflite").read_bytes()
     future = tmp_path / "future.tflite"

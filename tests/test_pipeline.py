@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from edgeresnet.errors import ConfigError, DataError, DriftBudgetExceeded, OutputExistsError
-from edgeresnet.pipeline import ConvertOptions, run_convert
-from edgeresnet.runtime import TFLiteModel
-from edgeresnet.tflite_graph import read_graph
+from edgeresnet.host.pipeline import ConvertOptions, run_convert
+from edgeresnet.device.runtime import TFLiteModel
+from edgeresnet.device.tflite_graph import read_graph
 
 
 def _opts(tiny_model_h5, tiny_data, out, **kw):
@@ -63,7 +63,7 @@ def test_three_targets_end_to_end(tiny_model_h5, tiny_data, tmp_path, monkeypatc
 
 def _count_int8_sessions(monkeypatch) -> list:
     """Every int8 engine session the run makes (each is one calibration)."""
-    from edgeresnet import quantize
+    from edgeresnet.host import quantize
 
     made = []
 
@@ -78,7 +78,7 @@ def _count_int8_sessions(monkeypatch) -> list:
 
 def test_numbers_match_an_independent_evaluation(tiny_int8_run, tiny_data):
     """The reported top-1 is what the written model really scores on the eval images (conftest.tiny_int8_run)."""
-    from edgeresnet.calibration import get_preset, load_images
+    from edgeresnet.host.calibration import get_preset, load_images
 
     v = tiny_int8_run["report"]["variants"][0]
     ev = load_images(tiny_data["eval"], (16, 16, 3))
@@ -140,7 +140,7 @@ def test_int8_without_calibration_is_refused(tiny_model_h5, tmp_path):
 
 @pytest.mark.slow  # end to end: many conversions (and a fine-tuning) of the tiny model
 def test_prune_emits_unpruned_and_pruned_side_by_side(tiny_model_h5, tiny_data, tmp_path):
-    from edgeresnet.prune import PruneConfig
+    from edgeresnet.host.training.prune import PruneConfig
 
     out = tmp_path / "out"
     run_convert(_opts(tiny_model_h5, tiny_data, out, prune=PruneConfig(sparsity=0.6, epochs=1), train=str(tiny_data["calib"])))
@@ -171,7 +171,7 @@ def test_recovery_keeps_outlier_layers_in_float_and_meets_budget(outlier_model_h
     assert mixed["recovery"]["initial"]["agreement"] == pytest.approx(plain["agreement"])  # it started from that model
     assert data["passed"] is True and report.passed
     # The reported drop is what the written model scores.
-    from edgeresnet.calibration import get_preset, load_images
+    from edgeresnet.host.calibration import get_preset, load_images
 
     ev = load_images(tiny_data["eval"], (16, 16, 3))
     pred = TFLiteModel(mixed["path"]).predict(get_preset("unit").apply(ev.images))

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeresnet.calibration import get_preset, list_images, load_images
+from edgeresnet.host.calibration import get_preset, list_images, load_images
 from edgeresnet.cli import main
-from edgeresnet.metadata import ModelInfo, add_metadata, read_metadata
-from edgeresnet.predict import Classifier, Overrides, evaluate, predict
-from edgeresnet.runtime import TFLiteModel
+from edgeresnet.device.metadata import ModelInfo, add_metadata, read_metadata
+from edgeresnet.device.predict import Classifier, Overrides, evaluate, predict
+from edgeresnet.device.runtime import TFLiteModel
 from conftest import python_from_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,7 +41,7 @@ def digits(builtin_run, tmp_path_factory):
     (lossless: the same pixels the host used)."""
     from PIL import Image
 
-    from edgeresnet import demo
+    from edgeresnet.host import demo
 
     root = tmp_path_factory.mktemp("digits")
     variant = builtin_run["by_target"]["cpu"]
@@ -132,7 +132,7 @@ def test_wrong_normalization_is_caught_by_max_drop_exit_3(digits, capsys):
 @pytest.mark.slow
 def test_samples_pick_the_images_the_host_picked(digits, tmp_path):
     """convert --eval DIR --eval-samples N --seed S and eval --samples N --seed S see the same images."""
-    from edgeresnet.pipeline import ConvertOptions, run_convert
+    from edgeresnet.host.pipeline import ConvertOptions, run_convert
 
     out = tmp_path / "out"
     run_convert(ConvertOptions(int8=True, eval=str(digits["images"]), eval_samples=60, seed=3, out=str(out)))
@@ -252,8 +252,8 @@ def _run_device(python, code, interpreter=None):
 
 def _builtin_kernels_top1(model, images, preset, samples=None) -> float:
     """Top-1 with the interpreter's built-in kernels (XNNPACK off), computed here with ai-edge-litert."""
-    from edgeresnet.calibration import read_image
-    from edgeresnet.verify import topk_accuracy
+    from edgeresnet.host.calibration import read_image
+    from edgeresnet.device.verify import topk_accuracy
 
     files, labels, _ = list_images(images, samples=samples)
     tfl = TFLiteModel(model, use_xnnpack=False)
@@ -308,7 +308,7 @@ def test_predict_in_tflite_runtime_venv(tflrt_python, digits):
 @pytest.fixture(scope="module")
 def resnet8(shared_data, resnet8_h5, tmp_path_factory):
     """The MLPerf Tiny ResNet-8 converted to int8 by the host pipeline, evaluated on 300 real CIFAR-10 test images."""
-    from edgeresnet.pipeline import ConvertOptions, run_convert
+    from edgeresnet.host.pipeline import ConvertOptions, run_convert
 
     out = tmp_path_factory.mktemp("r8") / "out"
     test = shared_data / "cifar10" / "test"
@@ -341,7 +341,7 @@ def test_real_resnet8_in_tflite_runtime_venv(tflrt_python, resnet8):
 
 
 def test_inspect_shows_the_metadata(digits, capsys):
-    from edgeresnet.inspect import inspect_tflite
+    from edgeresnet.device.inspection import inspect_tflite
 
     """The pipeline's model: the digits as labels, the 'unit' preset as (pixel - 0) / 255, RGB input."""
     path = digits["model"]
@@ -354,7 +354,7 @@ def test_inspect_shows_the_metadata(digits, capsys):
 
 
 def test_inspect_says_when_there_is_no_metadata(shared_data):
-    from edgeresnet.inspect import format_inspect, inspect_tflite
+    from edgeresnet.device.inspection import format_inspect, inspect_tflite
 
     report = inspect_tflite(shared_data / "mlperf-tiny-resnet8" / "pretrainedResnet_quant.tflite", gpu=False, runtimes=False)
     assert report.to_dict()["metadata"] == {"present": False}
@@ -366,7 +366,7 @@ def test_damaged_metadata_is_reported_not_raised(digits):
     import random
 
     from edgeresnet.errors import EdgeResNetError
-    from edgeresnet.inspect import metadata_summary
+    from edgeresnet.device.inspection import metadata_summary
 
     data = digits["model"].read_bytes()  # carries the pipeline's metadata and labels.txt
     assert read_metadata(data) is not None

@@ -1,4 +1,4 @@
-"""Pruning (edgeresnet.prune) and counting zeros in the emitted .tflite (edgeresnet.sparsity).
+"""Pruning (edgeresnet.host.training.prune) and counting zeros in the emitted .tflite (edgeresnet.device.sparsity).
 
 Fast tests use a tiny built-in ResNet-8 (16x16x3, 4 classes) and random data;
 the slow test prunes the real pretrained MLPerf Tiny ResNet-8 on real CIFAR-10
@@ -15,9 +15,9 @@ import zlib
 import numpy as np
 import pytest
 
-from edgeresnet import _tf
+from edgeresnet._util import tf as _tf
 from edgeresnet.errors import ConfigError, DataError, PruningError, TFLiteFileError
-from edgeresnet.prune import (
+from edgeresnet.host.training.prune import (
     KERAS3_HINT,
     ONE_SHOT_WARNING,
     PruneConfig,
@@ -25,7 +25,7 @@ from edgeresnet.prune import (
     prune_model,
     validate_train_classes,
 )
-from edgeresnet.sparsity import compressed_size, size_summary, tflite_weight_sparsity
+from edgeresnet.device.sparsity import compressed_size, size_summary, tflite_weight_sparsity
 
 NUM_CLASSES = 4
 SHAPE = (16, 16, 3)
@@ -36,7 +36,7 @@ def _keras():
 
 
 def _tiny_resnet():
-    from edgeresnet.models import build_model
+    from edgeresnet.host.models import build_model
 
     return build_model("resnet8", input_shape=SHAPE, classes=NUM_CLASSES)
 
@@ -53,7 +53,7 @@ def _kernel(model, name):
 
 
 def _int8(model, calib):
-    from edgeresnet.convert import ConversionSpec, convert
+    from edgeresnet.host.converter import ConversionSpec, convert
 
     tf = _tf.tf()
     return convert(lambda: tf.lite.TFLiteConverter.from_keras_model(model), ConversionSpec("int8", "int8"), calib).model
@@ -411,7 +411,7 @@ def test_bad_input_is_rejected(case, error, fragment, tiny):
 
 
 def test_loaded_tf_keras_model_is_accepted(tiny):
-    from edgeresnet.models import LoadedModel
+    from edgeresnet.host.models import LoadedModel
 
     result = prune_model(LoadedModel.from_keras(tiny, "tiny"), PruneConfig(0.3))
     assert abs(result.pruned_layers[0].achieved_sparsity - 0.3) <= 0.01
@@ -445,7 +445,7 @@ def _hand_made(tmp_path):
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8", "dynamic"])
 def test_tflite_weight_sparsity_counts_exact_zeros(tmp_path, precision):
-    from edgeresnet.convert import ConversionSpec, convert
+    from edgeresnet.host.converter import ConversionSpec, convert
 
     tf = _tf.tf()
     model = _hand_made(tmp_path)
@@ -485,7 +485,7 @@ def test_tflite_weight_sparsity_rejects_non_tflite(tmp_path):
 def test_sparsity_module_works_without_tensorflow(tmp_path, shared_data):
     model = shared_data / "mlperf-tiny-resnet8" / "pretrainedResnet_quant.tflite"
     code = (
-        "import sys; from edgeresnet.sparsity import tflite_weight_sparsity as f; "
+        "import sys; from edgeresnet.device.sparsity import tflite_weight_sparsity as f; "
         f"s = f({str(model)!r}); "
         "assert 'tensorflow' not in sys.modules, 'TensorFlow was imported'; "
         "print(s['total_weights'], s['zero_weights'])"
@@ -503,9 +503,9 @@ def test_sparsity_module_works_without_tensorflow(tmp_path, shared_data):
 @pytest.mark.slow
 def test_real_resnet8_pruned_to_half_keeps_zeros_shrinks_and_keeps_accuracy(resnet8_h5, shared_data):
     """--prune 0.5 --train cifar10/train on the pretrained ResNet-8: >= 45 % zeros in the int8 file, zlib <= 0.75x, top-1 within 2 pts."""
-    from edgeresnet.calibration import load_images
-    from edgeresnet.models import load_model
-    from edgeresnet.runtime import TFLiteModel
+    from edgeresnet.host.calibration import load_images
+    from edgeresnet.host.models import load_model
+    from edgeresnet.device.runtime import TFLiteModel
 
     loaded = load_model(resnet8_h5)
     train = load_images(shared_data / "cifar10" / "train", (32, 32, 3))

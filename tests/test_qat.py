@@ -6,13 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeresnet import _tf
+from edgeresnet._util import tf as _tf
 from edgeresnet.cli import main
 from edgeresnet.errors import ConfigError, QATError
-from edgeresnet.models import build_model
-from edgeresnet.qat import QATConfig, check_quantizable, convert_qat, quantize_aware_train
-from edgeresnet.runtime import TFLiteModel
-from edgeresnet.tflite_graph import parse_tflite
+from edgeresnet.host.models import build_model
+from edgeresnet.host.training.qat import QATConfig, check_quantizable, convert_qat, quantize_aware_train
+from edgeresnet.device.runtime import TFLiteModel
+from edgeresnet.device.tflite_graph import parse_tflite
 from tests.test_cli import run_cli
 
 # minmax keeps the post-training side cheap; QAT's own conversion does not calibrate.
@@ -44,8 +44,8 @@ def test_qat_emits_full_int8_for_cpu_and_edgetpu_next_to_ptq(qat_run, tiny_model
     report, out = qat_run
     by = {(v["target"], (v.get("fine_tune") or {}).get("method")): v for v in report["variants"]}
     assert set(by) == {("cpu", None), ("edgetpu", None), ("cpu", "qat"), ("edgetpu", "qat")}
-    from edgeresnet.calibration import load_images
-    from edgeresnet.models import load_model
+    from edgeresnet.host.calibration import load_images
+    from edgeresnet.host.models import load_model
 
     loaded = load_model(tiny_model_h5)
     x = load_images(tiny_data["eval"], (16, 16, 3)).images.astype(np.float32) / 255.0
@@ -108,8 +108,8 @@ def test_report_sweeps_qat_and_pqat_side_by_side_and_pqat_keeps_the_zeros(tmp_pa
 
 
 def test_convert_plan_with_prune_and_qat_fine_tunes_the_pruned_model():
-    from edgeresnet.pipeline import ConvertOptions, _plan
-    from edgeresnet.prune import PruneConfig
+    from edgeresnet.host.pipeline import ConvertOptions, _plan
+    from edgeresnet.host.training.prune import PruneConfig
 
     opts = ConvertOptions(model="m.h5", targets=("cpu", "edgetpu", "gpu"), int8=True, prune=PruneConfig(0.5),
                           train="t", qat=QATConfig())
@@ -136,8 +136,8 @@ def test_zoo_resnets_quantize_with_conv_bn_relu_folded(name):
 
 @pytest.mark.slow  # a QAT fine-tune and a conversion under a strategy; the full suite also runs `convert --qat` (qat_run)
 def test_strategy_is_honoured_and_converts(tiny_model_h5, tiny_data):
-    from edgeresnet.calibration import load_images
-    from edgeresnet.models import load_model
+    from edgeresnet.host.calibration import load_images
+    from edgeresnet.host.models import load_model
 
     tf = _tf.tf()
     loaded = load_model(tiny_model_h5)
@@ -149,7 +149,7 @@ def test_strategy_is_honoured_and_converts(tiny_model_h5, tiny_data):
                                       progress=lambda d, t: seen.append((d, t)))
     assert result.strategy == "MirroredStrategy" and result.replicas == 1 and result.steps == 3
     assert seen[0] == (0, 3) and seen[-1] == (3, 3)
-    from edgeresnet.models.loading import LoadedModel
+    from edgeresnet.host.models.loading import LoadedModel
 
     data = convert_qat(LoadedModel.from_keras(result.model, "q").tflite_converter, "int8", x)
     assert _float_tensors(data) == []
@@ -160,8 +160,8 @@ def test_strategy_is_honoured_and_converts(tiny_model_h5, tiny_data):
     assert np.max(np.abs(keras_out - tfl_out)) < 0.1
     # Those ranges were measured again on the trained weights: re-measuring the float twin of the returned
     # model gives them back, while the ranges chosen before training (on the untrained weights) differ.
-    from edgeresnet.prune import _train_stream
-    from edgeresnet.qat import _float_twin, _quantize, _set_ranges
+    from edgeresnet.host.training.prune import _train_stream
+    from edgeresnet.host.training.qat import _float_twin, _quantize, _set_ranges
 
     stream = _train_stream((x, ds.labels), loaded.model, 4)
     before = _quantize(loaded.model, preserve_sparsity=False)
@@ -186,9 +186,9 @@ def _activation_ranges(qmodel) -> dict:
 
 
 def test_float_fine_tune_is_the_recipe_without_fake_quantization(tiny_model_h5, tiny_data):
-    from edgeresnet.calibration import load_images
-    from edgeresnet.models import load_model
-    from edgeresnet.qat import float_fine_tune
+    from edgeresnet.host.calibration import load_images
+    from edgeresnet.host.models import load_model
+    from edgeresnet.host.training.qat import float_fine_tune
 
     mot = _tf.tfmot()
     loaded = load_model(tiny_model_h5)
@@ -268,7 +268,7 @@ def test_bad_input_is_one_line_and_writes_nothing(case, fragment, tmp_path, tiny
 
 
 def test_library_names_every_layer_tfmot_cannot_quantize(tmp_path):
-    from edgeresnet.models import load_model
+    from edgeresnet.host.models import load_model
 
     with pytest.raises(QATError, match=r"odd_norm \(LayerNormalization\).*free_bn"):
         check_quantizable(load_model(_unquantizable_h5(tmp_path)))
@@ -321,9 +321,9 @@ def test_edgetpu_over_budget_suggests_qat(outlier_model_h5, tiny_data, tmp_path,
 
 @pytest.mark.slow
 def test_real_resnet8_qat_converts_and_agrees_with_float(resnet8_h5, shared_data, tmp_path):
-    from edgeresnet.calibration import load_images
-    from edgeresnet.models import load_model
-    from edgeresnet.models.loading import LoadedModel
+    from edgeresnet.host.calibration import load_images
+    from edgeresnet.host.models import load_model
+    from edgeresnet.host.models.loading import LoadedModel
 
     loaded = load_model(resnet8_h5)
     check_quantizable(loaded)

@@ -1,14 +1,14 @@
-"""edgeresnet.quantize: the int8 engine and its methods (optimised ranges and weights)."""
+"""edgeresnet.host.quantize: the int8 engine and its methods (optimised ranges and weights)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from edgeresnet.quantize import engine, graph as qg
+from edgeresnet.host.quantize import engine, graph as qg
 from edgeresnet.errors import ConfigError, DataError
-from edgeresnet.quantize import QuantOptConfig, quantize_int8
-from edgeresnet.runtime import TFLiteModel
+from edgeresnet.host.quantize import QuantOptConfig, quantize_int8
+from edgeresnet.device.runtime import TFLiteModel
 
 
 def _structure(model: bytes) -> dict:
@@ -36,8 +36,8 @@ def _structure(model: bytes) -> dict:
 
 def _model_and_data(path, tiny_data):
     """Float model, calibration and held-out samples, and the float outputs (the models take pixels / 255)."""
-    from edgeresnet.calibration import load_images
-    from edgeresnet.models.loading import load_model
+    from edgeresnet.host.calibration import load_images
+    from edgeresnet.host.models.loading import load_model
 
     loaded = load_model(path)
     calib = load_images(tiny_data["calib"], (16, 16, 3)).images.astype(np.float32) / 255.0
@@ -75,7 +75,7 @@ def test_optimised_model_is_full_integer_and_shaped_like_the_plain_one(tiny_mode
 
 
 def test_minmax_is_the_plain_converter(tiny, tiny_models):
-    from edgeresnet.convert import ConversionSpec, convert
+    from edgeresnet.host.converter import ConversionSpec, convert
 
     loaded, calib, held, _ = tiny
     plain = convert(loaded.tflite_converter, ConversionSpec("int8", "int8", "minmax"), calib).model
@@ -84,7 +84,7 @@ def test_minmax_is_the_plain_converter(tiny, tiny_models):
 
 @pytest.mark.parametrize("io_type", ["uint8", "float32"])
 def test_other_io_types_match_the_plain_converter_and_stay_full_integer(tiny, io_type):
-    from edgeresnet.convert import ConversionSpec, convert
+    from edgeresnet.host.converter import ConversionSpec, convert
 
     loaded, calib, held, ref = tiny
     model = quantize_int8(loaded.tflite_converter, calib[:16], io_type, "mse")
@@ -214,7 +214,7 @@ def test_gptq_keeps_the_scale_and_lowers_the_layer_error():
 
 
 def test_sampled_patches_match_tf_extract_patches():
-    from edgeresnet import _tf
+    from edgeresnet._util import tf as _tf
 
     tf = _tf.tf()
 
@@ -231,9 +231,9 @@ def test_sampled_patches_match_tf_extract_patches():
 @pytest.mark.slow
 def test_resnet8_int8_agrees_97_percent_and_drops_at_most_0_3_points(shared_data, resnet8_h5):
     """Default method, 300 class-balanced training images -> agreement >= 97 %, drop <= 0.3."""
-    from edgeresnet import verify
-    from edgeresnet.calibration import load_images
-    from edgeresnet.models.loading import load_model
+    from edgeresnet.device import verify
+    from edgeresnet.host.calibration import load_images
+    from edgeresnet.host.models.loading import load_model
 
     loaded = load_model(resnet8_h5)
     test = load_images(shared_data / "cifar10" / "test", (32, 32, 3))

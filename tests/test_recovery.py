@@ -9,9 +9,9 @@ import re
 import numpy as np
 import pytest
 
-from edgeresnet.bench import BenchConfig
+from edgeresnet.device.bench import BenchConfig
 from edgeresnet.errors import ConfigError
-from edgeresnet.quantize.recovery import (
+from edgeresnet.host.quantize.recovery import (
     MIXED_PRECISION,
     STOP_MAX_STEPS,
     STOP_MET,
@@ -22,9 +22,9 @@ from edgeresnet.quantize.recovery import (
     recover_int8,
     short_name,
 )
-from edgeresnet.runtime import TFLiteModel
-from edgeresnet.tflite_graph import parse_tflite
-from edgeresnet.verify import drift, over_budget
+from edgeresnet.device.runtime import TFLiteModel
+from edgeresnet.device.tflite_graph import parse_tflite
+from edgeresnet.device.verify import drift, over_budget
 
 # Layers on the path of the 1000x channel: the outlier conv and everything that
 # reads its range (the pooling and the classifier whose weights were shrunk 1000x).
@@ -38,8 +38,8 @@ def _base(name: str) -> str:
 
 @pytest.fixture(scope="module")
 def outlier(outlier_model_h5, tiny_data):
-    from edgeresnet.calibration import get_preset, load_images
-    from edgeresnet.models import load_model
+    from edgeresnet.host.calibration import get_preset, load_images
+    from edgeresnet.host.models import load_model
 
     model = load_model(outlier_model_h5)
     preset = get_preset("unit")
@@ -231,7 +231,7 @@ def test_config_round_trips_to_a_dict():
 @pytest.mark.parametrize("method", ["minmax", "mse+bias"])
 def test_recovery_starts_from_the_chosen_methods_model(outlier, method):
     """Step 0 is exactly the model the method emits; every step keeps the method's quantization."""
-    from edgeresnet.quantize import Int8Session
+    from edgeresnet.host.quantize import Int8Session
 
     session = Int8Session(outlier["model"].tflite_converter, outlier["calib"], "float32", method)
     result = recover_int8(

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgeresnet.bench import BenchConfig
+from edgeresnet.device.bench import BenchConfig
 from edgeresnet.errors import ConfigError
-from edgeresnet.pipeline import ConvertOptions, run_report
+from edgeresnet.host.pipeline import ConvertOptions, run_report
 from tests.test_cli import run_cli
 
 

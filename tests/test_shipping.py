@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from edgeresnet.calibration import get_preset
+from edgeresnet.host.calibration import get_preset
 from edgeresnet.errors import ConfigError, DataError
-from edgeresnet.metadata import ModelInfo, read_metadata
-from edgeresnet.shipping import mediapipe_verdict, normalization, prepare, read_labels_file, resolve_labels
+from edgeresnet.device.metadata import ModelInfo, read_metadata
+from edgeresnet.host.shipping import mediapipe_verdict, normalization, prepare, read_labels_file, resolve_labels
 
 
 @pytest.mark.parametrize(
@@ -104,8 +104,8 @@ def test_unlabelled_data_gives_models_without_labels_and_a_warning(tmp_path):
     """fp32 of the built-in model, evaluated on an unlabelled folder: metadata without labels, a warning."""
     from PIL import Image
 
-    from edgeresnet import demo
-    from edgeresnet.pipeline import ConvertOptions, run_convert
+    from edgeresnet.host import demo
+    from edgeresnet.host.pipeline import ConvertOptions, run_convert
 
     flat = tmp_path / "flat"
     flat.mkdir()
@@ -137,8 +137,8 @@ def test_unlabelled_data_gives_models_without_labels_and_a_warning(tmp_path):
 @pytest.fixture(scope="module")
 def dark_uint8_model(tiny_model_h5):
     """A tiny model calibrated on dark images only (pixels 0..127), uint8 io: its input scale is 2x too fine."""
-    from edgeresnet.convert import ConversionSpec, convert
-    from edgeresnet.models.loading import load_model
+    from edgeresnet.host.converter import ConversionSpec, convert
+    from edgeresnet.host.models.loading import load_model
 
     rng = np.random.default_rng(0)
     dark = rng.integers(0, 128, (32, 16, 16, 3)).astype(np.float32)
@@ -148,7 +148,7 @@ def dark_uint8_model(tiny_model_h5):
 
 
 def test_uint8_input_is_made_to_take_raw_pixels_exactly(dark_uint8_model):
-    from edgeresnet.runtime import TFLiteModel
+    from edgeresnet.device.runtime import TFLiteModel
 
     info = ModelInfo(name="tiny", mean=(0.0,), std=(255.0,), labels=("a", "b", "c", "d"))
     plain = TFLiteModel(dark_uint8_model)
@@ -176,7 +176,7 @@ def test_uint8_input_cannot_be_exact_for_a_half_pixel_mean(dark_uint8_model):
 
 
 def test_edgetpu_verdict_from_tensor_types(shared_data):
-    from edgeresnet.shipping import edgetpu_verdict
+    from edgeresnet.host.shipping import edgetpu_verdict
 
     r8 = shared_data / "mlperf-tiny-resnet8"
     assert edgetpu_verdict((r8 / "pretrainedResnet.tflite").read_bytes(), {})["ok"] is False  # float model

@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from edgeresnet.calibration import get_preset, load_images, read_image, stream_images
+from edgeresnet.host.calibration import get_preset, load_images, read_image, stream_images
 from edgeresnet.cli import cli, main
 from edgeresnet.errors import ConfigError, ModelLoadError
 
@@ -51,8 +51,8 @@ def test_stream_excludes_like_load_images(folder):
 
 
 def test_zoo_weights_load_by_name_and_name_the_first_mismatch(tmp_path):
-    from edgeresnet.models import build_model
-    from edgeresnet.models.zoo import build_zoo_model, load_weights_by_name, zoo_spec
+    from edgeresnet.host.models import build_model
+    from edgeresnet.host.models.zoo import build_zoo_model, load_weights_by_name, zoo_spec
 
     src = build_model("resnet8", classes=4)
     path = tmp_path / "w.h5"
@@ -94,7 +94,7 @@ def test_report_times_a_zoo_model_without_weights_and_measures_no_accuracy(tmp_p
     """`report resnet8` with random weights: every variant converted, run and timed; accuracy not measured (said
     why, in every format), no drift verdict."""
     from edgeresnet.report.schema import validate_report
-    from edgeresnet.runtime import TFLiteModel
+    from edgeresnet.device.runtime import TFLiteModel
 
     out = tmp_path / "out"
     res = CliRunner().invoke(cli, ["report", "resnet8", "--input-size", "16", "--target", "cpu", "--target", "edgetpu",
@@ -147,8 +147,8 @@ def test_bench_times_a_zoo_model_without_weights(tmp_path):
 def test_zoo_transfer_learning_from_the_command_line(folder, tmp_path):
     """resnet8 + a new 3-class head fine-tuned on a folder (streamed), pruned, quantization-aware trained, int8,
     verified: one command. At 96 px every fine-tuning runs in a child process, and the report says so."""
-    from edgeresnet.models import build_model
-    from edgeresnet.runtime import TFLiteModel
+    from edgeresnet.host.models import build_model
+    from edgeresnet.device.runtime import TFLiteModel
 
     weights = tmp_path / "resnet8.h5"
     build_model("resnet8", classes=10).save_weights(str(weights))

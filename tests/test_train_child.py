@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeresnet._isolate import IsolatedFailure, run_in_child
+from edgeresnet._util.isolation import IsolatedFailure, run_in_child
 from edgeresnet.errors import DataError, EdgeResNetError
 
 
@@ -22,7 +22,7 @@ def _children() -> list[int]:
 
 
 def test_run_in_child_relays_progress_and_returns_the_same_result(tmp_path):
-    from edgeresnet.calibration import load_images
+    from edgeresnet.host.calibration import load_images
     from tests.conftest import write_image_folder
 
     folder = write_image_folder(tmp_path / "imgs", classes=2, per_class=5)
@@ -35,8 +35,8 @@ def test_run_in_child_relays_progress_and_returns_the_same_result(tmp_path):
 
 
 def test_run_in_child_reraises_the_childs_error_and_names_its_death(tmp_path):
-    from edgeresnet.calibration import load_images
-    from edgeresnet.train_data import child_failure
+    from edgeresnet.host.calibration import load_images
+    from edgeresnet.host.training.data import child_failure
 
     before = set(_children())  # other tests in this process may have children of their own
     with pytest.raises(DataError, match="no such"):  # the library's own exception, message intact
@@ -73,7 +73,7 @@ def test_a_child_dies_with_its_parent_even_by_sigkill(tmp_path):
     import sys
 
     parent = subprocess.Popen(
-        [sys.executable, "-c", "import time; from edgeresnet._isolate import run_in_child; run_in_child(time.sleep, 60)"],
+        [sys.executable, "-c", "import time; from edgeresnet._util.isolation import run_in_child; run_in_child(time.sleep, 60)"],
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
     )
     try:
@@ -119,11 +119,11 @@ def _same_weights(a, b) -> bool:
 def test_fine_tuning_in_a_child_is_bit_identical_to_in_process():
     """Pruning, quantization-aware training (sparsity-preserving) and a new classifier: the child's weights
     and records equal this process's, and its progress arrives here."""
-    from edgeresnet import _tf
-    from edgeresnet.prune import PruneConfig, prune_model, prune_model_in_child
-    from edgeresnet.qat import QATConfig, quantize_aware_train, quantize_aware_train_in_child
-    from edgeresnet.train_data import portable
-    from edgeresnet.transfer import TransferConfig, fine_tune, fine_tune_in_child
+    from edgeresnet._util import tf as _tf
+    from edgeresnet.host.training.prune import PruneConfig, prune_model, prune_model_in_child
+    from edgeresnet.host.training.qat import QATConfig, quantize_aware_train, quantize_aware_train_in_child
+    from edgeresnet.host.training.data import portable
+    from edgeresnet.host.training.transfer import TransferConfig, fine_tune, fine_tune_in_child
 
     keras = _tf.tf_keras()
     model = _tiny_portable_model(keras)
@@ -153,7 +153,7 @@ def test_fine_tuning_in_a_child_is_bit_identical_to_in_process():
     for m in (head_here, head_there):
         m.set_weights(model.get_weights())
     tconfig = TransferConfig(epochs=2, batch_size=16, head=model.layers[-1].name)
-    from edgeresnet.calibration import ImageStream
+    from edgeresnet.host.calibration import ImageStream
 
     stream = ImageStream.from_arrays(*train)
     t_here = fine_tune(head_here, stream, tconfig)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from edgeresnet import verify
+from edgeresnet.device import verify
 
 
 def test_topk_and_agreement_on_known_values():
@@ -52,10 +52,10 @@ def test_unlabelled_budget_uses_disagreement():
 @pytest.mark.parametrize("precision, io_type", [("int8", "uint8"), ("fp32", "float32")])
 def test_batched_evaluation_gives_every_image_its_own_outputs(shared_data, resnet8_h5, precision, io_type):
     """The real ResNet-8 converted, real CIFAR-10 images: N per invoke (the input's batch resized) = one at a time."""
-    from edgeresnet.calibration import load_images
-    from edgeresnet.convert import ConversionSpec, convert
-    from edgeresnet.models.loading import load_model
-    from edgeresnet.runtime import EVAL_BATCH, TFLiteModel
+    from edgeresnet.host.calibration import load_images
+    from edgeresnet.host.converter import ConversionSpec, convert
+    from edgeresnet.host.models.loading import load_model
+    from edgeresnet.device.runtime import EVAL_BATCH, TFLiteModel
 
     loaded = load_model(resnet8_h5)
     calib = load_images(shared_data / "cifar10" / "train", (32, 32, 3), samples=40, seed=0).images.astype(np.float32)
@@ -72,8 +72,8 @@ def test_batched_evaluation_gives_every_image_its_own_outputs(shared_data, resne
 
 def test_a_model_whose_batch_does_not_resize_runs_one_image_at_a_time():
     """A reshape to a fixed [1, -1] folds a resized batch into one row: refused, the model keeps its batch of 1."""
-    from edgeresnet import _tf
-    from edgeresnet.runtime import TFLiteModel
+    from edgeresnet._util import tf as _tf
+    from edgeresnet.device.runtime import TFLiteModel
 
     tf = _tf.tf()
 

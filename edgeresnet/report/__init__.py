@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .markdown import runtimes_markdown, safe_mode_text, to_markdown, variants_table
-from .records import OPTIONAL_FIELDS, STATUSES, RunReport, Status, VariantRecord
-from .writers import DEFAULT_FORMATS, WRITERS, check_formats, write_formats
+from edgeresnet.report.markdown import runtimes_markdown, safe_mode_text, to_markdown, variants_table
+from edgeresnet.report.records import OPTIONAL_FIELDS, STATUSES, RunReport, Status, VariantRecord
+from edgeresnet.report.writers import DEFAULT_FORMATS, WRITERS, check_formats, write_formats
 
 
 def write_reports(report: RunReport, folder, formats=DEFAULT_FORMATS) -> dict:

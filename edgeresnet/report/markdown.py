@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .. import device_check
+from edgeresnet.host import device_check
 
 def _num(v) -> Optional[float]:
     """``v`` as a float, or None for None, booleans and what is not a number."""
@@ -106,7 +106,7 @@ def runtimes_markdown(report: dict) -> list[str]:
 
 def check_details(name: str, details: dict) -> list[str]:
     """The lines a target check adds under its verdict (e.g. the Edge TPU's parameter memory), as inspect shows them."""
-    from ..targets.checks import get_check
+    from edgeresnet.targets.checks import get_check
 
     check = get_check(name)
     if check is None or check.describe is None:

@@ -28,9 +28,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Optional
 
-from .. import __version__
-from ..sparsity import compressed_size
-from ..verify import Baseline, Drift
+from edgeresnet import __version__
+from edgeresnet.device.sparsity import compressed_size
+from edgeresnet.device.verify import Baseline, Drift
 
 
 class Status(str, Enum):

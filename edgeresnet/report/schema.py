@@ -6,7 +6,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from ..errors import ConfigError, MissingDependencyError
+from edgeresnet.errors import ConfigError, MissingDependencyError
 
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
 

@@ -6,7 +6,7 @@ rebuilt later from a saved ``report.json``. Every file is written atomically
 (temporary name in the same folder, then a rename).
 
 Latency is optional in a variant record: ``latency``, a
-:meth:`edgeresnet.bench.BenchResult.to_dict`.
+:meth:`edgeresnet.device.bench.BenchResult.to_dict`.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-from ..errors import ConfigError, MissingDependencyError, OutputExistsError
-from ..fsutil import atomic_write_bytes, atomic_write_text
-from .markdown import _fmt, _kib, _num, fine_tune_text, is_qat, safe_mode_text
-from .records import Status
+from edgeresnet.errors import ConfigError, MissingDependencyError, OutputExistsError
+from edgeresnet._util.files import atomic_write_bytes, atomic_write_text
+from edgeresnet.report.markdown import _fmt, _kib, _num, fine_tune_text, is_qat, safe_mode_text
+from edgeresnet.report.records import Status
 
 PathLike = Union[str, Path]
 
@@ -454,7 +454,7 @@ class PanelLayout:
 
 
 def _colours(targets: Sequence) -> dict:
-    from ..targets import target_names
+    from edgeresnet.targets import target_names
 
     known = target_names()
     out, extra = {}, len(known)

@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from ..errors import ConfigError
-from ..fsutil import atomic_write_text
+from edgeresnet.errors import ConfigError
+from edgeresnet._util.files import atomic_write_text
 
 Writer = Callable[[dict, Path], Path]
 
@@ -26,25 +26,25 @@ def _json(data: dict, folder: Path) -> Path:
 
 
 def _md(data: dict, folder: Path) -> Path:
-    from .markdown import to_markdown
+    from edgeresnet.report.markdown import to_markdown
 
     return atomic_write_text(folder / FILE_NAMES["md"], to_markdown(data))
 
 
 def _csv(data: dict, folder: Path) -> Path:
-    from .views import write_csv
+    from edgeresnet.report.views import write_csv
 
     return write_csv(data, folder / FILE_NAMES["csv"])
 
 
 def _png(data: dict, folder: Path) -> Path:
-    from .views import plot_accuracy_vs_size
+    from edgeresnet.report.views import plot_accuracy_vs_size
 
     return plot_accuracy_vs_size(data, folder / FILE_NAMES["png"])
 
 
 def _html(data: dict, folder: Path) -> Path:
-    from .views import write_html
+    from edgeresnet.report.views import write_html
 
     plot = folder / FILE_NAMES["png"]  # embedded when the png writer ran before
     return write_html(data, folder / FILE_NAMES["html"], plot if plot.is_file() else None)

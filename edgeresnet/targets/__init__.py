@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from ..errors import ConfigError, TargetError
-from ..resources import read_toml, resource_dir
+from edgeresnet.errors import ConfigError, TargetError
+from edgeresnet._util.resources import read_toml, resource_dir
 
 IO_TYPES = ("int8", "uint8", "int16", "float32")  # every model input/output type edgeresnet emits
 
@@ -112,7 +112,7 @@ class Target:
             raise ConfigError(f"target {self.name!r}: float_layers must be true or false, got {self.float_layers!r}")
         if not isinstance(self.delegate, str) or not self.delegate.strip():
             raise ConfigError(f"target {self.name!r}: delegate must name the runtime delegate (e.g. xnnpack)")
-        from .checks import check_names
+        from edgeresnet.targets.checks import check_names
 
         known = check_names()
         bad_checks = [c for c in self.checks if c not in known]

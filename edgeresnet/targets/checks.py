@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ..runtime import EDGETPU_CUSTOM_OP
-from ..tflite_graph import TFLiteGraph, read_graph
+from edgeresnet.device.runtime import EDGETPU_CUSTOM_OP
+from edgeresnet.device.tflite_graph import TFLiteGraph, read_graph
 
 _WEIGHT_DTYPE = {"int8": "int8", "int16x8": "int8", "dynamic": "int8", "fp16": "float16", "fp32": "float32"}
 
@@ -98,6 +98,7 @@ def check_names() -> tuple[str, ...]:
     """Every check a target may list: the registered ones and this package's analysis modules."""
     here = Path(__file__).parent
     modules = [p.stem for p in here.glob("*.py") if not p.stem.startswith("_") and p.stem != "checks"]
+    modules += [p.parent.name for p in here.glob("*/__init__.py")]
     for m in modules:
         get_check(m)
     return tuple(_CHECKS)
@@ -112,7 +113,7 @@ def _small_float_ok(spec, tensor) -> bool:
 
 def check_weights(graph: TFLiteGraph, spec) -> dict:
     """Conv/FC filters are stored in the precision's type; integer-only models hold no float tensor."""
-    from . import PRECISIONS
+    from edgeresnet.targets import PRECISIONS
 
     expected = _WEIGHT_DTYPE[spec.precision]
     filters = graph.filter_tensors()

@@ -1,0 +1,1 @@
+"""Internal helpers shared by both sides: isolation, signals, progress, staged output."""

@@ -1,0 +1,1 @@
+"""The host side: needs TensorFlow (models, training, quantization, the convert pipeline)."""

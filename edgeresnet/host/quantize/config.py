@@ -1,0 +1,41 @@
+"""Settings of the int8 engine's statistics passes (the method is chosen apart)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from edgeresnet._util.validate import whole_number
+from edgeresnet.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class QuantOptConfig:
+    """Which samples each statistic of the one statistics pass looks at.
+
+    Every calibration sample gives the min/max ranges. ``stats_samples``: the
+    evenly spread subset whose activations also feed the histograms and layer
+    input means; ``None`` uses all.
+    ``gptq_samples`` / ``gptq_rows``: samples, and patch rows drawn per sample
+    and layer, for the GPTQ Hessians (``mse+gptq`` only). ``equalize``:
+    rescale channels that dwarf the rest of their tensor (see
+    ``graph._equalize``), measured on ``equalize_samples`` samples.
+    """
+
+    stats_samples: Optional[int] = 128
+    gptq_samples: int = 128
+    gptq_rows: int = 512
+    bins: int = 2048
+    seed: int = 0
+    equalize: bool = True
+    equalize_samples: int = 32
+
+    def __post_init__(self):
+        if self.stats_samples is not None:
+            whole_number("stats_samples", self.stats_samples, 1)
+        if not isinstance(self.equalize, bool):
+            raise ConfigError(f"equalize must be True or False, got {self.equalize!r}")
+        for name in ("gptq_samples", "gptq_rows", "bins", "equalize_samples"):
+            whole_number(name, getattr(self, name), 1)
+        if self.bins % 2:
+            raise ConfigError(f"bins must be even, got {self.bins}")

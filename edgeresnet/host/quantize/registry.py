@@ -1,0 +1,61 @@
+"""The registry of int8 methods: one module per method, registered by name.
+
+A method decides what the engine feeds the converter's quantizer: the plain
+converter's own min/max model (``plain``), or a calibrated model it edits
+(:meth:`Method.edit`). The engine, ``convert``, ``report`` and accuracy
+recovery ask the method object; none of them branches on a method's name.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from edgeresnet.errors import ConfigError
+
+DEFAULT_METHOD = "mse+bias"  # what --int8-method, ConvertOptions and ConversionSpec default to
+
+_METHODS: dict = {}
+
+
+class Method:
+    """One way of choosing int8 ranges and weights. Subclasses live one per module."""
+
+    name: str = ""
+    description: str = ""
+    plain: bool = False  # the model is the plain converter's output, bit for bit (no edit)
+    uses_input_means: bool = False  # the statistics pass also averages every weight layer's input
+
+    def subsets(self, n: int, cfg) -> dict:
+        """Calibration sample indices of each statistic the one statistics pass collects besides the ranges:
+        ``"stats"`` (histograms, kept pool inputs, input means), ``"equalize"``, ``"gptq"``."""
+        return {}
+
+    def edit(self, graph, layers, measured, cfg, tick) -> None:
+        """Change the calibrated float model ``graph`` (ranges, weights, biases) in place.
+
+        ``measured`` is the statistics pass (``graph._StatsPass``) that already ran over the calibration
+        samples; its ``stats`` hold what :meth:`subsets` asked for.
+        """
+
+
+def register_method(cls):
+    """Class decorator: register a :class:`Method` under its ``name``."""
+    _METHODS[cls.name] = cls()
+    return cls
+
+
+def get_method(name: Optional[str]) -> Method:
+    _load_builtin()
+    if name not in _METHODS:
+        raise ConfigError(f"unknown int8 method {name!r}; choose one of {', '.join(_METHODS)}")
+    return _METHODS[name]
+
+
+def method_names() -> tuple[str, ...]:
+    _load_builtin()
+    return tuple(_METHODS)
+
+
+def _load_builtin() -> None:
+    if not _METHODS:
+        from edgeresnet.host.quantize import minmax, mse, mse_bias, mse_gptq  # noqa: F401 - each registers itself

@@ -1,0 +1,1 @@
+"""Fine-tuning: the training data stream, child-process training, pruning, QAT, transfer."""
