@@ -25,9 +25,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edgeresnet._util import tf as _tf
-
-from edgeresnet.host import demo
+from edgeresnet._util import tf as _tf  # noqa: E402
+from edgeresnet.host import demo  # noqa: E402
 from edgeresnet.host.models import build_model  # noqa: E402
 
 MAX_SHIFT = 2  # pixels, up/down/left/right; the digits are centred in their 32x32 frame
