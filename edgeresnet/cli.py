@@ -14,7 +14,16 @@ import warnings
 
 import click
 
-from edgeresnet.errors import ClusterError, EdgeResNetError, EdgeResNetWarning
+from edgeresnet.errors import (
+    EXIT_FAILED,
+    EXIT_INCOMPATIBLE,
+    EXIT_INTERNAL,
+    EXIT_SIGINT,
+    EXIT_USAGE,
+    ClusterError,
+    EdgeResNetError,
+    EdgeResNetWarning,
+)
 from edgeresnet.host.quantize.registry import DEFAULT_METHOD
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -38,7 +47,7 @@ class _FiniteFloat(click.ParamType):
 FINITE = _FiniteFloat()
 
 
-def _fail(message: str, code: int = 2):
+def _fail(message: str, code: int = EXIT_USAGE):
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
 
@@ -328,7 +337,7 @@ def inspect(model, as_json, strict, no_gpu):
     if strict:
         bad = report.strict_failures()
         if bad:
-            _fail(f"{model}: not compatible with {', '.join(bad)} (--strict)", 4)
+            _fail(f"{model}: not compatible with {', '.join(bad)} (--strict)", EXIT_INCOMPATIBLE)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -357,7 +366,6 @@ def bench(model, threads, warmup, repeats, interpreter, as_json, precision, inpu
     label = None
     if zoo_spec(model) is not None:
         from edgeresnet.host.pipeline import zoo_timing_model
-
         from edgeresnet.targets import PRECISIONS
 
         precision = precision or "int8"
@@ -494,7 +502,7 @@ def eval_(model, images, samples, seed, against, report_path, max_drop, predicti
     if result.over_budget:
         _fail(
             f"{model}: top-1 {result.top1:.2f} % here is {result.drop_pts:.2f} pts below the host's "
-            f"{result.host.top1:.2f} %, over --max-drop {max_drop}", 3,
+            f"{result.host.top1:.2f} %, over --max-drop {max_drop}", EXIT_FAILED,
         )
 
 
@@ -531,8 +539,8 @@ def format_eval(result) -> str:
 
 def _interrupted(exc) -> None:
     """Exit 130 on Ctrl-C, 143 on SIGTERM; partial output was removed on the way out."""
-    code = getattr(exc, "exit_code", 130)
-    name = getattr(exc, "args", ("",))[0] if code != 130 else "Ctrl-C"
+    code = getattr(exc, "exit_code", EXIT_SIGINT)
+    name = getattr(exc, "args", ("",))[0] if code != EXIT_SIGINT else "Ctrl-C"
     _fail(f"interrupted ({name or 'Ctrl-C'}); partial output removed, any previous output left as it was", code)
 
 
@@ -560,7 +568,7 @@ def main(argv=None):
             rv = cli.main(args=argv, prog_name="edgeresnet", standalone_mode=False)
     except click.exceptions.UsageError as exc:
         hint = f" (see: {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
-        _fail(" ".join(exc.format_message().split()) + hint, 2)
+        _fail(" ".join(exc.format_message().split()) + hint, EXIT_USAGE)
     except click.exceptions.Abort as exc:  # click turns KeyboardInterrupt into Abort
         _interrupted(exc.__context__)
     except click.exceptions.Exit as exc:
@@ -580,7 +588,7 @@ def main(argv=None):
     except Exception as exc:  # a bug: keep it one line unless asked for the traceback
         if os.environ.get("EDGERESNET_DEBUG"):
             raise
-        _fail(f"internal error: {type(exc).__name__}: {exc} (set EDGERESNET_DEBUG=1 for the traceback)", 1)
+        _fail(f"internal error: {type(exc).__name__}: {exc} (set EDGERESNET_DEBUG=1 for the traceback)", EXIT_INTERNAL)
     sys.exit(rv if isinstance(rv, int) else 0)
 
 

@@ -7,11 +7,26 @@ do about it, on one line.
 
 from __future__ import annotations
 
+# Exit codes of the ``edgeresnet`` command (README, "Exit codes": one row per code).
+EXIT_OK = 0
+EXIT_INTERNAL = 1  # a bug: "internal error: ..." (EDGERESNET_DEBUG=1 shows the traceback)
+EXIT_USAGE = 2  # bad input or settings, refused (before any work where it can be told)
+EXIT_FAILED = 3  # a model failed to convert or a check, or exceeded --max-drop: the report is in OUT.failed
+EXIT_INCOMPATIBLE = 4  # inspect --strict: the model would not run on every target
+EXIT_DEVICE_CHECK = 5  # --device-check could not evaluate a model on the device
+EXIT_SIGINT = 130  # Ctrl-C (128 + SIGINT)
+EXIT_SIGTERM = 143  # SIGTERM (128 + SIGTERM)
+
+
+def exit_codes() -> dict[str, int]:
+    """Every exit code the command can return, by constant name."""
+    return {name: value for name, value in globals().items() if name.startswith("EXIT_") and isinstance(value, int)}
+
 
 class EdgeResNetError(Exception):
     """Base class: something the user can fix; the message says how."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
     def __init__(self, message: str):
         # One line, always: the CLI prints str(exc) as-is.
@@ -57,6 +72,8 @@ class ClusterError(EdgeResNetError):
 class ConversionError(EdgeResNetError):
     """The TFLite converter failed, or its output does not run in an interpreter."""
 
+    exit_code = EXIT_FAILED
+
 
 class PruningError(EdgeResNetError):
     """Pruning cannot be applied to this model or with these settings."""
@@ -73,7 +90,13 @@ class TFLiteFileError(EdgeResNetError):
 class DriftBudgetExceeded(EdgeResNetError):
     """A model's accuracy drop exceeds ``--max-drop``; the report was still written."""
 
-    exit_code = 3
+    exit_code = EXIT_FAILED
+
+
+class DeviceCheckError(EdgeResNetError):
+    """``--device-check`` could not evaluate a model on the device (it crashed, hung or gave no result)."""
+
+    exit_code = EXIT_DEVICE_CHECK
 
 
 class EdgeResNetWarning(UserWarning):

@@ -145,3 +145,5 @@ def test_inspect_rejects_non_tflite(tmp_path, capsys):
     f.write_bytes(b"not a model at all")
     code, _, err = run_cli(["inspect", f], capsys)
     assert code == 2 and err.startswith("error: ") and "TFLite" in err and err.count("\n") == 1
+
+

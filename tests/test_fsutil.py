@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeresnet._util import files as fsutil
-from edgeresnet.errors import OutputExistsError
+from edgeresnet import fsutil
+from edgeresnet.errors import OutputError, OutputExistsError
 from edgeresnet._util.files import MANIFEST, StagedDir, atomic_write_bytes, check_output, check_output_free, read_manifest
 
 
@@ -217,3 +217,88 @@ def test_desktop_litter_and_compiler_output_do_not_make_a_folder_foreign(tmp_pat
     (out / "m_edgetpu_int8_edgetpu.log.bak").write_text("the user's")
     with pytest.raises(OutputExistsError, match="bak"):
         check_output(out, overwrite=True)
+
+
+# ------------------------------------------------------------- one run per --out
+
+
+def test_a_second_run_to_the_same_out_is_refused_while_the_first_holds_it(tmp_path):
+    out = tmp_path / "out"
+    with fsutil.output_lock(out) as lock:
+        assert lock == tmp_path / ".out.lock" and json.loads(lock.read_text())["pid"] == os.getpid()
+        # Another process trying the same --out (through a symlinked spelling of it) is refused at once.
+        (tmp_path / "alias").symlink_to(tmp_path)
+        code = ("import sys\nfrom edgeresnet import fsutil\ntry:\n"
+                "    with fsutil.output_lock(sys.argv[1]): print('got it')\nexcept Exception as e: print(e)")
+        proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "alias" / "out")],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.stdout.strip() == (
+            f"another edgeresnet run (pid {os.getpid()}) is writing {tmp_path / 'alias' / 'out'}; "
+            "wait for it to finish or choose another --out"
+        ), proc.stderr
+        assert lock.exists()
+    assert not lock.exists()  # made by the run, removed by it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alias"]
+
+
+def test_the_lock_file_of_a_killed_run_is_taken_over_and_removed(tmp_path):
+    out = tmp_path / "out"
+    lock = tmp_path / ".out.lock"
+    lock.write_text(json.dumps({"tool": "edgeresnet", "pid": _dead_pid(), "host": socket.gethostname()}))
+    with fsutil.output_lock(out):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert not lock.exists()
+
+
+@pytest.mark.parametrize("make", ["file", "symlink"])
+def test_a_lock_file_edgeresnet_did_not_make_is_left_alone(tmp_path, make):
+    out = tmp_path / "out"
+    lock, mine = tmp_path / ".out.lock", tmp_path / "notes.txt"
+    mine.write_text("my notes")
+    if make == "file":
+        lock.write_text("my notes")
+    else:
+        lock.symlink_to(mine)
+    with pytest.raises(OutputError, match=r"\.out\.lock exists and is not an edgeresnet lock file"):
+        with fsutil.output_lock(out):
+            pass
+    assert mine.read_text() == "my notes" and os.path.lexists(lock)
+    assert lock.read_text() == "my notes"
+
+
+def test_a_failed_swap_is_one_line_and_keeps_the_previous_output(tmp_path, monkeypatch):
+    """Something else changing OUT during the swap gives an OutputError, not a raw OSError."""
+    import errno
+
+    out = tmp_path / "out"
+    with StagedDir(out) as staged:
+        (staged.path / "report.json").write_text("previous")
+        staged.commit()
+    real = os.replace
+
+    def busy(src, dst):
+        if Path(src).name == "new":
+            raise OSError(errno.ENOTEMPTY, "Directory not empty", str(dst))
+        real(src, dst)
+
+    monkeypatch.setattr(fsutil.os, "replace", busy)
+    with pytest.raises(OutputError, match="cannot move the finished output into .*changed") as err:
+        with StagedDir(out, overwrite=True) as staged:
+            (staged.path / "report.json").write_text("new")
+            staged.commit()
+    assert "\n" not in str(err.value)
+    assert (out / "report.json").read_text() == "previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize("where", ["/proc/edgeresnet-out", "/proc/self/edgeresnet-out", "/sys/edgeresnet-out",
+                                   "/dev/edgeresnet-out"])
+def test_out_on_a_kernel_file_system_is_refused(where):
+    with pytest.raises(OutputError, match="holds kernel interfaces, not files; choose a folder on a disk"):
+        check_output(where)
+
+
+def test_out_in_dev_shm_is_a_folder_like_any_other():
+    if not Path("/dev/shm").is_dir():
+        pytest.skip("no /dev/shm here")
+    assert check_output("/dev/shm/edgeresnet-out-never-made") == Path("/dev/shm/edgeresnet-out-never-made")

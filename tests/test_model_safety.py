@@ -149,6 +149,26 @@ def test_trust_model_code_converts_the_lambda_model_and_the_report_says_so(evil,
     assert "loaded in safe mode: NO: --trust-model-code" in (out / "report.md").read_text()
 
 
+def test_trusted_savedmodel_the_converter_refuses_fails_with_its_cause_and_exit_3(evil, data, tmp_path, capsys):
+    """Its WriteFile op has no TFLite builtin: the error names that, not only the converter's "failed while converting"."""
+    paths, marker = evil
+    path = paths["evil_savedmodel"]
+    before = sorted((p.relative_to(path.parent), p.stat().st_mtime_ns) for p in path.parent.rglob("*") if p != marker)
+    out = tmp_path / "OUT"
+    code, _, err = _run_cli(["convert", path, "--precision", "fp32", "--eval", data["eval"],
+                             "--trust-model-code", "--out", out], capsys)
+    marker.unlink(missing_ok=True)  # trusted: its code may run while the float model is evaluated
+    assert code == 3, err
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert errors[0].startswith("error: evil_savedmodel_cpu_fp32.tflite: convert failed: the TFLite converter failed "
+                                "for fp32: 'tf.WriteFile' op is neither a custom op nor a flex op"), errors[0]
+    assert "TFLite has no builtin op for WriteFile" in errors[0] and "'main':" not in errors[0]
+    assert f"the report is in {out}.failed ({out} was left as it was)" in errors[0]
+    assert not out.exists() and (tmp_path / "OUT.failed" / "report.json").is_file()
+    assert sorted((p.relative_to(path.parent), p.stat().st_mtime_ns) for p in path.parent.rglob("*")) == before
+
+
 def test_safe_run_is_recorded_in_the_report(data, tmp_path, capsys):
     path = tmp_path / "plain.h5"
     _classifier(_tf.tf_keras()).save(str(path))

@@ -299,3 +299,106 @@ def test_report_device_check_adds_the_pis_accuracy(pi_python, shared_data, resne
     md = (out / "report.md").read_text()
     assert "On an emulated Raspberry Pi" in md and "emulated timings say nothing" in md
     assert "latency" not in json.dumps(d)
+
+
+# --------------------------------------------------------------------------- --device-check pi that fails
+
+# Stand-ins for the emulated Pi's python: each answers `--version` (the check before any work) like the real
+# one, then fails `edgeresnet eval` in its own way.
+FAKE_EVALS = {
+    "exits 1": "echo 'Traceback (most recent call last):' >&2\necho \"ModuleNotFoundError: No module named 'tflite_runtime'\" >&2\nexit 1",
+    "is killed": "kill -9 $$",
+    "prints nothing": "exit 0",
+    "prints garbage": "echo 'Illegal instruction'",
+    "prints partial JSON": "printf '{\"interpreter\": \"tflite-runtime 2.14.0\", \"count\": 10, \"top1\":'",
+    "prints JSON of something else": "echo '{\"interpreter\": \"tflite-runtime 2.14.0\", \"count\": \"ten\"}'",
+    "hangs": "exec sleep 60",
+}
+FAKE_SAYS = {
+    "exits 1": "the Pi's python exited with status 1: ModuleNotFoundError: No module named 'tflite_runtime'",
+    "is killed": "the Pi's python was killed by signal 9 and printed nothing",
+    "prints nothing": "the Pi's python exited 0 but printed no result",
+    "prints garbage": "the Pi's python exited 0 but printed 'Illegal instruction' instead of edgeresnet eval's JSON",
+    "prints partial JSON": "instead of edgeresnet eval's JSON",
+    "prints JSON of something else": "instead of edgeresnet eval's JSON",
+    "hangs": "gave no answer within 1 s",
+}
+
+
+def fake_pi_python(folder: Path, on_eval: str, on_version: str = 'echo "edgeresnet, version 0.1.0"') -> Path:
+    script = folder / "fake-pi-python"
+    script.write_text(f'#!/bin/sh\ncase "$*" in *--version*) {on_version}; exit $?;; esac\n{on_eval}\n')
+    script.chmod(0o755)
+    return script
+
+
+@pytest.mark.parametrize("behaviour", list(FAKE_EVALS))
+def test_a_device_check_without_an_answer_is_failed_with_the_reason(behaviour, tmp_path, monkeypatch):
+    from edgeresnet import device_check
+
+    monkeypatch.setattr(device_check, "EVAL_TIMEOUT_S", 1)
+    python = fake_pi_python(tmp_path, FAKE_EVALS[behaviour])
+    result = device_check.check_model(python, tmp_path / "m.tflite", str(tmp_path), samples=None, seed=0, host_top1=90.0)
+    assert result.status == "failed" and FAKE_SAYS[behaviour] in result.error, result
+    assert "\n" not in result.error and result.top1 is None
+
+
+def _tiny_device_check(tiny_model_h5, tiny_data, out: Path) -> list:
+    return ["convert", tiny_model_h5, "--precision", "fp32", "--preset", "unit", "--eval", tiny_data["eval"],
+            "--device-check", "pi", "--out", out]
+
+
+def _inputs_snapshot(tiny_model_h5, tiny_data) -> dict:
+    paths = [Path(tiny_model_h5), *Path(tiny_data["eval"]).rglob("*")]
+    return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in paths}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("behaviour", ["exits 1", "prints nothing"])
+def test_a_failed_device_check_fails_the_run_with_one_line_and_the_report_beside_out(
+        behaviour, tiny_model_h5, tiny_data, tmp_path, monkeypatch):
+    from test_safety import run_cli
+
+    monkeypatch.setenv(PI_ENV, str(fake_pi_python(tmp_path, FAKE_EVALS[behaviour])))
+    out = tmp_path / "out"
+    before = _inputs_snapshot(tiny_model_h5, tiny_data)
+    code, _, err = run_cli(_tiny_device_check(tiny_model_h5, tiny_data, out))
+    assert code == 5, err
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in err and "internal error" not in err, err
+    assert errors[0].startswith("error: --device-check pi could not evaluate tiny_cpu_fp32.tflite: ")
+    assert FAKE_SAYS[behaviour] in errors[0] and f"the report is in {out}.failed ({out} was left as it was)" in errors[0]
+    assert not out.exists() and not (tmp_path / ".out.lock").exists()
+    (v,) = json.loads((tmp_path / "out.failed" / "report.json").read_text())["variants"]
+    assert v["device"]["status"] == "failed" and FAKE_SAYS[behaviour] in v["device"]["error"]
+    assert f"| tiny_cpu_fp32.tflite | failed: {v['device']['error']} |" in (tmp_path / "out.failed" / "report.md").read_text()
+    assert _inputs_snapshot(tiny_model_h5, tiny_data) == before
+
+
+def test_a_pi_python_that_does_not_start_is_refused_before_any_work(tiny_model_h5, tiny_data, tmp_path, monkeypatch):
+    from test_safety import run_cli
+
+    python = fake_pi_python(tmp_path, "exit 0", on_version="echo 'qemu-aarch64-static: Could not open /lib/ld-linux-aarch64.so.1' >&2; exit 255")
+    monkeypatch.setenv(PI_ENV, str(python))
+    code, stdout, err = run_cli(_tiny_device_check(tiny_model_h5, tiny_data, tmp_path / "out"))
+    assert code == 5, err
+    lines = [ln for ln in err.splitlines() if ln]
+    assert len(lines) == 1 and lines[0].startswith("error: --device-check pi: the Pi's python exited with status 255: "
+                                                   "qemu-aarch64-static: Could not open"), err
+    assert "scripts/build_pi_env.sh" in lines[0] and stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fake-pi-python"]  # nothing written, not even OUT.failed
+
+
+@pytest.mark.slow
+def test_a_model_the_pi_cannot_load_is_a_finding_named_in_a_warning(tiny_model_h5, tiny_data, tmp_path, monkeypatch):
+    from test_safety import run_cli
+
+    says = "tiny_cpu_fp32.tflite does not load in tflite-runtime 2.14.0: Didn't find op for builtin opcode 'CONV_2D' version '99'"
+    monkeypatch.setenv(PI_ENV, str(fake_pi_python(tmp_path, f'echo "error: {says}" >&2; exit 2')))
+    out = tmp_path / "out"
+    code, _, err = run_cli(_tiny_device_check(tiny_model_h5, tiny_data, out))
+    assert code == 0, err
+    assert [ln for ln in err.splitlines() if ln.startswith(("error:", "warning:"))] == [
+        f"warning: tiny_cpu_fp32.tflite does not load on the emulated Pi: {says}"], err
+    (v,) = json.loads((out / "report.json").read_text())["variants"]
+    assert v["device"]["status"] == "does not load" and v["device"]["error"] == says

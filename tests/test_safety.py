@@ -242,6 +242,13 @@ def _immutable_parent(w: World):
     return lambda: subprocess.run(["chattr", "-i", str(imm)], check=False)
 
 
+def _held_lock(out: Path) -> Callable:
+    """Another run writing ``out`` (here: this process holds its lock)."""
+    held = fsutil.output_lock(out)
+    held.__enter__()
+    return lambda: held.__exit__(None, None, None)
+
+
 def _small_disk(size: str):
     return lambda w: _mount_tmpfs(w.root / "disk", f"size={size}")
 
@@ -305,6 +312,11 @@ CASES = [
          setup=lambda w: fake_output(w.out) and None),
     Case("OUT.failed not written by edgeresnet", _convert("--out", lambda w: w.out, "--overwrite"), 2, (".failed", "not written by edgeresnet"),
          setup=lambda w: _files(w.failed, {"keep.txt": "mine"})),
+    *[Case(f"out under {top}", _convert("--out", f"{top}/edgeresnet-out"), 2, (top, "kernel interfaces", "choose a folder"))
+      for top in ("/proc", "/sys", "/dev")],
+    Case("another run is writing --out", _convert("--out", lambda w: w.out), 2,
+         ("another edgeresnet run", f"(pid {os.getpid()}) is writing", "wait for it", "choose another --out"),
+         setup=lambda w: _held_lock(w.out)),
     Case("out is an existing file", _convert("--out", lambda w: w.model.parent / "notes.md", "--overwrite"), 2, ("is a file",)),
     Case("--max-drop inf", _convert("--max-drop", "inf"), 2, ("--max-drop", "finite")),
     Case("--max-drop nan", _convert("--max-drop", "nan"), 2, ("--max-drop", "finite")),
@@ -322,7 +334,7 @@ CASES = [
          (lambda w: f"cannot write {w.root / 'disk' / 'out'}/", "no space left"), setup=_small_disk("48k"),
          patch=lambda w, mp: mp.setattr(fsutil, "check_free_space", lambda *a: None) or mp.setattr("edgeresnet.host.pipeline.check_free_space", lambda *a: None),
          marks=(pytest.mark.slow,)),
-    Case("failure under --overwrite keeps the old output", _convert("--out", lambda w: w.out, "--overwrite"), 2,
+    Case("failure under --overwrite keeps the old output", _convert("--out", lambda w: w.out, "--overwrite"), 3,
          (lambda w: w.failed, "left as it was"), setup=lambda w: fake_output(w.out) and None, patch=_failing_converter,
          changes=lambda w: [w.failed], check=_failure_report_beside, marks=(pytest.mark.slow,)),
 ]
@@ -421,6 +433,7 @@ def test_sigkill_leaves_a_partial_that_the_next_run_removes(tmp_path, monkeypatc
     assert run.finish()[0] == -signal.SIGKILL
     partials = list(w.root.glob(".out.partial-*"))
     assert len(partials) == 1 and (partials[0] / fsutil.OWNER).is_file()
+    assert (w.root / ".out.lock").is_file()  # the kernel dropped the lock; the file stays
     assert (w.out / "m_cpu_int8.tflite").read_bytes() == b"TFL3 previous model"  # untouched by the kill
     leftovers = list(w.tmp.iterdir())
     assert [p.name.startswith("edgeresnet-run-") for p in leftovers] == [True]
@@ -432,6 +445,32 @@ def test_sigkill_leaves_a_partial_that_the_next_run_removes(tmp_path, monkeypatc
     assert f"removed {partials[0]}" in stderr and f"removed {leftovers[0]}" in stderr
     assert not list(w.root.glob(".out.partial-*")) and list(w.tmp.iterdir()) == []
     assert (w.out / "reference_digits_resnet8_cpu_int8.tflite").is_file()
+    assert not (w.root / ".out.lock").exists()  # the killed run's lock file was taken over, then removed
+
+
+@pytest.mark.slow
+def test_concurrent_runs_to_one_out_one_wins_the_others_get_one_line(tmp_path):
+    """Four real `convert --int8` processes to one --out at once: one writes it, each other one is told who does."""
+    w = make_world(tmp_path / "w")
+    env = dict(os.environ, PYTHONPATH=str(REPO), TMPDIR=str(w.tmp))
+    env.pop("EDGERESNET_DEBUG", None)
+    procs = [subprocess.Popen([sys.executable, "-m", "edgeresnet.cli", "convert", "--int8", "--out", str(w.out)],
+                              cwd=w.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    results = [(p.pid, *p.communicate(timeout=600), p.returncode) for p in procs]
+    winners = [pid for pid, _, _, code in results if code == 0]
+    assert len(winners) == 1, [(code, err[-500:]) for _, _, err, code in results]
+    for pid, out, err, code in results:
+        assert "Traceback" not in out + err and "internal error" not in err, err
+        errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+        if pid != winners[0]:
+            # Refused at the lock; one that came after the winner had finished finds OUT written.
+            assert code == 2 and err.strip() == errors[0], err  # refused before any work: no progress, no notes
+            assert (f"another edgeresnet run (pid {winners[0]}) is writing {w.out}" in errors[0]
+                    or "already exists; pass --overwrite" in errors[0]), errors[0]
+    assert {"reference_digits_resnet8_cpu_int8.tflite", "report.json"} <= set(fsutil.read_manifest(w.out)["files"])
+    assert sorted(p.name for p in w.root.iterdir()) == ["calib", "cwd", "eval", "out", "proj", "tmp"]
+    assert list(w.tmp.iterdir()) == []
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import sys
 import tempfile
 
@@ -54,9 +55,50 @@ def capture_output():
             result.text = native + py_buf.getvalue()
 
 
+# An MLIR diagnostic of severity error: "[<unknown>:0: ][loc(...): ]error: [loc(...): ]MESSAGE".
+_DIAGNOSTIC = "error: "
+# The converter's closing line, which names the function that failed, not why.
+_NO_CAUSE = re.compile(r"^failed while converting: '[^']*':?$")
+# The converter's list of TensorFlow ops that have no TFLite builtin.
+_SELECT_OPS = re.compile(r"^TF Select ops: (.+)$", re.MULTILINE)
+
+
+def _without_location(message: str) -> str:
+    """``loc(callsite(...)): MESSAGE`` -> ``MESSAGE``: MLIR's location says where, not why."""
+    if not message.startswith("loc("):
+        return message
+    depth = 0
+    for i, ch in enumerate(message):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth == 0:
+            return message[i + 1:].lstrip(": ").strip()
+    return message
+
+
+def _first_diagnostic(lines: list[str]) -> str:
+    """The first converter diagnostic that names a cause, without its location; "" when there is none."""
+    for ln in lines:
+        if _DIAGNOSTIC not in ln:
+            continue
+        message = _without_location(ln.rsplit(_DIAGNOSTIC, 1)[1].strip())
+        if message and not _NO_CAUSE.match(message):
+            return message
+    return ""
+
+
 def last_error_line(text: str, default: str = "") -> str:
-    """The most telling line of a native log: the last one that says 'error'."""
+    """The most telling line of a native log.
+
+    The converter's first error diagnostic that names a cause (with the ops it
+    found no TFLite builtin for), else the last line that says 'error'.
+    """
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    cause = _first_diagnostic(lines)
+    if cause:
+        ops = _SELECT_OPS.search(text)
+        if ops:
+            cause += f" (TFLite has no builtin op for {ops.group(1).strip()}: rebuild the model without it)"
+        return cause[:300]
     for ln in reversed(lines):
         if "error" in ln.lower():
             return ln[:300]

@@ -11,6 +11,9 @@
   A failure or a signal removes it; after a SIGKILL the next run to the same
   ``--out`` removes it once the owner is provably gone
   (:func:`clean_stale_partials`).
+* One run at a time per ``--out``: :func:`output_lock` holds an advisory
+  lock on ``.NAME.lock`` beside ``--out`` for the whole run, so a second run
+  is refused at once instead of racing the first one's commit.
 * Temporary files the run makes elsewhere go into one run folder
   (:func:`run_tempdir`) removed on the way out.
 * Write failures a user can fix (no space, read-only, no permission) become
@@ -23,6 +26,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -32,6 +36,11 @@ from typing import Iterable, Mapping, Optional, Union
 
 from edgeresnet._util.signals import uninterrupted
 from edgeresnet.errors import OutputError, OutputExistsError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: runs are not locked
+    fcntl = None
 
 PathLike = Union[str, Path]
 
@@ -79,9 +88,50 @@ def _where(get) -> Optional[Path]:
         return None
 
 
+# File systems that hold kernel interfaces (processes, devices, settings), not files.
+_PSEUDO_FS = {
+    "proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs", "pstore",
+    "bpf", "configfs", "fusectl", "mqueue", "binfmt_misc", "efivarfs", "nsfs",
+}
+
+
+def _fs_type(r: Path) -> Optional[str]:
+    """The type of the file system ``r`` is (or would be) on, from /proc/self/mounts; None when unknown."""
+    try:
+        mounts = Path("/proc/self/mounts").read_text()
+    except OSError:
+        return None
+    best, kind = None, None
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = Path(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1]))  # \040 is a space
+        if _inside(r, point) and (best is None or len(point.parts) >= len(best.parts)):
+            best, kind = point, fields[2]
+    return kind
+
+
+def _pseudo_fs(r: Path) -> Optional[str]:
+    """Where ``r`` lies on a kernel file system (/proc, /sys, /dev but /dev/shm, or a mount of one), else None."""
+    if _inside(r, Path("/dev/shm")):
+        return None
+    for top in ("/proc", "/sys", "/dev"):
+        if _inside(r, Path(top)):
+            return top
+    kind = _fs_type(r)
+    return f"a {kind} file system" if kind in _PSEUDO_FS else None
+
+
 def _refuse_special(out: PathLike, r: Path) -> None:
     cwd = _where(Path.cwd)
     home = _where(Path.home)
+    pseudo = _pseudo_fs(r)
+    if pseudo is not None:
+        raise OutputError(
+            f"--out {out} is on {pseudo}, which holds kernel interfaces, not files; "
+            "choose a folder on a disk, e.g. --out edgeresnet-out"
+        )
     if r.parent == r or (r.is_dir() and os.path.ismount(r)):
         raise OutputError(f"--out {out} is the root of a file system; name a new folder inside it")
     if cwd is not None and _inside(cwd, r):
@@ -271,7 +321,8 @@ def clean_stale_partials(out: PathLike) -> list[str]:
             notes.append(f"note: {d} belongs to a running edgeresnet (pid {owner['pid']}) writing the same --out")
             continue
         if alive is None:
-            notes.append(f"warning: {d} was left by an interrupted run that cannot be checked; remove it if no run is using it")
+            notes.append(f"warning: {d} belongs to an edgeresnet run that cannot be checked (no owner record, or "
+                         "another machine); remove it if no run is using it")
             continue
         try:
             if (d / "old").is_dir() and not r.exists():
@@ -335,6 +386,8 @@ class StagedDir:
         return False
 
     def discard(self) -> None:
+        if not self.committed and (self.container / "old").exists():
+            return  # the previous output could not be put back: the next run restores it (clean_stale_partials)
         shutil.rmtree(self.container, ignore_errors=True)
 
     def commit(self, dest: Optional[PathLike] = None) -> Path:
@@ -350,24 +403,139 @@ class StagedDir:
         manifest = {"tool": "edgeresnet", "version": _version(), "files": files, "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         atomic_write_text(self.path / MANIFEST, json.dumps(manifest, indent=1) + "\n")
         with uninterrupted():
-            old = self.container / "old"
-            if dest.exists():
-                os.replace(dest, old)
-            try:
-                os.replace(self.path, dest)
-            except OSError:
-                if old.exists():
-                    os.replace(old, dest)
-                raise
-            self.committed = True
+            self._swap_in(dest)
         self.discard()
         return dest
+
+    def _swap_in(self, dest: Path) -> None:
+        """Replace ``dest`` by the staged folder; an OSError puts the previous ``dest`` back and becomes one line."""
+        old = self.container / "old"
+        try:
+            if dest.exists():
+                os.replace(dest, old)
+            os.replace(self.path, dest)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                if old.exists():
+                    os.replace(old, dest)
+            raise write_error(exc, dest, name_where=True) or OutputError(
+                f"cannot move the finished output into {dest}: {exc.strerror or exc}; another program changed "
+                f"{dest} during the run: run again when nothing else writes it, or choose another --out"
+            ) from None
+        self.committed = True
 
 
 def _version() -> str:
     from edgeresnet import __version__
 
     return __version__
+
+
+# ------------------------------------------------------------- one run per --out
+
+
+def lock_path(out: PathLike) -> Path:
+    """The lock file of ``out``: ``.NAME.lock`` beside it."""
+    r = Path(out).resolve()
+    return r.with_name(f".{r.name}.lock")
+
+
+@contextlib.contextmanager
+def output_lock(out: PathLike):
+    """Hold ``out``'s lock for a whole run; a run that finds it held is refused at once (OutputError).
+
+    The lock is an advisory ``flock``: the kernel drops it when its process
+    ends (even on SIGKILL), so a lock file a killed run left is taken over,
+    not obeyed. Only a file carrying edgeresnet's owner record is ever taken
+    over or removed; it is removed on the way out.
+    """
+    path = lock_path(out)
+    fd = _take_lock(out, path)
+    try:
+        yield path
+    finally:
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                if _is_open_file(fd, path):
+                    path.unlink()
+            os.close(fd)
+
+
+def _take_lock(out: PathLike, path: Path) -> Optional[int]:
+    """The locked file descriptor of ``path``, or None where the system or file system has no locks."""
+    if fcntl is None:
+        return None
+    for _ in range(50):
+        fd, created = _open_lock(path)
+        if fd is None:
+            continue  # removed by its owner between our two opens: try again
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = _lock_owner(fd)
+            os.close(fd)
+            pid = f" (pid {owner['pid']})" if owner else ""
+            raise OutputError(
+                f"another edgeresnet run{pid} is writing {out}; wait for it to finish or choose another --out"
+            ) from None
+        except OSError:  # no locks here (some network file systems): run as before, unlocked
+            os.close(fd)
+            if created:
+                path.unlink(missing_ok=True)
+            return None
+        if not _is_open_file(fd, path) or (not created and _lock_owner(fd) is None):
+            os.close(fd)  # its owner removed it, or it is being made: look again
+            time.sleep(0.02)
+            continue
+        _write_owner(fd)
+        return fd
+    raise OutputError(
+        f"{path} exists and is not an edgeresnet lock file; remove it if no edgeresnet run is writing {out}, "
+        "or choose another --out"
+    )
+
+
+def _open_lock(path: Path) -> tuple[Optional[int], bool]:
+    """(fd, created): a new lock file carrying our owner record, else the existing one; (None, False) when it vanished."""
+    flags = os.O_RDWR | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644)
+        _write_owner(fd)  # before the lock: whoever opens it next sees whose it is
+        return fd, True
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise write_error(exc, path.parent, name_where=True) or exc
+    try:
+        return os.open(path, flags), False
+    except FileNotFoundError:
+        return None, False
+    except OSError as exc:  # a symbolic link, a folder: not ours
+        raise OutputError(f"{path} exists and is not an edgeresnet lock file ({exc.strerror}); move it away "
+                          "or choose another --out") from None
+
+
+def _write_owner(fd: int) -> None:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps({"tool": "edgeresnet", **_owner_record()}).encode(), 0)
+
+
+def _lock_owner(fd: int) -> Optional[dict]:
+    """The owner record in a lock file, or None when it holds none (empty, or not edgeresnet's)."""
+    try:
+        data = json.loads(os.pread(fd, 4096, 0))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("tool") == "edgeresnet" else None
+
+
+def _is_open_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` is still the file open as ``fd`` (not removed or replaced meanwhile)."""
+    try:
+        st, fst = os.stat(path, follow_symlinks=False), os.fstat(fd)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (fst.st_dev, fst.st_ino)
 
 
 # ------------------------------------------------------------ run temp folder

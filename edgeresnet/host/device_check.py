@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from edgeresnet.errors import ConfigError
+from edgeresnet.errors import ConfigError, DeviceCheckError
 
 #: The environment variable naming the emulated Pi's python wrapper.
 PI_PYTHON_ENV = "EDGERESNET_PI_PYTHON"
@@ -30,6 +30,8 @@ DEFAULT_PI_ENV = Path.home() / ".cache" / "edgeresnet" / "pi-env"
 DEVICES = ("pi",)
 #: One model's evaluation inside the emulator (1,000 CIFAR images take about a minute).
 EVAL_TIMEOUT_S = 1800
+#: Starting the emulated python once (about 6 s under qemu), to find a broken environment before any work.
+PROBE_TIMEOUT_S = 300
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,50 @@ def pi_python() -> Path:
     return exe
 
 
+def probe(python: Path) -> None:
+    """Start the device's python once before any work; DeviceCheckError when it cannot run edgeresnet."""
+    proc = _run([str(python), "-m", "edgeresnet.cli", "--version"], python, PROBE_TIMEOUT_S)
+    if isinstance(proc, str) or proc.returncode != 0:
+        why = proc if isinstance(proc, str) else _exit_reason(proc)
+        raise DeviceCheckError(
+            f"--device-check pi: {why}; rebuild the environment with scripts/build_pi_env.sh "
+            f"(or point {PI_PYTHON_ENV} at a working one)"
+        )
+
+
+def _run(cmd: list, python: Path, timeout: float):
+    """The finished process, or a one-line reason (str) when it could not run or did not finish."""
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return f"the Pi's python {python} gave no answer within {timeout:g} s"
+    except OSError as exc:
+        return f"cannot run the Pi's python {python}: {exc.strerror}"
+
+
+def _exit_reason(proc: subprocess.CompletedProcess) -> str:
+    """Why a process failed, in one line: edgeresnet's own ``error:`` line, else its exit status and last line."""
+    lines = proc.stderr.strip().splitlines()
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    if errors:
+        return errors[-1].removeprefix("error: ").strip()
+    how = f"was killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exited with status {proc.returncode}"
+    return f"the Pi's python {how}" + (f": {lines[-1].strip()[:200]}" if lines else " and printed nothing")
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _eval_result(stdout: str) -> dict:
+    """The JSON ``edgeresnet eval --json`` prints; ValueError when it is not that."""
+    d = json.loads(stdout)
+    if not (isinstance(d, dict) and isinstance(d.get("interpreter"), str)
+            and all(_number(d.get(k)) for k in ("count", "top1", "top5"))):
+        raise ValueError("not the result of edgeresnet eval")
+    return d
+
+
 def check_model(
     python: Path, model: Path, images: str, samples: Optional[int], seed: int, host_top1: Optional[float]
 ) -> DeviceResult:
@@ -77,19 +123,19 @@ def check_model(
     cmd = [str(python), "-m", "edgeresnet.cli", "eval", str(model), "--images", str(images), "--seed", str(seed), "--json"]
     if samples is not None:
         cmd += ["--samples", str(samples)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=EVAL_TIMEOUT_S, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        return DeviceResult("pi", "failed", error=f"no answer within {EVAL_TIMEOUT_S} s")
-    except OSError as exc:
-        return DeviceResult("pi", "failed", error=f"cannot run {python}: {exc.strerror}")
+    proc = _run(cmd, python, EVAL_TIMEOUT_S)
+    if isinstance(proc, str):
+        return DeviceResult("pi", "failed", error=proc)
     if proc.returncode != 0:
-        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.startswith("error:")]
-        message = (lines or proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
-        message = message.removeprefix("error: ")
+        message = _exit_reason(proc)
         status = "does not load" if "does not load" in message else "failed"
         return DeviceResult("pi", status, error=message)
-    d = json.loads(proc.stdout)
+    try:
+        d = _eval_result(proc.stdout)
+    except ValueError:
+        shown = " ".join(proc.stdout.split())[:60]
+        what = f"printed {shown!r} instead of edgeresnet eval's JSON" if shown else "printed no result"
+        return DeviceResult("pi", "failed", error=f"the Pi's python exited 0 but {what}")
     return DeviceResult(
         "pi", "ok", interpreter=d["interpreter"], emulated=_emulated(python), count=d["count"],
         top1=d["top1"], top5=d["top5"], host_top1=host_top1,
@@ -111,6 +157,23 @@ def check_variants(
         v.device = check_model(python, folder / Path(v.path).name, images, samples, seed, host).to_dict()
         if progress is not None:
             progress(i + 1, len(todo))
+
+
+def findings(variants) -> list[str]:
+    """One warning per emitted model that does not load on the device (the report marks them too)."""
+    return [f"{v.name} does not load on the emulated Pi: {v.device.get('error')}"
+            for v in variants if v.device and v.device["status"] == "does not load"]
+
+
+def failure(variants) -> Optional[str]:
+    """Why the device check failed (a model it could not evaluate), or None when every model has an answer."""
+    checked = [v for v in variants if v.device]
+    failed = [v for v in checked if v.device["status"] == "failed"]
+    if not failed:
+        return None
+    which = "any model" if len(failed) == len(checked) > 1 else failed[0].name
+    more = f" (nor {len(failed) - 1} more)" if 1 < len(failed) < len(checked) else ""
+    return f"--device-check pi could not evaluate {which}{more}: {failed[0].device.get('error')}"
 
 
 def markdown(variants: list[dict]) -> list[str]:

@@ -31,8 +31,11 @@ from edgeresnet.host.calibration import (
 from edgeresnet.host.converter import QAT_METHOD, ConversionSpec, convert
 from edgeresnet._util.tf import require_host
 from edgeresnet._util.validate import whole_number
+from edgeresnet.host import device_check
 from edgeresnet.host.device_check import DEVICES, check_variants, pi_python
-from edgeresnet.errors import ConfigError, ConversionError, DataError, DriftBudgetExceeded, ModelLoadError, TFLiteFileError
+from edgeresnet.errors import (
+    ConfigError, ConversionError, DataError, DeviceCheckError, DriftBudgetExceeded, ModelLoadError, TFLiteFileError,
+)
 from edgeresnet.targets.edgetpu.analysis import COMPILER_HINT
 from edgeresnet.host.quantize.registry import DEFAULT_METHOD
 from edgeresnet._util.files import (
@@ -44,6 +47,7 @@ from edgeresnet._util.files import (
     clean_stale_partials,
     clean_stale_tempdirs,
     failed_path,
+    output_lock,
     run_tempdir,
     tree_bytes,
     write_error,
@@ -471,6 +475,38 @@ def _run(opts, plan, progress=None, notify=None, bench_config=None, formats=None
     if cluster is not None and not cluster.is_chief:  # only the chief writes --out
         return _run_worker(opts, plan, cluster, progress, notify)
     inputs = _inputs(opts)
+    needs_calib, device_python = _check_before_work(opts, plan, inputs)
+    with output_lock(opts.out):  # one run per --out: a second one is refused here, before any work
+        for note in clean_stale_partials(opts.out) + clean_stale_tempdirs():
+            notify(note)
+        if _same_data(opts.calib, opts.eval):
+            notify(
+                f"warning: --eval is the same data as --calib ({opts.eval}): accuracy is measured in-sample, "
+                "on the calibration images, and will look better than on new images"
+            )
+        if cluster is not None:  # before TensorFlow runs anything (collective ops are set up at start)
+            from edgeresnet.host.training.cluster import join
+
+            join(cluster)
+        try:
+            # The staged folder is made first: it proves --out's parent is writable before any work.
+            with StagedDir(opts.out, opts.overwrite, inputs) as staged, run_tempdir() as tmp:
+                check_free_space(Path(opts.out).resolve().parent, _space_needed(opts, plan))
+                check_free_space(tmp.parent, _space_needed(opts, ()), "temporary files", "set TMPDIR to a folder on a disk with room")
+                return _run_staged(opts, plan, staged, needs_calib, started, progress, notify, bench_config,
+                                   formats or opts.formats, device_python)
+        except OSError as exc:
+            err = write_error(exc, opts.out) if exc.errno in _DISK_ERRNOS else None
+            if err is None:
+                raise
+            raise err from None
+
+
+def _check_before_work(opts, plan, inputs) -> tuple:
+    """Everything a user can fix that can be told before any work: --out, the inputs, calibration, the device.
+
+    Returns (whether the plan needs calibration data, the device's python or None).
+    """
     check_output(opts.out, opts.overwrite, inputs)
     check_output(failed_path(opts.out), True, inputs)
     if opts.model is not None and _zoo(opts) is None:  # the model first: a wrong path is said before any data problem
@@ -490,30 +526,10 @@ def _run(opts, plan, progress=None, notify=None, bench_config=None, formats=None
         raise ConfigError(
             f"{names} needs calibration data; pass --calib with a folder of images like the ones the model will see"
         )
-    device_python = pi_python() if opts.device_check else None  # before any work: is the device there?
-    for note in clean_stale_partials(opts.out) + clean_stale_tempdirs():
-        notify(note)
-    if _same_data(opts.calib, opts.eval):
-        notify(
-            f"warning: --eval is the same data as --calib ({opts.eval}): accuracy is measured in-sample, "
-            "on the calibration images, and will look better than on new images"
-        )
-    if cluster is not None:  # before TensorFlow runs anything (collective ops are set up at start)
-        from edgeresnet.host.training.cluster import join
-
-        join(cluster)
-    try:
-        # The staged folder is made first: it proves --out's parent is writable before any work.
-        with StagedDir(opts.out, opts.overwrite, inputs) as staged, run_tempdir() as tmp:
-            check_free_space(Path(opts.out).resolve().parent, _space_needed(opts, plan))
-            check_free_space(tmp.parent, _space_needed(opts, ()), "temporary files", "set TMPDIR to a folder on a disk with room")
-            return _run_staged(opts, plan, staged, needs_calib, started, progress, notify, bench_config, formats or opts.formats,
-                               device_python)
-    except OSError as exc:
-        err = write_error(exc, opts.out) if exc.errno in _DISK_ERRNOS else None
-        if err is None:
-            raise
-        raise err from None
+    device_python = pi_python() if opts.device_check else None  # is the device there, and does its python run?
+    if device_python is not None:
+        device_check.probe(device_python)
+    return needs_calib, device_python
 
 
 def _run_staged(opts, plan, staged, needs_calib, started, progress, notify, bench_config, formats,
@@ -571,6 +587,8 @@ def _run_staged(opts, plan, staged, needs_calib, started, progress, notify, benc
     if device_python is not None:
         check_variants(report.variants, staged.path, opts.eval, opts.eval_samples, opts.seed, device_python,
                        progress=_stage(progress, f"evaluate on the emulated {opts.device_check}", "images"))
+        for finding in device_check.findings(report.variants):
+            notify(f"warning: {finding}")
     if any(COMPILER_HINT in v.checks.get("edgetpu", {}).get("notes", ()) for v in report.variants):
         notify(f"note: {COMPILER_HINT}")  # once per run, not once per model
     report.finish(time.perf_counter() - started)
@@ -766,7 +784,8 @@ def _write_and_judge(opts, report, staged, formats) -> RunReport:
     recovered_ok = {v.name for v in report.variants if v.status == Status.OK}
     bad = [v for v in report.variants if v.status == Status.OVER_BUDGET and v.recovered_by not in recovered_ok]
     failed = [v for v in report.variants if v.status.failed]
-    dest = failed_path(opts.out) if bad or failed else Path(opts.out)
+    device_failure = device_check.failure(report.variants)
+    dest = failed_path(opts.out) if bad or failed or device_failure else Path(opts.out)
     for v in report.variants:
         if v.path:
             v.path = str(dest / Path(v.path).name)
@@ -786,6 +805,8 @@ def _write_and_judge(opts, report, staged, formats) -> RunReport:
             f"{failed[0].name}: {failed[0].status.value.replace('_', ' ')}: {failed[0].error}; "
             f"the report is in {dest} ({opts.out} was left as it was)"
         )
+    if device_failure:
+        raise DeviceCheckError(f"{device_failure}; the report is in {dest} ({opts.out} was left as it was)")
     return report
 
 
