@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeresnet import fsutil
+from edgeresnet._util import files as fsutil
 from edgeresnet.errors import OutputError, OutputExistsError
 from edgeresnet._util.files import MANIFEST, StagedDir, atomic_write_bytes, check_output, check_output_free, read_manifest
 
@@ -228,7 +228,7 @@ def test_a_second_run_to_the_same_out_is_refused_while_the_first_holds_it(tmp_pa
         assert lock == tmp_path / ".out.lock" and json.loads(lock.read_text())["pid"] == os.getpid()
         # Another process trying the same --out (through a symlinked spelling of it) is refused at once.
         (tmp_path / "alias").symlink_to(tmp_path)
-        code = ("import sys\nfrom edgeresnet import fsutil\ntry:\n"
+        code = ("import sys\nfrom edgeresnet._util import files as fsutil\ntry:\n"
                 "    with fsutil.output_lock(sys.argv[1]): print('got it')\nexcept Exception as e: print(e)")
         proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "alias" / "out")],
                               capture_output=True, text=True, timeout=60)

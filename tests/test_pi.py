@@ -334,7 +334,7 @@ def fake_pi_python(folder: Path, on_eval: str, on_version: str = 'echo "edgeresn
 
 @pytest.mark.parametrize("behaviour", list(FAKE_EVALS))
 def test_a_device_check_without_an_answer_is_failed_with_the_reason(behaviour, tmp_path, monkeypatch):
-    from edgeresnet import device_check
+    from edgeresnet.host import device_check
 
     monkeypatch.setattr(device_check, "EVAL_TIMEOUT_S", 1)
     python = fake_pi_python(tmp_path, FAKE_EVALS[behaviour])
