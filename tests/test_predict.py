@@ -250,12 +250,15 @@ def _run_device(python, code, interpreter=None):
     return subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=300, env=env, cwd=REPO.parent)
 
 
-def _builtin_kernels_top1(model, images, preset, samples=None) -> float:
-    """Top-1 with the interpreter's built-in kernels (XNNPACK off), computed here with ai-edge-litert."""
+def _builtin_kernels_top1(model, images, preset, samples=None, names=None) -> float:
+    """Top-1 with the interpreter's built-in kernels (XNNPACK off), computed here with ai-edge-litert; each class
+    folder is output ``names.index(folder)`` when ``names`` are given, else its place in sorted folder order."""
     from edgeresnet.host.calibration import read_image
     from edgeresnet.device.verify import topk_accuracy
 
-    files, labels, _ = list_images(images, samples=samples)
+    files, labels, folders = list_images(images, samples=samples)
+    if names is not None:
+        labels = np.array([names.index(folders[i]) for i in labels])
     tfl = TFLiteModel(model, use_xnnpack=False)
     shape = tuple(tfl.input.shape[1:])
     out = tfl.predict(get_preset(preset).apply(np.stack([read_image(f, shape) for f in files])))
@@ -300,6 +303,67 @@ def test_predict_in_tflite_runtime_venv(tflrt_python, digits):
     assert doc["interpreter"].startswith("tflite-runtime 2.14")
     assert [t["label"] for t in doc["predictions"][0]["top"]] == [name for _, name, _ in here.top]
     assert doc["predictions"][0]["top"][0]["label"] == "7"
+
+
+# ---------------------------------------------------------------------- --labels in another order than the folders
+
+SWAPPED = ("1", "0") + DIGITS[2:]  # the model's output 0 is the digit 0, but this labels file calls it "1"
+
+
+@pytest.fixture(scope="module")
+def swapped(digits, tmp_path_factory):
+    """`convert --int8 --eval DIGITS --labels L` where L lists the digit folders with 0 and 1 swapped, saved as
+    Windows editors save it (byte-order mark, CRLF line ends)."""
+    from conftest import _convert_once
+
+    root = tmp_path_factory.mktemp("swapped")
+    labels = root / "swapped.txt"
+    labels.write_bytes("\ufeff".encode() + "".join(f"{n}\r\n" for n in SWAPPED).encode())
+    before = labels.read_bytes(), sorted(p.name for p in digits["images"].rglob("*"))
+    run = _convert_once(root / "out", ["convert", "--int8", "--eval", digits["images"], "--labels", labels])
+    assert (labels.read_bytes(), sorted(p.name for p in digits["images"].rglob("*"))) == before  # inputs untouched
+    (variant,) = run["report"]["variants"]
+    return {**run, "variant": variant, "model": run["out"] / Path(variant["path"]).name, "report_path": run["out"] / "report.json"}
+
+
+@pytest.mark.slow
+def test_labels_in_another_order_than_the_folders_give_one_top1_on_host_and_device(swapped, digits, capsys):
+    """Folders are matched to the labels file's lines by name in convert, as in eval: the report, the metadata and
+    eval on the device agree, and the swapped names cost the 0s and 1s on both sides."""
+    warnings = [ln for ln in swapped["stderr"].splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 1 and "Traceback" not in swapped["stderr"], swapped["stderr"]
+    assert "another order than the class folders of --eval" in warnings[0] and "labels file's order" in warnings[0]
+    assert swapped["report"]["metadata"]["labels_order"] in warnings[0]
+    assert read_metadata(swapped["model"].read_bytes()).labels == SWAPPED
+    assert (swapped["out"] / "labels.txt").read_text().splitlines() == list(SWAPPED)
+    top1 = swapped["variant"]["top1"]
+    assert top1 < digits["variant"]["top1"] - 10  # the 0s and 1s (a fifth of the digits) are now wrong
+    code, out, err = _run_cli(capsys, "eval", swapped["model"], "--images", digits["images"],
+                              "--report", swapped["report_path"], "--max-drop", "0", "--json")
+    assert code == 0, err
+    got = json.loads(out)
+    assert got["labels_matched"] == "by name" and got["count"] == swapped["variant"]["eval_count"] == 500
+    assert got["top1"] == top1 and got["drop_pts"] == 0.0
+
+
+@pytest.mark.slow
+def test_predict_names_outputs_as_the_metadata_does(swapped, digits, capsys):
+    img = sorted((digits["images"] / "0").iterdir())[0]
+    code, out, err = _run_cli(capsys, "predict", swapped["model"], img, "--top-k", "1", "--json")
+    assert code == 0 and err == "", err
+    (top,) = json.loads(out)["predictions"][0]["top"]
+    assert top["index"] == 0 and top["label"] == "1"  # a 0, named as line 1 of the labels file names output 0
+
+
+@pytest.mark.slow
+def test_labels_in_another_order_eval_in_tflite_runtime_venv(tflrt_python, swapped, digits):
+    """tflite-runtime's built-in kernels match the folders to the metadata's labels by name as the host did."""
+    proc = _run_device(tflrt_python, _tf_free_code(swapped["model"], digits["images"], swapped["report_path"], max_drop="0.5"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(proc.stdout)
+    assert doc["interpreter"].startswith("tflite-runtime 2.14") and doc["labels_matched"] == "by name"
+    assert doc["top1"] == _builtin_kernels_top1(swapped["model"], digits["images"], "unit", names=SWAPPED)
+    assert abs(doc["drop_pts"]) <= 0.5
 
 
 # ---------------------------------------------------------------------- the real ResNet-8

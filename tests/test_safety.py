@@ -677,6 +677,98 @@ def test_hostile_input_case(case, tmp_path, monkeypatch):
     run_case(case, tmp_path, monkeypatch)
 
 
+# ---------------------------------------------------------------- hostile --labels files
+
+DIGIT_NAMES = [str(d) for d in range(10)]  # the built-in data's classes; the MLPerf model has 10 outputs too
+
+
+def _labels_file(content=None, make: Optional[Callable[[Path], None]] = None):
+    """``labels.txt`` in the world (bytes, or made by ``make``), beside a copy of a 10-class .tflite for predict."""
+    def setup(w: World):
+        (w.root / "m.tflite").write_bytes(_need(QUANT_TFLITE).read_bytes())
+        if make is not None:
+            make(w.root / "labels.txt")
+        else:
+            (w.root / "labels.txt").write_bytes(content)
+    return setup
+
+
+def _text(lines, sep="\n") -> bytes:
+    return (sep.join(lines) + sep).encode("utf-8")
+
+
+def _labels_arg(name: str):
+    return (lambda w: w.root / "labels.txt") if name == "labels.txt" else name
+
+
+def _command(command: str, labels: str):
+    """``convert`` (the built-in model and data) or ``predict`` (the MLPerf int8 model on one image) with --labels."""
+    arg = _labels_arg(labels)
+    if command == "convert":
+        return _convert("--labels", arg)
+    return lambda w: ["predict", w.root / "m.tflite", w.calib / "class0" / "000.png", "--json", "--top-k", "10",
+                      "--preset", "raw", "--labels", arg(w) if callable(arg) else arg]
+
+
+# (id, labels path, setup, words of the one error line)
+BAD_LABELS = [
+    ("device file /dev/zero", "/dev/zero", _labels_file(make=lambda p: None), ("/dev/zero", "not a regular file")),
+    ("FIFO", "labels.txt", _labels_file(make=os.mkfifo), ("labels.txt", "not a regular file")),
+    ("5 MiB file", "labels.txt", _labels_file(b"cat\n" * (5 << 18)), ("labels.txt", "over 4 MiB")),
+    ("folder", "labels.txt", _labels_file(make=Path.mkdir), ("labels.txt", "is a folder")),
+    ("not UTF-8", "labels.txt", _labels_file(_text(DIGIT_NAMES[:9]) + b"caf\xe9\n"), ("labels.txt", "not UTF-8")),
+    ("NUL bytes", "labels.txt", _labels_file(b"\0" * 64), ("labels.txt", "NUL bytes")),
+    ("blank line between names", "labels.txt", _labels_file(_text(DIGIT_NAMES[:3] + [" "] + DIGIT_NAMES[3:])),
+     ("labels.txt", "entry 4 is empty")),
+    ("duplicate names", "labels.txt", _labels_file(_text(DIGIT_NAMES[:9] + ["4"])), ("'4' appears twice",)),
+    ("wrong count", "labels.txt", _labels_file(_text(DIGIT_NAMES[:9])), ("9 class names", "10 outputs")),
+]
+
+# (id, file bytes): read as the ten names "0".."9"
+GOOD_LABELS = [
+    ("UTF-8 byte-order mark", b"\xef\xbb\xbf" + _text(DIGIT_NAMES)),
+    ("CRLF line ends", _text(DIGIT_NAMES, "\r\n")),
+    ("names padded with spaces, blank lines at the end", _text([f"  {n}\t" for n in DIGIT_NAMES] + ["", "  "])),
+]
+
+
+def _predicted_names(names):
+    def check(w: World, stdout: str, stderr: str):
+        assert stderr == ""  # read as they were meant: no warning
+        assert sorted(t["label"] for t in json.loads(stdout)["predictions"][0]["top"]) == sorted(names)
+    return check
+
+
+def _ten_classes(w: World):
+    _labels_file(_text(DIGIT_NAMES))(w)
+    write_image_folder(w.root / "ten", classes=10, per_class=1, size=(8, 8))
+
+
+LABELS_CASES = [
+    Case(f"{command}: --labels {id_}", _command(command, path), 2, says, setup=setup)
+    for command in ("convert", "predict") for id_, path, setup, says in BAD_LABELS
+] + [
+    Case("convert: --labels naming other classes than the --eval folders",
+         _convert("--eval", lambda w: w.root / "ten", "--labels", lambda w: w.root / "labels.txt"), 2,
+         ("--eval", "'class0', 'class1', 'class2' and 7 more", "does not name", "drop --labels"), setup=_ten_classes),
+    Case("convert: --labels naming other classes than the --train folders, before fine-tuning",
+         _convert("--prune", "0.5", "--train", lambda w: w.root / "ten", "--labels", lambda w: w.root / "labels.txt"), 2,
+         ("--train", "'class0'", "does not name"), setup=_ten_classes),
+    Case("convert: --labels naming other classes than the built-in data", _convert("--labels", lambda w: w.root / "l.txt"), 2,
+         ("the evaluation data", "'0', '1', '2' and 7 more", "does not name"),
+         setup=lambda w: (w.root / "l.txt").write_bytes(_text([f"digit {d}" for d in DIGIT_NAMES])) and None),
+] + [
+    Case(f"predict: --labels with {id_}", _command("predict", "labels.txt"), 0, setup=_labels_file(content),
+         check=_predicted_names(DIGIT_NAMES))
+    for id_, content in GOOD_LABELS
+]
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.marks) for c in LABELS_CASES])
+def test_hostile_labels_file(case, tmp_path, monkeypatch):
+    run_case(case, tmp_path, monkeypatch)
+
+
 _BLOCK_HOST = "import sys\nfor m in ('tensorflow', 'tf_keras', 'h5py'):\n    sys.modules[m] = None\n"
 
 

@@ -10,7 +10,7 @@ import pytest
 from edgeresnet.host.calibration import get_preset
 from edgeresnet.errors import ConfigError, DataError
 from edgeresnet.device.metadata import ModelInfo, read_metadata
-from edgeresnet.host.shipping import mediapipe_verdict, normalization, prepare, read_labels_file, resolve_labels
+from edgeresnet.host.shipping import match_classes, mediapipe_verdict, normalization, prepare, read_labels_file, resolve_labels
 
 
 @pytest.mark.parametrize(
@@ -59,7 +59,7 @@ def test_bad_labels_files(tmp_path, text, message):
 
 def test_labels_file_not_text_or_missing(tmp_path):
     (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00cat")
-    with pytest.raises(DataError, match="cannot read it as UTF-8"):
+    with pytest.raises(DataError, match="is not UTF-8 text"):
         read_labels_file(tmp_path / "bin.txt", 1)
     with pytest.raises(DataError, match="no such labels file"):
         read_labels_file(tmp_path / "nope.txt", 1)
@@ -70,14 +70,37 @@ def test_labels_from_folders_must_agree():
         def __init__(self, names):
             self.class_names, self.labelled = names, True
 
-    assert resolve_labels(None, [("eval", Set(("a", "b"))), ("calib", Set(("a", "b")))], 2) == (("a", "b"), "class folders of eval")
-    assert resolve_labels(None, [("eval", None), ("calib", Set(None))], 2) == (None, None)
+    assert resolve_labels([("eval", Set(("a", "b"))), ("calib", Set(("a", "b")))], 2) == (("a", "b"), "class folders of eval")
+    assert resolve_labels([("eval", None), ("calib", Set(None))], 2) == (None, None)
     # --train's folder scan gives a plain tuple of names; used when nothing else is labelled
-    assert resolve_labels(None, [("eval", None), ("--train", ("a", "b"))], 2) == (("a", "b"), "class folders of --train")
+    assert resolve_labels([("eval", None), ("--train", ("a", "b"))], 2) == (("a", "b"), "class folders of --train")
     with pytest.raises(ConfigError, match="different class folders"):
-        resolve_labels(None, [("eval", Set(("a", "b"))), ("calib", Set(("a", "c")))], 2)
+        resolve_labels([("eval", Set(("a", "b"))), ("calib", Set(("a", "c")))], 2)
     with pytest.raises(DataError, match="2 class names but the model has 3 outputs"):
-        resolve_labels(None, [("eval", Set(("a", "b")))], 3)
+        resolve_labels([("eval", Set(("a", "b")))], 3)
+
+
+def test_class_folders_take_the_output_index_of_their_name_for_training_and_calibration(tmp_path):
+    """--labels listing folders a, b, c as c, a, b: each image's label is the line of its folder's name, in the
+    --train stream fine-tuning fits on as in the calibration set; a folder the labels do not name is refused."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from conftest import write_image_folder
+    from edgeresnet.host.calibration import load_images
+    from edgeresnet.host.pipeline import _load_train
+
+    folder = write_image_folder(tmp_path / "data", classes=3, per_class=2, size=(8, 8))
+    names = ("class2", "class0", "class1")
+    opts = SimpleNamespace(train=str(folder), seed=0, resize="crop", labels="names.txt")
+    train = _load_train(opts, SimpleNamespace(input_shape=(8, 8, 3), num_classes=3), get_preset("raw"), names=names)
+    calib = match_classes(load_images(folder, (8, 8, 3)), names, "--calib", "--labels names.txt")
+    for images in (train, calib):
+        assert images.class_names == names
+        assert [names[label] for label in images.labels] == [Path(p).parent.name for p in images.paths]
+        assert sorted(set(images.labels.tolist())) == [0, 1, 2]
+    with pytest.raises(DataError, match="--calib has classes 'class2' that --labels names.txt does not name"):
+        match_classes(load_images(folder, (8, 8, 3)), ("class0", "class1", "kitten"), "--calib", "--labels names.txt")
 
 
 @pytest.mark.parametrize(

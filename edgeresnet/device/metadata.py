@@ -157,22 +157,46 @@ def parse_labels(text: str, what: str = "labels") -> tuple[str, ...]:
     return check_labels(lines, what)
 
 
+#: A labels file larger than this is not one: the 21,841 ImageNet-21k class names take well under 1 MiB.
+MAX_LABELS_BYTES = 4 << 20
+_LABELS_FIX = "pass a UTF-8 text file with one class name per line"
+
+
 def read_labels_file(path) -> tuple[str, ...]:
-    """Class names from a text file, one per line (the ``labels.txt`` format); :class:`DataError` otherwise."""
+    """Class names from a text file, one per line (the ``labels.txt`` format); :class:`DataError` otherwise.
+
+    A FIFO or device is refused before it is opened, at most :data:`MAX_LABELS_BYTES` are read, a UTF-8
+    byte-order mark is dropped and CRLF line ends are taken as line ends.
+    """
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"{p}: no such labels file; pass a text file with one class name per line") from None
-    except IsADirectoryError:
-        raise DataError(f"{p} is a folder; pass a text file with one class name per line") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or type(exc).__name__
-        raise DataError(f"{p}: cannot read it as UTF-8 text ({reason}); pass a text file with one class name per line") from None
-    try:
-        return parse_labels(text, str(p))
+        return parse_labels(_labels_text(p), str(p))
     except ConfigError as exc:
         raise DataError(str(exc)) from None
+
+
+def _labels_text(p: Path) -> str:
+    from edgeresnet.host.calibration import _check_special
+
+    if not p.exists():
+        raise DataError(f"{p}: no such labels file; {_LABELS_FIX}")
+    if p.is_dir():
+        raise DataError(f"{p} is a folder; {_LABELS_FIX}")
+    _check_special(p, "a labels file", "save the class names in a regular text file and pass that")
+    try:
+        with open(p, "rb") as f:
+            data = f.read(MAX_LABELS_BYTES + 1)
+    except OSError as exc:
+        raise DataError(f"{p}: cannot read it ({exc.strerror or type(exc).__name__}); make it readable") from None
+    if len(data) > MAX_LABELS_BYTES:
+        raise DataError(f"{p} is over {MAX_LABELS_BYTES >> 20} MiB, too big for a labels file; {_LABELS_FIX}")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{p} is not UTF-8 text (byte {exc.start} cannot be decoded); {_LABELS_FIX}") from None
+    if "\0" in text:
+        raise DataError(f"{p} holds NUL bytes, so it is not a text file; {_LABELS_FIX}")
+    return text
 
 
 def check_label_count(labels: tuple[str, ...], source: str, num_classes: int) -> tuple[str, ...]:

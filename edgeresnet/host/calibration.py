@@ -696,17 +696,14 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _check_special(p: Path) -> None:
-    """A FIFO, device or socket would block or never end when read: refuse it by name."""
+def _check_special(p: Path, what: str = "an image", fix: str = "remove it or pass a regular file") -> None:
+    """A FIFO, device or socket would block or never end when read: refuse it by name, before opening it."""
     try:
         mode = p.stat().st_mode
     except OSError as exc:
         _unreadable_entry(str(p), exc)
     if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-        raise DataError(
-            f"{p} is not a regular file (a FIFO, device or socket), so it cannot be read as an image; "
-            "remove it or pass a regular file"
-        )
+        raise DataError(f"{p} is not a regular file (a FIFO, device or socket), so it cannot be read as {what}; {fix}")
 
 
 def _unreadable_entry(path: str, exc: OSError):

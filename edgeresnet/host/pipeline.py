@@ -54,7 +54,7 @@ from edgeresnet._util.files import (
 )
 from edgeresnet import __version__
 from edgeresnet.host import shipping
-from edgeresnet.device.metadata import LABELS_FILE, labels_text
+from edgeresnet.device.metadata import LABELS_FILE, labels_text, read_labels_file
 from edgeresnet.report import DEFAULT_FORMATS, WRITERS, RunReport, Status, VariantRecord, check_formats, write_reports
 from edgeresnet.report.records import Timings
 from edgeresnet.device.runtime import EVAL_BATCH, TFLiteModel
@@ -96,7 +96,7 @@ class ConvertOptions:
     recover: bool = True  # over --max-drop: return the worst layers to float (targets that allow it)
     strict: bool = False  # target compatibility checks (Edge TPU mapping, GPU screen) fail the run
     trust_model_code: bool = False  # load Lambda layers, custom classes, file ops: the model's code runs here
-    labels: Optional[str] = None  # --labels FILE: class names for the metadata (else the class folders)
+    labels: Optional[str] = None  # --labels FILE: class names in output order, class folders matched by name (else the folders)
     device_check: Optional[str] = None  # "pi": evaluate every emitted model inside the emulated Raspberry Pi
     jobs: int = 1  # conversions run in this many child processes at once (edgeresnet.host.parallel)
     formats: tuple[str, ...] = DEFAULT_FORMATS  # report writers (json, md, csv, png, html); `report` writes all
@@ -518,6 +518,8 @@ def _check_before_work(opts, plan, inputs) -> tuple:
     for p in (opts.calib, opts.eval, opts.train):
         if p is not None and not Path(p).exists():
             raise DataError(f"{p}: no such file or folder; pass an image folder or a .npy/.npz file")
+    if opts.labels is not None:  # a bad --labels file fails before anything is loaded (its count: once the model is)
+        read_labels_file(opts.labels)
     needs_calib = any(v.target.needs_calibration(v.spec.precision) for v in plan)
     if needs_calib and opts.calib is None and opts.model is not None and not opts.timing_only:
         names = ", ".join(
@@ -545,14 +547,13 @@ def _run_staged(opts, plan, staged, needs_calib, started, progress, notify, benc
         check_quantizable(loaded)  # Keras 3, layers tfmot cannot quantize: refused before any long work
     preset_name = opts.preset or (reference_meta or {}).get("preset") or "raw"
     preset = get_preset(preset_name)
-    if opts.labels is not None:  # a bad --labels file fails before any long work
-        shipping.read_labels_file(opts.labels, loaded.num_classes)
+    names, order_warning = _class_order(opts, loaded, notify)  # before any long work
     with timings("prune"):
-        transfer_info = _transfer(opts, loaded, preset, progress)  # --classes: the new classifier, trained first
+        transfer_info = _transfer(opts, loaded, preset, progress, names)  # --classes: the new classifier, trained first
     with timings("calibration data"):
-        data = _load_data(opts, loaded, reference_meta, preset, preset_name, needs_calib, progress, notify)
+        data = _load_data(opts, loaded, reference_meta, preset, preset_name, needs_calib, progress, notify, names)
     with timings("prune"):  # pruning and quantization-aware fine-tuning
-        models = _build_models(opts, plan, loaded, preset, progress, notify)
+        models = _build_models(opts, plan, loaded, preset, progress, notify, names)
     _converter_calibration(opts, data, preset)
     float_out, labels = None, None
     if data.eval is not None:
@@ -576,7 +577,7 @@ def _run_staged(opts, plan, staged, needs_calib, started, progress, notify, benc
         report.model["transfer"] = transfer_info  # the new classifier's fine-tuning (backbone frozen first)
     report.timings = timings
     with timings("write"):
-        ship_info = _ship_info(opts, loaded, preset, data, report, staged, notify)
+        ship_info = _ship_info(opts, loaded, preset, data, report, staged, notify, names, order_warning)
     emit = _Emitter(opts, float_out, labels, data.conv_calib, data.conv_eval, progress, notify, bench_config, ship_info,
                     timings)
     report.recovery = opts.recover and opts.max_drop is not None
@@ -625,8 +626,10 @@ def _convert_in_parallel(opts, plan, models, emit, progress) -> None:
         emit.cache[key] = ConversionResult(spec=key[1], model=model_bytes, seconds=seconds, log="")
 
 
-def _load_data(opts, loaded, reference_meta, preset, preset_name, needs_calib, progress, notify) -> "_Data":
-    """Calibration and evaluation images, preprocessed, and the arrays the converter takes."""
+def _load_data(opts, loaded, reference_meta, preset, preset_name, needs_calib, progress, notify, names=None) -> "_Data":
+    """Calibration and evaluation images, preprocessed, and the arrays the converter takes. Evaluation images
+    are labelled by the output index of their class's name in ``names`` (``--labels``) when given; calibration
+    keeps its folder labels, which only balance the classes (the same images in any label order)."""
     data = _Data()
     # Calibration data.
     if needs_calib or opts.calib is not None or opts.timing_only:  # timing only: one calibration image runs each model
@@ -648,7 +651,9 @@ def _load_data(opts, loaded, reference_meta, preset, preset_name, needs_calib, p
 
     if not opts.timing_only:
         data.eval, data.eval_origin = _eval_set(opts, loaded, reference_meta, data.calib)
-        _check_classes(data.eval, loaded.num_classes, "--eval" if opts.eval else "the evaluation data")
+        flag = "--eval" if opts.eval else "the evaluation data"
+        _check_classes(data.eval, loaded.num_classes, flag)
+        data.eval = _match_classes(data.eval, names, flag, opts)
         data.eval_float = data.eval.with_preset(preset)  # what the float model takes
 
     if opts.fold_preprocessing:
@@ -699,12 +704,12 @@ def zoo_timing_model(name: str, precision: str = "int8", input_size: Optional[in
     return convert(loaded.tflite_converter, conversion, calib if conversion.needs_calibration else None).model
 
 
-def _build_models(opts, plan, loaded, preset, progress, notify) -> dict:
+def _build_models(opts, plan, loaded, preset, progress, notify, names=None) -> dict:
     """The models to convert: the one given, one pruned model per sparsity in the plan (fine-tuned on
     --train when given) and, with --qat, a quantization-aware fine-tuned copy of each (sparsity-preserving
     for pruned ones); each built once. (sparsity, qat) -> (LoadedModel, prune or QAT info)."""
     fine_tunes = opts.prune is not None or opts.qat is not None
-    train = _load_train(opts, loaded, preset, progress) if fine_tunes else None
+    train = _load_train(opts, loaded, preset, progress, names) if fine_tunes else None
     models: dict = {}
     for sparsity, qat in dict.fromkeys(v.model_key for v in plan):
         model, info = loaded, None
@@ -727,13 +732,16 @@ def _build_models(opts, plan, loaded, preset, progress, notify) -> dict:
     return models
 
 
-def _ship_info(opts, loaded, preset, data, report, staged, notify):
-    """The metadata every emitted model carries (and labels.txt beside them)."""
-    class_names, names_from = shipping.resolve_labels(
-        opts.labels,
-        [("the evaluation data", data.eval), ("the calibration data", data.calib), ("--train", _train_class_names(opts))],
-        loaded.num_classes,
-    )
+def _ship_info(opts, loaded, preset, data, report, staged, notify, names=None, order_warning=None):
+    """The metadata every emitted model carries (and labels.txt beside them): ``names`` (--labels), else the
+    class folders'."""
+    if names is not None:
+        class_names, names_from = names, f"--labels {opts.labels}"
+    else:
+        class_names, names_from = shipping.resolve_labels(
+            [("the evaluation data", data.eval), ("the calibration data", data.calib), ("--train", _folder_classes(opts.train))],
+            loaded.num_classes,
+        )
     if class_names is None:
         notify("warning: the data is unlabelled, so the models carry no class names (apps show none); "
                "pass --labels FILE with one name per line")
@@ -742,7 +750,7 @@ def _ship_info(opts, loaded, preset, data, report, staged, notify):
         loaded.name, preset, opts.fold_preprocessing, loaded.input_shape[-1], class_names,
         version=f"edgeresnet {__version__}", source=Path(str(report.model["source"])).name,
     )
-    report.metadata = ship_info.to_dict() | {"labels_from": names_from}
+    report.metadata = ship_info.to_dict() | {"labels_from": names_from, "labels_order": order_warning}
     if class_names is not None:
         atomic_write_bytes(staged.path / LABELS_FILE, labels_text(class_names).encode("utf-8"))
     return ship_info
@@ -977,13 +985,32 @@ def _zero_fraction(model: bytes) -> float:
     return round(float(tflite_weight_sparsity(model)["fraction"]), 4)
 
 
-def _train_class_names(opts) -> Optional[tuple[str, ...]]:
-    """The class folder names of --train (a scan, no decoding), or None."""
-    if opts.train is None or not Path(opts.train).is_dir():
+def _folder_classes(path) -> Optional[tuple[str, ...]]:
+    """The class folder names of an image folder (a scan, no decoding), or None (no folder, no classes)."""
+    if path is None or not Path(path).is_dir():
         return None
     from edgeresnet.host.calibration import list_images
 
-    return list_images(opts.train)[2]
+    return list_images(path)[2]
+
+
+def _class_order(opts, loaded, notify) -> tuple[Optional[tuple[str, ...]], Optional[str]]:
+    """(``--labels``' class names in output order, or None; the warning said when the class folders scored or
+    trained on list them in another order). Folders with other names are refused here, before any long work."""
+    if opts.labels is None:
+        return None, None
+    names = shipping.read_labels_file(opts.labels, loaded.num_classes)
+    scored = ("--eval", opts.eval) if opts.eval is not None else ("--calib", opts.calib)  # without --eval: calib's
+    folders = [(flag, _folder_classes(path)) for flag, path in (scored, ("--train", opts.train))]
+    warning = shipping.order_note(names, f"--labels {opts.labels}", [(f, c) for f, c in folders if c])
+    if warning is not None:
+        notify(f"warning: {warning}")
+    return names, warning
+
+
+def _match_classes(images, names, flag: str, opts):
+    """``images`` labelled by the output index of each class's name in ``names`` (see shipping.match_classes)."""
+    return shipping.match_classes(images, names, flag, f"--labels {opts.labels}")
 
 
 @dataclass(frozen=True)
@@ -1017,8 +1044,9 @@ def _run_worker(opts, plan, cluster, progress, notify) -> WorkerRun:
         join(cluster)
         loaded, reference_meta = _load_model(opts)
         preset = get_preset(opts.preset or (reference_meta or {}).get("preset") or "raw")
-        transfer_info = _transfer(opts, loaded, preset, progress)  # the same new classifier as the chief's
-        models = _build_models(opts, plan, loaded, preset, progress, notify)
+        names, _ = _class_order(opts, loaded, notify)
+        transfer_info = _transfer(opts, loaded, preset, progress, names)  # the same new classifier as the chief's
+        models = _build_models(opts, plan, loaded, preset, progress, notify, names)
     trained = [(loaded.name, transfer_info)] if transfer_info is not None else []
     trained += [(m.name, info) for m, info in models.values() if info is not None]
     return WorkerRun(
@@ -1028,13 +1056,13 @@ def _run_worker(opts, plan, cluster, progress, notify) -> WorkerRun:
     )
 
 
-def _transfer(opts, loaded, preset, progress) -> Optional[dict]:
+def _transfer(opts, loaded, preset, progress, names=None) -> Optional[dict]:
     """With --classes: fine-tune the zoo model's new classifier on --train (in place); its report, else None."""
     if opts.classes is None:
         return None
     from edgeresnet.host.training.transfer import TransferConfig, fine_tune, fine_tune_in_child
 
-    train = _load_train(opts, loaded, preset)
+    train = _load_train(opts, loaded, preset, names=names)
     in_child = _train_in_child(opts, loaded, train)
     info = (fine_tune_in_child if in_child else fine_tune)(
         loaded.model, train, opts.transfer or TransferConfig(seed=opts.seed),
@@ -1044,15 +1072,16 @@ def _transfer(opts, loaded, preset, progress) -> Optional[dict]:
     return {**info, "process": _process(in_child, train)}
 
 
-def _load_train(opts, loaded, preset, progress=None) -> Optional[ImageStream]:
-    """The --train images as a labelled stream of model inputs (decoded per batch), or None without --train."""
+def _load_train(opts, loaded, preset, progress=None, names=None) -> Optional[ImageStream]:
+    """The --train images as a labelled stream of model inputs (decoded per batch), or None without --train;
+    labelled by the output index of each class's name in ``names`` (--labels) when given."""
     if opts.train is None:
         return None
     images = stream_images(opts.train, loaded.input_shape, samples=None, seed=opts.seed, resize=opts.resize)
     if not images.labelled:
         raise DataError(f"{opts.train} has no class sub-folders; --train needs one sub-folder per class")
     _check_classes(images, loaded.num_classes, "--train")
-    return images.with_preset(preset)
+    return _match_classes(images, names, "--train", opts).with_preset(preset)
 
 
 def _train_in_child(opts, loaded, train) -> bool:

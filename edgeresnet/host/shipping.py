@@ -28,10 +28,14 @@ from __future__ import annotations
 
 import math
 import struct
+from dataclasses import replace
+from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
+
 from edgeresnet.host.calibration import Preset
-from edgeresnet.errors import ConfigError
+from edgeresnet.errors import ConfigError, DataError
 from edgeresnet.device import metadata
 from edgeresnet.device.metadata import LABELS_FILE, ModelInfo, add_metadata, check_label_count, parse_labels
 from edgeresnet.device.tflite_graph import _Reader, read_graph
@@ -55,22 +59,17 @@ def read_labels_file(path, num_classes: int) -> tuple[str, ...]:
     return check_label_count(metadata.read_labels_file(path), f"--labels {path}", num_classes)
 
 
-def resolve_labels(labels_file, named_sets: Sequence[tuple[str, object]], num_classes: int) -> tuple[Optional[tuple[str, ...]], Optional[str]]:
-    """(class names, where they came from): ``--labels`` first, else the labelled data folders.
+def resolve_labels(named_sets: Sequence[tuple[str, object]], num_classes: int) -> tuple[Optional[tuple[str, ...]], Optional[str]]:
+    """(class names, where they came from) when no ``--labels`` is given: the labelled data folders' class names.
 
     ``named_sets`` are (flag, ImageSet, class-name tuple or None), e.g. ("--eval", eval_set). Two
     labelled folders with different class names are refused. (None, None) when
     nothing names the classes.
     """
-    if labels_file is not None:
-        return read_labels_file(labels_file, num_classes), f"--labels {labels_file}"
     found: Optional[tuple[str, ...]] = None
     source = None
     for flag, images in named_sets:
-        if isinstance(images, tuple):  # class names straight from a folder scan
-            names = images
-        else:
-            names = getattr(images, "class_names", None) if getattr(images, "labelled", True) else None
+        names = images if isinstance(images, tuple) else _class_names(images)  # a tuple: straight from a folder scan
         if not names:
             continue
         names = tuple(str(n) for n in names)
@@ -84,6 +83,63 @@ def resolve_labels(labels_file, named_sets: Sequence[tuple[str, object]], num_cl
     if found is None:
         return None, None
     return check_label_count(parse_labels("\n".join(found), f"class folders of {source}"), f"{source}", num_classes), f"class folders of {source}"
+
+
+def _class_names(images) -> Optional[tuple[str, ...]]:
+    """The class names of a labelled ImageSet/ImageStream, else None."""
+    return getattr(images, "class_names", None) if getattr(images, "labelled", True) else None
+
+
+def class_mapping(folders: Sequence[str], names: Sequence[str], flag: str, labels_from: str) -> np.ndarray:
+    """Folder index -> output index: each class folder goes to the line of ``names`` that bears its name.
+
+    :class:`DataError` unless the folders are ``names`` as a set (any order).
+    """
+    index = {name: i for i, name in enumerate(names)}
+    unnamed = [f for f in folders if f not in index]
+    missing = [n for n in names if n not in set(folders)]
+    if unnamed or missing:
+        said = (f"classes {_shown(unnamed)} that {labels_from} does not name" if unnamed
+                else f"no class folder for {_shown(missing)} of {labels_from}")
+        raise DataError(
+            f"{flag} has {said}; name each class folder exactly as its line in the labels file "
+            "(folders are matched to labels by name), or drop --labels"
+        )
+    return np.array([index[f] for f in folders], dtype=np.int64)
+
+
+def order_note(names: Sequence[str], labels_from: str, folder_sets: Sequence[tuple[str, Sequence[str]]]) -> Optional[str]:
+    """The warning when class folders (``(flag, sorted folder names)``) list the classes in another order than
+    ``names``, saying which mapping is used; None when they agree. :class:`DataError` when their names differ."""
+    differ = []
+    for flag, folders in folder_sets:
+        class_mapping(folders, names, flag, labels_from)  # other names: refused
+        if tuple(folders) != tuple(names):
+            differ.append((flag, tuple(folders)))
+    if not differ:
+        return None
+    folders = differ[0][1]
+    i = next(i for i, f in enumerate(folders) if names[i] != f)
+    return (
+        f"{labels_from} lists the classes in another order than the class folders of "
+        f"{', '.join(flag for flag, _ in differ)} (folder {folders[i]!r} is number {i + 1} in folder order but "
+        f"line {list(names).index(folders[i]) + 1} of the labels file); each folder is matched to its label by name: "
+        "accuracy, training and the models' metadata all use the labels file's order"
+    )
+
+
+def match_classes(images, names: Optional[Sequence[str]], flag: str, labels_from: str):
+    """``images`` (an ImageSet or ImageStream) with labels as output indices of ``names``, each class
+    folder matched by name; unchanged without ``names``, without labels or without class names."""
+    folders = _class_names(images) if images is not None else None
+    if names is None or not folders or tuple(folders) == tuple(names):
+        return images
+    mapping = class_mapping(folders, names, flag, labels_from)
+    return replace(images, labels=mapping[images.labels], class_names=tuple(names))
+
+
+def _shown(names: Sequence[str]) -> str:
+    return ", ".join(repr(n) for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def _first_difference(a, b) -> str:

@@ -93,7 +93,9 @@ def runtimes_markdown(report: dict) -> list[str]:
         norm = "not stated" if meta.get("mean") is None else f"(pixel - {meta['mean']}) / {meta['std']}"
         labels = (f"{meta['labels_count']} class names in `{meta['labels_file']}` ({meta.get('labels_from')})"
                   if meta.get("labels_count") else "none (unlabelled data; pass --labels FILE)")
-        lines += [f"- metadata: name `{meta['name']}`, input {meta['color_space']}, normalization {norm}, labels {labels}", ""]
+        lines += [f"- metadata: name `{meta['name']}`, input {meta['color_space']}, normalization {norm}, labels {labels}"]
+        lines += [f"- warning: {meta['labels_order']}"] if meta.get("labels_order") else []
+        lines += [""]
     if rows:
         lines += ["| model | LiteRT interpreter | MediaPipe Tasks / Task Library | Edge TPU |", "|---|---|---|---|"]
         mark = {True: "yes", False: "no", None: "?"}
