@@ -29,7 +29,6 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import replace
-from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
