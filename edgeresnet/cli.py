@@ -99,7 +99,7 @@ def _data_options(f):
         click.option("--classes", type=int, metavar="N", help="With a built-in architecture as MODEL: a new classifier for N classes, fine-tuned on --train (backbone from --weights frozen for the first epoch, then trained too)."),
         click.option("--input-size", type=int, metavar="PX", help="With a built-in architecture as MODEL: square input side in pixels (default: the architecture's, 224 or 32)."),
         click.option("--epochs", type=int, help="Fine-tuning epochs for pruning, --qat and --classes with --train (default 3)."),
-        click.option("--batch-size", type=int, help="Fine-tuning batch size (default 64)."),
+        click.option("--batch-size", type=int, help="Fine-tuning batch size (default: 64, lowered to 32, 16 or 8 where the model's training memory would exceed 3 GiB or the memory available; report.json's memory says which)."),
         click.option("--learning-rate", type=FINITE, help="Fine-tuning learning rate (Adam; default 3e-4 for pruning, 1e-4 for --qat (3e-4 for --qat after --prune), 1e-3 for the new classifier of --classes)."),
         click.option("--strategy", type=click.Choice(["auto", "one", "mirrored", "multiworker"]), help="tf.distribute strategy for fine-tuning: auto (default: multiworker when TF_CONFIG lists a cluster, mirrored with several GPUs, else one device), one, mirrored or multiworker. In a cluster only the chief writes --out."),
         click.option("--prune-schedule", type=click.Choice(["polynomial", "constant"]), help="Sparsity schedule while fine-tuning (default polynomial decay)."),
@@ -174,7 +174,7 @@ def _prune_config(sparsity, kw, flag):
 _SAME_NAMED = (
     "io_type", "calib", "calib_samples", "seed", "preset", "resize", "fold_preprocessing", "eval_samples",
     "max_drop", "overwrite", "train", "recover", "int8_method", "strict", "trust_model_code", "device_check",
-    "labels",
+    "labels", "batch_size",
 )
 
 

@@ -130,3 +130,26 @@ def over_budget(d: Drift, max_drop: Optional[float]) -> bool:
         return False
     drop = d.drop_pts if d.drop_pts is not None else 100.0 - d.agreement
     return drop > max_drop + 1e-9
+
+
+CHANCE_SDS = 2.0  # how many binomial standard deviations above chance still count as "at chance"
+
+
+def at_chance(base: Baseline, classes: int) -> Optional[dict]:
+    """Whether the float model's top-1 is at or near chance: its drift figures then mean nothing.
+
+    A model that learned nothing is right on each image with probability
+    1/classes, so its top-1 over n images is binomial: mean 100/classes %,
+    standard deviation 100 * sqrt(p (1 - p) / n). A top-1 up to
+    :data:`CHANCE_SDS` deviations above the mean is "at chance" (such a model
+    scores above it about 2 % of the time). Returns the figures, or None
+    (above it, unlabelled data, or fewer than two classes).
+    """
+    if base.top1 is None or not base.count or classes < 2:
+        return None
+    p = 1.0 / classes
+    threshold = 100.0 * (p + CHANCE_SDS * np.sqrt(p * (1.0 - p) / base.count))
+    if base.top1 > threshold:
+        return None
+    return {"top1": _round(base.top1), "chance": _round(100.0 * p), "threshold": _round(float(threshold)),
+            "count": base.count, "classes": classes}

@@ -54,7 +54,8 @@ from edgeresnet._util.files import (
 )
 from edgeresnet import __version__
 from edgeresnet.host import shipping
-from edgeresnet.device.metadata import LABELS_FILE, labels_text, read_labels_file
+from edgeresnet.host.memory import MemoryMeter
+from edgeresnet.device.metadata import LABELS_FILE, labels_text
 from edgeresnet.report import DEFAULT_FORMATS, WRITERS, RunReport, Status, VariantRecord, check_formats, write_reports
 from edgeresnet.report.records import Timings
 from edgeresnet.device.runtime import EVAL_BATCH, TFLiteModel
@@ -111,9 +112,14 @@ class ConvertOptions:
     # are tf_keras built-ins (train_data.portable); below that the pool is small and the child's start (a
     # TensorFlow import, ~5 s) would dominate.
     train_in_child: Optional[bool] = None
+    # The fine-tuning batch for pruning, --qat and --classes, as given (--batch-size). None: each config's batch,
+    # lowered where needed to keep fine-tuning under the memory bound (memory.choose_batch; not on a cluster).
+    batch_size: Optional[int] = None
 
     def __post_init__(self):
         check_formats(self.formats)
+        if self.batch_size is not None:
+            whole_number("--batch-size", self.batch_size, 1)
         whole_number("--jobs", self.jobs, 1)
         if not self.targets:
             raise ConfigError(f"no target given; pass --target with one of {', '.join(target_names())}")
@@ -537,10 +543,11 @@ def _check_before_work(opts, plan, inputs) -> tuple:
 def _run_staged(opts, plan, staged, needs_calib, started, progress, notify, bench_config, formats,
                 device_python=None) -> RunReport:
     """The job's stages in order: data, models, float baseline, emit (and recover) each variant, report."""
-    timings = Timings()
-    with timings("load"):
+    timings, meter = Timings(), MemoryMeter()
+    with timings("load"), meter("load"):
         loaded, reference_meta = _load_model(opts)
         _check_finite_weights(loaded, opts.model or "the reference model")
+    opts, batch = _fine_tune_batch(opts, loaded, notify)
     if opts.qat is not None:
         from edgeresnet.host.training.qat import check_quantizable
 
@@ -548,16 +555,17 @@ def _run_staged(opts, plan, staged, needs_calib, started, progress, notify, benc
     preset_name = opts.preset or (reference_meta or {}).get("preset") or "raw"
     preset = get_preset(preset_name)
     names, order_warning = _class_order(opts, loaded, notify)  # before any long work
-    with timings("prune"):
-        transfer_info = _transfer(opts, loaded, preset, progress, names)  # --classes: the new classifier, trained first
-    with timings("calibration data"):
+    with timings("prune"), meter("fine-tune"):
+        transfer_info = _transfer(opts, loaded, preset, progress, names, notify)  # --classes: the new classifier, trained first
+    with timings("calibration data"), meter("convert"):
         data = _load_data(opts, loaded, reference_meta, preset, preset_name, needs_calib, progress, notify, names)
-    with timings("prune"):  # pruning and quantization-aware fine-tuning
+    with timings("prune"), meter("fine-tune"):  # pruning and quantization-aware fine-tuning
         models = _build_models(opts, plan, loaded, preset, progress, notify, names)
-    _converter_calibration(opts, data, preset)
+    with meter("convert"):
+        _converter_calibration(opts, data, preset)
     float_out, labels = None, None
     if data.eval is not None:
-        with timings("evaluate"):
+        with timings("evaluate"), meter("evaluate"):
             float_out = data.eval_float.predict(loaded.predict, progress=_stage(progress, "evaluate float model", "images"))
         labels = data.eval.labels if data.eval.labelled else None
     report = RunReport.start(
@@ -576,24 +584,86 @@ def _run_staged(opts, plan, staged, needs_calib, started, progress, notify, benc
     if transfer_info is not None:
         report.model["transfer"] = transfer_info  # the new classifier's fine-tuning (backbone frozen first)
     report.timings = timings
-    with timings("write"):
+    report.at_chance = _float_at_chance(report, loaded, notify)
+    with timings("write"), meter("convert"):
         ship_info = _ship_info(opts, loaded, preset, data, report, staged, notify, names, order_warning)
     emit = _Emitter(opts, float_out, labels, data.conv_calib, data.conv_eval, progress, notify, bench_config, ship_info,
-                    timings)
+                    timings, meter)
     report.recovery = opts.recover and opts.max_drop is not None
-    if opts.jobs > 1:
-        with timings("quantize"):
-            _convert_in_parallel(opts, plan, models, emit, progress)
-    _emit_all(opts, plan, models, emit, report, staged)
+    with meter("convert"):
+        if opts.jobs > 1:
+            with timings("quantize"):
+                _convert_in_parallel(opts, plan, models, emit, progress)
+        _emit_all(opts, plan, models, emit, report, staged)
     if device_python is not None:
-        check_variants(report.variants, staged.path, opts.eval, opts.eval_samples, opts.seed, device_python,
-                       progress=_stage(progress, f"evaluate on the emulated {opts.device_check}", "images"))
+        with meter("evaluate"):
+            check_variants(report.variants, staged.path, opts.eval, opts.eval_samples, opts.seed, device_python,
+                           progress=_stage(progress, f"evaluate on the emulated {opts.device_check}", "images"))
         for finding in device_check.findings(report.variants):
             notify(f"warning: {finding}")
+    _mark_at_chance(report)
     if any(COMPILER_HINT in v.checks.get("edgetpu", {}).get("notes", ()) for v in report.variants):
         notify(f"note: {COMPILER_HINT}")  # once per run, not once per model
+    report.memory = (batch or {}) | meter.to_dict()
     report.finish(time.perf_counter() - started)
     return _write_and_judge(opts, report, staged, formats)
+
+
+def _fine_tune_configs(opts) -> dict:
+    """The fine-tuning configs of a run that fine-tunes on --train (a --classes run has one even if not given)."""
+    from edgeresnet.host.training.transfer import TransferConfig
+
+    transfer = opts.transfer or (TransferConfig(seed=opts.seed) if opts.classes is not None else None)
+    configs = {"prune": opts.prune, "qat": opts.qat, "transfer": transfer}
+    return {k: c for k, c in configs.items() if c is not None} if opts.train is not None else {}
+
+
+def _fine_tune_batch(opts, loaded, notify) -> tuple:
+    """``opts`` with the fine-tuning batch decided (memory.choose_batch), and the report's record of it (or None:
+    nothing is fine-tuned). On a cluster every worker keeps the configured batch (they must agree)."""
+    from dataclasses import replace
+
+    from edgeresnet.host.memory import choose_batch
+
+    configs = _fine_tune_configs(opts)
+    if not configs or (_fine_tuning_cluster(opts) is not None and opts.batch_size is None):
+        return opts, None
+    choice = choose_batch(loaded.model, max(c.batch_size for c in configs.values()), opts.batch_size)
+    side = "x".join(str(d) for d in loaded.input_shape[:2])
+    why = choice.why(loaded.name, side)
+    if not choice.fits:
+        notify(f"warning: {why}; lower --batch-size if the run is killed for memory")
+    elif choice.batch_size < choice.largest:
+        notify(f"note: {why}")
+    batch = choice.batch_size
+    tuned = {k: replace(c, batch_size=batch if choice.given else min(c.batch_size, batch)) for k, c in configs.items()}
+    return replace(opts, **tuned), choice.to_dict(loaded.name, side)
+
+
+def _float_at_chance(report, loaded, notify) -> Optional[dict]:
+    """verify.at_chance of the float model, with a warning that says what to do."""
+    from edgeresnet.device.verify import at_chance
+
+    found = at_chance(report.baseline, loaded.num_classes)
+    if found is not None:
+        notify(
+            f"warning: the float model scores {found['top1']:.2f} % top-1 on {found['count']} images, at chance for "
+            f"{found['classes']} classes (a model that learned nothing scores up to {found['threshold']:.2f} % here), "
+            "so its variants' drift figures mean nothing (status float_at_chance): fine-tune longer (--epochs), "
+            "start from trained weights (--weights), or check that --eval's class folders match the model's classes"
+        )
+    return found
+
+
+def _mark_at_chance(report) -> None:
+    """Variants that would be ok are float_at_chance when the float model they are compared with is at chance."""
+    if report.at_chance is None:
+        return
+    reason = (f"the float model scores {report.at_chance['top1']:.2f} % top-1, at chance "
+              f"(up to {report.at_chance['threshold']:.2f} %): drift not meaningful")
+    for v in report.variants:
+        if v.status == Status.OK:
+            v.fail(Status.FLOAT_AT_CHANCE, reason)
 
 
 def _evaluation_record(data, labels, loaded) -> dict:
@@ -767,8 +837,9 @@ def _emit_all(opts, plan, models, emit, report, staged) -> None:
             rec.prune = {k: v for k, v in prune.items() if k != "layers"}
             if rec.name in emit.outputs and not planned.qat:
                 if planned.sparsity not in own_float:
-                    own_float[planned.sparsity] = emit.conv_eval.predict(model.predict, progress=_stage(
-                        emit.progress, f"evaluate pruned float model ({planned.sparsity:g})", "images"))
+                    with emit.meter("evaluate"):
+                        own_float[planned.sparsity] = emit.conv_eval.predict(model.predict, progress=_stage(
+                            emit.progress, f"evaluate pruned float model ({planned.sparsity:g})", "images"))
                 rec.prune["vs_pruned_float"] = _vs_pruned_float(
                     own_float[planned.sparsity], emit.outputs[rec.name], emit.labels, info)
         rec.fine_tune = _fine_tune_record(opts.train, info, planned.qat)
@@ -839,8 +910,9 @@ class _Emitter:
     """Converts, runs, measures and checks one planned variant; caches identical conversions."""
 
     def __init__(self, opts, float_out, labels, conv_calib, conv_eval, progress, notify, bench_config, ship_info,
-                 timings=None):
+                 timings=None, meter=None):
         self.timings = timings if timings is not None else Timings()
+        self.meter = meter if meter is not None else MemoryMeter()
         self.opts, self.float_out, self.labels = opts, float_out, labels
         self.ship_info = ship_info
         self.conv_calib, self.conv_eval = conv_calib, conv_eval
@@ -888,7 +960,7 @@ class _Emitter:
         with self.timings("checks"):
             shipped = self._ship(result.model, rec)  # what is written, run and checked: the model with its metadata
         try:
-            with self.timings("evaluate"):
+            with self.timings("evaluate"), self.meter("evaluate"):
                 tfl = TFLiteModel(shipped)
                 if self.conv_eval is None:  # timing only: one run proves the model runs; accuracy is not measured
                     tfl.predict(self.sample())
@@ -1056,7 +1128,7 @@ def _run_worker(opts, plan, cluster, progress, notify) -> WorkerRun:
     )
 
 
-def _transfer(opts, loaded, preset, progress, names=None) -> Optional[dict]:
+def _transfer(opts, loaded, preset, progress, names=None, notify=None) -> Optional[dict]:
     """With --classes: fine-tune the zoo model's new classifier on --train (in place); its report, else None."""
     if opts.classes is None:
         return None
@@ -1069,6 +1141,15 @@ def _transfer(opts, loaded, preset, progress, names=None) -> Optional[dict]:
         progress=_stage(progress, f"fine-tune new {opts.classes}-class classifier", "steps"),
         freeze_backbone=opts.weights is not None,
     )
+    loss = info["history"].get("loss") or [None]
+    if notify is not None and loss[-1] is not None and info.get("initial_loss") is not None \
+            and loss[-1] >= info["initial_loss"]:
+        notify(
+            f"warning: fine-tuning the new {opts.classes}-class classifier ended with a training loss of {loss[-1]:.3f} "
+            f"(last epoch's mean), no lower than it started ({info['initial_loss']:.3f} on the first batch): "
+            "it learned nothing; fine-tune longer (--epochs), start from trained weights (--weights), "
+            "or lower --learning-rate"
+        )
     return {**info, "process": _process(in_child, train)}
 
 

@@ -71,7 +71,7 @@ def variants_table(report: dict) -> str:
         row = [v["name"], v["target"], v["precision"], v["io_type"]] + ([fine_tune_text(v)] if tuned else [])
         row += [_kib(v["size_bytes"]), _kib(v["compressed_bytes"])]
         if labelled:
-            row += [_fmt(v["top1"]), _fmt(v["drop_pts"])]
+            row += [_fmt(v["top1"]), "not meaningful" if v["status"] == "float_at_chance" else _fmt(v["drop_pts"])]
         row += [_fmt(v["agreement"]), _fmt(v["sqnr_db"], ".1f")] if measured else ["not measured"]
         if timed:
             row += [_fmt((v.get("latency") or {}).get("median_ms"), ".3f")]
@@ -166,6 +166,10 @@ def _header_lines(report: dict) -> list[str]:
         lines.append(f"- evaluation: {e['count']} images from `{e['source']}` ({e['origin']})")
     if f.get("top1") is not None:
         lines.append(f"- float model: top-1 {f['top1']:.2f} %, top-5 {f['top5']:.2f} %")
+    if f.get("at_chance"):
+        lines.append(f"  - warning: at chance for {f['at_chance']['classes']} classes (up to "
+                     f"{f['at_chance']['threshold']:.2f} % on {f['at_chance']['count']} images): drift figures not meaningful")
+    lines += _memory_lines(report.get("memory"))
     if report.get("max_drop") is not None:
         lines.append(f"- budget: --max-drop {report['max_drop']} pts: {'met' if report['passed'] else 'NOT met'}")
     data = sorted({str(v["fine_tune"].get("data")) for v in report["variants"] if v.get("fine_tune")})
@@ -183,6 +187,17 @@ def _header_lines(report: dict) -> list[str]:
         for w in p.get("warnings") or ():
             lines.append(f"  - warning: {w}")
     return lines
+
+
+def _memory_lines(mem: Optional[dict]) -> list[str]:
+    """One line: the peak RSS of each stage, and the fine-tuning batch with the bound it was chosen for."""
+    if not mem:
+        return []
+    peaks = ", ".join(f"{stage} {mib:,}" for stage, mib in mem["peak_rss_mib"].items())
+    line = f"- memory: peak RSS (MiB) {peaks}"
+    if mem.get("batch_size") is not None:
+        line += f"; {mem['why']}"
+    return [line]
 
 
 def _variant_lines(v: dict) -> list[str]:

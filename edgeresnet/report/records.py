@@ -13,9 +13,11 @@ In short:
 - ``variants``: :class:`VariantRecord` dicts: ``target``, ``precision``,
   ``path``, ``sha256`` (of the file), ``size_bytes``, ``top1``, ``drop_pts``, ``agreement``, ...
   and a :class:`Status`: ``ok``, ``over_budget``, ``convert_failed`` (no model was
-  produced) or ``validation_failed`` (a model was produced, and it failed a check)
+  produced), ``validation_failed`` (a model was produced, and it failed a check) or
+  ``float_at_chance`` (the float model scores at chance: its drift figures mean nothing)
 - ``max_drop``, ``passed``, ``seconds``, ``edgeresnet_version``, ``created``
 - ``timings``: seconds per stage (:data:`STAGES`) summed over the run, so a user sees where the time goes
+- ``memory``: peak RSS (MiB) per stage, and with fine-tuning the batch it used and the bound it was chosen for
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class Status(str, Enum):
     OVER_BUDGET = "over_budget"  # a model was produced and runs, but lost more than --max-drop
     CONVERT_FAILED = "convert_failed"  # no model was produced
     VALIDATION_FAILED = "validation_failed"  # a model was produced, and it failed a check or did not run
+    FLOAT_AT_CHANCE = "float_at_chance"  # a model was produced, but the float model it is compared with scores at chance
 
     def __str__(self) -> str:
         return self.value
@@ -193,6 +196,8 @@ class RunReport:
     seconds: Optional[float] = None
     created: str = ""
     timings: Timings = field(default_factory=Timings)
+    memory: Optional[dict] = None  # peak RSS per stage and the fine-tuning batch (memory.MemoryMeter, BatchChoice)
+    at_chance: Optional[dict] = None  # the float model scores at chance (verify.at_chance)
 
     @classmethod
     def start(cls, *, model, source, preset, folded, calibration, evaluation, baseline, max_drop, prune=None):
@@ -238,7 +243,7 @@ class RunReport:
             "preprocessing": self.preprocessing,
             "calibration": self.calibration,
             "evaluation": self.evaluation,
-            "float": self.baseline.to_dict(),
+            "float": self.baseline.to_dict() | ({"at_chance": self.at_chance} if self.at_chance else {}),
             "max_drop": self.max_drop,
             "recovery": self.recovery,
             "passed": self.passed,
@@ -250,4 +255,6 @@ class RunReport:
             out["prune"] = self.prune
         if self.metadata is not None:
             out["metadata"] = self.metadata
+        if self.memory is not None:
+            out["memory"] = self.memory
         return out

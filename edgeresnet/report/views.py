@@ -963,6 +963,9 @@ def _summary(report: dict) -> str:
         items.append(f"accuracy not measured: {_e(reason)}; sizes and latency only")
     elif f.get("top1") is not None:
         items.append(f"float model: top-1 {_fmt(f.get('top1'))} %, top-5 {_fmt(f.get('top5'))} % on {_e(f.get('count'))} images")
+        if f.get("at_chance"):
+            items.append(f'<span class="fail">at chance</span> (up to {_fmt(f["at_chance"]["threshold"])} % for '
+                         f'{_e(f["at_chance"]["classes"])} classes): drift figures not meaningful')
     else:
         items.append(f"float model scored on {_e(f.get('count'))} unlabelled images (variants compared by agreement)")
     if report.get("max_drop") is not None:

@@ -59,7 +59,8 @@ def fine_tune(model, train, config: TransferConfig, progress: Optional[ProgressF
     strategy = make_strategy(config.strategy)
     data = training_data(tf, strategy, train, config.batch_size, config.seed)
     total = data.steps_per_epoch * config.epochs
-    callbacks = [_progress_callback(keras, progress, total)] if progress is not None else []
+    start = _first_batch_loss(keras)
+    callbacks = [start] + ([_progress_callback(keras, progress, total)] if progress is not None else [])
     history: dict = {}
     started = time.perf_counter()
     frozen = 1 if freeze_backbone else 0
@@ -98,8 +99,23 @@ def fine_tune(model, train, config: TransferConfig, progress: Optional[ProgressF
         "shard": data.shard(),
         "weights_sha256": weights_sha256(model),
         "train_seconds": round(time.perf_counter() - started, 2),
+        "initial_loss": start.loss,  # the first batch's, on the weights before any step
         "history": history,
     }
+
+
+def _first_batch_loss(keras):
+    """A callback keeping the loss of the first training batch: computed before the first update, it is the
+    loss the model started from (``fit`` logs the running mean, which after one batch is that batch's)."""
+
+    class FirstBatchLoss(keras.callbacks.Callback):
+        loss = None
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self.loss is None and logs and logs.get("loss") is not None:
+                self.loss = float(logs["loss"])
+
+    return FirstBatchLoss()
 
 
 def fine_tune_in_child(model, train, config: TransferConfig, progress: Optional[ProgressFn] = None,
