@@ -9,9 +9,11 @@ JPEG images at 224x224 by upscaling the CIFAR-10 photographs of
         --train DIR --epochs 1 --eval DIR --calib DIR
 
 with a zoo ResNet (weights: the architecture's own initialisation saved to the
-cache, a 10-class head; this measures memory and speed, not accuracy) and
-prints, per N, the peak memory and images/s of each stage (calibration,
-fine-tuning, float evaluation, each .tflite evaluation). A stage's seconds run
+cache, a 10-class head; this measures memory and speed, not accuracy) at the
+default fine-tuning batch (the one convert chooses for the model and the
+memory; ``--batch-size`` to give one) and prints, per N, the peak memory and
+images/s of each stage (calibration, fine-tuning, float evaluation, each
+.tflite evaluation). A stage's seconds run
 from the end of the stage before it, so model conversion counts in the
 "calibrate" stage that follows it. On a shared machine the images/s move with
 the load; the memory does not.
@@ -210,7 +212,7 @@ def run_one(args) -> dict:
     opts = ConvertOptions(
         model=args.model, weights=args.weights, input_size=args.input_size, int8=True,
         calib=args.data, eval=args.data, train=args.data, out=str(out), overwrite=True,
-        prune=PruneConfig(sparsity=0.5, epochs=1, batch_size=args.batch_size), formats=("json", "md"),
+        prune=PruneConfig(sparsity=0.5, epochs=1), batch_size=args.batch_size, formats=("json", "md"),
     )
     tree = TreeMemory()
     tree.start()
@@ -219,12 +221,13 @@ def run_one(args) -> dict:
     total = time.perf_counter() - started
     tree.stop.set()
     tree.join()
+    memory = report.memory
     rows = []
     for name, s in stages.items():
         seconds = max(s["end"] - s["start"], 1e-9)
         images = s["images"]
         if name.startswith("fine-tune"):  # its progress counts steps
-            images = s["images"] * args.batch_size
+            images = s["images"] * memory["batch_size"]
         rows.append({"stage": name, "seconds": round(seconds, 1), "images_per_s": round(images / seconds, 1),
                      "peak_rss_mb": round(s["peak_rss_mb"]), "peak_child_mb": round(s["peak_child_mb"]),
                      "peak_tree_mb": round(s["peak_tree_mb"]), "peak_held_mb": round(s["peak_held_mb"])})
@@ -234,6 +237,7 @@ def run_one(args) -> dict:
         "peak_tree_mb": round(tree.peak_rss), "peak_tree_unique_mb": round(tree.peak_unique),
         "peak_tree_exact_mb": round(tree.exact) if tree.exact else None,
         "train_in_child": (report.to_dict().get("prune") or {}).get("process"),
+        "batch": f"{memory['batch_size']} ({memory['batch_size_from']})", "bound_mb": memory.get("bound_mib"),
     }
 
 
@@ -242,7 +246,7 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=int, nargs="+", default=[2000, 8000], help="image counts to compare")
     ap.add_argument("--model", default="resnet18", help="a zoo architecture (see: edgeresnet models)")
     ap.add_argument("--input-size", type=int, default=64, help="model input side (images are stored at 224)")
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, help="fine-tuning batch (default: the one convert chooses)")
     ap.add_argument("--data", type=Path, help="an existing labelled folder (10 classes) instead of building one")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "edgeresnet-scale",
                     help="where built image folders and weights are kept (never the repository)")
@@ -262,8 +266,8 @@ def main(argv=None) -> int:
         data = args.data or build_folder(n, args.cache)
         out = args.cache / f"out-{n}"
         cmd = [sys.executable, __file__, "--child", "--images", str(n), "--model", args.model,
-               "--input-size", str(args.input_size), "--batch-size", str(args.batch_size), "--data", str(data),
-               "--weights", str(weights), "--out", str(out)]
+               "--input-size", str(args.input_size), "--data", str(data), "--weights", str(weights), "--out", str(out)]
+        cmd += ["--batch-size", str(args.batch_size)] if args.batch_size is not None else []
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             print(proc.stderr[-2000:], file=sys.stderr)
@@ -271,7 +275,8 @@ def main(argv=None) -> int:
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
 
     print(f"\n{args.model} at {args.input_size}x{args.input_size}, images stored at {STORED_SIDE}x{STORED_SIDE}, "
-          "prune 0.5, 1 epoch, int8 cpu")
+          f"prune 0.5, 1 epoch, fine-tuning batch {results[0]['batch'] if results else '?'}, int8 cpu; "
+          f"bound claimed per process: {results[0]['bound_mb'] if results else '?'} MiB")
     print("peak MB so far at each stage's end: RSS of the convert process (self), of its fine-tuning child, and the "
           "sampled sum over both (tree), and what the machine held for them, shared pages once (held)")
     print(f"{'images':>7} {'stage':<44} {'s':>7} {'img/s':>7} {'self':>6} {'child':>6} {'tree':>6} {'held':>6}")
