@@ -55,7 +55,7 @@ from edgeresnet._util.files import (
 from edgeresnet import __version__
 from edgeresnet.host import shipping
 from edgeresnet.host.memory import MemoryMeter
-from edgeresnet.device.metadata import LABELS_FILE, labels_text
+from edgeresnet.device.metadata import LABELS_FILE, labels_text, read_labels_file
 from edgeresnet.report import DEFAULT_FORMATS, WRITERS, RunReport, Status, VariantRecord, check_formats, write_reports
 from edgeresnet.report.records import Timings
 from edgeresnet.device.runtime import EVAL_BATCH, TFLiteModel
