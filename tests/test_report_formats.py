@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgeresnet.report import views as rf
+from edgeresnet.report import csv_table, layout, plot, reading
+from edgeresnet.report import html as html_view
 from edgeresnet.report.writers import write_formats
 from edgeresnet.errors import ConfigError, OutputExistsError
 
@@ -82,17 +83,17 @@ def report():
 def test_pareto_front_on_hand_made_points():
     points = [(100, 80), (50, 70), (200, 90), (150, 75), (50, 70), (300, 85), (None, 99), (120, 80), (60, float("nan"))]
     # (150, 75) loses to (100, 80); (300, 85) to (200, 90); (120, 80) to (100, 80); the equal (50, 70) pair stays.
-    assert rf.pareto_front(points) == [1, 4, 0, 2]
-    assert rf.pareto_front([]) == []
-    assert rf.pareto_front([(10, 1.0)]) == [0]
-    assert rf.pareto_front([(10, 50), (10, 60)]) == [1]  # same size, higher accuracy wins
-    assert rf.pareto_front([(10, 50), (5, 50)]) == [1]  # same accuracy, smaller wins
+    assert plot.pareto_front(points) == [1, 4, 0, 2]
+    assert plot.pareto_front([]) == []
+    assert plot.pareto_front([(10, 1.0)]) == [0]
+    assert plot.pareto_front([(10, 50), (10, 60)]) == [1]  # same size, higher accuracy wins
+    assert plot.pareto_front([(10, 50), (5, 50)]) == [1]  # same accuracy, smaller wins
 
 
 def test_point_labels_are_target_and_precision(report):
-    assert rf.point_labels(report["variants"][:3]) == ["cpu/fp32", "cpu/int8", "gpu/fp16"]
+    assert reading.point_labels(report["variants"][:3]) == ["cpu/fp32", "cpu/int8", "gpu/fp16"]
     twins = [dict(report["variants"][1]), dict(report["variants"][1], io_type="float32")]
-    assert rf.point_labels(twins) == ["cpu/int8/int8", "cpu/int8/float32"]
+    assert reading.point_labels(twins) == ["cpu/int8/int8", "cpu/int8/float32"]
 
 
 def test_point_labels_name_pruned_variants():
@@ -101,18 +102,18 @@ def test_point_labels_name_pruned_variants():
     from_config = _variant("m_y_cpu_int8.tflite", "cpu", "int8", "int8", prune={"config": {"sparsity": 0.625}})
     from_name = _variant("m_pruned75_cpu_int8.tflite", "cpu", "int8", "int8")
     # Pruning tells the variants apart, so no io suffix is needed.
-    assert rf.point_labels([dense, from_record, from_config, from_name]) == [
+    assert reading.point_labels([dense, from_record, from_config, from_name]) == [
         "cpu/int8", "cpu/int8 pruned 50%", "cpu/int8 pruned 62.5%", "cpu/int8 pruned 75%"]
-    assert [rf.prune_sparsity(v) for v in (dense, from_record, from_name)] == [None, 0.5, 0.75]
-    assert rf.prune_sparsity(_variant("m_unpruned500x.tflite", "cpu", "int8", "int8")) is None
+    assert [reading.prune_sparsity(v) for v in (dense, from_record, from_name)] == [None, 0.5, 0.75]
+    assert reading.prune_sparsity(_variant("m_unpruned500x.tflite", "cpu", "int8", "int8")) is None
 
 
 def test_csv_parses_back_with_stable_columns(report, tmp_path):
-    path = rf.write_csv(report, tmp_path / "report.csv")
+    path = csv_table.write_csv(report, tmp_path / "report.csv")
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
         rows = list(reader)
-        assert tuple(reader.fieldnames) == rf.CSV_COLUMNS
+        assert tuple(reader.fieldnames) == csv_table.CSV_COLUMNS
     assert [r["name"] for r in rows] == [v["name"] for v in report["variants"]]
     assert [r["status"] for r in rows] == ["ok", "ok", "ok", "convert_failed", "validation_failed"]
     fp32, int8, fp16, failed, invalid = rows
@@ -128,7 +129,7 @@ def test_csv_parses_back_with_stable_columns(report, tmp_path):
 
 
 def test_csv_names_pruned_variants_and_their_zeros(crowded, tmp_path):
-    rows = list(csv.DictReader(rf.write_csv(crowded, tmp_path / "r.csv").open(newline="")))
+    rows = list(csv.DictReader(csv_table.write_csv(crowded, tmp_path / "r.csv").open(newline="")))
     pruned = [r for r in rows if "pruned50" in r["name"]]
     assert [r["label"] for r in pruned] == ["cpu/int8 pruned 50%", "edgetpu/int8 pruned 50%"]
     assert all(float(r["prune_sparsity"]) == 0.5 and float(r["weight_sparsity"]) == 0.4931 for r in pruned)
@@ -136,14 +137,14 @@ def test_csv_names_pruned_variants_and_their_zeros(crowded, tmp_path):
 
 
 def _png_from(data: bytes) -> Image.Image:
-    assert data.startswith(rf.PNG_SIGNATURE)
+    assert data.startswith(html_view.PNG_SIGNATURE)
     img = Image.open(io.BytesIO(data))
     img.load()
     return img
 
 
 def test_plot_is_a_real_png_with_content(report, tmp_path):
-    path = rf.plot_accuracy_vs_size(report, tmp_path / "plot.png")
+    path = plot.plot_accuracy_vs_size(report, tmp_path / "plot.png")
     img = _png_from(path.read_bytes())
     assert img.width > 300 and img.height > 200
     pixels = np.asarray(img.convert("RGB")).reshape(-1, 3)
@@ -158,17 +159,17 @@ def test_plot_handles_unlabelled_and_all_failed_reports(report, tmp_path):
     unlabelled["float"].update(top1=None, top5=None)
     for v in unlabelled["variants"]:
         v.update(top1=None, top5=None, drop_pts=None)
-    assert rf.accuracy_metric(unlabelled)[0] == "agreement"
-    assert rf.accuracy_metric(report)[0] == "top1"
-    _png_from(rf.plot_accuracy_vs_size(unlabelled, tmp_path / "a.png").read_bytes())
+    assert reading.accuracy_metric(unlabelled)[0] == "agreement"
+    assert reading.accuracy_metric(report)[0] == "top1"
+    _png_from(plot.plot_accuracy_vs_size(unlabelled, tmp_path / "a.png").read_bytes())
     failed = copy.deepcopy(report)
     failed["variants"] = [v for v in failed["variants"] if v["status"] != "ok"]
-    _png_from(rf.plot_accuracy_vs_size(failed, tmp_path / "b.png").read_bytes())
+    _png_from(plot.plot_accuracy_vs_size(failed, tmp_path / "b.png").read_bytes())
 
 
 def test_html_is_self_contained_with_rows_plot_and_escaped_text(report, tmp_path):
-    png = rf.plot_accuracy_vs_size(report, tmp_path / "plot.png")
-    page = rf.write_html(report, tmp_path / "report.html", png).read_text(encoding="utf-8")
+    png = plot.plot_accuracy_vs_size(report, tmp_path / "plot.png")
+    page = html_view.write_html(report, tmp_path / "report.html", png).read_text(encoding="utf-8")
     assert page.startswith("<!DOCTYPE html>") and "<style>" in page
     assert re.findall(r'<tr class="row-(\w+)">', page) == ["ok", "ok", "ok", "convert_failed", "validation_failed"]
     for v in report["variants"]:
@@ -189,14 +190,14 @@ def test_html_is_self_contained_with_rows_plot_and_escaped_text(report, tmp_path
 
 
 def test_html_without_plot_and_with_a_bad_plot(report, tmp_path):
-    page = rf.write_html(report, tmp_path / "r.html").read_text()
+    page = html_view.write_html(report, tmp_path / "r.html").read_text()
     assert "data:image/png" not in page and "<table" in page
     bad = tmp_path / "not.png"
     bad.write_bytes(b"GIF89a....")
     with pytest.raises(ConfigError, match="not a PNG"):
-        rf.write_html(report, tmp_path / "r2.html", bad)
+        html_view.write_html(report, tmp_path / "r2.html", bad)
     with pytest.raises(OutputExistsError, match="does not exist"):
-        rf.write_csv(report, tmp_path / "missing" / "r.csv")
+        csv_table.write_csv(report, tmp_path / "missing" / "r.csv")
 
 
 def test_write_all_writes_the_three_files(report, tmp_path):
@@ -245,7 +246,7 @@ def _label_texts(ax):
 
 
 def test_crowded_plot_has_two_readable_panels(crowded):
-    fig, panels = rf._draw(crowded)
+    fig, panels = plot._draw(crowded)
     assert [p.size_key for p in panels] == ["size_bytes", "compressed_bytes"]
     assert [a.get_xlabel() for a in fig.axes[:2]] == [".tflite size (KiB)", "zlib-compressed size (KiB)"]
     fig.canvas.draw()
@@ -277,7 +278,7 @@ def test_crowded_plot_has_two_readable_panels(crowded):
 
 
 def test_each_panel_has_its_own_pareto_front(crowded):
-    _, (raw, packed) = rf._draw(crowded)
+    _, (raw, packed) = plot._draw(crowded)
     # In the .tflite file pruning gains nothing, so the pruned model (same size, lower accuracy) is dominated;
     # compressed, it is the smallest model and starts the front.
     assert raw.front == ("pretrainedResnet_cpu_dynamic.tflite", "pretrainedResnet_cpu_int16x8.tflite")
@@ -286,22 +287,22 @@ def test_each_panel_has_its_own_pareto_front(crowded):
                                 "pretrainedResnet_cpu_int16x8.tflite")
     for panel in (raw, packed):
         bold = {text for label in panel.labels for text, b in label.lines if b}
-        expected = {rf.point_labels(crowded["variants"])[i] for i, v in enumerate(crowded["variants"])
+        expected = {reading.point_labels(crowded["variants"])[i] for i, v in enumerate(crowded["variants"])
                     if v["name"] in panel.front}
         assert bold == expected
 
 
 def test_crowded_png_shows_the_front_line(crowded, tmp_path):
-    img = _png_from(rf.plot_accuracy_vs_size(crowded, tmp_path / "p.png").read_bytes())
+    img = _png_from(plot.plot_accuracy_vs_size(crowded, tmp_path / "p.png").read_bytes())
     assert img.width >= 1200 and img.height >= 600
     rgb = np.asarray(img.convert("RGB")).astype(int)
     assert len(np.unique(rgb.reshape(-1, 3), axis=0)) > 50
     # The compressed panel's front climbs 18 points from the pruned model: a long grey step line.
-    grey = int(round(float(rf.FRONT_COLOUR) * 255))
+    grey = int(round(float(plot.FRONT_COLOUR) * 255))
     right = rgb[:, img.width // 2:]
     assert int((np.abs(right - grey).max(axis=2) <= 2).sum()) > 600
     # The pruned model (57 %) is inside the picture, not clipped: orange of its marker near the bottom.
-    fig, _ = rf._draw(crowded)
+    fig, _ = plot._draw(crowded)
     ax = fig.axes[1]
     x, y = ax.transData.transform((58433 / 1024, 57.1))
     row, col = int(round(img.height - y)), int(round(x))
@@ -312,12 +313,12 @@ def test_crowded_png_shows_the_front_line(crowded, tmp_path):
 def test_one_panel_when_no_compressed_size(crowded):
     for v in crowded["variants"]:
         v["compressed_bytes"] = None
-    fig, panels = rf._draw(crowded)
+    fig, panels = plot._draw(crowded)
     assert [p.size_key for p in panels] == ["size_bytes"] and len(fig.axes) == 1
 
 
 def test_html_names_pruned_variants_with_latency_and_zeros(crowded, tmp_path):
-    page = rf.write_html(crowded, tmp_path / "r.html").read_text()
+    page = html_view.write_html(crowded, tmp_path / "r.html").read_text()
     head = re.search(r"<thead>(.*?)</thead>", page).group(1)
     assert all(h in head for h in ("pruned", "zero weights %", "median ms", "p90 ms"))
     row = re.search(r"<tr[^>]*><td><code>pretrainedResnet_pruned50_cpu_int8.tflite</code>(.*?)</tr>", page).group(1)
@@ -339,7 +340,7 @@ def _assert_spread(spots, anchors, radius, bounds):
     for i, s in enumerate(spots):
         assert bounds.contains(s.box)
         for x, y in anchors:
-            assert not s.box.overlaps(rf.Box(x - radius, y - radius, x + radius, y + radius))
+            assert not s.box.overlaps(layout.Box(x - radius, y - radius, x + radius, y + radius))
         for j in range(i):
             assert not s.box.overlaps(spots[j].box)
             for a, b in ((s, spots[j]), (spots[j], s)):
@@ -351,8 +352,8 @@ def test_layout_spreads_a_tight_cluster_without_overlap():
     # Eight markers within 12 x 8 pixels, labels 90 x 12: most labels need a leader line.
     anchors = [(300 + 1.5 * i, 200 + (i % 3) * 3.0) for i in range(8)]
     sizes = [(90.0, 12.0)] * 8
-    bounds = rf.Box(0, 0, 640, 400)
-    spots = rf._layout_labels(anchors, sizes, bounds, radii=5.0)
+    bounds = layout.Box(0, 0, 640, 400)
+    spots = layout.layout_labels(anchors, sizes, bounds, radii=5.0)
     assert all(s.clean for s in spots)
     _assert_spread(spots, anchors, 5.0, bounds)
     assert sum(s.leader is not None for s in spots) >= 4
@@ -361,39 +362,39 @@ def test_layout_spreads_a_tight_cluster_without_overlap():
         if s.leader is not None:
             (sx, sy), end = s.leader
             assert abs(math.hypot(sx - x, sy - y) - 5.0) < 1e-6 and s.box.distance(*end) < 1e-6
-    assert rf._layout_labels(anchors, sizes, bounds, radii=5.0) == spots  # deterministic
+    assert layout.layout_labels(anchors, sizes, bounds, radii=5.0) == spots  # deterministic
 
 
 def test_layout_keeps_labels_in_bounds_and_prefers_the_right_side():
-    bounds = rf.Box(0, 0, 400, 300)
+    bounds = layout.Box(0, 0, 400, 300)
     # A lone marker: its label sits right beside it, no leader.
-    (spot,) = rf._layout_labels([(100, 150)], [(60, 10)], bounds, radii=4.0, gap=3.0)
+    (spot,) = layout.layout_labels([(100, 150)], [(60, 10)], bounds, radii=4.0, gap=3.0)
     assert spot.leader is None and spot.box.x0 == pytest.approx(107) and spot.box.y0 == pytest.approx(145)
     # At the right edge it goes to the left.
-    (spot,) = rf._layout_labels([(395, 150)], [(60, 10)], bounds, radii=4.0, gap=3.0)
+    (spot,) = layout.layout_labels([(395, 150)], [(60, 10)], bounds, radii=4.0, gap=3.0)
     assert spot.box.x1 == pytest.approx(388) and spot.leader is None
     # A drawn line through the marker pushes the label off it when a free spot is close.
     line = ((0.0, 150.0), (400.0, 150.0))
-    (spot,) = rf._layout_labels([(100, 150)], [(60, 10)], bounds, radii=4.0, lines=[line])
+    (spot,) = layout.layout_labels([(100, 150)], [(60, 10)], bounds, radii=4.0, lines=[line])
     assert not spot.box.crosses(*line)
 
 
 def test_layout_reports_labels_it_could_not_place():
-    bounds = rf.Box(0, 0, 100, 30)  # room for two labels, not five
-    spots = rf._layout_labels([(50, 15)] * 5, [(40, 12)] * 5, bounds, radii=3.0)
+    bounds = layout.Box(0, 0, 100, 30)  # room for two labels, not five
+    spots = layout.layout_labels([(50, 15)] * 5, [(40, 12)] * 5, bounds, radii=3.0)
     assert all(bounds.contains(s.box) for s in spots)
     assert not all(s.clean for s in spots)
     with pytest.raises(ValueError, match="2 anchors but 1"):
-        rf._layout_labels([(0, 0), (1, 1)], [(1, 1)], bounds)
+        layout.layout_labels([(0, 0), (1, 1)], [(1, 1)], bounds)
 
 
 def test_box_geometry():
-    box = rf.Box(0, 0, 10, 10)
+    box = layout.Box(0, 0, 10, 10)
     assert box.crosses((-5, 5), (15, 5)) and box.crosses((5, 5), (20, 20))
     assert not box.crosses((-5, 11), (15, 11)) and not box.crosses((-5, -5), (-1, 20))
     assert not box.crosses((10, -5), (10, 15))  # runs along an edge only
-    assert box.overlaps(rf.Box(9, 9, 20, 20)) and not box.overlaps(rf.Box(10, 0, 20, 10))
-    assert box.overlaps(rf.Box(11, 0, 20, 10), gap=2) and box.distance(13, 14) == 5.0
+    assert box.overlaps(layout.Box(9, 9, 20, 20)) and not box.overlaps(layout.Box(10, 0, 20, 10))
+    assert box.overlaps(layout.Box(11, 0, 20, 10), gap=2) and box.distance(13, 14) == 5.0
 
 
 def test_the_example_report_is_what_the_schema_allows(report):

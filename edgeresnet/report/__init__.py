@@ -6,8 +6,10 @@
   in the package, and :func:`validate_report`.
 - ``writers.py``: the writer registry (json, md, csv, png, html) that both
   ``convert`` (json and md unless ``--format`` adds more) and ``report`` (all) use.
-- ``markdown.py``: ``report.md`` and the table the CLI prints; ``views.py``:
-  the CSV table, the accuracy-vs-size plot and the HTML page.
+- ``markdown.py``: ``report.md`` and the table the CLI prints; one module per
+  other view: ``csv_table.py`` (the CSV table), ``plot.py`` (the
+  accuracy-vs-size plot, its labels placed by ``layout.py``) and ``html.py``
+  (the HTML page), which read the variants alike through ``reading.py``.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from typing import Optional
 
 from edgeresnet.host import device_check
 
-def _num(v) -> Optional[float]:
+def as_number(v) -> Optional[float]:
     """``v`` as a float, or None for None, booleans and what is not a number."""
     if v is None or isinstance(v, bool):
         return None
@@ -16,13 +16,14 @@ def _num(v) -> Optional[float]:
         return None
 
 
-def _fmt(v, spec: str = ".2f") -> str:
+def fmt_number(v, spec: str = ".2f") -> str:
     """A number in ``spec``, or an en dash when there is none (the one formatter of md, html and csv)."""
-    n = _num(v)
+    n = as_number(v)
     return "–" if n is None else format(n, spec)
 
 
-def _kib(n):
+def fmt_kib(n):
+    """A byte count in KiB with one decimal, or an en dash when there is none."""
     return "–" if n is None else f"{n / 1024:.1f}"
 
 
@@ -46,7 +47,7 @@ def fine_tune_text(variant: dict) -> str:
     def one(ft: dict) -> str:
         what = {"prune": "prune", "qat": "QAT", "pqat": "PQAT"}.get(ft.get("method"), str(ft.get("method")))
         schedule = " cosine" if ft.get("schedule") == "cosine" else ""
-        return f"{what} {ft.get('epochs')} ep @{_fmt(ft.get('learning_rate'), 'g')}{schedule}"
+        return f"{what} {ft.get('epochs')} ep @{fmt_number(ft.get('learning_rate'), 'g')}{schedule}"
 
     ft = variant.get("fine_tune")
     if not ft:
@@ -69,12 +70,12 @@ def variants_table(report: dict) -> str:
     rows = []
     for v in report["variants"]:
         row = [v["name"], v["target"], v["precision"], v["io_type"]] + ([fine_tune_text(v)] if tuned else [])
-        row += [_kib(v["size_bytes"]), _kib(v["compressed_bytes"])]
+        row += [fmt_kib(v["size_bytes"]), fmt_kib(v["compressed_bytes"])]
         if labelled:
-            row += [_fmt(v["top1"]), "not meaningful" if v["status"] == "float_at_chance" else _fmt(v["drop_pts"])]
-        row += [_fmt(v["agreement"]), _fmt(v["sqnr_db"], ".1f")] if measured else ["not measured"]
+            row += [fmt_number(v["top1"]), "not meaningful" if v["status"] == "float_at_chance" else fmt_number(v["drop_pts"])]
+        row += [fmt_number(v["agreement"]), fmt_number(v["sqnr_db"], ".1f")] if measured else ["not measured"]
         if timed:
-            row += [_fmt((v.get("latency") or {}).get("median_ms"), ".3f")]
+            row += [fmt_number((v.get("latency") or {}).get("median_ms"), ".3f")]
         row += [v["status"]]
         rows.append(row)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -131,8 +132,8 @@ def to_markdown(report: dict) -> str:
         lines += ["", "## Per-layer sparsity", "", "| layer | kind | target | achieved | weights |", "|---|---|---|---|---|"]
         for layer in report["prune"]["layers"]:
             lines.append(
-                f"| {layer.get('name')} | {layer.get('kind')} | {_fmt(layer.get('target_sparsity'))} | "
-                f"{_fmt(layer.get('achieved_sparsity'))} | {layer.get('weights')} |"
+                f"| {layer.get('name')} | {layer.get('kind')} | {fmt_number(layer.get('target_sparsity'))} | "
+                f"{fmt_number(layer.get('achieved_sparsity'))} | {layer.get('weights')} |"
             )
     timings = report.get("timings") or {}
     spent = [f"{stage} {sec:.1f}" for stage, sec in timings.items() if sec >= 0.05]
@@ -208,10 +209,10 @@ def _variant_lines(v: dict) -> list[str]:
     own = (v.get("prune") or {}).get("vs_pruned_float")
     if own:
         top1 = "" if own.get("float_top1") is None else (
-            f"top-1 {_fmt(own['float_top1'])} % (this model {_fmt(own.get('top1'))} %, drop {_fmt(own.get('drop_pts'))} pts), ")
+            f"top-1 {fmt_number(own['float_top1'])} % (this model {fmt_number(own.get('top1'))} %, drop {fmt_number(own.get('drop_pts'))} pts), ")
         lines.append(
-            f"- `{v['name']}` against {own['reference']}: {top1}agreement {_fmt(own.get('agreement'))} %, "
-            f"SQNR {_fmt(own.get('sqnr_db'), '.1f')} dB: the conversion's error alone (the table's drop and "
+            f"- `{v['name']}` against {own['reference']}: {top1}agreement {fmt_number(own.get('agreement'))} %, "
+            f"SQNR {fmt_number(own.get('sqnr_db'), '.1f')} dB: the conversion's error alone (the table's drop and "
             "agreement are against the unpruned float model: pruning, fine-tuning and conversion together)"
         )
     if v.get("recovered_by"):

@@ -12,13 +12,21 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from edgeresnet.errors import ConfigError
+from edgeresnet.errors import ConfigError, OutputExistsError
 from edgeresnet._util.files import atomic_write_text
 
 Writer = Callable[[dict, Path], Path]
 
 FILE_NAMES = {"json": "report.json", "md": "report.md", "csv": "report.csv",
               "png": "accuracy_vs_size.png", "html": "report.html"}
+
+
+def check_parent(path: Path) -> Path:
+    """``path``, once its folder is known to exist (OutputExistsError naming the folder otherwise)."""
+    parent = path.resolve().parent
+    if not parent.is_dir():
+        raise OutputExistsError(f"the folder {parent} for {path.name} does not exist; create it first")
+    return path
 
 
 def _json(data: dict, folder: Path) -> Path:
@@ -32,19 +40,19 @@ def _md(data: dict, folder: Path) -> Path:
 
 
 def _csv(data: dict, folder: Path) -> Path:
-    from edgeresnet.report.views import write_csv
+    from edgeresnet.report.csv_table import write_csv
 
     return write_csv(data, folder / FILE_NAMES["csv"])
 
 
 def _png(data: dict, folder: Path) -> Path:
-    from edgeresnet.report.views import plot_accuracy_vs_size
+    from edgeresnet.report.plot import plot_accuracy_vs_size
 
     return plot_accuracy_vs_size(data, folder / FILE_NAMES["png"])
 
 
 def _html(data: dict, folder: Path) -> Path:
-    from edgeresnet.report.views import write_html
+    from edgeresnet.report.html import write_html
 
     plot = folder / FILE_NAMES["png"]  # embedded when the png writer ran before
     return write_html(data, folder / FILE_NAMES["html"], plot if plot.is_file() else None)
