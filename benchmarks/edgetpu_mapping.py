@@ -42,7 +42,7 @@ def _ops(graph, indices) -> str:
 
 
 def main(argv=None) -> int:
-    from edgeresnet.targets.edgetpu.analysis import check_against_compiled
+    from edgeresnet.targets.edgetpu.ground_truth import check_against_compiled
     from edgeresnet.device.tflite_graph import read_graph
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

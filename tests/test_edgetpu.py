@@ -13,19 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeresnet.targets.edgetpu.analysis import (
-    COMPILER_HINT,
-    EDGETPU_OP_NAME,
-    analyze_edgetpu,
-    check_against_compiled,
-    compiler_cpu_ops,
-    partition,
-    analyze_model,
-    find_compiler,
-    load_op_table,
-    parse_compiler_log,
-    run_compiler,
-)
+from edgeresnet.targets.edgetpu.analysis import analyze_edgetpu, analyze_model
+from edgeresnet.targets.edgetpu.compiler import COMPILER_HINT, find_compiler, parse_compiler_log, run_compiler
+from edgeresnet.targets.edgetpu.ground_truth import check_against_compiled, compiler_cpu_ops
+from edgeresnet.targets.edgetpu.ops import EDGETPU_OP_NAME, load_op_table
+from edgeresnet.targets.edgetpu.partition import partition
 from edgeresnet.errors import MissingDependencyError, TFLiteFileError
 from edgeresnet.device.runtime import TFLiteModel, is_edgetpu_compiled
 from edgeresnet.device.tflite_graph import _BUILTIN_NAMES, parse_tflite, read_graph

@@ -1,7 +1,9 @@
 """The ``edgetpu`` check: Coral Edge TPU mapping of an emitted model, and ``inspect``'s verdict.
 
-The analysis itself (op table, compiler run, cut point, cache) lives in
-:mod:`edgeresnet.targets.edgetpu.analysis`; this module registers it in the check registry.
+The analysis itself lives in :mod:`edgeresnet.targets.edgetpu.analysis` (the
+report, the cache), with the op table and rules in ``ops.py``, the cut in
+``partition.py`` and the compiler run in ``compiler.py``; this module registers
+it in the check registry.
 """
 
 from __future__ import annotations
