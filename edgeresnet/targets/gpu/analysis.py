@@ -273,6 +273,23 @@ def screen_gpu(graph: TFLiteGraph) -> list[GpuIssue]:
 # --------------------------------------------------------------------------- entry point
 
 
+def _choose_engine(engine: str) -> Optional[str]:
+    """The analyzer that runs for ``engine``: None for ``none`` or when ``auto`` finds none installed.
+
+    MissingDependencyError when the one asked for by name is not installed.
+    """
+    if engine == "auto":
+        return next((e for e in ("litert", "tensorflow") if _engine_available(e)), None)
+    if engine == "none":
+        return None
+    if not _engine_available(engine):
+        raise MissingDependencyError(
+            f"the {engine} analyzer is not installed; pip install "
+            + ("ai-edge-litert" if engine == "litert" else "'edgeresnet[host]'")
+        )
+    return engine
+
+
 def analyze_gpu(
     tflite_bytes: bytes, engine: str = "auto", graph: Optional[TFLiteGraph] = None, isolate: bool = True,
 ) -> GpuReport:
@@ -291,16 +308,7 @@ def analyze_gpu(
     graph = graph or parse_tflite(data)
     screen = screen_gpu(graph)
     notes: list[str] = []
-    chosen = None
-    if engine == "auto":
-        chosen = next((e for e in ("litert", "tensorflow") if _engine_available(e)), None)
-    elif engine != "none":
-        if not _engine_available(engine):
-            raise MissingDependencyError(
-                f"the {engine} analyzer is not installed; pip install "
-                + ("ai-edge-litert" if engine == "litert" else "'edgeresnet[host]'")
-            )
-        chosen = engine
+    chosen = _choose_engine(engine)
     if graph.edgetpu_compiled:
         notes.append("an Edge-TPU-compiled model: its edgetpu-custom-op runs only on the Edge TPU")
     if chosen is None:
