@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import sys
+import types
 from pathlib import Path
 
 from edgeresnet.report.markdown import runtimes_markdown, safe_mode_text, to_markdown, variants_table
@@ -33,3 +35,20 @@ __all__ = [
     "check_formats", "runtimes_markdown", "safe_mode_text", "to_markdown", "variants_table", "write_formats",
     "write_reports",
 ]
+
+
+class _CallablePackage(types.ModuleType):
+    """``edgeresnet.report(...)`` runs the variant sweep (:func:`edgeresnet.api.report`).
+
+    The package's name is also the public function's, and importing a package
+    always sets it on its parent, so the package itself is made callable: it
+    stays a package for every ``from edgeresnet.report import ...``.
+    """
+
+    def __call__(self, *args, **kwargs):
+        from edgeresnet.api import report
+
+        return report(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage
