@@ -84,27 +84,64 @@ def resnet8_h5(shared_data) -> Path:
     return shared_data / "mlperf-tiny-resnet8" / "pretrainedResnet.h5"
 
 
+class CliResult:
+    """What one ``edgeresnet ARGS`` run gave: unpacks as ``code, out, err``; ``exit_code`` and ``output`` (stdout
+    and stderr interleaved, as a terminal shows them) as well."""
+
+    def __init__(self, code: int, out: str, err: str, output: str):
+        self.code = self.exit_code = code
+        self.out, self.err, self.output = out, err, output
+
+    def __iter__(self):
+        return iter((self.code, self.out, self.err))
+
+
+def invoke_cli(args) -> CliResult:
+    """Run ``edgeresnet ARGS`` in-process through the real entry point (``cli.main``), capturing what it prints.
+
+    Everything written to ``sys.stdout``/``sys.stderr`` is captured, progress lines too (with no terminal to
+    copy, progress writes to ``sys.stderr``). The one way tests run the command line: see :func:`run_cli`.
+    """
+    import contextlib
+    import io
+
+    from edgeresnet.cli import main
+
+    class Stream(io.StringIO):  # also feeds the interleaved output; has no fileno, like pytest's capture
+        def write(self, text):
+            both.write(text)
+            return super().write(text)
+
+    both = io.StringIO()
+    out, err = Stream(), Stream()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([str(a) for a in args])
+        except SystemExit as exc:
+            code = exc.code
+    return CliResult(code, out.getvalue(), err.getvalue(), both.getvalue())
+
+
+@pytest.fixture(scope="session")
+def run_cli():
+    """``run_cli(ARGS)`` runs ``edgeresnet ARGS`` in-process: a :class:`CliResult` (``code, out, err = ...``)."""
+    return invoke_cli
+
+
 def _convert_once(out: Path, args: list) -> dict:
     """`edgeresnet convert ARGS --out OUT` in-process; the report, each variant by target, and what it printed.
 
     For session fixtures whose output many tests read: a test that must change
     a file of it copies it to its own ``tmp_path`` first.
     """
-    import contextlib
-    import io
     import json
 
-    from edgeresnet.cli import main
-
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        try:
-            main([str(a) for a in [*args, "--out", out]])
-        except SystemExit as exc:
-            assert exc.code in (0, None), f"convert {args} exited {exc.code}: {stderr.getvalue()[-2000:]}"
+    code, stdout, stderr = invoke_cli([*args, "--out", out])
+    assert code in (0, None), f"convert {args} exited {code}: {stderr[-2000:]}"
     report = json.loads((out / "report.json").read_text())
     return {"out": out, "report": report, "by_target": {v["target"]: v for v in report["variants"]},
-            "stdout": stdout.getvalue(), "stderr": stderr.getvalue()}
+            "stdout": stdout, "stderr": stderr}
 
 
 def _encode(value):
@@ -279,3 +316,80 @@ def build_outlier_model(calib_folder: Path):
     dense.set_weights([w, c])
     return model
 
+
+
+# ---------------------------------------------------------------------- helpers the test files share, as fixtures
+
+
+@pytest.fixture(scope="session", name="write_image_folder")
+def _write_image_folder_fixture():
+    """:func:`write_image_folder`: ``write_image_folder(root, classes, per_class, size=(16, 16), seed=0)``."""
+    return write_image_folder
+
+
+@pytest.fixture(scope="session", name="python_from_env")
+def _python_from_env_fixture():
+    """:func:`python_from_env`: ``python_from_env(VAR, what)``, the python a venv variable names (or a skip)."""
+    return python_from_env
+
+
+@pytest.fixture
+def count_int8_sessions(monkeypatch):
+    """``count_int8_sessions()``: from then on, every int8 engine session the test makes (each is one
+    calibration) is appended to the list it returns."""
+    def count() -> list:
+        from edgeresnet.host import quantize
+
+        made = []
+
+        class Counted(quantize.Int8Session):
+            def __init__(self, *a, **k):
+                super().__init__(*a, **k)
+                made.append(self)
+
+        monkeypatch.setattr(quantize, "Int8Session", Counted)
+        return made
+
+    return count
+
+
+@pytest.fixture(scope="session")
+def bump_op_version():
+    """``bump_op_version(data, op_name, version)``: a .tflite with one operator code's version rewritten in
+    place (the field must be stored)."""
+    import struct
+
+    from edgeresnet.device.tflite_graph import _BUILTIN_NAMES, _Reader
+
+    def bump(data: bytes, op_name: str, version: int) -> bytes:
+        buf = bytearray(data)
+        r = _Reader(bytes(buf), "model")
+        model = r.root()
+        for oc in r.tables(model, 1):
+            code = max(r.scalar(oc, 0, "<b", 0), r.scalar(oc, 3, "<i", 0))
+            if _BUILTIN_NAMES[code] == op_name:
+                pos = r.field_pos(oc, 2)
+                assert pos is not None, "version field not stored"
+                struct.pack_into("<i", buf, pos, version)
+                return bytes(buf)
+        raise AssertionError(f"{op_name} not in model")
+
+    return bump
+
+
+@pytest.fixture(scope="session")
+def batch_60161():
+    """``batch_60161(data)``: mlperf-tiny's pretrainedResnet.tflite with its input's batch size 1 -> 60161 (a
+    corruption the fuzz test found; 700 MiB of input)."""
+    def corrupt(data: bytes) -> bytes:
+        out = bytearray(data)
+        out[318085] = 0xEB
+        return bytes(out)
+
+    return corrupt
+
+
+@pytest.fixture(scope="session", name="convert_once")
+def _convert_once_fixture():
+    """``convert_once(OUT, ARGS)``: `edgeresnet ARGS --out OUT` in-process; the report, variants by target, output."""
+    return _convert_once

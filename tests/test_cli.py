@@ -11,19 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeresnet.cli import cli, main
+from edgeresnet.cli import cli
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def run_cli(args, capsys):
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_every_command_has_help_and_is_documented():
@@ -85,10 +75,10 @@ def _bad_cases(tmp: Path, calib: Path, model: Path):
         "negative max drop", "existing output", "bad io",
     ],
 )
-def test_bad_input_gets_one_line_error(case, tmp_path, tiny_model_h5, tiny_data, capsys, monkeypatch):
+def test_bad_input_gets_one_line_error(case, tmp_path, tiny_model_h5, tiny_data, monkeypatch, run_cli):
     monkeypatch.chdir(tmp_path)
     args, needle = _bad_cases(tmp_path, tiny_data["calib"], tiny_model_h5)[case]
-    code, out, err = run_cli(["convert", *args], capsys)
+    code, out, err = run_cli(["convert", *args])
     assert code not in (0, None), f"{case}: exit code {code}"
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1, f"{case}: expected one line, got {err!r}"
@@ -98,7 +88,7 @@ def test_bad_input_gets_one_line_error(case, tmp_path, tiny_model_h5, tiny_data,
     assert not (tmp_path / "edgeresnet-out").exists()
 
 
-def test_convert_writes_models_and_prints_a_table(tmp_path, tiny_model_h5, tiny_data, tiny_int8_run, capsys):
+def test_convert_writes_models_and_prints_a_table(tmp_path, tiny_model_h5, tiny_data, tiny_int8_run, run_cli):
     # The first run is the session's (conftest.tiny_int8_run: these very arguments); a copy of its output here.
     out = tmp_path / "out"
     shutil.copytree(tiny_int8_run["out"], out)
@@ -107,23 +97,23 @@ def test_convert_writes_models_and_prints_a_table(tmp_path, tiny_model_h5, tiny_
     assert re.search(r"\| tiny_cpu_int8\.tflite \| cpu \| int8 \| uint8 \|", tiny_int8_run["stdout"])
     assert (out / "tiny_cpu_int8.tflite").exists() and (out / "report.json").exists()
     # A second run into the same folder needs --overwrite, and then works.
-    code, _, err = run_cli(args, capsys)
+    code, _, err = run_cli(args)
     assert code == 2 and "--overwrite" in err
     (out / "tiny_cpu_int8.tflite").write_bytes(b"TFL3 stale")
-    code, stdout, err = run_cli(args + ["--overwrite"], capsys)
+    code, stdout, err = run_cli(args + ["--overwrite"])
     assert code == 0, err
     assert re.search(r"\| tiny_cpu_int8\.tflite \| cpu \| int8 \| uint8 \|", stdout)
     assert (out / "tiny_cpu_int8.tflite").read_bytes() == (tiny_int8_run["out"] / "tiny_cpu_int8.tflite").read_bytes()
 
 
-def test_max_drop_zero_is_met_by_recovery_or_fails(tmp_path, outlier_model_h5, tiny_data, capsys):
+def test_max_drop_zero_is_met_by_recovery_or_fails(tmp_path, outlier_model_h5, tiny_data, run_cli):
     args = ["convert", outlier_model_h5, "--int8", "--calib", tiny_data["calib"], "--eval", tiny_data["eval"],
             "--preset", "unit", "--max-drop", "0", "--int8-method", "minmax"]
-    code, stdout, err = run_cli(args + ["--out", tmp_path / "a", "--no-recover"], capsys)
+    code, stdout, err = run_cli(args + ["--out", tmp_path / "a", "--no-recover"])
     # A failed run's report goes beside --out, to OUT.failed, and the error says so.
     assert code == 3 and "exceeds --max-drop" in err and "a.failed" in err
     assert (tmp_path / "a.failed" / "report.json").exists() and not (tmp_path / "a").exists()
-    code, stdout, err = run_cli(args + ["--out", tmp_path / "b"], capsys)
+    code, stdout, err = run_cli(args + ["--out", tmp_path / "b"])
     data = json.loads((tmp_path / ("b" if code == 0 else "b.failed") / "report.json").read_text())
     mixed = [v for v in data["variants"] if v["precision"] == "int8+float"]
     if code == 0:  # met by keeping layers in float: the report says which
@@ -133,17 +123,17 @@ def test_max_drop_zero_is_met_by_recovery_or_fails(tmp_path, outlier_model_h5, t
     assert "int8mixed" in stdout
 
 
-def test_models_command_lists_architectures(capsys):
-    code, out, _ = run_cli(["models"], capsys)
+def test_models_command_lists_architectures(run_cli):
+    code, out, _ = run_cli(["models"])
     assert code == 0
     assert re.search(r"resnet50\s+imagenet\s+224x224x3\s+1000\s+25,636,712", out)
     assert "resnet20" in out and "resnet152" in out
 
 
-def test_inspect_rejects_non_tflite(tmp_path, capsys):
+def test_inspect_rejects_non_tflite(tmp_path, run_cli):
     f = tmp_path / "m.tflite"
     f.write_bytes(b"not a model at all")
-    code, _, err = run_cli(["inspect", f], capsys)
+    code, _, err = run_cli(["inspect", f])
     assert code == 2 and err.startswith("error: ") and "TFLite" in err and err.count("\n") == 1
 
 

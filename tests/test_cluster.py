@@ -12,7 +12,6 @@ import time
 
 import pytest
 
-from conftest import write_image_folder
 from edgeresnet.host.training.cluster import Cluster, read_tf_config, resolve
 from edgeresnet.errors import ConfigError
 
@@ -47,17 +46,13 @@ def test_bad_tf_config_is_one_line(raw, message):
         ("", ["--strategy", "multiworker"], "--strategy multiworker needs TF_CONFIG"),
     ],
 )
-def test_bad_cluster_from_the_command_line_is_one_line_before_any_work(cluster_inputs, tmp_path, monkeypatch, capsys,
-                                                                     raw, extra, message):
-    from edgeresnet.cli import main
-
+def test_bad_cluster_from_the_command_line_is_one_line_before_any_work(cluster_inputs, tmp_path, monkeypatch,
+                                                                     raw, extra, message, run_cli):
     monkeypatch.setenv("TF_CONFIG", raw)
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as exit_info:
-        main([*_prune_args(*cluster_inputs, epochs=1), *extra])
-    err = capsys.readouterr().err
+    code, _, err = run_cli([*_prune_args(*cluster_inputs, epochs=1), *extra])
     lines = [line for line in err.splitlines() if line.strip()]
-    assert exit_info.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
     assert list(tmp_path.iterdir()) == []
 
 
@@ -129,7 +124,7 @@ def _free_ports(n):
 
 
 @pytest.fixture(scope="module")
-def cluster_inputs(tmp_path_factory, tiny_model_h5):
+def cluster_inputs(tmp_path_factory, tiny_model_h5, write_image_folder):
     root = tmp_path_factory.mktemp("cluster")
     train = write_image_folder(root / "train", classes=4, per_class=32, seed=3)
     return tiny_model_h5, train

@@ -390,10 +390,7 @@ def test_prediction_matches_the_real_compiler(coral_dir, pair):
         assert report.ok and not report.issues, report.issues
 
 
-def test_compiled_models_report_their_payload_and_are_not_gpu_failures(coral_dir, tmp_path):
-    from click.testing import CliRunner
-
-    from edgeresnet.cli import cli
+def test_compiled_models_report_their_payload_and_are_not_gpu_failures(coral_dir, tmp_path, run_cli):
     from edgeresnet.device.inspection import format_inspect, inspect_tflite
 
     for pair in _coral_pairs():
@@ -413,7 +410,7 @@ def test_compiled_models_report_their_payload_and_are_not_gpu_failures(coral_dir
         text = format_inspect(ins)
         assert f"{payload:,} in the {EDGETPU_OP_NAME} payload" in text and "~0.0 KiB" not in text
         for flags in (["--strict"], ["--strict", "--no-gpu"]):
-            result = CliRunner().invoke(cli, ["inspect", str(path), *flags])
+            result = run_cli(["inspect", str(path), *flags])
             if len(graph.ops) == 1:
                 assert result.exit_code == 0, result.output
             else:  # CPU ops left beside the custom op: not entirely on the Edge TPU

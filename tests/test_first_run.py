@@ -6,13 +6,11 @@ import re
 import numpy as np
 import pytest
 
-from edgeresnet.cli import main
-from test_cli import run_cli  # capsys, or capfd where progress is read (it writes to a copy of fd 2)
 
 
 @pytest.mark.parametrize("extra", [[], ["--calib", "missing-folder"], ["--eval", "missing-folder"]])
-def test_a_missing_model_is_reported_before_any_data_problem(extra, tmp_path, capsys):
-    code, out, err = run_cli(["convert", tmp_path / "nomodel.h5", "--int8", "--out", tmp_path / "o", *extra], capsys)
+def test_a_missing_model_is_reported_before_any_data_problem(extra, tmp_path, run_cli):
+    code, out, err = run_cli(["convert", tmp_path / "nomodel.h5", "--int8", "--out", tmp_path / "o", *extra])
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err
@@ -45,14 +43,14 @@ def tiny_tflite(tmp_path_factory):
     return paths
 
 
-def test_inspect_counts_every_op_left_on_built_in_kernels(tiny_tflite, capsys):
+def test_inspect_counts_every_op_left_on_built_in_kernels(tiny_tflite, run_cli):
     from collections import Counter
 
     from edgeresnet.device.inspection import inspect_tflite
 
     left = inspect_tflite(tiny_tflite["int8"]).interpreters["ai-edge-litert"].undelegated
     assert Counter(left)["QUANTIZE"] == 2, left  # uint8 in and out: one QUANTIZE at each end
-    code, out, err = run_cli(["inspect", tiny_tflite["int8"]], capsys)
+    code, out, err = run_cli(["inspect", tiny_tflite["int8"]])
     assert code == 0, err
     (cpu,) = [line for line in out.splitlines() if line.strip().startswith("cpu ")]
     m = re.search(r"\((\d+) on built-in kernels: ([^)]*)\)", cpu)
@@ -65,26 +63,26 @@ def test_inspect_counts_every_op_left_on_built_in_kernels(tiny_tflite, capsys):
     assert "QUANTIZE x2" in cpu
 
 
-def test_inspect_of_a_float16_model_names_each_dtype_once_and_no_edgetpu_memory(tiny_tflite, capsys):
-    code, out, err = run_cli(["inspect", tiny_tflite["fp16"]], capsys)
+def test_inspect_of_a_float16_model_names_each_dtype_once_and_no_edgetpu_memory(tiny_tflite, run_cli):
+    code, out, err = run_cli(["inspect", tiny_tflite["fp16"]])
     assert code == 0, err
     (tensors,) = [line for line in out.splitlines() if line.strip().startswith("tensors")]
     names = re.findall(r"([a-z]+\d+) \d+", tensors)
     assert "float32" in names and "float16" in names and len(names) == len(set(names)), tensors
     assert "parameters ~" not in out  # no op maps to the Edge TPU, so no parameter memory is claimed
-    code, out, err = run_cli(["inspect", tiny_tflite["int8"]], capsys)
+    code, out, err = run_cli(["inspect", tiny_tflite["int8"]])
     assert re.search(r"edgetpu: parameters ~\d+\.\d KiB", out), out
 
 
 # --------------------------------------------------------------------------- progress says what it counts
 
 
-def test_calibration_progress_counts_images_and_statistics_samples_apart(tiny_model_h5, tiny_data, tmp_path, capfd):
+def test_calibration_progress_counts_images_and_statistics_samples_apart(tiny_model_h5, tiny_data, tmp_path, run_cli):
     out = tmp_path / "out"
     code, _, err = run_cli([
         "convert", tiny_model_h5, "--int8", "--calib", tiny_data["calib"], "--eval", tiny_data["eval"],
         "--preset", "unit", "--calib-samples", 40, "--out", out,
-    ], capfd)
+    ])
     assert code == 0, err
     report = json.loads((out / "report.json").read_text())
     used = report["calibration"]["count"]
@@ -95,21 +93,21 @@ def test_calibration_progress_counts_images_and_statistics_samples_apart(tiny_mo
     assert re.search(r"^evaluate float model \(\d+ images\) \.\.\.$", err, re.M), err
 
 
-def test_bench_shows_no_progress_for_a_fast_model(tiny_tflite, capfd):
-    code, out, err = run_cli(["bench", tiny_tflite["int8"], "--warmup", 3, "--repeats", 5], capfd)
+def test_bench_shows_no_progress_for_a_fast_model(tiny_tflite, run_cli):
+    code, out, err = run_cli(["bench", tiny_tflite["int8"], "--warmup", 3, "--repeats", 5])
     assert code == 0, err
     assert "median" in out
     assert "benchmark" not in err, err
 
 
-def test_bench_names_warm_up_and_timed_runs_when_they_take_long(tiny_tflite, capfd, monkeypatch):
+def test_bench_names_warm_up_and_timed_runs_when_they_take_long(tiny_tflite, monkeypatch, run_cli):
     import types
 
     from edgeresnet._util import progress as _progress
 
     ticks = iter(range(10**6))  # the progress clock advances 2 s per look: every stage is slow
     monkeypatch.setattr(_progress, "time", types.SimpleNamespace(perf_counter=lambda: 2.0 * next(ticks)))
-    code, out, err = run_cli(["bench", tiny_tflite["int8"], "--warmup", 3, "--repeats", 5], capfd)
+    code, out, err = run_cli(["bench", tiny_tflite["int8"], "--warmup", 3, "--repeats", 5])
     assert code == 0, err
     lines = [line for line in err.splitlines() if line.startswith("benchmark")]
     assert lines[0] == "benchmark (3 warm-up runs) ..." and "benchmark (5 timed runs) ..." in lines, lines
@@ -162,7 +160,7 @@ def test_report_md_carries_the_edge_tpu_note_and_parameter_memory(default_run):
 
 
 @pytest.fixture(scope="module")
-def pruned_run(tiny_model_h5, tiny_data, tmp_path_factory):
+def pruned_run(tiny_model_h5, tiny_data, tmp_path_factory, run_cli):
     """`convert --prune 0.5 --train ...` on the tiny ResNet with one 1x1 shortcut convolution frozen."""
     from edgeresnet._util import tf as _tf
 
@@ -174,13 +172,11 @@ def pruned_run(tiny_model_h5, tiny_data, tmp_path_factory):
     frozen.trainable = False
     model.save(folder / "frozen.h5")
     out = folder / "out"
-    try:
-        main([str(a) for a in [
-            "convert", folder / "frozen.h5", "--int8", "--prune", 0.5, "--train", tiny_data["calib"], "--epochs", 1,
-            "--calib", tiny_data["calib"], "--eval", tiny_data["eval"], "--preset", "unit", "--out", out,
-        ]])
-    except SystemExit as exc:
-        assert exc.code == 0, exc.code
+    code, _, _ = run_cli([
+        "convert", folder / "frozen.h5", "--int8", "--prune", 0.5, "--train", tiny_data["calib"], "--epochs", 1,
+        "--calib", tiny_data["calib"], "--eval", tiny_data["eval"], "--preset", "unit", "--out", out,
+    ])
+    assert code == 0, code
     return {"out": out, "frozen": frozen.name, "data": json.loads((out / "report.json").read_text()),
             "md": (out / "report.md").read_text()}
 

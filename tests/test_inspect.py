@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from edgeresnet.device.inspection import (
     format_inspect,
     inspect_tflite,
 )
-from edgeresnet.device.tflite_graph import _BUILTIN_NAMES, _Reader, parse_tflite
+from edgeresnet.device.tflite_graph import _BUILTIN_NAMES, parse_tflite
 
 REPO = Path(__file__).resolve().parents[1]
 schema = pytest.importorskip("ai_edge_litert.schema_py_generated")
@@ -204,23 +203,8 @@ def test_inspect_precisions_and_xnnpack(models):
     assert i16.interpreters["ai-edge-litert"].delegated_ops == 0
 
 
-def _bump_op_version(data: bytes, op_name: str, version: int) -> bytes:
-    """Rewrite the version of one operator code in place (the field must be stored)."""
-    buf = bytearray(data)
-    r = _Reader(bytes(buf), "model")
-    model = r.root()
-    for oc in r.tables(model, 1):
-        code = max(r.scalar(oc, 0, "<b", 0), r.scalar(oc, 3, "<i", 0))
-        if _BUILTIN_NAMES[code] == op_name:
-            pos = r.field_pos(oc, 2)
-            assert pos is not None, "version field not stored"
-            struct.pack_into("<i", buf, pos, version)
-            return bytes(buf)
-    raise AssertionError(f"{op_name} not in model")
-
-
-def test_newer_op_version_fails_to_load_with_a_clear_reason(models):
-    future = _bump_op_version(models["int8"], "CONV_2D", 99)
+def test_newer_op_version_fails_to_load_with_a_clear_reason(models, bump_op_version):
+    future = bump_op_version(models["int8"], "CONV_2D", 99)
     assert {op.version for op in parse_tflite(future).ops if op.name == "CONV_2D"} == {99}
     check = check_in_process(future, "ai-edge-litert")
     assert check.status == "fails"
@@ -253,19 +237,17 @@ def test_tflite_runtime_not_checked_without_env(monkeypatch, models):
 
 
 @pytest.mark.skipif(not os.environ.get(TFLITE_RUNTIME_PYTHON_ENV), reason=f"set {TFLITE_RUNTIME_PYTHON_ENV} to a python with tflite-runtime")
-def test_real_tflite_runtime_loads_reference_and_tf221_models(shared_data, tmp_path, models):
+def test_real_tflite_runtime_loads_reference_and_tf221_models(shared_data, tmp_path, models, bump_op_version, batch_60161):
     exe = os.environ[TFLITE_RUNTIME_PYTHON_ENV]
     ref = check_in_venv(shared_data / "mlperf-tiny-resnet8" / "pretrainedResnet_quant.tflite", exe)
     assert ref.status == "loads", ref.error
     ours = check_in_venv(_write(tmp_path, "int8.tflite", models["int8"]), exe)
     assert ours.status == "loads", ours.error
-    future = check_in_venv(_write(tmp_path, "v99.tflite", _bump_op_version(models["int8"], "CONV_2D", 99)), exe)
+    future = check_in_venv(_write(tmp_path, "v99.tflite", bump_op_version(models["int8"], "CONV_2D", 99)), exe)
     assert future.status == "fails" and "CONV_2D" in future.error
     # A corrupt batch size is refused there as here, before 700 MiB are allocated and run (it took 28 s, and
     # more than a minute on 2 busy cores, in the fuzz test).
-    from test_safety import _batch_60161
-
-    big = _write(tmp_path, "big.tflite", _batch_60161((shared_data / "mlperf-tiny-resnet8" / "pretrainedResnet.tflite").read_bytes()))
+    big = _write(tmp_path, "big.tflite", batch_60161((shared_data / "mlperf-tiny-resnet8" / "pretrainedResnet.tflite").read_bytes()))
     started = time.monotonic()
     refused = check_in_venv(big, exe)
     assert refused.status == "fails" and "input [60161, 32, 32, 3] would take" in refused.error, refused.error

@@ -6,12 +6,9 @@ import json
 
 import pytest
 
-from conftest import write_image_folder
-from test_safety import run_cli
-
 
 @pytest.mark.slow
-def test_jobs_2_gives_the_files_and_numbers_of_jobs_1(tiny_model_h5, tmp_path):
+def test_jobs_2_gives_the_files_and_numbers_of_jobs_1(tiny_model_h5, tmp_path, run_cli, write_image_folder):
     data = write_image_folder(tmp_path / "calib", classes=4, per_class=12, seed=5)
     reports = {}
     for jobs in (1, 2):
@@ -31,7 +28,7 @@ def test_jobs_2_gives_the_files_and_numbers_of_jobs_1(tiny_model_h5, tmp_path):
 
 
 @pytest.mark.parametrize("value", ["0", "-2"])
-def test_jobs_must_be_one_or_more(value, tmp_path):
+def test_jobs_must_be_one_or_more(value, tmp_path, run_cli):
     code, _, err = run_cli(["report", "--jobs", value, "--out", tmp_path / "out"])
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert code == 2 and len(lines) == 1 and "--jobs" in lines[0] and "Traceback" not in err

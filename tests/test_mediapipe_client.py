@@ -26,7 +26,6 @@ from typing import Optional
 import numpy as np
 import pytest
 
-from conftest import python_from_env
 from edgeresnet.device.predict import Classifier
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,7 +38,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="session")
-def mediapipe_python() -> str:
+def mediapipe_python(python_from_env) -> str:
     return python_from_env(MEDIAPIPE_ENV, "mediapipe 1.2")
 
 

@@ -3,13 +3,15 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import REPO, _convert_once
 from edgeresnet.host.memory import MiB, MemoryMeter, choose_batch
 from edgeresnet.device.verify import Baseline, at_chance
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _zoo(name, size):
@@ -51,8 +53,8 @@ def test_chance_level_is_two_binomial_deviations_above_one_in_classes():
     assert at_chance(Baseline(60, None, None), 4) is None  # unlabelled: no top-1
 
 
-def test_float_model_trained_one_step_is_at_chance_and_no_variant_is_ok(tiny_data, tmp_path):
-    run = _convert_once(tmp_path / "out", [
+def test_float_model_trained_one_step_is_at_chance_and_no_variant_is_ok(tiny_data, tmp_path, convert_once):
+    run = convert_once(tmp_path / "out", [
         "convert", "resnet8", "--input-size", "16", "--classes", "4", "--train", tiny_data["calib"],
         "--epochs", "1", "--batch-size", "128", "--learning-rate", "1e-5", "--int8",  # one step: 120 images
         "--calib", tiny_data["calib"], "--calib-samples", "20", "--eval", tiny_data["eval"],
@@ -75,12 +77,10 @@ def test_a_trained_float_model_is_not_at_chance(tiny_int8_run):
     assert "batch_size" not in report["memory"] and set(report["memory"]["peak_rss_mib"]) >= {"load", "evaluate"}
 
 
-def _upscaled_cifar(root, per_class: int, side: int = 224):
+def _upscaled_cifar(shared_data, root, per_class: int, side: int = 224):
     from PIL import Image
 
-    from conftest import _shared_data_dir
-
-    train = _shared_data_dir() / "cifar10" / "train"
+    train = shared_data / "cifar10" / "train"
     if not train.is_dir():
         pytest.skip(f"real data not found at {train}; set EDGERESNET_TEST_DATA")
     for cls in sorted(d for d in train.iterdir() if d.is_dir()):
@@ -98,10 +98,10 @@ _TREE_PEAK = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:
 
 
 @pytest.mark.slow
-def test_convert_at_224_with_default_batch_stays_under_the_bound_it_claims(tmp_path):
+def test_convert_at_224_with_default_batch_stays_under_the_bound_it_claims(tmp_path, shared_data):
     from edgeresnet.report.schema import validate_report
 
-    data = _upscaled_cifar(tmp_path / "cifar224", per_class=8)
+    data = _upscaled_cifar(shared_data, tmp_path / "cifar224", per_class=8)
     out = tmp_path / "out"
     cmd = [sys.executable, "-c", _TREE_PEAK, sys.executable, "-m", "edgeresnet.cli", "convert", "resnet18",
            "--classes", "10", "--int8", "--prune", "0.5", "--train", str(data), "--epochs", "1",

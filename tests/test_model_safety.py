@@ -14,8 +14,6 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import write_image_folder
-from test_cli import run_cli as _run_cli
 from edgeresnet._util import tf as _tf
 from edgeresnet.errors import ModelLoadError, UnsafeModelError
 from edgeresnet.host.models import build_model
@@ -75,7 +73,7 @@ def evil(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(tmp_path_factory, write_image_folder):
     root = tmp_path_factory.mktemp("safety_data")
     return {
         "calib": write_image_folder(root / "calib", classes=CLASSES, per_class=4, size=SHAPE[:2], seed=4),
@@ -92,14 +90,14 @@ def data(tmp_path_factory):
     ("evil_savedmodel", "op WriteFile"),
 ])
 @pytest.mark.parametrize("precision", [["--precision", "fp32"], ["--int8", "--calib-samples", "12"]], ids=["fp32", "int8"])
-def test_malicious_model_is_refused_by_convert(evil, data, tmp_path, capsys, name, names, precision):
+def test_malicious_model_is_refused_by_convert(evil, data, tmp_path, name, names, precision, run_cli):
     paths, marker = evil
     path = paths[name]
     before = sorted((p.relative_to(path.parent), p.stat().st_mtime_ns) for p in path.parent.rglob("*"))
     args = [path, *precision, "--out", tmp_path / "OUT"]
     if "--int8" in precision:
         args += ["--calib", data["calib"]]
-    code, out, err = _run_cli(["convert", *args], capsys)
+    code, out, err = run_cli(["convert", *args])
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: refusing to load {path}: it carries code")
@@ -110,10 +108,10 @@ def test_malicious_model_is_refused_by_convert(evil, data, tmp_path, capsys, nam
     assert sorted((p.relative_to(path.parent), p.stat().st_mtime_ns) for p in path.parent.rglob("*")) == before
 
 
-def test_report_refuses_too(evil, data, tmp_path, capsys):
+def test_report_refuses_too(evil, data, tmp_path, run_cli):
     paths, marker = evil
-    code, _, err = _run_cli(["report", paths["evil.h5"], "--eval", data["eval"], "--calib", data["calib"],
-                             "--target", "gpu", "--no-latency", "--out", tmp_path / "R"], capsys)
+    code, _, err = run_cli(["report", paths["evil.h5"], "--eval", data["eval"], "--calib", data["calib"],
+                             "--target", "gpu", "--no-latency", "--out", tmp_path / "R"])
     assert code == 2 and "refusing to load" in err and len(err.strip().splitlines()) == 1
     assert not marker.exists() and not (tmp_path / "R").exists()
 
@@ -135,11 +133,11 @@ def test_library_refuses_with_unsafe_model_error(evil, name, found):
 # --------------------------------------------------------------------------- trusted: converts as before
 
 
-def test_trust_model_code_converts_the_lambda_model_and_the_report_says_so(evil, data, tmp_path, capsys):
+def test_trust_model_code_converts_the_lambda_model_and_the_report_says_so(evil, data, tmp_path, run_cli):
     paths, marker = evil
     out = tmp_path / "OUT"
-    code, stdout, err = _run_cli(["convert", paths["evil.h5"], "--precision", "fp32", "--eval", data["eval"],
-                                  "--trust-model-code", "--out", out], capsys)
+    code, stdout, err = run_cli(["convert", paths["evil.h5"], "--precision", "fp32", "--eval", data["eval"],
+                                  "--trust-model-code", "--out", out])
     assert code == 0, err
     assert marker.exists(), "trusted: the Lambda runs, as it did before the checks"
     marker.unlink()
@@ -149,14 +147,14 @@ def test_trust_model_code_converts_the_lambda_model_and_the_report_says_so(evil,
     assert "loaded in safe mode: NO: --trust-model-code" in (out / "report.md").read_text()
 
 
-def test_trusted_savedmodel_the_converter_refuses_fails_with_its_cause_and_exit_3(evil, data, tmp_path, capsys):
+def test_trusted_savedmodel_the_converter_refuses_fails_with_its_cause_and_exit_3(evil, data, tmp_path, run_cli):
     """Its WriteFile op has no TFLite builtin: the error names that, not only the converter's "failed while converting"."""
     paths, marker = evil
     path = paths["evil_savedmodel"]
     before = sorted((p.relative_to(path.parent), p.stat().st_mtime_ns) for p in path.parent.rglob("*") if p != marker)
     out = tmp_path / "OUT"
-    code, _, err = _run_cli(["convert", path, "--precision", "fp32", "--eval", data["eval"],
-                             "--trust-model-code", "--out", out], capsys)
+    code, _, err = run_cli(["convert", path, "--precision", "fp32", "--eval", data["eval"],
+                            "--trust-model-code", "--out", out])
     marker.unlink(missing_ok=True)  # trusted: its code may run while the float model is evaluated
     assert code == 3, err
     errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
@@ -169,11 +167,11 @@ def test_trusted_savedmodel_the_converter_refuses_fails_with_its_cause_and_exit_
     assert sorted((p.relative_to(path.parent), p.stat().st_mtime_ns) for p in path.parent.rglob("*")) == before
 
 
-def test_safe_run_is_recorded_in_the_report(data, tmp_path, capsys):
+def test_safe_run_is_recorded_in_the_report(data, tmp_path, run_cli):
     path = tmp_path / "plain.h5"
     _classifier(_tf.tf_keras()).save(str(path))
     out = tmp_path / "OUT"
-    code, _, err = _run_cli(["convert", path, "--precision", "fp32", "--eval", data["eval"], "--out", out], capsys)
+    code, _, err = run_cli(["convert", path, "--precision", "fp32", "--eval", data["eval"], "--out", out])
     assert code == 0, err
     assert json.loads((out / "report.json").read_text())["model"]["safe_mode"] is True
     assert "loaded in safe mode: yes" in (out / "report.md").read_text()
@@ -354,7 +352,7 @@ def test_keras_zip_without_config_is_a_load_error(tmp_path):
 # --------------------------------------------------------------------------- Flex ops in .tflite
 
 
-def test_inspect_reports_flex_ops_and_does_not_run_a_file_writer(tmp_path, capsys):
+def test_inspect_reports_flex_ops_and_does_not_run_a_file_writer(tmp_path, run_cli):
     tf = _tf.tf()
     marker = tmp_path / "PWNED"
 
@@ -376,7 +374,7 @@ def test_inspect_reports_flex_ops_and_does_not_run_a_file_writer(tmp_path, capsy
     assert list(report.flex["risky"]) == ["WriteFile"]
     assert report.verdicts["cpu"].ok is False and "Flex delegate" in report.verdicts["cpu"].summary
     assert report.interpreters["ai-edge-litert"].status == "not checked"
-    code, out, _ = _run_cli(["inspect", path], capsys)
+    code, out, _ = run_cli(["inspect", path])
     assert code == 0 and "flex        AsString, WriteFile" in out and "Flex can run any TensorFlow op" in out
     assert not marker.exists()
 

@@ -18,7 +18,8 @@ from typing import Optional
 
 import pytest
 
-from conftest import REPO
+REPO = Path(__file__).resolve().parents[1]
+
 
 PI_ENV = "EDGERESNET_PI_PYTHON"
 
@@ -132,23 +133,19 @@ def test_bench_under_emulation_says_the_timings_are_not_the_devices(pi_python, s
 # --------------------------------------------------------------------------- accuracy on the Pi
 
 
-def _host_convert(args: list[str], out: Path) -> dict:
-    """`edgeresnet convert ARGS --out OUT` on the host, in this process (the Pi side runs in its own)."""
-    from test_safety import run_cli
-
+def _host_convert(run_cli, args: list[str], out: Path) -> dict:
+    """`edgeresnet convert ARGS --out OUT` on the host, in this process with ``run_cli`` (the Pi side runs in its own)."""
     code, _, stderr = run_cli(["convert", *args, "--out", str(out)])
     assert code == 0, stderr[-2000:]
     return json.loads((out / "report.json").read_text())
 
 
 def _eval(python: Optional[str], model: Path, images: Path, report: Path, predictions: Path, *extra: str,
-          timeout=900) -> dict:
-    """`edgeresnet eval --json` with ``python`` (a subprocess), or in this process when it is None."""
+          run_cli=None, timeout=900) -> dict:
+    """`edgeresnet eval --json` with ``python`` (a subprocess), or in this process with ``run_cli`` when it is None."""
     args = ["eval", str(model), "--images", str(images), "--report", str(report), "--predictions", str(predictions),
             "--json", *extra]
     if python is None:
-        from test_safety import run_cli
-
         code, stdout, stderr = run_cli(args)
         assert code == 0, stderr[-2000:]
         return json.loads(stdout)
@@ -184,7 +181,7 @@ def digits_folder(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_accuracy_on_the_emulated_pi_equals_the_hosts(pi_python, shared_data, resnet8_run, builtin_run, digits_folder,
-                                                      tmp_path):
+                                                      tmp_path, run_cli):
     """The real ResNet-8 (cpu and edgetpu int8) and the built-in model evaluated inside the emulated Pi.
 
     ARM and x86 int8 kernels are not guaranteed to be bit-identical (the
@@ -207,7 +204,7 @@ def test_accuracy_on_the_emulated_pi_equals_the_hosts(pi_python, shared_data, re
     for out, variant, images in cases:
         model = out / Path(variant["path"]).name
         name = model.name
-        host = _eval(None, model, images, out / "report.json", tmp_path / f"{name}.host.csv")
+        host = _eval(None, model, images, out / "report.json", tmp_path / f"{name}.host.csv", run_cli=run_cli)
         pi = _eval(str(pi_python), model, images, out / "report.json", tmp_path / f"{name}.pi.csv", "--max-drop", "0.5",
                    timeout=1800)
         assert pi["interpreter"].startswith("tflite-runtime 2.14")
@@ -239,15 +236,13 @@ def test_accuracy_on_the_emulated_pi_equals_the_hosts(pi_python, shared_data, re
 
 
 @pytest.mark.slow
-def test_a_model_too_new_for_tflite_runtime_214_is_marked(pi_python, shared_data, tmp_path):
+def test_a_model_too_new_for_tflite_runtime_214_is_marked(pi_python, shared_data, tmp_path, bump_op_version):
     """An op version tflite-runtime 2.14 does not know: 'does not load', with the interpreter's reason."""
-    from test_inspect import _bump_op_version
-
     from edgeresnet.host.device_check import check_model
 
     data = (shared_data / "mlperf-tiny-resnet8" / "pretrainedResnet_quant.tflite").read_bytes()
     future = tmp_path / "future.tflite"
-    future.write_bytes(_bump_op_version(data, "CONV_2D", 99))
+    future.write_bytes(bump_op_version(data, "CONV_2D", 99))
     result = check_model(pi_python, future, str(shared_data / "cifar10" / "test"), samples=10, seed=0, host_top1=None)
     assert result.status == "does not load", result
     assert "CONV_2D" in result.error and "tflite-runtime 2.14" in result.error
@@ -267,10 +262,7 @@ def test_a_model_too_new_for_tflite_runtime_214_is_marked(pi_python, shared_data
         (["--device-check", "phone", "--eval", "EVAL"], {}, "'phone'"),
     ],
 )
-def test_device_check_bad_input_is_one_line_before_any_work(args, env, message, tmp_path, monkeypatch):
-    from conftest import write_image_folder
-    from test_safety import run_cli
-
+def test_device_check_bad_input_is_one_line_before_any_work(args, env, message, tmp_path, monkeypatch, run_cli, write_image_folder):
     evals = write_image_folder(tmp_path / "eval", classes=10, per_class=1)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
@@ -283,10 +275,11 @@ def test_device_check_bad_input_is_one_line_before_any_work(args, env, message, 
 
 
 @pytest.mark.slow
-def test_report_device_check_adds_the_pis_accuracy(pi_python, shared_data, resnet8_h5, tmp_path, monkeypatch):
+def test_report_device_check_adds_the_pis_accuracy(pi_python, shared_data, resnet8_h5, tmp_path, monkeypatch, run_cli):
     monkeypatch.setenv("EDGERESNET_PI_PYTHON", str(pi_python))
     out = tmp_path / "out"
     report = _host_convert(
+        run_cli,
         [str(resnet8_h5), "--int8", "--target", "cpu", "--precision", "int8",
          "--calib", str(shared_data / "cifar10" / "train"), "--calib-samples", "100",
          "--eval", str(shared_data / "cifar10" / "test"), "--eval-samples", "100", "--device-check", "pi"],
@@ -356,9 +349,7 @@ def _inputs_snapshot(tiny_model_h5, tiny_data) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("behaviour", ["exits 1", "prints nothing"])
 def test_a_failed_device_check_fails_the_run_with_one_line_and_the_report_beside_out(
-        behaviour, tiny_model_h5, tiny_data, tmp_path, monkeypatch):
-    from test_safety import run_cli
-
+        behaviour, tiny_model_h5, tiny_data, tmp_path, monkeypatch, run_cli):
     monkeypatch.setenv(PI_ENV, str(fake_pi_python(tmp_path, FAKE_EVALS[behaviour])))
     out = tmp_path / "out"
     before = _inputs_snapshot(tiny_model_h5, tiny_data)
@@ -375,9 +366,8 @@ def test_a_failed_device_check_fails_the_run_with_one_line_and_the_report_beside
     assert _inputs_snapshot(tiny_model_h5, tiny_data) == before
 
 
-def test_a_pi_python_that_does_not_start_is_refused_before_any_work(tiny_model_h5, tiny_data, tmp_path, monkeypatch):
-    from test_safety import run_cli
-
+def test_a_pi_python_that_does_not_start_is_refused_before_any_work(tiny_model_h5, tiny_data, tmp_path, monkeypatch,
+                                                                    run_cli):
     python = fake_pi_python(tmp_path, "exit 0", on_version="echo 'qemu-aarch64-static: Could not open /lib/ld-linux-aarch64.so.1' >&2; exit 255")
     monkeypatch.setenv(PI_ENV, str(python))
     code, stdout, err = run_cli(_tiny_device_check(tiny_model_h5, tiny_data, tmp_path / "out"))
@@ -390,9 +380,8 @@ def test_a_pi_python_that_does_not_start_is_refused_before_any_work(tiny_model_h
 
 
 @pytest.mark.slow
-def test_a_model_the_pi_cannot_load_is_a_finding_named_in_a_warning(tiny_model_h5, tiny_data, tmp_path, monkeypatch):
-    from test_safety import run_cli
-
+def test_a_model_the_pi_cannot_load_is_a_finding_named_in_a_warning(tiny_model_h5, tiny_data, tmp_path, monkeypatch,
+                                                                     run_cli):
     says = "tiny_cpu_fp32.tflite does not load in tflite-runtime 2.14.0: Didn't find op for builtin opcode 'CONV_2D' version '99'"
     monkeypatch.setenv(PI_ENV, str(fake_pi_python(tmp_path, f'echo "error: {says}" >&2; exit 2')))
     out = tmp_path / "out"

@@ -20,10 +20,10 @@ def _opts(tiny_model_h5, tiny_data, out, **kw):
     return ConvertOptions(**base)
 
 
-def test_three_targets_end_to_end(tiny_model_h5, tiny_data, tmp_path, monkeypatch):
+def test_three_targets_end_to_end(tiny_model_h5, tiny_data, tmp_path, count_int8_sessions):
     out = tmp_path / "out"
     stages = []
-    sessions = _count_int8_sessions(monkeypatch)
+    sessions = count_int8_sessions()
     report = run_convert(
         _opts(tiny_model_h5, tiny_data, out, targets=("cpu", "edgetpu", "gpu")),
         progress=lambda s, d, t: stages.append(s),
@@ -61,21 +61,6 @@ def test_three_targets_end_to_end(tiny_model_h5, tiny_data, tmp_path, monkeypatc
     assert sum(1 for line in md.splitlines() if line.startswith("Time by stage (s): ")) == 1
 
 
-def _count_int8_sessions(monkeypatch) -> list:
-    """Every int8 engine session the run makes (each is one calibration)."""
-    from edgeresnet.host import quantize
-
-    made = []
-
-    class Counted(quantize.Int8Session):
-        def __init__(self, *a, **k):
-            super().__init__(*a, **k)
-            made.append(self)
-
-    monkeypatch.setattr(quantize, "Int8Session", Counted)
-    return made
-
-
 def test_numbers_match_an_independent_evaluation(tiny_int8_run, tiny_data):
     """The reported top-1 is what the written model really scores on the eval images (conftest.tiny_int8_run)."""
     from edgeresnet.host.calibration import get_preset, load_images
@@ -107,9 +92,7 @@ def test_existing_output_is_refused_before_any_work(tiny_model_h5, tiny_data, tm
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
-def test_eval_classes_must_match_model_outputs(tiny_model_h5, tiny_data, tmp_path):
-    from tests.conftest import write_image_folder
-
+def test_eval_classes_must_match_model_outputs(tiny_model_h5, tiny_data, tmp_path, write_image_folder):
     wrong = write_image_folder(tmp_path / "wrong", classes=3, per_class=2)
     with pytest.raises(DataError, match="3 class folders"):
         run_convert(_opts(tiny_model_h5, tiny_data, tmp_path / "out", eval=str(wrong)))

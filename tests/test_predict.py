@@ -15,23 +15,13 @@ import numpy as np
 import pytest
 
 from edgeresnet.host.calibration import get_preset, list_images, load_images
-from edgeresnet.cli import main
 from edgeresnet.device.metadata import ModelInfo, add_metadata, read_metadata
 from edgeresnet.device.predict import Classifier, Overrides, evaluate, predict
 from edgeresnet.device.runtime import TFLiteModel
-from conftest import python_from_env
 
 REPO = Path(__file__).resolve().parents[1]
 TFLRT_ENV = "EDGERESNET_TFLITE_RUNTIME_PYTHON"
 DIGITS = tuple(str(d) for d in range(10))
-
-
-def _run_cli(capsys, *args) -> tuple[int, str, str]:
-    """Run the CLI in-process; (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 @pytest.fixture(scope="module")
@@ -71,12 +61,12 @@ def test_list_images_names_what_load_images_decodes(digits):
     assert np.array_equal(labels, loaded.labels)
 
 
-def test_model_edgeresnet_wrote_runs_without_flags(digits, capsys):
+def test_model_edgeresnet_wrote_runs_without_flags(digits, run_cli):
     """Labels and normalization come from the metadata the pipeline wrote; top-1 equals the host's."""
     info = read_metadata(digits["model"].read_bytes())
     assert info is not None and info.labels == DIGITS
-    code, out, err = _run_cli(capsys, "eval", digits["model"], "--images", digits["images"],
-                              "--report", digits["report"], "--max-drop", "0", "--json")
+    code, out, err = run_cli(["eval", digits["model"], "--images", digits["images"],
+                              "--report", digits["report"], "--max-drop", "0", "--json"])
     assert code == 0, err
     got = json.loads(out)
     assert got["labels_matched"] == "by name" and got["preprocessing"]["labels_from"] == "metadata"
@@ -98,7 +88,7 @@ def test_device_scores_equal_the_host_pipeline_scores(digits):
     assert np.array_equal(device, host)
 
 
-def test_predict_top_k_names_and_scores(digits, capsys):
+def test_predict_top_k_names_and_scores(digits, run_cli):
     files, labels, names = list_images(digits["images"], samples=20, seed=1)
     clf = Classifier(digits["model"], Overrides(labels=digits["labels"], preset="unit"))
     results = predict(clf, files, k=3)
@@ -109,18 +99,18 @@ def test_predict_top_k_names_and_scores(digits, capsys):
         assert all(name == DIGITS[i] for i, name, _ in r.top)
     right = sum(r.top[0][1] == names[label] for r, label in zip(results, labels))
     assert right >= 18  # the host measured 99.4 % top-1 on these digits
-    code, out, err = _run_cli(capsys, "predict", digits["model"], *files[:2], "--top-k", "2", "--json",
-                              "--labels", digits["labels"], "--preset", "unit")
+    code, out, err = run_cli(["predict", digits["model"], *files[:2], "--top-k", "2", "--json",
+                              "--labels", digits["labels"], "--preset", "unit"])
     assert code == 0, err
     doc = json.loads(out)
     assert [len(p["top"]) for p in doc["predictions"]] == [2, 2]
     assert doc["predictions"][0]["top"][0]["label"] == results[0].top[0][1]
 
 
-def test_wrong_normalization_is_caught_by_max_drop_exit_3(digits, capsys):
+def test_wrong_normalization_is_caught_by_max_drop_exit_3(digits, run_cli):
     """Raw 0..255 pixels into a model trained on [0, 1]: the device's top-1 collapses, and eval says so."""
-    code, out, err = _run_cli(capsys, "eval", digits["model"], "--images", digits["images"], "--preset", "raw",
-                              "--report", digits["report"], "--max-drop", "1", "--json")
+    code, out, err = run_cli(["eval", digits["model"], "--images", digits["images"], "--preset", "raw",
+                              "--report", digits["report"], "--max-drop", "1", "--json"])
     assert code == 3
     doc = json.loads(out)  # the result is printed before failing
     assert doc["passed"] is False and doc["drop_pts"] > 1
@@ -191,10 +181,10 @@ BAD = [
 
 
 @pytest.mark.parametrize("args,needle", BAD, ids=[b[1] for b in BAD])
-def test_bad_input_is_one_line(digits, bad_inputs, capsys, args, needle):
+def test_bad_input_is_one_line(digits, bad_inputs, args, needle, run_cli):
     fill = {"root": bad_inputs, "model": digits["model"], "images": digits["images"],
             "img": next((digits["images"] / "3").iterdir())}
-    code, out, err = _run_cli(capsys, *[a.format(**fill) for a in args])
+    code, out, err = run_cli([a.format(**fill) for a in args])
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and needle in err, err
 
@@ -237,7 +227,7 @@ def _tf_free_code(model, images, report, extra=(), max_drop="0") -> str:
 
 
 @pytest.fixture(scope="session")
-def tflrt_python() -> str:
+def tflrt_python(python_from_env) -> str:
     """Session-scoped, so a missing venv skips before any model is converted."""
     return python_from_env(TFLRT_ENV, "tflite-runtime 2.14, pillow and click")
 
@@ -311,23 +301,21 @@ SWAPPED = ("1", "0") + DIGITS[2:]  # the model's output 0 is the digit 0, but th
 
 
 @pytest.fixture(scope="module")
-def swapped(digits, tmp_path_factory):
+def swapped(digits, tmp_path_factory, convert_once):
     """`convert --int8 --eval DIGITS --labels L` where L lists the digit folders with 0 and 1 swapped, saved as
     Windows editors save it (byte-order mark, CRLF line ends)."""
-    from conftest import _convert_once
-
     root = tmp_path_factory.mktemp("swapped")
     labels = root / "swapped.txt"
     labels.write_bytes("\ufeff".encode() + "".join(f"{n}\r\n" for n in SWAPPED).encode())
     before = labels.read_bytes(), sorted(p.name for p in digits["images"].rglob("*"))
-    run = _convert_once(root / "out", ["convert", "--int8", "--eval", digits["images"], "--labels", labels])
+    run = convert_once(root / "out", ["convert", "--int8", "--eval", digits["images"], "--labels", labels])
     assert (labels.read_bytes(), sorted(p.name for p in digits["images"].rglob("*"))) == before  # inputs untouched
     (variant,) = run["report"]["variants"]
     return {**run, "variant": variant, "model": run["out"] / Path(variant["path"]).name, "report_path": run["out"] / "report.json"}
 
 
 @pytest.mark.slow
-def test_labels_in_another_order_than_the_folders_give_one_top1_on_host_and_device(swapped, digits, capsys):
+def test_labels_in_another_order_than_the_folders_give_one_top1_on_host_and_device(swapped, digits, run_cli):
     """Folders are matched to the labels file's lines by name in convert, as in eval: the report, the metadata and
     eval on the device agree, and the swapped names cost the 0s and 1s on both sides."""
     warnings = [ln for ln in swapped["stderr"].splitlines() if ln.startswith("warning:")]
@@ -338,8 +326,8 @@ def test_labels_in_another_order_than_the_folders_give_one_top1_on_host_and_devi
     assert (swapped["out"] / "labels.txt").read_text().splitlines() == list(SWAPPED)
     top1 = swapped["variant"]["top1"]
     assert top1 < digits["variant"]["top1"] - 10  # the 0s and 1s (a fifth of the digits) are now wrong
-    code, out, err = _run_cli(capsys, "eval", swapped["model"], "--images", digits["images"],
-                              "--report", swapped["report_path"], "--max-drop", "0", "--json")
+    code, out, err = run_cli(["eval", swapped["model"], "--images", digits["images"],
+                              "--report", swapped["report_path"], "--max-drop", "0", "--json"])
     assert code == 0, err
     got = json.loads(out)
     assert got["labels_matched"] == "by name" and got["count"] == swapped["variant"]["eval_count"] == 500
@@ -347,9 +335,9 @@ def test_labels_in_another_order_than_the_folders_give_one_top1_on_host_and_devi
 
 
 @pytest.mark.slow
-def test_predict_names_outputs_as_the_metadata_does(swapped, digits, capsys):
+def test_predict_names_outputs_as_the_metadata_does(swapped, digits, run_cli):
     img = sorted((digits["images"] / "0").iterdir())[0]
-    code, out, err = _run_cli(capsys, "predict", swapped["model"], img, "--top-k", "1", "--json")
+    code, out, err = run_cli(["predict", swapped["model"], img, "--top-k", "1", "--json"])
     assert code == 0 and err == "", err
     (top,) = json.loads(out)["predictions"][0]["top"]
     assert top["index"] == 0 and top["label"] == "1"  # a 0, named as line 1 of the labels file names output 0
@@ -404,7 +392,7 @@ def test_real_resnet8_in_tflite_runtime_venv(tflrt_python, resnet8):
     assert doc["count"] == 300 and abs(doc["drop_pts"]) <= 0.5
 
 
-def test_inspect_shows_the_metadata(digits, capsys):
+def test_inspect_shows_the_metadata(digits, run_cli):
     from edgeresnet.device.inspection import inspect_tflite
 
     """The pipeline's model: the digits as labels, the 'unit' preset as (pixel - 0) / 255, RGB input."""
@@ -412,7 +400,7 @@ def test_inspect_shows_the_metadata(digits, capsys):
     meta = inspect_tflite(path, gpu=False, runtimes=False).to_dict()["metadata"]
     assert meta["present"] is True and meta["labels_count"] == 10 and meta["labels"] == list(DIGITS)
     assert meta["mean"] == [0.0] and meta["std"] == [255.0] and meta["color_space"] == "RGB"
-    code, out, err = _run_cli(capsys, "inspect", path, "--no-gpu")
+    code, out, err = run_cli(["inspect", path, "--no-gpu"])
     assert code == 0, err
     assert "10 labels (labels.txt: 0, 1, 2, 3, 4, ...)" in out and "input RGB" in out and "std [255.0]" in out
 

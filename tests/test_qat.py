@@ -7,13 +7,11 @@ import numpy as np
 import pytest
 
 from edgeresnet._util import tf as _tf
-from edgeresnet.cli import main
 from edgeresnet.errors import ConfigError, QATError
 from edgeresnet.host.models import build_model
 from edgeresnet.host.training.qat import QATConfig, check_quantizable, convert_qat, quantize_aware_train
 from edgeresnet.device.runtime import TFLiteModel
 from edgeresnet.device.tflite_graph import parse_tflite
-from tests.test_cli import run_cli
 
 # minmax keeps the post-training side cheap; QAT's own conversion does not calibrate.
 TINY = ["--preset", "unit", "--calib-samples", "60", "--epochs", "1", "--batch-size", "32", "--int8-method", "minmax"]
@@ -24,17 +22,13 @@ def _float_tensors(data: bytes) -> list:
 
 
 @pytest.fixture(scope="module")
-def qat_run(tmp_path_factory, tiny_model_h5, tiny_data):
+def qat_run(tmp_path_factory, tiny_model_h5, tiny_data, run_cli):
     """`convert --qat` on the tiny ResNet for cpu and edgetpu: (report dict, output folder)."""
     out = tmp_path_factory.mktemp("qat") / "out"
-    code = None
-    try:
-        main([str(a) for a in [
-            "convert", tiny_model_h5, "--int8", "--qat", "--train", tiny_data["calib"], "--calib", tiny_data["calib"],
-            "--eval", tiny_data["eval"], "--target", "cpu", "--target", "edgetpu", "--out", out, *TINY,
-        ]])
-    except SystemExit as exc:
-        code = exc.code
+    code, _, _ = run_cli([
+        "convert", tiny_model_h5, "--int8", "--qat", "--train", tiny_data["calib"], "--calib", tiny_data["calib"],
+        "--eval", tiny_data["eval"], "--target", "cpu", "--target", "edgetpu", "--out", out, *TINY,
+    ])
     assert code in (None, 0), f"convert --qat exited {code}"
     return json.loads((out / "report.json").read_text()), out
 
@@ -79,12 +73,12 @@ def test_qat_emits_full_int8_for_cpu_and_edgetpu_next_to_ptq(qat_run, tiny_model
 
 
 @pytest.mark.slow  # a full report sweep with three fine-tunes (prune, QAT, PQAT): slow on 2 shared cores
-def test_report_sweeps_qat_and_pqat_side_by_side_and_pqat_keeps_the_zeros(tmp_path, tiny_model_h5, tiny_data, capsys):
+def test_report_sweeps_qat_and_pqat_side_by_side_and_pqat_keeps_the_zeros(tmp_path, tiny_model_h5, tiny_data, run_cli):
     out = tmp_path / "out"
     code, _, err = run_cli([
         "report", tiny_model_h5, "--sparsity", "0.6", "--qat", "--train", tiny_data["calib"], "--target", "cpu",
         "--calib", tiny_data["calib"], "--eval", tiny_data["eval"], "--no-latency", "--out", out, *TINY,
-    ], capsys)
+    ])
     assert code == 0, err
     report = json.loads((out / "report.json").read_text())
     methods = [(v["precision"], v.get("prune") is not None, (v.get("fine_tune") or {}).get("method")) for v in report["variants"]]
@@ -242,7 +236,7 @@ def _keras3_file(tmp_path) -> Path:
         ("gpu only", "none of the targets (gpu) runs int8"),
     ],
 )
-def test_bad_input_is_one_line_and_writes_nothing(case, fragment, tmp_path, tiny_model_h5, tiny_data, capsys):
+def test_bad_input_is_one_line_and_writes_nothing(case, fragment, tmp_path, tiny_model_h5, tiny_data, run_cli):
     model, extra = tiny_model_h5, []
     if case == "keras 3":
         model = _keras3_file(tmp_path)
@@ -256,7 +250,7 @@ def test_bad_input_is_one_line_and_writes_nothing(case, fragment, tmp_path, tiny
     out = tmp_path / "out"
     before = sorted(p.name for p in tmp_path.iterdir())
     code, stdout, err = run_cli(
-        ["convert", model, "--qat", *train, "--calib", tiny_data["calib"], "--out", out, *extra, *TINY], capsys
+        ["convert", model, "--qat", *train, "--calib", tiny_data["calib"], "--out", out, *extra, *TINY]
     )
     assert code == 2
     assert err.startswith("error: ") and err.count("\n") == 1, err  # before any progress: nothing was loaded
@@ -292,20 +286,20 @@ def test_config_is_validated():
     assert float(cosine(100)) == pytest.approx(0.0, abs=1e-12)
 
 
-def test_int8_method_qat_alone_is_refused(tiny_model_h5, tiny_data, tmp_path, capsys):
+def test_int8_method_qat_alone_is_refused(tiny_model_h5, tiny_data, tmp_path, run_cli):
     code, _, err = run_cli(
         ["convert", tiny_model_h5, "--int8", "--int8-method", "qat", "--calib", tiny_data["calib"],
-         "--out", tmp_path / "o"], capsys
+         "--out", tmp_path / "o"]
     )
     assert code == 2 and "use --qat --train DIR" in err and not (tmp_path / "o").exists()
 
 
-def test_edgetpu_over_budget_suggests_qat(outlier_model_h5, tiny_data, tmp_path, capsys):
+def test_edgetpu_over_budget_suggests_qat(outlier_model_h5, tiny_data, tmp_path, run_cli):
     out = tmp_path / "out"
     code, _, err = run_cli([
         "convert", outlier_model_h5, "--int8", "--int8-method", "minmax", "--target", "edgetpu", "--preset", "unit",
         "--calib", tiny_data["calib"], "--eval", tiny_data["eval"], "--max-drop", "0", "--out", out,
-    ], capsys)
+    ])
     assert code == 3, err
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: ") and "--qat --train TRAIN_DIR" in last and "--target edgetpu" in last

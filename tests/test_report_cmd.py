@@ -10,14 +10,11 @@ from PIL import Image
 from edgeresnet.device.bench import BenchConfig
 from edgeresnet.errors import ConfigError
 from edgeresnet.host.pipeline import ConvertOptions, run_report
-from tests.test_cli import run_cli
 
 
 @pytest.mark.slow  # end to end: many conversions (and a fine-tuning) of the tiny model
-def test_report_sweeps_variants_and_writes_all_formats(tiny_model_h5, tiny_data, tmp_path, monkeypatch):
-    from tests.test_pipeline import _count_int8_sessions
-
-    sessions = _count_int8_sessions(monkeypatch)
+def test_report_sweeps_variants_and_writes_all_formats(tiny_model_h5, tiny_data, tmp_path, count_int8_sessions):
+    sessions = count_int8_sessions()
     out = tmp_path / "rep"
     opts = ConvertOptions(
         model=str(tiny_model_h5), targets=("cpu", "edgetpu", "gpu"), calib=str(tiny_data["calib"]),
@@ -50,15 +47,15 @@ def test_report_sweeps_variants_and_writes_all_formats(tiny_model_h5, tiny_data,
 
 
 @pytest.mark.parametrize("bad", ["1.5", "0", "-0.2", "x"])
-def test_report_rejects_bad_sparsity(bad, tmp_path, capsys, tiny_model_h5, monkeypatch):
+def test_report_rejects_bad_sparsity(bad, tmp_path, tiny_model_h5, monkeypatch, run_cli):
     monkeypatch.chdir(tmp_path)
-    code, _, err = run_cli(["report", tiny_model_h5, "--sparsity", bad, "--out", tmp_path / "r"], capsys)
+    code, _, err = run_cli(["report", tiny_model_h5, "--sparsity", bad, "--out", tmp_path / "r"])
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "sparsity" in err
     assert not (tmp_path / "r").exists()
 
 
-def test_report_pruning_options_need_pruning(tmp_path, capsys, tiny_model_h5):
-    code, _, err = run_cli(["convert", tiny_model_h5, "--epochs", "2", "--out", tmp_path / "r"], capsys)
+def test_report_pruning_options_need_pruning(tmp_path, tiny_model_h5, run_cli):
+    code, _, err = run_cli(["convert", tiny_model_h5, "--epochs", "2", "--out", tmp_path / "r"])
     assert code == 2 and "--epochs" in err and "--prune" in err
 
 
@@ -67,19 +64,19 @@ def test_sweep_sparsity_validated_before_work(tmp_path):
         run_report(ConvertOptions(out=str(tmp_path / "r")), sparsities=(1.0,))
 
 
-def test_convert_format_adds_writers_from_the_one_registry(tiny_model_h5, tiny_data, tiny_int8_run, tmp_path, capsys):
+def test_convert_format_adds_writers_from_the_one_registry(tiny_model_h5, tiny_data, tiny_int8_run, tmp_path, run_cli):
     """`convert` writes json+md by default (conftest.tiny_int8_run, no --format); --format adds the others
     `report` writes, through the same writers."""
     from edgeresnet.report import WRITERS
 
     args = ["convert", tiny_model_h5, "--int8", "--calib", tiny_data["calib"], "--eval", tiny_data["eval"],
             "--preset", "unit", "--calib-samples", "40"]
-    code, _, err = run_cli(args + ["--out", tmp_path / "a", "--format", "bogus"], capsys)
+    code, _, err = run_cli(args + ["--out", tmp_path / "a", "--format", "bogus"])
     assert code == 2 and "unknown report format 'bogus'" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "a").exists()
     plain = tiny_int8_run["out"]
     assert {"report.json", "report.md"} <= {p.name for p in plain.iterdir()}
-    code, _, err = run_cli(args + ["--out", tmp_path / "b", "--format", "csv", "--format", "png", "--format", "html"], capsys)
+    code, _, err = run_cli(args + ["--out", tmp_path / "b", "--format", "csv", "--format", "png", "--format", "html"])
     assert code == 0, err
     names = {p.name for p in (tmp_path / "b").iterdir()}
     assert {"report.json", "report.md", "report.csv", "accuracy_vs_size.png", "report.html"} <= names

@@ -14,8 +14,9 @@ each file), runs ``edgeresnet`` in-process and asserts:
   empty afterwards.
 
 To add a case: append a ``Case`` to ``CASES`` (or to your own list passed to
-``run_case``). ``args(world)`` returns the argument list; ``setup(world)`` may
-prepare files and return a clean-up callable (or raise ``pytest.skip``);
+``run_case`` with the ``tools`` fixture: the shared helpers of tests/conftest.py).
+``args(world)`` returns the argument list; ``setup(world)`` may prepare files
+and return a clean-up callable (or raise ``pytest.skip``);
 ``patch(world, monkeypatch)`` may simulate a fault in the library.
 Signal tests (SIGINT, SIGTERM, SIGKILL) run the CLI as a subprocess below.
 """
@@ -34,14 +35,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from types import SimpleNamespace
+from typing import Any, Callable, Optional, Union
 
 import pytest
 
 from edgeresnet._util import files as fsutil
-from edgeresnet.cli import main
-
-from conftest import write_image_folder
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_H5 = REPO / "edgeresnet" / "assets" / "reference_digits_resnet8.h5"
@@ -55,6 +54,7 @@ class World:
     """Paths of one case's sandbox; every case runs with ``cwd`` as the current folder."""
 
     root: Path
+    tools: Any  # the ``tools`` fixture: run_cli, write_image_folder, batch_60161 (tests/conftest.py)
 
     @property
     def cwd(self) -> Path:
@@ -85,14 +85,20 @@ class World:
         return fsutil.failed_path(self.out)
 
 
-def make_world(root: Path) -> World:
-    w = World(root)
+@pytest.fixture
+def tools(run_cli, write_image_folder, batch_60161):
+    """The conftest helpers a world and its cases use."""
+    return SimpleNamespace(run_cli=run_cli, write_image_folder=write_image_folder, batch_60161=batch_60161)
+
+
+def make_world(root: Path, tools) -> World:
+    w = World(root, tools)
     for d in (w.cwd, w.tmp, w.model.parent):
         d.mkdir(parents=True)
     shutil.copyfile(REFERENCE_H5, w.model)
     (w.model.parent / "notes.md").write_text("my project notes\n")
-    write_image_folder(w.calib, classes=2, per_class=3, size=(8, 8), seed=0)
-    write_image_folder(w.eval, classes=2, per_class=2, size=(8, 8), seed=1)
+    tools.write_image_folder(w.calib, classes=2, per_class=3, size=(8, 8), seed=0)
+    tools.write_image_folder(w.eval, classes=2, per_class=2, size=(8, 8), seed=1)
     return w
 
 
@@ -137,21 +143,6 @@ def diff_outside(before: dict, after: dict, allowed: list[str]) -> list[str]:
     return sorted(k for k in changed if not ok(k))
 
 
-def run_cli(args: list) -> tuple[int, str, str]:
-    """Run ``edgeresnet ARGS`` in-process; (exit code, stdout, stderr) via the real entry point."""
-    import contextlib
-    import io
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as exc:
-            code = exc.code
-    return code, out.getvalue(), err.getvalue()
-
-
 # ---------------------------------------------------------------- cases
 
 
@@ -168,8 +159,8 @@ class Case:
     marks: tuple = ()
 
 
-def run_case(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[World, str, str]:
-    w = make_world(tmp_path / "w")
+def run_case(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tools) -> tuple[World, str, str]:
+    w = make_world(tmp_path / "w", tools)
     cleanup = case.setup(w) if case.setup else None
     try:
         monkeypatch.chdir(w.cwd)
@@ -178,7 +169,7 @@ def run_case(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tup
         if case.patch:
             case.patch(w, monkeypatch)
         before = snapshot(w.root)
-        code, stdout, stderr = run_cli(case.args(w))
+        code, stdout, stderr = tools.run_cli(case.args(w))
         after = snapshot(w.root)
     finally:
         if cleanup:
@@ -341,8 +332,8 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.marks) for c in CASES])
-def test_safety_case(case, tmp_path, monkeypatch):
-    run_case(case, tmp_path, monkeypatch)
+def test_safety_case(case, tmp_path, monkeypatch, tools):
+    run_case(case, tmp_path, monkeypatch, tools)
 
 
 def _allowed_overwrite_check(w: World, stdout: str, stderr: str):
@@ -361,8 +352,8 @@ SLOW_CASES = [
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in SLOW_CASES])
-def test_safety_case_that_converts(case, tmp_path, monkeypatch):
-    run_case(case, tmp_path, monkeypatch)
+def test_safety_case_that_converts(case, tmp_path, monkeypatch, tools):
+    run_case(case, tmp_path, monkeypatch, tools)
 
 
 # ---------------------------------------------------------------- signals (subprocess)
@@ -408,8 +399,8 @@ def _mid_conversion(run: Run, w: World):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
-def test_signal_mid_conversion_removes_partial_output_and_keeps_the_old(sig, code, tmp_path):
-    w = make_world(tmp_path / "w")
+def test_signal_mid_conversion_removes_partial_output_and_keeps_the_old(sig, code, tmp_path, tools):
+    w = make_world(tmp_path / "w", tools)
     fake_output(w.out)
     before = snapshot(w.root)
     run = Run(w)
@@ -424,8 +415,8 @@ def test_signal_mid_conversion_removes_partial_output_and_keeps_the_old(sig, cod
 
 
 @pytest.mark.slow
-def test_sigkill_leaves_a_partial_that_the_next_run_removes(tmp_path, monkeypatch):
-    w = make_world(tmp_path / "w")
+def test_sigkill_leaves_a_partial_that_the_next_run_removes(tmp_path, monkeypatch, tools, run_cli):
+    w = make_world(tmp_path / "w", tools)
     fake_output(w.out)
     run = Run(w)
     run.wait_for(lambda: _mid_conversion(run, w))
@@ -474,7 +465,7 @@ def test_concurrent_runs_to_one_out_one_wins_the_others_get_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_identical_runs_give_bit_identical_tflite(builtin_run, tmp_path, monkeypatch):
+def test_identical_runs_give_bit_identical_tflite(builtin_run, tmp_path, monkeypatch, run_cli):
     """Determinism: the same command run again gives the same bytes. The first run is the session's default
     run (conftest.builtin_run); this one replaces a copy of its real output with --overwrite."""
     monkeypatch.chdir(tmp_path)
@@ -574,10 +565,12 @@ def _truncate(rel: str, keep: float = 0.5):
     return setup
 
 
-def _tflite_copy(name: str, src: Path, change: Optional[Callable[[bytes], bytes]] = None):
+def _tflite_copy(name: str, src: Path, change: Union[None, str, Callable[[bytes], bytes]] = None):
+    """Copy ``src`` into the world as ``name``, through ``change`` (or the helper of ``w.tools`` so named)."""
     def setup(w: World):
         data = _need(src).read_bytes()
-        (w.root / name).write_bytes(change(data) if change else data)
+        change_ = getattr(w.tools, change) if isinstance(change, str) else change
+        (w.root / name).write_bytes(change_(data) if change_ else data)
     return setup
 
 
@@ -585,13 +578,6 @@ def _non_utf8_name(data: bytes) -> bytes:
     out = bytearray(data)
     i = data.index(b"input_1_int8")
     out[i + 2:i + 4] = b"\xff\xfe"
-    return bytes(out)
-
-
-def _batch_60161(data: bytes) -> bytes:
-    """The input tensor's batch size 1 -> 60161 (a corruption the fuzz test found; 700 MiB of input)."""
-    out = bytearray(data)
-    out[318085] = 0xEB
     return bytes(out)
 
 
@@ -636,7 +622,7 @@ INPUT_CASES = [
     Case("bench a FIFO", lambda w: ["bench", w.root / "m.tflite"], 2, ("m.tflite", "not a regular file"),
          setup=_fifo("m.tflite")),
     Case("bench a model whose input claims 700 MiB", lambda w: ["bench", w.root / "big.tflite"], 2,
-         ("big.tflite", "60161", "MiB"), setup=_tflite_copy("big.tflite", FLOAT_TFLITE, _batch_60161)),
+         ("big.tflite", "60161", "MiB"), setup=_tflite_copy("big.tflite", FLOAT_TFLITE, "batch_60161")),
     # 5: data errors name the file, at once
     Case("--seed -1", _convert("--seed", "-1"), 2, ("--seed",)),
     Case("truncated .npz", _convert("--calib", lambda w: w.root / "t.npz"), 2, ("t.npz", "damaged or truncated"),
@@ -673,8 +659,8 @@ INPUT_CASES = [
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.marks) for c in INPUT_CASES])
-def test_hostile_input_case(case, tmp_path, monkeypatch):
-    run_case(case, tmp_path, monkeypatch)
+def test_hostile_input_case(case, tmp_path, monkeypatch, tools):
+    run_case(case, tmp_path, monkeypatch, tools)
 
 
 # ---------------------------------------------------------------- hostile --labels files
@@ -741,7 +727,7 @@ def _predicted_names(names):
 
 def _ten_classes(w: World):
     _labels_file(_text(DIGIT_NAMES))(w)
-    write_image_folder(w.root / "ten", classes=10, per_class=1, size=(8, 8))
+    w.tools.write_image_folder(w.root / "ten", classes=10, per_class=1, size=(8, 8))
 
 
 LABELS_CASES = [

@@ -80,13 +80,12 @@ def test_labels_from_folders_must_agree():
         resolve_labels([("eval", Set(("a", "b")))], 3)
 
 
-def test_class_folders_take_the_output_index_of_their_name_for_training_and_calibration(tmp_path):
+def test_class_folders_take_the_output_index_of_their_name_for_training_and_calibration(tmp_path, write_image_folder):
     """--labels listing folders a, b, c as c, a, b: each image's label is the line of its folder's name, in the
     --train stream fine-tuning fits on as in the calibration set; a folder the labels do not name is refused."""
     from pathlib import Path
     from types import SimpleNamespace
 
-    from conftest import write_image_folder
     from edgeresnet.host.calibration import load_images
     from edgeresnet.host.pipeline import _load_train
 
@@ -107,16 +106,12 @@ def test_class_folders_take_the_output_index_of_their_name_for_training_and_cali
     "labels, message",
     [("cat\ndog\n", "has 2 class names but the model has 10 outputs"), ("0\n1\n1\n2\n3\n4\n5\n6\n7\n8\n", "appears twice")],
 )
-def test_cli_bad_labels_is_one_line_before_any_work(tmp_path, labels, message, capsys):
-    from edgeresnet.cli import main
-
+def test_cli_bad_labels_is_one_line_before_any_work(tmp_path, labels, message, run_cli):
     f = tmp_path / "labels.txt"
     f.write_text(labels)
     out = tmp_path / "out"
-    with pytest.raises(SystemExit) as exit_info:
-        main(["convert", "--int8", "--labels", str(f), "--out", str(out)])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
+    code, _, err = run_cli(["convert", "--int8", "--labels", str(f), "--out", str(out)])
+    assert code == 2
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
     assert not out.exists()

@@ -4,11 +4,9 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
 from edgeresnet.host.calibration import get_preset, load_images, read_image, stream_images
-from edgeresnet.cli import cli, main
 from edgeresnet.errors import ConfigError, ModelLoadError
 
 
@@ -79,26 +77,24 @@ def test_zoo_weights_load_by_name_and_name_the_first_mismatch(tmp_path):
         (["{d}/cat/0.png", "--weights", "{d}/cat/1.png", "--calib", "{d}"], "--weights applies to a built-in"),
     ],
 )
-def test_zoo_bad_input_is_one_line_and_writes_nothing(folder, tmp_path, args, message, capsys):
+def test_zoo_bad_input_is_one_line_and_writes_nothing(folder, tmp_path, args, message, run_cli):
     out = tmp_path / "out"
-    with pytest.raises(SystemExit) as exit_info:
-        main(["convert", *[a.format(d=folder) for a in args], "--out", str(out)])
-    err = capsys.readouterr().err
-    assert exit_info.value.code != 0 and message in err, err
+    code, _, err = run_cli(["convert", *[a.format(d=folder) for a in args], "--out", str(out)])
+    assert code != 0 and message in err, err
     assert err.strip().count("\n") == 0 and err.startswith("error: ")
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow  # end to end: a report sweep (four conversions, each run and timed); the refusals stay quick
-def test_report_times_a_zoo_model_without_weights_and_measures_no_accuracy(tmp_path):
+def test_report_times_a_zoo_model_without_weights_and_measures_no_accuracy(tmp_path, run_cli):
     """`report resnet8` with random weights: every variant converted, run and timed; accuracy not measured (said
     why, in every format), no drift verdict."""
     from edgeresnet.report.schema import validate_report
     from edgeresnet.device.runtime import TFLiteModel
 
     out = tmp_path / "out"
-    res = CliRunner().invoke(cli, ["report", "resnet8", "--input-size", "16", "--target", "cpu", "--target", "edgetpu",
-                                   "--bench-repeats", "3", "--out", str(out)])
+    res = run_cli(["report", "resnet8", "--input-size", "16", "--target", "cpu", "--target", "edgetpu",
+                   "--bench-repeats", "3", "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert "accuracy not measured: resnet8 has random weights" in res.output
     report = json.loads((out / "report.json").read_text())
@@ -121,30 +117,28 @@ def test_report_times_a_zoo_model_without_weights_and_measures_no_accuracy(tmp_p
         (["--max-drop", "1"], "--max-drop asks for accuracy"),
     ],
 )
-def test_report_of_a_zoo_model_without_weights_refuses_accuracy_work(folder, tmp_path, args, message, capsys):
+def test_report_of_a_zoo_model_without_weights_refuses_accuracy_work(folder, tmp_path, args, message, run_cli):
     out = tmp_path / "out"
-    with pytest.raises(SystemExit) as exit_info:
-        main(["report", "resnet8", *[a.format(d=folder) for a in args], "--out", str(out)])
-    err = capsys.readouterr().err
-    assert exit_info.value.code != 0 and message in err and "random weights" in err, err
+    code, _, err = run_cli(["report", "resnet8", *[a.format(d=folder) for a in args], "--out", str(out)])
+    assert code != 0 and message in err and "random weights" in err, err
     assert err.strip().count("\n") == 0 and err.startswith("error: ")
     assert list(tmp_path.iterdir()) == []
 
 
-def test_bench_times_a_zoo_model_without_weights(tmp_path):
-    res = CliRunner().invoke(cli, ["bench", "resnet8", "--input-size", "16", "--precision", "int8", "--repeats", "3",
-                                   "--warmup", "1", "--json"])
+def test_bench_times_a_zoo_model_without_weights(tmp_path, run_cli):
+    res = run_cli(["bench", "resnet8", "--input-size", "16", "--precision", "int8", "--repeats", "3",
+                   "--warmup", "1", "--json"])
     assert res.exit_code == 0, res.output
     result = json.loads(res.output[res.output.index("{"):])
     assert result["model"] == "resnet8 (int8, random weights: timing only)"
     assert result["input_shape"] == [1, 16, 16, 3] and result["input_dtype"] == "uint8"
     assert result["repeats"] == 3 and result["median_ms"] > 0 and result["size_bytes"] > 50_000
-    bad = CliRunner().invoke(cli, ["bench", str(tmp_path / "m.tflite"), "--precision", "int8"])
+    bad = run_cli(["bench", str(tmp_path / "m.tflite"), "--precision", "int8"])
     assert bad.exit_code == 2 and "--precision applies to a built-in architecture" in bad.output
 
 
 @pytest.mark.slow  # end to end: a new head, a pruning and a QAT fine-tune (each in a child), three conversions
-def test_zoo_transfer_learning_from_the_command_line(folder, tmp_path):
+def test_zoo_transfer_learning_from_the_command_line(folder, tmp_path, run_cli):
     """resnet8 + a new 3-class head fine-tuned on a folder (streamed), pruned, quantization-aware trained, int8,
     verified: one command. At 96 px every fine-tuning runs in a child process, and the report says so."""
     from edgeresnet.host.models import build_model
@@ -153,7 +147,7 @@ def test_zoo_transfer_learning_from_the_command_line(folder, tmp_path):
     weights = tmp_path / "resnet8.h5"
     build_model("resnet8", classes=10).save_weights(str(weights))
     out = tmp_path / "out"
-    res = CliRunner().invoke(cli, [
+    res = run_cli([
         "convert", "resnet8", "--weights", str(weights), "--classes", "3", "--input-size", "96", "--train", str(folder),
         "--epochs", "2", "--batch-size", "8", "--prune", "0.5", "--qat", "--int8", "--calib", str(folder),
         "--calib-samples", "12", "--eval", str(folder), "--out", str(out),
@@ -186,17 +180,15 @@ def test_stream_is_load_images_on_real_cifar(shared_data):
 
 
 @pytest.mark.slow
-def test_zoo_transfer_learning_on_real_cifar(shared_data, tmp_path, capsys):
+def test_zoo_transfer_learning_on_real_cifar(shared_data, tmp_path, run_cli):
     """resnet8 from the zoo, a new 10-class head, two epochs on 5,000 CIFAR photographs (streamed):
     the fine-tuned float model is far above chance on the held-out test set, and the int8 model follows it."""
     out = tmp_path / "out"
     cifar = shared_data / "cifar10"
     main_args = ["convert", "resnet8", "--classes", "10", "--train", cifar / "train", "--epochs", "2",
                  "--int8", "--calib", cifar / "train", "--eval", cifar / "test", "--out", out]
-    try:
-        main([str(a) for a in main_args])
-    except SystemExit as exc:
-        assert exc.code == 0, capsys.readouterr().err
+    code, _, err = run_cli(main_args)
+    assert code == 0, err
     report = json.loads((out / "report.json").read_text())
     assert report["model"]["transfer"]["train_samples"] == 5000
     assert report["float"]["top1"] > 20.0  # chance is 10 %; measured 25.5 (random init, one head-only epoch)

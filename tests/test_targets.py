@@ -121,33 +121,31 @@ def test_add_target_path_api(tmp_path):
 
 @pytest.mark.slow  # end to end: many conversions (and a fine-tuning) of the tiny model
 def test_a_new_target_runs_through_convert_inspect_and_report(
-    extra_targets, tiny_model_h5, tiny_data, tmp_path, capsys
-):
+    extra_targets, tiny_model_h5, tiny_data, tmp_path, run_cli):
     """A target the project does not ship: one TOML in a folder, no code change, every command takes it."""
     import json
 
-    from tests.test_cli import run_cli
 
     (extra_targets / "npu.toml").write_text(NPU_TOML)
     data = ["--calib", tiny_data["calib"], "--eval", tiny_data["eval"], "--preset", "unit", "--calib-samples", "60"]
 
-    code, out, err = run_cli(["convert", "--help"], capsys)
+    code, out, err = run_cli(["convert", "--help"])
     assert code == 0 and "npu (A hypothetical NPU" in " ".join(out.split())
 
-    code, _, err = run_cli(["convert", tiny_model_h5, "--int8", "--target", "npu", *data, "--out", tmp_path / "c"], capsys)
+    code, _, err = run_cli(["convert", tiny_model_h5, "--int8", "--target", "npu", *data, "--out", tmp_path / "c"])
     assert code == 0, err
     (variant,) = json.loads((tmp_path / "c" / "report.json").read_text())["variants"]
     assert (variant["target"], variant["precision"], variant["io_type"], variant["status"]) == ("npu", "int8", "int8", "ok")
     assert set(variant["checks"]) == {"weights"} and variant["checks"]["weights"]["ok"] is True
 
-    code, out, err = run_cli(["inspect", tmp_path / "c" / variant["path"], "--json", "--no-gpu"], capsys)
+    code, out, err = run_cli(["inspect", tmp_path / "c" / variant["path"], "--json", "--no-gpu"])
     assert code == 0, err
     verdicts = json.loads(out)["verdicts"]
     assert list(verdicts) == ["cpu", "edgetpu", "gpu", "npu"]
     assert verdicts["npu"]["ok"] is True and "loads and runs" in verdicts["npu"]["summary"]
     assert "XNNPACK" not in verdicts["npu"]["summary"]  # its delegate is not XNNPACK
 
-    code, _, err = run_cli(["report", tiny_model_h5, "--target", "npu", *data, "--no-latency", "--out", tmp_path / "r"], capsys)
+    code, _, err = run_cli(["report", tiny_model_h5, "--target", "npu", *data, "--no-latency", "--out", tmp_path / "r"])
     assert code == 0, err
     rows = json.loads((tmp_path / "r" / "report.json").read_text())["variants"]
     assert [(v["target"], v["precision"], v["status"]) for v in rows] == [("npu", "int8", "ok"), ("npu", "fp32", "ok")]

@@ -21,10 +21,8 @@ def _children() -> list[int]:
     return out
 
 
-def test_run_in_child_relays_progress_and_returns_the_same_result(tmp_path):
+def test_run_in_child_relays_progress_and_returns_the_same_result(tmp_path, write_image_folder):
     from edgeresnet.host.calibration import load_images
-    from tests.conftest import write_image_folder
-
     folder = write_image_folder(tmp_path / "imgs", classes=2, per_class=5)
     seen = []
     there = run_in_child(load_images, folder, (16, 16, 3), progress=lambda done, total, what=None: seen.append((done, total)))
