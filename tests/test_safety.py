@@ -751,8 +751,8 @@ LABELS_CASES = [
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.marks) for c in LABELS_CASES])
-def test_hostile_labels_file(case, tmp_path, monkeypatch):
-    run_case(case, tmp_path, monkeypatch)
+def test_hostile_labels_file(case, tmp_path, monkeypatch, tools):
+    run_case(case, tmp_path, monkeypatch, tools)
 
 
 _BLOCK_HOST = "import sys\nfor m in ('tensorflow', 'tf_keras', 'h5py'):\n    sys.modules[m] = None\n"
