@@ -48,11 +48,13 @@ import math
 import os
 import re
 import stat
+import struct
 import warnings
 import zipfile
 import zlib
 from edgeresnet._util.toml import tomllib
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -664,6 +666,47 @@ def list_images(
     return [files[i] for i in chosen], None if label_arr is None else label_arr[chosen], class_names
 
 
+def training_folder(path: PathLike, flag: str = "--train") -> tuple[list[str], tuple[str, ...]]:
+    """An image folder to fine-tune on, scanned (nothing is read): (its image files, its class names, sorted:
+    the label order). DataError unless it has at least 2 class folders and none of them is without images.
+
+    Its files are checked with :func:`check_image_files`; a file cut short inside its pixel data is found only
+    when it is decoded, as any image is (the DataError naming it).
+    """
+    files, labels, class_names = list_images(path)
+    if class_names is None:
+        raise DataError(f"{path} has no class sub-folders; {flag} needs one sub-folder of images per class")
+    counts = np.bincount(labels, minlength=len(class_names))
+    empty = [name for name, n in zip(class_names, counts) if n == 0]
+    if empty:
+        more = f" (and {len(empty) - 1} other class folder(s))" if len(empty) > 1 else ""
+        raise DataError(
+            f"{flag} class folder {Path(path) / empty[0]}{more} holds no {_KINDS} images, so its class cannot be "
+            "learned; put that class's images in it or remove the folder"
+        )
+    if len(class_names) < 2:
+        raise DataError(
+            f"{flag} has a single class folder ({class_names[0]}); a classifier learns to tell classes apart: "
+            "give one sub-folder of images for each of at least 2 classes"
+        )
+    return files, class_names
+
+
+def check_image_files(paths: Sequence[str]) -> None:
+    """Every file opens as an image (its header is read, not its pixels; about 0.2 ms a file), else the
+    DataError naming the first that does not: a PDF renamed .jpg, an empty file, an unreadable one."""
+    for path in paths:
+        _check_header(path)
+
+
+def _check_header(path: str) -> None:
+    from PIL import Image
+
+    with _image_errors(path):
+        with Image.open(path):
+            pass
+
+
 def read_image(path: PathLike, input_shape: tuple[int, int, int], resize: str = "crop") -> np.ndarray:
     """One image file -> (H, W, C) uint8 pixels, decoded and resized exactly as :func:`load_images` does."""
     if resize not in RESIZE_POLICIES:
@@ -803,16 +846,13 @@ def _pick(n: int, labels: Optional[np.ndarray], samples: Optional[int], seed: in
     return order[order >= 0][:want]
 
 
-def _decode(path: str, shape: tuple[int, int, int], resize: str) -> tuple[np.ndarray, bool]:
-    """One image file -> (H, W, C) uint8, and whether it was resized."""
+@contextmanager
+def _image_errors(path: str):
+    """What Pillow raises on a file that is not a whole, readable image, as the DataError naming ``path``."""
     from PIL import Image, UnidentifiedImageError
 
-    h, w, c = shape
     try:
-        with Image.open(path) as im:
-            _warn_if_huge(path, im.size, Image.MAX_IMAGE_PIXELS)
-            im.load()
-            im = _to_mode(im, "L" if c == 1 else "RGB")
+        yield
     except Image.DecompressionBombError as exc:
         pixels = re.search(r"\((\d+) pixels\)", str(exc))
         size = f"{int(pixels.group(1)):,} pixels" if pixels else "too many pixels"
@@ -820,9 +860,21 @@ def _decode(path: str, shape: tuple[int, int, int], resize: str) -> tuple[np.nda
             f"{path}: the image has {size}, over Pillow's decompression-bomb limit; "
             "resize or remove it"
         ) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, EOFError, SyntaxError, ValueError, struct.error) as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise DataError(f"{path}: cannot read this image ({reason}); replace or remove the file") from None
+
+
+def _decode(path: str, shape: tuple[int, int, int], resize: str) -> tuple[np.ndarray, bool]:
+    """One image file -> (H, W, C) uint8, and whether it was resized."""
+    from PIL import Image
+
+    h, w, c = shape
+    with _image_errors(path):
+        with Image.open(path) as im:
+            _warn_if_huge(path, im.size, Image.MAX_IMAGE_PIXELS)
+            im.load()
+            im = _to_mode(im, "L" if c == 1 else "RGB")
     was_resized = im.size != (w, h)
     if was_resized:
         im = _resize(im, w, h, resize)

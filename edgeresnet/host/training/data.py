@@ -23,10 +23,11 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
-from edgeresnet.errors import DataError
+from edgeresnet.errors import DataError, EdgeResNetError
 
 
 def cluster_steps(n_files: int, batch_size: int, workers: int, local_replicas: int = 1) -> int:
@@ -67,10 +68,33 @@ class TrainData:
     worker: int = 0
     read: set = field(default_factory=set)  # indices of the files this worker decoded for training
     total: int = 0
+    failure: Optional[Exception] = None  # the edgeresnet error that stopped the stream (an image it cannot decode)
 
     def fit_args(self) -> dict:
         """Keyword arguments for ``fit``: a cluster's endless per-worker stream needs the epoch's length."""
         return {"steps_per_epoch": self.steps_per_epoch} if self.workers > 1 else {}
+
+    def fit(self, model, **kwargs):
+        """``model.fit`` on this data (its History). An edgeresnet error inside the stream (e.g. the DataError
+        naming a file that cannot be decoded) reaches tf.data's generator thread only as an opaque op error:
+        it is raised here again as it was."""
+        try:
+            return model.fit(self.dataset, **kwargs, **self.fit_args())
+        except Exception:
+            if self.failure is not None:
+                raise self.failure from None
+            raise
+
+    def _kept(self, batches):
+        """The generator function ``batches``, keeping the edgeresnet error that stops it in ``failure``."""
+        def generate():
+            try:
+                yield from batches()
+            except EdgeResNetError as exc:
+                self.failure = exc
+                raise
+
+        return generate
 
     def shard(self):
         """The report's record of this worker's share of --train (None on one machine)."""
@@ -98,8 +122,10 @@ def training_data(tf, strategy, stream, batch_size: int, seed: int) -> TrainData
             order = np.random.default_rng([seed, next(epochs)]).permutation(len(stream))
             yield from stream.batches(batch_size, order=order)
 
-        dataset = tf.data.Dataset.from_generator(batches, output_signature=_signature(tf, stream))
-        return TrainData(dataset.prefetch(tf.data.AUTOTUNE), math.ceil(len(stream) / batch_size), total=len(stream))
+        data = TrainData(None, math.ceil(len(stream) / batch_size), total=len(stream))
+        dataset = tf.data.Dataset.from_generator(data._kept(batches), output_signature=_signature(tf, stream))
+        data.dataset = dataset.prefetch(tf.data.AUTOTUNE)
+        return data
 
     steps = cluster_steps(len(stream), batch_size, workers, local)
     data = TrainData(None, steps, workers=workers, total=len(stream))
@@ -117,7 +143,7 @@ def training_data(tf, strategy, stream, batch_size: int, seed: int) -> TrainData
                     data.read.update(int(i) for i in chunk)
                 yield from stream.batches(chunks=chunks)
 
-        dataset = tf.data.Dataset.from_generator(batches, output_signature=_signature(tf, stream))
+        dataset = tf.data.Dataset.from_generator(data._kept(batches), output_signature=_signature(tf, stream))
         return dataset.prefetch(tf.data.AUTOTUNE)
 
     data.dataset = strategy.distribute_datasets_from_function(dataset_fn)

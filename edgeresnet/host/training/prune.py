@@ -141,10 +141,10 @@ class PruneConfig:
                         f"{'' if name == 'sparsity' else ' or 0'}, got {v}"
                     )
         whole_number("--epochs", self.epochs, 0)
-        whole_number("batch size", self.batch_size, 1)
+        whole_number("--batch-size", self.batch_size, 1)
         lr = self.learning_rate
         if not _is_number(lr) or not math.isfinite(float(lr)) or not 0.0 < float(lr) < 1.0:
-            raise ConfigError(f"learning rate must be above 0 and below 1 (e.g. 1e-4), got {lr!r}")
+            raise ConfigError(f"--learning-rate must be above 0 and below 1 (e.g. 1e-4), got {lr!r}")
         object.__setattr__(self, "learning_rate", float(lr))
         if self.policy is not None:
             if self.policy not in POLICIES:
@@ -668,8 +668,7 @@ def _fine_tune(pruned, work, config: PruneConfig, data, train, val, total_steps,
     callbacks = [mot.sparsity.keras.UpdatePruningStep()]
     if progress is not None:
         callbacks.append(_progress_callback(keras, progress, total_steps))
-    fit = pruned.fit(data.dataset, epochs=config.epochs, validation_data=val, callbacks=callbacks, verbose=0,
-                     **data.fit_args())
+    fit = data.fit(pruned, epochs=config.epochs, validation_data=val, callbacks=callbacks, verbose=0)
     return {k: [float(v) for v in vals] for k, vals in fit.history.items()}
 
 

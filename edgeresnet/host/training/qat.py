@@ -356,7 +356,7 @@ def _fit(model, source, config: QATConfig, train, data, progress) -> tuple:
     )
     callbacks = [] if progress is None else [_progress_callback(keras, progress, steps)]
     started = time.perf_counter()
-    fit = model.fit(data.dataset, epochs=config.epochs, callbacks=callbacks, verbose=0, **data.fit_args())
+    fit = data.fit(model, epochs=config.epochs, callbacks=callbacks, verbose=0)
     return steps, time.perf_counter() - started, {k: [float(v) for v in vals] for k, vals in fit.history.items()}
 
 

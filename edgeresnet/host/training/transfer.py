@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from edgeresnet._util import tf as _tf
+from edgeresnet._util.validate import whole_number
 from edgeresnet.errors import ConfigError
 
 ProgressFn = Callable[[int, int], None]
@@ -34,12 +35,15 @@ class TransferConfig:
 
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"unknown --strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
-        if self.epochs < 1:
-            raise ConfigError(f"--epochs must be 1 or more to fine-tune a new classifier, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be positive, got {self.batch_size}")
-        if not self.learning_rate > 0:
-            raise ConfigError(f"--learning-rate must be positive, got {self.learning_rate}")
+        whole_number("--epochs (new classifier)", self.epochs, 1)
+        whole_number("--batch-size", self.batch_size, 1)
+        lr = self.learning_rate
+        try:
+            ok = not isinstance(lr, bool) and 0.0 < float(lr) < 1.0  # nan fails too
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ConfigError(f"--learning-rate must be above 0 and below 1 (e.g. 1e-3), got {lr!r}")
 
 
 def fine_tune(model, train, config: TransferConfig, progress: Optional[ProgressFn] = None,
@@ -80,7 +84,7 @@ def fine_tune(model, train, config: TransferConfig, progress: Optional[ProgressF
                 loss=keras.losses.SparseCategoricalCrossentropy(),
                 metrics=["accuracy"],
             )
-            fit = work.fit(data.dataset, epochs=epochs, callbacks=callbacks, verbose=0, **data.fit_args())
+            fit = data.fit(work, epochs=epochs, callbacks=callbacks, verbose=0)
             for k, vals in fit.history.items():
                 history.setdefault(k, []).extend(float(v) for v in vals)
         for layer in work.layers:
