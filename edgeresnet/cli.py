@@ -371,6 +371,10 @@ def bench(model, threads, warmup, repeats, interpreter, as_json, precision, inpu
         precision = precision or "int8"
         if precision not in PRECISIONS:
             raise click.UsageError(f"unknown --precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if input_size is not None:  # before the line saying it is built
+            from edgeresnet.host.models.zoo import check_input_size
+
+            check_input_size(input_size)
         label = f"{zoo_spec(model).name} ({precision}, random weights: timing only)"
         click.echo(f"build {label} and convert it ...", err=True)
         model = zoo_timing_model(model, precision, input_size)

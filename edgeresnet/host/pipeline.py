@@ -30,7 +30,7 @@ from edgeresnet.host.calibration import (
 )
 from edgeresnet.host.converter import QAT_METHOD, ConversionSpec, convert
 from edgeresnet._util.tf import require_host
-from edgeresnet._util.validate import whole_number
+from edgeresnet._util.validate import is_whole, whole_number
 from edgeresnet.host import device_check
 from edgeresnet.host.device_check import DEVICES, check_variants, pi_python
 from edgeresnet.errors import (
@@ -151,17 +151,7 @@ class ConvertOptions:
                 f"--device-check {self.device_check} evaluates on the device from image files; "
                 "pass --eval DIR (one sub-folder of images per class)"
             )
-        if self.classes is not None and (isinstance(self.classes, bool) or self.classes < 1):
-            raise ConfigError(f"--classes must be a positive number of classes, got {self.classes}")
-        if self.classes is not None and self.train is None:
-            raise ConfigError("--classes N gives the model a new, untrained classifier; add --train DIR (one sub-folder per class) to fine-tune it")
-        if self.input_size is not None and self.input_size < 1:
-            raise ConfigError(f"--input-size must be a positive number of pixels, got {self.input_size}")
-        if self.train is not None and self.prune is None and self.classes is None and self.qat is None:
-            raise ConfigError(
-                "--train is used for fine-tuning (pruning, --qat or --classes); add --prune SPARSITY "
-                "(or --sparsity for report) or --qat"
-            )
+        self._check_fine_tuning()
         if self.int8_method == QAT_METHOD:
             raise ConfigError("qat is not a calibration method for --int8-method; use --qat --train DIR")
         if self.qat is not None:
@@ -182,6 +172,26 @@ class ConvertOptions:
                     f"--qat makes int8 models, but none of the targets ({', '.join(self.targets)}) runs int8; "
                     "add --target cpu or --target edgetpu"
                 )
+
+    def _check_fine_tuning(self):
+        """--classes (at least 2, with --train), --input-size (1 to MAX_INPUT_SIZE) and --train (fine-tunes)."""
+        if self.classes is not None and (not is_whole(self.classes) or self.classes < 2):
+            raise ConfigError(
+                f"--classes {self.classes!r}: a classifier needs a whole number of at least 2 classes (with one, "
+                "every image is that class and accuracy is 100 % whatever the model does); give --train one "
+                "sub-folder per class and --classes their number"
+            )
+        if self.classes is not None and self.train is None:
+            raise ConfigError("--classes N gives the model a new, untrained classifier; add --train DIR (one sub-folder per class) to fine-tune it")
+        if self.input_size is not None:
+            from edgeresnet.host.models.zoo import check_input_size
+
+            check_input_size(self.input_size)
+        if self.train is not None and self.prune is None and self.classes is None and self.qat is None:
+            raise ConfigError(
+                "--train is used for fine-tuning (pruning, --qat or --classes); add --prune SPARSITY "
+                "(or --sparsity for report) or --qat"
+            )
 
     def variant_plan(self) -> list[tuple[Target, ConversionSpec]]:
         """One (target, spec) per requested target."""
@@ -526,6 +536,7 @@ def _check_before_work(opts, plan, inputs) -> tuple:
             raise DataError(f"{p}: no such file or folder; pass an image folder or a .npy/.npz file")
     if opts.labels is not None:  # a bad --labels file fails before anything is loaded (its count: once the model is)
         read_labels_file(opts.labels)
+    _check_train(opts)
     needs_calib = any(v.target.needs_calibration(v.spec.precision) for v in plan)
     if needs_calib and opts.calib is None and opts.model is not None and not opts.timing_only:
         names = ", ".join(
@@ -759,7 +770,7 @@ def zoo_timing_model(name: str, precision: str = "int8", input_size: Optional[in
     """
     require_host("bench of a built-in architecture")
     from edgeresnet.host.models.loading import LoadedModel
-    from edgeresnet.host.models.zoo import build_zoo_model, zoo_spec
+    from edgeresnet.host.models.zoo import build_zoo_model, check_input_size, zoo_spec
 
     spec = zoo_spec(name)
     if spec is None:
@@ -767,7 +778,7 @@ def zoo_timing_model(name: str, precision: str = "int8", input_size: Optional[in
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if input_size is not None:
-        whole_number("--input-size", input_size, 1)
+        check_input_size(input_size)
     loaded = LoadedModel.from_keras(build_zoo_model(spec, input_size=input_size, seed=seed), spec.name)
     conversion = ConversionSpec(precision, get_target("cpu").io_type_for(precision), DEFAULT_METHOD)
     calib = _random_pixels(loaded.input_shape, TIMING_CALIB_SAMPLES, seed).images.astype(np.float32)
@@ -1112,6 +1123,7 @@ def _run_worker(opts, plan, cluster, progress, notify) -> WorkerRun:
     """A non-chief worker: load the model and --train, fine-tune with the chief, write nothing in --out."""
     from edgeresnet.host.training.cluster import join
 
+    _check_train(opts)  # as the chief does, before joining it
     with run_tempdir():
         join(cluster)
         loaded, reference_meta = _load_model(opts)
@@ -1151,6 +1163,23 @@ def _transfer(opts, loaded, preset, progress, names=None, notify=None) -> Option
             "or lower --learning-rate"
         )
     return {**info, "process": _process(in_child, train)}
+
+
+def _check_train(opts) -> None:
+    """A --train folder before any work (a scan, then each file's header; no pixel decoded): at least 2 class
+    folders, none without images, as many as --classes asks for, every file an image."""
+    if opts.train is None or not Path(opts.train).is_dir():
+        return
+    from edgeresnet.host.calibration import check_image_files, training_folder
+
+    files, names = training_folder(opts.train)
+    if opts.classes is not None and len(names) != opts.classes:
+        shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+        raise DataError(
+            f"--classes {opts.classes} but --train {opts.train} has {len(names)} class folders ({shown}); the new "
+            f"classifier learns one output per class folder: pass --classes {len(names)}, or one folder per class"
+        )
+    check_image_files(files)
 
 
 def _load_train(opts, loaded, preset, progress=None, names=None) -> Optional[ImageStream]:

@@ -14,10 +14,27 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from edgeresnet._util.validate import whole_number
 from edgeresnet.errors import ConfigError, ModelLoadError
 from edgeresnet.host.models.registry import ALIASES, ARCHITECTURES, ArchSpec, get_arch
 
 HEAD = "predictions"  # the classifier layer every zoo ResNet ends with
+
+#: The largest --input-size. A ResNet's activations grow with the square of the side: ResNet-50 trains with
+#: about 100 MB of them per 224 px image, 2 GB at 1024 px; edge classifiers take 224 to 512 px.
+MAX_INPUT_SIZE = 1024
+
+
+def check_input_size(value) -> int:
+    """``--input-size`` as an int from 1 to :data:`MAX_INPUT_SIZE`, else a ConfigError saying why."""
+    size = whole_number("--input-size", value, 1)
+    if size > MAX_INPUT_SIZE:
+        raise ConfigError(
+            f"--input-size {size} is over the limit of {MAX_INPUT_SIZE} px: a ResNet's memory grows with the "
+            f"square of the side (at {MAX_INPUT_SIZE} px one training image already takes gigabytes) and edge "
+            f"classifiers take 224 to 512 px; use {MAX_INPUT_SIZE} or less"
+        )
+    return size
 
 
 def zoo_spec(model: Optional[str]) -> Optional[ArchSpec]:
