@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -393,3 +394,27 @@ def batch_60161():
 def _convert_once_fixture():
     """``convert_once(OUT, ARGS)``: `edgeresnet ARGS --out OUT` in-process; the report, variants by target, output."""
     return _convert_once
+
+
+def tree_snapshot(root: Path) -> dict:
+    """Every path under ``root``: sha256 for files, 'dir' for folders, the target for symlinks."""
+    snap = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            rel = str(p.relative_to(root))
+            if p.is_symlink():
+                snap[rel] = "link:" + os.readlink(p)
+            elif p.is_dir():
+                snap[rel] = "dir"
+            elif not p.is_file():  # a FIFO or device: reading it would block
+                snap[rel] = "special"
+            else:
+                snap[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return snap
+
+
+@pytest.fixture(scope="session", name="snapshot")
+def _snapshot_fixture():
+    """``snapshot(ROOT)``: every path under ROOT with its sha256 (files), 'dir', 'special' or its link target."""
+    return tree_snapshot

@@ -23,7 +23,6 @@ Signal tests (SIGINT, SIGTERM, SIGKILL) run the CLI as a subprocess below.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -54,7 +53,7 @@ class World:
     """Paths of one case's sandbox; every case runs with ``cwd`` as the current folder."""
 
     root: Path
-    tools: Any  # the ``tools`` fixture: run_cli, write_image_folder, batch_60161 (tests/conftest.py)
+    tools: Any  # the ``tools`` fixture: run_cli, write_image_folder, batch_60161, snapshot (tests/conftest.py)
 
     @property
     def cwd(self) -> Path:
@@ -86,9 +85,10 @@ class World:
 
 
 @pytest.fixture
-def tools(run_cli, write_image_folder, batch_60161):
+def tools(run_cli, write_image_folder, batch_60161, snapshot):
     """The conftest helpers a world and its cases use."""
-    return SimpleNamespace(run_cli=run_cli, write_image_folder=write_image_folder, batch_60161=batch_60161)
+    return SimpleNamespace(run_cli=run_cli, write_image_folder=write_image_folder, batch_60161=batch_60161,
+                           snapshot=snapshot)
 
 
 def make_world(root: Path, tools) -> World:
@@ -113,24 +113,6 @@ def fake_output(folder: Path, extra: Optional[dict] = None) -> Path:
     for name, data in (extra or {}).items():
         (folder / name).write_bytes(data)
     return folder
-
-
-def snapshot(root: Path) -> dict:
-    """Every path under ``root``: sha256 for files, 'dir' for folders, the target for symlinks."""
-    snap = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = Path(dirpath) / name
-            rel = str(p.relative_to(root))
-            if p.is_symlink():
-                snap[rel] = "link:" + os.readlink(p)
-            elif p.is_dir():
-                snap[rel] = "dir"
-            elif not p.is_file():  # a FIFO or device: reading it would block
-                snap[rel] = "special"
-            else:
-                snap[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return snap
 
 
 def diff_outside(before: dict, after: dict, allowed: list[str]) -> list[str]:
@@ -168,9 +150,9 @@ def run_case(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tools)
         monkeypatch.setenv("TMPDIR", str(w.tmp))
         if case.patch:
             case.patch(w, monkeypatch)
-        before = snapshot(w.root)
+        before = w.tools.snapshot(w.root)
         code, stdout, stderr = tools.run_cli(case.args(w))
-        after = snapshot(w.root)
+        after = w.tools.snapshot(w.root)
     finally:
         if cleanup:
             cleanup()
@@ -402,7 +384,7 @@ def _mid_conversion(run: Run, w: World):
 def test_signal_mid_conversion_removes_partial_output_and_keeps_the_old(sig, code, tmp_path, tools):
     w = make_world(tmp_path / "w", tools)
     fake_output(w.out)
-    before = snapshot(w.root)
+    before = w.tools.snapshot(w.root)
     run = Run(w)
     run.wait_for(lambda: _mid_conversion(run, w))
     run.proc.send_signal(sig)
@@ -410,7 +392,7 @@ def test_signal_mid_conversion_removes_partial_output_and_keeps_the_old(sig, cod
     assert got == code, stderr
     errors = [ln for ln in stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "interrupted" in errors[0] and "Traceback" not in stderr, stderr
-    assert diff_outside(before, snapshot(w.root), []) == []  # no partial, old output byte-identical
+    assert diff_outside(before, w.tools.snapshot(w.root), []) == []  # no partial, old output byte-identical
     assert list(w.tmp.iterdir()) == []  # the run's temp folder went with it
 
 

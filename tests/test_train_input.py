@@ -12,9 +12,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgeresnet.cli import main
-from tests.conftest import write_image_folder
-from tests.test_safety import snapshot
 
 
 def _jpeg_cut_in_its_pixels() -> bytes:
@@ -49,7 +46,7 @@ DAMAGE = {
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory):
+def folders(tmp_path_factory, write_image_folder):
     root = tmp_path_factory.mktemp("train_input")
     made = {}
     for kind, damage in DAMAGE.items():
@@ -59,16 +56,14 @@ def folders(tmp_path_factory):
     return made
 
 
-def _run_refused(argv: list, folders, tmp_path, capsys, before_work: bool = True) -> str:
+def _run_refused(run_cli, snapshot, argv: list, folders, tmp_path, before_work: bool = True) -> str:
     """Run the CLI with ``{name}`` in ``argv`` replaced by that folder; it must fail with one clean `error:` line
     (the only line at all when refused ``before_work``; else after the progress of the stages it reached), write
     nothing and leave every input folder as it was. Returns that line."""
     out = tmp_path / "out"
     before = {k: snapshot(v) for k, v in folders.items()}
-    with pytest.raises(SystemExit) as exit_info:
-        main([a.format(**folders) for a in argv] + ["--out", str(out)])
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2, err
+    code, _, err = run_cli([a.format(**folders) for a in argv] + ["--out", str(out)])
+    assert code == 2, err
     assert "Traceback" not in err and "internal error" not in err, err
     lines = err.strip().splitlines()
     assert lines[-1].startswith("error: ") and [x for x in lines if x.startswith(("error:", "warning:"))] == lines[-1:]
@@ -107,8 +102,8 @@ NEW_CLASSIFIER = ["convert", "resnet8", "--input-size", "16", "--int8", "--calib
     ],
 )
 def test_a_new_classifier_refuses_bad_or_meaningless_training_input_before_any_work(
-        train, extra, message, folders, tmp_path, capsys):
-    err = _run_refused(NEW_CLASSIFIER + ["--train", "{" + train + "}"] + extra, folders, tmp_path, capsys)
+        train, extra, message, folders, tmp_path, run_cli, snapshot):
+    err = _run_refused(run_cli, snapshot, NEW_CLASSIFIER + ["--train", "{" + train + "}"] + extra, folders, tmp_path)
     assert message.format(**folders) in err, err
 
 
@@ -121,21 +116,20 @@ def test_a_new_classifier_refuses_bad_or_meaningless_training_input_before_any_w
         (["convert", "--int8", "--prune", "0.5", "--train", "{good}", "--learning-rate", "0"], "--learning-rate must be above 0"),
     ],
 )
-def test_pruning_and_qat_refuse_bad_training_input_before_any_work(argv, message, folders, tmp_path, capsys):
-    assert message in _run_refused(argv, folders, tmp_path, capsys)
+def test_pruning_and_qat_refuse_bad_training_input_before_any_work(argv, message, folders, tmp_path, run_cli, snapshot):
+    assert message in _run_refused(run_cli, snapshot, argv, folders, tmp_path)
 
 
-def test_bench_refuses_an_input_size_over_the_limit(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["bench", "resnet8", "--input-size", "100000"])
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and "--input-size 100000 is over the limit of 1024 px" in err, err
+def test_bench_refuses_an_input_size_over_the_limit(run_cli):
+    code, _, err = run_cli(["bench", "resnet8", "--input-size", "100000"])
+    assert code == 2 and "--input-size 100000 is over the limit of 1024 px" in err, err
     assert "Traceback" not in err and err.strip().count("\n") == 0
 
 
 @pytest.mark.slow  # TensorFlow starts training (and at 96 px a fine-tuning child process starts) before the file is read
 @pytest.mark.parametrize("side, in_child", [(16, False), (96, True)])
-def test_an_image_cut_short_stops_training_with_the_file_named(side, in_child, folders, tmp_path, capsys, monkeypatch):
+def test_an_image_cut_short_stops_training_with_the_file_named(side, in_child, folders, tmp_path, monkeypatch, run_cli,
+                                                              snapshot):
     """A JPEG whose header is whole but whose pixels are cut short passes the header check and is found only
     when the training stream decodes it (inside tf.data, and at 96 px in the fine-tuning child): the one-line
     error names it, as calibration and evaluation do."""
@@ -146,13 +140,13 @@ def test_an_image_cut_short_stops_training_with_the_file_named(side, in_child, f
     monkeypatch.setattr(_isolate, "run_in_child", lambda *a, **k: children.append(a[0]) or real(*a, **k))
     argv = ["convert", "resnet8", "--input-size", str(side), "--int8", "--calib", "{calib}", "--epochs", "1",
             "--batch-size", "8", "--classes", "4", "--train", "{truncated_jpg}"]
-    err = _run_refused(argv, folders, tmp_path, capsys, before_work=False)
+    err = _run_refused(run_cli, snapshot, argv, folders, tmp_path, before_work=False)
     assert err.startswith(f"error: {folders['truncated_jpg']}/class3/cut.jpg: cannot read this image (image file is "
                           "truncated"), err
     assert bool(children) is in_child  # the child really trained (and failed) at 96 px, this process at 16 px
 
 
-def test_every_kind_of_pixel_a_training_folder_may_hold_is_read(tmp_path):
+def test_every_kind_of_pixel_a_training_folder_may_hold_is_read(tmp_path, write_image_folder):
     """Greyscale (PNG and JPEG), RGBA, 16-bit, CMYK, 1-bit and palette images pass the header check and decode
     to the model's RGB input, as in calibration."""
     from edgeresnet.host.calibration import check_image_files, stream_images, training_folder
