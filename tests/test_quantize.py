@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeresnet.host.quantize import engine, graph as qg
+from edgeresnet.host.quantize import engine, equalize as qe, graph as qg, mse, mse_gptq, stats as qs
 from edgeresnet.errors import ConfigError, DataError
 from edgeresnet.host.quantize import QuantOptConfig, quantize_int8
 from edgeresnet.device.runtime import TFLiteModel
@@ -17,10 +17,10 @@ def _structure(model: bytes) -> dict:
 
     m = flatbuffer_utils.convert_bytearray_to_object(bytearray(model))
     sg = m.subgraphs[0]
-    ops = [qg._op_code(m, op) for op in sg.operators]
+    ops = [qg.op_code(m, op) for op in sg.operators]
     weights = []
     for op in sg.operators:
-        if qg._op_code(m, op) in (qg._CONV_2D, qg._FULLY_CONNECTED):
+        if qg.op_code(m, op) in (qg.CONV_2D, qg.FULLY_CONNECTED):
             t = sg.tensors[op.inputs[1]]
             weights.append((t.type, len(t.quantization.scale)))
     io = []
@@ -50,7 +50,7 @@ def _calibrated(loaded, calib):
     conv = loaded.tflite_converter()
     engine.configure_int8(conv, calib, "int8", engine.Ticker(None, 1))
     conv._experimental_calibrate_only = True
-    return conv, qg._Graph(engine.run_converter(conv, "calibration"))
+    return conv, qg.Graph(engine.run_converter(conv, "calibration"))
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,7 @@ def test_default_method_is_closer_to_float_than_minmax_on_held_out_data(outlier)
 
 def _channel_max(graph, samples):
     """The statistics pass's per-channel maxima of the equalization chains' heads."""
-    measured = qg._StatsPass(graph, [], samples, {"equalize": np.arange(len(samples))}, QuantOptConfig(), False)
+    measured = qs.StatsPass(graph, [], samples, {"equalize": np.arange(len(samples))}, QuantOptConfig(), False)
     return measured.run(engine.Ticker(None, 1)).channel_max
 
 
@@ -120,19 +120,19 @@ def test_equalization_keeps_the_float_function(outlier):
     loaded, calib, held, ref = outlier
     conv, graph = _calibrated(loaded, calib)
     before = graph.const(graph.weight_layers(True, True)[1].w).copy()
-    assert qg._equalize(graph, _channel_max(graph, calib[:16]))  # the rescaled tensors
+    assert qe.equalize(graph, _channel_max(graph, calib[:16]))  # the rescaled tensors
     assert not np.allclose(graph.const(graph.weight_layers(True, True)[1].w), before)
     out = graph.sg.outputs[0]
     got = []
-    qg._run_probe(graph, [int(out)], held, lambda v, rows: got.append(v[int(out)].copy()), engine.Ticker(None, 1))
+    qg.run_probe(graph, [int(out)], held, lambda v, rows: got.append(v[int(out)].copy()), engine.Ticker(None, 1))
     np.testing.assert_allclose(np.concatenate(got), ref, atol=1e-5)
 
 
 def test_equalization_leaves_balanced_layers_alone(tiny):
     loaded, calib, _, _ = tiny
     conv, graph = _calibrated(loaded, calib)
-    assert qg._chains(graph, graph.weight_layers(True, True))  # in-block conv pairs qualify ...
-    assert qg._equalize(graph, _channel_max(graph, calib[:16])) == set()  # ... but need no rescaling
+    assert qe.chains(graph, graph.weight_layers(True, True))  # in-block conv pairs qualify ...
+    assert qe.equalize(graph, _channel_max(graph, calib[:16])) == set()  # ... but need no rescaling
 
 
 @pytest.mark.parametrize("model, passes", [("tiny", ["calibration images"]),
@@ -147,6 +147,50 @@ def test_statistics_take_one_pass_and_progress_reaches_its_total(model, passes, 
         mine = [(d, t) for d, t, w in calls if w == what]
         assert mine[-1][0] == mine[-1][1] and all(b[0] >= a[0] for a, b in zip(mine, mine[1:])), (what, mine)
     assert [t for d, t, w in calls if w == "calibration images"][0] == 12
+
+
+_TEMP_METHOD = '''
+"""A method from outside the package: mse ranges without equalization, weights as calibrated."""
+from edgeresnet.host.quantize.engine import spread
+from edgeresnet.host.quantize.mse import set_ranges
+from edgeresnet.host.quantize.registry import Method, register_method
+
+
+@register_method
+class RangesOnly(Method):
+    name = "test-ranges-only"
+    description = "mse ranges only"
+
+    def subsets(self, n, cfg):
+        return {"stats": spread(n, cfg.stats_samples)}
+
+    def edit(self, graph, layers, measured, cfg, tick):
+        set_ranges(graph, measured.stats)
+'''
+
+
+def test_a_method_from_a_new_module_is_found_and_converts(tiny, tmp_path):
+    """Adding a method is one new file: written here, imported, found in the registry, used by the engine."""
+    import importlib.util
+
+    from edgeresnet.host.quantize import get_method, method_names, registry
+
+    path = tmp_path / "ranges_only.py"
+    path.write_text(_TEMP_METHOD)
+    spec = importlib.util.spec_from_file_location("ranges_only", path)
+    try:
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+        assert method_names()[:4] == ("minmax", "mse", "mse+bias", "mse+gptq")
+        assert method_names()[-1] == "test-ranges-only" and get_method("test-ranges-only").description == "mse ranges only"
+        loaded, calib, held, ref = tiny
+        model = quantize_int8(loaded.tflite_converter, calib[:16], "int8", "test-ranges-only")
+        engine.check_full_integer(model, "int8")
+        out = TFLiteModel(model).predict(held)
+        assert out.shape == ref.shape and np.all(np.isfinite(out)) and np.abs(out - ref).max() < 0.5
+    finally:
+        registry._METHODS.pop("test-ranges-only", None)
+    with pytest.raises(ConfigError, match="unknown int8 method"):
+        get_method("test-ranges-only")
 
 
 @pytest.mark.parametrize(
@@ -180,17 +224,17 @@ def test_config_rejects_bad_values(kwargs, needle):
 def test_mse_range_matches_brute_force_and_beats_minmax_on_heavy_tails(df):
     rng = np.random.default_rng(0)
     v = rng.standard_t(df, 200_000).astype(np.float32)  # more than MAX_VALUES: the subsampled path
-    h = qg._Histogram(2048, float(v.min()), float(v.max()))
+    h = qs.Histogram(2048, float(v.min()), float(v.max()))
     h.add(v)
-    lo, hi = qg._mse_range(h)
-    err = lambda a, b: float(np.mean((qg._fake_quant(v, a, b) - v) ** 2))  # noqa: E731
+    lo, hi = mse.mse_range(h)
+    err = lambda a, b: float(np.mean((mse.fake_quant(v, a, b) - v) ** 2))  # noqa: E731
     brute = min(err(v.min() * f, v.max() * f) for f in np.linspace(0.01, 1, 200))
     assert err(lo, hi) <= 1.05 * brute
     assert err(lo, hi) < 0.8 * err(float(v.min()), float(v.max()))
 
 
 def test_histogram_grows_its_range_without_losing_counts():
-    h = qg._Histogram(64, -1.0, 1.0)
+    h = qs.Histogram(64, -1.0, 1.0)
     h.add(np.array([0.5, -0.5, 0.0, 0.0], np.float32))
     h.add(np.array([7.0, -3.0], np.float32))
     c, n, zeros = h.values_and_counts()
@@ -204,7 +248,7 @@ def test_gptq_keeps_the_scale_and_lowers_the_layer_error():
     w = rng.normal(size=(8, 24))
     h = x.T @ x / len(x)
     s = np.abs(w).max(1) / 127.0
-    q = qg._gptq(w, h, s)
+    q = mse_gptq.gptq(w, h, s)
     assert np.array_equal(q, np.round(q)) and np.abs(q).max() <= 127
     assert np.all(np.abs(q).max(1) == 127)  # each row's largest weight stays at full scale
     assert np.allclose(np.abs(q * s[:, None]).max(1), np.abs(w).max(1))  # quantizer recomputes s
@@ -222,8 +266,8 @@ def test_sampled_patches_match_tf_extract_patches():
         padding, strideH, strideW, dilationHFactor, dilationWFactor = 0, 2, 2, 1, 1
 
     x = np.random.default_rng(1).normal(size=(1, 7, 7, 3)).astype(np.float32)
-    layer = qg._Layer(qg._CONV_2D, 0, 1, None, 2, Opt(), True)
-    got = qg._sample_patches(layer, x, (4, 3, 3, 3), 10_000, np.random.default_rng(0))
+    layer = qg.Layer(qg.CONV_2D, 0, 1, None, 2, Opt(), True)
+    got = qs.sample_patches(layer, x, (4, 3, 3, 3), 10_000, np.random.default_rng(0))
     want = tf.image.extract_patches(x, [1, 3, 3, 1], [1, 2, 2, 1], [1, 1, 1, 1], "SAME").numpy().reshape(-1, 27)
     np.testing.assert_allclose(got, want)
 
@@ -257,10 +301,10 @@ def test_written_weights_survive_the_quantizer_exactly(tiny):
     layers = graph.weight_layers(per_channel=True, dense_per_channel=True)
     cfg = QuantOptConfig(stats_samples=16, gptq_samples=16)
     rows = np.arange(16)
-    stats = qg._StatsPass(graph, layers, calib[:16], {"stats": rows, "gptq": rows}, cfg, True).run(engine.Ticker(None, 1))
+    stats = qs.StatsPass(graph, layers, calib[:16], {"stats": rows, "gptq": rows}, cfg, True).run(engine.Ticker(None, 1))
     assert set(stats.hessians) == {layer.w for layer in layers} and set(stats.mean_inputs) == {layer.x for layer in layers}
     for layer in layers:
-        qg._quantize_layer_weights(graph, layer, stats.mean_inputs.get(layer.x), stats.hessians.get(layer.w))
+        mse_gptq.gptq_layer_weights(graph, layer, stats.mean_inputs.get(layer.x), stats.hessians.get(layer.w))
     written = {graph.sg.tensors[layer.w].name: graph.const(layer.w).astype(np.float64) for layer in layers}
     model = engine.mlir_quantize(conv, graph.to_bytes(), "int8")
     m = flatbuffer_utils.convert_bytearray_to_object(bytearray(model))
@@ -288,7 +332,7 @@ def test_direct_conversion_lays_out_the_savedmodel_paths_graph(tiny):
     engine.configure_int8(direct, calib[:1], "int8", engine.Ticker(None, 1))
     direct._experimental_calibrate_only = True
     assert engine._skip_saved_model(direct) and not direct.experimental_lower_to_saved_model
-    graph = qg._Graph(engine.run_converter(direct, "calibration"))
+    graph = qg.Graph(engine.run_converter(direct, "calibration"))
     assert [c for c, _ in graph.ops] == [c for c, _ in lowered.ops]
     assert [list(op.inputs) + [-9] + list(op.outputs) for _, op in graph.ops] == [
         list(op.inputs) + [-9] + list(op.outputs) for _, op in lowered.ops]
@@ -323,7 +367,7 @@ def test_batched_ranges_are_the_converters_calibration(tiny, monkeypatch):
         conv = loaded.tflite_converter()
         engine.configure_int8(conv, samples, "int8", engine.Ticker(None, 1))
         conv._experimental_calibrate_only = True
-        return qg._Graph(engine.run_converter(conv, "calibration"))
+        return qg.Graph(engine.run_converter(conv, "calibration"))
 
     def ranges(graph):
         return {i: graph.range(i) for i in range(len(graph.sg.tensors)) if graph.has_range(i)}
@@ -340,7 +384,7 @@ def test_batched_ranges_are_the_converters_calibration(tiny, monkeypatch):
     for batch in (1, 7, qg.PROBE_MAX_BATCH):  # one sample at a time, a ragged batch, the default
         monkeypatch.setattr(qg, "PROBE_MAX_BATCH", batch)
         graph = calibrated(calib[:1])
-        qg._measure_ranges(graph, calib, engine.Ticker(None, 1))
+        qs.measure_ranges(graph, calib, engine.Ticker(None, 1))
         ours = ranges(graph)
         assert set(ours) == set(full)
         for i, (lo, hi) in full.items():

@@ -9,11 +9,14 @@ quantization), and only change what that quantizer is fed.
 
 - ``engine.py``: :class:`Int8Session`, the one int8 engine (calibrate, let the
   method edit the calibrated model, quantize; mixed and debug models on top).
-- ``registry.py``: the method registry; ``minmax.py``, ``mse.py``,
-  ``mse_bias.py`` (default), ``mse_gptq.py``: one module per method.
-- ``graph.py``: the calibrated flatbuffer and the statistics the methods use.
+- ``registry.py``: the method registry; ``minmax.py``, ``mse.py`` (MSE range
+  search), ``mse_bias.py`` (default; bias correction), ``mse_gptq.py``
+  (GPTQ): one module per method, holding its algorithm; ``equalize.py``:
+  the outlier-channel equalization ``mse`` and the methods built on it apply.
+- ``graph.py``: the calibrated flatbuffer; ``stats.py``: the one statistics
+  pass (ranges, histograms and the rest) the methods work from.
 - ``recovery.py``: accuracy recovery, which keeps the worst layers of the
-  method's model in float.
+  method's model in float; ``ranking.py``: its per-layer error ranking.
 
 Numbers for each method: ``benchmarks/quant_methods.py``.
 """

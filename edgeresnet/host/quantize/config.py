@@ -19,7 +19,7 @@ class QuantOptConfig:
     ``gptq_samples`` / ``gptq_rows``: samples, and patch rows drawn per sample
     and layer, for the GPTQ Hessians (``mse+gptq`` only). ``equalize``:
     rescale channels that dwarf the rest of their tensor (see
-    ``graph._equalize``), measured on ``equalize_samples`` samples.
+    ``equalize.equalize``), measured on ``equalize_samples`` samples.
     """
 
     stats_samples: Optional[int] = 128

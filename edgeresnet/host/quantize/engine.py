@@ -14,12 +14,12 @@ the same session, from the model the chosen method produced.
    slot on every tensor the quantizer needs. Its calibrator runs one sample
    at a time through a logging interpreter (about ten times slower than float
    inference), so ONE batched, multi-threaded float pass over all samples
-   (``graph._StatsPass``) measures instead the min/max of every tensor
+   (``stats.StatsPass``) measures instead the min/max of every tensor
    (``tests/test_quantize.py`` pins it against the calibrator fed
    everything) and, in the same pass, every statistic the method asks for
    (histograms, layer input means, equalization and GPTQ statistics).
 2. The method edits that calibrated model (ranges, weights, biases; see the
-   method modules and ``graph.py``); only tensors equalization rescaled are
+   method modules); only tensors equalization rescaled are
    measured again.
 3. ``tensorflow.lite.python.convert.mlir_quantize`` runs with the arguments
    ``TFLiteConverter`` passes it, then read-only buffers are de-duplicated as
@@ -41,6 +41,7 @@ from edgeresnet._util.capture import capture_output, native_call
 from edgeresnet.errors import ConfigError, ConversionError, DataError
 from edgeresnet.targets import PRECISIONS
 from edgeresnet.host.quantize import graph as g
+from edgeresnet.host.quantize.stats import StatsPass
 from edgeresnet.host.quantize.config import QuantOptConfig
 from edgeresnet.host.quantize.registry import DEFAULT_METHOD, get_method
 
@@ -92,7 +93,7 @@ class Int8Session:
             return
         configure_int8(self.converter, self.calibration[:1], io_type, Ticker(None, 1))  # the layout only
         self.converter._experimental_calibrate_only = True
-        # The frozen function straight to MLIR, without the SavedModel round trip (see g._Graph.name_like_saved_model).
+        # The frozen function straight to MLIR, without the SavedModel round trip (see g.Graph.name_like_saved_model).
         saved_model_names = _skip_saved_model(self.converter)
         calibrated = run_converter(self.converter, "int8 calibration")
         edit_start = time.perf_counter()
@@ -103,7 +104,7 @@ class Int8Session:
         self.seconds["quantize"] = time.perf_counter() - start - self.seconds["statistics"]
 
     def _edit(self, calibrated: bytes, subsets: dict, tick, saved_model_names: bool) -> bytes:
-        graph = g._Graph(calibrated)
+        graph = g.Graph(calibrated)
         if saved_model_names:
             graph.name_like_saved_model()
         dense_flag = "_experimental_disable_per_channel_quantization_for_dense_layers"
@@ -113,7 +114,7 @@ class Int8Session:
         )
         with capture_output():  # the interpreter announces its delegates on stderr
             try:
-                measured = g._StatsPass(graph, layers, self.calibration, subsets, self.config, self.method.uses_input_means)
+                measured = StatsPass(graph, layers, self.calibration, subsets, self.config, self.method.uses_input_means)
                 measured.run(tick)  # ranges and every statistic the method asked for, in one batched pass
                 measured.write_ranges()
                 self.method.edit(graph, layers, measured, self.config, tick)
@@ -202,26 +203,26 @@ def mlir_quantize(converter, calibrated: bytes, io_type: str = "float32", **opti
 
 def check_full_integer(model: bytes, io_type: str) -> None:
     """Raise ConversionError unless every op computes in integers (float only at float io)."""
-    fu = g._flatbuffer_utils()
+    fu = g.flatbuffer_utils()
     m = fu.convert_bytearray_to_object(bytearray(model))
     sg = m.subgraphs[0]
     io = set(int(i) for i in list(sg.inputs) + list(sg.outputs))
     allowed_float = io if io_type == "float32" else set()
     for op in sg.operators:
-        code = g._op_code(m, op)
+        code = g.op_code(m, op)
         for i in list(op.inputs) + list(op.outputs):
             if i < 0:
                 continue
             t = sg.tensors[i]
-            if t.type == g._TFLITE_FLOAT32 and int(i) not in allowed_float:
+            if t.type == g.TFLITE_FLOAT32 and int(i) not in allowed_float:
                 raise ConversionError(
                     f"the quantized model still computes in float32 (op {code} uses tensor "
                     f"{t.name.decode(errors='replace')}): that layer has no int8 kernel; "
                     "use a float or dynamic-range precision for this model"
                 )
-        if code in g._WEIGHT_OPS:
+        if code in g.WEIGHT_OPS:
             w = sg.tensors[op.inputs[1]]
-            if w.type != g._TFLITE_INT8:
+            if w.type != g.TFLITE_INT8:
                 raise ConversionError(f"weights {w.name.decode(errors='replace')} are not int8 after quantization")
 
 
@@ -300,7 +301,7 @@ def _skip_saved_model(converter) -> bool:
     10 of 15 CPU seconds). Converting the frozen function directly, the
     converter's own fallback path, gives the same ops, weights and min/max
     slots; only the names the SavedModel signature gives (input/output
-    tensors, the signature def) differ, and :meth:`g._Graph.name_like_saved_model`
+    tensors, the signature def) differ, and :meth:`g.Graph.name_like_saved_model`
     writes those. True when the switch was made (one function: a model
     edgeresnet loaded); ``tests/test_quantize.py`` pins the result against the
     SavedModel path.

@@ -1,5 +1,9 @@
 """The registry of int8 methods: one module per method, registered by name.
 
+A method module holds its own algorithm and registers its :class:`Method`
+subclass with :func:`register_method`; importing the module is all it takes
+to add a method (the built-in ones are imported on first use).
+
 A method decides what the engine feeds the converter's quantizer: the plain
 converter's own min/max model (``plain``), or a calibrated model it edits
 (:meth:`Method.edit`). The engine, ``convert``, ``report`` and accuracy
@@ -15,6 +19,8 @@ from edgeresnet.errors import ConfigError
 DEFAULT_METHOD = "mse+bias"  # what --int8-method, ConvertOptions and ConversionSpec default to
 
 _METHODS: dict = {}
+_BUILTIN = ("minmax", "mse", "mse+bias", "mse+gptq")  # listed first, in this order, whatever was imported first
+_builtin_loaded = False
 
 
 class Method:
@@ -33,7 +39,7 @@ class Method:
     def edit(self, graph, layers, measured, cfg, tick) -> None:
         """Change the calibrated float model ``graph`` (ranges, weights, biases) in place.
 
-        ``measured`` is the statistics pass (``graph._StatsPass``) that already ran over the calibration
+        ``measured`` is the statistics pass (``stats.StatsPass``) that already ran over the calibration
         samples; its ``stats`` hold what :meth:`subsets` asked for.
         """
 
@@ -45,6 +51,7 @@ def register_method(cls):
 
 
 def get_method(name: Optional[str]) -> Method:
+    """The registered method ``name``; ConfigError naming the choices when there is none."""
     _load_builtin()
     if name not in _METHODS:
         raise ConfigError(f"unknown int8 method {name!r}; choose one of {', '.join(_METHODS)}")
@@ -52,10 +59,18 @@ def get_method(name: Optional[str]) -> Method:
 
 
 def method_names() -> tuple[str, ...]:
+    """Every registered method's name: the built-in ones, then any other in the order registered."""
     _load_builtin()
     return tuple(_METHODS)
 
 
 def _load_builtin() -> None:
-    if not _METHODS:
+    global _builtin_loaded
+    if not _builtin_loaded:
         from edgeresnet.host.quantize import minmax, mse, mse_bias, mse_gptq  # noqa: F401 - each registers itself
+
+        others = {name: m for name, m in _METHODS.items() if name not in _BUILTIN}
+        ordered = {name: _METHODS[name] for name in _BUILTIN} | others
+        _METHODS.clear()
+        _METHODS.update(ordered)
+        _builtin_loaded = True

@@ -392,7 +392,8 @@ def _set_ranges(qmodel, source, train, batch_size: int, seed: int, data=None, st
     own files and the workers average their ranges. Weights are not touched.
     """
     from edgeresnet.host.quantize.config import QuantOptConfig
-    from edgeresnet.host.quantize.graph import _Histogram, _mse_range
+    from edgeresnet.host.quantize.mse import mse_range
+    from edgeresnet.host.quantize.stats import Histogram
 
     keras, mot = _tf.tf_keras(), _tf.tfmot()
     wanted = []  # (variable, "out"/"pre", is_min, float layer name)
@@ -412,7 +413,7 @@ def _set_ranges(qmodel, source, train, batch_size: int, seed: int, data=None, st
                                         for k, n in names])
     chunks = statistics_batches(data, len(train), batch_size, seed, RANGE_INIT_BATCHES, epoch=epoch)
     bins = QuantOptConfig().bins  # the histogram of post-training ``mse``
-    hists = {key: _Histogram(bins, 0.0, 0.0) for key in names}
+    hists = {key: Histogram(bins, 0.0, 0.0) for key in names}
     batches = 0
     for chunk in chunks:
         outs = probe(train.inputs(chunk), training=False)
@@ -427,7 +428,7 @@ def _set_ranges(qmodel, source, train, batch_size: int, seed: int, data=None, st
                     layer.activation = activation
             hists[(kind, name)].add(np.asarray(value))
         batches += 1
-    ranges = {key: _mse_range(hists[key]) for key in names}
+    ranges = {key: mse_range(hists[key]) for key in names}
     if data is not None and data.workers > 1:  # the mean over every worker's ranges (the same batch count on each)
         shared = mean_across_workers(_tf.tf(), strategy, [np.array([ranges[key] for key in names], np.float64)])[0]
         ranges = {key: (float(lo), float(hi)) for key, (lo, hi) in zip(names, shared)}
