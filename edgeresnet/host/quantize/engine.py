@@ -120,7 +120,7 @@ class Int8Session:
                 self.method.edit(graph, layers, measured, self.config, tick)
             except (ValueError, RuntimeError, np.linalg.LinAlgError) as exc:
                 raise ConversionError(
-                    f"{self.method.name} quantization failed while optimising ranges/weights: {_one_line(exc)}"
+                    f"{self.method.name} quantization failed while optimising ranges/weights: {one_line(exc)}"
                 ) from None
         return graph.to_bytes()
 
@@ -316,6 +316,7 @@ def run_converter(converter, what: str) -> bytes:
     return bytes(native_call(converter.convert, f"the TFLite converter failed during {what}"))
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
+    """``exc`` as a reason to quote in an error message: one line, at most 200 characters, never empty."""
     text = " ".join(str(exc).split())
     return (text[:200] or type(exc).__name__)

@@ -224,7 +224,7 @@ def check_quantizable(model_or_loaded, dry_run: bool = True) -> None:
 
 def _quantize(model, preserve_sparsity: bool):
     """tfmot's quantization-aware copy of ``model`` (not trained), or QATError naming the cause."""
-    from edgeresnet.host.quantize.engine import _one_line
+    from edgeresnet.host.quantize.engine import one_line
 
     keras, mot = _tf.tf_keras(), _tf.tfmot()
     qk = mot.quantization.keras
@@ -237,7 +237,7 @@ def _quantize(model, preserve_sparsity: bool):
         return qk.quantize_model(work)
     except (ValueError, RuntimeError, TypeError) as exc:
         raise QATError(
-            f"tensorflow-model-optimization cannot quantize {model.name}: {_one_line(exc)}; drop --qat"
+            f"tensorflow-model-optimization cannot quantize {model.name}: {one_line(exc)}; drop --qat"
         ) from None
 
 
