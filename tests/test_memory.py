@@ -117,3 +117,20 @@ def test_convert_at_224_with_default_batch_stays_under_the_bound_it_claims(tmp_p
     tree_peak = int(proc.stdout.strip().splitlines()[-1])
     assert tree_peak <= mem["bound_mib"], f"the process tree peaked at {tree_peak} MiB, over {mem['bound_mib']}"
     assert max(mem["peak_rss_mib"].values()) >= 0.9 * tree_peak  # the report's stages saw the tree's peak
+
+
+def test_activation_count_is_the_same_for_a_keras3_model_as_for_its_tf_keras_twin():
+    """Keras 3 layers have no ``output_shape``: the estimate reads the output tensors' shapes in both."""
+    import keras
+
+    from edgeresnet._util import tf as _tf
+    from edgeresnet.host.memory import activation_values
+
+    def build(k):
+        inp = k.Input((32, 32, 3))
+        x = k.layers.Conv2D(8, 3)(inp)
+        out = k.layers.Dense(4)(k.layers.GlobalAveragePooling2D()(x))
+        return k.Model(inp, out)
+
+    expected = 30 * 30 * 8 + 8 + 4  # conv, pooled, dense outputs per image
+    assert activation_values(build(keras)) == activation_values(build(_tf.tf_keras())) == expected

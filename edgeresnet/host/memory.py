@@ -46,14 +46,25 @@ def available_bytes() -> Optional[int]:
     return None
 
 
+def _output_shapes(layer) -> list:
+    """The shapes of ``layer``'s outputs, in tf_keras and Keras 3 alike (Keras 3 layers have no ``output_shape``)."""
+    try:
+        out = layer.output
+    except (AttributeError, ValueError, RuntimeError):  # a layer called more than once has no single output
+        out = None
+    if out is None:
+        shape = getattr(layer, "output_shape", None)
+        return [] if shape is None else (shape if isinstance(shape, list) else [shape])
+    return [tuple(t.shape) for t in (out if isinstance(out, (list, tuple)) else [out])]
+
+
 def activation_values(model) -> int:
     """Values every layer of ``model`` outputs for one image (what training keeps for the backward pass)."""
     total = 0
     for layer in model.layers:
         if type(layer).__name__ == "InputLayer":
             continue
-        shapes = layer.output_shape if isinstance(layer.output_shape, list) else [layer.output_shape]
-        for shape in shapes:
+        for shape in _output_shapes(layer):
             n = 1
             for d in shape[1:]:
                 n *= int(d or 1)
