@@ -11,6 +11,8 @@ import json
 import click
 
 from edgeresnet.cli.options import CONTEXT, FINITE, data_options
+from edgeresnet.errors import ConfigError
+from edgeresnet.host.defaults import require_train_for_qat
 
 _PRUNE_KEYS = {
     "epochs": "epochs",
@@ -38,11 +40,13 @@ def _transfer_config(kw):
 
 
 def _qat_config(kw):
-    """A QATConfig when --qat is given (it needs --train), else None."""
+    """A QATConfig when --qat is given (the library's rule: it needs --train), else None."""
     if not kw.get("qat"):
         return None
-    if kw.get("train") is None:
-        raise click.UsageError("--qat fine-tunes on labelled images; add --train DIR (one sub-folder per class)")
+    try:
+        require_train_for_qat(True, kw.get("train"))
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
     from edgeresnet.host.training.qat import QATConfig
 
     return QATConfig(seed=kw["seed"], **{k: kw[k] for k in _TRANSFER_KEYS if kw.get(k) is not None})

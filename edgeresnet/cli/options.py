@@ -1,7 +1,7 @@
 """What the commands share: context settings, the finite-float type, the option groups, the one-line exit.
 
-Heavy modules are imported only where an option needs them, so ``edgeresnet --help``
-answers without importing TensorFlow.
+Choices and defaults come from the library's light modules, so ``edgeresnet --help``
+shows what the library accepts without importing TensorFlow.
 """
 
 from __future__ import annotations
@@ -12,7 +12,10 @@ import sys
 import click
 
 from edgeresnet.errors import EXIT_USAGE
+from edgeresnet.host.defaults import DEFAULT_RESIZE, DEFAULT_SAMPLES, PRUNE_SCHEDULES, RESIZE_POLICIES
+from edgeresnet.host.device_check import DEVICES
 from edgeresnet.host.quantize.registry import DEFAULT_METHOD
+from edgeresnet.host.training.cluster import STRATEGIES
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -63,10 +66,10 @@ def data_options(f):
         click.option("--target", "targets", multiple=True, metavar="NAME", cls=_TargetOption, help="Deployment target (one of the target registry). Repeat for several."),
         click.option("--io", "io_type", metavar="TYPE", help="Input/output type of full-integer models: uint8 (default on cpu and edgetpu: what MediaPipe and the TFLite Task Library take), int8 or float32."),
         click.option("--calib", type=click.Path(), help="Calibration data: an image folder (flat or one sub-folder per class), or a .npy/.npz array."),
-        click.option("--calib-samples", type=int, default=300, show_default=True, help="How many calibration images to use (seeded, class-balanced when labelled)."),
+        click.option("--calib-samples", type=int, default=DEFAULT_SAMPLES, show_default=True, help="How many calibration images to use (seeded, class-balanced when labelled)."),
         click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed for sampling images."),
         click.option("--preset", metavar="NAME", help="Preprocessing the model was trained with: raw (0..255), unit ([0,1]), symmetric ([-1,1]), caffe, torch. Default: raw (the reference model knows its own)."),
-        click.option("--resize", type=click.Choice(["crop", "stretch"]), default="crop", show_default=True, help="How images of another size are fitted: crop = shorter side to size then centre crop; stretch = straight resize."),
+        click.option("--resize", type=click.Choice(RESIZE_POLICIES), default=DEFAULT_RESIZE, show_default=True, help="How images of another size are fitted: crop = shorter side to size then centre crop; stretch = straight resize."),
         click.option("--fold-preprocessing", is_flag=True, help="Put the preset inside the model so the deployed model takes raw 0..255 pixels."),
         click.option("--eval", "eval_path", type=click.Path(), help="Evaluation images: labelled (class sub-folders) gives top-1/top-5; otherwise agreement with the float model."),
         click.option("--eval-samples", type=int, help="Evaluate on at most this many images (default: all)."),
@@ -85,13 +88,13 @@ def data_options(f):
         click.option("--epochs", type=int, help="Fine-tuning epochs for pruning, --qat and --classes with --train (default 3)."),
         click.option("--batch-size", type=int, help="Fine-tuning batch size (default: 64, lowered to 32, 16 or 8 where the model's training memory would exceed 3 GiB or the memory available; report.json's memory says which)."),
         click.option("--learning-rate", type=FINITE, help="Fine-tuning learning rate (Adam; default 3e-4 for pruning, 1e-4 for --qat (3e-4 for --qat after --prune), 1e-3 for the new classifier of --classes)."),
-        click.option("--strategy", type=click.Choice(["auto", "one", "mirrored", "multiworker"]), help="tf.distribute strategy for fine-tuning: auto (default: multiworker when TF_CONFIG lists a cluster, mirrored with several GPUs, else one device), one, mirrored or multiworker. In a cluster only the chief writes --out."),
-        click.option("--prune-schedule", type=click.Choice(["polynomial", "constant"]), help="Sparsity schedule while fine-tuning (default polynomial decay)."),
+        click.option("--strategy", type=click.Choice(STRATEGIES), help="tf.distribute strategy for fine-tuning: auto (default: multiworker when TF_CONFIG lists a cluster, mirrored with several GPUs, else one device), one, mirrored or multiworker. In a cluster only the chief writes --out."),
+        click.option("--prune-schedule", type=click.Choice(PRUNE_SCHEDULES), help="Sparsity schedule while fine-tuning (default polynomial decay)."),
         click.option("--prune-structure", metavar="S", help="unstructured (default), block (1x4 blocks; tfmot supports it on Dense layers only) or 2:4 (two of every four weights; sparsity must be 0.5)."),
         click.option("--prune-policy", metavar="P", help="xnnpack: prune only what XNNPACK's sparse kernels run (1x1 convolutions, at least 2/3 sparse); refused for models where it would not make them faster."),
         click.option("--stem-sparsity", type=FINITE, help="Sparsity of the first convolution (default 0: left dense, it is small and sensitive)."),
         click.option("--classifier-sparsity", type=FINITE, help="Sparsity of the last Dense layer (default 0: left dense)."),
-        click.option("--device-check", type=click.Choice(["pi"]), help="Also evaluate every emitted model inside an emulated Raspberry Pi (arm64, tflite-runtime 2.14; build it once with scripts/build_pi_env.sh) on the --eval images: the report adds the Pi's top-1 and marks models that would not load there."),
+        click.option("--device-check", type=click.Choice(DEVICES), help="Also evaluate every emitted model inside an emulated Raspberry Pi (arm64, tflite-runtime 2.14; build it once with scripts/build_pi_env.sh) on the --eval images: the report adds the Pi's top-1 and marks models that would not load there."),
         click.option("--trust-model-code", is_flag=True, help="Load MODEL even if it carries code (Lambda layers, custom classes, file or process ops in a SavedModel); that code then runs on this machine as you, so use it only for models you or someone you trust made."),
     ])
 
@@ -103,7 +106,7 @@ def device_options(f):
         click.option("--preset", metavar="NAME", help="Normalize with a bundled preset (raw, unit, symmetric, caffe, torch) instead of the model's metadata."),
         click.option("--mean", metavar="M[,M,M]", help="Normalization mean on 0..255 pixels, (pixel - mean) / std; one value or one per channel (default: the model's metadata)."),
         click.option("--std", metavar="S[,S,S]", help="Normalization std on 0..255 pixels; one value or one per channel (default: the model's metadata)."),
-        click.option("--resize", type=click.Choice(["crop", "stretch"]), default="crop", show_default=True, help="How images of another size are fitted to the model's input: crop = shorter side to size then centre crop; stretch = straight resize."),
+        click.option("--resize", type=click.Choice(RESIZE_POLICIES), default=DEFAULT_RESIZE, show_default=True, help="How images of another size are fitted to the model's input: crop = shorter side to size then centre crop; stretch = straight resize."),
         click.option("--interpreter", metavar="NAME", help="Force an interpreter: ai-edge-litert, tflite-runtime or tf.lite (default: the first installed, or EDGERESNET_INTERPRETER)."),
         click.option("--threads", type=int, metavar="N", help="Interpreter threads (default: the interpreter's own choice)."),
         click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
