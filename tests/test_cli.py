@@ -137,3 +137,23 @@ def test_inspect_rejects_non_tflite(tmp_path, run_cli):
     assert code == 2 and err.startswith("error: ") and "TFLite" in err and err.count("\n") == 1
 
 
+
+
+def test_option_choices_and_defaults_are_the_librarys():
+    """The CLI reads its choices and defaults from the library, whose own modules agree with the light copy."""
+    from edgeresnet.host import calibration, defaults, device_check
+    from edgeresnet.host.training import cluster, prune
+
+    def option(command, name):
+        return next(p for p in cli.commands[command].params if p.name == name)
+
+    assert defaults.DEFAULT_SAMPLES == calibration.DEFAULT_SAMPLES == option("convert", "calib_samples").default
+    assert defaults.RESIZE_POLICIES == calibration.RESIZE_POLICIES
+    assert defaults.PRUNE_SCHEDULES == prune.SCHEDULES
+    for command in ("convert", "report", "predict", "eval"):
+        assert tuple(option(command, "resize").type.choices) == defaults.RESIZE_POLICIES
+        assert option(command, "resize").default == defaults.DEFAULT_RESIZE
+    for command in ("convert", "report"):
+        assert tuple(option(command, "strategy").type.choices) == cluster.STRATEGIES
+        assert tuple(option(command, "prune_schedule").type.choices) == prune.SCHEDULES
+        assert tuple(option(command, "device_check").type.choices) == device_check.DEVICES
