@@ -56,7 +56,8 @@ def main() -> None:
     from _bare import bare_int8_seconds
 
     from edgeresnet._util import tf as _tf
-    from edgeresnet.host.calibration import get_preset, load_images
+    from edgeresnet.device.images import load_images
+    from edgeresnet.device.presets import get_preset
     from edgeresnet.host.models import build_model
     from edgeresnet.host.models.loading import LoadedModel, load_model
 

@@ -31,7 +31,9 @@ def _models(name: str, n_images: int):
     """(label, loaded model, calibration, evaluation inputs) of one benchmark model."""
     import numpy as np
 
-    from edgeresnet.host.calibration import get_preset, load_images
+    from edgeresnet.device.images import load_images
+
+    from edgeresnet.device.presets import get_preset
     from edgeresnet.host.models import build_model
     from edgeresnet.host.models.loading import LoadedModel, load_model
 

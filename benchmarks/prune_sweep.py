@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgeresnet._util import tf as _tf
-from edgeresnet.host.calibration import load_images  # noqa: E402
+from edgeresnet.device.images import load_images  # noqa: E402
 from edgeresnet.host.converter import ConversionSpec, convert  # noqa: E402
 from edgeresnet.host.models import load_model  # noqa: E402
 from edgeresnet.host.training.prune import DEFAULT_EPOCHS, DEFAULT_LEARNING_RATE, PruneConfig, prune_model  # noqa: E402

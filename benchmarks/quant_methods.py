@@ -37,7 +37,7 @@ def resnet8_table(methods, seeds, samples) -> None:
     import numpy as np
 
     from edgeresnet.device import verify
-    from edgeresnet.host.calibration import load_images
+    from edgeresnet.device.images import load_images
     from edgeresnet.host.models.loading import load_model
     from edgeresnet.host.quantize import quantize_int8
     from edgeresnet.device.runtime import TFLiteModel
@@ -92,7 +92,8 @@ def resnet50_timing(methods, samples, rounds) -> None:
     from _bare import bare_int8_seconds
 
     from edgeresnet._util import tf as _tf
-    from edgeresnet.host.calibration import get_preset, load_images
+    from edgeresnet.device.images import load_images
+    from edgeresnet.device.presets import get_preset
     from edgeresnet.host.models import build_model
     from edgeresnet.host.models.loading import LoadedModel
     from edgeresnet.host.quantize import quantize_int8

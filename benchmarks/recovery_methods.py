@@ -47,7 +47,9 @@ def _cases(steps: int):
     """(name, make_converter, calibration, eval images, float outputs, labels or None) per model."""
     import numpy as np
 
-    from edgeresnet.host.calibration import get_preset, load_images
+    from edgeresnet.device.images import load_images
+
+    from edgeresnet.device.presets import get_preset
     from edgeresnet.host.models.loading import LoadedModel, load_model
     from tests.conftest import build_outlier_model, write_image_folder
 

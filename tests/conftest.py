@@ -246,7 +246,7 @@ def tiny_model_h5(tmp_path_factory) -> Path:
 def _fit_tiny_model(root: Path) -> Path:
     import numpy as np
 
-    from edgeresnet.host.calibration import load_images
+    from edgeresnet.device.images import load_images
     from edgeresnet.host.models import build_model
 
     data = write_image_folder(root / "train", classes=4, per_class=24, seed=1)
@@ -293,7 +293,7 @@ def build_outlier_model(calib_folder: Path):
     import numpy as np
 
     from edgeresnet._util import tf as _tf
-    from edgeresnet.host.calibration import load_images
+    from edgeresnet.device.images import load_images
 
     keras = _tf.tf_keras()
     keras.utils.set_random_seed(0)

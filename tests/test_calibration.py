@@ -9,17 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgeresnet.host import calibration as cal
+from edgeresnet.device import images as cal
+from edgeresnet.device.images import load_images
+from edgeresnet.device.imageset import ImageSet
+from edgeresnet.device.presets import Preset, get_preset, load_presets, presets_path
 from edgeresnet.host.calibration import (
     DEFAULT_SAMPLES,
     MIN_RECOMMENDED_SAMPLES,
     CalibrationRecord,
-    ImageSet,
-    Preset,
     calibration_record,
-    get_preset,
-    load_images,
-    load_presets,
     representative_dataset,
 )
 from edgeresnet.errors import ConfigError, DataError
@@ -369,7 +367,7 @@ def test_bad_inputs_raise_one_line_errors(bad_root, name, kwargs, error, text):
 def test_bundled_presets_found_through_resources():
     from edgeresnet._util.resources import resource_dir
 
-    assert cal.presets_path() == resource_dir("calibration") / "presets.toml"
+    assert presets_path() == resource_dir("calibration") / "presets.toml"
     assert set(load_presets()) == {"raw", "unit", "symmetric", "caffe", "torch"}
     for p in load_presets().values():
         assert Preset(**p.to_dict()) == p and p.matches

@@ -91,7 +91,7 @@ def test_each_worker_reads_only_its_own_files_and_together_they_read_all():
     import numpy as np
     import tensorflow as tf
 
-    from edgeresnet.host.calibration import ImageStream
+    from edgeresnet.device.images import ImageStream
     from edgeresnet.host.training.data import training_data
 
     n, batch = 37, 8

@@ -46,7 +46,7 @@ def _run_installed(installed, code):
 
 def test_installed_package_finds_its_resources_anywhere(installed):
     res = _run_installed(installed, (
-        "import edgeresnet.targets as t, edgeresnet.host.calibration as c;"
+        "import edgeresnet.targets as t, edgeresnet.device.presets as c;"
         "print(t.resource_dir('converters')); print(sorted(t.targets())); print(sorted(c.load_presets()))"
     ))
     assert res.returncode == 0, res.stderr

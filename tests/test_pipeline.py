@@ -63,7 +63,8 @@ def test_three_targets_end_to_end(tiny_model_h5, tiny_data, tmp_path, count_int8
 
 def test_numbers_match_an_independent_evaluation(tiny_int8_run, tiny_data):
     """The reported top-1 is what the written model really scores on the eval images (conftest.tiny_int8_run)."""
-    from edgeresnet.host.calibration import get_preset, load_images
+    from edgeresnet.device.images import load_images
+    from edgeresnet.device.presets import get_preset
 
     v = tiny_int8_run["report"]["variants"][0]
     ev = load_images(tiny_data["eval"], (16, 16, 3))
@@ -154,7 +155,8 @@ def test_recovery_keeps_outlier_layers_in_float_and_meets_budget(outlier_model_h
     assert mixed["recovery"]["initial"]["agreement"] == pytest.approx(plain["agreement"])  # it started from that model
     assert data["passed"] is True and report.passed
     # The reported drop is what the written model scores.
-    from edgeresnet.host.calibration import get_preset, load_images
+    from edgeresnet.device.images import load_images
+    from edgeresnet.device.presets import get_preset
 
     ev = load_images(tiny_data["eval"], (16, 16, 3))
     pred = TFLiteModel(mixed["path"]).predict(get_preset("unit").apply(ev.images))

@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeresnet.host.calibration import get_preset, list_images, load_images
+from edgeresnet.device.image_files import list_images
+from edgeresnet.device.images import load_images
+from edgeresnet.device.presets import get_preset
 from edgeresnet.device.metadata import ModelInfo, add_metadata, read_metadata
 from edgeresnet.device.predict import Classifier, Overrides, evaluate, predict
 from edgeresnet.device.runtime import TFLiteModel
@@ -243,7 +245,7 @@ def _run_device(python, code, interpreter=None):
 def _builtin_kernels_top1(model, images, preset, samples=None, names=None) -> float:
     """Top-1 with the interpreter's built-in kernels (XNNPACK off), computed here with ai-edge-litert; each class
     folder is output ``names.index(folder)`` when ``names`` are given, else its place in sorted folder order."""
-    from edgeresnet.host.calibration import read_image
+    from edgeresnet.device.images import read_image
     from edgeresnet.device.verify import topk_accuracy
 
     files, labels, folders = list_images(images, samples=samples)

@@ -503,7 +503,7 @@ def test_sparsity_module_works_without_tensorflow(tmp_path, shared_data):
 @pytest.mark.slow
 def test_real_resnet8_pruned_to_half_keeps_zeros_shrinks_and_keeps_accuracy(resnet8_h5, shared_data):
     """--prune 0.5 --train cifar10/train on the pretrained ResNet-8: >= 45 % zeros in the int8 file, zlib <= 0.75x, top-1 within 2 pts."""
-    from edgeresnet.host.calibration import load_images
+    from edgeresnet.device.images import load_images
     from edgeresnet.host.models import load_model
     from edgeresnet.device.runtime import TFLiteModel
 

@@ -38,7 +38,7 @@ def test_qat_emits_full_int8_for_cpu_and_edgetpu_next_to_ptq(qat_run, tiny_model
     report, out = qat_run
     by = {(v["target"], (v.get("fine_tune") or {}).get("method")): v for v in report["variants"]}
     assert set(by) == {("cpu", None), ("edgetpu", None), ("cpu", "qat"), ("edgetpu", "qat")}
-    from edgeresnet.host.calibration import load_images
+    from edgeresnet.device.images import load_images
     from edgeresnet.host.models import load_model
 
     loaded = load_model(tiny_model_h5)
@@ -130,7 +130,7 @@ def test_zoo_resnets_quantize_with_conv_bn_relu_folded(name):
 
 @pytest.mark.slow  # a QAT fine-tune and a conversion under a strategy; the full suite also runs `convert --qat` (qat_run)
 def test_strategy_is_honoured_and_converts(tiny_model_h5, tiny_data):
-    from edgeresnet.host.calibration import load_images
+    from edgeresnet.device.images import load_images
     from edgeresnet.host.models import load_model
 
     tf = _tf.tf()
@@ -180,7 +180,7 @@ def _activation_ranges(qmodel) -> dict:
 
 
 def test_float_fine_tune_is_the_recipe_without_fake_quantization(tiny_model_h5, tiny_data):
-    from edgeresnet.host.calibration import load_images
+    from edgeresnet.device.images import load_images
     from edgeresnet.host.models import load_model
     from edgeresnet.host.training.qat import float_fine_tune
 
@@ -315,7 +315,7 @@ def test_edgetpu_over_budget_suggests_qat(outlier_model_h5, tiny_data, tmp_path,
 
 @pytest.mark.slow
 def test_real_resnet8_qat_converts_and_agrees_with_float(resnet8_h5, shared_data, tmp_path):
-    from edgeresnet.host.calibration import load_images
+    from edgeresnet.device.images import load_images
     from edgeresnet.host.models import load_model
     from edgeresnet.host.models.loading import LoadedModel
 

@@ -36,7 +36,7 @@ def _structure(model: bytes) -> dict:
 
 def _model_and_data(path, tiny_data):
     """Float model, calibration and held-out samples, and the float outputs (the models take pixels / 255)."""
-    from edgeresnet.host.calibration import load_images
+    from edgeresnet.device.images import load_images
     from edgeresnet.host.models.loading import load_model
 
     loaded = load_model(path)
@@ -276,7 +276,7 @@ def test_sampled_patches_match_tf_extract_patches():
 def test_resnet8_int8_agrees_97_percent_and_drops_at_most_0_3_points(shared_data, resnet8_h5):
     """Default method, 300 class-balanced training images -> agreement >= 97 %, drop <= 0.3."""
     from edgeresnet.device import verify
-    from edgeresnet.host.calibration import load_images
+    from edgeresnet.device.images import load_images
     from edgeresnet.host.models.loading import load_model
 
     loaded = load_model(resnet8_h5)

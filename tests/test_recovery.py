@@ -38,7 +38,8 @@ def _base(name: str) -> str:
 
 @pytest.fixture(scope="module")
 def outlier(outlier_model_h5, tiny_data):
-    from edgeresnet.host.calibration import get_preset, load_images
+    from edgeresnet.device.images import load_images
+    from edgeresnet.device.presets import get_preset
     from edgeresnet.host.models import load_model
 
     model = load_model(outlier_model_h5)

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from edgeresnet.host.calibration import get_preset
+from edgeresnet.device.presets import get_preset
 from edgeresnet.errors import ConfigError, DataError
 from edgeresnet.device.metadata import ModelInfo, read_metadata
 from edgeresnet.host.shipping import match_classes, mediapipe_verdict, normalization, prepare, read_labels_file, resolve_labels
@@ -86,7 +86,7 @@ def test_class_folders_take_the_output_index_of_their_name_for_training_and_cali
     from pathlib import Path
     from types import SimpleNamespace
 
-    from edgeresnet.host.calibration import load_images
+    from edgeresnet.device.images import load_images
     from edgeresnet.host.pipeline import _load_train
 
     folder = write_image_folder(tmp_path / "data", classes=3, per_class=2, size=(8, 8))

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgeresnet.host.calibration import get_preset, load_images, read_image, stream_images
+from edgeresnet.device.images import load_images, read_image, stream_images
+from edgeresnet.device.presets import get_preset
 from edgeresnet.errors import ConfigError, ModelLoadError
 
 

@@ -22,7 +22,7 @@ def _children() -> list[int]:
 
 
 def test_run_in_child_relays_progress_and_returns_the_same_result(tmp_path, write_image_folder):
-    from edgeresnet.host.calibration import load_images
+    from edgeresnet.device.images import load_images
     folder = write_image_folder(tmp_path / "imgs", classes=2, per_class=5)
     seen = []
     there = run_in_child(load_images, folder, (16, 16, 3), progress=lambda done, total, what=None: seen.append((done, total)))
@@ -33,7 +33,7 @@ def test_run_in_child_relays_progress_and_returns_the_same_result(tmp_path, writ
 
 
 def test_run_in_child_reraises_the_childs_error_and_names_its_death(tmp_path):
-    from edgeresnet.host.calibration import load_images
+    from edgeresnet.device.images import load_images
     from edgeresnet.host.training.data import child_failure
 
     before = set(_children())  # other tests in this process may have children of their own
@@ -151,7 +151,7 @@ def test_fine_tuning_in_a_child_is_bit_identical_to_in_process():
     for m in (head_here, head_there):
         m.set_weights(model.get_weights())
     tconfig = TransferConfig(epochs=2, batch_size=16, head=model.layers[-1].name)
-    from edgeresnet.host.calibration import ImageStream
+    from edgeresnet.device.images import ImageStream
 
     stream = ImageStream.from_arrays(*train)
     t_here = fine_tune(head_here, stream, tconfig)

@@ -149,7 +149,7 @@ def test_an_image_cut_short_stops_training_with_the_file_named(side, in_child, f
 def test_every_kind_of_pixel_a_training_folder_may_hold_is_read(tmp_path, write_image_folder):
     """Greyscale (PNG and JPEG), RGBA, 16-bit, CMYK, 1-bit and palette images pass the header check and decode
     to the model's RGB input, as in calibration."""
-    from edgeresnet.host.calibration import check_image_files, stream_images, training_folder
+    from edgeresnet.device.images import check_image_files, stream_images, training_folder
 
     root = write_image_folder(tmp_path / "train", classes=2, per_class=2)
     pixels = np.random.default_rng(1).integers(0, 256, (20, 24, 3), dtype=np.uint8)

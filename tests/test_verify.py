@@ -52,7 +52,7 @@ def test_unlabelled_budget_uses_disagreement():
 @pytest.mark.parametrize("precision, io_type", [("int8", "uint8"), ("fp32", "float32")])
 def test_batched_evaluation_gives_every_image_its_own_outputs(shared_data, resnet8_h5, precision, io_type):
     """The real ResNet-8 converted, real CIFAR-10 images: N per invoke (the input's batch resized) = one at a time."""
-    from edgeresnet.host.calibration import load_images
+    from edgeresnet.device.images import load_images
     from edgeresnet.host.converter import ConversionSpec, convert
     from edgeresnet.host.models.loading import load_model
     from edgeresnet.device.runtime import EVAL_BATCH, TFLiteModel

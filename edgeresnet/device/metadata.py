@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from edgeresnet.device.image_files import check_special
 from edgeresnet.errors import ConfigError, DataError, TFLiteFileError
 from edgeresnet.device.tflite_graph import _Reader
 
@@ -176,13 +177,11 @@ def read_labels_file(path) -> tuple[str, ...]:
 
 
 def _labels_text(p: Path) -> str:
-    from edgeresnet.host.calibration import _check_special
-
     if not p.exists():
         raise DataError(f"{p}: no such labels file; {_LABELS_FIX}")
     if p.is_dir():
         raise DataError(f"{p} is a folder; {_LABELS_FIX}")
-    _check_special(p, "a labels file", "save the class names in a regular text file and pass that")
+    check_special(p, "a labels file", "save the class names in a regular text file and pass that")
     try:
         with open(p, "rb") as f:
             data = f.read(MAX_LABELS_BYTES + 1)

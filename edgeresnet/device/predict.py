@@ -3,7 +3,7 @@
 ``edgeresnet predict`` and ``edgeresnet eval`` run where only an interpreter
 is installed (ai-edge-litert, or tflite-runtime 2.14 on an older Raspberry
 Pi): nothing on this path imports TensorFlow. Images are read by
-:mod:`edgeresnet.host.calibration` (Pillow + numpy), the same code the host's
+:mod:`edgeresnet.device.images` (Pillow + numpy), the same code the host's
 ``convert``/``report`` use, and the model runs through
 :class:`edgeresnet.device.runtime.TFLiteModel` (which quantizes int8/uint8 inputs
 with the tensor's own scale and zero point), so a device measures the numbers
@@ -44,7 +44,9 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from edgeresnet.host.calibration import Preset, get_preset, list_images, load_presets, read_image
+from edgeresnet.device.image_files import list_images
+from edgeresnet.device.images import read_image
+from edgeresnet.device.presets import Preset, get_preset, load_presets
 from edgeresnet.errors import ConfigError, DataError, TFLiteFileError
 from edgeresnet.device.metadata import check_label_count, read_labels_file, read_metadata
 from edgeresnet.device.runtime import TFLiteModel, read_tflite_bytes, trial_run_isolated

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeresnet.host.calibration import ImageSet
+from edgeresnet.device.imageset import ImageSet
 from edgeresnet.errors import DataError, MissingDependencyError, ModelLoadError
 
 REFERENCE_NAME = "digits-resnet8"

@@ -19,15 +19,10 @@ from typing import Callable, Optional
 import numpy as np
 
 from edgeresnet._util.progress import Stage
-from edgeresnet.host.calibration import (
-    DEFAULT_SAMPLES,
-    ImageSet,
-    ImageStream,
-    calibration_record,
-    get_preset,
-    load_images,
-    stream_images,
-)
+from edgeresnet.device.images import ImageStream, load_images, stream_images
+from edgeresnet.device.imageset import ImageSet
+from edgeresnet.device.presets import get_preset
+from edgeresnet.host.calibration import DEFAULT_SAMPLES, calibration_record
 from edgeresnet.host.converter import QAT_METHOD, ConversionSpec, convert
 from edgeresnet._util.tf import require_host
 from edgeresnet._util.validate import is_whole, whole_number
@@ -1072,7 +1067,7 @@ def _folder_classes(path) -> Optional[tuple[str, ...]]:
     """The class folder names of an image folder (a scan, no decoding), or None (no folder, no classes)."""
     if path is None or not Path(path).is_dir():
         return None
-    from edgeresnet.host.calibration import list_images
+    from edgeresnet.device.image_files import list_images
 
     return list_images(path)[2]
 
@@ -1170,7 +1165,7 @@ def _check_train(opts) -> None:
     folders, none without images, as many as --classes asks for, every file an image."""
     if opts.train is None or not Path(opts.train).is_dir():
         return
-    from edgeresnet.host.calibration import check_image_files, training_folder
+    from edgeresnet.device.images import check_image_files, training_folder
 
     files, names = training_folder(opts.train)
     if opts.classes is not None and len(names) != opts.classes:

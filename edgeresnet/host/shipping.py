@@ -33,7 +33,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from edgeresnet.host.calibration import Preset
+from edgeresnet.device.presets import Preset
 from edgeresnet.errors import ConfigError, DataError
 from edgeresnet.device import metadata
 from edgeresnet.device.metadata import LABELS_FILE, ModelInfo, add_metadata, check_label_count, parse_labels

@@ -455,7 +455,7 @@ def _schedule(mot, target: float, config: PruneConfig, total_steps: Optional[int
 
 def _train_stream(data, model, n_outputs: int):
     """--train as an ImageStream of model inputs: a stream is checked without decoding; arrays are wrapped."""
-    from edgeresnet.host.calibration import ImageStream
+    from edgeresnet.device.images import ImageStream
 
     if data is None:
         return None
@@ -525,7 +525,7 @@ def prune_model(
 
     ``train`` and ``val`` are ``(x, y)`` pairs: x preprocessed float32 NHWC
     batches exactly as the model takes them, y integer class indices; ``train``
-    may also be a labelled :class:`~edgeresnet.host.calibration.ImageStream` (with
+    may also be a labelled :class:`~edgeresnet.device.images.ImageStream` (with
     its preset), read a batch at a time so memory does not grow with it. With
     ``train`` the model is fine-tuned for ``config.epochs`` epochs; without it
     the sparsity is applied in one shot. The input model is not modified.

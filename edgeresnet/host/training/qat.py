@@ -252,7 +252,7 @@ def quantize_aware_train(
 
     ``train`` is ``(x, y)`` (preprocessed float32 NHWC images exactly as the
     model takes them, integer class labels) or a labelled
-    :class:`~edgeresnet.host.calibration.ImageStream`, read in batches as pruning
+    :class:`~edgeresnet.device.images.ImageStream`, read in batches as pruning
     does. Runs under ``config.strategy`` as pruning does: in a cluster every
     worker trains on its own share of the files. The activation ranges are
     set from the float model before training and measured again on the

@@ -4,7 +4,7 @@ With a pretrained backbone the first epoch trains only the new head (the
 backbone, BatchNorm statistics included, is frozen, so the random head cannot
 wreck pretrained features); the remaining epochs train everything at the same
 learning rate. A randomly initialised backbone trains from the first epoch. The images are read
-as a stream (:class:`~edgeresnet.host.calibration.ImageStream`), the same tf.data
+as a stream (:class:`~edgeresnet.device.images.ImageStream`), the same tf.data
 pipeline pruning fine-tunes on.
 """
 
