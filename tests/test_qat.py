@@ -154,7 +154,7 @@ def test_strategy_is_honoured_and_converts(tiny_model_h5, tiny_data):
     assert np.max(np.abs(keras_out - tfl_out)) < 0.1
     # Those ranges were measured again on the trained weights: re-measuring the float twin of the returned
     # model gives them back, while the ranges chosen before training (on the untrained weights) differ.
-    from edgeresnet.host.training.prune import _train_stream
+    from edgeresnet.host.training.fit import train_stream as _train_stream
     from edgeresnet.host.training.qat import _float_twin, _quantize, _set_ranges
 
     stream = _train_stream((x, ds.labels), loaded.model, 4)

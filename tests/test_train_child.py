@@ -34,7 +34,7 @@ def test_run_in_child_relays_progress_and_returns_the_same_result(tmp_path, writ
 
 def test_run_in_child_reraises_the_childs_error_and_names_its_death(tmp_path):
     from edgeresnet.device.images import load_images
-    from edgeresnet.host.training.data import child_failure
+    from edgeresnet.host.training.child import child_failure
 
     before = set(_children())  # other tests in this process may have children of their own
     with pytest.raises(DataError, match="no such"):  # the library's own exception, message intact
@@ -120,7 +120,7 @@ def test_fine_tuning_in_a_child_is_bit_identical_to_in_process():
     from edgeresnet._util import tf as _tf
     from edgeresnet.host.training.prune import PruneConfig, prune_model, prune_model_in_child
     from edgeresnet.host.training.qat import QATConfig, quantize_aware_train, quantize_aware_train_in_child
-    from edgeresnet.host.training.data import portable
+    from edgeresnet.host.training.child import portable
     from edgeresnet.host.training.transfer import TransferConfig, fine_tune, fine_tune_in_child
 
     keras = _tf.tf_keras()

@@ -1193,7 +1193,7 @@ def _train_in_child(opts, loaded, train) -> bool:
     """Does fine-tuning run in a child process (ConvertOptions.train_in_child)?"""
     if train is None or _fine_tuning_cluster(opts) is not None:  # a cluster's collectives live in this process
         return False
-    from edgeresnet.host.training.data import portable
+    from edgeresnet.host.training.child import portable
 
     if opts.train_in_child is not None:
         return opts.train_in_child and portable(loaded.model)

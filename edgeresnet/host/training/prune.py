@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -35,9 +35,18 @@ from edgeresnet._util import tf as _tf
 from edgeresnet._util.validate import is_whole, whole_number
 from edgeresnet.host.training.cluster import STRATEGIES, make_strategy
 from edgeresnet.errors import ConfigError, DataError, PruningError
-from edgeresnet.host.training.data import TrainedRun, mean_across_workers, statistics_batches, training_data
-
-ProgressFn = Callable[[int, int], None]
+from edgeresnet.host.training.data import mean_across_workers, statistics_batches, training_data
+from edgeresnet.host.training.fit import (
+    ProgressFn,
+    check_data,
+    compile_classifier,
+    fit_history,
+    progress_callback,
+    train_stream,
+    uses_logits,
+)
+from edgeresnet.host.training.prune_plan import plan_layers
+from edgeresnet.host.training.record import TrainedRun
 
 SCHEDULES = ("polynomial", "constant")
 STRUCTURES = ("unstructured", "block", "2:4")
@@ -117,6 +126,20 @@ class PruneConfig:
             raise ConfigError(f"unknown pruning schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         if self.structure not in STRUCTURES:
             raise ConfigError(f"unknown pruning structure {self.structure!r}; choose one of {', '.join(STRUCTURES)}")
+        self._check_structure()
+        whole_number("--epochs", self.epochs, 0)
+        whole_number("--batch-size", self.batch_size, 1)
+        lr = self.learning_rate
+        if not _is_number(lr) or not math.isfinite(float(lr)) or not 0.0 < float(lr) < 1.0:
+            raise ConfigError(f"--learning-rate must be above 0 and below 1 (e.g. 1e-4), got {lr!r}")
+        object.__setattr__(self, "learning_rate", float(lr))
+        if self.policy is not None:
+            self._check_policy()
+        if not is_whole(self.seed):
+            raise ConfigError(f"seed must be a whole number, got {self.seed!r}")
+
+    def _check_structure(self) -> None:
+        """The block size fits the structure (and is normalised); 2:4 asks for exactly 50 %."""
         if self.structure == "block":
             bs = DEFAULT_BLOCK_SIZE if self.block_size is None else self.block_size
             try:
@@ -140,28 +163,22 @@ class PruneConfig:
                         f"2:4 structure zeroes exactly 2 of every 4 weights (50 %), so {name} must be 0.5"
                         f"{'' if name == 'sparsity' else ' or 0'}, got {v}"
                     )
-        whole_number("--epochs", self.epochs, 0)
-        whole_number("--batch-size", self.batch_size, 1)
-        lr = self.learning_rate
-        if not _is_number(lr) or not math.isfinite(float(lr)) or not 0.0 < float(lr) < 1.0:
-            raise ConfigError(f"--learning-rate must be above 0 and below 1 (e.g. 1e-4), got {lr!r}")
-        object.__setattr__(self, "learning_rate", float(lr))
-        if self.policy is not None:
-            if self.policy not in POLICIES:
-                raise ConfigError(f"unknown pruning policy {self.policy!r}; choose one of {', '.join(POLICIES)} or none")
-            if self.structure != "unstructured":
-                raise ConfigError(
-                    f"the xnnpack policy prunes 1x1 convolutions element-wise; structure {self.structure!r} "
-                    "does not apply (tfmot's block and 2:4 masks are not what XNNPACK's sparse kernels use)"
-                )
-            if self.sparsity < XNNPACK_MIN_SPARSITY - 1e-9:
-                raise ConfigError(
-                    f"XNNPACK runs 1x1 convolutions sparse only when at least 2/3 of their weights are zero; "
-                    f"--prune {self.sparsity} would make the model smaller but not faster: use --prune 0.7 or more, "
-                    "or drop the xnnpack policy"
-                )
-        if not is_whole(self.seed):
-            raise ConfigError(f"seed must be a whole number, got {self.seed!r}")
+
+    def _check_policy(self) -> None:
+        """A known policy, and (xnnpack) unstructured pruning at a sparsity XNNPACK runs sparse."""
+        if self.policy not in POLICIES:
+            raise ConfigError(f"unknown pruning policy {self.policy!r}; choose one of {', '.join(POLICIES)} or none")
+        if self.structure != "unstructured":
+            raise ConfigError(
+                f"the xnnpack policy prunes 1x1 convolutions element-wise; structure {self.structure!r} "
+                "does not apply (tfmot's block and 2:4 masks are not what XNNPACK's sparse kernels use)"
+            )
+        if self.sparsity < XNNPACK_MIN_SPARSITY - 1e-9:
+            raise ConfigError(
+                f"XNNPACK runs 1x1 convolutions sparse only when at least 2/3 of their weights are zero; "
+                f"--prune {self.sparsity} would make the model smaller but not faster: use --prune 0.7 or more, "
+                "or drop the xnnpack policy"
+            )
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -311,126 +328,6 @@ def _unwrap(model_or_loaded):
     return model
 
 
-def _kind(layer, keras) -> Optional[str]:
-    if isinstance(layer, keras.layers.Conv2DTranspose):
-        return None
-    if isinstance(layer, keras.layers.Conv2D):
-        return "conv"
-    if isinstance(layer, keras.layers.Dense):
-        return "dense"
-    return None
-
-
-def _parents(layer) -> list:
-    out = []
-    for node in getattr(layer, "_inbound_nodes", ()):
-        inbound = node.inbound_layers
-        out.extend(inbound if isinstance(inbound, (list, tuple)) else [inbound])
-    return out
-
-
-def _roles(model, keras) -> dict:
-    """name -> "stem" | "classifier" | "body" for Conv2D/Dense layers, by graph position."""
-    layers = list(model.layers)
-    members = {id(layer) for layer in layers}
-    weighted = {
-        id(layer)
-        for layer in layers
-        if _kind(layer, keras) is not None or isinstance(layer, (keras.layers.DepthwiseConv2D, keras.layers.Conv2DTranspose))
-    }
-    parents = {id(layer): [p for p in _parents(layer) if id(p) in members] for layer in layers}
-    children = {id(layer): [] for layer in layers}
-    for layer in layers:
-        for p in parents[id(layer)]:
-            children[id(p)].append(layer)
-
-    # model.layers is in topological order for functional and Sequential models
-    upstream = {}
-    for layer in layers:
-        upstream[id(layer)] = any(id(p) in weighted or upstream[id(p)] for p in parents[id(layer)])
-    downstream = {}
-    for layer in reversed(layers):
-        downstream[id(layer)] = any(id(c) in weighted or downstream[id(c)] for c in children[id(layer)])
-
-    roles = {}
-    for layer in layers:
-        kind = _kind(layer, keras)
-        if kind is None:
-            continue
-        if kind == "conv" and not upstream[id(layer)]:
-            roles[layer.name] = "stem"
-        elif kind == "dense" and not downstream[id(layer)]:
-            roles[layer.name] = "classifier"
-        else:
-            roles[layer.name] = "body"
-    return roles
-
-
-@dataclass(frozen=True)
-class _Plan:
-    name: str
-    kind: str
-    role: str
-    target: float
-    weights: int
-    reason: Optional[str]
-
-
-def _plan(model, config: PruneConfig, keras, mot) -> list:
-    roles = _roles(model, keras)
-    policy = None
-    if config.policy == "xnnpack":
-        policy = mot.sparsity.keras.PruneForLatencyOnXNNPack()
-        try:
-            policy.ensure_model_supports_pruning(model)
-        except ValueError as exc:
-            raise PruningError(
-                f"the xnnpack pruning policy does not apply to {model.name}: XNNPACK's sparse kernels only cover "
-                "1x1 convolutions in a graph that starts with ZeroPadding2D + a 3x3 stride-2 convolution on 3 "
-                "channels and ends in GlobalAveragePooling2D(keepdims=True) (MobileNet-like); a standard ResNet with "
-                f"3x3 convolutions gets smaller, not faster. tfmot: {str(exc).strip()}. Drop the xnnpack policy to "
-                "prune for size"
-            ) from None
-    plans = []
-    for layer in model.layers:
-        kind = _kind(layer, keras)
-        if kind is None:
-            continue
-        role = roles[layer.name]
-        n = int(np.prod(layer.kernel.shape))
-        reason = None
-        if policy is not None and not policy.allow_pruning(layer):
-            target, reason = 0.0, "xnnpack policy: only 1x1 convolutions run sparse in XNNPACK"
-        elif not layer.trainable:
-            target, reason = 0.0, "frozen (trainable=False): left as it is; make it trainable in the model to prune it"
-        elif role == "stem":
-            target = config.stem_sparsity
-            if target == 0:
-                reason = "stem convolution (first from the input): few weights, sensitive; set stem_sparsity to prune it"
-        elif role == "classifier":
-            target = config.classifier_sparsity
-            if target == 0:
-                reason = "classifier (last Dense): few weights, sensitive; set classifier_sparsity to prune it"
-        else:
-            target = config.sparsity
-        plans.append(_Plan(layer.name, kind, role, float(target), n, reason))
-    if not any(p.target > 0 for p in plans):
-        raise PruningError(
-            f"{model.name} has no Conv2D or Dense layer left to prune ("
-            + (", ".join(f"{p.name}: {p.reason}" for p in plans) or "none found")
-            + ")"
-        )
-    if config.structure == "block":
-        bad = [p.name for p in plans if p.target > 0 and len(model.get_layer(p.name).kernel.shape) != 2]
-        if bad:
-            raise PruningError(
-                f"block sparsity (tfmot) only works on 2-D Dense kernels, but {len(bad)} layers to prune have 4-D "
-                f"convolution kernels ({', '.join(bad[:4])}{', ...' if len(bad) > 4 else ''}); use structure "
-                "'2:4' (works on convolutions) or 'unstructured'"
-            )
-    return plans
-
-
 # --------------------------------------------------------------------------- schedule
 
 
@@ -448,67 +345,6 @@ def _schedule(mot, target: float, config: PruneConfig, total_steps: Optional[int
     return sched.PolynomialDecay(
         initial_sparsity=0.0, final_sparsity=target, begin_step=0, end_step=end, frequency=frequency
     )
-
-
-# --------------------------------------------------------------------------- data checks
-
-
-def _train_stream(data, model, n_outputs: int):
-    """--train as an ImageStream of model inputs: a stream is checked without decoding; arrays are wrapped."""
-    from edgeresnet.device.images import ImageStream
-
-    if data is None:
-        return None
-    if not isinstance(data, ImageStream):
-        return ImageStream.from_arrays(*_check_data("--train", data, model, n_outputs))
-    want = tuple(model.input_shape[1:])
-    if any(w is not None and w != g for w, g in zip(want, data.shape)):
-        raise DataError(f"--train images have shape {data.shape} but the model expects {want}")
-    if len(data) == 0:
-        raise DataError("--train holds no images; give a folder with images in class sub-folders")
-    if not data.labelled:
-        raise DataError("--train has no labels; give one sub-folder per class")
-    if data.labels.min() < 0 or data.labels.max() >= n_outputs:
-        raise DataError(
-            f"--train has class labels {int(data.labels.min())}..{int(data.labels.max())} but the model has "
-            f"{n_outputs} outputs; give one class sub-folder per model output"
-        )
-    return data
-
-
-def _check_data(name: str, data, model, n_outputs: int):
-    if data is None:
-        return None
-    try:
-        x, y = data
-    except (TypeError, ValueError):
-        raise DataError(f"{name} must be a pair (images, labels), got {type(data).__name__}") from None
-    x = np.asarray(x, dtype=np.float32)
-    y = np.asarray(y)
-    want = tuple(model.input_shape[1:])
-    if x.ndim != len(want) + 1:
-        raise DataError(f"{name} must be a batch of inputs shaped {want} (N, *shape), got shape {x.shape}")
-    if len(x) == 0:
-        raise DataError(f"{name} holds no images; give a folder with images in class sub-folders")
-    if y.shape != (len(x),):
-        raise DataError(f"{name} has {len(x)} images but labels of shape {y.shape}; give one integer label per image")
-    if not np.issubdtype(y.dtype, np.integer):
-        raise DataError(f"{name} labels must be integer class indices, got {y.dtype}")
-    if any(w is not None and w != g for w, g in zip(want, x.shape[1:])):
-        raise DataError(f"{name} images have shape {x.shape[1:]} but the model expects {want}")
-    if y.min() < 0 or y.max() >= n_outputs:
-        raise DataError(
-            f"{name} has class labels {int(y.min())}..{int(y.max())} but the model has {n_outputs} outputs; "
-            "give one class sub-folder per model output"
-        )
-    if not np.all(np.isfinite(x)):
-        raise DataError(f"{name} images contain NaN or infinite values")
-    return x, y.astype(np.int64)
-
-
-def _outputs_are_probabilities(model, x: np.ndarray) -> bool:
-    p = np.asarray(model(x[:32], training=False))
-    return bool(np.all(p >= -1e-6) and np.all(p <= 1 + 1e-6) and np.allclose(p.sum(axis=-1), 1.0, atol=1e-3))
 
 
 # --------------------------------------------------------------------------- main entry
@@ -545,25 +381,17 @@ def prune_model(
         # still needs the original (e.g. as the float baseline).
         work = keras.models.clone_model(source)
         work.set_weights(source.get_weights())
-        plans = _plan(work, config, keras, mot)
+        plans = plan_layers(work, config, keras, mot)
         pruned = _wrap(work, source.name, plans, config, total_steps)
         started = time.perf_counter()
         history = _fine_tune(pruned, work, config, data, train, val, total_steps, progress)
         seconds = time.perf_counter() - started
 
-    stripped = mot.sparsity.keras.strip_pruning(pruned)
-    # A fresh copy with plain variables (no strategy-mirrored ones, no shared layers).
-    final = keras.models.clone_model(stripped)
-    final.set_weights(stripped.get_weights())
-
+    final = _stripped_copy(pruned)
     bn_batches = 0
     if train is not None and _RECALIBRATE_BN:
         bn_batches = _recalibrate_batchnorm(final, keras, train, config.batch_size, config.seed, data, strategy,
                                             epoch=config.epochs)
-    val_accuracy = None
-    if val is not None:
-        pred = final.predict(val[0], batch_size=config.batch_size, verbose=0)
-        val_accuracy = 100.0 * float(np.mean(np.argmax(pred, axis=-1) == val[1]))
     return PruneResult(
         model=final,
         config=config,
@@ -576,17 +404,35 @@ def prune_model(
         replicas=int(strategy.num_replicas_in_sync),
         warnings=_warnings(config, train),
         history=history,
-        val_accuracy=val_accuracy,
+        val_accuracy=_val_accuracy(final, val, config.batch_size),
         bn_recalibration_batches=bn_batches,
         shard=data.shard() if data is not None else None,
     )
 
 
+def _stripped_copy(pruned):
+    """``pruned`` without its pruning wrappers, as a fresh copy with plain variables (no strategy-mirrored
+    ones, no shared layers)."""
+    keras, mot = _tf.tf_keras(), _tf.tfmot()
+    stripped = mot.sparsity.keras.strip_pruning(pruned)
+    final = keras.models.clone_model(stripped)
+    final.set_weights(stripped.get_weights())
+    return final
+
+
+def _val_accuracy(model, val, batch_size: int) -> Optional[float]:
+    """Top-1 (%) of ``model`` on the ``(x, y)`` pair ``val``, or None without it."""
+    if val is None:
+        return None
+    pred = model.predict(val[0], batch_size=batch_size, verbose=0)
+    return 100.0 * float(np.mean(np.argmax(pred, axis=-1) == val[1]))
+
+
 def prune_model_in_child(model, config: PruneConfig, train=None, progress: Optional[ProgressFn] = None) -> PruneResult:
-    """:func:`prune_model` run in a fresh process (see ``train_data``'s "fine-tuning in a child process"): the
-    same result, without the training step's memory pool left in this one. Needs a :func:`~edgeresnet.host.training.data.
-    portable` model (built-in tf_keras layers); one machine (not a cluster)."""
-    from edgeresnet.host.training.data import train_in_child
+    """:func:`prune_model` run in a fresh process (see :mod:`edgeresnet.host.training.child`): the same result,
+    without the training step's memory pool left in this one. Needs a
+    :func:`~edgeresnet.host.training.child.portable` model (built-in tf_keras layers); one machine (not a cluster)."""
+    from edgeresnet.host.training.child import train_in_child
 
     source = _unwrap(model)
     result, weights = train_in_child(prune_model, source, config, train=train, what="fine-tuning (pruning)",
@@ -602,8 +448,8 @@ def _check_train_val(source, config: PruneConfig, train, val):
     if isinstance(out_shape, list) or len(out_shape) != 2:
         raise PruningError(f"{source.name} has output shape {out_shape}; edgeresnet prunes single-output classifiers")
     n_outputs = int(out_shape[-1])
-    train = _train_stream(train, source, n_outputs)
-    val = _check_data("validation data", val, source, n_outputs)
+    train = train_stream(train, source, n_outputs)
+    val = check_data("validation data", val, source, n_outputs)
     if train is not None and config.epochs == 0:
         raise ConfigError(
             "--epochs 0 with --train would not fine-tune at all; pass --epochs 1 or more, "
@@ -659,17 +505,11 @@ def _fine_tune(pruned, work, config: PruneConfig, data, train, val, total_steps,
                 layer.pruning_obj.conditional_mask_update()
                 layer.pruning_obj.weight_mask_op()
         return {}
-    from_logits = not _outputs_are_probabilities(work, train.inputs(range(min(32, len(train)))))
-    pruned.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
-        metrics=["accuracy"],
-    )
+    compile_classifier(pruned, config.learning_rate, from_logits=uses_logits(work, train))
     callbacks = [mot.sparsity.keras.UpdatePruningStep()]
     if progress is not None:
-        callbacks.append(_progress_callback(keras, progress, total_steps))
-    fit = data.fit(pruned, epochs=config.epochs, validation_data=val, callbacks=callbacks, verbose=0)
-    return {k: [float(v) for v in vals] for k, vals in fit.history.items()}
+        callbacks.append(progress_callback(keras, progress, total_steps))
+    return fit_history(pruned, data, config.epochs, callbacks, validation_data=val)
 
 
 def _layer_records(final, plans, config: PruneConfig) -> tuple:
@@ -727,19 +567,3 @@ def _recalibrate_batchnorm(model, keras, train, batch_size: int, seed: int, data
         for var, value in zip(stats, mean_across_workers(_tf.tf(), strategy, [v.numpy() for v in stats])):
             var.assign(value)
     return batches
-
-
-def _progress_callback(keras, progress: ProgressFn, total: int):
-    class _Progress(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.done = 0
-
-        def on_train_begin(self, logs=None):
-            progress(0, total)
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.done += 1
-            progress(min(self.done, total), total)
-
-    return _Progress()

@@ -40,9 +40,16 @@ import numpy as np
 from edgeresnet._util import tf as _tf
 from edgeresnet._util.validate import whole_number
 from edgeresnet.errors import ConfigError, QATError
-from edgeresnet.host.training.data import TrainedRun, mean_across_workers, statistics_batches, training_data
-
-ProgressFn = Callable[[int, int], None]
+from edgeresnet.host.training.data import mean_across_workers, statistics_batches, training_data
+from edgeresnet.host.training.fit import (
+    ProgressFn,
+    compile_classifier,
+    fit_history,
+    progress_callback,
+    train_stream,
+    uses_logits,
+)
+from edgeresnet.host.training.record import TrainedRun
 
 # Measured on the pretrained MLPerf Tiny ResNet-8, cifar10/train (5,000 JPEGs),
 # 2 shared cores (benchmarks/qat.py): 3 epochs of Adam at 1e-4 take ~20 s; 3e-4
@@ -297,9 +304,9 @@ def quantize_aware_train(
 
 def quantize_aware_train_in_child(model, config: QATConfig, train, preserve_sparsity: bool = False,
                                   progress: Optional[ProgressFn] = None) -> QATResult:
-    """:func:`quantize_aware_train` run in a fresh process (see ``train_data``'s "fine-tuning in a child
-    process"): the same result, without the training step's memory pool left in this one."""
-    from edgeresnet.host.training.data import train_in_child
+    """:func:`quantize_aware_train` run in a fresh process (see :mod:`edgeresnet.host.training.child`): the
+    same result, without the training step's memory pool left in this one."""
+    from edgeresnet.host.training.child import train_in_child
 
     source = _keras_model(model)
     result, weights = train_in_child(quantize_aware_train, source, config, train, preserve_sparsity,
@@ -335,29 +342,20 @@ def float_fine_tune(model, config: QATConfig, train: tuple):
 
 
 def _train_data(train, source):
-    from edgeresnet.host.training.prune import _train_stream
-
     if train is None:
         raise ConfigError("quantization-aware training needs labelled training images; pass --train DIR")
-    return _train_stream(train, source, int(source.output_shape[-1]))
+    return train_stream(train, source, int(source.output_shape[-1]))
 
 
 def _fit(model, source, config: QATConfig, train, data, progress) -> tuple:
     """Compile and fit ``model`` with ``config``'s recipe on ``data``; (steps, seconds, Keras history)."""
-    from edgeresnet.host.training.prune import _outputs_are_probabilities, _progress_callback
-
     keras = _tf.tf_keras()
     steps = data.steps_per_epoch * config.epochs
-    from_logits = not _outputs_are_probabilities(source, train.inputs(range(min(32, len(train)))))
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate_for(steps)),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
-        metrics=["accuracy"],
-    )
-    callbacks = [] if progress is None else [_progress_callback(keras, progress, steps)]
+    compile_classifier(model, config.learning_rate_for(steps), from_logits=uses_logits(source, train))
+    callbacks = [] if progress is None else [progress_callback(keras, progress, steps)]
     started = time.perf_counter()
-    fit = data.fit(model, epochs=config.epochs, callbacks=callbacks, verbose=0)
-    return steps, time.perf_counter() - started, {k: [float(v) for v in vals] for k, vals in fit.history.items()}
+    history = fit_history(model, data, config.epochs, callbacks)
+    return steps, time.perf_counter() - started, history
 
 
 def _float_twin(qmodel, source):

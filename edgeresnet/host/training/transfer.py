@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 from edgeresnet._util import tf as _tf
 from edgeresnet._util.validate import whole_number
 from edgeresnet.errors import ConfigError
-
-ProgressFn = Callable[[int, int], None]
+from edgeresnet.host.training.fit import ProgressFn, compile_classifier, fit_history, progress_callback
 
 
 @dataclass(frozen=True)
@@ -54,8 +53,8 @@ def fine_tune(model, train, config: TransferConfig, progress: Optional[ProgressF
     initialised one gains nothing from it and trains from the start).
     """
     from edgeresnet.host.training.cluster import make_strategy
-    from edgeresnet.host.training.prune import _progress_callback
-    from edgeresnet.host.training.data import training_data, weights_sha256
+    from edgeresnet.host.training.data import training_data
+    from edgeresnet.host.training.record import weights_sha256
 
     tf = _tf.tf()
     keras = _tf.tf_keras()
@@ -64,7 +63,7 @@ def fine_tune(model, train, config: TransferConfig, progress: Optional[ProgressF
     data = training_data(tf, strategy, train, config.batch_size, config.seed)
     total = data.steps_per_epoch * config.epochs
     start = _first_batch_loss(keras)
-    callbacks = [start] + ([_progress_callback(keras, progress, total)] if progress is not None else [])
+    callbacks = [start] + ([progress_callback(keras, progress, total)] if progress is not None else [])
     history: dict = {}
     started = time.perf_counter()
     frozen = 1 if freeze_backbone else 0
@@ -79,14 +78,9 @@ def fine_tune(model, train, config: TransferConfig, progress: Optional[ProgressF
         for phase, epochs in phases:
             for layer in work.layers:
                 layer.trainable = phase == "all" or layer.name == config.head
-            work.compile(
-                optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
-                loss=keras.losses.SparseCategoricalCrossentropy(),
-                metrics=["accuracy"],
-            )
-            fit = data.fit(work, epochs=epochs, callbacks=callbacks, verbose=0)
-            for k, vals in fit.history.items():
-                history.setdefault(k, []).extend(float(v) for v in vals)
+            compile_classifier(work, config.learning_rate)
+            for k, vals in fit_history(work, data, epochs, callbacks).items():
+                history.setdefault(k, []).extend(vals)
         for layer in work.layers:
             layer.trainable = True
     if work is not model:
@@ -124,9 +118,9 @@ def _first_batch_loss(keras):
 
 def fine_tune_in_child(model, train, config: TransferConfig, progress: Optional[ProgressFn] = None,
                        freeze_backbone: bool = True) -> dict:
-    """:func:`fine_tune` run in a fresh process (see ``train_data``'s "fine-tuning in a child process"): the
-    same weights end up in ``model``, without the training step's memory pool left in this one."""
-    from edgeresnet.host.training.data import train_in_child
+    """:func:`fine_tune` run in a fresh process (see :mod:`edgeresnet.host.training.child`): the same weights
+    end up in ``model``, without the training step's memory pool left in this one."""
+    from edgeresnet.host.training.child import train_in_child
 
     info, weights = train_in_child(fine_tune, model, train, config, freeze_backbone=freeze_backbone,
                                    what="fine-tuning (new classifier)", progress=progress)
