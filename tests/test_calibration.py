@@ -13,8 +13,8 @@ from edgeresnet.device import images as cal
 from edgeresnet.device.images import load_images
 from edgeresnet.device.imageset import ImageSet
 from edgeresnet.device.presets import Preset, get_preset, load_presets, presets_path
+from edgeresnet.defaults import DEFAULT_SAMPLES
 from edgeresnet.host.calibration import (
-    DEFAULT_SAMPLES,
     MIN_RECOMMENDED_SAMPLES,
     CalibrationRecord,
     calibration_record,

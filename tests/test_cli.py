@@ -140,16 +140,17 @@ def test_inspect_rejects_non_tflite(tmp_path, run_cli):
 
 
 def test_option_choices_and_defaults_are_the_librarys():
-    """The CLI reads its choices and defaults from the library, whose own modules agree with the light copy."""
-    from edgeresnet.host import calibration, defaults, device_check
+    """The CLI reads its choices and defaults from the library: one definition each, in edgeresnet.defaults."""
+    from edgeresnet import defaults
+    from edgeresnet.device import images
+    from edgeresnet.host import device_check
     from edgeresnet.host.training import cluster, prune
 
     def option(command, name):
         return next(p for p in cli.commands[command].params if p.name == name)
 
-    assert defaults.DEFAULT_SAMPLES == calibration.DEFAULT_SAMPLES == option("convert", "calib_samples").default
-    assert defaults.RESIZE_POLICIES == calibration.RESIZE_POLICIES
-    assert defaults.PRUNE_SCHEDULES == prune.SCHEDULES
+    assert option("convert", "calib_samples").default == defaults.DEFAULT_SAMPLES
+    assert images.RESIZE_POLICIES is defaults.RESIZE_POLICIES and prune.SCHEDULES is defaults.PRUNE_SCHEDULES
     for command in ("convert", "report", "predict", "eval"):
         assert tuple(option(command, "resize").type.choices) == defaults.RESIZE_POLICIES
         assert option(command, "resize").default == defaults.DEFAULT_RESIZE

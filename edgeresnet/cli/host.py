@@ -12,7 +12,7 @@ import click
 
 from edgeresnet.cli.options import CONTEXT, FINITE, data_options
 from edgeresnet.errors import ConfigError
-from edgeresnet.host.defaults import require_train_for_qat
+from edgeresnet.defaults import require_train_for_qat
 
 _PRUNE_KEYS = {
     "epochs": "epochs",

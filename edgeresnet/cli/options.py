@@ -12,7 +12,7 @@ import sys
 import click
 
 from edgeresnet.errors import EXIT_USAGE
-from edgeresnet.host.defaults import DEFAULT_RESIZE, DEFAULT_SAMPLES, PRUNE_SCHEDULES, RESIZE_POLICIES
+from edgeresnet.defaults import DEFAULT_RESIZE, DEFAULT_SAMPLES, PRUNE_SCHEDULES, RESIZE_POLICIES
 from edgeresnet.host.device_check import DEVICES
 from edgeresnet.host.quantize.registry import DEFAULT_METHOD
 from edgeresnet.host.training.cluster import STRATEGIES

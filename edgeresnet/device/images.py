@@ -41,6 +41,7 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from edgeresnet._util.validate import whole_number
+from edgeresnet.defaults import RESIZE_POLICIES
 from edgeresnet.device.image_files import (
     ARRAY_EXTENSIONS,
     IMAGE_EXTENSIONS,
@@ -58,7 +59,6 @@ from edgeresnet.device.imageset import ImageSet, load_array
 from edgeresnet.device.presets import Preset
 from edgeresnet.errors import ConfigError, DataError, EdgeResNetWarning
 
-RESIZE_POLICIES = ("crop", "stretch")
 
 ProgressFn = Callable[[int, int], None]
 

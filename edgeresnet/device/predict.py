@@ -44,6 +44,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
+from edgeresnet.defaults import RESIZE_POLICIES
 from edgeresnet.device.image_files import list_images
 from edgeresnet.device.images import read_image
 from edgeresnet.device.presets import Preset, get_preset, load_presets
@@ -73,8 +74,8 @@ class Overrides:
     resize: str = "crop"
 
     def __post_init__(self):
-        if self.resize not in ("crop", "stretch"):
-            raise ConfigError(f"--resize must be crop or stretch, got {self.resize!r}")
+        if self.resize not in RESIZE_POLICIES:
+            raise ConfigError(f"--resize must be {' or '.join(RESIZE_POLICIES)}, got {self.resize!r}")
         if self.preset is not None and (self.mean is not None or self.std is not None):
             raise ConfigError("--preset and --mean/--std both say how to normalize; give one of them")
         for flag, values in (("--mean", self.mean), ("--std", self.std)):

@@ -25,7 +25,6 @@ from edgeresnet.device.imageset import ImageSet
 from edgeresnet.device.presets import Preset, get_preset
 from edgeresnet.errors import ConfigError, DataError
 
-DEFAULT_SAMPLES = 300
 MIN_RECOMMENDED_SAMPLES = 100
 
 ProgressFn = Callable[[int, int], None]

@@ -22,7 +22,8 @@ from edgeresnet._util.progress import Stage
 from edgeresnet.device.images import ImageStream, load_images, stream_images
 from edgeresnet.device.imageset import ImageSet
 from edgeresnet.device.presets import get_preset
-from edgeresnet.host.calibration import DEFAULT_SAMPLES, calibration_record
+from edgeresnet.defaults import DEFAULT_SAMPLES
+from edgeresnet.host.calibration import calibration_record
 from edgeresnet.host.converter import QAT_METHOD, ConversionSpec, convert
 from edgeresnet._util.tf import require_host
 from edgeresnet._util.validate import is_whole, whole_number

@@ -45,10 +45,10 @@ from edgeresnet.host.training.fit import (
     train_stream,
     uses_logits,
 )
+from edgeresnet.defaults import PRUNE_SCHEDULES as SCHEDULES
 from edgeresnet.host.training.prune_plan import plan_layers
 from edgeresnet.host.training.record import TrainedRun
 
-SCHEDULES = ("polynomial", "constant")
 STRUCTURES = ("unstructured", "block", "2:4")
 POLICIES = ("xnnpack",)
 

@@ -1,7 +1,8 @@
-"""Host-library defaults, choices and rules the command line reads when it builds ``--help``.
+"""Defaults, choices and rules that the library and the command line share.
 
 Kept light on purpose (no numpy, no TensorFlow): ``import edgeresnet.cli`` reads these
-at import time. The modules that use them import them from here.
+at import time to build ``--help``, and the device side reads them without the host.
+The modules that use them import them from here; nothing else defines them.
 """
 
 from __future__ import annotations
