@@ -102,7 +102,8 @@ def test_report_sweeps_qat_and_pqat_side_by_side_and_pqat_keeps_the_zeros(tmp_pa
 
 
 def test_convert_plan_with_prune_and_qat_fine_tunes_the_pruned_model():
-    from edgeresnet.host.pipeline import ConvertOptions, _plan
+    from edgeresnet.host.pipeline import ConvertOptions
+    from edgeresnet.host.pipeline.plan import convert_plan as _plan
     from edgeresnet.host.training.prune import PruneConfig
 
     opts = ConvertOptions(model="m.h5", targets=("cpu", "edgetpu", "gpu"), int8=True, prune=PruneConfig(0.5),

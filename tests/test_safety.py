@@ -228,7 +228,7 @@ def _small_disk(size: str):
 
 def _failing_converter(w, monkeypatch):
     """The converter fails for a reason of its own (as it does for an op it cannot quantize)."""
-    from edgeresnet.host import pipeline
+    from edgeresnet.host.pipeline import emit as pipeline
     from edgeresnet.errors import ConversionError
 
     def fail(*a, **k):
@@ -305,7 +305,7 @@ CASES = [
          patch=lambda w, mp: mp.setattr(tempfile, "tempdir", str(w.root / "disk"))),
     Case("disk full while writing", _convert("--out", lambda w: w.root / "disk" / "out"), 2,
          (lambda w: f"cannot write {w.root / 'disk' / 'out'}/", "no space left"), setup=_small_disk("48k"),
-         patch=lambda w, mp: mp.setattr(fsutil, "check_free_space", lambda *a: None) or mp.setattr("edgeresnet.host.pipeline.check_free_space", lambda *a: None),
+         patch=lambda w, mp: mp.setattr(fsutil, "check_free_space", lambda *a: None) or mp.setattr("edgeresnet.host.pipeline.run.check_free_space", lambda *a: None),
          marks=(pytest.mark.slow,)),
     Case("failure under --overwrite keeps the old output", _convert("--out", lambda w: w.out, "--overwrite"), 3,
          (lambda w: w.failed, "left as it was"), setup=lambda w: fake_output(w.out) and None, patch=_failing_converter,

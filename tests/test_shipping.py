@@ -87,7 +87,7 @@ def test_class_folders_take_the_output_index_of_their_name_for_training_and_cali
     from types import SimpleNamespace
 
     from edgeresnet.device.images import load_images
-    from edgeresnet.host.pipeline import _load_train
+    from edgeresnet.host.pipeline.data import load_train as _load_train
 
     folder = write_image_folder(tmp_path / "data", classes=3, per_class=2, size=(8, 8))
     names = ("class2", "class0", "class1")
