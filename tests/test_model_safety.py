@@ -143,7 +143,9 @@ def test_trust_model_code_converts_the_lambda_model_and_the_report_says_so(evil,
     marker.unlink()
     report = json.loads((out / "report.json").read_text())
     assert report["model"]["safe_mode"] is False
-    assert report["variants"][0]["status"] == "ok" and report["variants"][0]["agreement"] == 100.0
+    # the untrained classifier scores at chance on these images, so its drift is marked as meaningless
+    expected = "float_at_chance" if report["float"].get("at_chance") else "ok"
+    assert report["variants"][0]["status"] == expected and report["variants"][0]["agreement"] == 100.0
     assert "loaded in safe mode: NO: --trust-model-code" in (out / "report.md").read_text()
 
 
