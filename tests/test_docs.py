@@ -136,10 +136,25 @@ def test_readme_links_into_docs_resolve():
     assert not missing, f"README links to missing files: {missing}"
 
 
-def test_architecture_page_lists_both_sides():
+def _tree_block(text: str, after: str) -> set:
+    """The first names of the lines of the first code block after ``after``."""
+    block = text.split(after, 1)[1].split("```", 2)[1]
+    return {line.split()[0].rstrip("/") for line in block.splitlines()[1:] if line.strip()}
+
+
+def test_architecture_page_shows_the_tree_ls_shows():
     text = (DOCS / "architecture.md").read_text()
     assert text.startswith("# Architecture")
-    assert "Device side" in text and "Host side" in text
+    package = ROOT / "edgeresnet"
+    folders = {"edgeresnet"} | {
+        str(p.relative_to(ROOT)) for p in package.rglob("*")
+        if p.is_dir() and "__pycache__" not in p.parts and "_resources" not in p.parts
+    }
+    assert _tree_block(text, "## The tree") == folders
+    beside = {p.name for p in ROOT.iterdir()
+              if p.is_dir() and not p.name.startswith(".") and p.name not in ("edgeresnet", "site")
+              and not p.name.endswith(".egg-info")}
+    assert _tree_block(text, "Beside the package:") == beside
 
 
 def _subclasses(cls):
