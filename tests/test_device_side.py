@@ -50,11 +50,8 @@ def test_every_device_module_and_the_cli_import_without_tensorflow(imported):
     expected = sorted(p.stem for p in (REPO / "edgeresnet" / "device").glob("*.py") if p.stem != "__init__")
     assert sorted(name.rsplit(".", 1)[1] for name in imported["device"]) == expected
     assert imported["blocked"] == [] and imported["tf"] == []
-    # Until calibration.py is split, predict.py is the one device module that reaches into the host (see below).
-    assert set(imported["pulled"]) <= {"edgeresnet.device.predict"}, imported["pulled"]
+    assert imported["pulled"] == [], imported["pulled"]  # no device module reaches into the host
 
 
-@pytest.mark.xfail(strict=True, reason="device/predict.py imports edgeresnet.host.calibration (image reading, "
-                   "presets) until calibration.py is split; passes, and must lose this mark, when it is")
 def test_device_modules_import_nothing_from_the_host(imported):
     assert imported["device_host"] == [], imported["pulled"]

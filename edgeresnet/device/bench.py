@@ -132,25 +132,10 @@ def benchmark(
     tfl = TFLiteModel(model, num_threads=config.threads, backend=backend, label=label)
     spec = tfl.input
     x = random_input(spec)
-    interpreter = tfl.interpreter
-    total = config.warmup + config.repeats
-    times = np.empty(config.repeats, dtype=np.float64)
-    clock = time.perf_counter
     try:
-        interpreter.set_tensor(spec.index, x)
-        for i in range(config.warmup):
-            interpreter.invoke()
-            if progress is not None:
-                progress(i + 1, total)
-        for i in range(config.repeats):
-            start = clock()
-            interpreter.invoke()
-            times[i] = clock() - start
-            if progress is not None:
-                progress(config.warmup + i + 1, total)
+        ms = _timed_runs(tfl.interpreter, spec.index, x, config, progress) * 1000.0
     except (ValueError, RuntimeError) as exc:
         raise run_failure(label, tfl, exc) from None
-    ms = times * 1000.0
     return BenchResult(
         model=label,
         size_bytes=tfl.size_bytes,
@@ -170,6 +155,26 @@ def benchmark(
         times_ms=tuple(float(t) for t in ms),
         emulated=emulation(),
     )
+
+
+def _timed_runs(interpreter, index: int, x: np.ndarray, config: BenchConfig,
+                progress: Optional[ProgressFn]) -> np.ndarray:
+    """Seconds of each of ``config.repeats`` invocations, after ``config.warmup`` untimed ones."""
+    total = config.warmup + config.repeats
+    times = np.empty(config.repeats, dtype=np.float64)
+    clock = time.perf_counter
+    interpreter.set_tensor(index, x)
+    for i in range(config.warmup):
+        interpreter.invoke()
+        if progress is not None:
+            progress(i + 1, total)
+    for i in range(config.repeats):
+        start = clock()
+        interpreter.invoke()
+        times[i] = clock() - start
+        if progress is not None:
+            progress(config.warmup + i + 1, total)
+    return times
 
 
 def _size_text(n: int) -> str:

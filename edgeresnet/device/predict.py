@@ -414,6 +414,26 @@ def _label_map(clf: Classifier, class_names: tuple[str, ...], folder: str) -> tu
     return np.arange(len(class_names), dtype=np.int64), "sorted folder order"
 
 
+def _scores(clf: Classifier, against: Optional[Classifier], files: Sequence[str],
+            progress: Optional[ProgressFn]) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """``clf``'s scores on ``files``, a batch at a time, and ``against``'s (None without it); the pixels are read
+    once when both models take the same input."""
+    outs, other_outs = [], []
+    n = len(files)
+    if progress is not None:
+        progress("evaluate", 0, n)
+    for start in range(0, n, BATCH):
+        chunk = files[start : start + BATCH]
+        pixels = np.stack([clf.read(f) for f in chunk])
+        outs.append(clf.scores(pixels))
+        if against is not None:
+            same = against.setup.input_shape == clf.setup.input_shape and against.setup.resize == clf.setup.resize
+            other_outs.append(against.scores(pixels if same else np.stack([against.read(f) for f in chunk])))
+        if progress is not None:
+            progress("evaluate", start + len(chunk), n)
+    return np.concatenate(outs), (np.concatenate(other_outs) if against is not None else None)
+
+
 def evaluate(
     clf: Classifier,
     folder: PathLike,
@@ -443,21 +463,8 @@ def evaluate(
     mapping, how = _label_map(clf, class_names, str(folder))
     labels = mapping[folder_labels]
 
-    outs, other_outs = [], []
     n = len(files)
-    if progress is not None:
-        progress("evaluate", 0, n)
-    for start in range(0, n, BATCH):
-        chunk = files[start : start + BATCH]
-        pixels = np.stack([clf.read(f) for f in chunk])
-        outs.append(clf.scores(pixels))
-        if against is not None:
-            other_pixels = pixels if against.setup.input_shape == clf.setup.input_shape and against.setup.resize == clf.setup.resize \
-                else np.stack([against.read(f) for f in chunk])
-            other_outs.append(against.scores(other_pixels))
-        if progress is not None:
-            progress("evaluate", start + len(chunk), n)
-    out = np.concatenate(outs)
+    out, other = _scores(clf, against, files, progress)
     result = EvalResult(
         model=clf.path, sha256=clf.sha256, interpreter=clf.interpreter, images=str(folder), count=n,
         classes=len(class_names), labels_matched=how, setup=clf.setup.to_dict(),
@@ -466,7 +473,6 @@ def evaluate(
         per_image=[(str(f), int(t), int(p)) for f, t, p in zip(files, labels, out.argmax(axis=1))],
     )
     if against is not None:
-        other = np.concatenate(other_outs)
         result.against = {
             "model": against.path, "sha256": against.sha256,
             "top1": round(topk_accuracy(other, labels, 1), 4), "top5": round(topk_accuracy(other, labels, 5), 4),

@@ -38,7 +38,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from edgeresnet._util import tf as _tf
-from edgeresnet._util.validate import whole_number
+from edgeresnet._util.validate import learning_rate, whole_number
 from edgeresnet.errors import ConfigError, QATError
 from edgeresnet.host.training.data import mean_across_workers, statistics_batches, training_data
 from edgeresnet.host.training.fit import (
@@ -96,11 +96,8 @@ class QATConfig:
             raise ConfigError(f"unknown --strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
         object.__setattr__(self, "epochs", whole_number("--epochs (quantization-aware training)", self.epochs, 1))
         object.__setattr__(self, "batch_size", whole_number("--batch-size", self.batch_size, 1))
-        lr = self.learning_rate
-        if lr is not None:
-            if isinstance(lr, bool) or not isinstance(lr, (int, float, np.floating)) or not 0.0 < float(lr) < 1.0:
-                raise ConfigError(f"--learning-rate must be above 0 and below 1 (e.g. 1e-4), got {lr!r}")
-            object.__setattr__(self, "learning_rate", float(lr))
+        if self.learning_rate is not None:
+            object.__setattr__(self, "learning_rate", learning_rate(self.learning_rate))
         object.__setattr__(self, "seed", whole_number("seed", self.seed, 0))
         if self.schedule not in SCHEDULES:
             raise ConfigError(
@@ -373,6 +370,21 @@ def _float_twin(qmodel, source):
     return twin
 
 
+def _range_variables(qmodel) -> list:
+    """(variable, "out"/"pre", is_min, float layer name) for every activation range tfmot keeps in ``qmodel``."""
+    mot = _tf.tfmot()
+    wanted = []
+    for wrapper in qmodel.layers:
+        if not isinstance(wrapper, mot.quantization.keras.QuantizeWrapperV2):
+            continue
+        for var in wrapper.non_trainable_weights:
+            short = var.name.split("/")[-1].split(":")[0]
+            kind = _RANGE_VARS.get(short.rsplit("_", 1)[0])
+            if kind is not None and var.shape.rank == 0:
+                wanted.append((var, kind, short.endswith("_min"), wrapper.layer.name))
+    return wanted
+
+
 def _set_ranges(qmodel, source, train, batch_size: int, seed: int, data=None, strategy=None, epoch: int = 0) -> int:
     """Set every activation range of ``qmodel`` from the float tensors of ``source``; returns batches used.
 
@@ -393,16 +405,8 @@ def _set_ranges(qmodel, source, train, batch_size: int, seed: int, data=None, st
     from edgeresnet.host.quantize.mse import mse_range
     from edgeresnet.host.quantize.stats import Histogram
 
-    keras, mot = _tf.tf_keras(), _tf.tfmot()
-    wanted = []  # (variable, "out"/"pre", is_min, float layer name)
-    for wrapper in qmodel.layers:
-        if not isinstance(wrapper, mot.quantization.keras.QuantizeWrapperV2):
-            continue
-        for var in wrapper.non_trainable_weights:
-            short = var.name.split("/")[-1].split(":")[0]
-            kind = _RANGE_VARS.get(short.rsplit("_", 1)[0])
-            if kind is not None and var.shape.rank == 0:
-                wanted.append((var, kind, short.endswith("_min"), wrapper.layer.name))
+    keras = _tf.tf_keras()
+    wanted = _range_variables(qmodel)
     names = sorted({(kind, name) for _, kind, _, name in wanted})
     if not names:
         return 0
