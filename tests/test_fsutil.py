@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from edgeresnet._util import files as fsutil
+from edgeresnet._util import outlock
 from edgeresnet.errors import OutputError, OutputExistsError
 from edgeresnet._util.files import MANIFEST, StagedDir, atomic_write_bytes, check_output, check_output_free, read_manifest
 
@@ -224,12 +225,12 @@ def test_desktop_litter_and_compiler_output_do_not_make_a_folder_foreign(tmp_pat
 
 def test_a_second_run_to_the_same_out_is_refused_while_the_first_holds_it(tmp_path):
     out = tmp_path / "out"
-    with fsutil.output_lock(out) as lock:
+    with outlock.output_lock(out) as lock:
         assert lock == tmp_path / ".out.lock" and json.loads(lock.read_text())["pid"] == os.getpid()
         # Another process trying the same --out (through a symlinked spelling of it) is refused at once.
         (tmp_path / "alias").symlink_to(tmp_path)
-        code = ("import sys\nfrom edgeresnet._util import files as fsutil\ntry:\n"
-                "    with fsutil.output_lock(sys.argv[1]): print('got it')\nexcept Exception as e: print(e)")
+        code = ("import sys\nfrom edgeresnet._util import outlock\ntry:\n"
+                "    with outlock.output_lock(sys.argv[1]): print('got it')\nexcept Exception as e: print(e)")
         proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "alias" / "out")],
                               capture_output=True, text=True, timeout=60)
         assert proc.stdout.strip() == (
@@ -245,7 +246,7 @@ def test_the_lock_file_of_a_killed_run_is_taken_over_and_removed(tmp_path):
     out = tmp_path / "out"
     lock = tmp_path / ".out.lock"
     lock.write_text(json.dumps({"tool": "edgeresnet", "pid": _dead_pid(), "host": socket.gethostname()}))
-    with fsutil.output_lock(out):
+    with outlock.output_lock(out):
         assert json.loads(lock.read_text())["pid"] == os.getpid()
     assert not lock.exists()
 
@@ -260,7 +261,7 @@ def test_a_lock_file_edgeresnet_did_not_make_is_left_alone(tmp_path, make):
     else:
         lock.symlink_to(mine)
     with pytest.raises(OutputError, match=r"\.out\.lock exists and is not an edgeresnet lock file"):
-        with fsutil.output_lock(out):
+        with outlock.output_lock(out):
             pass
     assert mine.read_text() == "my notes" and os.path.lexists(lock)
     assert lock.read_text() == "my notes"

@@ -40,6 +40,7 @@ from typing import Any, Callable, Optional, Union
 import pytest
 
 from edgeresnet._util import files as fsutil
+from edgeresnet._util import outlock
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_H5 = REPO / "edgeresnet" / "assets" / "reference_digits_resnet8.h5"
@@ -217,7 +218,7 @@ def _immutable_parent(w: World):
 
 def _held_lock(out: Path) -> Callable:
     """Another run writing ``out`` (here: this process holds its lock)."""
-    held = fsutil.output_lock(out)
+    held = outlock.output_lock(out)
     held.__enter__()
     return lambda: held.__exit__(None, None, None)
 

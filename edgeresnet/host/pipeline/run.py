@@ -21,11 +21,11 @@ from edgeresnet._util.files import (
     clean_stale_partials,
     clean_stale_tempdirs,
     failed_path,
-    output_lock,
     run_tempdir,
     tree_bytes,
     write_error,
 )
+from edgeresnet._util.outlock import output_lock
 from edgeresnet._util.tf import require_host
 from edgeresnet.device.metadata import LABELS_FILE, labels_text, read_labels_file
 from edgeresnet.device.verify import baseline
