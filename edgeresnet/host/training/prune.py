@@ -32,7 +32,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from edgeresnet._util import tf as _tf
-from edgeresnet._util.validate import is_whole, whole_number
+from edgeresnet._util.validate import is_whole, learning_rate, whole_number
 from edgeresnet.host.training.cluster import STRATEGIES, make_strategy
 from edgeresnet.errors import ConfigError, DataError, PruningError
 from edgeresnet.host.training.data import mean_across_workers, statistics_batches, training_data
@@ -129,10 +129,7 @@ class PruneConfig:
         self._check_structure()
         whole_number("--epochs", self.epochs, 0)
         whole_number("--batch-size", self.batch_size, 1)
-        lr = self.learning_rate
-        if not _is_number(lr) or not math.isfinite(float(lr)) or not 0.0 < float(lr) < 1.0:
-            raise ConfigError(f"--learning-rate must be above 0 and below 1 (e.g. 1e-4), got {lr!r}")
-        object.__setattr__(self, "learning_rate", float(lr))
+        object.__setattr__(self, "learning_rate", learning_rate(self.learning_rate))
         if self.policy is not None:
             self._check_policy()
         if not is_whole(self.seed):

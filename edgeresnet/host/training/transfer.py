@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from edgeresnet._util import tf as _tf
-from edgeresnet._util.validate import whole_number
+from edgeresnet._util.validate import learning_rate, whole_number
 from edgeresnet.errors import ConfigError
 from edgeresnet.host.training.fit import ProgressFn, compile_classifier, fit_history, progress_callback
 
@@ -36,13 +36,7 @@ class TransferConfig:
             raise ConfigError(f"unknown --strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
         whole_number("--epochs (new classifier)", self.epochs, 1)
         whole_number("--batch-size", self.batch_size, 1)
-        lr = self.learning_rate
-        try:
-            ok = not isinstance(lr, bool) and 0.0 < float(lr) < 1.0  # nan fails too
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise ConfigError(f"--learning-rate must be above 0 and below 1 (e.g. 1e-3), got {lr!r}")
+        object.__setattr__(self, "learning_rate", learning_rate(self.learning_rate, "1e-3"))
 
 
 def fine_tune(model, train, config: TransferConfig, progress: Optional[ProgressFn] = None,
