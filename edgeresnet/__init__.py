@@ -17,6 +17,7 @@ from edgeresnet.errors import (
     ConfigError,
     ConversionError,
     DataError,
+    DeviceCheckError,
     DriftBudgetExceeded,
     EdgeResNetError,
     EdgeResNetWarning,
@@ -46,7 +47,8 @@ _LAZY = {
 # ``report`` is the edgeresnet.report package, which is callable: edgeresnet.report(...) is edgeresnet.api.report.
 __all__ = [
     "convert", "report", "inspect", "predict", "Classifier", "benchmark", "ConvertOptions",
-    "EdgeResNetError", "ClusterError", "ConfigError", "ConversionError", "DataError", "DriftBudgetExceeded",
+    "EdgeResNetError", "ClusterError", "ConfigError", "ConversionError", "DataError", "DeviceCheckError",
+    "DriftBudgetExceeded",
     "MissingDependencyError", "ModelLoadError", "OutputError", "OutputExistsError", "PruningError", "QATError",
     "TargetError", "TFLiteFileError", "UnsafeModelError", "EdgeResNetWarning",
     "__version__",
