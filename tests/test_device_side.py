@@ -50,7 +50,7 @@ def test_every_device_module_and_the_cli_import_without_tensorflow(imported):
     expected = sorted(p.stem for p in (REPO / "edgeresnet" / "device").glob("*.py") if p.stem != "__init__")
     assert sorted(name.rsplit(".", 1)[1] for name in imported["device"]) == expected
     assert imported["blocked"] == [] and imported["tf"] == []
-    assert imported["pulled"] == [], imported["pulled"]  # no device module reaches into the host
+    assert imported["pulled"] == {}, imported["pulled"]  # no device module reaches into the host
 
 
 def test_device_modules_import_nothing_from_the_host(imported):

@@ -423,9 +423,9 @@ def test_sigkill_leaves_a_partial_that_the_next_run_removes(tmp_path, monkeypatc
 
 
 @pytest.mark.slow
-def test_concurrent_runs_to_one_out_one_wins_the_others_get_one_line(tmp_path):
+def test_concurrent_runs_to_one_out_one_wins_the_others_get_one_line(tmp_path, tools):
     """Four real `convert --int8` processes to one --out at once: one writes it, each other one is told who does."""
-    w = make_world(tmp_path / "w")
+    w = make_world(tmp_path / "w", tools)
     env = dict(os.environ, PYTHONPATH=str(REPO), TMPDIR=str(w.tmp))
     env.pop("EDGERESNET_DEBUG", None)
     procs = [subprocess.Popen([sys.executable, "-m", "edgeresnet.cli", "convert", "--int8", "--out", str(w.out)],
