@@ -133,7 +133,7 @@ def cluster_inputs(tmp_path_factory, tiny_model_h5, write_image_folder):
 def _prune_args(model, train, epochs):
     """`convert` with pruning fine-tuned on ``train``: the command every worker runs."""
     return ["convert", str(model), "--int8", "--prune", "0.5", "--train", str(train), "--epochs", str(epochs),
-            "--batch-size", "16", "--calib", str(train), "--calib-samples", "32", "--out", "out"]
+            "--batch-size", "16", "--preset", "unit", "--calib", str(train), "--calib-samples", "32", "--out", "out"]
 
 
 def _start(args, tf_config, cwd, extra_env=None):
@@ -207,7 +207,8 @@ def test_two_workers_train_a_new_classifier_and_quantization_aware(cluster_input
     for record in (transfer, qat["fine_tune"]):
         assert record["replicas"] == 2 and record["shard"]["files_read"] == 64 and record["shard"]["files"] == 128
         assert record["weights_sha256"][:12] in worker_out, worker_out  # the worker trained the same weights
-    assert qat["status"] == "ok"
+    # one epoch of a new classifier from scratch may leave the float model at chance: then no drift means anything
+    assert qat["status"] == ("float_at_chance" if report["float"].get("at_chance") else "ok")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
