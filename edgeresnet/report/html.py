@@ -15,7 +15,7 @@ from typing import Optional, Union
 
 from edgeresnet.errors import ConfigError
 from edgeresnet._util.files import atomic_write_text
-from edgeresnet.report.markdown import as_number, fine_tune_text, fmt_number, fmt_kib, safe_mode_text
+from edgeresnet.report.markdown import as_number, at_chance_text, fine_tune_text, fmt_number, fmt_kib, safe_mode_text
 from edgeresnet.report.reading import accuracy_metric, latency_of, percent, point_labels, prune_sparsity
 from edgeresnet.report.writers import check_parent
 
@@ -170,8 +170,7 @@ def _summary(report: dict) -> str:
     elif f.get("top1") is not None:
         items.append(f"float model: top-1 {fmt_number(f.get('top1'))} %, top-5 {fmt_number(f.get('top5'))} % on {_e(f.get('count'))} images")
         if f.get("at_chance"):
-            items.append(f'<span class="fail">at chance</span> (up to {fmt_number(f["at_chance"]["threshold"])} % for '
-                         f'{_e(f["at_chance"]["classes"])} classes): drift figures not meaningful')
+            items.append(f'<span class="fail">{_e(at_chance_text(f["at_chance"]))}</span>')
     else:
         items.append(f"float model scored on {_e(f.get('count'))} unlabelled images (variants compared by agreement)")
     if report.get("max_drop") is not None:

@@ -168,8 +168,7 @@ def _header_lines(report: dict) -> list[str]:
     if f.get("top1") is not None:
         lines.append(f"- float model: top-1 {f['top1']:.2f} %, top-5 {f['top5']:.2f} %")
     if f.get("at_chance"):
-        lines.append(f"  - warning: at chance for {f['at_chance']['classes']} classes (up to "
-                     f"{f['at_chance']['threshold']:.2f} % on {f['at_chance']['count']} images): drift figures not meaningful")
+        lines.append(f"  - warning: {at_chance_text(f['at_chance'])}")
     lines += _memory_lines(report.get("memory"))
     if report.get("max_drop") is not None:
         lines.append(f"- budget: --max-drop {report['max_drop']} pts: {'met' if report['passed'] else 'NOT met'}")
@@ -188,6 +187,12 @@ def _header_lines(report: dict) -> list[str]:
         for w in p.get("warnings") or ():
             lines.append(f"  - warning: {w}")
     return lines
+
+
+def at_chance_text(at: dict) -> str:
+    """What ``float.at_chance`` says, in words every view shows alike."""
+    return (f"at chance for {at['classes']} classes (up to {at['threshold']:.2f} % on {at['count']} images): "
+            "drift figures not meaningful")
 
 
 def _memory_lines(mem: Optional[dict]) -> list[str]:
