@@ -10,7 +10,8 @@ import pytest
 from edgeresnet.device.presets import get_preset
 from edgeresnet.errors import ConfigError, DataError
 from edgeresnet.device.metadata import ModelInfo, read_metadata
-from edgeresnet.host.shipping import match_classes, mediapipe_verdict, normalization, prepare, read_labels_file, resolve_labels
+from edgeresnet.device.metadata import read_labels_file
+from edgeresnet.host.shipping import match_classes, mediapipe_verdict, normalization, prepare, resolve_labels
 
 
 @pytest.mark.parametrize(

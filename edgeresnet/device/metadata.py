@@ -163,17 +163,19 @@ MAX_LABELS_BYTES = 4 << 20
 _LABELS_FIX = "pass a UTF-8 text file with one class name per line"
 
 
-def read_labels_file(path) -> tuple[str, ...]:
+def read_labels_file(path, num_classes: Optional[int] = None) -> tuple[str, ...]:
     """Class names from a text file, one per line (the ``labels.txt`` format); :class:`DataError` otherwise.
 
     A FIFO or device is refused before it is opened, at most :data:`MAX_LABELS_BYTES` are read, a UTF-8
-    byte-order mark is dropped and CRLF line ends are taken as line ends.
+    byte-order mark is dropped and CRLF line ends are taken as line ends. With ``num_classes``, one name per
+    model output is required (``--labels FILE`` for a model).
     """
     p = Path(path)
     try:
-        return parse_labels(_labels_text(p), str(p))
+        labels = parse_labels(_labels_text(p), str(p))
     except ConfigError as exc:
         raise DataError(str(exc)) from None
+    return labels if num_classes is None else check_label_count(labels, f"--labels {path}", num_classes)
 
 
 def _labels_text(p: Path) -> str:

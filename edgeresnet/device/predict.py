@@ -188,7 +188,7 @@ def model_setup(model: TFLiteModel, data: bytes, overrides: Overrides, label: st
         )
 
     if overrides.labels is not None:
-        labels = check_label_count(read_labels_file(overrides.labels), f"--labels {overrides.labels}", num_classes)
+        labels = read_labels_file(overrides.labels, num_classes)
         labels_from = f"--labels {overrides.labels}"
     elif meta is not None and meta.labels:
         labels = check_label_count(tuple(meta.labels), f"{label}'s metadata (override: --labels FILE)", num_classes)

@@ -35,7 +35,6 @@ import numpy as np
 
 from edgeresnet.device.presets import Preset
 from edgeresnet.errors import ConfigError, DataError
-from edgeresnet.device import metadata
 from edgeresnet.device.metadata import LABELS_FILE, ModelInfo, add_metadata, check_label_count, parse_labels
 from edgeresnet.device.tflite_graph import _Reader, read_graph
 
@@ -51,11 +50,6 @@ RUNTIME_NAMES = {
 
 
 # ---------------------------------------------------------------------- labels
-
-
-def read_labels_file(path, num_classes: int) -> tuple[str, ...]:
-    """Class names from ``--labels FILE`` (one per line), checked against the model's outputs."""
-    return check_label_count(metadata.read_labels_file(path), f"--labels {path}", num_classes)
 
 
 def resolve_labels(named_sets: Sequence[tuple[str, object]], num_classes: int) -> tuple[Optional[tuple[str, ...]], Optional[str]]:

@@ -14,6 +14,7 @@ from edgeresnet.host import shipping
 from edgeresnet.device.images import ImageStream, load_images, stream_images
 from edgeresnet.device.imageset import ImageSet
 from edgeresnet.host.calibration import calibration_record
+from edgeresnet.device.metadata import read_labels_file
 from edgeresnet.host.pipeline.context import RunContext, Source, stage_progress
 
 HELD_OUT_EVAL_SAMPLES = 500
@@ -100,7 +101,7 @@ def class_order(opts, loaded, notify) -> tuple[Optional[tuple[str, ...]], Option
     trained on list them in another order). Folders with other names are refused here, before any long work."""
     if opts.labels is None:
         return None, None
-    names = shipping.read_labels_file(opts.labels, loaded.num_classes)
+    names = read_labels_file(opts.labels, loaded.num_classes)
     scored = ("--eval", opts.eval) if opts.eval is not None else ("--calib", opts.calib)  # without --eval: calib's
     folders = [(flag, folder_classes(path)) for flag, path in (scored, ("--train", opts.train))]
     warning = shipping.order_note(names, f"--labels {opts.labels}", [(f, c) for f, c in folders if c])
