@@ -20,6 +20,8 @@ class QuantOptConfig:
     and layer, for the GPTQ Hessians (``mse+gptq`` only). ``equalize``:
     rescale channels that dwarf the rest of their tensor (see
     ``equalize.equalize``), measured on ``equalize_samples`` samples.
+    ``learn_samples`` / ``learn_iters`` / ``learn_batch``: the samples, optimisation
+    steps per block and samples per step of learned rounding (``mse+learned`` only).
     """
 
     stats_samples: Optional[int] = 128
@@ -29,13 +31,16 @@ class QuantOptConfig:
     seed: int = 0
     equalize: bool = True
     equalize_samples: int = 32
+    learn_samples: int = 256
+    learn_iters: int = 500
+    learn_batch: int = 32
 
     def __post_init__(self):
         if self.stats_samples is not None:
             whole_number("stats_samples", self.stats_samples, 1)
         if not isinstance(self.equalize, bool):
             raise ConfigError(f"equalize must be True or False, got {self.equalize!r}")
-        for name in ("gptq_samples", "gptq_rows", "bins", "equalize_samples"):
+        for name in ("gptq_samples", "gptq_rows", "bins", "equalize_samples", "learn_samples", "learn_iters", "learn_batch"):
             whole_number(name, getattr(self, name), 1)
         if self.bins % 2:
             raise ConfigError(f"bins must be even, got {self.bins}")

@@ -18,9 +18,12 @@ the same session, from the model the chosen method produced.
    (``tests/test_quantize.py`` pins it against the calibrator fed
    everything) and, in the same pass, every statistic the method asks for
    (histograms, layer input means, equalization and GPTQ statistics).
-2. The method edits that calibrated model (ranges, weights, biases; see the
-   method modules); only tensors equalization rescaled are
-   measured again.
+2. Whole-input average pools become ``MEAN`` (``rewrite.py``: the same
+   function, but the int8 result gets a range of its own). The method edits
+   that calibrated model (ranges, weights, biases; see the method modules);
+   only tensors equalization rescaled are measured again. The default
+   method, ``auto`` (``choice.py``), has several methods edit it and keeps
+   the one that agrees best with the float model on held-out samples.
 3. ``tensorflow.lite.python.convert.mlir_quantize`` runs with the arguments
    ``TFLiteConverter`` passes it, then read-only buffers are de-duplicated as
    the converter does. With ``denylisted_nodes`` the same call keeps layers in
@@ -44,6 +47,7 @@ from edgeresnet.host.quantize import graph as g
 from edgeresnet.host.quantize.stats import StatsPass
 from edgeresnet.host.quantize.config import QuantOptConfig
 from edgeresnet.host.quantize.registry import DEFAULT_METHOD, get_method
+from edgeresnet.host.quantize.rewrite import global_pools_as_mean
 
 ProgressFn = Callable[[int, int], None]
 
@@ -79,7 +83,8 @@ class Int8Session:
             )
         self.make_converter, self.io_type = make_converter, io_type
         self.calibration = check_calibration(calibration)
-        subsets = self.method.subsets(len(self.calibration), self.config)
+        self.choice = None  # method "auto": the methods it scored and the one it kept (choice.Choice)
+        self.details: dict = {}  # what the method's edit reported (learned rounding: its block errors)
         tick = Ticker(progress, len(self.calibration), "calibration images")  # a second look is its own section
         self.converter = make_converter()
         # Where the time went: the converter and quantizer, and this side's statistics passes.
@@ -97,32 +102,51 @@ class Int8Session:
         saved_model_names = _skip_saved_model(self.converter)
         calibrated = run_converter(self.converter, "int8 calibration")
         edit_start = time.perf_counter()
-        self._calibrated = self._edit(calibrated, subsets, tick, saved_model_names)
+        if self.method.chooses:  # score the candidate methods on held-out samples; keep the best one's model
+            from edgeresnet.host.quantize.choice import choose
+
+            self.choice = choose(self, calibrated, saved_model_names, tick)
+            self.method = get_method(self.choice.winner)
+            self._calibrated, self.model, self.details = self.choice.calibrated, self.choice.model, self.choice.details
+        else:
+            self._calibrated = self.edit(calibrated, self.method, self.calibration, tick, saved_model_names)
+            self.model = self.quantize(self._calibrated, io_type=io_type)
         self.seconds["statistics"] = time.perf_counter() - edit_start
-        self.model = self._quantize(self._calibrated, io_type=io_type)
         check_full_integer(self.model, io_type)
         self.seconds["quantize"] = time.perf_counter() - start - self.seconds["statistics"]
 
-    def _edit(self, calibrated: bytes, subsets: dict, tick, saved_model_names: bool) -> bytes:
+    def edit(self, calibrated: bytes, method, samples: np.ndarray, tick, saved_model_names: bool) -> bytes:
+        """The calibrated model ``calibrated`` as ``method`` edits it, measured on ``samples``."""
         graph = g.Graph(calibrated)
         if saved_model_names:
             graph.name_like_saved_model()
+        global_pools_as_mean(graph)  # float-exact; the pooled features get an int8 range of their own
         dense_flag = "_experimental_disable_per_channel_quantization_for_dense_layers"
         layers = graph.weight_layers(
             per_channel=not getattr(self.converter, "_experimental_disable_per_channel", False),
             dense_per_channel=not getattr(self.converter, dense_flag, False),
         )
+        subsets = method.subsets(len(samples), self.config)
         with capture_output():  # the interpreter announces its delegates on stderr
             try:
-                measured = StatsPass(graph, layers, self.calibration, subsets, self.config, self.method.uses_input_means)
+                measured = StatsPass(graph, layers, samples, subsets, self.config, method.uses_input_means)
                 measured.run(tick)  # ranges and every statistic the method asked for, in one batched pass
                 measured.write_ranges()
-                self.method.edit(graph, layers, measured, self.config, tick)
+                self.details = method.edit(graph, layers, measured, self.config, tick) or {}
             except (ValueError, RuntimeError, np.linalg.LinAlgError) as exc:
                 raise ConversionError(
-                    f"{self.method.name} quantization failed while optimising ranges/weights: {one_line(exc)}"
+                    f"{method.name} quantization failed while optimising ranges/weights: {one_line(exc)}"
                 ) from None
         return graph.to_bytes()
+
+    def record(self, asked: str) -> dict:
+        """For the report: the method ``asked`` for, the one used, seconds per step, and what auto scored."""
+        out = {"asked": asked, "method": self.method.name, "seconds": {k: round(v, 3) for k, v in self.seconds.items()}}
+        if self.details:
+            out["details"] = dict(self.details)
+        if self.choice is not None:
+            out["choice"] = self.choice.to_dict()
+        return out
 
     def calibrated(self) -> bytes:
         """The calibrated float model the method produced (ranges, and weights where it sets them)."""
@@ -133,7 +157,7 @@ class Int8Session:
             self._calibrated = run_converter(converter, "int8 calibration")
         return self._calibrated
 
-    def _quantize(self, calibrated: bytes, io_type: str = "float32", **options) -> bytes:
+    def quantize(self, calibrated: bytes, io_type: str = "float32", **options) -> bytes:
         return mlir_quantize(self.converter, calibrated, io_type, **options)
 
     def mixed(self, float_nodes: tuple[str, ...], io_type: Optional[str] = None) -> bytes:
@@ -142,7 +166,7 @@ class Int8Session:
         if not float_nodes:
             if io_type == self.io_type:
                 return self.model
-        data = self._quantize(self.calibrated(), denylisted_nodes=list(float_nodes))
+        data = self.quantize(self.calibrated(), denylisted_nodes=list(float_nodes))
         if io_type != "float32":
             from tensorflow.lite.python import util as lite_util
 
@@ -162,7 +186,7 @@ class Int8Session:
 
     def debug_model(self) -> bytes:
         """This model with a float twin and a ``NumericVerify`` op next to every quantized layer."""
-        return self._quantize(self.calibrated(), enable_numeric_verify=True)
+        return self.quantize(self.calibrated(), enable_numeric_verify=True)
 
 
 def quantize_int8(make_converter: Callable[[], object], calibration: np.ndarray, io_type: str, *args, **kwargs) -> bytes:

@@ -82,14 +82,18 @@ class Graph:
         if len(self.model.subgraphs) != 1:
             raise ValueError(f"the model has {len(self.model.subgraphs)} subgraphs; only single-graph models work")
         self.sg = self.model.subgraphs[0]
+        self.index_ops()
+        self.inputs = set(int(i) for i in self.sg.inputs)
+        self.outputs = set(int(i) for i in self.sg.outputs)
+
+    def index_ops(self) -> None:
+        """(Re)build :attr:`ops` ((code, op) in order) and :attr:`consumers` (who reads each tensor)."""
         self.ops = [(op_code(self.model, op), op) for op in self.sg.operators]
         self.consumers: dict[int, list] = {}
         for code, op in self.ops:
             for i in op.inputs:
                 if i >= 0:
                     self.consumers.setdefault(int(i), []).append((code, op))
-        self.inputs = set(int(i) for i in self.sg.inputs)
-        self.outputs = set(int(i) for i in self.sg.outputs)
 
     def to_bytes(self) -> bytes:
         return bytes(self.fu.convert_object_to_bytearray(self.model))

@@ -19,6 +19,7 @@ from edgeresnet.host.quantize.registry import register_method
 class MseGptq(MseBias):
     name = "mse+gptq"
     description = "mse+bias with GPTQ rounding (errors pushed onto the weights not yet rounded)"
+    max_choice_macs = 1e9
 
     def subsets(self, n, cfg):
         from edgeresnet.host.quantize.engine import spread

@@ -16,10 +16,10 @@ from typing import Optional
 
 from edgeresnet.errors import ConfigError
 
-DEFAULT_METHOD = "mse+bias"  # what --int8-method, ConvertOptions and ConversionSpec default to
+DEFAULT_METHOD = "auto"  # what --int8-method, ConvertOptions and ConversionSpec default to
 
 _METHODS: dict = {}
-_BUILTIN = ("minmax", "mse", "mse+bias", "mse+gptq")  # listed first, in this order, whatever was imported first
+_BUILTIN = ("auto", "minmax", "mse", "mse+bias", "mse+gptq", "mse+learned")  # listed first, in this order, whatever was imported first
 _builtin_loaded = False
 
 
@@ -30,14 +30,18 @@ class Method:
     description: str = ""
     plain: bool = False  # the model is the plain converter's output, bit for bit (no edit)
     uses_input_means: bool = False  # the statistics pass also averages every weight layer's input
+    chooses: bool = False  # picks another method per model (``auto``): the engine asks ``choice.choose``
+    # ``auto`` tries this method only on models of at most this many multiply-accumulates per input (None: any)
+    max_choice_macs: Optional[float] = None
 
     def subsets(self, n: int, cfg) -> dict:
         """Calibration sample indices of each statistic the one statistics pass collects besides the ranges:
         ``"stats"`` (histograms, kept pool inputs, input means), ``"equalize"``, ``"gptq"``."""
         return {}
 
-    def edit(self, graph, layers, measured, cfg, tick) -> None:
-        """Change the calibrated float model ``graph`` (ranges, weights, biases) in place.
+    def edit(self, graph, layers, measured, cfg, tick) -> Optional[dict]:
+        """Change the calibrated float model ``graph`` (ranges, weights, biases) in place; may return
+        figures for the report (``Int8Session.details``).
 
         ``measured`` is the statistics pass (``stats.StatsPass``) that already ran over the calibration
         samples; its ``stats`` hold what :meth:`subsets` asked for.
@@ -67,7 +71,7 @@ def method_names() -> tuple[str, ...]:
 def _load_builtin() -> None:
     global _builtin_loaded
     if not _builtin_loaded:
-        from edgeresnet.host.quantize import minmax, mse, mse_bias, mse_gptq  # noqa: F401 - each registers itself
+        from edgeresnet.host.quantize import choice, learned, minmax, mse, mse_bias, mse_gptq  # noqa: F401 - each registers itself
 
         others = {name: m for name, m in _METHODS.items() if name not in _BUILTIN}
         ordered = {name: _METHODS[name] for name in _BUILTIN} | others

@@ -1,0 +1,140 @@
+"""Learned rounding (``mse+learned``), the default's choice between methods (``auto``) and the pool rewrite."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgeresnet.device import verify
+from edgeresnet.device.runtime import TFLiteModel
+from edgeresnet.host.quantize import Int8Session, QuantOptConfig, choice, engine, get_method
+from edgeresnet.host.quantize import graph as qg
+
+FAST = dict(learn_iters=150, learn_samples=64)  # enough steps to learn on a tiny model in seconds
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_h5, tiny_data):
+    from edgeresnet.device.images import load_images
+    from edgeresnet.host.models.loading import load_model
+
+    loaded = load_model(tiny_model_h5)
+    calib = load_images(tiny_data["calib"], (16, 16, 3)).images.astype(np.float32) / 255.0
+    held = load_images(tiny_data["eval"], (16, 16, 3)).images.astype(np.float32) / 255.0
+    return loaded, calib, held
+
+
+def _ops(model: bytes) -> list[int]:
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    m = flatbuffer_utils.convert_bytearray_to_object(bytearray(model))
+    return [qg.op_code(m, op) for op in m.subgraphs[0].operators]
+
+
+def test_learned_rounding_lowers_the_blocks_output_error_and_keeps_the_structure(tiny):
+    loaded, calib, held = tiny
+    session = Int8Session(loaded.tflite_converter, calib, "int8", "mse+learned", config=QuantOptConfig(**FAST))
+    d = session.details
+    assert d["learned_layers"] == d["layers"] > 0 and d["blocks"] >= 2, d
+    assert d["block_error_learned"] < 0.95 * d["block_error_nearest"], d
+    plain = Int8Session(loaded.tflite_converter, calib, "int8", "mse+bias").model
+    assert _ops(session.model) == _ops(plain)  # the quantizer's own model, other weights
+    engine.check_full_integer(session.model, "int8")
+    ref = loaded.predict(held)
+    assert verify.agreement(ref, TFLiteModel(session.model).predict(held)) >= 95.0
+
+
+def test_learned_weights_sit_on_the_quantizers_grid(tiny):
+    """Each written weight is an int8 step times the channel's scale, so the quantizer keeps it exactly."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    loaded, calib, _ = tiny
+    session = Int8Session(loaded.tflite_converter, calib, "int8", "mse+learned", config=QuantOptConfig(**FAST))
+    graph = qg.Graph(session.calibrated())
+    m = flatbuffer_utils.convert_bytearray_to_object(bytearray(session.model))
+    quantized = {}
+    for op in m.subgraphs[0].operators:
+        if qg.op_code(m, op) in qg.WEIGHT_OPS:
+            t = m.subgraphs[0].tensors[op.inputs[1]]
+            q = np.frombuffer(bytes(m.buffers[t.buffer].data), np.int8).reshape(tuple(t.shape)).astype(np.float64)
+            quantized[t.name] = q * np.asarray(t.quantization.scale).reshape((-1,) + (1,) * (q.ndim - 1))
+    layers = graph.weight_layers(True, True)
+    assert layers
+    for layer in layers:
+        w = graph.const(layer.w)
+        match = [q for q in quantized.values() if q.shape == w.shape and np.allclose(q, w, atol=1e-6)]
+        assert match, graph.sg.tensors[layer.w].name
+
+
+def _more_samples(calib, held, n=200):
+    """``n`` samples (the tiny sets hold 180): flipped copies fill up the rest."""
+    x = np.concatenate([calib, held, calib[:, :, ::-1]])
+    return x[:n]
+
+
+def test_auto_scores_on_held_out_samples_and_is_deterministic_for_a_seed(tiny):
+    loaded, calib, held = tiny
+    x = _more_samples(calib, held)
+    runs = [Int8Session(loaded.tflite_converter, x, "int8", "auto", config=QuantOptConfig(seed=3, **FAST))
+            for _ in range(2)]
+    a, b = (r.choice for r in runs)
+    assert a.held_out == len(x) // choice.HELD_EVERY and a.fit == len(x) - a.held_out
+    assert [s.method for s in a.scored] == list(choice.CANDIDATES)
+    assert a.winner == b.winner == runs[0].method.name
+    assert [s.agreement for s in a.scored] == [s.agreement for s in b.scored]
+    best = max(a.scored, key=lambda s: (s.agreement, s.sqnr_db))
+    assert best.method == a.winner and a.margin >= 0
+    assert runs[0].model == runs[1].model  # the same model, bit for bit
+    # the kept model is the one that was scored: quantized from the four fifths not held out
+    fit = np.setdiff1d(np.arange(len(x)), np.arange(choice.HELD_EVERY - 1, len(x), choice.HELD_EVERY))
+    alone = Int8Session(loaded.tflite_converter, x[fit], "int8", a.winner, config=QuantOptConfig(seed=3, **FAST))
+    assert alone.model == runs[0].model
+    record = a.to_dict()
+    assert record["winner"] == a.winner and len(record["scored"]) == 3
+
+
+def test_auto_falls_back_with_too_few_samples_and_skips_costly_methods_on_big_models(tiny, monkeypatch):
+    loaded, calib, held = tiny
+    few = Int8Session(loaded.tflite_converter, calib[:50], "int8", "auto")
+    assert few.choice.winner == choice.FALLBACK == few.method.name and not few.choice.scored
+    assert "too few" in few.choice.note
+    monkeypatch.setattr(get_method("mse+learned"), "max_choice_macs", 1.0)
+    picked = Int8Session(loaded.tflite_converter, _more_samples(calib, held), "int8", "auto")
+    assert [s.method for s in picked.choice.scored] == ["mse+bias", "mse+gptq"]
+    assert picked.choice.skipped[0][0] == "mse+learned" and "multiply-accumulates" in picked.choice.skipped[0][1]
+    monkeypatch.setattr(get_method("mse+gptq"), "max_choice_macs", 1.0)
+    alone = Int8Session(loaded.tflite_converter, _more_samples(calib, held), "int8", "auto")
+    assert alone.method.name == "mse+bias" and alone.choice.fit == 200 and not alone.choice.scored
+    assert "nothing to compare" in alone.choice.note
+    plain = Int8Session(loaded.tflite_converter, _more_samples(calib, held), "int8", "mse+bias")
+    assert alone.model == plain.model  # a big model's default costs what mse+bias costs
+
+
+@pytest.fixture(scope="module")
+def pooled_model(tmp_path_factory):
+    """conv -> ReLU -> AveragePooling2D over the whole 16x16 map -> dense: the MLPerf ResNet-8's classifier head."""
+    from edgeresnet._util import tf as _tf
+    from edgeresnet.host.models.loading import load_model
+
+    keras = _tf.tf_keras()
+    keras.utils.set_random_seed(0)
+    x = inp = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(x)
+    x = keras.layers.AveragePooling2D(pool_size=16)(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(4)(x)  # logits: the pooled features' int8 error shows undamped
+    path = tmp_path_factory.mktemp("pool") / "pool.h5"
+    keras.Model(inp, x).save(path)
+    return load_model(path)
+
+
+def test_whole_input_average_pool_becomes_mean_and_int8_gets_closer_to_float(pooled_model, tiny, monkeypatch):
+    _, calib, held = tiny
+    ref = pooled_model.predict(held)
+    model = Int8Session(pooled_model.tflite_converter, calib, "int8", "mse+bias").model
+    assert qg.MEAN in _ops(model) and qg.AVERAGE_POOL_2D not in _ops(model)
+    monkeypatch.setattr(engine, "global_pools_as_mean", lambda graph: [])
+    kept = Int8Session(pooled_model.tflite_converter, calib, "int8", "mse+bias").model
+    assert qg.AVERAGE_POOL_2D in _ops(kept)
+    sqnr = {name: verify.sqnr_db(ref, TFLiteModel(m).predict(held)) for name, m in (("mean", model), ("pool", kept))}
+    assert sqnr["mean"] > sqnr["pool"] + 1.0, sqnr  # measured: 41.8 against 40.2 dB
