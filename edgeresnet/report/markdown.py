@@ -206,6 +206,19 @@ def _memory_lines(mem: Optional[dict]) -> list[str]:
     return [line]
 
 
+def choice_text(quantization: dict) -> str:
+    """What ``--int8-method auto`` scored and kept, in one sentence."""
+    c = quantization["choice"]
+    if not c["scored"]:
+        return f"int8 method {c['winner']}: {c.get('note', '')}"
+    scores = ", ".join(f"{s['method']} {s['agreement']:.1f} % ({s['sqnr_db']:.1f} dB, {s['seconds']:.1f} s)"
+                       for s in c["scored"])
+    text = (f"int8 method {c['winner']} kept by auto: agreement with the float model on {c['held_out']} held-out "
+            f"calibration images (calibrated on the other {c['fit']}): {scores}; ahead by {c['margin']:.1f} pts")
+    skipped = "; ".join(f"{s['method']} not tried: {s['why']}" for s in c["skipped"])
+    return text + (f"; {skipped}" if skipped else "")
+
+
 def _variant_lines(v: dict) -> list[str]:
     """What the table cannot say about one variant: errors, recovery, worst layers, check results."""
     lines = []
@@ -220,6 +233,8 @@ def _variant_lines(v: dict) -> list[str]:
             f"SQNR {fmt_number(own.get('sqnr_db'), '.1f')} dB: the conversion's error alone (the table's drop and "
             "agreement are against the unpruned float model: pruning, fine-tuning and conversion together)"
         )
+    if (v.get("int8_quantization") or {}).get("choice"):
+        lines.append(f"- `{v['name']}`: {choice_text(v['int8_quantization'])}")
     if v.get("recovered_by"):
         lines.append(f"- `{v['name']}` was over budget; recovered as `{v['recovered_by']}`")
     if v.get("recovery"):

@@ -57,7 +57,7 @@ STATUSES = tuple(s.value for s in Status)
 
 # Optional fields of a variant: written to report.json only when set, in this order.
 OPTIONAL_FIELDS = (
-    "int8_method", "runtimes", "weight_sparsity", "latency", "input_note", "prune",
+    "int8_method", "int8_quantization", "runtimes", "weight_sparsity", "latency", "input_note", "prune",
     "worst_layers", "recovered_by", "recovery", "device", "fine_tune", "suggestion",
 )
 
@@ -81,6 +81,9 @@ class VariantRecord:
     drift: Optional[Drift] = None
     checks: dict = field(default_factory=dict)  # check name -> {ok, blocking, summary, ...} (targets.checks)
     int8_method: Optional[str] = None  # the quantize method of an int8 (or recovered int8+float) model
+    # How that method came to be and what it cost (quantize.choice.quantization_record): asked, seconds,
+    # and for --int8-method auto the methods it scored on held-out calibration samples.
+    int8_quantization: Optional[dict] = None
     runtimes: Optional[dict] = None  # which runtimes take the shipped file (shipping.runtimes)
     weight_sparsity: Optional[float] = None  # share of conv/fc weights stored as zero in the file
     latency: Optional[dict] = None  # bench.BenchResult.to_dict(), when timed
