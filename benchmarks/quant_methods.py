@@ -4,9 +4,10 @@ Measured, not asserted. For each method of the ``edgeresnet.host.quantize`` regi
 pretrained ResNet-8 is converted to full-integer int8 (int8 input/output),
 calibrated on ``--samples`` class-balanced CIFAR-10 training images (one seeded
 draw per ``--seeds`` value), and compared with the Keras float model on the
-1,000 CIFAR-10 test images: top-1 agreement with the float model, top-1
+1,000 CIFAR-10 test images (which no calibration sees): top-1 agreement with the float model, top-1
 accuracy, drop against float, mean squared error and SQNR of the softmax
-outputs, and the conversion time. The MLPerf reference int8 model is listed for scale.
+outputs, and the conversion time; for ``auto``, the method it kept. Each seed draws other
+calibration images and seeds the methods' own sampling. The MLPerf reference int8 model is listed for scale.
 
 ``--resnet50`` also times each method on ResNet-50 (224x224, random weights,
 ``--samples`` CIFAR-10 images resized) against a bare ``TFLiteConverter`` call,
@@ -39,7 +40,7 @@ def resnet8_table(methods, seeds, samples) -> None:
     from edgeresnet.device import verify
     from edgeresnet.device.images import load_images
     from edgeresnet.host.models.loading import load_model
-    from edgeresnet.host.quantize import quantize_int8
+    from edgeresnet.host.quantize import Int8Session, QuantOptConfig
     from edgeresnet.device.runtime import TFLiteModel
 
     root = _data_root()
@@ -54,7 +55,7 @@ def resnet8_table(methods, seeds, samples) -> None:
         f"MLPerf reference int8: agreement {verify.agreement(ref, peer):.1f} %, "
         f"top-1 {verify.topk_accuracy(peer, test.labels):.1f} %\n"
     )
-    header = f"{'method':10s} {'seed':>4s} {'agree %':>8s} {'top-1 %':>8s} {'drop pts':>8s} {'mse e-4':>8s} {'sqnr dB':>8s} {'convert s':>9s}"
+    header = f"{'method':12s} {'seed':>4s} {'agree %':>8s} {'top-1 %':>8s} {'drop pts':>8s} {'mse e-4':>8s} {'sqnr dB':>8s} {'convert s':>9s}"
     print(header)
     print("-" * len(header))
     summary = {}
@@ -64,16 +65,17 @@ def resnet8_table(methods, seeds, samples) -> None:
         x_cal = calib.images.astype(np.float32)
         for method in methods:
             start = time.perf_counter()
-            model = quantize_int8(loaded.tflite_converter, x_cal, "int8", method)
-            seconds = time.perf_counter() - start
+            session = Int8Session(loaded.tflite_converter, x_cal, "int8", method, config=QuantOptConfig(seed=seed))
+            model, seconds = session.model, time.perf_counter() - start
+            kept = f" (kept {session.method.name})" if session.method.name != method else ""
             out = TFLiteModel(model).predict(x_test)
             agree = verify.agreement(ref, out)
             top1 = verify.topk_accuracy(out, test.labels)
             mse = float(np.mean((out - ref) ** 2)) * 1e4
             sqnr = verify.sqnr_db(ref, out)
             summary.setdefault(method, []).append((agree, top1, mse, seconds, sqnr))
-            print(f"{method:10s} {seed:4d} {agree:8.1f} {top1:8.1f} {float_top1 - top1:8.1f} {mse:8.2f} {sqnr:8.2f} "
-                  f"{seconds:9.1f}", flush=True)
+            print(f"{method:12s} {seed:4d} {agree:8.1f} {top1:8.1f} {float_top1 - top1:8.1f} {mse:8.2f} {sqnr:8.2f} "
+                  f"{seconds:9.1f}{kept}", flush=True)
     if len(seeds) > 1:
         print("\nmean over seeds (min agreement, max drop):")
         for method, rows in summary.items():
@@ -81,7 +83,7 @@ def resnet8_table(methods, seeds, samples) -> None:
             worst_a = min(r[0] for r in rows)
             worst_drop = max(float_top1 - r[1] for r in rows)
             print(
-                f"{method:10s} agree {a:5.2f} (min {worst_a:4.1f})  top-1 {t:5.2f}  drop {float_top1 - t:4.2f} "
+                f"{method:12s} agree {a:5.2f} (min {worst_a:4.1f})  top-1 {t:5.2f}  drop {float_top1 - t:4.2f} "
                 f"(max {worst_drop:4.1f})  mse {m:5.2f}  sqnr {q:5.2f} dB  {s:5.1f} s"
             )
 

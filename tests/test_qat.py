@@ -111,7 +111,7 @@ def test_convert_plan_with_prune_and_qat_fine_tunes_the_pruned_model():
     plan = [(v.target.name, v.spec.precision, v.spec.method, v.sparsity, v.qat) for v in _plan(opts)]
     qat = [p for p in plan if p[4]]
     assert qat == [("cpu", "int8", "qat", 0.5, True), ("edgetpu", "int8", "qat", 0.5, True)]  # gpu runs float16
-    assert ("gpu", "fp16", "mse+bias", None, False) in plan
+    assert ("gpu", "fp16", "auto", None, False) in plan
 
 
 # resnet8 (basic blocks, 1x1 projection shortcuts) keeps the quick loop cheap; the deeper ones are slow-marked
