@@ -242,6 +242,27 @@ def test_histogram_grows_its_range_without_losing_counts():
     assert h.vmin == -3.0 and h.vmax == 7.0 and c.min() < -2.5 and c.max() > 6.5
 
 
+def test_histogram_does_not_depend_on_which_samples_come_first():
+    # ReLU-like activations of 128 samples (16,384 values each: never subsampled), the tensor's largest
+    # values in a late sample: fed in batches of 32 in two orders, as the statistics pass may meet them.
+    rng = np.random.default_rng(0)
+    v = np.maximum(rng.standard_t(3, (128, 16_384)), 0).astype(np.float32)
+    v[100, :8] = 9.0 * v.max() * rng.uniform(0.5, 1.0, 8)
+    hists = []
+    for order in (np.arange(128), np.arange(128)[::-1]):
+        h = qs.Histogram(QuantOptConfig().bins)
+        for k in range(0, 128, 32):
+            h.add(v[order[k : k + 32]], 32)
+        hists.append(h)
+    (c1, n1, z1), (c2, n2, z2) = (h.values_and_counts() for h in hists)
+    np.testing.assert_array_equal(c1, c2)  # the same bin edges whatever came first
+    np.testing.assert_allclose(n1, n2)
+    assert z1 == z2 == float(np.sum(v == 0))
+    assert mse.mse_range(hists[0]) == mse.mse_range(hists[1])
+    width = hists[0].r[0] / (hists[0].k)  # bins per side: k
+    assert width <= float(v.max()) / 1024  # never coarser than 2,048 bins over the exact maximum
+
+
 def test_gptq_keeps_the_scale_and_lowers_the_layer_error():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(4000, 24)) @ rng.normal(size=(24, 24))  # correlated inputs

@@ -22,12 +22,15 @@ class QuantOptConfig:
     ``equalize.equalize``), measured on ``equalize_samples`` samples.
     ``learn_samples`` / ``learn_iters`` / ``learn_batch``: the samples, optimisation
     steps per block and samples per step of learned rounding (``mse+learned`` only).
+    ``bins``: histogram bins (both signs); each side's range ends at the power
+    of two above its largest value (``stats.Histogram``), so 4096 bins are
+    never coarser than 2048 over the exact maximum.
     """
 
     stats_samples: Optional[int] = 128
     gptq_samples: int = 128
     gptq_rows: int = 512
-    bins: int = 2048
+    bins: int = 4096
     seed: int = 0
     equalize: bool = True
     equalize_samples: int = 32

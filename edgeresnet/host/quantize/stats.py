@@ -48,12 +48,22 @@ def _write_range(graph: Graph, i: int, lo: float, hi: float) -> None:
     q.max = np.array([hi], np.float32)
 
 
+def _pow2_above(x: float) -> float:
+    """The smallest power of two above ``x`` (and above 1e-8): where a histogram side's range R ends up."""
+    return math.ldexp(1.0, math.frexp(max(float(x), 1e-8))[1])
+
+
 class Histogram:
     """Counts of a tensor's values, both signs, exact zeros apart.
 
-    Each side covers [0, R) in ``bins/2`` equal bins; R is set by the first
-    values added and doubles (merging bin pairs) whenever a larger value
-    arrives, so bin edges stay aligned with 0. Large tensors are subsampled
+    Each side covers [0, R) in ``bins/2`` equal bins; R doubles (merging bin
+    pairs) whenever a larger value arrives, so bin edges stay aligned with 0.
+    Unless given, R starts at the power of two above the first values added,
+    so it ends as the power of two above the largest value whatever the order
+    and batching of the samples: the same values give the same counts (an R
+    taken from the first batch as is gave bin edges, and MSE ranges, that
+    depended on which samples came first), and a bin is at most 2 * max / bins
+    wide. Large tensors are subsampled
     (every ``step``-th run of ``RUN`` consecutive values, each value counting
     for the share it stands for), except their tails (beyond R/4), which are
     always counted in full: the few largest values decide the clipping error.
@@ -95,7 +105,7 @@ class Histogram:
             vmin, vmax = float(v.min()), float(v.max())
         self.vmin, self.vmax = min(self.vmin, vmin), max(self.vmax, vmax)
         if self.r is None:
-            self.r = [max(vmax, 1e-8), max(-vmin, 1e-8)]
+            self.r = [_pow2_above(vmax), _pow2_above(-vmin)]
         if vmax > 0:
             self._grow(0, vmax)
         if vmin < 0:
