@@ -7,7 +7,10 @@ cost. ``auto`` holds out every fifth calibration sample (never the
 whose cost suits the model: ``Method.max_choice_macs``) quantize the model
 from the other samples, runs each int8 model in the interpreter on the
 held-out samples and keeps the one whose top-1 agrees most often with the
-float model's, the higher output SQNR breaking ties. The kept model is the
+float model's; a slower method must agree more often than a cheaper one to be
+kept (the candidates are tried cheapest first, and the first of equals wins:
+a few dozen held-out samples cannot tell finer differences from chance).
+The kept model is the
 one that was scored: it was calibrated on the other four fifths. When only one
 candidate suits the model (a ResNet-50: learned rounding and GPTQ would cost
 minutes), it runs on all samples, as fast as that method alone; with fewer
@@ -28,7 +31,7 @@ from edgeresnet._util.capture import capture_output
 from edgeresnet.host.quantize import graph as g
 from edgeresnet.host.quantize.registry import Method, get_method, register_method
 
-CANDIDATES = ("mse+bias", "mse+gptq", "mse+learned")
+CANDIDATES = ("mse+bias", "mse+gptq", "mse+learned")  # cheapest first
 FALLBACK = "mse+bias"
 HELD_EVERY = 5  # every fifth calibration sample is held out for scoring
 MIN_HELD = 32
@@ -128,7 +131,7 @@ def choose(session, calibrated: bytes, saved_model_names: bool, tick) -> Choice:
         model = session.quantize(edited, io_type=session.io_type)
         scored.append(_score(name, model, x[held], reference, time.perf_counter() - start))
         models[name] = (edited, model, session.details)
-    best = max(scored, key=lambda s: (s.agreement, s.sqnr_db))
+    best = max(scored, key=lambda s: s.agreement)  # the first of equals: the cheapest
     edited, model, details = models[best.method]
     return Choice(best.method, tuple(scored), tuple(skipped), len(held), len(fit), calibrated=edited, model=model,
                   details=details)

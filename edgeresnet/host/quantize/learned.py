@@ -58,7 +58,7 @@ PROPAGATE_BATCH = 64
 class MseLearned(MseBias):
     name = "mse+learned"
     description = "mse ranges and block-wise learned rounding of the weights (slower: seconds to minutes)"
-    max_choice_macs = 150e6
+    max_choice_macs = 50e6
 
     def edit(self, graph, layers, measured, cfg, tick):
         from edgeresnet.host.quantize.engine import spread
