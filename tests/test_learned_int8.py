@@ -72,9 +72,11 @@ def _more_samples(calib, held, n=200):
     return x[:n]
 
 
-def test_auto_scores_on_held_out_samples_and_is_deterministic_for_a_seed(tiny):
+@pytest.mark.slow  # three methods twice, learned rounding among them (30 s)
+def test_auto_scores_on_held_out_samples_and_is_deterministic_for_a_seed(tiny, monkeypatch):
     loaded, calib, held = tiny
     x = _more_samples(calib, held)
+    monkeypatch.setattr(choice, "STOP_AT", 101.0)  # mse+bias agrees everywhere on these: try every method anyway
     runs = [Int8Session(loaded.tflite_converter, x, "int8", "auto", config=QuantOptConfig(seed=3, **FAST))
             for _ in range(2)]
     a, b = (r.choice for r in runs)
@@ -94,20 +96,28 @@ def test_auto_scores_on_held_out_samples_and_is_deterministic_for_a_seed(tiny):
     assert record["winner"] == a.winner and len(record["scored"]) == 3
 
 
-def test_auto_falls_back_with_too_few_samples_and_skips_costly_methods_on_big_models(tiny, monkeypatch):
+def test_auto_stops_when_a_cheap_method_agrees_everywhere_and_falls_back_with_too_few_samples(tiny, monkeypatch):
     loaded, calib, held = tiny
+    x = _more_samples(calib, held)
+    easy = Int8Session(loaded.tflite_converter, x, "int8", "auto")
+    assert [s.method for s in easy.choice.scored] == ["mse+bias"] and easy.choice.scored[0].agreement == 100.0
+    assert [m for m, _ in easy.choice.skipped] == ["mse+gptq", "mse+learned"]
+    assert all("every held-out image" in why for _, why in easy.choice.skipped)
     few = Int8Session(loaded.tflite_converter, calib[:50], "int8", "auto")
     assert few.choice.winner == choice.FALLBACK == few.method.name and not few.choice.scored
     assert "too few" in few.choice.note
+
+
+def test_auto_leaves_costly_methods_to_small_models(tiny, monkeypatch):
+    loaded, calib, held = tiny
+    x = _more_samples(calib, held)
     monkeypatch.setattr(get_method("mse+learned"), "max_choice_macs", 1.0)
-    picked = Int8Session(loaded.tflite_converter, _more_samples(calib, held), "int8", "auto")
-    assert [s.method for s in picked.choice.scored] == ["mse+bias", "mse+gptq"]
-    assert picked.choice.skipped[0][0] == "mse+learned" and "multiply-accumulates" in picked.choice.skipped[0][1]
     monkeypatch.setattr(get_method("mse+gptq"), "max_choice_macs", 1.0)
-    alone = Int8Session(loaded.tflite_converter, _more_samples(calib, held), "int8", "auto")
+    alone = Int8Session(loaded.tflite_converter, x, "int8", "auto")
     assert alone.method.name == "mse+bias" and alone.choice.fit == 200 and not alone.choice.scored
     assert "nothing to compare" in alone.choice.note
-    plain = Int8Session(loaded.tflite_converter, _more_samples(calib, held), "int8", "mse+bias")
+    assert {m for m, why in alone.choice.skipped if "multiply-accumulates" in why} == {"mse+gptq", "mse+learned"}
+    plain = Int8Session(loaded.tflite_converter, x, "int8", "mse+bias")
     assert alone.model == plain.model  # a big model's default costs what mse+bias costs
 
 

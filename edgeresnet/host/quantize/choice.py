@@ -9,7 +9,8 @@ from the other samples, runs each int8 model in the interpreter on the
 held-out samples and keeps the one whose top-1 agrees most often with the
 float model's; a slower method must agree more often than a cheaper one to be
 kept (the candidates are tried cheapest first, and the first of equals wins:
-a few dozen held-out samples cannot tell finer differences from chance).
+a few dozen held-out samples cannot tell finer differences from chance), so
+once one agrees on every held-out sample the slower ones are not tried.
 The kept model is the
 one that was scored: it was calibrated on the other four fifths. When only one
 candidate suits the model (a ResNet-50: learned rounding and GPTQ would cost
@@ -35,6 +36,7 @@ CANDIDATES = ("mse+bias", "mse+gptq", "mse+learned")  # cheapest first
 FALLBACK = "mse+bias"
 HELD_EVERY = 5  # every fifth calibration sample is held out for scoring
 MIN_HELD = 32
+STOP_AT = 100.0  # held-out agreement (%) past which no slower method can be kept: the rest are not tried
 
 
 @register_method
@@ -124,7 +126,12 @@ def choose(session, calibrated: bytes, saved_model_names: bool, tick) -> Choice:
     fit = np.setdiff1d(np.arange(len(x)), held)
     reference = _float_outputs(graph, x[held])
     scored, models = [], {}
-    for name in tried:
+    for k, name in enumerate(tried):
+        if scored and max(s.agreement for s in scored) >= STOP_AT:  # a slower method cannot agree more often
+            best = max(scored, key=lambda s: s.agreement).method
+            skipped += [(rest, f"{best} already agrees with the float model on every held-out image")
+                        for rest in tried[k:]]
+            break
         tick.section(f"calibration images ({name})", len(fit))
         start = time.perf_counter()
         edited = session.edit(calibrated, get_method(name), x[fit], tick, saved_model_names)
