@@ -1,0 +1,155 @@
+"""The search: profile the layers, find each family's sparsity level by cheap probes, build and measure
+the candidates for real, keep the most accurate one inside every budget.
+
+1. The plain int8 model is built and measured first (candidate 0).
+2. Every Conv2D/Dense layer is profiled (:func:`~edgeresnet.host.optimize.candidates.profile_layers`):
+   weights, MACs, and the top-1 points the float model loses when that layer alone is 75 % pruned.
+3. For each family (uniform; allocated with skew 0.5 and 1), the lowest sparsity level that meets the
+   size and download budgets is found by bisection on *probes*: one-shot magnitude pruning with that
+   family's allocation, converted with the fast minmax int8 method, measured (no fine-tuning, seconds
+   each). Without a size budget the levels are LADDER.
+4. Each family's candidate is pruned with fine-tuning on --train, converted with --int8-method, run on
+   --eval in the interpreter and measured (size, download, and latency and memory when budgeted). A
+   candidate that the measurement puts over a size budget is rebuilt RETRY_STEP higher, RETRIES times.
+5. Of all measured candidates, the highest top-1 within every budget wins; ties go to the smaller one.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from edgeresnet.host.optimize.budgets import Budgets, download_bytes
+from edgeresnet.host.optimize.candidates import Candidate, allocate, candidate, one_shot, profile_layers, LayerInfo
+from edgeresnet.host.optimize.evaluate import SearchData, convert_int8, evaluate, held_out, load_search_data
+from edgeresnet.host.optimize.options import OptimizeOptions
+from edgeresnet.host.optimize.state import SearchState
+
+FAMILIES = (("uniform", 0.0), ("allocated", 0.5), ("allocated", 1.0))
+LADDER = (0.5,)  # levels tried when no size or download budget sets one
+MAX_LEVEL = 0.95
+BISECTIONS = 7
+PROBE_MARGIN = 0.985  # probes aim this far under a size budget: fine-tuned weights compress a little differently
+RETRIES = 2
+RETRY_STEP = 0.03
+
+
+def _stage(progress, name: str, unit: str = ""):
+    from edgeresnet.host.pipeline.context import stage_progress
+
+    return stage_progress(progress, name, unit)
+
+
+def layer_profile(opts: OptimizeOptions, data: SearchData, state: SearchState, progress=None) -> list[LayerInfo]:
+    """The layers' weights, MACs and sensitivities (kept in the resume state)."""
+    kept = state.load("profile.json")
+    if kept is not None:
+        return [LayerInfo(**row) for row in kept]
+    x, y = held_out(data, opts.seed)
+    layers = profile_layers(data.loaded.model, x, y, _stage(progress, "profile layers (sensitivity)", "layers"))
+    state.keep("profile.json", [layer.to_dict() for layer in layers])
+    return layers
+
+
+class _Prober:
+    """Size and download of one-shot pruned minmax int8 models, memoised: the cheap stand-in for a candidate."""
+
+    def __init__(self, opts: OptimizeOptions, data: SearchData, layers: list[LayerInfo]):
+        self.opts, self.data, self.layers, self.seen = opts, data, layers, {}
+
+    def __call__(self, level: float, skew: float) -> dict:
+        key = (round(level, 4), skew)
+        if key not in self.seen:
+            model = one_shot(self.data.loaded.model, allocate(self.layers, level, skew))
+            tflite = convert_int8(model, self.opts, self.data.calib, method="minmax")
+            self.seen[key] = {"size": len(tflite), "download": download_bytes(tflite)}
+        return self.seen[key]
+
+
+def _fits(measured: dict, budgets: Budgets, margin: float = 1.0) -> bool:
+    return all(measured[q] <= getattr(budgets, q) * margin for q in ("size", "download") if getattr(budgets, q))
+
+
+def find_level(probe: _Prober, skew: float, budgets: Budgets, progress=None) -> Optional[float]:
+    """The lowest level whose probe meets the size budgets (bisection), or None when MAX_LEVEL does not."""
+    if not _fits(probe(MAX_LEVEL, skew), budgets, PROBE_MARGIN):
+        return None
+    lo, hi = 0.0, MAX_LEVEL
+    for k in range(BISECTIONS):
+        mid = (lo + hi) / 2.0
+        lo, hi = (lo, mid) if _fits(probe(mid, skew), budgets, PROBE_MARGIN) else (mid, hi)
+        if progress is not None:
+            progress(k + 1, BISECTIONS)
+    return round(hi, 3)
+
+
+def plan_candidates(opts, data, layers, progress=None, notify=None) -> list[Candidate]:
+    """One fine-tuned candidate per family at the level the probes chose (or per LADDER level)."""
+    budgets = opts.budgets
+    if not (budgets.size or budgets.download):
+        return [candidate(f, layers, level, skew) for f, skew in FAMILIES for level in LADDER]
+    probe, out = _Prober(opts, data, layers), []
+    for family, skew in FAMILIES:
+        level = find_level(probe, skew, budgets, _stage(progress, f"probe sizes ({family} {skew:g})", "steps"))
+        if level is None:
+            if notify:
+                notify(f"{family} (skew {skew:g}) cannot meet the size budgets even at sparsity {MAX_LEVEL}")
+            continue
+        out.append(candidate(family, layers, level, skew))
+    return out
+
+
+class _Runner:
+    """Evaluates candidates (in this process, or in --jobs processes) and keeps each in the resume state."""
+
+    def __init__(self, opts: OptimizeOptions, data: SearchData, state: SearchState, progress=None):
+        self.opts, self.data, self.state, self.progress = opts, data, state, progress
+
+    def run(self, cands: list[Candidate]) -> list[dict]:
+        todo = [c for c in dict.fromkeys(cands) if self.state.finished(c.key) is None]
+        if self.opts.jobs > 1 and len(todo) > 1:
+            self._parallel(todo)
+        else:
+            for k, c in enumerate(todo):
+                model, record = evaluate(c, self.opts, self.data, _stage(self.progress, f"candidate {k + 1}/{len(todo)}: "
+                                                                     f"fine-tune {c.label}", "steps"))
+                self.state.save(c.key, model, record)
+        return [self.state.finished(c.key) for c in cands]
+
+    def _parallel(self, todo: list[Candidate]) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        from edgeresnet.host.optimize import worker
+
+        with ProcessPoolExecutor(max_workers=min(self.opts.jobs, len(todo)), mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=worker.start, initargs=(self.opts,)) as pool:
+            futures = {pool.submit(worker.evaluate_candidate, c): c for c in todo}
+            tick = _stage(self.progress, f"candidates in {self.opts.jobs} processes", "candidates")
+            for k, done in enumerate(as_completed(futures)):
+                model, record = done.result()
+                self.state.save(futures[done].key, model, record)
+                if tick:
+                    tick(k + 1, len(todo))
+
+
+def search(opts: OptimizeOptions, data: SearchData, state: SearchState, progress=None, notify=None) -> tuple:
+    """(every measured candidate's record, the layer profile)."""
+    runner = _Runner(opts, data, state, progress)
+    records = runner.run([Candidate("int8")])
+    layers = layer_profile(opts, data, state, progress)
+    cands = plan_candidates(opts, data, layers, progress, notify)
+    for _ in range(RETRIES + 1):
+        fresh = runner.run(cands)
+        records += fresh
+        over = [(c, r) for c, r in zip(cands, fresh) if not _fits(r["measured"], opts.budgets)]
+        cands = [candidate(c.family, layers, min(MAX_LEVEL, c.level + RETRY_STEP), c.skew)
+                 for c, _ in over if c.level < MAX_LEVEL]
+        if not cands:
+            break
+        if notify:
+            notify(f"{len(cands)} candidate(s) measured over the size budget; rebuilding {RETRY_STEP} sparser")
+    unique = {r["key"]: r for r in records}
+    return list(unique.values()), layers
+
+
+__all__ = ["search", "load_search_data", "plan_candidates", "find_level", "layer_profile"]
