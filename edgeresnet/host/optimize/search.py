@@ -28,6 +28,7 @@ FAMILIES = (("uniform", 0.0), ("allocated", 0.5), ("allocated", 1.0))
 LADDER = (0.5,)  # levels tried when no size or download budget sets one
 MAX_LEVEL = 0.95
 BISECTIONS = 7
+PROBE_CALIB = 16  # calibration images of a probe: the file's size does not depend on the activation ranges
 PROBE_MARGIN = 0.985  # probes aim this far under a size budget: fine-tuned weights compress a little differently
 RETRIES = 2
 RETRY_STEP = 0.03
@@ -60,7 +61,7 @@ class _Prober:
         key = (round(level, 4), skew)
         if key not in self.seen:
             model = one_shot(self.data.loaded.model, allocate(self.layers, level, skew))
-            tflite = convert_int8(model, self.opts, self.data.calib, method="minmax")
+            tflite = convert_int8(model, self.opts, self.data.calib[:PROBE_CALIB], method="minmax")
             self.seen[key] = {"size": len(tflite), "download": download_bytes(tflite)}
         return self.seen[key]
 
