@@ -143,3 +143,27 @@ def profile_layers(model, x: np.ndarray, y: Optional[np.ndarray], progress=None)
         if progress is not None:
             progress(k + 1, len(roles))
     return out
+
+
+def probe_model(plain: bytes, layer_sparsity: dict) -> bytes:
+    """The int8 .tflite ``plain`` with each named layer's smallest-magnitude int8 weights set to zero.
+
+    What a model pruned to ``layer_sparsity`` looks like on disk, made in milliseconds: magnitude pruning
+    keeps each layer's largest weights, which also set its per-channel scales, so the surviving int8
+    values are nearly those of the plain model. Weight tensors are found by their Keras layer's name in
+    the tensor name (``model/conv2d_7/Conv2D``)."""
+    from edgeresnet.device.tflite_graph import parse_tflite
+
+    graph = parse_tflite(plain)
+    out = bytearray(plain)
+    for _, tensor in graph.filter_tensors():
+        parts = set(tensor.name.split("/"))
+        share = next((s for name, s in layer_sparsity.items() if name in parts), 0.0)
+        values = graph.const_array(tensor.index)
+        if share <= 0 or values is None or values.dtype != np.int8:
+            continue
+        flat = values.reshape(-1).copy()
+        flat[np.argsort(np.abs(flat.astype(np.int16)), kind="stable")[: int(round(share * flat.size))]] = 0
+        start, length = graph._buffer_spans[tensor.buffer]
+        out[start:start + length] = flat.tobytes()
+    return bytes(out)

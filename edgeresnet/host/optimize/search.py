@@ -5,9 +5,9 @@ the candidates for real, keep the most accurate one inside every budget.
 2. Every Conv2D/Dense layer is profiled (:func:`~edgeresnet.host.optimize.candidates.profile_layers`):
    weights, MACs, and the top-1 points the float model loses when that layer alone is 75 % pruned.
 3. For each family (uniform; allocated with skew 0.5 and 1), the lowest sparsity level that meets the
-   size and download budgets is found by bisection on *probes*: one-shot magnitude pruning with that
-   family's allocation, converted with the fast minmax int8 method, measured (no fine-tuning, seconds
-   each). Without a size budget the levels are LADDER.
+   size and download budgets is found by bisection on *probes*: the plain int8 file with the level's
+   smallest weights zeroed (:func:`~edgeresnet.host.optimize.candidates.probe_model`, milliseconds).
+   Without a size budget the levels are LADDER.
 4. Each family's candidate is pruned with fine-tuning on --train, converted with --int8-method, run on
    --eval in the interpreter and measured (size, download, and latency and memory when budgeted). A
    candidate that the measurement puts over a size budget is rebuilt RETRY_STEP higher, RETRIES times.
@@ -19,16 +19,15 @@ from __future__ import annotations
 from typing import Optional
 
 from edgeresnet.host.optimize.budgets import Budgets, download_bytes
-from edgeresnet.host.optimize.candidates import Candidate, allocate, candidate, one_shot, profile_layers, LayerInfo
-from edgeresnet.host.optimize.evaluate import SearchData, convert_int8, evaluate, held_out, load_search_data
+from edgeresnet.host.optimize.candidates import Candidate, LayerInfo, allocate, candidate, probe_model, profile_layers
+from edgeresnet.host.optimize.evaluate import SearchData, evaluate, held_out, load_search_data
 from edgeresnet.host.optimize.options import OptimizeOptions
 from edgeresnet.host.optimize.state import SearchState
 
 FAMILIES = (("uniform", 0.0), ("allocated", 0.5), ("allocated", 1.0))
 LADDER = (0.5,)  # levels tried when no size or download budget sets one
 MAX_LEVEL = 0.95
-BISECTIONS = 7
-PROBE_CALIB = 16  # calibration images of a probe: the file's size does not depend on the activation ranges
+BISECTIONS = 12
 PROBE_MARGIN = 0.985  # probes aim this far under a size budget: fine-tuned weights compress a little differently
 RETRIES = 2
 RETRY_STEP = 0.03
@@ -52,16 +51,15 @@ def layer_profile(opts: OptimizeOptions, data: SearchData, state: SearchState, p
 
 
 class _Prober:
-    """Size and download of one-shot pruned minmax int8 models, memoised: the cheap stand-in for a candidate."""
+    """Size and download of the plain int8 model with a level's zeros put in (memoised): a candidate's stand-in."""
 
-    def __init__(self, opts: OptimizeOptions, data: SearchData, layers: list[LayerInfo]):
-        self.opts, self.data, self.layers, self.seen = opts, data, layers, {}
+    def __init__(self, plain: bytes, layers: list[LayerInfo]):
+        self.plain, self.layers, self.seen = plain, layers, {}
 
     def __call__(self, level: float, skew: float) -> dict:
         key = (round(level, 4), skew)
         if key not in self.seen:
-            model = one_shot(self.data.loaded.model, allocate(self.layers, level, skew))
-            tflite = convert_int8(model, self.opts, self.data.calib[:PROBE_CALIB], method="minmax")
+            tflite = probe_model(self.plain, allocate(self.layers, level, skew))
             self.seen[key] = {"size": len(tflite), "download": download_bytes(tflite)}
         return self.seen[key]
 
@@ -83,12 +81,12 @@ def find_level(probe: _Prober, skew: float, budgets: Budgets, progress=None) -> 
     return round(hi, 3)
 
 
-def plan_candidates(opts, data, layers, progress=None, notify=None) -> list[Candidate]:
+def plan_candidates(opts, plain: bytes, layers, progress=None, notify=None) -> list[Candidate]:
     """One fine-tuned candidate per family at the level the probes chose (or per LADDER level)."""
     budgets = opts.budgets
     if not (budgets.size or budgets.download):
         return [candidate(f, layers, level, skew) for f, skew in FAMILIES for level in LADDER]
-    probe, out = _Prober(opts, data, layers), []
+    probe, out = _Prober(plain, layers), []
     for family, skew in FAMILIES:
         level = find_level(probe, skew, budgets, _stage(progress, f"probe sizes ({family} {skew:g})", "steps"))
         if level is None:
@@ -138,7 +136,8 @@ def search(opts: OptimizeOptions, data: SearchData, state: SearchState, progress
     runner = _Runner(opts, data, state, progress)
     records = runner.run([Candidate("int8")])
     layers = layer_profile(opts, data, state, progress)
-    cands = plan_candidates(opts, data, layers, progress, notify)
+    plain = state.model_path(Candidate("int8").key).read_bytes()
+    cands = plan_candidates(opts, plain, layers, progress, notify)
     for _ in range(RETRIES + 1):
         fresh = runner.run(cands)
         records += fresh
