@@ -11,7 +11,7 @@ The uniform variants (one sparsity for every body layer, stem and classifier den
 table compares optimize's choice with the most accurate uniform variant of no larger zlib size (resp.
 latency). Prints the search time of each optimize run.
 
-    python benchmarks/optimize_resnet8.py [--epochs 3] [--uniform 0.3 0.5 0.6 0.65 0.7 0.75] [--results]
+    python benchmarks/optimize_resnet8.py [--epochs 3] [--uniform 0.3 0.5 0.7 0.75] [--results]
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from edgeresnet.host.optimize import Budgets, OptimizeOptions  # noqa: E402
 from edgeresnet.host.optimize.budgets import measure  # noqa: E402
 from edgeresnet.host.optimize.candidates import candidate  # noqa: E402
 from edgeresnet.host.optimize.evaluate import convert_int8, evaluate, load_search_data  # noqa: E402
+from edgeresnet.host.optimize.result import markdown  # noqa: E402
 from edgeresnet.host.optimize.run import run_optimize  # noqa: E402
 from edgeresnet.host.optimize.candidates import LayerInfo  # noqa: E402
 
@@ -55,7 +56,7 @@ def _compare(title, q, chosen, uniform, seconds):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--uniform", type=float, nargs="+", default=[0.3, 0.5, 0.6, 0.65, 0.7, 0.75])
+    ap.add_argument("--uniform", type=float, nargs="+", default=[0.3, 0.5, 0.7, 0.75])
     ap.add_argument("--jobs", type=int, default=1)
     args = ap.parse_args()
     model = str(DATA / "mlperf-tiny-resnet8" / "pretrainedResnet.h5")
@@ -87,6 +88,8 @@ def main():
         result, seconds = results[q]
         others = [r for r in result.candidates if r["settings"]["family"] == "uniform"]
         _compare(f"{q} budget", q, result.chosen, uniform + others, seconds)
+        print("\nevery candidate of the search:\n")
+        print("\n".join(line for line in markdown(result).splitlines() if line.startswith("|")))
     print("\nuniform variants measured: " + ", ".join(f"{u['label']} {u['score']:.2f} % "
                                                          f"({u['measured']['download']:,} B, {u['measured']['latency']:.3f} ms)"
                                                          for u in uniform))

@@ -46,6 +46,8 @@ class Candidate:
     level: float = 0.0  # share of the body's weights pruned (the uniform sparsity with as many zeros)
     skew: float = 0.0
     layer_sparsity: tuple = ()  # ((layer name, sparsity), ...)
+    clusters: int = 0  # > 0: every layer but the stem clustered to this many values (zeros kept apart)
+    clustered: tuple = ()  # the layers clustered
 
     @property
     def key(self) -> str:
@@ -59,11 +61,16 @@ class Candidate:
             return "int8 (no pruning)"
         if self.family == "uniform":
             return f"uniform {self.level:.2f}"
+        if self.family == "clustered":
+            return f"{self.clusters} clusters + uniform {self.level:.2f}"
         return f"allocated {self.level:.2f} (skew {self.skew:g})"
 
     def to_dict(self) -> dict:
-        return {"family": self.family, "level": round(self.level, 4), "skew": self.skew,
-                "layer_sparsity": {name: round(s, 4) for name, s in self.layer_sparsity}}
+        out = {"family": self.family, "level": round(self.level, 4), "skew": self.skew,
+               "layer_sparsity": {name: round(s, 4) for name, s in self.layer_sparsity}}
+        if self.clusters:
+            out.update(clusters=self.clusters, clustered=list(self.clustered))
+        return out
 
 
 def allocate(layers: list[LayerInfo], level: float, skew: float, cap: float = MAX_LAYER_SPARSITY) -> dict:
@@ -88,11 +95,13 @@ def allocate(layers: list[LayerInfo], level: float, skew: float, cap: float = MA
     return {layer.name: float(min(cap, hi * ratio[layer.name])) for layer in layers}
 
 
-def candidate(family: str, layers: list[LayerInfo], level: float, skew: float = 0.0) -> Candidate:
+def candidate(family: str, layers: list[LayerInfo], level: float, skew: float = 0.0, clusters: int = 0) -> Candidate:
     if family == "int8":
         return Candidate("int8")
     shares = allocate(layers, level, skew)
-    return Candidate(family, round(level, 4), skew, tuple((n, round(s, 4)) for n, s in shares.items()))
+    clustered = tuple(layer.name for layer in layers if layer.role != "stem") if clusters else ()
+    return Candidate(family, round(level, 4), skew, tuple((n, round(s, 4)) for n, s in shares.items()), clusters,
+                     clustered)
 
 
 def one_shot(model, layer_sparsity: dict):
@@ -145,7 +154,7 @@ def profile_layers(model, x: np.ndarray, y: Optional[np.ndarray], progress=None)
     return out
 
 
-def probe_model(plain: bytes, layer_sparsity: dict) -> bytes:
+def probe_model(plain: bytes, layer_sparsity: dict, clusters: int = 0, clustered: tuple = ()) -> bytes:
     """The int8 .tflite ``plain`` with each named layer's smallest-magnitude int8 weights set to zero.
 
     What a model pruned to ``layer_sparsity`` looks like on disk, made in milliseconds: magnitude pruning
@@ -160,10 +169,24 @@ def probe_model(plain: bytes, layer_sparsity: dict) -> bytes:
         parts = set(tensor.name.split("/"))
         share = next((s for name, s in layer_sparsity.items() if name in parts), 0.0)
         values = graph.const_array(tensor.index)
-        if share <= 0 or values is None or values.dtype != np.int8:
+        if (share <= 0 and not clusters) or values is None or values.dtype != np.int8:
             continue
         flat = values.reshape(-1).copy()
         flat[np.argsort(np.abs(flat.astype(np.int16)), kind="stable")[: int(round(share * flat.size))]] = 0
+        layer = next((name for name in clustered if name in parts), None)
+        if clusters and layer is not None and tensor.quantization is not None:
+            flat = _clustered_int8(flat.reshape(values.shape), np.asarray(tensor.quantization.scale), clusters)
         start, length = graph._buffer_spans[tensor.buffer]
         out[start:start + length] = flat.tobytes()
     return bytes(out)
+
+
+def _clustered_int8(q: np.ndarray, scale: np.ndarray, clusters: int) -> np.ndarray:
+    """Per-channel int8 weights ``q`` (output channel first) clustered as floats and quantized again."""
+    from edgeresnet.host.training.clustering import assignments, snap
+
+    shape = (-1,) + (1,) * (q.ndim - 1)
+    w = q.astype(np.float64) * scale.reshape(shape)
+    w = snap(w, assignments(w, clusters))
+    top = np.abs(w).reshape(q.shape[0], -1).max(axis=1).reshape(shape) / 127.0
+    return np.clip(np.round(w / np.where(top > 0, top, 1.0)), -127, 127).astype(np.int8).reshape(-1)

@@ -94,7 +94,9 @@ def score(model: bytes, data: SearchData) -> dict:
 
 
 def fine_tune(cand: Candidate, opts: OptimizeOptions, data: SearchData, progress=None):
-    """The candidate's pruned, fine-tuned tf_keras model (the float model itself for the plain int8 one)."""
+    """The candidate's pruned (or clustered), fine-tuned tf_keras model (the float model for the plain int8 one)."""
+    if cand.clusters:
+        return _clustered(cand, opts, data, progress), None
     if not cand.layer_sparsity:
         return data.loaded.model, None
     from edgeresnet.host.training.prune import DEFAULT_LEARNING_RATE, PruneConfig, prune_model
@@ -108,6 +110,19 @@ def fine_tune(cand: Candidate, opts: OptimizeOptions, data: SearchData, progress
     return result.model, result
 
 
+def _clustered(cand: Candidate, opts: OptimizeOptions, data: SearchData, progress=None):
+    """Pruned in one shot to the candidate's sparsity, clustered, then fine-tuned keeping zeros and clusters."""
+    from edgeresnet.host.optimize.candidates import one_shot
+    from edgeresnet.host.training.clustering import ClusterConfig, cluster_model
+    from edgeresnet.host.training.prune import DEFAULT_LEARNING_RATE
+
+    config = ClusterConfig(cand.clusters, epochs=opts.epochs, batch_size=opts.batch_size,
+                           learning_rate=opts.learning_rate or DEFAULT_LEARNING_RATE, seed=opts.seed,
+                           strategy=opts.strategy, layers=cand.clustered)
+    model, _ = cluster_model(one_shot(data.loaded.model, dict(cand.layer_sparsity)), config, data.train, progress)
+    return model
+
+
 def evaluate(cand: Candidate, opts: OptimizeOptions, data: SearchData, progress=None) -> tuple[bytes, dict]:
     """(the candidate's .tflite, its record: settings, measured quantities, score, seconds)."""
     started = time.perf_counter()
@@ -119,7 +134,7 @@ def evaluate(cand: Candidate, opts: OptimizeOptions, data: SearchData, progress=
         "measured": measure(tflite, opts.budgets, opts.threads, opts.bench_repeats),
         **score(tflite, data),
         "keras_sparsity": None if pruned is None else round(pruned.keras_sparsity, 4),
-        "fine_tuned_epochs": 0 if pruned is None else opts.epochs,
+        "fine_tuned_epochs": 0 if cand.family == "int8" else opts.epochs,
         "seconds": {"fine_tune": round(tuned - started, 1), "total": round(time.perf_counter() - started, 1)},
     }
     return tflite, record

@@ -24,7 +24,8 @@ from edgeresnet.host.optimize.evaluate import SearchData, evaluate, held_out, lo
 from edgeresnet.host.optimize.options import OptimizeOptions
 from edgeresnet.host.optimize.state import SearchState
 
-FAMILIES = (("uniform", 0.0), ("allocated", 0.5), ("allocated", 1.0))
+# (family, skew, clusters): uniform sparsity; sensitivity-allocated sparsity; clustering on top of uniform sparsity
+FAMILIES = (("uniform", 0.0, 0), ("allocated", 0.5, 0), ("clustered", 0.0, 16), ("clustered", 0.0, 8))
 LADDER = (0.5,)  # levels tried when no size or download budget sets one
 MAX_LEVEL = 0.95
 BISECTIONS = 12
@@ -56,10 +57,11 @@ class _Prober:
     def __init__(self, plain: bytes, layers: list[LayerInfo]):
         self.plain, self.layers, self.seen = plain, layers, {}
 
-    def __call__(self, level: float, skew: float) -> dict:
-        key = (round(level, 4), skew)
+    def __call__(self, level: float, skew: float, clusters: int = 0) -> dict:
+        key = (round(level, 4), skew, clusters)
         if key not in self.seen:
-            tflite = probe_model(self.plain, allocate(self.layers, level, skew))
+            clustered = tuple(layer.name for layer in self.layers if layer.role != "stem")
+            tflite = probe_model(self.plain, allocate(self.layers, level, skew), clusters, clustered)
             self.seen[key] = {"size": len(tflite), "download": download_bytes(tflite)}
         return self.seen[key]
 
@@ -68,14 +70,16 @@ def _fits(measured: dict, budgets: Budgets, margin: float = 1.0) -> bool:
     return all(measured[q] <= getattr(budgets, q) * margin for q in ("size", "download") if getattr(budgets, q))
 
 
-def find_level(probe: _Prober, skew: float, budgets: Budgets, progress=None) -> Optional[float]:
+def find_level(probe: _Prober, skew: float, budgets: Budgets, progress=None, clusters: int = 0) -> Optional[float]:
     """The lowest level whose probe meets the size budgets (bisection), or None when MAX_LEVEL does not."""
-    if not _fits(probe(MAX_LEVEL, skew), budgets, PROBE_MARGIN):
+    if not _fits(probe(MAX_LEVEL, skew, clusters), budgets, PROBE_MARGIN):
         return None
+    if _fits(probe(0.0, skew, clusters), budgets, PROBE_MARGIN):
+        return 0.0
     lo, hi = 0.0, MAX_LEVEL
     for k in range(BISECTIONS):
         mid = (lo + hi) / 2.0
-        lo, hi = (lo, mid) if _fits(probe(mid, skew), budgets, PROBE_MARGIN) else (mid, hi)
+        lo, hi = (lo, mid) if _fits(probe(mid, skew, clusters), budgets, PROBE_MARGIN) else (mid, hi)
         if progress is not None:
             progress(k + 1, BISECTIONS)
     return round(hi, 3)
@@ -85,15 +89,16 @@ def plan_candidates(opts, plain: bytes, layers, progress=None, notify=None) -> l
     """One fine-tuned candidate per family at the level the probes chose (or per LADDER level)."""
     budgets = opts.budgets
     if not (budgets.size or budgets.download):
-        return [candidate(f, layers, level, skew) for f, skew in FAMILIES for level in LADDER]
+        return [candidate(f, layers, level, skew, n) for f, skew, n in FAMILIES for level in LADDER]
     probe, out = _Prober(plain, layers), []
-    for family, skew in FAMILIES:
-        level = find_level(probe, skew, budgets, _stage(progress, f"probe sizes ({family} {skew:g})", "steps"))
+    for family, skew, n in FAMILIES:
+        name = f"{family} (skew {skew:g})" if family == "allocated" else f"{family} ({n})" if n else family
+        level = find_level(probe, skew, budgets, _stage(progress, f"probe sizes: {name}", "steps"), n)
         if level is None:
             if notify:
-                notify(f"{family} (skew {skew:g}) cannot meet the size budgets even at sparsity {MAX_LEVEL}")
+                notify(f"{name} cannot meet the size budgets even at sparsity {MAX_LEVEL}")
             continue
-        out.append(candidate(family, layers, level, skew))
+        out.append(candidate(family, layers, level, skew, n))
     return out
 
 
@@ -142,7 +147,7 @@ def search(opts: OptimizeOptions, data: SearchData, state: SearchState, progress
         fresh = runner.run(cands)
         records += fresh
         over = [(c, r) for c, r in zip(cands, fresh) if not _fits(r["measured"], opts.budgets)]
-        cands = [candidate(c.family, layers, min(MAX_LEVEL, c.level + RETRY_STEP), c.skew)
+        cands = [candidate(c.family, layers, min(MAX_LEVEL, c.level + RETRY_STEP), c.skew, c.clusters)
                  for c, _ in over if c.level < MAX_LEVEL]
         if not cands:
             break
