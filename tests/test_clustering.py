@@ -56,3 +56,26 @@ def test_clustered_fine_tuned_model_has_at_most_n_values_per_channel_in_the_tfli
     ev = load_images(tiny_data["eval"], (16, 16, 3))
     top1 = float(np.mean(TFLiteModel(data).predict(unit.apply(ev.images)).argmax(-1) == ev.labels))
     assert top1 > 0.5  # 4 classes: it still classifies
+
+
+@pytest.mark.slow
+def test_convert_cluster_n_emits_at_most_n_values_per_channel(run_cli, tiny_model_h5, tiny_data, tmp_path):
+    from edgeresnet.device.tflite_graph import parse_tflite
+
+    out = tmp_path / "out"
+    code, _, err = run_cli(["convert", tiny_model_h5, "--int8", "--int8-method", "minmax", "--preset", "unit",
+                            "--calib", tiny_data["calib"], "--calib-samples", "32", "--eval", tiny_data["eval"],
+                            "--train", tiny_data["calib"], "--cluster", "4", "--epochs", "1", "--out", out])
+    assert code == 0, err
+    assert "clustered" in err and "at most 4 values" in err
+    (model,) = out.glob("*.tflite")
+    graph = parse_tflite(model.read_bytes())
+    weights = [graph.const_array(t.index) for _, t in graph.filter_tensors()]
+    assert max(len(np.unique(w[0])) for w in weights[1:]) <= 4  # every layer but the stem
+    assert len(np.unique(weights[0])) > 4
+
+
+def test_cluster_with_qat_is_refused_before_any_work(run_cli, tiny_model_h5, tiny_data, tmp_path):
+    code, _, err = run_cli(["convert", tiny_model_h5, "--int8", "--calib", tiny_data["calib"], "--train",
+                            tiny_data["calib"], "--cluster", "4", "--qat", "--out", tmp_path / "o"])
+    assert code == 2 and "--cluster" in err and "Traceback" not in err and not (tmp_path / "o").exists()

@@ -39,10 +39,10 @@ class ClusterConfig:
     clusters: int
     epochs: int = 3
     batch_size: int = 64
-    learning_rate: float = 1e-4
+    learning_rate: float = 3e-4
     seed: int = 0
     strategy: str = "auto"
-    layers: Optional[tuple] = None  # names of the layers to cluster; None: every Conv2D/Dense layer
+    layers: Optional[tuple] = None  # names of the layers to cluster; None: every Conv2D/Dense layer but the stem
 
     def __post_init__(self):
         whole_number("--cluster", self.clusters, 2)
@@ -99,7 +99,12 @@ def _layers(model, config: ClusterConfig) -> list:
     keras = _tf.tf_keras()
     kinds = (keras.layers.Conv2D, keras.layers.Dense)
     chosen = [layer for layer in model.layers if isinstance(layer, kinds) and not isinstance(layer, keras.layers.Conv2DTranspose)]
-    if config.layers is not None:
+    if config.layers is None:  # the stem (first convolution) is tiny and the most sensitive: left as it is
+        from edgeresnet.host.training.prune_plan import layer_roles
+
+        roles = layer_roles(model, keras)
+        chosen = [layer for layer in chosen if roles.get(layer.name) != "stem"]
+    else:
         known = {layer.name for layer in chosen}
         unknown = sorted(set(config.layers) - known)
         if unknown:
