@@ -11,7 +11,7 @@ The uniform variants (one sparsity for every body layer, stem and classifier den
 table compares optimize's choice with the most accurate uniform variant of no larger zlib size (resp.
 latency). Prints the search time of each optimize run.
 
-    python benchmarks/optimize_resnet8.py [--epochs 3] [--uniform 0.3 0.5 0.7 0.75] [--results]
+    python benchmarks/optimize_resnet8.py [--epochs 3] [--uniform 0.3 0.5 0.62 0.66 0.7] [--results]
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def _compare(title, q, chosen, uniform, seconds):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--uniform", type=float, nargs="+", default=[0.3, 0.5, 0.7, 0.75])
+    ap.add_argument("--uniform", type=float, nargs="+", default=[0.3, 0.5, 0.62, 0.66, 0.7])
     ap.add_argument("--jobs", type=int, default=1)
     args = ap.parse_args()
     model = str(DATA / "mlperf-tiny-resnet8" / "pretrainedResnet.h5")

@@ -24,8 +24,13 @@ from edgeresnet.host.optimize.evaluate import SearchData, evaluate, held_out, lo
 from edgeresnet.host.optimize.options import OptimizeOptions
 from edgeresnet.host.optimize.state import SearchState
 
-# (family, skew, clusters): uniform sparsity; sensitivity-allocated sparsity; clustering on top of uniform sparsity
-FAMILIES = (("uniform", 0.0, 0), ("allocated", 0.5, 0), ("clustered", 0.0, 16), ("clustered", 0.0, 8))
+# (family, skew, clusters): uniform sparsity; sensitivity-allocated sparsity; clustering (BY_BUDGET: the most
+# clusters that meet the size budgets without pruning, else CLUSTERS_WITH_PRUNING clusters on uniform sparsity)
+BY_BUDGET = -1
+FAMILIES = (("uniform", 0.0, 0), ("allocated", 0.5, 0), ("clustered", 0.0, BY_BUDGET))
+CLUSTER_CHOICES = (32, 24, 16, 12, 10, 8, 6, 4)
+CLUSTERS_WITH_PRUNING = 8
+CLUSTERS_WITHOUT_BUDGET = 16
 LADDER = (0.5,)  # levels tried when no size or download budget sets one
 MAX_LEVEL = 0.95
 BISECTIONS = 12
@@ -89,9 +94,13 @@ def plan_candidates(opts, plain: bytes, layers, progress=None, notify=None) -> l
     """One fine-tuned candidate per family at the level the probes chose (or per LADDER level)."""
     budgets = opts.budgets
     if not (budgets.size or budgets.download):
-        return [candidate(f, layers, level, skew, n) for f, skew, n in FAMILIES for level in LADDER]
+        return [candidate(f, layers, 0.0, skew, CLUSTERS_WITHOUT_BUDGET) if n == BY_BUDGET else
+                candidate(f, layers, level, skew, n) for f, skew, n in FAMILIES for level in LADDER]
     probe, out = _Prober(plain, layers), []
     for family, skew, n in FAMILIES:
+        if n == BY_BUDGET:
+            n = next((k for k in CLUSTER_CHOICES if _fits(probe(0.0, skew, k), budgets, PROBE_MARGIN)),
+                     CLUSTERS_WITH_PRUNING)
         name = f"{family} (skew {skew:g})" if family == "allocated" else f"{family} ({n})" if n else family
         level = find_level(probe, skew, budgets, _stage(progress, f"probe sizes: {name}", "steps"), n)
         if level is None:
