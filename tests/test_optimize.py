@@ -156,17 +156,19 @@ def test_impossible_budget_names_the_closest_then_a_resumed_search_meets_a_real_
 
 
 @pytest.mark.slow
-def test_per_layer_sparsity_reaches_the_tflite_and_memory_and_latency_are_measured(
+def test_per_layer_sparsity_reaches_the_tflite_and_memory_and_latency_are_measured_with_jobs_2(
         run_cli, tiny_model_h5, tiny_data, tmp_path):
     from edgeresnet.device.peak_memory import peak_memory
     from edgeresnet.device.sparsity import tflite_weight_sparsity
 
     out = tmp_path / "opt"
     code, _, err = run_cli(["optimize", tiny_model_h5, "--train", tiny_data["calib"], "--eval", tiny_data["eval"],
-                            "--out", out, *TINY, "--max-latency", "1000", "--max-memory", 2**30, "--threads", "1"])
+                            "--out", out, *TINY, "--max-latency", "1000", "--max-memory", 2**30, "--threads", "1",
+                            "--jobs", "2"])
     assert code == 0, err
     summary = json.loads((out / "optimize.json").read_text())
     allocated = [c for c in summary["candidates"] if c["settings"]["family"] == "allocated"]
+    assert {c["settings"]["family"] for c in summary["candidates"]} == {"int8", "uniform", "allocated", "clustered"}
     assert allocated and all("latency" in c["measured"] and "memory" in c["measured"] for c in summary["candidates"])
     # a front model's zeros are where its settings put them: a per-layer spread, not one sparsity
     for c in allocated:
@@ -176,3 +178,9 @@ def test_per_layer_sparsity_reaches_the_tflite_and_memory_and_latency_are_measur
             fractions = sorted(round(op["fraction"], 2) for op in ops if op["fraction"] > 0)
             assert len(set(fractions)) > 1
             assert peak_memory(path.read_bytes(), 1) > 0
+
+
+def test_a_multiworker_cluster_is_refused_with_what_to_do(run_cli, tiny_model_h5, tiny_data, tmp_path):
+    code, _, err = run_cli(["optimize", tiny_model_h5, "--train", tiny_data["calib"], "--eval", tiny_data["eval"],
+                            "--max-size", "100000", "--strategy", "multiworker", "--out", tmp_path / "o"])
+    assert code == 2 and "one machine" in err and "--strategy one" in err and not (tmp_path / "o").exists()

@@ -27,7 +27,10 @@ def run_optimize(opts: OptimizeOptions, progress=None, notify=None) -> OptimizeR
     require_host("optimize")
     from edgeresnet.host.models.loading import check_model_path
 
+    from edgeresnet.host.training.clustering import refuse_multiworker
+
     notify = notify or (lambda message: None)
+    refuse_multiworker(opts.strategy, "optimize")
     check_model_path(opts.model)
     check_output(opts.out, opts.overwrite, _inputs(opts))
     started = time.perf_counter()

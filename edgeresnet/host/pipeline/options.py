@@ -148,6 +148,10 @@ def _check_fine_tuning(o: ConvertOptions) -> None:
         )
     if o.cluster is not None and o.qat is not None:
         raise ConfigError("--cluster with --qat: quantization-aware training would undo the clusters; drop one of them")
+    if o.cluster is not None and o.train is not None:
+        from edgeresnet.host.training.clustering import refuse_multiworker
+
+        refuse_multiworker(o.cluster.strategy, "--cluster")
     if o.int8_method == QAT_METHOD:
         raise ConfigError("qat is not a calibration method for --int8-method; use --qat --train DIR")
 
