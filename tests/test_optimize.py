@@ -184,3 +184,28 @@ def test_a_multiworker_cluster_is_refused_with_what_to_do(run_cli, tiny_model_h5
     code, _, err = run_cli(["optimize", tiny_model_h5, "--train", tiny_data["calib"], "--eval", tiny_data["eval"],
                             "--max-size", "100000", "--strategy", "multiworker", "--out", tmp_path / "o"])
     assert code == 2 and "one machine" in err and "--strategy one" in err and not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_resnet8_at_60_percent_of_the_int8_download_beats_uniform_sparsity(run_cli, shared_data, resnet8_h5, tmp_path):
+    """The acceptance run: the real MLPerf ResNet-8, --train/--eval from the shared CIFAR-10, 3 epochs."""
+    from edgeresnet.device.images import load_images
+    from edgeresnet.device.runtime import TFLiteModel
+
+    train, test = shared_data / "cifar10" / "train", shared_data / "cifar10" / "test"
+    out = tmp_path / "opt"
+    code, _, err = run_cli(["optimize", resnet8_h5, "--train", train, "--eval", test, "--max-download", 47213,
+                            "--out", out])
+    assert code == 0, err
+    summary = json.loads((out / "optimize.json").read_text())
+    plain = next(c for c in summary["candidates"] if c["settings"]["family"] == "int8")
+    assert 47213 == int(0.6 * plain["measured"]["download"])  # the budget is 60 % of the plain int8 model's zlib
+    chosen = next(c for c in summary["candidates"] if c["key"] == summary["chosen"])
+    data = (out / "optimized.tflite").read_bytes()
+    assert len(zlib.compress(data, 9)) == chosen["measured"]["download"] <= 47213
+    ev = load_images(test, (32, 32, 3))
+    pred = TFLiteModel(data).predict(ev.images.astype(np.float32)).argmax(-1)
+    assert 100.0 * float(np.mean(pred == ev.labels)) == pytest.approx(chosen["score"], abs=1e-6)
+    uniform = [c for c in summary["candidates"] if c["settings"]["family"] == "uniform"
+               and c["measured"]["download"] <= chosen["measured"]["download"]]
+    assert uniform and chosen["score"] >= max(u["score"] for u in uniform) + 1.0
