@@ -192,17 +192,23 @@ def test_resnet8_at_60_percent_of_the_int8_download_beats_uniform_sparsity(run_c
     from edgeresnet.device.images import load_images
     from edgeresnet.device.runtime import TFLiteModel
 
+    from edgeresnet.host.optimize.budgets import download_bytes
+    from edgeresnet.host.optimize.evaluate import convert_int8, load_search_data
+
     train, test = shared_data / "cifar10" / "train", shared_data / "cifar10" / "test"
+    opts = OptimizeOptions(model=str(resnet8_h5), train=str(train), eval=str(test), budgets=Budgets(size=1))
+    search_data = load_search_data(opts)
+    budget = int(0.6 * download_bytes(convert_int8(search_data.loaded.model, opts, search_data.calib)))
     out = tmp_path / "opt"
-    code, _, err = run_cli(["optimize", resnet8_h5, "--train", train, "--eval", test, "--max-download", 47213,
+    code, _, err = run_cli(["optimize", resnet8_h5, "--train", train, "--eval", test, "--max-download", budget,
                             "--out", out])
     assert code == 0, err
     summary = json.loads((out / "optimize.json").read_text())
     plain = next(c for c in summary["candidates"] if c["settings"]["family"] == "int8")
-    assert 47213 == int(0.6 * plain["measured"]["download"])  # the budget is 60 % of the plain int8 model's zlib
+    assert budget == int(0.6 * plain["measured"]["download"])  # the same plain int8 model as the search's
     chosen = next(c for c in summary["candidates"] if c["key"] == summary["chosen"])
     data = (out / "optimized.tflite").read_bytes()
-    assert len(zlib.compress(data, 9)) == chosen["measured"]["download"] <= 47213
+    assert len(zlib.compress(data, 9)) == chosen["measured"]["download"] <= budget
     ev = load_images(test, (32, 32, 3))
     pred = TFLiteModel(data).predict(ev.images.astype(np.float32)).argmax(-1)
     assert 100.0 * float(np.mean(pred == ev.labels)) == pytest.approx(chosen["score"], abs=1e-6)
