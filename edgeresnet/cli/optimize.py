@@ -49,7 +49,7 @@ def _run(opts):
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--trust-model-code", is_flag=True, help="Load MODEL even if it carries code (see convert).")
 def optimize(model, max_size, max_download, max_latency, max_memory, max_drop, eval_path, **kw):
-    """Search pruned int8 variants of MODEL for the most accurate one within every budget given.
+    """Search pruned and weight-clustered int8 variants of MODEL for the most accurate one within every budget.
 
     Every candidate is fine-tuned on --train, converted, run on --eval in the
     interpreter and measured; a killed search started again resumes from the
