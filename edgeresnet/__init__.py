@@ -13,6 +13,7 @@ below is an index, each name imported on first use (PEP 562). ``convert`` and
 """
 
 from edgeresnet.errors import (
+    BudgetNotMet,
     ClusterError,
     ConfigError,
     ConversionError,
@@ -37,6 +38,7 @@ __version__ = "0.1.0"
 # name -> the module that defines it, imported on first access.
 _LAZY = {
     "convert": "edgeresnet.api",
+    "optimize": "edgeresnet.api",
     "inspect": "edgeresnet.api",
     "predict": "edgeresnet.api",
     "benchmark": "edgeresnet.api",
@@ -46,9 +48,9 @@ _LAZY = {
 
 # ``report`` is the edgeresnet.report package, which is callable: edgeresnet.report(...) is edgeresnet.api.report.
 __all__ = [
-    "convert", "report", "inspect", "predict", "Classifier", "benchmark", "ConvertOptions",
+    "convert", "report", "optimize", "inspect", "predict", "Classifier", "benchmark", "ConvertOptions",
     "EdgeResNetError", "ClusterError", "ConfigError", "ConversionError", "DataError", "DeviceCheckError",
-    "DriftBudgetExceeded",
+    "DriftBudgetExceeded", "BudgetNotMet",
     "MissingDependencyError", "ModelLoadError", "OutputError", "OutputExistsError", "PruningError", "QATError",
     "TargetError", "TFLiteFileError", "UnsafeModelError", "EdgeResNetWarning",
     "__version__",

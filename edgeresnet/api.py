@@ -130,6 +130,36 @@ def report(
     return run_report(opts, sparsities=sparsities, bench_config=bench_config, progress=progress, notify=notify)
 
 
+def optimize(
+    model: PathLike,
+    *,
+    train: PathLike,
+    eval: PathLike,  # noqa: A002 - the name of the command's option
+    out: PathLike = "edgeresnet-optimize",
+    max_size: Optional[int] = None,
+    max_download: Optional[int] = None,
+    max_latency: Optional[float] = None,
+    max_memory: Optional[int] = None,
+    max_drop: Optional[float] = None,
+    progress: Optional[ProgressFn] = None,
+    notify: Optional[NotifyFn] = None,
+    **options,
+):
+    """The most accurate int8 model of ``model`` within every budget given, as ``edgeresnet optimize``.
+
+    Other keyword arguments are the command's options by their field names (``target``, ``epochs``,
+    ``jobs``, ``threads``, ``overwrite``, ...; see ``OptimizeOptions``). Returns an ``OptimizeResult``
+    (``chosen``, ``candidates``, ``front``, ``why``); raises ``BudgetNotMet`` naming the closest candidate.
+    """
+    from edgeresnet.host.optimize import Budgets, OptimizeOptions
+    from edgeresnet.host.optimize.run import run_optimize
+
+    budgets = Budgets(size=max_size, download=max_download, latency=max_latency, memory=max_memory, drop=max_drop)
+    opts = OptimizeOptions(model=str(model), train=str(train), eval=str(eval), out=str(out), budgets=budgets,
+                           **options)
+    return run_optimize(opts, progress=progress, notify=notify)
+
+
 def inspect(path: Union[PathLike, bytes], *, gpu: bool = True, runtimes: bool = True):
     """Will this .tflite run on cpu / edgetpu / gpu? Ops, tensors, quantization, a verdict per target.
 

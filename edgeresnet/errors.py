@@ -93,6 +93,12 @@ class DriftBudgetExceeded(EdgeResNetError):
     exit_code = EXIT_FAILED
 
 
+class BudgetNotMet(EdgeResNetError):
+    """``optimize``: no measured candidate meets every budget; the message names the closest one."""
+
+    exit_code = EXIT_FAILED
+
+
 class DeviceCheckError(EdgeResNetError):
     """``--device-check`` could not evaluate a model on the device (it crashed, hung or gave no result)."""
 

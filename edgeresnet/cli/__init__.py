@@ -16,6 +16,7 @@ import warnings
 import click
 
 from edgeresnet.cli import device, host
+from edgeresnet.cli.optimize import optimize as _optimize
 from edgeresnet.cli.options import CONTEXT, _fail
 from edgeresnet.errors import (
     EXIT_INTERNAL,
@@ -37,7 +38,7 @@ def cli():
     """
 
 
-for _command in (host.convert, host.report, host.models, device.inspect, device.bench, device.predict, device.eval_):
+for _command in (host.convert, host.report, _optimize, host.models, device.inspect, device.bench, device.predict, device.eval_):
     cli.add_command(_command)
 
 

@@ -39,6 +39,15 @@ def _transfer_config(kw):
     return TransferConfig(seed=kw["seed"], **{k: kw[k] for k in _TRANSFER_KEYS if kw.get(k) is not None})
 
 
+def _cluster_config(kw):
+    """A ClusterConfig when --cluster N is given (fine-tuning options shared with pruning), else None."""
+    if kw.get("cluster") is None:
+        return None
+    from edgeresnet.host.training.clustering import ClusterConfig
+
+    return ClusterConfig(kw["cluster"], seed=kw["seed"], **{k: kw[k] for k in _TRANSFER_KEYS if kw.get(k) is not None})
+
+
 def _qat_config(kw):
     """A QATConfig when --qat is given (the library's rule: it needs --train), else None."""
     if not kw.get("qat"):
@@ -56,7 +65,7 @@ def _prune_config(sparsity, kw, flag):
     """A PruneConfig from the pruning options, or None; pruning options without pruning are an error."""
     given = {cfg: kw[opt] for opt, cfg in _PRUNE_KEYS.items() if kw.get(opt) is not None}
     if sparsity is None:
-        if kw.get("classes") is not None or kw.get("qat"):  # --epochs/--batch-size/--learning-rate/--strategy set those
+        if kw.get("classes") is not None or kw.get("qat") or kw.get("cluster") is not None:  # they take --epochs etc.
             given = {k: v for k, v in given.items() if k not in _TRANSFER_KEYS}
         if given:
             names = ", ".join("--" + k.replace("_", "-") for k in _PRUNE_KEYS if _PRUNE_KEYS[k] in given)
@@ -94,6 +103,7 @@ def _options(model, kw, default_out, **extra):
         input_size=kw["input_size"],
         transfer=_transfer_config(kw),
         qat=_qat_config(kw),
+        cluster=_cluster_config(kw),
         **extra,
     )
 

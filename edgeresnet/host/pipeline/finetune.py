@@ -101,12 +101,26 @@ def _qat(config, base, base_info, train, progress, in_child: bool = False):
     return LoadedModel.from_keras(result.model, base.name + "_qat"), info
 
 
+def _cluster(config, loaded, train, progress, notify):
+    """``loaded`` with its kernels clustered (--cluster N), fine-tuned on ``train`` keeping the clusters when given."""
+    from edgeresnet.host.models.loading import LoadedModel
+    from edgeresnet.host.training.clustering import cluster_model
+
+    loaded.require_tf_keras("--cluster")
+    stage = f"fine-tune clustered model ({config.clusters} clusters)"
+    model, distinct = cluster_model(loaded.model, config, train, stage_progress(progress, stage, "training batches"))
+    how = "fine-tuned on --train" if train is not None and config.epochs else "one-shot, no --train"
+    notify(f"clustered {loaded.name}: at most {max(distinct.values())} values in each of {len(distinct)} layers "
+           f"(the stem left as it is; {how})")
+    return LoadedModel.from_keras(model, loaded.name)
+
+
 def build_models(ctx: RunContext, plan, src: Source) -> dict:
     """The models to convert: the one given, one pruned model per sparsity in the plan (fine-tuned on
     --train when given) and, with --qat, a quantization-aware fine-tuned copy of each (sparsity-preserving
     for pruned ones); each built once. (sparsity, qat) -> (LoadedModel, prune or QAT info)."""
     opts, loaded, progress = ctx.opts, src.loaded, ctx.progress
-    fine_tunes = opts.prune is not None or opts.qat is not None
+    fine_tunes = opts.prune is not None or opts.qat is not None or opts.cluster is not None
     train = load_train(opts, loaded, src.preset, src.names) if fine_tunes else None
     models: dict = {}
     for sparsity, qat in dict.fromkeys(v.model_key for v in plan):
@@ -121,6 +135,8 @@ def build_models(ctx: RunContext, plan, src: Source) -> dict:
 
             config = replace(opts.prune, sparsity=sparsity) if opts.prune else PruneConfig(sparsity=sparsity)
             model, info = _prune(config, loaded, train, progress, ctx.notify, train_in_child(opts, loaded, train))
+        if opts.cluster is not None and not qat:
+            model = _cluster(opts.cluster, model, train, progress, ctx.notify)
         if opts.fold_preprocessing:
             from edgeresnet.host.calibration import fold_preprocessing
             from edgeresnet.host.models.loading import LoadedModel

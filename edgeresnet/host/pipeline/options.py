@@ -53,6 +53,7 @@ class ConvertOptions:
     input_size: Optional[int] = None  # a zoo MODEL: square input side (default: the architecture's)
     transfer: Optional[object] = None  # a transfer.TransferConfig for --classes (epochs, batch, learning rate)
     qat: Optional[object] = None  # a qat.QATConfig: also emit quantization-aware fine-tuned int8 models
+    cluster: Optional[object] = None  # a clustering.ClusterConfig: every emitted model's kernels clustered (--cluster N)
     timing_only: bool = False  # `report` of a zoo MODEL with random weights: sizes and latency, no accuracy
     # Fine-tune (pruning, --qat, --classes) in a child process, whose training memory dies with it. None: when the
     # model's input is at least finetune.CHILD_TRAINING_MIN_SIDE pixels a side, it is not on a cluster, and its
@@ -140,11 +141,17 @@ def _check_fine_tuning(o: ConvertOptions) -> None:
         from edgeresnet.host.models.zoo import check_input_size
 
         check_input_size(o.input_size)
-    if o.train is not None and o.prune is None and o.classes is None and o.qat is None:
+    if o.train is not None and o.prune is None and o.classes is None and o.qat is None and o.cluster is None:
         raise ConfigError(
-            "--train is used for fine-tuning (pruning, --qat or --classes); add --prune SPARSITY "
+            "--train is used for fine-tuning (pruning, --qat, --cluster or --classes); add --prune SPARSITY "
             "(or --sparsity for report) or --qat"
         )
+    if o.cluster is not None and o.qat is not None:
+        raise ConfigError("--cluster with --qat: quantization-aware training would undo the clusters; drop one of them")
+    if o.cluster is not None and o.train is not None:
+        from edgeresnet.host.training.clustering import refuse_multiworker
+
+        refuse_multiworker(o.cluster.strategy, "--cluster")
     if o.int8_method == QAT_METHOD:
         raise ConfigError("qat is not a calibration method for --int8-method; use --qat --train DIR")
 

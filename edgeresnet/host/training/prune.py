@@ -107,6 +107,9 @@ class PruneConfig:
     policy: Optional[str] = None
     seed: int = 0
     strategy: str = "auto"  # the tf.distribute strategy fine-tuning runs under (edgeresnet.host.training.cluster)
+    # Per-layer sparsity, ((layer name, sparsity), ...): overrides the role's sparsity for those layers (0 leaves
+    # one dense). What `edgeresnet optimize` allocates; names must be Conv2D/Dense layers of the model.
+    layer_sparsity: tuple = ()
 
     def __post_init__(self):
         s = self.sparsity
@@ -134,6 +137,7 @@ class PruneConfig:
             self._check_policy()
         if not is_whole(self.seed):
             raise ConfigError(f"seed must be a whole number, got {self.seed!r}")
+        object.__setattr__(self, "layer_sparsity", _layer_sparsity(self.layer_sparsity))
 
     def _check_structure(self) -> None:
         """The block size fits the structure (and is normalised); 2:4 asks for exactly 50 %."""
@@ -180,6 +184,7 @@ class PruneConfig:
     def to_dict(self) -> dict:
         out = asdict(self)
         out["block_size"] = list(self.block_size) if self.block_size is not None else None
+        out["layer_sparsity"] = [list(pair) for pair in self.layer_sparsity]
         return out
 
     @classmethod
@@ -192,6 +197,24 @@ class PruneConfig:
         if values.get("block_size") is not None:
             values["block_size"] = tuple(values["block_size"])
         return cls(**values)
+
+
+def _layer_sparsity(pairs) -> tuple:
+    """``layer_sparsity`` checked and normalised: ((name, float), ...), each sparsity at least 0 and below 1."""
+    items = pairs.items() if isinstance(pairs, dict) else pairs
+    out = []
+    try:
+        for name, value in items:
+            if not isinstance(name, str) or not _is_number(value) or not 0.0 <= float(value) < 1.0:
+                raise ValueError
+            out.append((name, float(value)))
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"layer_sparsity must be (layer name, sparsity) pairs with 0 <= sparsity < 1, got {pairs!r}"
+        ) from None
+    if len({name for name, _ in out}) != len(out):
+        raise ConfigError(f"layer_sparsity names a layer twice: {pairs!r}")
+    return tuple(out)
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,11 @@ def _roles(model, keras) -> dict:
     return roles
 
 
+def layer_roles(model, keras) -> dict:
+    """name -> "stem" | "classifier" | "body" for every Conv2D/Dense layer of ``model``, by graph position."""
+    return _roles(model, keras)
+
+
 @dataclass(frozen=True)
 class _Plan:
     name: str
@@ -106,6 +111,13 @@ def plan_layers(model, config: PruneConfig, keras, mot) -> list:
                 f"3x3 convolutions gets smaller, not faster. tfmot: {str(exc).strip()}. Drop the xnnpack policy to "
                 "prune for size"
             ) from None
+    overrides = dict(config.layer_sparsity)
+    unknown = sorted(set(overrides) - set(roles))
+    if unknown:
+        raise PruningError(
+            f"per-layer sparsity names {', '.join(unknown)}, which {model.name} has no Conv2D/Dense layer of; "
+            f"its prunable layers are {', '.join(roles)}"
+        )
     plans = []
     for layer in model.layers:
         kind = _kind(layer, keras)
@@ -128,6 +140,10 @@ def plan_layers(model, config: PruneConfig, keras, mot) -> list:
                 reason = "classifier (last Dense): few weights, sensitive; set classifier_sparsity to prune it"
         else:
             target = config.sparsity
+        blocked = (policy is not None and not policy.allow_pruning(layer)) or not layer.trainable
+        if layer.name in overrides and not blocked:
+            target = overrides[layer.name]
+            reason = None if target > 0 else "per-layer sparsity 0: left dense"
         plans.append(_Plan(layer.name, kind, role, float(target), n, reason))
     if not any(p.target > 0 for p in plans):
         raise PruningError(

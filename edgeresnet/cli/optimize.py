@@ -1,0 +1,70 @@
+"""The ``optimize`` command: the most accurate model within the device's budgets (docs/optimize.md)."""
+
+from __future__ import annotations
+
+import click
+
+from edgeresnet.cli.options import CONTEXT, FINITE
+from edgeresnet.defaults import DEFAULT_RESIZE, DEFAULT_SAMPLES, RESIZE_POLICIES
+from edgeresnet.host.quantize.registry import DEFAULT_METHOD
+from edgeresnet.host.training.cluster import STRATEGIES
+
+
+def _run(opts):
+    from edgeresnet._util.progress import StageProgress
+    from edgeresnet.host.optimize.run import run_optimize
+
+    progress = StageProgress()
+    try:
+        return run_optimize(opts, progress=progress, notify=lambda m: (progress.close(), click.echo(m, err=True)))
+    finally:
+        progress.close()
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("model")
+@click.option("--target", default="cpu", show_default=True, metavar="NAME", help="Deployment target that runs int8: cpu or edgetpu.")
+@click.option("--train", type=click.Path(), required=True, help="Labelled images (one sub-folder per class): the layer profile and the fine-tuning of every pruned candidate.")
+@click.option("--eval", "eval_path", type=click.Path(), required=True, help="Images every candidate is scored on in the interpreter: labelled gives top-1, otherwise agreement with the float model.")
+@click.option("--max-size", type=int, metavar="BYTES", help="Budget: bytes of the .tflite file.")
+@click.option("--max-download", type=int, metavar="BYTES", help="Budget: zlib-compressed (level 9) bytes of the .tflite file.")
+@click.option("--max-latency", type=FINITE, metavar="MS", help="Budget: median ms per image in the interpreter on this machine (with --threads).")
+@click.option("--max-memory", type=int, metavar="BYTES", help="Budget: peak memory the interpreter needs to load, allocate and run the model, measured in a fresh process.")
+@click.option("--max-drop", type=FINITE, metavar="PTS", help="Budget: top-1 points lost against the float model (unlabelled --eval: disagreement in %%).")
+@click.option("--threads", type=int, metavar="N", help="Interpreter threads for latency and memory (default: the interpreter's choice).")
+@click.option("--epochs", type=int, default=3, show_default=True, help="Fine-tuning epochs of every pruned candidate.")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Fine-tuning batch size.")
+@click.option("--learning-rate", type=FINITE, help="Fine-tuning learning rate (Adam; default 3e-4).")
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="auto", show_default=True, help="tf.distribute strategy the fine-tunings run under (as convert's --strategy).")
+@click.option("--jobs", type=int, default=1, show_default=True, metavar="N", help="Build the fine-tuned candidates in N processes at once.")
+@click.option("--int8-method", default=DEFAULT_METHOD, show_default=True, metavar="M", help="int8 method of every candidate (as convert's --int8-method).")
+@click.option("--calib", type=click.Path(), help="Calibration images (default: --train).")
+@click.option("--calib-samples", type=int, default=DEFAULT_SAMPLES, show_default=True, help="How many calibration images to use.")
+@click.option("--eval-samples", type=int, help="Score on at most this many --eval images (default: all).")
+@click.option("--bench-repeats", type=int, default=30, show_default=True, help="Timed runs per candidate when --max-latency is given.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed for sampling images and fine-tuning.")
+@click.option("--preset", default="raw", show_default=True, metavar="NAME", help="Preprocessing the model was trained with: raw, unit, symmetric, caffe, torch.")
+@click.option("--resize", type=click.Choice(RESIZE_POLICIES), default=DEFAULT_RESIZE, show_default=True, help="How images of another size are fitted.")
+@click.option("--out", type=click.Path(), default="edgeresnet-optimize", show_default=True, help="Output folder.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@click.option("--trust-model-code", is_flag=True, help="Load MODEL even if it carries code (see convert).")
+def optimize(model, max_size, max_download, max_latency, max_memory, max_drop, eval_path, **kw):
+    """Search pruned and weight-clustered int8 variants of MODEL for the most accurate one within every budget.
+
+    Every candidate is fine-tuned on --train, converted, run on --eval in the
+    interpreter and measured; a killed search started again resumes from the
+    candidates it finished. Writes optimized.tflite, optimize.json, optimize.md,
+    front.png (accuracy against the budgeted quantity, with the Pareto front).
+    """
+    from edgeresnet.host.optimize import Budgets, OptimizeOptions
+
+    budgets = Budgets(size=max_size, download=max_download, latency=max_latency, memory=max_memory, drop=max_drop)
+    opts = OptimizeOptions(model=model, eval=eval_path, budgets=budgets, **kw)
+    result = _run(opts)
+    c = result.chosen
+    click.echo(f"chosen: {c['label']}: {result.summary['metric']} {c['score']:.2f} % "
+               f"(float {result.summary['float_score']:.2f} %), "
+               + ", ".join(f"{q} {v}" for q, v in c["measured"].items()))
+    click.echo(f"why: {result.why}")
+    click.echo(f"wrote {opts.out}/optimized.tflite, optimize.md, optimize.json, front.png "
+               f"({result.summary['search_seconds']} s, {len(result.candidates)} candidates)")

@@ -1,0 +1,140 @@
+"""Build one candidate for real and score it: prune and fine-tune, convert to int8, run it, measure it.
+
+:class:`SearchData` is what every candidate shares (the float model, its preset, the --train stream, the
+calibration samples, the --eval stream and the float model's score on it); :func:`evaluate` makes the
+candidate's .tflite and returns it with its record. Nothing here writes files: the search keeps state.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from edgeresnet.errors import DataError
+from edgeresnet.host.optimize.budgets import measure
+from edgeresnet.host.optimize.candidates import Candidate
+from edgeresnet.host.optimize.options import OptimizeOptions
+
+HELD_OUT = 500  # --train images (not fine-tuned on before the profile) the layer sensitivities are measured on
+
+
+@dataclass
+class SearchData:
+    loaded: object  # LoadedModel
+    preset: object
+    train: object  # labelled ImageStream of model inputs
+    calib: np.ndarray
+    eval: object  # ImageStream of model inputs
+    labels: Optional[np.ndarray]
+    float_top1: float  # top-1 (%), or 100 (agreement with itself) on unlabelled --eval
+    float_pred: np.ndarray  # the float model's classes on --eval
+
+
+def load_search_data(opts: OptimizeOptions) -> SearchData:
+    """The model and every image set a candidate needs; DataError when the folders do not fit the model."""
+    from edgeresnet.device.images import load_images, stream_images
+    from edgeresnet.device.presets import get_preset
+    from edgeresnet.host.models.loading import load_model
+
+    loaded = load_model(opts.model, trust_code=opts.trust_model_code)
+    preset = get_preset(opts.preset)
+    shape = loaded.input_shape
+    train = stream_images(opts.train, shape, seed=opts.seed, resize=opts.resize)
+    if not train.labelled:
+        raise DataError(f"--train {opts.train} has no class sub-folders; it needs one sub-folder per class")
+    if len(train.class_names) != loaded.num_classes:
+        raise DataError(
+            f"--train has {len(train.class_names)} class folders but the model has {loaded.num_classes} outputs; "
+            "use one sub-folder per model class (sorted names give the label order)"
+        )
+    calib = load_images(opts.calib or opts.train, shape, samples=opts.calib_samples, seed=opts.seed, resize=opts.resize)
+    evals = stream_images(opts.eval, shape, samples=opts.eval_samples, seed=opts.seed, resize=opts.resize)
+    labels = np.asarray(evals.labels) if evals.labelled else None
+    if labels is not None and len(evals.class_names) != loaded.num_classes:
+        raise DataError(f"--eval has {len(evals.class_names)} class folders but the model has {loaded.num_classes} outputs")
+    evals = evals.with_preset(preset)
+    model = loaded.model
+    float_pred = np.argmax(evals.predict(lambda x: model.predict(x, batch_size=64, verbose=0)), axis=-1)
+    top1 = 100.0 if labels is None else 100.0 * float(np.mean(float_pred == labels))
+    return SearchData(loaded, preset, train.with_preset(preset), preset.apply(calib.images), evals, labels, top1, float_pred)
+
+
+def held_out(data: SearchData, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """HELD_OUT seeded --train images and labels for the layer profile (model inputs)."""
+    rng = np.random.default_rng(seed + 1)
+    idx = np.sort(rng.choice(len(data.train), size=min(HELD_OUT, len(data.train)), replace=False))
+    return data.train.inputs(idx), np.asarray(data.train.labels)[idx]
+
+
+def convert_int8(keras_model, opts: OptimizeOptions, calib: np.ndarray, method: Optional[str] = None) -> bytes:
+    """``keras_model`` as the target's full-integer .tflite (``method``: the int8 method, default --int8-method)."""
+    from edgeresnet.host.converter import ConversionSpec, convert
+    from edgeresnet.host.models.loading import LoadedModel
+    from edgeresnet.targets import get_target
+
+    target = get_target(opts.target)
+    spec = ConversionSpec("int8", target.io_type_for("int8", None), method or opts.int8_method)
+    return convert(LoadedModel.from_keras(keras_model, "candidate").tflite_converter, spec, calib).model
+
+
+def score(model: bytes, data: SearchData) -> dict:
+    """top-1 (or agreement with the float model) of ``model`` on --eval, run in the interpreter."""
+    from edgeresnet.device.runtime import TFLiteModel
+
+    tfl = TFLiteModel(model, label="candidate")
+    pred = np.argmax(data.eval.predict(lambda x: tfl.predict(x, batch=len(x))), axis=-1)
+    if data.labels is None:
+        acc = 100.0 * float(np.mean(pred == data.float_pred))
+        return {"agreement": round(acc, 3), "score": round(acc, 3), "drop": round(100.0 - acc, 3)}
+    acc = 100.0 * float(np.mean(pred == data.labels))
+    return {"top1": round(acc, 3), "score": round(acc, 3), "drop": round(data.float_top1 - acc, 3)}
+
+
+def fine_tune(cand: Candidate, opts: OptimizeOptions, data: SearchData, progress=None):
+    """The candidate's pruned (or clustered), fine-tuned tf_keras model (the float model for the plain int8 one)."""
+    if cand.clusters:
+        return _clustered(cand, opts, data, progress), None
+    if not cand.layer_sparsity:
+        return data.loaded.model, None
+    from edgeresnet.host.training.prune import DEFAULT_LEARNING_RATE, PruneConfig, prune_model
+
+    config = PruneConfig(
+        sparsity=min(max(cand.level, 0.01), 0.99), layer_sparsity=cand.layer_sparsity, epochs=opts.epochs,
+        batch_size=opts.batch_size, learning_rate=opts.learning_rate or DEFAULT_LEARNING_RATE, seed=opts.seed,
+        strategy=opts.strategy,
+    )
+    result = prune_model(data.loaded, config, train=data.train, progress=progress)
+    return result.model, result
+
+
+def _clustered(cand: Candidate, opts: OptimizeOptions, data: SearchData, progress=None):
+    """Pruned in one shot to the candidate's sparsity, clustered, then fine-tuned keeping zeros and clusters."""
+    from edgeresnet.host.optimize.candidates import one_shot
+    from edgeresnet.host.training.clustering import ClusterConfig, cluster_model
+    from edgeresnet.host.training.prune import DEFAULT_LEARNING_RATE
+
+    config = ClusterConfig(cand.clusters, epochs=opts.epochs, batch_size=opts.batch_size,
+                           learning_rate=opts.learning_rate or DEFAULT_LEARNING_RATE, seed=opts.seed,
+                           strategy=opts.strategy, layers=cand.clustered)
+    model, _ = cluster_model(one_shot(data.loaded.model, dict(cand.layer_sparsity)), config, data.train, progress)
+    return model
+
+
+def evaluate(cand: Candidate, opts: OptimizeOptions, data: SearchData, progress=None) -> tuple[bytes, dict]:
+    """(the candidate's .tflite, its record: settings, measured quantities, score, seconds)."""
+    started = time.perf_counter()
+    model, pruned = fine_tune(cand, opts, data, progress)
+    tuned = time.perf_counter()
+    tflite = convert_int8(model, opts, data.calib)
+    record = {
+        "key": cand.key, "label": cand.label, "settings": cand.to_dict(),
+        "measured": measure(tflite, opts.budgets, opts.threads, opts.bench_repeats),
+        **score(tflite, data),
+        "keras_sparsity": None if pruned is None else round(pruned.keras_sparsity, 4),
+        "fine_tuned_epochs": 0 if cand.family == "int8" else opts.epochs,
+        "seconds": {"fine_tune": round(tuned - started, 1), "total": round(time.perf_counter() - started, 1)},
+    }
+    return tflite, record

@@ -1,0 +1,81 @@
+"""Weight clustering (edgeresnet.host.training.clustering): k-means per kernel, clusters kept while fine-tuning,
+and at most N int8 values per output channel in the emitted .tflite."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgeresnet.errors import ConfigError
+from edgeresnet.host.training.clustering import ClusterConfig, assignments, kmeans_1d, snap
+
+
+def test_kmeans_finds_separated_groups_and_keeps_zeros_apart():
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.normal(c, 0.01, 200) for c in (-1.0, 0.3, 2.0)])
+    centroids, idx = kmeans_1d(values, 3)
+    assert np.allclose(centroids, [-1.0, 0.3, 2.0], atol=0.01) and len(np.unique(idx)) == 3
+    kernel = np.where(rng.random((3, 3, 4, 8)) < 0.5, 0.0, rng.normal(0, 1, (3, 3, 4, 8))).astype(np.float32)
+    snapped = snap(kernel, assignments(kernel, 4))
+    assert len(np.unique(snapped[snapped != 0])) <= 4
+    assert np.array_equal(snapped == 0, kernel == 0)  # pruned zeros stay zero, nothing else becomes zero
+
+
+@pytest.mark.parametrize("bad", [1, 257, 2.5, "8"])
+def test_cluster_count_is_checked(bad):
+    with pytest.raises(ConfigError):
+        ClusterConfig(bad)
+
+
+@pytest.mark.slow
+def test_clustered_fine_tuned_model_has_at_most_n_values_per_channel_in_the_tflite(tiny_model_h5, tiny_data):
+    from edgeresnet.device.images import stream_images, load_images
+    from edgeresnet.device.presets import get_preset
+    from edgeresnet.device.runtime import TFLiteModel
+    from edgeresnet.device.tflite_graph import parse_tflite
+    from edgeresnet.host.converter import ConversionSpec, convert
+    from edgeresnet.host.models.loading import LoadedModel, load_model
+    from edgeresnet.host.training.clustering import cluster_model
+
+    loaded = load_model(tiny_model_h5)
+    unit = get_preset("unit")
+    train = stream_images(tiny_data["calib"], (16, 16, 3)).with_preset(unit)
+    body = tuple(layer.name for layer in loaded.model.layers if type(layer).__name__ in ("Conv2D", "Dense"))[1:]
+    model, distinct = cluster_model(loaded.model, ClusterConfig(4, epochs=1, batch_size=16, layers=body), train)
+    assert set(distinct) == set(body) and max(distinct.values()) <= 4
+    calib = unit.apply(load_images(tiny_data["calib"], (16, 16, 3), samples=32).images)
+    data = convert(LoadedModel.from_keras(model, "c").tflite_converter, ConversionSpec("int8", "int8", "minmax"), calib).model
+    graph = parse_tflite(data)
+    counted = 0
+    for _, tensor in graph.filter_tensors():
+        q = graph.const_array(tensor.index)
+        if any(name in tensor.name.split("/") for name in body):
+            counted += 1
+            assert max(len(np.unique(q[c])) for c in range(q.shape[0])) <= 4, tensor.name
+    assert counted == len(body)
+    ev = load_images(tiny_data["eval"], (16, 16, 3))
+    top1 = float(np.mean(TFLiteModel(data).predict(unit.apply(ev.images)).argmax(-1) == ev.labels))
+    assert top1 > 0.5  # 4 classes: it still classifies
+
+
+@pytest.mark.slow
+def test_convert_cluster_n_emits_at_most_n_values_per_channel(run_cli, tiny_model_h5, tiny_data, tmp_path):
+    from edgeresnet.device.tflite_graph import parse_tflite
+
+    out = tmp_path / "out"
+    code, _, err = run_cli(["convert", tiny_model_h5, "--int8", "--int8-method", "minmax", "--preset", "unit",
+                            "--calib", tiny_data["calib"], "--calib-samples", "32", "--eval", tiny_data["eval"],
+                            "--train", tiny_data["calib"], "--cluster", "4", "--epochs", "1", "--out", out])
+    assert code == 0, err
+    assert "clustered" in err and "at most 4 values" in err
+    (model,) = out.glob("*.tflite")
+    graph = parse_tflite(model.read_bytes())
+    weights = [graph.const_array(t.index) for _, t in graph.filter_tensors()]
+    assert max(len(np.unique(w[0])) for w in weights[1:]) <= 4  # every layer but the stem
+    assert len(np.unique(weights[0])) > 4
+
+
+def test_cluster_with_qat_is_refused_before_any_work(run_cli, tiny_model_h5, tiny_data, tmp_path):
+    code, _, err = run_cli(["convert", tiny_model_h5, "--int8", "--calib", tiny_data["calib"], "--train",
+                            tiny_data["calib"], "--cluster", "4", "--qat", "--out", tmp_path / "o"])
+    assert code == 2 and "--cluster" in err and "Traceback" not in err and not (tmp_path / "o").exists()

@@ -1,0 +1,231 @@
+"""`edgeresnet optimize` (edgeresnet.host.optimize): budgets, allocation, the search end to end, resume.
+
+Fast tests check the settings, the budget arithmetic, the per-layer allocation and the peak-memory probe;
+the tiny-model runs (tiny ResNet, 16x16x3, 4 classes, 1 fine-tuning epoch, minmax int8) build real
+.tflite candidates, and the tests measure the chosen one again in the interpreter. The ResNet-8
+acceptance run is slow.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+
+import numpy as np
+import pytest
+
+from edgeresnet.errors import ConfigError
+from edgeresnet.host.optimize import Budgets, OptimizeOptions
+from edgeresnet.host.optimize.candidates import LayerInfo, allocate
+
+TINY = ["--preset", "unit", "--epochs", "1", "--batch-size", "16", "--int8-method", "minmax", "--calib-samples", "32"]
+
+
+def _layers():
+    return [LayerInfo("stem", "stem", 400, 1, 9.0), LayerInfo("small", "body", 2_000, 1, 6.0),
+            LayerInfo("big", "body", 36_000, 1, 0.2), LayerInfo("mid", "body", 9_000, 1, 1.0),
+            LayerInfo("fc", "classifier", 640, 1, 4.0)]
+
+
+def test_allocation_prunes_as_many_weights_as_uniform_and_spares_sensitive_layers():
+    layers = _layers()
+    body = sum(layer.weights for layer in layers if layer.role == "body")
+    uniform = allocate(layers, 0.6, 0.0)
+    assert uniform == {"stem": 0.0, "small": 0.6, "big": 0.6, "mid": 0.6, "fc": 0.0}
+    for skew in (0.5, 1.0):
+        shares = allocate(layers, 0.6, skew)
+        zeros = sum(shares[layer.name] * layer.weights for layer in layers)
+        assert zeros == pytest.approx(0.6 * body, rel=1e-6)
+        assert shares["big"] > 0.6 > shares["small"] and shares["stem"] < shares["small"]
+        assert max(shares.values()) <= 0.95
+
+
+def test_budgets_refuse_impossible_values_and_report_excess():
+    for bad in ({"size": -1}, {"download": 0}, {"latency": float("nan")}, {"memory": True}, {"drop": -0.5}):
+        with pytest.raises(ConfigError):
+            Budgets(**bad)
+    b = Budgets(download=1000, drop=2.0)
+    assert b.given == ("download",) and b.primary == "download"
+    assert b.excess({"download": 1000, "size": 5000, "drop": 2.0}) == {}
+    over = b.excess({"download": 1100, "drop": 3.0})
+    assert over["download"] == pytest.approx(1.1) and "drop" in over
+
+
+def test_options_need_a_budget_and_an_int8_target(tmp_path):
+    folder = str(tmp_path)
+    with pytest.raises(ConfigError, match="at least one budget"):
+        OptimizeOptions(model="m.h5", train=folder, eval=folder)
+    with pytest.raises(ConfigError, match="int8"):
+        OptimizeOptions(model="m.h5", train=folder, eval=folder, budgets=Budgets(size=10), target="gpu")
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--max-download", "-5"], "--max-download"),
+    ([], "at least one budget"),
+    (["--max-size", "1000", "--target", "tpu"], "tpu"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(run_cli, tiny_model_h5, tiny_data, tmp_path, args, says):
+    out = tmp_path / "out"
+    code, _, err = run_cli(["optimize", tiny_model_h5, "--train", tiny_data["calib"], "--eval", tiny_data["eval"],
+                            "--out", out, *args])
+    assert code == 2 and says in err and "Traceback" not in err
+    assert not out.exists() and not any(p.name.startswith(".out") for p in tmp_path.iterdir())
+
+
+def test_missing_model_and_existing_output(run_cli, tiny_model_h5, tiny_data, tmp_path):
+    common = ["--train", tiny_data["calib"], "--eval", tiny_data["eval"], "--max-size", "100000"]
+    code, _, err = run_cli(["optimize", tmp_path / "nope.h5", *common, "--out", tmp_path / "o"])
+    assert code != 0 and "nope.h5" in err and "Traceback" not in err
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "mine.txt").write_text("keep")
+    code, _, err = run_cli(["optimize", tiny_model_h5, *common, "--out", tmp_path / "taken"])
+    assert code == 2 and "--overwrite" in err
+    assert (tmp_path / "taken" / "mine.txt").read_text() == "keep"
+
+
+def test_peak_memory_grows_with_the_model(tiny_model_h5, tmp_path):
+    from edgeresnet.device.peak_memory import peak_memory
+    from edgeresnet.host.models.loading import load_model
+    from edgeresnet.host.converter import ConversionSpec, convert
+
+    loaded = load_model(tiny_model_h5)
+    fp32 = convert(loaded.tflite_converter, ConversionSpec("fp32")).model
+    assert 0 < peak_memory(fp32) < 64 * 2**20
+
+
+def _plain_download(model_h5, calib) -> int:
+    from edgeresnet.device.images import load_images
+    from edgeresnet.device.presets import get_preset
+    from edgeresnet.host.optimize.evaluate import convert_int8
+    from edgeresnet.host.models.loading import load_model
+
+    loaded = load_model(model_h5)
+    x = get_preset("unit").apply(load_images(calib, loaded.input_shape, samples=32).images)
+    opts = OptimizeOptions(model=str(model_h5), train=str(calib), eval=str(calib), budgets=Budgets(size=1))
+    return len(zlib.compress(convert_int8(loaded.model, opts, x, method="minmax"), 9))
+
+
+@pytest.mark.slow
+def test_impossible_budget_names_the_closest_then_a_resumed_search_meets_a_real_one(
+        run_cli, tiny_model_h5, tiny_data, tmp_path, monkeypatch):
+    from edgeresnet.device.runtime import TFLiteModel
+    from edgeresnet.device.images import load_images
+    from edgeresnet.host.optimize import search
+
+    out = tmp_path / "opt"
+    common = ["optimize", tiny_model_h5, "--train", tiny_data["calib"], "--eval", tiny_data["eval"], "--out", out, *TINY]
+    # 1. nothing can be 100 zlib bytes: a one-line error naming the closest candidate; --out is not written
+    code, _, err = run_cli([*common, "--max-download", "100"])
+    assert code == 3 and "closest is int8 (no pruning)" in err and "--max-download" in err, err
+    assert not out.exists()
+    # 2. a real budget, killed after its first fine-tuned candidate
+    budget = int(0.7 * _plain_download(tiny_model_h5, tiny_data["calib"]))
+    built = []
+    real = search.evaluate
+
+    def dies_after_one(cand, *a, **k):
+        if len(built) == 1:
+            raise KeyboardInterrupt
+        built.append(cand.key)
+        return real(cand, *a, **k)
+
+    monkeypatch.setattr(search, "evaluate", dies_after_one)
+    code, _, err = run_cli([*common, "--max-download", budget])
+    assert code != 0 and not out.exists() and len(built) == 1
+    # 3. started again: the int8 model, the profile and the finished candidate are reused, not rebuilt
+    again = []
+    monkeypatch.setattr(search, "evaluate", lambda cand, *a, **k: (again.append(cand.key), real(cand, *a, **k))[1])
+    code, stdout, err = run_cli([*common, "--max-download", budget])
+    assert code == 0, err
+    assert "reusing 2 finished candidate(s)" in err and built[0] not in again
+    summary = json.loads((out / "optimize.json").read_text())
+    chosen = next(c for c in summary["candidates"] if c["key"] == summary["chosen"])
+    # what it reports within budget is within it when measured again, and scores what it said
+    data = (out / "optimized.tflite").read_bytes()
+    assert len(zlib.compress(data, 9)) == chosen["measured"]["download"] <= budget
+    assert len(data) == chosen["measured"]["size"]
+    ev = load_images(tiny_data["eval"], (16, 16, 3))
+    pred = TFLiteModel(data).predict(ev.images.astype(np.float32) / 255.0).argmax(-1)
+    assert 100.0 * float(np.mean(pred == ev.labels)) == pytest.approx(chosen["score"], abs=1e-6)
+    # every front model is a real file; the plot and the table are there; the resume state is gone
+    for key in summary["front"]:
+        assert (out / "candidates" / f"{key}.tflite").is_file()
+    assert (out / "front.png").stat().st_size > 1000 and "Chosen" in (out / "optimize.md").read_text()
+    assert chosen["settings"]["layer_sparsity"] and "why" in summary
+    assert not any(p.name.endswith("optimize-state") for p in tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_per_layer_sparsity_reaches_the_tflite_and_memory_and_latency_are_measured_with_jobs_2(
+        run_cli, tiny_model_h5, tiny_data, tmp_path):
+    from edgeresnet.device.peak_memory import peak_memory
+    from edgeresnet.device.sparsity import tflite_weight_sparsity
+
+    out = tmp_path / "opt"
+    code, _, err = run_cli(["optimize", tiny_model_h5, "--train", tiny_data["calib"], "--eval", tiny_data["eval"],
+                            "--out", out, *TINY, "--max-latency", "1000", "--max-memory", 2**30, "--threads", "1",
+                            "--jobs", "2"])
+    assert code == 0, err
+    summary = json.loads((out / "optimize.json").read_text())
+    allocated = [c for c in summary["candidates"] if c["settings"]["family"] == "allocated"]
+    assert {c["settings"]["family"] for c in summary["candidates"]} == {"int8", "uniform", "allocated", "clustered"}
+    assert allocated and all("latency" in c["measured"] and "memory" in c["measured"] for c in summary["candidates"])
+    # a front model's zeros are where its settings put them: a per-layer spread, not one sparsity
+    for c in allocated:
+        path = out / "candidates" / f"{c['key']}.tflite"
+        if path.is_file():
+            ops = tflite_weight_sparsity(path.read_bytes())["ops"]
+            fractions = sorted(round(op["fraction"], 2) for op in ops if op["fraction"] > 0)
+            assert len(set(fractions)) > 1
+            assert peak_memory(path.read_bytes(), 1) > 0
+
+
+def test_a_multiworker_cluster_is_refused_with_what_to_do(run_cli, tiny_model_h5, tiny_data, tmp_path):
+    code, _, err = run_cli(["optimize", tiny_model_h5, "--train", tiny_data["calib"], "--eval", tiny_data["eval"],
+                            "--max-size", "100000", "--strategy", "multiworker", "--out", tmp_path / "o"])
+    assert code == 2 and "one machine" in err and "--strategy one" in err and not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_resnet8_at_60_percent_of_the_int8_download_beats_uniform_sparsity(run_cli, shared_data, resnet8_h5, tmp_path):
+    """The acceptance run: the real MLPerf ResNet-8, --train/--eval from the shared CIFAR-10, 3 epochs."""
+    from edgeresnet.device.images import load_images
+    from edgeresnet.device.runtime import TFLiteModel
+
+    from edgeresnet.host.optimize.budgets import download_bytes
+    from edgeresnet.host.optimize.evaluate import convert_int8, load_search_data
+
+    train, test = shared_data / "cifar10" / "train", shared_data / "cifar10" / "test"
+    opts = OptimizeOptions(model=str(resnet8_h5), train=str(train), eval=str(test), budgets=Budgets(size=1))
+    search_data = load_search_data(opts)
+    budget = int(0.6 * download_bytes(convert_int8(search_data.loaded.model, opts, search_data.calib)))
+    out = tmp_path / "opt"
+    code, _, err = run_cli(["optimize", resnet8_h5, "--train", train, "--eval", test, "--max-download", budget,
+                            "--out", out])
+    assert code == 0, err
+    summary = json.loads((out / "optimize.json").read_text())
+    plain = next(c for c in summary["candidates"] if c["settings"]["family"] == "int8")
+    assert budget == int(0.6 * plain["measured"]["download"])  # the same plain int8 model as the search's
+    chosen = next(c for c in summary["candidates"] if c["key"] == summary["chosen"])
+    data = (out / "optimized.tflite").read_bytes()
+    assert len(zlib.compress(data, 9)) == chosen["measured"]["download"] <= budget
+    ev = load_images(test, (32, 32, 3))
+    pred = TFLiteModel(data).predict(ev.images.astype(np.float32)).argmax(-1)
+    assert 100.0 * float(np.mean(pred == ev.labels)) == pytest.approx(chosen["score"], abs=1e-6)
+    # the uniform-sparsity variant (fine-tuned with the same epochs) of no larger zlib size than the chosen model
+    from edgeresnet.host.optimize.candidates import LayerInfo, candidate
+    from edgeresnet.host.optimize.evaluate import evaluate
+    from edgeresnet.host.optimize.search import _Prober, find_level
+
+    layers = [LayerInfo(**row) for row in summary["layers"]]
+    plain_model = (out / "candidates" / f"{plain['key']}.tflite")
+    plain_bytes = plain_model.read_bytes() if plain_model.is_file() else convert_int8(
+        search_data.loaded.model, opts, search_data.calib)
+    level = find_level(_Prober(plain_bytes, layers), 0.0, Budgets(download=chosen["measured"]["download"]))
+    for _ in range(4):
+        _, uniform = evaluate(candidate("uniform", layers, level), opts, search_data)
+        if uniform["measured"]["download"] <= chosen["measured"]["download"]:
+            break
+        level += 0.01
+    assert uniform["measured"]["download"] <= chosen["measured"]["download"]
+    assert chosen["score"] >= uniform["score"] + 1.0, (chosen, uniform)
