@@ -1,4 +1,4 @@
-"""Int8 conversion time: edgeresnet (default ``mse+bias``) vs a bare TFLiteConverter, same run.
+"""Int8 conversion time: edgeresnet (default ``auto``, which on ResNet-50 runs ``mse+bias`` alone) vs a bare TFLiteConverter, same run.
 
 Measured, not asserted. Both paths get the same Keras model and the same
 preprocessed calibration array, in one process, alternating, so machine load

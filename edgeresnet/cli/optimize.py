@@ -6,7 +6,7 @@ import click
 
 from edgeresnet.cli.options import CONTEXT, FINITE
 from edgeresnet.defaults import DEFAULT_RESIZE, DEFAULT_SAMPLES, RESIZE_POLICIES
-from edgeresnet.host.quantize.registry import DEFAULT_METHOD
+from edgeresnet.host.optimize.options import SEARCH_METHOD
 from edgeresnet.host.training.cluster import STRATEGIES
 
 
@@ -37,7 +37,7 @@ def _run(opts):
 @click.option("--learning-rate", type=FINITE, help="Fine-tuning learning rate (Adam; default 3e-4).")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default="auto", show_default=True, help="tf.distribute strategy the fine-tunings run under (as convert's --strategy).")
 @click.option("--jobs", type=int, default=1, show_default=True, metavar="N", help="Build the fine-tuned candidates in N processes at once.")
-@click.option("--int8-method", default=DEFAULT_METHOD, show_default=True, metavar="M", help="int8 method of every candidate (as convert's --int8-method).")
+@click.option("--int8-method", default=SEARCH_METHOD, show_default=True, metavar="M", help="int8 method of every candidate (as convert's --int8-method; auto scores up to three methods per candidate, a slower search).")
 @click.option("--calib", type=click.Path(), help="Calibration images (default: --train).")
 @click.option("--calib-samples", type=int, default=DEFAULT_SAMPLES, show_default=True, help="How many calibration images to use.")
 @click.option("--eval-samples", type=int, help="Score on at most this many --eval images (default: all).")
