@@ -364,8 +364,12 @@ class EvalResult:
 
     @property
     def drop_pts(self) -> Optional[float]:
-        """Host top-1 minus device top-1 (positive: the device is worse)."""
-        return None if self.host is None else self.host.top1 - self.top1
+        """Host top-1 minus device top-1 (positive: the device is worse), at the report's precision.
+
+        report.json keeps top-1 to 4 decimals: the device's is rounded the same way first, so the
+        same answers on the same images are a drop of exactly 0 (233/300 is 77.6667 in both).
+        """
+        return None if self.host is None else round(self.host.top1 - round(self.top1, 4), 4)
 
     @property
     def over_budget(self) -> bool:
