@@ -330,3 +330,16 @@ def test_float_nodes_take_each_worst_layer_with_its_readers_and_spare_the_intege
     cands = mixed_candidates(ranking, integer_io=True)
     assert [c.worst for c in cands] == [("a",), ("a", "b")]  # a third layer would be "add", in float already
     assert cands[1].to_dict()["float_nodes"] == ["a", "add", "b"] and cands[0].key != cands[1].key
+
+
+def test_a_size_budget_the_plain_model_meets_plans_no_unpruned_sparsity_candidate(tiny_search):
+    from edgeresnet.host.optimize.candidates import Candidate
+    from edgeresnet.host.optimize.evaluate import evaluate
+    from edgeresnet.host.optimize.search import CLUSTER_CHOICES, plan_candidates
+
+    opts, data = tiny_search
+    plain, _ = evaluate(Candidate("int8"), opts, data)
+    notes = []
+    cands = plan_candidates(opts, plain, _layers(), notify=notes.append)  # budget 10 MB: the plain model fits
+    assert [(c.family, c.level, c.clusters) for c in cands] == [("clustered", 0.0, CLUSTER_CHOICES[0])]
+    assert len(notes) == 2 and all("nothing to prune" in n for n in notes)

@@ -107,8 +107,8 @@ def precision_note(target_name: str) -> str:
     target = get_target(target_name)
     if not target.float_layers:
         return NO_FLOAT_NOTE.format(target=target.name)
-    counts = ", ".join(str(k) for k in FLOAT_COUNTS)
-    return f"mixed precision: the plain int8 model with its {counts} worst int8 layers ({RANKING}) in float"
+    counts = ", ".join(str(k) for k in FLOAT_COUNTS[:-1]) + f" and {FLOAT_COUNTS[-1]}"
+    return f"the mixed family, the plain int8 model with its {counts} worst int8 layers ({RANKING}) kept in float"
 
 
 def weight_dtypes(model: bytes) -> dict:

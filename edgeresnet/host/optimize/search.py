@@ -113,6 +113,10 @@ def plan_candidates(opts, plain: bytes, layers, progress=None, notify=None) -> l
             if notify:
                 notify(f"{name} cannot meet the size budgets even at sparsity {MAX_LEVEL}")
             continue
+        if level == 0 and not n:  # no pruning and no clusters: the plain int8 model, measured already
+            if notify:
+                notify(f"{name}: the plain int8 model already meets the size budgets; nothing to prune")
+            continue
         out.append(candidate(family, layers, level, skew, n))
     return out
 
