@@ -137,7 +137,9 @@ def test_impossible_budget_names_the_closest_then_a_resumed_search_meets_a_real_
     monkeypatch.setattr(search, "evaluate", lambda cand, *a, **k: (again.append(cand.key), real(cand, *a, **k))[1])
     code, stdout, err = run_cli([*common, "--max-download", budget])
     assert code == 0, err
-    assert "reusing 2 finished candidate(s)" in err and built[0] not in again
+    # reused: the plain int8 model and its three mixed candidates (run 1) and the fine-tuned one (run 2)
+    assert "reusing 5 finished candidate(s)" in err and built[0] not in again
+    assert not any(key.startswith(("int8-", "mixed-")) for key in again)
     summary = json.loads((out / "optimize.json").read_text())
     chosen = next(c for c in summary["candidates"] if c["key"] == summary["chosen"])
     # what it reports within budget is within it when measured again, and scores what it said
@@ -168,7 +170,7 @@ def test_per_layer_sparsity_reaches_the_tflite_and_memory_and_latency_are_measur
     assert code == 0, err
     summary = json.loads((out / "optimize.json").read_text())
     allocated = [c for c in summary["candidates"] if c["settings"]["family"] == "allocated"]
-    assert {c["settings"]["family"] for c in summary["candidates"]} == {"int8", "uniform", "allocated", "clustered"}
+    assert {c["settings"]["family"] for c in summary["candidates"]} == {"int8", "uniform", "allocated", "clustered", "mixed"}
     assert allocated and all("latency" in c["measured"] and "memory" in c["measured"] for c in summary["candidates"])
     # a front model's zeros are where its settings put them: a per-layer spread, not one sparsity
     for c in allocated:
