@@ -145,7 +145,8 @@ def optimize(
     notify: Optional[NotifyFn] = None,
     **options,
 ):
-    """The most accurate int8 model of ``model`` within every budget given, as ``edgeresnet optimize``.
+    """The most accurate int8 model of ``model`` within every budget given, as ``edgeresnet optimize``
+    (on ``target="cpu"`` also int8 with its worst layers in float).
 
     Other keyword arguments are the command's options by their field names (``target``, ``epochs``,
     ``jobs``, ``threads``, ``overwrite``, ...; see ``OptimizeOptions``). Returns an ``OptimizeResult``

@@ -137,7 +137,9 @@ def test_impossible_budget_names_the_closest_then_a_resumed_search_meets_a_real_
     monkeypatch.setattr(search, "evaluate", lambda cand, *a, **k: (again.append(cand.key), real(cand, *a, **k))[1])
     code, stdout, err = run_cli([*common, "--max-download", budget])
     assert code == 0, err
-    assert "reusing 2 finished candidate(s)" in err and built[0] not in again
+    # reused: the plain int8 model and its three mixed candidates (run 1) and the fine-tuned one (run 2)
+    assert "reusing 5 finished candidate(s)" in err and built[0] not in again
+    assert not any(key.startswith(("int8-", "mixed-")) for key in again)
     summary = json.loads((out / "optimize.json").read_text())
     chosen = next(c for c in summary["candidates"] if c["key"] == summary["chosen"])
     # what it reports within budget is within it when measured again, and scores what it said
@@ -168,7 +170,7 @@ def test_per_layer_sparsity_reaches_the_tflite_and_memory_and_latency_are_measur
     assert code == 0, err
     summary = json.loads((out / "optimize.json").read_text())
     allocated = [c for c in summary["candidates"] if c["settings"]["family"] == "allocated"]
-    assert {c["settings"]["family"] for c in summary["candidates"]} == {"int8", "uniform", "allocated", "clustered"}
+    assert {c["settings"]["family"] for c in summary["candidates"]} == {"int8", "uniform", "allocated", "clustered", "mixed"}
     assert allocated and all("latency" in c["measured"] and "memory" in c["measured"] for c in summary["candidates"])
     # a front model's zeros are where its settings put them: a per-layer spread, not one sparsity
     for c in allocated:
@@ -229,3 +231,117 @@ def test_resnet8_at_60_percent_of_the_int8_download_beats_uniform_sparsity(run_c
         level += 0.01
     assert uniform["measured"]["download"] <= chosen["measured"]["download"]
     assert chosen["score"] >= uniform["score"] + 1.0, (chosen, uniform)
+
+
+@pytest.fixture(scope="module")
+def tiny_search(tiny_model_h5, tiny_data):
+    """The tiny model's search options (cpu, minmax, a size budget) and data, loaded once."""
+    from edgeresnet.host.optimize.evaluate import load_search_data
+
+    opts = OptimizeOptions(model=str(tiny_model_h5), train=str(tiny_data["calib"]), eval=str(tiny_data["eval"]),
+                           budgets=Budgets(size=10**7), preset="unit", int8_method="minmax", calib_samples=32)
+    return opts, load_search_data(opts)
+
+
+def test_mixed_family_keeps_the_worst_int8_layers_in_float_and_measures_the_bigger_file(tiny_search, tmp_path):
+    from edgeresnet.device.runtime import TFLiteModel
+    from edgeresnet.host.optimize.candidates import Candidate
+    from edgeresnet.host.optimize.evaluate import evaluate
+    from edgeresnet.host.optimize.precision import plan_mixed, weight_dtypes
+    from edgeresnet.host.optimize.state import SearchState
+
+    opts, data = tiny_search
+    _, plain = evaluate(Candidate("int8"), opts, data)
+    notes = []
+    mixed = plan_mixed(opts, data, SearchState(tmp_path / "out", opts.fingerprint()), notes.append)
+    assert [len(c.worst) for c in mixed] == [1, 2, 3] and not notes
+    x = data.eval.inputs(np.arange(len(data.eval)))
+    for cand in mixed:
+        blob, record = evaluate(cand, opts, data)
+        # float32 weights in exactly the layers the candidate put in float (the worst ones and their int8 readers)
+        dtypes = weight_dtypes(blob)
+        floats = {layer for layer, dtype in dtypes.items() if dtype == "float32"}
+        assert floats == set(cand.float_layers) & set(dtypes) >= set(cand.worst), (floats, cand)
+        assert {dtype for layer, dtype in dtypes.items() if layer not in floats} == {"int8"}
+        # measured on the real file: bigger than the plain int8 model, and scored as the interpreter runs it
+        assert len(blob) == record["measured"]["size"] > plain["measured"]["size"]
+        assert record["settings"]["worst"] == list(cand.worst) and "worst in float" in record["label"]
+        pred = TFLiteModel(blob).predict(x).argmax(-1)
+        assert 100.0 * float(np.mean(pred == data.labels)) == pytest.approx(record["score"], abs=1e-6)
+
+
+def test_edgetpu_never_gets_float_layers_and_reports_its_on_chip_memory(tiny_search, tmp_path):
+    from dataclasses import replace
+
+    from edgeresnet.device.tflite_graph import parse_tflite
+    from edgeresnet.host.optimize.candidates import Candidate
+    from edgeresnet.host.optimize.evaluate import evaluate
+    from edgeresnet.host.optimize.precision import plan_mixed, precision_note
+
+    opts, data = tiny_search
+    tpu = replace(opts, target="edgetpu")
+    notes = []
+    assert plan_mixed(tpu, data, None, notes.append) == [] and "edgetpu cannot run float layers" in notes[0]
+    assert "cannot run float layers" in precision_note("edgetpu") and "worst" in precision_note("cpu")
+    blob, record = evaluate(Candidate("int8"), tpu, data)
+    memory = record["edgetpu_memory"]
+    graph = parse_tflite(blob)
+    weights = sum(t.const_bytes for t in graph.tensors if t.is_constant)
+    assert memory["cache_bytes"] == 8 * 2**20 and memory["fits_cache"] is True
+    assert 0 < memory["param_bytes"] <= weights and memory["ops_mapped"] == memory["ops_total"]
+    assert "edgetpu_memory" not in evaluate(Candidate("int8"), opts, data)[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["cpu", "edgetpu"])
+def test_the_search_weighs_float_layers_on_cpu_only(run_cli, tiny_model_h5, tiny_data, tmp_path, monkeypatch, target):
+    """End to end with the fine-tuned families left out: the plain int8 model and the mixed family (cpu)."""
+    from edgeresnet.host.optimize import search
+
+    monkeypatch.setattr(search, "plan_candidates", lambda *a, **k: [])
+    out = tmp_path / "opt"
+    code, _, err = run_cli(["optimize", tiny_model_h5, "--train", tiny_data["calib"], "--eval", tiny_data["eval"],
+                            "--out", out, *TINY, "--max-size", 10**7, "--target", target])
+    assert code == 0, err
+    summary = json.loads((out / "optimize.json").read_text())
+    md = (out / "optimize.md").read_text()
+    families = [c["settings"]["family"] for c in summary["candidates"]]
+    if target == "cpu":
+        assert families == ["int8", "mixed", "mixed", "mixed"] and "worst in float" in md
+        plain = summary["candidates"][0]["measured"]["size"]
+        assert all(c["measured"]["size"] > plain for c in summary["candidates"][1:])
+    else:
+        assert families == ["int8"] and "edgetpu cannot run float layers" in err
+        memory = summary["candidates"][0]["edgetpu_memory"]
+        assert "on-chip parameter memory: 8 MiB" in md and f"yes ({memory['param_bytes'] / 2**20:.2f} MiB)" in md
+
+
+def test_float_nodes_take_each_worst_layer_with_its_readers_and_spare_the_integer_io_boundary():
+    from edgeresnet.host.optimize.precision import float_nodes, mixed_candidates
+
+    def row(name, consumers=(), boundary=False):
+        return {"name": name, "layer": name, "op": "CONV_2D", "channel_error": 0.0, "consumers": list(consumers),
+                "boundary": boundary}
+
+    ranking = [row("stem", ["a"], boundary=True), row("a", ["add"]), row("b", ["add"]), row("add", ["fc"]),
+               row("fc", boundary=True)]
+    assert float_nodes(ranking, 1, integer_io=True) == (("a",), ("a", "add"))
+    assert float_nodes(ranking, 2, integer_io=True) == (("a", "b"), ("a", "add", "b"))
+    assert float_nodes(ranking, 1, integer_io=False) == (("stem",), ("stem", "a"))
+    assert float_nodes(ranking, 9, integer_io=False) == ((), ())  # never every layer: that is the fp32 model
+    cands = mixed_candidates(ranking, integer_io=True)
+    assert [c.worst for c in cands] == [("a",), ("a", "b")]  # a third layer would be "add", in float already
+    assert cands[1].to_dict()["float_nodes"] == ["a", "add", "b"] and cands[0].key != cands[1].key
+
+
+def test_a_size_budget_the_plain_model_meets_plans_no_unpruned_sparsity_candidate(tiny_search):
+    from edgeresnet.host.optimize.candidates import Candidate
+    from edgeresnet.host.optimize.evaluate import evaluate
+    from edgeresnet.host.optimize.search import CLUSTER_CHOICES, plan_candidates
+
+    opts, data = tiny_search
+    plain, _ = evaluate(Candidate("int8"), opts, data)
+    notes = []
+    cands = plan_candidates(opts, plain, _layers(), notify=notes.append)  # budget 10 MB: the plain model fits
+    assert [(c.family, c.level, c.clusters) for c in cands] == [("clustered", 0.0, CLUSTER_CHOICES[0])]
+    assert len(notes) == 2 and all("nothing to prune" in n for n in notes)

@@ -51,8 +51,11 @@ def _run(opts):
 def optimize(model, max_size, max_download, max_latency, max_memory, max_drop, eval_path, **kw):
     """Search pruned and weight-clustered int8 variants of MODEL for the most accurate one within every budget.
 
-    Every candidate is fine-tuned on --train, converted, run on --eval in the
-    interpreter and measured; a killed search started again resumes from the
+    On --target cpu also the int8 model with its 1, 2 and 3 worst int8 layers
+    in float (never on the Edge TPU, which has no float fallback; there every
+    candidate's parameters are checked against its 8 MiB on-chip memory).
+    Every pruned or clustered candidate is fine-tuned on --train; every one is
+    converted, run on --eval in the interpreter and measured; a killed search started again resumes from the
     candidates it finished. Writes optimized.tflite, optimize.json, optimize.md,
     front.png (accuracy against the budgeted quantity, with the Pareto front).
     """

@@ -40,7 +40,7 @@ class LayerInfo:
 
 @dataclass(frozen=True)
 class Candidate:
-    """One model of the search: a family (int8, uniform, allocated), its level and per-layer sparsity."""
+    """One model of the search: a family (int8, uniform, allocated, clustered, mixed), its level and per-layer settings."""
 
     family: str
     level: float = 0.0  # share of the body's weights pruned (the uniform sparsity with as many zeros)
@@ -48,6 +48,9 @@ class Candidate:
     layer_sparsity: tuple = ()  # ((layer name, sparsity), ...)
     clusters: int = 0  # > 0: every layer but the stem clustered to this many values (zeros kept apart)
     clustered: tuple = ()  # the layers clustered
+    float_nodes: tuple = ()  # mixed family: node names kept in float (Int8Session.mixed), the rest int8
+    float_layers: tuple = ()  # mixed family: the Keras layers of float_nodes (short labels)
+    worst: tuple = ()  # mixed family: the worst int8 layers chosen (labels); their int8 readers went float with them
 
     @property
     def key(self) -> str:
@@ -61,6 +64,8 @@ class Candidate:
             return "int8 (no pruning)"
         if self.family == "uniform":
             return f"uniform {self.level:.2f}"
+        if self.family == "mixed":
+            return f"int8, {len(self.worst)} worst in float ({', '.join(self.worst)})"
         if self.family == "clustered":
             return f"{self.clusters} clusters + uniform {self.level:.2f}"
         return f"allocated {self.level:.2f} (skew {self.skew:g})"
@@ -70,6 +75,8 @@ class Candidate:
                "layer_sparsity": {name: round(s, 4) for name, s in self.layer_sparsity}}
         if self.clusters:
             out.update(clusters=self.clusters, clustered=list(self.clustered))
+        if self.float_nodes:
+            out.update(worst=list(self.worst), float_layers=list(self.float_layers), float_nodes=list(self.float_nodes))
         return out
 
 

@@ -69,15 +69,34 @@ def held_out(data: SearchData, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return data.train.inputs(idx), np.asarray(data.train.labels)[idx]
 
 
-def convert_int8(keras_model, opts: OptimizeOptions, calib: np.ndarray, method: Optional[str] = None) -> bytes:
-    """``keras_model`` as the target's full-integer .tflite (``method``: the int8 method, default --int8-method)."""
+_SESSION: dict = {}  # the last conversion: (model, method, io type, calibration) -> its ConversionResult
+
+
+def convert_result(keras_model, opts: OptimizeOptions, calib: np.ndarray, method: Optional[str] = None):
+    """``keras_model`` as the target's full-integer .tflite: the converter's result, with its int8 session.
+
+    The last one is kept: the ranking of the int8 layers and every mixed candidate are built on the
+    float model's one session (one calibration, the same ranges and weights) instead of converting again."""
     from edgeresnet.host.converter import ConversionSpec, convert
     from edgeresnet.host.models.loading import LoadedModel
     from edgeresnet.targets import get_target
 
     target = get_target(opts.target)
     spec = ConversionSpec("int8", target.io_type_for("int8", None), method or opts.int8_method)
-    return convert(LoadedModel.from_keras(keras_model, "candidate").tflite_converter, spec, calib).model
+    key = (id(keras_model), spec, calib.shape, hash(np.ascontiguousarray(calib).tobytes()))
+    if _SESSION.get("key") != key or _SESSION.get("model") is not keras_model:
+        _SESSION.clear()
+        result = convert(LoadedModel.from_keras(keras_model, "candidate").tflite_converter, spec, calib)
+        _SESSION.update(key=key, model=keras_model, result=result)
+    return _SESSION["result"]
+
+
+def convert_int8(keras_model, opts: OptimizeOptions, calib: np.ndarray, method: Optional[str] = None,
+                 float_nodes: tuple = ()) -> bytes:
+    """``keras_model`` as the target's int8 .tflite (``method``: default --int8-method); ``float_nodes`` (node
+    names) kept in float with the same ranges and weights for the rest (``Int8Session.mixed``)."""
+    result = convert_result(keras_model, opts, calib, method)
+    return result.session.mixed(tuple(float_nodes)) if float_nodes else result.model
 
 
 def score(model: bytes, data: SearchData) -> dict:
@@ -128,13 +147,17 @@ def evaluate(cand: Candidate, opts: OptimizeOptions, data: SearchData, progress=
     started = time.perf_counter()
     model, pruned = fine_tune(cand, opts, data, progress)
     tuned = time.perf_counter()
-    tflite = convert_int8(model, opts, data.calib)
+    tflite = convert_int8(model, opts, data.calib, float_nodes=cand.float_nodes)
     record = {
         "key": cand.key, "label": cand.label, "settings": cand.to_dict(),
         "measured": measure(tflite, opts.budgets, opts.threads, opts.bench_repeats),
         **score(tflite, data),
         "keras_sparsity": None if pruned is None else round(pruned.keras_sparsity, 4),
-        "fine_tuned_epochs": 0 if cand.family == "int8" else opts.epochs,
+        "fine_tuned_epochs": 0 if cand.family in ("int8", "mixed") else opts.epochs,
         "seconds": {"fine_tune": round(tuned - started, 1), "total": round(time.perf_counter() - started, 1)},
     }
+    if opts.target_name == "edgetpu":
+        from edgeresnet.host.optimize.precision import edgetpu_memory
+
+        record["edgetpu_memory"] = edgetpu_memory(tflite)
     return tflite, record

@@ -126,15 +126,27 @@ def markdown(result: OptimizeResult) -> str:
              f"({s['machine']['host']}, {s['machine']['cores']} cores, {s['machine']['interpreter']}, "
              f"threads: {s['threads']}).", "",
              f"**Chosen: {result.chosen['label']}** -> `{MODEL_FILE}`. {result.why}.", "",
-             "| candidate | " + " | ".join(quantities) + f" | {s['metric']} % | drop | within | front |",
-             "|---|" + "---:|" * len(quantities) + "---:|---:|---|---|"]
+             f"Per-layer precision: {s.get('precision', '')}.", ""]
+    tpu = all(r.get("edgetpu_memory") for r in result.candidates)
+    if tpu:
+        cache = result.candidates[0]["edgetpu_memory"]["cache_bytes"]
+        lines += [f"Edge TPU on-chip parameter memory: {cache / 2**20:.0f} MiB; 'on-chip' says whether a candidate's "
+                  "parameters (of the ops predicted to map, as `inspect` estimates them) fit it, else the rest "
+                  "streams from off-chip memory on every inference (slower).", ""]
+    lines += ["| candidate | " + " | ".join(quantities) + f" | {s['metric']} % | drop | within | front |"
+              + (" on-chip |" if tpu else ""),
+              "|---|" + "---:|" * len(quantities) + "---:|---:|---|---|" + ("---|" if tpu else "")]
     for r in sorted(result.candidates, key=lambda r: r["measured"][result.primary]):
         lines.append(f"| {r['label']} | " + " | ".join(describe(q, r["measured"][q]) for q in quantities)
                      + f" | {r['score']:.2f} | {r['drop']:.2f} | {'yes' if r['within_budget'] else 'no'} | "
-                     + f"{'yes' if r['on_front'] else ''} |")
-    lines += ["", "Settings of each candidate (per-layer sparsity) are in optimize.json; the front's models are in "
+                     + f"{'yes' if r['on_front'] else ''} |" + (_on_chip(r["edgetpu_memory"]) if tpu else ""))
+    lines += ["", "Settings of each candidate (per-layer sparsity, layers in float) are in optimize.json; the front's models are in "
               "candidates/.", ""]
     return "\n".join(lines)
+
+
+def _on_chip(memory: dict) -> str:
+    return f" {'yes' if memory['fits_cache'] else 'no'} ({memory['param_bytes'] / 2**20:.2f} MiB) |"
 
 
 def write_output(folder: Path, result: OptimizeResult, budgets: Budgets, metric: str, models_from) -> None:

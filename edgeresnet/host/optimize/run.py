@@ -9,6 +9,7 @@ from edgeresnet._util.outlock import output_lock
 from edgeresnet._util.tf import require_host
 from edgeresnet.host.optimize.evaluate import load_search_data
 from edgeresnet.host.optimize.options import OptimizeOptions
+from edgeresnet.host.optimize.precision import precision_note
 from edgeresnet.host.optimize.result import OptimizeResult, choose, front_keys, machine, write_output
 from edgeresnet.host.optimize.search import search
 from edgeresnet.host.optimize.state import SearchState
@@ -51,7 +52,8 @@ def run_optimize(opts: OptimizeOptions, progress=None, notify=None) -> OptimizeR
             "float_score": round(data.float_top1, 3), "eval_images": len(data.eval), "epochs": opts.epochs,
             "int8_method": opts.int8_method, "threads": opts.threads or "interpreter default",
             "machine": machine(), "chosen": chosen["key"], "why": why, "front": front, "primary": primary,
-            "layers": [layer.to_dict() for layer in layers], "candidates": records,
+            "layers": [layer.to_dict() for layer in layers], "precision": precision_note(opts.target),
+            "candidates": records,
             "search_seconds": round(time.perf_counter() - started, 1), "resumed_candidates": state.resumed,
         }
         result = OptimizeResult(chosen, records, front, primary, why, summary)

@@ -11,7 +11,10 @@ the candidates for real, keep the most accurate one inside every budget.
 4. Each family's candidate is pruned with fine-tuning on --train, converted with --int8-method, run on
    --eval in the interpreter and measured (size, download, and latency and memory when budgeted). A
    candidate that the measurement puts over a size budget is rebuilt RETRY_STEP higher, RETRIES times.
-5. Of all measured candidates, the highest top-1 within every budget wins; ties go to the smaller one.
+5. On a target that runs float layers (cpu), the mixed family: the plain int8 model with its 1, 2 and 3
+   worst int8 layers in float (:mod:`~edgeresnet.host.optimize.precision`), built and measured the same
+   way; never on the Edge TPU.
+6. Of all measured candidates, the highest top-1 within every budget wins; ties go to the smaller one.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from edgeresnet.host.optimize.budgets import Budgets, download_bytes
 from edgeresnet.host.optimize.candidates import Candidate, LayerInfo, allocate, candidate, probe_model, profile_layers
 from edgeresnet.host.optimize.evaluate import SearchData, evaluate, held_out, load_search_data
 from edgeresnet.host.optimize.options import OptimizeOptions
+from edgeresnet.host.optimize.precision import plan_mixed
 from edgeresnet.host.optimize.state import SearchState
 
 # (family, skew, clusters): uniform sparsity; sensitivity-allocated sparsity; clustering (BY_BUDGET: the most
@@ -109,6 +113,10 @@ def plan_candidates(opts, plain: bytes, layers, progress=None, notify=None) -> l
             if notify:
                 notify(f"{name} cannot meet the size budgets even at sparsity {MAX_LEVEL}")
             continue
+        if level == 0 and not n:  # no pruning and no clusters: the plain int8 model, measured already
+            if notify:
+                notify(f"{name}: the plain int8 model already meets the size budgets; nothing to prune")
+            continue
         out.append(candidate(family, layers, level, skew, n))
     return out
 
@@ -154,10 +162,12 @@ def search(opts: OptimizeOptions, data: SearchData, state: SearchState, progress
     layers = layer_profile(opts, data, state, progress)
     plain = state.model_path(Candidate("int8").key).read_bytes()
     cands = plan_candidates(opts, plain, layers, progress, notify)
+    cands += plan_mixed(opts, data, state, notify, _stage(progress, "rank int8 layers by error", "passes"))
     for _ in range(RETRIES + 1):
         fresh = runner.run(cands)
         records += fresh
-        over = [(c, r) for c, r in zip(cands, fresh) if not _fits(r["measured"], opts.budgets)]
+        # a mixed candidate over a size budget has no sparser version: only the sparsity families are rebuilt
+        over = [(c, r) for c, r in zip(cands, fresh) if not _fits(r["measured"], opts.budgets) and not c.float_nodes]
         cands = [candidate(c.family, layers, min(MAX_LEVEL, c.level + RETRY_STEP), c.skew, c.clusters)
                  for c, _ in over if c.level < MAX_LEVEL]
         if not cands:
