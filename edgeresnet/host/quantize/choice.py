@@ -120,9 +120,9 @@ def choose(session, calibrated: bytes, saved_model_names: bool, tick) -> Choice:
                 f"(at least {HELD_EVERY * MIN_HELD} are needed); used {FALLBACK}")
     if note:  # one method, on every sample
         winner = tried[0] if len(tried) == 1 else FALLBACK
-        edited = session.edit(calibrated, get_method(winner), x, tick, saved_model_names)
+        edited, details = session.edit(calibrated, get_method(winner), x, tick, saved_model_names)
         return Choice(winner, skipped=tuple(skipped), fit=len(x), note=note, calibrated=edited,
-                      model=session.quantize(edited, io_type=session.io_type), details=session.details)
+                      model=session.quantize(edited, io_type=session.io_type), details=details)
     fit = np.setdiff1d(np.arange(len(x)), held)
     reference = _float_outputs(graph, x[held])
     scored, models = [], {}
@@ -134,10 +134,10 @@ def choose(session, calibrated: bytes, saved_model_names: bool, tick) -> Choice:
             break
         tick.section(f"calibration images ({name})", len(fit))
         start = time.perf_counter()
-        edited = session.edit(calibrated, get_method(name), x[fit], tick, saved_model_names)
+        edited, details = session.edit(calibrated, get_method(name), x[fit], tick, saved_model_names)
         model = session.quantize(edited, io_type=session.io_type)
         scored.append(_score(name, model, x[held], reference, time.perf_counter() - start))
-        models[name] = (edited, model, session.details)
+        models[name] = (edited, model, details)
     best = max(scored, key=lambda s: s.agreement)  # the first of equals: the cheapest
     edited, model, details = models[best.method]
     return Choice(best.method, tuple(scored), tuple(skipped), len(held), len(fit), calibrated=edited, model=model,

@@ -109,14 +109,15 @@ class Int8Session:
             self.method = get_method(self.choice.winner)
             self._calibrated, self.model, self.details = self.choice.calibrated, self.choice.model, self.choice.details
         else:
-            self._calibrated = self.edit(calibrated, self.method, self.calibration, tick, saved_model_names)
+            self._calibrated, self.details = self.edit(calibrated, self.method, self.calibration, tick, saved_model_names)
             self.model = self.quantize(self._calibrated, io_type=io_type)
         self.seconds["statistics"] = time.perf_counter() - edit_start
         check_full_integer(self.model, io_type)
         self.seconds["quantize"] = time.perf_counter() - start - self.seconds["statistics"]
 
-    def edit(self, calibrated: bytes, method, samples: np.ndarray, tick, saved_model_names: bool) -> bytes:
-        """The calibrated model ``calibrated`` as ``method`` edits it, measured on ``samples``."""
+    def edit(self, calibrated: bytes, method, samples: np.ndarray, tick, saved_model_names: bool) -> tuple[bytes, dict]:
+        """The calibrated model ``calibrated`` as ``method`` edits it, measured on ``samples``, and the figures
+        the method reported for the report (``{}`` when none)."""
         graph = g.Graph(calibrated)
         if saved_model_names:
             graph.name_like_saved_model()
@@ -132,12 +133,12 @@ class Int8Session:
                 measured = StatsPass(graph, layers, samples, subsets, self.config, method.uses_input_means)
                 measured.run(tick)  # ranges and every statistic the method asked for, in one batched pass
                 measured.write_ranges()
-                self.details = method.edit(graph, layers, measured, self.config, tick) or {}
+                details = method.edit(graph, layers, measured, self.config, tick) or {}
             except (ValueError, RuntimeError, np.linalg.LinAlgError) as exc:
                 raise ConversionError(
                     f"{method.name} quantization failed while optimising ranges/weights: {one_line(exc)}"
                 ) from None
-        return graph.to_bytes()
+        return graph.to_bytes(), details
 
     def record(self, asked: str) -> dict:
         """For the report: the method ``asked`` for, the one used, seconds per step, and what auto scored."""

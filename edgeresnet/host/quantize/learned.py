@@ -42,7 +42,7 @@ from edgeresnet.host.quantize.graph import SOFTMAX, WEIGHT_OPS, Graph
 from edgeresnet.host.quantize.mse import set_ranges
 from edgeresnet.host.quantize.mse_bias import MseBias, _weight_scale, quantize_layer_weights
 from edgeresnet.host.quantize.registry import register_method
-from edgeresnet.host.quantize.tfgraph import ADD, Ops, int_const, supported
+from edgeresnet.host.quantize.tfgraph import ADD, Ops, supported
 
 ZETA, GAMMA = 1.1, -0.1  # the rectified sigmoid's stretch (AdaRound)
 WARMUP = 0.2  # share of the steps without the rounding regulariser
@@ -113,21 +113,17 @@ def learn_rounding(graph: Graph, layers: list, samples: np.ndarray, cfg, tick) -
     tick.section("blocks of learned rounding", len(parts))
     rounding, errors = {}, []
     for k, block in enumerate(parts):
-        if not supported(graph, block) or any(int(i) not in fl for i in _block_inputs(graph, block)):
+        ins = _block_inputs(graph, block)
+        if not supported(graph, block) or any(i not in fl for i in ins):
             break  # an op this cannot run: the layers from here on round to nearest
         mine = [by_w[int(op.inputs[1])] for code, op in block
                 if code in WEIGHT_OPS and len(op.inputs) > 1 and int(op.inputs[1]) in by_w]
-        weights = {}
+        weights = {}  # the int8 path's rounded weights and learned biases, for the blocks after
         if mine:
-            learned, error = _learn_block(ops, block, mine, fl, qv, cfg, rng)
+            learned, weights, error = _learn_block(ops, block, ins, mine, fl, qv, cfg, rng)
             rounding.update(learned)
             errors.append(error)
-            for layer in mine:
-                steps, bias = learned[layer.w]
-                weights[layer.w] = tf.constant(steps * _scale(graph, layer), tf.float32)
-                if bias is not None:
-                    weights[layer.b] = tf.constant(bias)
-        _propagate(ops, block, fl, qv, weights)
+        _propagate(ops, block, ins, fl, qv, weights)
         for t in [t for t, last in last_use.items() if last == k]:
             fl.pop(t, None)
             qv.pop(t, None)
@@ -135,9 +131,9 @@ def learn_rounding(graph: Graph, layers: list, samples: np.ndarray, cfg, tick) -
     return rounding, errors
 
 
-def _scale(graph: Graph, layer) -> np.ndarray:
-    w = graph.const(layer.w).astype(np.float64)
-    return _weight_scale(w, layer.per_channel).reshape((-1,) + (1,) * (w.ndim - 1))
+def _scale(w: np.ndarray, per_channel: bool) -> np.ndarray:
+    """The quantizer's scale of weights ``w``, shaped to multiply them (one per output channel on axis 0)."""
+    return _weight_scale(w, per_channel).reshape((-1,) + (1,) * (w.ndim - 1))
 
 
 def _last_use(graph: Graph, parts: list) -> dict:
@@ -159,9 +155,16 @@ def _block_inputs(graph: Graph, block: list) -> list[int]:
     for _, op in block:
         for i in op.inputs:
             i = int(i)
-            if i >= 0 and i not in made and i not in ins and graph.const(i) is None and int_const(graph, i) is None:
+            if i >= 0 and i not in made and i not in ins and not _is_constant(graph, i):
                 ins.append(i)
     return ins
+
+
+def _is_constant(graph: Graph, i: int) -> bool:
+    """Tensor ``i`` has a buffer with data (weights, biases, axes, shapes), read without copying it."""
+    t = graph.sg.tensors[i]
+    data = graph.model.buffers[t.buffer].data if t.buffer < len(graph.model.buffers) else None
+    return data is not None and len(data) > 0
 
 
 def _block_outputs(graph: Graph, block: list) -> list[int]:
@@ -173,10 +176,11 @@ def _block_outputs(graph: Graph, block: list) -> list[int]:
             for code, op in block if int(op.outputs[0]) in outs]
 
 
-def _propagate(ops: Ops, block: list, fl: dict, qv: dict, weights: dict) -> None:
-    """The block's outputs for every sample: float (float weights) and int8 (``weights``, fake-quantized activations)."""
+def _propagate(ops: Ops, block: list, ins: list, fl: dict, qv: dict, weights: dict) -> None:
+    """The block's outputs for every sample: float (float weights) and int8 (``weights``, fake-quantized activations)
+    from its inputs ``ins``."""
     tf = ops.tf
-    ins, made = _block_inputs(ops.graph, block), [int(op.outputs[0]) for _, op in block]
+    made = [int(op.outputs[0]) for _, op in block]
     n = int(fl[ins[0]].shape[0])
     for values, w, quantized in ((fl, {}, False), (qv, weights, True)):
         for t, parts in _chunked(ops, block, values, ins, made, n, w, quantized).items():
@@ -189,7 +193,7 @@ class _Rounding:
     def __init__(self, tf, graph: Graph, layer):
         self.w = layer.w
         w = graph.const(layer.w).astype(np.float64)
-        self.scale = _scale(graph, layer)
+        self.scale = _scale(w, layer.per_channel)
         steps = w / self.scale
         self.floor = np.floor(steps)
         frac = np.clip(steps - self.floor, 0.01, 0.99)
@@ -238,12 +242,13 @@ class _Rounding:
         return np.where(self.fixed, self.exact, np.clip(self.floor + up, -127, 127))
 
 
-def _learn_block(ops: Ops, block: list, layers: list, fl: dict, qv: dict, cfg, rng) -> tuple[dict, tuple]:
-    """{weight tensor: (int8 steps, bias)} of ``layers`` minimising the block's int8 output error, and that
-    error (relative to the output's energy, on every sample, int8 inputs) rounded to nearest and learned."""
+def _learn_block(ops: Ops, block: list, ins: list, layers: list, fl: dict, qv: dict, cfg, rng) -> tuple:
+    """For ``layers``, learned to minimise the block's int8 output error from its inputs ``ins``: {weight tensor:
+    (int8 steps, bias)}; {weight or bias tensor: its value in the int8 model}; and that error (relative to the
+    output's energy, on every sample, int8 inputs) rounded to nearest and learned."""
     tf = ops.tf
     run = [(code, op) for code, op in block if code != SOFTMAX]
-    ins, outs = _block_inputs(ops.graph, block), _block_outputs(ops.graph, block)
+    outs = _block_outputs(ops.graph, block)
     n = int(fl[ins[0]].shape[0])
     targets = {t: tf.concat(v, 0) for t, v in _chunked(ops, run, fl, ins, outs, n, {}, False).items()}
     energy = sum(float(tf.reduce_mean(tf.reduce_sum(tf.square(v), -1))) for v in targets.values()) or 1.0
@@ -291,7 +296,7 @@ def _learn_block(ops: Ops, block: list, layers: list, fl: dict, qv: dict, cfg, r
 
     nearest = {p.w: tf.constant(p.exact * p.scale, tf.float32) for p in params}
     learned = {k: v for p in params for k, v in p.hard(tf).items()}
-    return {p.w: (p.steps(), p.learned_bias()) for p in params}, (error(nearest), error(learned))
+    return {p.w: (p.steps(), p.learned_bias()) for p in params}, learned, (error(nearest), error(learned))
 
 
 def _chunked(ops: Ops, run: list, values: dict, ins: list, outs: list, n: int, weights: dict, quantized: bool) -> dict:
