@@ -194,13 +194,13 @@ def test_resnet8_at_60_percent_of_the_int8_download_beats_uniform_sparsity(run_c
     from edgeresnet.device.images import load_images
     from edgeresnet.device.runtime import TFLiteModel
 
-    from edgeresnet.host.optimize.budgets import download_bytes
+    from edgeresnet.device.sparsity import compressed_size
     from edgeresnet.host.optimize.evaluate import convert_int8, load_search_data
 
     train, test = shared_data / "cifar10" / "train", shared_data / "cifar10" / "test"
     opts = OptimizeOptions(model=str(resnet8_h5), train=str(train), eval=str(test), budgets=Budgets(size=1))
     search_data = load_search_data(opts)
-    budget = int(0.6 * download_bytes(convert_int8(search_data.loaded.model, opts, search_data.calib)))
+    budget = int(0.6 * compressed_size(convert_int8(search_data.loaded.model, opts, search_data.calib)))
     out = tmp_path / "opt"
     code, _, err = run_cli(["optimize", resnet8_h5, "--train", train, "--eval", test, "--max-download", budget,
                             "--out", out])

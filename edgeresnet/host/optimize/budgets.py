@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import math
-import zlib
 from dataclasses import asdict, dataclass
 from typing import Optional
 
@@ -76,14 +75,17 @@ class Budgets:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
-def download_bytes(model: bytes) -> int:
-    """What downloading ``model`` costs: its zlib-compressed size at level 9."""
-    return len(zlib.compress(model, 9))
+def file_sizes(model: bytes) -> dict:
+    """The budgeted quantities a file alone decides: its bytes, and what downloading it costs (zlib, level 9,
+    as the report's ``compressed_bytes``)."""
+    from edgeresnet.device.sparsity import compressed_size
+
+    return {"size": len(model), "download": compressed_size(model)}
 
 
 def measure(model: bytes, budgets: Budgets, threads: Optional[int], repeats: int = 30) -> dict:
     """size and download always; latency (median ms) and peak memory when budgeted (they cost runs)."""
-    out = {"size": len(model), "download": download_bytes(model)}
+    out = file_sizes(model)
     if budgets.latency is not None:
         from edgeresnet.device.bench import BenchConfig, benchmark
 

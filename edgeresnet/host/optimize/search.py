@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from edgeresnet.host.optimize.budgets import Budgets, download_bytes
+from edgeresnet.host.optimize.budgets import Budgets, file_sizes
 from edgeresnet.host.optimize.candidates import Candidate, LayerInfo, allocate, candidate, probe_model, profile_layers
 from edgeresnet.host.optimize.evaluate import SearchData, evaluate, held_out, load_search_data
 from edgeresnet.host.optimize.options import OptimizeOptions
@@ -73,7 +73,7 @@ class _Prober:
         if key not in self.seen:
             clustered = tuple(layer.name for layer in self.layers if layer.role != "stem")
             tflite = probe_model(self.plain, allocate(self.layers, level, skew), clusters, clustered)
-            self.seen[key] = {"size": len(tflite), "download": download_bytes(tflite)}
+            self.seen[key] = file_sizes(tflite)
         return self.seen[key]
 
 
