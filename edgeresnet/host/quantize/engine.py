@@ -62,8 +62,8 @@ class Int8Session:
     ``io_type`` is the model's input/output type (``int8``, ``uint8`` or
     ``float32``); ``method`` a name in the method registry. ``progress(done,
     total, what)`` follows each pass on its own: the statistics pass
-    ("calibration images"), then, when equalization rescaled tensors, their
-    second look ("samples after equalization").
+    ("calibration images"), started again ("calibration images, equalized")
+    when equalization rescaled the model.
     """
 
     def __init__(
@@ -131,7 +131,8 @@ class Int8Session:
         with capture_output():  # the interpreter announces its delegates on stderr
             try:
                 measured = StatsPass(graph, layers, samples, subsets, self.config, method.uses_input_means)
-                measured.run(tick)  # ranges and every statistic the method asked for, in one batched pass
+                # ranges and every statistic the method asked for, in one batched pass (again if the method rescaled)
+                measured.run(tick, rescale=lambda channel_max: method.rescale(graph, channel_max))
                 measured.write_ranges()
                 details = method.edit(graph, layers, measured, self.config, tick) or {}
             except (ValueError, RuntimeError, np.linalg.LinAlgError) as exc:
@@ -257,7 +258,7 @@ def check_full_integer(model: bytes, io_type: str) -> None:
 class Ticker:
     """Counts the steps of long work, one pass at a time, towards ``progress(done, total)``.
 
-    With ``what`` (what the pass counts: "calibration images", "samples after equalization")
+    With ``what`` (what the pass counts: "calibration images", "calibration images, equalized")
     the call is ``progress(done, total, what)``; :meth:`section` starts the next pass.
     """
 

@@ -35,6 +35,8 @@ SLICE = 65
 PADV2 = 60
 LOG_SOFTMAX = 50
 MEAN = 40
+# Ops whose output range is fixed (the quantizer ignores a calibrated min/max for them).
+FIXED_RANGE_OPS = {SOFTMAX, LOGISTIC, TANH, LOG_SOFTMAX}
 ACT_NONE, ACT_RELU = 0, 1  # fused activations
 WEIGHT_OPS = {CONV_2D, FULLY_CONNECTED}
 
@@ -246,16 +248,17 @@ def _probe(graph: Graph, tensors: list[int], samples: np.ndarray):
 
 
 def run_probe(graph: Graph, tensors: list[int], samples: np.ndarray, visit: Callable[[dict, np.ndarray], None], tick,
-               rows: Optional[np.ndarray] = None):
+               rows: Optional[np.ndarray] = None) -> bool:
     """Run ``samples`` (the ``rows`` of it, in that order; default all) through the float model in batches;
-    ``visit(values, batch_rows)`` gets {tensor: (B, ...) values} and the rows of ``samples`` they came from.
+    ``visit(values, batch_rows)`` gets {tensor: (B, ...) values} and the rows of ``samples`` they came from,
+    and stops the run by returning True (then this returns True).
 
     The values are views of the interpreter's buffers, valid only during the call (copy what is kept).
     """
     rows = np.arange(len(samples)) if rows is None else np.asarray(rows)
     if not tensors:
         tick(len(rows))
-        return
+        return False
     interp, inp, outs, batch = _probe(graph, tensors, samples[rows[:PROBE_MAX_BATCH]])
     for k in range(0, len(rows), batch):
         here = rows[k : k + batch]
@@ -265,5 +268,8 @@ def run_probe(graph: Graph, tensors: list[int], samples: np.ndarray, visit: Call
             chunk = np.concatenate([chunk, np.repeat(chunk[:1], batch - n, axis=0)])
         interp.set_tensor(inp, np.ascontiguousarray(chunk))
         interp.invoke()
-        visit({i: interp.tensor(idx)()[:n] for idx, i in outs}, here)  # no view outlives the call
+        stop = visit({i: interp.tensor(idx)()[:n] for idx, i in outs}, here)  # no view outlives the call
         tick(n)
+        if stop:
+            return True
+    return False

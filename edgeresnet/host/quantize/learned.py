@@ -37,7 +37,6 @@ from typing import Optional
 import numpy as np
 
 from edgeresnet._util import tf as _tf
-from edgeresnet.host.quantize.equalize import equalize
 from edgeresnet.host.quantize.graph import SOFTMAX, WEIGHT_OPS, Graph
 from edgeresnet.host.quantize.mse import set_ranges
 from edgeresnet.host.quantize.mse_bias import MseBias, _weight_scale, quantize_layer_weights
@@ -63,9 +62,6 @@ class MseLearned(MseBias):
     def edit(self, graph, layers, measured, cfg, tick):
         from edgeresnet.host.quantize.engine import spread
 
-        changed = equalize(graph, measured.stats.channel_max)
-        if changed:
-            measured.run(tick, tensors=changed)
         set_ranges(graph, measured.stats)  # first: the learning sees the int8 activations
         samples = measured.samples[spread(len(measured.samples), cfg.learn_samples)]
         rounding, errors = learn_rounding(graph, layers, samples, cfg, tick)

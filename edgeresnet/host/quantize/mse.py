@@ -24,8 +24,8 @@ import numpy as np
 from edgeresnet._util import tf as _tf
 from edgeresnet.host.quantize.equalize import equalize
 from edgeresnet.host.quantize.graph import (
-    AVERAGE_POOL_2D, EXPAND_DIMS, LOG_SOFTMAX, LOGISTIC, MAX_POOL_2D, PAD, PADV2, RESHAPE, SLICE, SOFTMAX, SQUEEZE,
-    STRIDED_SLICE, TANH, TRANSPOSE, Graph,
+    AVERAGE_POOL_2D, EXPAND_DIMS, FIXED_RANGE_OPS, MAX_POOL_2D, PAD, PADV2, RESHAPE, SLICE, SQUEEZE, STRIDED_SLICE,
+    TRANSPOSE, Graph,
 )
 from edgeresnet.host.quantize.registry import Method, register_method
 from edgeresnet.host.quantize.stats import Histogram, Stats
@@ -40,8 +40,6 @@ _SAME_SCALE_OPS = {
     AVERAGE_POOL_2D, MAX_POOL_2D, RESHAPE, SQUEEZE, EXPAND_DIMS,
     PAD, PADV2, TRANSPOSE, SLICE, STRIDED_SLICE,
 }
-# Fixed output ranges: the quantizer ignores the calibrated min/max.
-_FIXED_RANGE_OPS = {SOFTMAX, LOGISTIC, TANH, LOG_SOFTMAX}
 
 
 @register_method
@@ -56,10 +54,10 @@ class Mse(Method):
             "equalize": spread(n, cfg.equalize_samples) if cfg.equalize else _NONE,
         }
 
+    def rescale(self, graph, channel_max):
+        return equalize(graph, channel_max)
+
     def edit(self, graph, layers, measured, cfg, tick):
-        changed = equalize(graph, measured.stats.channel_max)
-        if changed:
-            measured.run(tick, tensors=changed)
         self.set_weights(graph, layers, measured.stats)
         set_ranges(graph, measured.stats)
 
@@ -130,7 +128,7 @@ def set_ranges(graph: Graph, stats: Stats) -> None:
     chosen = {}
     for i, h in stats.hist.items():
         code, _ = graph.producer(i)
-        if code in _FIXED_RANGE_OPS:
+        if code in FIXED_RANGE_OPS:
             continue
         if i in stats.pooled:
             pool_ops, xs = stats.pooled[i]

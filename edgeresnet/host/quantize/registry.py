@@ -39,6 +39,11 @@ class Method:
         ``"stats"`` (histograms, kept pool inputs, input means), ``"equalize"``, ``"gptq"``."""
         return {}
 
+    def rescale(self, graph, channel_max: dict) -> set:
+        """Rescale channels of ``graph`` from the "equalize" samples' per-channel maxima, before the rest of the
+        statistics are measured; returns the tensors whose values changed (empty: the model is unchanged)."""
+        return set()
+
     def edit(self, graph, layers, measured, cfg, tick) -> Optional[dict]:
         """Change the calibrated float model ``graph`` (ranges, weights, biases) in place; may return
         figures for the report (``Int8Session.details``).

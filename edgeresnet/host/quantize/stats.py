@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
 from edgeresnet.host.quantize.config import QuantOptConfig
 from edgeresnet.host.quantize.equalize import chain_heads
-from edgeresnet.host.quantize.graph import AVERAGE_POOL_2D, FULLY_CONNECTED, TFLITE_FLOAT32, Graph, Layer, run_probe
+from edgeresnet.host.quantize.graph import (
+    AVERAGE_POOL_2D, FIXED_RANGE_OPS, FULLY_CONNECTED, TFLITE_FLOAT32, Graph, Layer, run_probe,
+)
 
 
 def _range_tensors(graph: Graph) -> list[int]:
@@ -193,8 +195,9 @@ class StatsPass:
     the activation histograms, the kept average-pool inputs and, with
     ``want_means``, every weight layer's mean input; ``"equalize"`` the
     per-channel maxima of the equalization chains' heads; ``"gptq"`` the
-    GPTQ input correlations. After equalization rescales some tensors,
-    :meth:`run` with ``tensors`` measures just those again.
+    GPTQ input correlations. When equalization rescales the model (measured on
+    the "equalize" samples, which run first), :meth:`run` starts again on the
+    rescaled model.
     """
 
     def __init__(self, graph: Graph, layers: list, samples: np.ndarray, subsets: dict, cfg: QuantOptConfig,
@@ -215,42 +218,51 @@ class StatsPass:
         self._gptq_rows: dict = {}
 
     # the pass -----------------------------------------------------------
-    def run(self, tick, tensors: Optional[set] = None) -> Stats:
-        """Measure everything (``tensors`` None: all samples), or again only the statistics of ``tensors``
-        (on the samples that feed them; their min/max then cover those samples)."""
-        only = None if tensors is None else set(tensors)
-        keep = lambda ts: [i for i in ts if only is None or i in only]  # noqa: E731
-        acts, pools, means = keep(self.acts), {i: p for i, p in self.pools.items() if only is None or i in only}, keep(self.mean_layers)
-        heads = keep(self.heads) if only is None else []
-        gptq = [layer for layer in self.gptq_layers if only is None or layer.x in only]
+    def run(self, tick, rescale: Optional[Callable[[dict], set]] = None) -> Stats:
+        """Measure everything over all samples.
+
+        ``rescale(channel_max)`` (equalization) is called once the "equalize" samples, which go first, are
+        measured; when it changes the model (returns the rescaled tensors), the pass starts again on the
+        rescaled model, so every statistic describes the model that is quantized. Only the samples seen
+        before that point are run twice.
+        """
+        acts, pools, means, heads, gptq = self.acts, self.pools, self.mean_layers, self.heads, self.gptq_layers
         self._reset(acts, pools, means, gptq)
-        if only is None:
-            rows = np.arange(len(self.samples))
-            ranged = self.range_tensors
-        else:
-            rows = np.flatnonzero(self.rows["stats"] | self.rows["gptq"])
-            ranged = keep(self.range_tensors)
-            tick.section("samples after equalization", len(rows))
-        # The subsets' samples first (each in its order), so most batches are wholly in or out of them.
-        wanted = (self.rows["stats"] | self.rows["equalize"] | self.rows["gptq"])[rows]
-        rows = np.concatenate([rows[wanted], rows[~wanted]])
+        # Histogram tensors take their range from the histogram (min/max matter on its samples only), and
+        # fixed-range outputs (softmax) none: the other samples run only when some tensor's min/max is used.
+        fixed = {int(op.outputs[0]) for code, op in self.graph.ops if code in FIXED_RANGE_OPS}
+        everywhere = [i for i in self.range_tensors if i not in set(acts) and i not in fixed]
+        eq, st = self.rows["equalize"], self.rows["stats"] | self.rows["gptq"]
+        order = np.arange(len(self.samples))
+        rows = np.concatenate([order[eq], order[st & ~eq]] + ([order[~(st | eq)]] if everywhere else []))
+        tick.section(tick.what, len(rows))
         lo, hi = self.stats.lo, self.stats.hi
-        for i in ranged:
+        for i in self.range_tensors:
             lo[i], hi[i] = np.inf, -np.inf
-        rng = np.random.default_rng(self.cfg.seed)
+        heads_left = [int(eq.sum()) if heads and rescale is not None else 0]
 
         def visit(values, batch_rows):
+            sel = self.rows["stats"][batch_rows]
             extremes = {}
-            for i in ranged:
+            for i in self.range_tensors if sel.any() or not acts else everywhere:
                 v = values[i]
                 extremes[i] = float(v.min()), float(v.max())
                 lo[i], hi[i] = min(lo[i], extremes[i][0]), max(hi[i], extremes[i][1])
-            self._visit_stats(values, self.rows["stats"][batch_rows], acts, pools, means, extremes)
-            self._visit_heads(values, self.rows["equalize"][batch_rows], heads)
-            self._visit_gptq(values, self.rows["gptq"][batch_rows], gptq, rng)
+            self._visit_stats(values, sel, acts, pools, means, extremes)
+            self._visit_heads(values, eq[batch_rows], heads)
+            self._visit_gptq(values, self.rows["gptq"][batch_rows], gptq, batch_rows)
+            if heads_left[0]:
+                heads_left[0] -= int(eq[batch_rows].sum())
+                if not heads_left[0] and rescale(self.stats.channel_max):
+                    return True  # the model changed under the pass: stop, and measure it again
+            return False
 
-        tensors_run = sorted(set(ranged) | set(acts) | set(pools) | set(means) | set(heads) | {layer.x for layer in gptq})
-        run_probe(self.graph, tensors_run, self.samples, visit, tick, rows)
+        tensors = sorted(set(self.range_tensors) | set(acts) | set(pools) | set(means) | set(heads)
+                         | {layer.x for layer in gptq})
+        if run_probe(self.graph, tensors, self.samples, visit, tick, rows):
+            self.heads = []
+            tick.what = "calibration images, equalized"
+            return self.run(tick)
         self._finish(means, gptq)
         return self.stats
 
@@ -295,9 +307,10 @@ class StatsPass:
             cur = self.stats.channel_max.get(i)
             self.stats.channel_max[i] = m if cur is None else np.maximum(cur, m)
 
-    def _visit_gptq(self, values, sel, layers, rng) -> None:
+    def _visit_gptq(self, values, sel, layers, batch_rows) -> None:
         shapes = {layer.w: self.graph.const(layer.w).shape for layer in layers}
-        for j in np.flatnonzero(sel):  # sample by sample, as the seeded draws go
+        for j in np.flatnonzero(sel):  # each sample's patches drawn from its own seeded stream (any order)
+            rng = np.random.default_rng((self.cfg.seed, int(batch_rows[j])))
             for layer in layers:
                 P = sample_patches(layer, values[layer.x][j : j + 1], shapes[layer.w], self.cfg.gptq_rows, rng).astype(np.float32)
                 h = (P.T @ P).astype(np.float64)
@@ -322,7 +335,7 @@ class StatsPass:
     def write_ranges(self) -> None:
         """The measured min/max into the model: every calibrated tensor's, the graph inputs' from the data."""
         for i in self.range_tensors:
-            if i in self.stats.lo:
+            if i in self.stats.lo and np.isfinite(self.stats.lo[i]):  # not measured (fixed-range): left as it is
                 _write_range(self.graph, i, self.stats.lo[i], self.stats.hi[i])
         for i in self.graph.inputs:
             if self.graph.has_range(i):
