@@ -3,6 +3,10 @@ and at most N int8 values per output channel in the emitted .tflite."""
 
 from __future__ import annotations
 
+import csv
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -73,6 +77,45 @@ def test_convert_cluster_n_emits_at_most_n_values_per_channel(run_cli, tiny_mode
     weights = [graph.const_array(t.index) for _, t in graph.filter_tensors()]
     assert max(len(np.unique(w[0])) for w in weights[1:]) <= 4  # every layer but the stem
     assert len(np.unique(weights[0])) > 4
+
+
+@pytest.mark.slow
+def test_report_cluster_n_records_it_and_emits_at_most_n_values_per_channel(run_cli, tiny_model_h5, tiny_data, tmp_path):
+    """`report --cluster 4`: report.json (checked against its schema) carries the clustering, run-wide with each
+    layer's distinct weights and per variant; the int8 model has at most 4 int8 values per output channel in the
+    clustered layers; report.md, report.html and report.csv show it where they show pruning."""
+    from edgeresnet.device.tflite_graph import parse_tflite
+    from edgeresnet.report.schema import validate_report
+
+    out = tmp_path / "out"
+    code, _, err = run_cli(["report", tiny_model_h5, "--target", "cpu", "--int8-method", "minmax", "--preset", "unit",
+                            "--calib", tiny_data["calib"], "--calib-samples", "32", "--eval", tiny_data["eval"],
+                            "--train", tiny_data["calib"], "--cluster", "4", "--epochs", "1", "--batch-size", "16",
+                            "--no-latency", "--out", out])
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    validate_report(report)
+    run = report["cluster"]
+    assert (run["clusters"], run["fine_tuned"], run["epochs"], run["batch_size"], run["stem_left"]) == (4, True, 1, 16, True)
+    body = set(run["layers"])
+    assert len(body) == run["clustered_layers"] >= 3 and 2 <= max(run["layers"].values()) == run["max_values"] <= 4
+    assert report["variants"] and all(v["cluster"] == {k: x for k, x in run.items() if k != "layers"}
+                                      for v in report["variants"])
+    (int8,) = [v for v in report["variants"] if v["precision"] == "int8"]
+    graph = parse_tflite(Path(int8["path"]).read_bytes())
+    counted = 0
+    for _, tensor in graph.filter_tensors():
+        q = graph.const_array(tensor.index)
+        if any(name in tensor.name.split("/") for name in body):
+            counted += 1
+            assert q.dtype == np.int8 and max(len(np.unique(q[c])) for c in range(q.shape[0])) <= 4, tensor.name
+        else:  # the stem, left as it is
+            assert len(np.unique(q)) > 4, tensor.name
+    assert counted == len(body)
+    assert "- clustering: 4 clusters per kernel" in (out / "report.md").read_text()
+    assert "<h2>Clustering</h2>" in (out / "report.html").read_text()
+    with open(out / "report.csv", newline="") as fh:
+        assert {row["clusters"] for row in csv.DictReader(fh)} == {"4"}
 
 
 def test_cluster_with_qat_is_refused_before_any_work(run_cli, tiny_model_h5, tiny_data, tmp_path):

@@ -249,13 +249,18 @@ def _prune_record(emit: Emitter, planned: PlannedVariant, model, info, rec: Vari
             own_float[planned.sparsity], emit.outputs[rec.name], emit.labels, info)
 
 
-def emit_all(opts: ConvertOptions, plan, models, emit: Emitter, report, folder: Path) -> None:
-    """Every planned variant, converted, measured and checked; an over-budget int8 one also recovered."""
+def emit_all(opts: ConvertOptions, plan, models, emit: Emitter, report, folder: Path,
+             clustering: Optional[dict] = None) -> None:
+    """Every planned variant, converted, measured and checked; an over-budget int8 one also recovered.
+    ``clustering``: model_key -> the --cluster record of that model (finetune.build_models)."""
     own_float: dict = {}  # sparsity -> the pruned float model's outputs on the evaluation images
     for planned in plan:
         model, info = models[planned.model_key]
         rec = emit(model, planned, folder)
         _prune_record(emit, planned, model, info, rec, own_float)
+        clustered = (clustering or {}).get(planned.model_key)
+        if clustered is not None:
+            rec.cluster = {k: v for k, v in clustered.items() if k != "layers"}  # the run's record has the layers
         rec.fine_tune = fine_tune_record(opts.train, info, planned.qat)
         report.add(rec)
         if rec.status == Status.OVER_BUDGET and planned.qat:

@@ -102,27 +102,31 @@ def _qat(config, base, base_info, train, progress, in_child: bool = False):
 
 
 def _cluster(config, loaded, train, progress, notify):
-    """``loaded`` with its kernels clustered (--cluster N), fine-tuned on ``train`` keeping the clusters when given."""
+    """``loaded`` with its kernels clustered (--cluster N), fine-tuned on ``train`` keeping the clusters when given;
+    returns (LoadedModel, the report's record of it: clustering.cluster_record)."""
     from edgeresnet.host.models.loading import LoadedModel
-    from edgeresnet.host.training.clustering import cluster_model
+    from edgeresnet.host.training.clustering import cluster_model, cluster_record
 
     loaded.require_tf_keras("--cluster")
     stage = f"fine-tune clustered model ({config.clusters} clusters)"
     model, distinct = cluster_model(loaded.model, config, train, stage_progress(progress, stage, "training batches"))
-    how = "fine-tuned on --train" if train is not None and config.epochs else "one-shot, no --train"
+    fine_tuned = train is not None and config.epochs > 0
+    how = "fine-tuned on --train" if fine_tuned else "one-shot, no --train"
     notify(f"clustered {loaded.name}: at most {max(distinct.values())} values in each of {len(distinct)} layers "
            f"(the stem left as it is; {how})")
-    return LoadedModel.from_keras(model, loaded.name)
+    return LoadedModel.from_keras(model, loaded.name), cluster_record(config, distinct, fine_tuned)
 
 
-def build_models(ctx: RunContext, plan, src: Source) -> dict:
+def build_models(ctx: RunContext, plan, src: Source) -> tuple[dict, dict]:
     """The models to convert: the one given, one pruned model per sparsity in the plan (fine-tuned on
     --train when given) and, with --qat, a quantization-aware fine-tuned copy of each (sparsity-preserving
-    for pruned ones); each built once. (sparsity, qat) -> (LoadedModel, prune or QAT info)."""
+    for pruned ones); with --cluster N each one not quantization-aware clustered; each built once.
+    Returns ((sparsity, qat) -> (LoadedModel, prune or QAT info), (sparsity, qat) -> clustering record)."""
     opts, loaded, progress = ctx.opts, src.loaded, ctx.progress
     fine_tunes = opts.prune is not None or opts.qat is not None or opts.cluster is not None
     train = load_train(opts, loaded, src.preset, src.names) if fine_tunes else None
     models: dict = {}
+    clustering: dict = {}
     for sparsity, qat in dict.fromkeys(v.model_key for v in plan):
         model, info = loaded, None
         if qat:
@@ -136,14 +140,14 @@ def build_models(ctx: RunContext, plan, src: Source) -> dict:
             config = replace(opts.prune, sparsity=sparsity) if opts.prune else PruneConfig(sparsity=sparsity)
             model, info = _prune(config, loaded, train, progress, ctx.notify, train_in_child(opts, loaded, train))
         if opts.cluster is not None and not qat:
-            model = _cluster(opts.cluster, model, train, progress, ctx.notify)
+            model, clustering[(sparsity, qat)] = _cluster(opts.cluster, model, train, progress, ctx.notify)
         if opts.fold_preprocessing:
             from edgeresnet.host.calibration import fold_preprocessing
             from edgeresnet.host.models.loading import LoadedModel
 
             model = LoadedModel.from_keras(fold_preprocessing(model.model, src.preset), model.name)
         models[(sparsity, qat)] = (model, info)
-    return models
+    return models, clustering
 
 
 def _fine_tune_configs(opts) -> dict:

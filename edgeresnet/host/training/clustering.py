@@ -155,6 +155,21 @@ def cluster_model(model, config: ClusterConfig, train=None, progress=None):
     return final, {name: int(len(np.unique(final.get_layer(name).kernel.numpy()))) for name in plan}
 
 
+def cluster_record(config: ClusterConfig, distinct: dict, fine_tuned: bool) -> dict:
+    """The report's record of one clustered model: the settings (``clusters``, fine-tuning) and what came out
+    (``layers``: each clustered layer's distinct kernel values, ``max_values`` the largest of them)."""
+    return {
+        "clusters": config.clusters,
+        "clustered_layers": len(distinct),
+        "max_values": max(distinct.values(), default=0),
+        "stem_left": config.layers is None,
+        "fine_tuned": bool(fine_tuned),
+        "epochs": config.epochs if fine_tuned else 0,
+        **({"learning_rate": config.learning_rate, "batch_size": config.batch_size} if fine_tuned else {}),
+        "layers": dict(distinct),
+    }
+
+
 def _snap_all(model, plan: dict) -> None:
     for name, assign in plan.items():
         kernel = model.get_layer(name).kernel
