@@ -155,6 +155,14 @@ def optimize(
     from edgeresnet.host.optimize import Budgets, OptimizeOptions
     from edgeresnet.host.optimize.run import run_optimize
 
+    known = {f.name for f in fields(OptimizeOptions)} - {"model", "train", "eval", "out", "budgets"}
+    unknown = sorted(set(options) - known)
+    if unknown:  # as convert: the project's error naming the options, not a TypeError from the dataclass
+        raise ConfigError(f"unknown option {unknown[0]!r}; the options are the budgets (max_size, max_download, "
+                          "max_latency, max_memory, max_drop) and the fields of OptimizeOptions: "
+                          f"{', '.join(sorted(known))}")
+    if options.get("calib") is not None:
+        options["calib"] = str(options["calib"])  # a Path, as for the other folders
     budgets = Budgets(size=max_size, download=max_download, latency=max_latency, memory=max_memory, drop=max_drop)
     opts = OptimizeOptions(model=str(model), train=str(train), eval=str(eval), out=str(out), budgets=budgets,
                            **options)

@@ -110,6 +110,9 @@ def test_optimize_raises_the_projects_errors_and_prints_nothing(tiny_model_h5, t
                             max_size=100_000)
     with pytest.raises(edgeresnet.ModelLoadError, match="no such file"):
         edgeresnet.optimize(tmp_path / "missing.h5", **common, out=tmp_path / "e", max_size=100_000)
+    for bad in ({"max_sise": 100_000}, {"budgets": None, "max_size": 100_000}):  # a typo; a field the API sets
+        with pytest.raises(edgeresnet.ConfigError, match=f"unknown option {next(iter(bad))!r}.*max_size"):
+            edgeresnet.optimize(tiny_model_h5, **common, out=tmp_path / "f", **bad)
     assert capsys.readouterr() == ("", "")
     assert list(tmp_path.iterdir()) == []
 
