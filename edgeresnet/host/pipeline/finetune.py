@@ -155,7 +155,7 @@ def _fine_tune_configs(opts) -> dict:
     from edgeresnet.host.training.transfer import TransferConfig
 
     transfer = opts.transfer or (TransferConfig(seed=opts.seed) if opts.classes is not None else None)
-    configs = {"prune": opts.prune, "qat": opts.qat, "transfer": transfer}
+    configs = {"prune": opts.prune, "qat": opts.qat, "transfer": transfer, "cluster": opts.cluster}
     return {k: c for k, c in configs.items() if c is not None} if opts.train is not None else {}
 
 
