@@ -31,6 +31,25 @@ def test_cluster_count_is_checked(bad):
         ClusterConfig(bad)
 
 
+@pytest.mark.parametrize("layers", [(), "conv2d", ("conv2d", 3)])
+def test_layers_to_cluster_are_a_tuple_of_names(layers):
+    with pytest.raises(ConfigError, match="non-empty tuple of layer names"):
+        ClusterConfig(4, layers=layers)
+    assert ClusterConfig(4, layers=["a", "b"]).layers == ("a", "b")
+
+
+def test_a_model_with_nothing_but_its_stem_to_cluster_is_refused():
+    from edgeresnet._util import tf as _tf
+    from edgeresnet.host.training.clustering import cluster_model
+
+    keras = _tf.tf_keras()
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, name="only")(inputs))
+    model = keras.Model(inputs, keras.layers.Softmax()(x), name="stem_only")
+    with pytest.raises(ConfigError, match="stem_only has no Conv2D/Dense layer to cluster but its stem"):
+        cluster_model(model, ClusterConfig(4))
+
+
 @pytest.mark.slow
 def test_clustered_fine_tuned_model_has_at_most_n_values_per_channel_in_the_tflite(tiny_model_h5, tiny_data):
     from edgeresnet.device.images import stream_images, load_images

@@ -55,6 +55,13 @@ class ClusterConfig:
             raise ConfigError(f"--learning-rate must be a positive number, got {lr!r}")
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"unknown --strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        names = self.layers
+        if names is not None:
+            if isinstance(names, str) or not isinstance(names, (tuple, list)) or not names \
+                    or not all(isinstance(n, str) for n in names):
+                raise ConfigError("layers must be a non-empty tuple of layer names (None: every Conv2D/Dense layer "
+                                  f"but the stem), got {names!r}")
+            object.__setattr__(self, "layers", tuple(names))
 
 
 def refuse_multiworker(strategy: str, what: str) -> None:
@@ -116,6 +123,9 @@ def _layers(model, config: ClusterConfig) -> list:
 
         roles = layer_roles(model, keras)
         chosen = [layer for layer in chosen if roles.get(layer.name) != "stem"]
+        if not chosen:
+            raise ConfigError(f"{model.name} has no Conv2D/Dense layer to cluster but its stem (first convolution), "
+                              "which is left as it is; drop --cluster")
     else:
         known = {layer.name for layer in chosen}
         unknown = sorted(set(config.layers) - known)
