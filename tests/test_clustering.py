@@ -120,6 +120,8 @@ def test_report_cluster_n_records_it_and_emits_at_most_n_values_per_channel(run_
     assert len(body) == run["clustered_layers"] >= 3 and 2 <= max(run["layers"].values()) == run["max_values"] <= 4
     assert report["variants"] and all(v["cluster"] == {k: x for k, x in run.items() if k != "layers"}
                                       for v in report["variants"])
+    assert {(v["fine_tune"]["method"], v["fine_tune"]["epochs"], v["fine_tune"]["data"]) for v in report["variants"]} \
+        == {("cluster", 1, str(tiny_data["calib"]))}
     (int8,) = [v for v in report["variants"] if v["precision"] == "int8"]
     graph = parse_tflite(Path(int8["path"]).read_bytes())
     counted = 0
@@ -131,10 +133,26 @@ def test_report_cluster_n_records_it_and_emits_at_most_n_values_per_channel(run_
         else:  # the stem, left as it is
             assert len(np.unique(q)) > 4, tensor.name
     assert counted == len(body)
-    assert "- clustering: 4 clusters per kernel" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "- clustering: 4 clusters per kernel" in md and "| cluster 1 ep @" in md
     assert "<h2>Clustering</h2>" in (out / "report.html").read_text()
     with open(out / "report.csv", newline="") as fh:
         assert {row["clusters"] for row in csv.DictReader(fh)} == {"4"}
+
+
+def test_a_clustered_models_fine_tune_record_follows_pruning():
+    from edgeresnet.host.pipeline.finetune import cluster_fine_tune_record
+    from edgeresnet.host.training.clustering import cluster_record
+
+    tuned = cluster_record(ClusterConfig(8, epochs=2, batch_size=16), {"a": 8, "b": 7}, fine_tuned=True)
+    assert (tuned["max_values"], tuned["clustered_layers"], tuned["layers"]) == (8, 2, {"a": 8, "b": 7})
+    pruned = {"method": "prune", "epochs": 3, "learning_rate": 1e-3, "data": "t"}
+    assert cluster_fine_tune_record("t", tuned, None) == {
+        "method": "cluster", "epochs": 2, "learning_rate": 3e-4, "batch_size": 16, "data": "t", "process": "this"}
+    assert cluster_fine_tune_record("t", tuned, pruned)["after_pruning"] == pruned
+    one_shot = cluster_record(ClusterConfig(8), {"a": 8}, fine_tuned=False)
+    assert one_shot["epochs"] == 0 and "learning_rate" not in one_shot
+    assert cluster_fine_tune_record(None, one_shot, pruned) is pruned and cluster_fine_tune_record(None, one_shot, None) is None
 
 
 def test_cluster_with_qat_is_refused_before_any_work(run_cli, tiny_model_h5, tiny_data, tmp_path):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgeresnet.report import csv_table, layout, plot, reading
+from edgeresnet.report import csv_table, layout, markdown, plot, reading
 from edgeresnet.report import html as html_view
 from edgeresnet.report.writers import write_formats
 from edgeresnet.errors import ConfigError, OutputExistsError
@@ -423,7 +423,11 @@ def test_a_clustered_run_is_shown_where_pruning_is_and_its_record_is_checked(rep
     clustered["cluster"] = record | {"layers": {"conv2d_1": 16, "dense": 15}}
     for v in clustered["variants"][:3]:
         v["cluster"] = dict(record)
+        v["fine_tune"] = {"method": "cluster", "epochs": 3, "learning_rate": 3e-4, "batch_size": 64, "data": "train"}
+    clustered["variants"][2]["fine_tune"]["after_pruning"] = {"method": "prune", "epochs": 2, "learning_rate": 1e-3}
     validate_report(clustered)
+    assert [markdown.fine_tune_text(v) for v in clustered["variants"][1:4]] == [
+        "cluster 3 ep @0.0003", "prune 2 ep @0.001 + cluster 3 ep @0.0003", "–"]
     assert [reading.cluster_count(v) for v in clustered["variants"]] == [16, 16, 16, None, None]
     assert reading.point_labels(clustered["variants"][:2]) == ["cpu/fp32 16 clusters", "cpu/int8 16 clusters"]
     md = to_markdown(clustered)

@@ -42,7 +42,8 @@ def is_qat(variant: dict) -> bool:
 
 
 def fine_tune_text(variant: dict) -> str:
-    """How a variant's model was fine-tuned, short: ``prune 3 ep @0.0003 + PQAT 3 ep @0.0001 cosine``, or ``–``."""
+    """How a variant's model was fine-tuned, short: ``prune 3 ep @0.0003 + PQAT 3 ep @0.0001 cosine``
+    (``cluster 3 ep @0.0003`` for --cluster N), or ``–``."""
 
     def one(ft: dict) -> str:
         what = {"prune": "prune", "qat": "QAT", "pqat": "PQAT"}.get(ft.get("method"), str(ft.get("method")))

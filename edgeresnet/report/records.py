@@ -95,7 +95,8 @@ class VariantRecord:
     recovered_by: Optional[str] = None  # over budget: the name of the recovered variant
     recovery: Optional[dict] = None  # a recovered variant: quantize.recovery.RecoveryResult.to_dict() + cost
     device: Optional[dict] = None  # --device-check: the model evaluated on the device (device_check)
-    # How the model was fine-tuned (pipeline.finetune.fine_tune_record): method prune/qat/pqat, epochs, learning_rate, data.
+    # How the model was fine-tuned (pipeline.finetune.fine_tune_record, cluster_fine_tune_record): method
+    # prune/qat/pqat/cluster, epochs, learning_rate, data.
     fine_tune: Optional[dict] = None
     suggestion: Optional[str] = None  # over budget where no layer can stay float: the --qat command to try
 

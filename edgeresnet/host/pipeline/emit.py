@@ -17,7 +17,7 @@ from edgeresnet.host import shipping
 from edgeresnet.host.converter import convert
 from edgeresnet.host.pipeline.context import RunContext, stage_progress
 from edgeresnet.host.pipeline.data import RunData
-from edgeresnet.host.pipeline.finetune import fine_tune_record
+from edgeresnet.host.pipeline.finetune import cluster_fine_tune_record, fine_tune_record
 from edgeresnet.host.pipeline.options import ConvertOptions
 from edgeresnet.host.pipeline.plan import PlannedVariant, file_name
 from edgeresnet.report import Status, VariantRecord
@@ -258,10 +258,11 @@ def emit_all(opts: ConvertOptions, plan, models, emit: Emitter, report, folder: 
         model, info = models[planned.model_key]
         rec = emit(model, planned, folder)
         _prune_record(emit, planned, model, info, rec, own_float)
+        rec.fine_tune = fine_tune_record(opts.train, info, planned.qat)
         clustered = (clustering or {}).get(planned.model_key)
         if clustered is not None:
             rec.cluster = {k: v for k, v in clustered.items() if k != "layers"}  # the run's record has the layers
-        rec.fine_tune = fine_tune_record(opts.train, info, planned.qat)
+            rec.fine_tune = cluster_fine_tune_record(opts.train, clustered, rec.fine_tune)
         report.add(rec)
         if rec.status == Status.OVER_BUDGET and planned.qat:
             rec.error += "; quantization-aware models are not recovered by keeping layers in float"

@@ -201,3 +201,15 @@ def fine_tune_record(train_path, info, qat: bool) -> Optional[dict]:
     record["data"] = train_path
     record["process"] = info.get("process")  # "child": fine-tuned in a process of its own
     return record
+
+
+def cluster_fine_tune_record(train_path, cluster: dict, before: Optional[dict]) -> Optional[dict]:
+    """A clustered model's ``fine_tune`` record: clustering's fine-tuning on --train (after pruning's, ``before``,
+    when the model was pruned and fine-tuned first); ``before`` as it is when clustering was one-shot."""
+    if not cluster.get("fine_tuned"):
+        return before
+    record = {"method": "cluster", "epochs": cluster["epochs"], "learning_rate": cluster.get("learning_rate"),
+              "batch_size": cluster.get("batch_size"), "data": train_path, "process": "this"}
+    if before is not None:
+        record["after_pruning"] = before
+    return record
