@@ -155,6 +155,31 @@ def test_a_clustered_models_fine_tune_record_follows_pruning():
     assert cluster_fine_tune_record(None, one_shot, pruned) is pruned and cluster_fine_tune_record(None, one_shot, None) is None
 
 
+@pytest.mark.slow
+def test_convert_prune_and_cluster_keeps_the_zeros_and_says_so(run_cli, tiny_model_h5, tiny_data, tmp_path):
+    """--prune 0.5 --cluster 4: the pruned model is clustered with its zeros kept apart (at most 4 values and 0
+    per output channel), fine-tuned twice, and compared with its own pruned and clustered float model."""
+    from edgeresnet.device.tflite_graph import parse_tflite
+
+    out = tmp_path / "out"
+    code, _, err = run_cli(["convert", tiny_model_h5, "--int8", "--int8-method", "minmax", "--preset", "unit",
+                            "--calib", tiny_data["calib"], "--calib-samples", "32", "--eval", tiny_data["eval"],
+                            "--train", tiny_data["calib"], "--prune", "0.5", "--cluster", "4", "--epochs", "1",
+                            "--batch-size", "16", "--out", out])
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    (pruned,) = [v for v in report["variants"] if v.get("prune")]
+    assert pruned["cluster"]["clusters"] == 4 and pruned["cluster"]["max_values"] <= 5 and pruned["weight_sparsity"] > 0.4
+    assert pruned["fine_tune"]["method"] == "cluster" and pruned["fine_tune"]["after_pruning"]["method"] == "prune"
+    assert "then clustered" in pruned["prune"]["vs_pruned_float"]["reference"]
+    graph = parse_tflite(Path(pruned["path"]).read_bytes())
+    body = set(report["cluster"]["layers"])
+    for _, tensor in graph.filter_tensors():
+        if any(name in tensor.name.split("/") for name in body):
+            q = graph.const_array(tensor.index)
+            assert max(len(np.unique(q[c][q[c] != 0])) for c in range(q.shape[0])) <= 4, tensor.name
+
+
 def test_cluster_with_qat_is_refused_before_any_work(run_cli, tiny_model_h5, tiny_data, tmp_path):
     code, _, err = run_cli(["convert", tiny_model_h5, "--int8", "--calib", tiny_data["calib"], "--train",
                             tiny_data["calib"], "--cluster", "4", "--qat", "--out", tmp_path / "o"])

@@ -195,11 +195,12 @@ def _header_lines(report: dict) -> list[str]:
 
 def clustering_text(c: dict) -> str:
     """How the models were clustered (a ``cluster`` record), in words every view shows alike."""
-    how = (f"fine-tuned {c.get('epochs')} epochs on the fine-tuning data keeping the clusters"
+    epochs = c.get("epochs")
+    how = (f"fine-tuned {epochs} epoch{'' if epochs == 1 else 's'} on the fine-tuning data keeping the clusters"
            if c.get("fine_tuned") else "one-shot, not fine-tuned")
     where = "every Conv2D/Dense layer but the stem" if c.get("stem_left") else "the layers asked for"
     return (f"{c.get('clusters')} clusters per kernel in {c.get('clustered_layers')} layers ({where}; {how}); "
-            f"at most {c.get('max_values')} distinct weights in a layer")
+            f"at most {c.get('max_values')} distinct weights in a layer (a pruned layer's zeros are one more)")
 
 
 def cluster_lines(cluster: Optional[dict]) -> list[str]:
