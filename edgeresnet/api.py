@@ -55,6 +55,10 @@ def _options(model, out, overwrite, fields_given: dict):
     seed = given.get("seed", 0)
     if isinstance(given.get("prune"), (int, float)) and not isinstance(given["prune"], bool):
         given["prune"] = PruneConfig(sparsity=given["prune"], seed=seed)  # a sparsity, as `convert --prune S`
+    if isinstance(given.get("cluster"), (int, float)) and not isinstance(given["cluster"], bool):
+        from edgeresnet.host.training.clustering import ClusterConfig
+
+        given["cluster"] = ClusterConfig(given["cluster"], seed=seed)  # a number of clusters, as `convert --cluster N`
     if given.get("qat") is True:
         given["qat"] = QATConfig(seed=seed)  # as `convert --qat`
     elif given.get("qat") is False:
@@ -79,7 +83,7 @@ def convert(
     the fields of :class:`~edgeresnet.host.pipeline.ConvertOptions`, named as
     the ``convert`` flags: ``int8=True``, ``targets=("cpu", "edgetpu")`` (or one
     name), ``calib=DIR``, ``eval=DIR``, ``max_drop=1.0``, ``prune=0.5`` (a
-    sparsity), ``qat=True``... Returns the
+    sparsity), ``qat=True``, ``cluster=16`` (clusters per kernel)... Returns the
     :class:`~edgeresnet.report.RunReport` (also written to ``out/report.json``).
     Raises :class:`~edgeresnet.errors.DriftBudgetExceeded` over ``max_drop`` and
     :class:`~edgeresnet.errors.ConversionError` when a variant fails, after

@@ -43,6 +43,12 @@ def test_convert_raises_the_projects_errors_and_prints_nothing(tmp_path, capsys)
         edgeresnet.convert(int8=True, targets="npu", out=tmp_path / "b")
     with pytest.raises(edgeresnet.ModelLoadError, match="no such file"):
         edgeresnet.convert(tmp_path / "missing.h5", int8=True, out=tmp_path / "c")
+    with pytest.raises(edgeresnet.ConfigError, match="--cluster takes 2 to 256"):
+        edgeresnet.convert(int8=True, cluster=300, out=tmp_path / "d")
+    with pytest.raises(edgeresnet.ConfigError, match="cluster must be a ClusterConfig"):
+        edgeresnet.convert(int8=True, cluster="8", out=tmp_path / "e")
+    with pytest.raises(edgeresnet.ConfigError, match="nested models"):  # the reference ResNet-8 wraps its body
+        edgeresnet.convert(int8=True, cluster=8, out=tmp_path / "f")
     assert capsys.readouterr() == ("", "")
     assert list(tmp_path.iterdir()) == []
 

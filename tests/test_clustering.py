@@ -38,7 +38,7 @@ def test_layers_to_cluster_are_a_tuple_of_names(layers):
     assert ClusterConfig(4, layers=["a", "b"]).layers == ("a", "b")
 
 
-def test_a_model_with_nothing_but_its_stem_to_cluster_is_refused():
+def test_a_model_with_nothing_but_its_stem_or_with_nested_models_is_refused():
     from edgeresnet._util import tf as _tf
     from edgeresnet.host.training.clustering import cluster_model
 
@@ -48,6 +48,10 @@ def test_a_model_with_nothing_but_its_stem_to_cluster_is_refused():
     model = keras.Model(inputs, keras.layers.Softmax()(x), name="stem_only")
     with pytest.raises(ConfigError, match="stem_only has no Conv2D/Dense layer to cluster but its stem"):
         cluster_model(model, ClusterConfig(4))
+    outer_in = keras.Input((8, 8, 3))
+    wrapped = keras.Model(outer_in, model(keras.layers.Conv2D(3, 1, name="first")(outer_in)), name="wrapped")
+    with pytest.raises(ConfigError, match="wrapped contains nested models \\(stem_only\\)"):
+        cluster_model(wrapped, ClusterConfig(4))
 
 
 @pytest.mark.slow

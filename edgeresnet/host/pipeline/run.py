@@ -247,6 +247,11 @@ def _prepare(ctx: RunContext) -> tuple:
         from edgeresnet.host.training.qat import check_quantizable
 
         check_quantizable(loaded)  # Keras 3, layers tfmot cannot quantize: refused before any long work
+    if opts.cluster is not None:
+        from edgeresnet.host.training.clustering import check_clusterable
+
+        loaded.require_tf_keras("--cluster")
+        check_clusterable(loaded.model)  # nested models: refused before any long work
     preset_name = opts.preset or (reference_meta or {}).get("preset") or "raw"
     preset = get_preset(preset_name)
     names, order_warning = class_order(opts, loaded, ctx.notify)  # before any long work

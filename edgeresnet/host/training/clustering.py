@@ -114,8 +114,23 @@ def snap(kernel: np.ndarray, assign: np.ndarray) -> np.ndarray:
     return means[assign].reshape(kernel.shape).astype(kernel.dtype)
 
 
+def check_clusterable(model) -> None:
+    """ConfigError unless ``model`` is a flat tf_keras model: its nested models' layers would not be clustered."""
+    keras = _tf.tf_keras()
+    if not isinstance(model, keras.Model):
+        raise ConfigError(f"--cluster needs a tf_keras (Keras 2) model, got a {type(model).__module__.split('.')[0]} "
+                          f"{type(model).__name__}")
+    nested = [layer.name for layer in model.layers if isinstance(layer, keras.Model)]
+    if nested:
+        raise ConfigError(
+            f"{model.name} contains nested models ({', '.join(nested)}), whose layers --cluster does not reach; "
+            "rebuild it as one flat functional model (e.g. call the backbone's layers on your input) before clustering"
+        )
+
+
 def _layers(model, config: ClusterConfig) -> list:
     keras = _tf.tf_keras()
+    check_clusterable(model)
     kinds = (keras.layers.Conv2D, keras.layers.Dense)
     chosen = [layer for layer in model.layers if isinstance(layer, kinds) and not isinstance(layer, keras.layers.Conv2DTranspose)]
     if config.layers is None:  # the stem (first convolution) is tiny and the most sensitive: left as it is
