@@ -60,8 +60,9 @@ class ConvertOptions:
     # layers are tf_keras built-ins (train_data.portable); below that the pool is small and the child's start (a
     # TensorFlow import, ~5 s) would dominate.
     train_in_child: Optional[bool] = None
-    # The fine-tuning batch for pruning, --qat and --classes, as given (--batch-size). None: each config's batch,
-    # lowered where needed to keep fine-tuning under the memory bound (memory.choose_batch; not on a cluster).
+    # The fine-tuning batch for pruning, --qat, --cluster and --classes, as given (--batch-size). None: each
+    # config's batch, lowered where needed to keep fine-tuning under the memory bound (memory.choose_batch; not on
+    # a cluster).
     batch_size: Optional[int] = None
 
     def __post_init__(self):
