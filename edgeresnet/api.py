@@ -55,6 +55,10 @@ def _options(model, out, overwrite, fields_given: dict):
     seed = given.get("seed", 0)
     if isinstance(given.get("prune"), (int, float)) and not isinstance(given["prune"], bool):
         given["prune"] = PruneConfig(sparsity=given["prune"], seed=seed)  # a sparsity, as `convert --prune S`
+    if isinstance(given.get("cluster"), (int, float)) and not isinstance(given["cluster"], bool):
+        from edgeresnet.host.training.clustering import ClusterConfig
+
+        given["cluster"] = ClusterConfig(given["cluster"], seed=seed)  # a number of clusters, as `convert --cluster N`
     if given.get("qat") is True:
         given["qat"] = QATConfig(seed=seed)  # as `convert --qat`
     elif given.get("qat") is False:
@@ -79,7 +83,7 @@ def convert(
     the fields of :class:`~edgeresnet.host.pipeline.ConvertOptions`, named as
     the ``convert`` flags: ``int8=True``, ``targets=("cpu", "edgetpu")`` (or one
     name), ``calib=DIR``, ``eval=DIR``, ``max_drop=1.0``, ``prune=0.5`` (a
-    sparsity), ``qat=True``... Returns the
+    sparsity), ``qat=True``, ``cluster=16`` (clusters per kernel)... Returns the
     :class:`~edgeresnet.report.RunReport` (also written to ``out/report.json``).
     Raises :class:`~edgeresnet.errors.DriftBudgetExceeded` over ``max_drop`` and
     :class:`~edgeresnet.errors.ConversionError` when a variant fails, after
@@ -155,6 +159,14 @@ def optimize(
     from edgeresnet.host.optimize import Budgets, OptimizeOptions
     from edgeresnet.host.optimize.run import run_optimize
 
+    known = {f.name for f in fields(OptimizeOptions)} - {"model", "train", "eval", "out", "budgets"}
+    unknown = sorted(set(options) - known)
+    if unknown:  # as convert: the project's error naming the options, not a TypeError from the dataclass
+        raise ConfigError(f"unknown option {unknown[0]!r}; the options are the budgets (max_size, max_download, "
+                          "max_latency, max_memory, max_drop) and the fields of OptimizeOptions: "
+                          f"{', '.join(sorted(known))}")
+    if options.get("calib") is not None:
+        options["calib"] = str(options["calib"])  # a Path, as for the other folders
     budgets = Budgets(size=max_size, download=max_download, latency=max_latency, memory=max_memory, drop=max_drop)
     opts = OptimizeOptions(model=str(model), train=str(train), eval=str(eval), out=str(out), budgets=budgets,
                            **options)

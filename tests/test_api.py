@@ -13,8 +13,8 @@ import edgeresnet
 from edgeresnet.device.runtime import TFLiteModel
 
 REPO = Path(__file__).resolve().parents[1]
-PUBLIC = {"convert", "report", "inspect", "predict", "Classifier", "benchmark", "ConvertOptions", "EdgeResNetError",
-          "__version__"}
+PUBLIC = {"convert", "report", "optimize", "inspect", "predict", "Classifier", "benchmark", "ConvertOptions",
+          "EdgeResNetError", "__version__"}
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +43,12 @@ def test_convert_raises_the_projects_errors_and_prints_nothing(tmp_path, capsys)
         edgeresnet.convert(int8=True, targets="npu", out=tmp_path / "b")
     with pytest.raises(edgeresnet.ModelLoadError, match="no such file"):
         edgeresnet.convert(tmp_path / "missing.h5", int8=True, out=tmp_path / "c")
+    with pytest.raises(edgeresnet.ConfigError, match="--cluster takes 2 to 256"):
+        edgeresnet.convert(int8=True, cluster=300, out=tmp_path / "d")
+    with pytest.raises(edgeresnet.ConfigError, match="cluster must be a ClusterConfig"):
+        edgeresnet.convert(int8=True, cluster="8", out=tmp_path / "e")
+    with pytest.raises(edgeresnet.ConfigError, match="nested models"):  # the reference ResNet-8 wraps its body
+        edgeresnet.convert(int8=True, cluster=8, out=tmp_path / "f")
     assert capsys.readouterr() == ("", "")
     assert list(tmp_path.iterdir()) == []
 
@@ -57,6 +63,64 @@ def test_report_sweeps_the_precisions_of_a_target(tmp_path):
         assert v.latency["repeats"] == 2 and v.latency["median_ms"] > 0
     assert {"report.json", "report.md", "report.csv", "report.html", "accuracy_vs_size.png"} <= {
         p.name for p in out.iterdir()}
+
+
+def _download(data: bytes) -> int:
+    import zlib
+
+    return len(zlib.compress(data, 9))
+
+
+@pytest.mark.slow  # a real search on the tiny model: fine-tuned pruned and clustered candidates (~80 s on 2 busy cores)
+def test_optimize_returns_a_model_within_the_budget_that_runs(tiny_model_h5, tiny_data, tmp_path, capsys):
+    from edgeresnet.device.images import load_images
+    from edgeresnet.device.presets import get_preset
+    from edgeresnet.host.converter import ConversionSpec, convert
+    from edgeresnet.host.models.loading import load_model
+
+    unit = get_preset("unit")
+    calib = unit.apply(load_images(tiny_data["calib"], (16, 16, 3), samples=32).images)
+    plain = convert(load_model(tiny_model_h5).tflite_converter, ConversionSpec("int8", "int8", "minmax"), calib).model
+    budget = int(0.8 * _download(plain))  # the plain int8 model is over it: pruning or clustering must pay
+    out = tmp_path / "opt"
+    notes = []
+    result = edgeresnet.optimize(tiny_model_h5, train=tiny_data["calib"], eval=tiny_data["eval"], out=out,
+                                 max_download=budget, preset="unit", epochs=1, batch_size=16, int8_method="minmax",
+                                 calib_samples=32, notify=notes.append)
+    assert capsys.readouterr() == ("", "")  # the library never prints; notices went to notify
+    chosen = result.chosen
+    assert result.primary == "download" and result.why
+    data = (out / "optimized.tflite").read_bytes()
+    assert _download(data) == chosen["measured"]["download"] <= budget < _download(plain)
+    assert len(data) == chosen["measured"]["size"]
+    ev = load_images(tiny_data["eval"], (16, 16, 3))
+    top1 = 100.0 * float(np.mean(TFLiteModel(data).predict(unit.apply(ev.images)).argmax(-1) == ev.labels))
+    assert top1 == pytest.approx(chosen["score"], abs=1e-6) and top1 > 25.0  # 4 classes: better than chance
+    records = {c["key"]: c for c in result.candidates}
+    assert result.front and set(result.front) <= set(records)
+    for key in result.front:  # each front model is the file its record measured
+        assert _download((out / "candidates" / f"{key}.tflite").read_bytes()) == records[key]["measured"]["download"]
+    assert json.loads((out / "optimize.json").read_text())["chosen"] == chosen["key"]
+
+
+def test_optimize_raises_the_projects_errors_and_prints_nothing(tiny_model_h5, tiny_data, tmp_path, capsys):
+    common = {"train": tiny_data["calib"], "eval": tiny_data["eval"]}
+    with pytest.raises(edgeresnet.ConfigError, match="--max-download"):
+        edgeresnet.optimize(tiny_model_h5, **common, out=tmp_path / "a", max_download=-5)
+    with pytest.raises(edgeresnet.ConfigError, match="at least one budget"):
+        edgeresnet.optimize(tiny_model_h5, **common, out=tmp_path / "b")
+    with pytest.raises(edgeresnet.TargetError, match="tpu"):
+        edgeresnet.optimize(tiny_model_h5, **common, out=tmp_path / "c", max_size=100_000, target="tpu")
+    with pytest.raises(edgeresnet.DataError, match="--train"):
+        edgeresnet.optimize(tiny_model_h5, train=tmp_path / "none", eval=tiny_data["eval"], out=tmp_path / "d",
+                            max_size=100_000)
+    with pytest.raises(edgeresnet.ModelLoadError, match="no such file"):
+        edgeresnet.optimize(tmp_path / "missing.h5", **common, out=tmp_path / "e", max_size=100_000)
+    for bad in ({"max_sise": 100_000}, {"budgets": None, "max_size": 100_000}):  # a typo; a field the API sets
+        with pytest.raises(edgeresnet.ConfigError, match=f"unknown option {next(iter(bad))!r}.*max_size"):
+            edgeresnet.optimize(tiny_model_h5, **common, out=tmp_path / "f", **bad)
+    assert capsys.readouterr() == ("", "")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_inspect_a_converted_model(converted):

@@ -3,6 +3,10 @@ and at most N int8 values per output channel in the emitted .tflite."""
 
 from __future__ import annotations
 
+import csv
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -25,6 +29,29 @@ def test_kmeans_finds_separated_groups_and_keeps_zeros_apart():
 def test_cluster_count_is_checked(bad):
     with pytest.raises(ConfigError):
         ClusterConfig(bad)
+
+
+@pytest.mark.parametrize("layers", [(), "conv2d", ("conv2d", 3)])
+def test_layers_to_cluster_are_a_tuple_of_names(layers):
+    with pytest.raises(ConfigError, match="non-empty tuple of layer names"):
+        ClusterConfig(4, layers=layers)
+    assert ClusterConfig(4, layers=["a", "b"]).layers == ("a", "b")
+
+
+def test_a_model_with_nothing_but_its_stem_or_with_nested_models_is_refused():
+    from edgeresnet._util import tf as _tf
+    from edgeresnet.host.training.clustering import cluster_model
+
+    keras = _tf.tf_keras()
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, name="only")(inputs))
+    model = keras.Model(inputs, keras.layers.Softmax()(x), name="stem_only")
+    with pytest.raises(ConfigError, match="stem_only has no Conv2D/Dense layer to cluster but its stem"):
+        cluster_model(model, ClusterConfig(4))
+    outer_in = keras.Input((8, 8, 3))
+    wrapped = keras.Model(outer_in, model(keras.layers.Conv2D(3, 1, name="first")(outer_in)), name="wrapped")
+    with pytest.raises(ConfigError, match="wrapped contains nested models \\(stem_only\\)"):
+        cluster_model(wrapped, ClusterConfig(4))
 
 
 @pytest.mark.slow
@@ -73,6 +100,88 @@ def test_convert_cluster_n_emits_at_most_n_values_per_channel(run_cli, tiny_mode
     weights = [graph.const_array(t.index) for _, t in graph.filter_tensors()]
     assert max(len(np.unique(w[0])) for w in weights[1:]) <= 4  # every layer but the stem
     assert len(np.unique(weights[0])) > 4
+
+
+@pytest.mark.slow
+def test_report_cluster_n_records_it_and_emits_at_most_n_values_per_channel(run_cli, tiny_model_h5, tiny_data, tmp_path):
+    """`report --cluster 4`: report.json (checked against its schema) carries the clustering, run-wide with each
+    layer's distinct weights and per variant; the int8 model has at most 4 int8 values per output channel in the
+    clustered layers; report.md, report.html and report.csv show it where they show pruning."""
+    from edgeresnet.device.tflite_graph import parse_tflite
+    from edgeresnet.report.schema import validate_report
+
+    out = tmp_path / "out"
+    code, _, err = run_cli(["report", tiny_model_h5, "--target", "cpu", "--int8-method", "minmax", "--preset", "unit",
+                            "--calib", tiny_data["calib"], "--calib-samples", "32", "--eval", tiny_data["eval"],
+                            "--train", tiny_data["calib"], "--cluster", "4", "--epochs", "1", "--batch-size", "16",
+                            "--no-latency", "--out", out])
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    validate_report(report)
+    run = report["cluster"]
+    assert (run["clusters"], run["fine_tuned"], run["epochs"], run["batch_size"], run["stem_left"]) == (4, True, 1, 16, True)
+    body = set(run["layers"])
+    assert len(body) == run["clustered_layers"] >= 3 and 2 <= max(run["layers"].values()) == run["max_values"] <= 4
+    assert report["variants"] and all(v["cluster"] == {k: x for k, x in run.items() if k != "layers"}
+                                      for v in report["variants"])
+    assert {(v["fine_tune"]["method"], v["fine_tune"]["epochs"], v["fine_tune"]["data"]) for v in report["variants"]} \
+        == {("cluster", 1, str(tiny_data["calib"]))}
+    (int8,) = [v for v in report["variants"] if v["precision"] == "int8"]
+    graph = parse_tflite(Path(int8["path"]).read_bytes())
+    counted = 0
+    for _, tensor in graph.filter_tensors():
+        q = graph.const_array(tensor.index)
+        if any(name in tensor.name.split("/") for name in body):
+            counted += 1
+            assert q.dtype == np.int8 and max(len(np.unique(q[c])) for c in range(q.shape[0])) <= 4, tensor.name
+        else:  # the stem, left as it is
+            assert len(np.unique(q)) > 4, tensor.name
+    assert counted == len(body)
+    md = (out / "report.md").read_text()
+    assert "- clustering: 4 clusters per kernel" in md and "| cluster 1 ep @" in md
+    assert "<h2>Clustering</h2>" in (out / "report.html").read_text()
+    with open(out / "report.csv", newline="") as fh:
+        assert {row["clusters"] for row in csv.DictReader(fh)} == {"4"}
+
+
+def test_a_clustered_models_fine_tune_record_follows_pruning():
+    from edgeresnet.host.pipeline.finetune import cluster_fine_tune_record
+    from edgeresnet.host.training.clustering import cluster_record
+
+    tuned = cluster_record(ClusterConfig(8, epochs=2, batch_size=16), {"a": 8, "b": 7}, fine_tuned=True)
+    assert (tuned["max_values"], tuned["clustered_layers"], tuned["layers"]) == (8, 2, {"a": 8, "b": 7})
+    pruned = {"method": "prune", "epochs": 3, "learning_rate": 1e-3, "data": "t"}
+    assert cluster_fine_tune_record("t", tuned, None) == {
+        "method": "cluster", "epochs": 2, "learning_rate": 3e-4, "batch_size": 16, "data": "t", "process": "this"}
+    assert cluster_fine_tune_record("t", tuned, pruned)["after_pruning"] == pruned
+    one_shot = cluster_record(ClusterConfig(8), {"a": 8}, fine_tuned=False)
+    assert one_shot["epochs"] == 0 and "learning_rate" not in one_shot
+    assert cluster_fine_tune_record(None, one_shot, pruned) is pruned and cluster_fine_tune_record(None, one_shot, None) is None
+
+
+@pytest.mark.slow
+def test_convert_prune_and_cluster_keeps_the_zeros_and_says_so(run_cli, tiny_model_h5, tiny_data, tmp_path):
+    """--prune 0.5 --cluster 4: the pruned model is clustered with its zeros kept apart (at most 4 values and 0
+    per output channel), fine-tuned twice, and compared with its own pruned and clustered float model."""
+    from edgeresnet.device.tflite_graph import parse_tflite
+
+    out = tmp_path / "out"
+    code, _, err = run_cli(["convert", tiny_model_h5, "--int8", "--int8-method", "minmax", "--preset", "unit",
+                            "--calib", tiny_data["calib"], "--calib-samples", "32", "--eval", tiny_data["eval"],
+                            "--train", tiny_data["calib"], "--prune", "0.5", "--cluster", "4", "--epochs", "1",
+                            "--batch-size", "16", "--out", out])
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    (pruned,) = [v for v in report["variants"] if v.get("prune")]
+    assert pruned["cluster"]["clusters"] == 4 and pruned["cluster"]["max_values"] <= 5 and pruned["weight_sparsity"] > 0.4
+    assert pruned["fine_tune"]["method"] == "cluster" and pruned["fine_tune"]["after_pruning"]["method"] == "prune"
+    assert "then clustered" in pruned["prune"]["vs_pruned_float"]["reference"]
+    graph = parse_tflite(Path(pruned["path"]).read_bytes())
+    body = set(report["cluster"]["layers"])
+    for _, tensor in graph.filter_tensors():
+        if any(name in tensor.name.split("/") for name in body):
+            q = graph.const_array(tensor.index)
+            assert max(len(np.unique(q[c][q[c] != 0])) for c in range(q.shape[0])) <= 4, tensor.name
 
 
 def test_cluster_with_qat_is_refused_before_any_work(run_cli, tiny_model_h5, tiny_data, tmp_path):

@@ -134,3 +134,20 @@ def test_activation_count_is_the_same_for_a_keras3_model_as_for_its_tf_keras_twi
 
     expected = 30 * 30 * 8 + 8 + 4  # conv, pooled, dense outputs per image
     assert activation_values(build(keras)) == activation_values(build(_tf.tf_keras())) == expected
+
+
+def test_cluster_fine_tuning_gets_the_batch_that_fits_like_pruning(tiny_data, tmp_path):
+    """--cluster N fine-tunes on --train: its batch is lowered to fit the memory bound (and recorded) as pruning's is."""
+    from edgeresnet.host.models.loading import LoadedModel
+    from edgeresnet.host.pipeline import ConvertOptions
+    from edgeresnet.host.pipeline.finetune import fine_tune_batch
+    from edgeresnet.host.training.clustering import ClusterConfig
+
+    loaded = LoadedModel.from_keras(_zoo("resnet18", 224), "resnet18")
+    opts = ConvertOptions(model="resnet18", int8=True, calib=tiny_data["calib"], train=tiny_data["calib"],
+                          cluster=ClusterConfig(8), out=str(tmp_path / "out"))
+    notes = []
+    tuned, record = fine_tune_batch(opts, loaded, notes.append)
+    assert record is not None and record["batch_size"] == tuned.cluster.batch_size < 64
+    assert record["batch_size_from"] == "chosen"
+    assert tuned.cluster.clusters == 8 and notes

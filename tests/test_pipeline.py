@@ -108,6 +108,9 @@ def test_eval_classes_must_match_model_outputs(tiny_model_h5, tiny_data, tmp_pat
         ({"targets": ("tpu",)}, ConfigError),
         ({"targets": ()}, ConfigError),
         ({"precision": "int4"}, ConfigError),
+        ({"prune": 0.5}, ConfigError),  # a number, not a PruneConfig: edgeresnet.convert() makes one
+        ({"cluster": 4}, ConfigError),
+        ({"qat": True}, ConfigError),
     ],
 )
 def test_bad_options_rejected_on_construction(kw, err, tmp_path):

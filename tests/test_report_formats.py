@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgeresnet.report import csv_table, layout, plot, reading
+from edgeresnet.report import csv_table, layout, markdown, plot, reading
 from edgeresnet.report import html as html_view
 from edgeresnet.report.writers import write_formats
 from edgeresnet.errors import ConfigError, OutputExistsError
@@ -410,3 +410,41 @@ def test_the_example_report_is_what_the_schema_allows(report):
     bad["variants"][1]["status"] = "fine"
     with pytest.raises(ConfigError, match="variants/1/status"):
         validate_report(bad)
+
+
+def test_a_clustered_run_is_shown_where_pruning_is_and_its_record_is_checked(report, tmp_path):
+    """--cluster N: the run's record (with each layer's distinct weights) and each variant's, in every view."""
+    from edgeresnet.report.markdown import to_markdown
+    from edgeresnet.report.schema import validate_report
+
+    clustered = copy.deepcopy(report)
+    record = {"clusters": 16, "clustered_layers": 2, "max_values": 16, "stem_left": True, "fine_tuned": True,
+              "epochs": 3, "learning_rate": 3e-4, "batch_size": 64}
+    clustered["cluster"] = record | {"layers": {"conv2d_1": 16, "dense": 15}}
+    for v in clustered["variants"][:3]:
+        v["cluster"] = dict(record)
+        v["fine_tune"] = {"method": "cluster", "epochs": 3, "learning_rate": 3e-4, "batch_size": 64, "data": "train"}
+    clustered["variants"][2]["fine_tune"]["after_pruning"] = {"method": "prune", "epochs": 2, "learning_rate": 1e-3}
+    validate_report(clustered)
+    assert [markdown.fine_tune_text(v) for v in clustered["variants"][1:4]] == [
+        "cluster 3 ep @0.0003", "prune 2 ep @0.001 + cluster 3 ep @0.0003", "–"]
+    assert [reading.cluster_count(v) for v in clustered["variants"]] == [16, 16, 16, None, None]
+    assert reading.point_labels(clustered["variants"][:2]) == ["cpu/fp32 16 clusters", "cpu/int8 16 clusters"]
+    md = to_markdown(clustered)
+    assert "- clustering: 16 clusters per kernel in 2 layers (every Conv2D/Dense layer but the stem; fine-tuned 3" in md
+    assert "## Per-layer clusters" in md and "| dense | 15 |" in md
+    page = html_view.write_html(clustered, tmp_path / "r.html").read_text()
+    assert "<h2>Clustering</h2>" in page and "<th>clusters</th>" in page and "<th>dense</th><td>15</td>" in page
+    rows = list(csv.DictReader(csv_table.write_csv(clustered, tmp_path / "r.csv").open(newline="")))
+    assert [r["clusters"] for r in rows] == ["16", "16", "16", "", ""]
+    assert "clustering" not in to_markdown(report) and "Clustering" not in html_view.write_html(
+        report, tmp_path / "plain.html").read_text()
+    for bad in ({"clusters": 1}, {"layers": None}, {"fine_tuned": "yes"}):
+        broken = copy.deepcopy(clustered)
+        broken["cluster"].update(bad)
+        with pytest.raises(ConfigError, match="cluster"):
+            validate_report(broken)
+    broken = copy.deepcopy(clustered)
+    del broken["variants"][0]["cluster"]["clusters"]
+    with pytest.raises(ConfigError, match="variants/0/cluster"):
+        validate_report(broken)

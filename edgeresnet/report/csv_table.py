@@ -14,7 +14,7 @@ from typing import Optional, Union
 
 from edgeresnet._util.files import atomic_write_text
 from edgeresnet.report.markdown import fine_tune_text
-from edgeresnet.report.reading import latency_of, point_labels, prune_sparsity
+from edgeresnet.report.reading import cluster_count, latency_of, point_labels, prune_sparsity
 from edgeresnet.report.writers import check_parent
 
 PathLike = Union[str, Path]
@@ -38,6 +38,7 @@ CSV_COLUMNS = (
     "latency_median_ms",
     "latency_p90_ms",
     "prune_sparsity",
+    "clusters",
     "fine_tune",
     "weight_sparsity",
     "float_layers",
@@ -88,6 +89,7 @@ def csv_row(variant: dict, label: Optional[str] = None) -> dict:
         checks=_checks_cell(variant.get("checks")),
         label=label if label is not None else point_labels([variant])[0],
         prune_sparsity=_cell(prune_sparsity(variant)),
+        clusters=_cell(cluster_count(variant)),
         fine_tune=fine_tune_text(variant) if variant.get("fine_tune") else "",
     )
     return row

@@ -15,8 +15,9 @@ from typing import Optional, Union
 
 from edgeresnet.errors import ConfigError
 from edgeresnet._util.files import atomic_write_text
-from edgeresnet.report.markdown import as_number, at_chance_text, fine_tune_text, fmt_number, fmt_kib, safe_mode_text
-from edgeresnet.report.reading import accuracy_metric, latency_of, percent, point_labels, prune_sparsity
+from edgeresnet.report.markdown import (as_number, at_chance_text, clustering_text, fine_tune_text, fmt_kib, fmt_number,
+                                        safe_mode_text)
+from edgeresnet.report.reading import accuracy_metric, cluster_count, latency_of, percent, point_labels, prune_sparsity
 from edgeresnet.report.writers import check_parent
 
 PathLike = Union[str, Path]
@@ -73,9 +74,11 @@ def _variants_table(report: dict) -> str:
     labelled = accuracy_metric(report)[0] == "top1"
     has_latency = any(latency_of(v)[0] is not None for v in variants)
     has_pruned = any(prune_sparsity(v) is not None for v in variants)
+    has_clustered = any(cluster_count(v) is not None for v in variants)
     has_tuned = any(v.get("fine_tune") for v in variants)
     has_zeros = any(as_number(v.get("weight_sparsity")) is not None for v in variants)
     head = ["variant", "target", "precision", "io"] + (["pruned"] if has_pruned else [])
+    head += ["clusters"] if has_clustered else []
     head += (["fine-tuned"] if has_tuned else []) + ["size KiB", "zlib KiB"]
     head += ["top-1 %", "top-5 %", "drop pts"] if labelled else []
     measured = not (report.get("evaluation") or {}).get("not_measured")  # timing only (random weights): no accuracy
@@ -89,6 +92,7 @@ def _variants_table(report: dict) -> str:
                  f"<td>{_e(v.get('target'))}</td>", f"<td>{_e(v.get('precision'))}</td>",
                  f"<td>{_e(v.get('io_type'))}</td>"]
         cells += [f"<td>{_e(_pruning_text(v))}</td>"] if has_pruned else []
+        cells += [f'<td class="num">{_e(cluster_count(v) or "no")}</td>'] if has_clustered else []
         cells += [f"<td>{_e(fine_tune_text(v))}</td>"] if has_tuned else []
         cells += [f'<td class="num">{fmt_kib(v.get(k))}</td>' for k in ("size_bytes", "compressed_bytes")]
         nums = [fmt_number(v.get("top1")), fmt_number(v.get("top5")), fmt_number(v.get("drop_pts"))] if labelled else []
@@ -134,6 +138,14 @@ def _pruning_section(report: dict) -> str:
             parts.append(f"<p>{_e(_pruning_text(v))}: " + ", ".join(f"<code>{_e(n)}</code>" for n in names) + "</p>"
                          + _record_table(prune, skip=("layers",)))
     return "".join(parts)
+
+
+def _clustering_section(report: dict) -> str:
+    """The run's --cluster record: what was clustered and how, and each layer's distinct weights."""
+    c = report.get("cluster")
+    if not isinstance(c, dict) or not c:
+        return ""
+    return f"<p>{_e(clustering_text(c))}</p>" + _record_table(c.get("layers") or {})
 
 
 def _checks_table(report: dict) -> str:
@@ -221,6 +233,9 @@ def write_html(report: dict, path: PathLike, plot_png: Optional[PathLike] = None
     ]
     if prune:
         parts += ["<h2>Pruning</h2>", prune]
+    clustering = _clustering_section(report)
+    if clustering:
+        parts += ["<h2>Clustering</h2>", clustering]
     parts.append(
         f'<p class="muted">Written by edgeresnet {_e(report.get("edgeresnet_version"))} on {_e(report.get("created"))} '
         f"in {_e(report.get('seconds'))} s.</p></body></html>\n"

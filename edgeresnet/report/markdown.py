@@ -42,7 +42,8 @@ def is_qat(variant: dict) -> bool:
 
 
 def fine_tune_text(variant: dict) -> str:
-    """How a variant's model was fine-tuned, short: ``prune 3 ep @0.0003 + PQAT 3 ep @0.0001 cosine``, or ``–``."""
+    """How a variant's model was fine-tuned, short: ``prune 3 ep @0.0003 + PQAT 3 ep @0.0001 cosine``
+    (``cluster 3 ep @0.0003`` for --cluster N), or ``–``."""
 
     def one(ft: dict) -> str:
         what = {"prune": "prune", "qat": "QAT", "pqat": "PQAT"}.get(ft.get("method"), str(ft.get("method")))
@@ -135,6 +136,9 @@ def to_markdown(report: dict) -> str:
                 f"| {layer.get('name')} | {layer.get('kind')} | {fmt_number(layer.get('target_sparsity'))} | "
                 f"{fmt_number(layer.get('achieved_sparsity'))} | {layer.get('weights')} |"
             )
+    if (report.get("cluster") or {}).get("layers"):
+        lines += ["", "## Per-layer clusters", "", "| layer | distinct weights |", "|---|---|"]
+        lines += [f"| {name} | {n} |" for name, n in report["cluster"]["layers"].items()]
     timings = report.get("timings") or {}
     spent = [f"{stage} {sec:.1f}" for stage, sec in timings.items() if sec >= 0.05]
     if spent:
@@ -186,7 +190,22 @@ def _header_lines(report: dict) -> list[str]:
             lines.append(f"  - left dense: `{d['name']}`: {d['reason']}")
         for w in p.get("warnings") or ():
             lines.append(f"  - warning: {w}")
-    return lines
+    return lines + cluster_lines(report.get("cluster"))
+
+
+def clustering_text(c: dict) -> str:
+    """How the models were clustered (a ``cluster`` record), in words every view shows alike."""
+    epochs = c.get("epochs")
+    how = (f"fine-tuned {epochs} epoch{'' if epochs == 1 else 's'} on the fine-tuning data keeping the clusters"
+           if c.get("fine_tuned") else "one-shot, not fine-tuned")
+    where = "every Conv2D/Dense layer but the stem" if c.get("stem_left") else "the layers asked for"
+    return (f"{c.get('clusters')} clusters per kernel in {c.get('clustered_layers')} layers ({where}; {how}); "
+            f"at most {c.get('max_values')} distinct weights in a layer (a pruned layer's zeros are one more)")
+
+
+def cluster_lines(cluster: Optional[dict]) -> list[str]:
+    """The header line of a --cluster N run."""
+    return [f"- clustering: {clustering_text(cluster)}"] if cluster else []
 
 
 def at_chance_text(at: dict) -> str:

@@ -1,4 +1,4 @@
-"""What every view of a ``report.json`` dict reads from it: labels, pruning, latency, the accuracy metric.
+"""What every view of a ``report.json`` dict reads from it: labels, pruning, clustering, latency, the accuracy metric.
 
 The CSV table, the plot and the HTML page (``csv_table.py``, ``plot.py``,
 ``html.py``) name a variant, its pruning and its latency the same way; this
@@ -49,6 +49,13 @@ def prune_sparsity(variant: dict) -> Optional[float]:
     return int(match.group(1)) / 100 if match else None
 
 
+def cluster_count(variant: dict) -> Optional[int]:
+    """The clusters per kernel of a variant made with ``--cluster N`` (its ``cluster`` record), None otherwise."""
+    cluster = variant.get("cluster")
+    n = as_number(cluster.get("clusters")) if isinstance(cluster, dict) else None
+    return None if n is None else int(n)
+
+
 def percent(fraction: float) -> str:
     """A fraction (0..1) as a percentage with at most one decimal: ``50%``, ``12.5%``."""
     return f"{round(fraction * 100, 1):g}%"
@@ -56,12 +63,13 @@ def percent(fraction: float) -> str:
 
 def point_labels(variants: Sequence[dict]) -> list[str]:
     """Short marker labels: ``target/precision``, ``/io_type`` where that repeats, `` pruned 50%`` when pruned,
-    `` QAT`` when quantization-aware trained."""
+    `` 16 clusters`` when clustered, `` QAT`` when quantization-aware trained."""
     sparsities = [prune_sparsity(v) for v in variants]
-    keys = [(v.get("target"), v.get("precision"), s, is_qat(v)) for v, s in zip(variants, sparsities)]
+    keys = [(v.get("target"), v.get("precision"), s, is_qat(v), cluster_count(v)) for v, s in zip(variants, sparsities)]
     labels = []
     for v, k, s in zip(variants, keys, sparsities):
         text = f"{k[0]}/{k[1]}" + (f"/{v.get('io_type')}" if keys.count(k) > 1 else "")
-        labels.append(text + (f" pruned {percent(s)}" if s is not None else "") + (" QAT" if k[3] else ""))
+        text += (f" pruned {percent(s)}" if s is not None else "") + (f" {k[4]} clusters" if k[4] is not None else "")
+        labels.append(text + (" QAT" if k[3] else ""))
     return labels
 

@@ -15,6 +15,7 @@ In short:
   and a :class:`Status`: ``ok``, ``over_budget``, ``convert_failed`` (no model was
   produced), ``validation_failed`` (a model was produced, and it failed a check) or
   ``float_at_chance`` (the float model scores at chance: its drift figures mean nothing)
+- ``prune`` / ``cluster``: with --prune or --cluster N, how the models were pruned or clustered
 - ``max_drop``, ``passed``, ``seconds``, ``edgeresnet_version``, ``created``
 - ``timings``: seconds per stage (:data:`STAGES`) summed over the run, so a user sees where the time goes
 - ``memory``: peak RSS (MiB) per stage, and with fine-tuning the batch it used and the bound it was chosen for
@@ -57,7 +58,7 @@ STATUSES = tuple(s.value for s in Status)
 
 # Optional fields of a variant: written to report.json only when set, in this order.
 OPTIONAL_FIELDS = (
-    "int8_method", "int8_quantization", "runtimes", "weight_sparsity", "latency", "input_note", "prune",
+    "int8_method", "int8_quantization", "runtimes", "weight_sparsity", "latency", "input_note", "prune", "cluster",
     "worst_layers", "recovered_by", "recovery", "device", "fine_tune", "suggestion",
 )
 
@@ -89,11 +90,13 @@ class VariantRecord:
     latency: Optional[dict] = None  # bench.BenchResult.to_dict(), when timed
     input_note: Optional[str] = None
     prune: Optional[dict] = None  # the pruning summary of a pruned variant
+    cluster: Optional[dict] = None  # --cluster N: the clustering summary (training.clustering.cluster_record, no layers)
     worst_layers: Optional[list] = None  # over budget where float layers cannot run: the worst int8 layers
     recovered_by: Optional[str] = None  # over budget: the name of the recovered variant
     recovery: Optional[dict] = None  # a recovered variant: quantize.recovery.RecoveryResult.to_dict() + cost
     device: Optional[dict] = None  # --device-check: the model evaluated on the device (device_check)
-    # How the model was fine-tuned (pipeline.finetune.fine_tune_record): method prune/qat/pqat, epochs, learning_rate, data.
+    # How the model was fine-tuned (pipeline.finetune.fine_tune_record, cluster_fine_tune_record): method
+    # prune/qat/pqat/cluster, epochs, learning_rate, data.
     fine_tune: Optional[dict] = None
     suggestion: Optional[str] = None  # over budget where no layer can stay float: the --qat command to try
 
@@ -193,6 +196,7 @@ class RunReport:
     baseline: Baseline
     max_drop: Optional[float]
     prune: Optional[dict] = None
+    cluster: Optional[dict] = None  # --cluster N: clusters, fine-tuning and each clustered layer's distinct values
     variants: list = field(default_factory=list)
     recovery: bool = False  # whether over-budget int8 models were allowed to keep layers in float
     metadata: Optional[dict] = None  # the TFLite metadata every emitted model carries (shipping.model_info)
@@ -256,6 +260,8 @@ class RunReport:
         }
         if self.prune is not None:
             out["prune"] = self.prune
+        if self.cluster is not None:
+            out["cluster"] = self.cluster
         if self.metadata is not None:
             out["metadata"] = self.metadata
         if self.memory is not None:

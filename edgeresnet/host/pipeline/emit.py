@@ -17,7 +17,7 @@ from edgeresnet.host import shipping
 from edgeresnet.host.converter import convert
 from edgeresnet.host.pipeline.context import RunContext, stage_progress
 from edgeresnet.host.pipeline.data import RunData
-from edgeresnet.host.pipeline.finetune import fine_tune_record
+from edgeresnet.host.pipeline.finetune import cluster_fine_tune_record, fine_tune_record
 from edgeresnet.host.pipeline.options import ConvertOptions
 from edgeresnet.host.pipeline.plan import PlannedVariant, file_name
 from edgeresnet.report import Status, VariantRecord
@@ -217,7 +217,7 @@ def _zero_fraction(model: bytes) -> float:
     return round(float(tflite_weight_sparsity(model)["fraction"]), 4)
 
 
-def _vs_pruned_float(float_out, out, labels, info) -> dict:
+def _vs_pruned_float(float_out, out, labels, info, clustered: bool = False) -> dict:
     """A pruned variant against its own pruned (fine-tuned) float model: the conversion's error alone.
 
     The variant's own ``drop_pts`` and ``agreement`` compare it with the unpruned float model,
@@ -226,6 +226,7 @@ def _vs_pruned_float(float_out, out, labels, info) -> dict:
     d = drift(float_out, out, labels).to_dict()
     ref = baseline(float_out, labels).to_dict()
     how = "pruned and fine-tuned" if info.get("fine_tuned") else "pruned one-shot"
+    how += ", then clustered (--cluster)" if clustered else ""
     return {
         "reference": f"the {how} float Keras model (before conversion)",
         "float_top1": ref["top1"],
@@ -234,8 +235,10 @@ def _vs_pruned_float(float_out, out, labels, info) -> dict:
     }
 
 
-def _prune_record(emit: Emitter, planned: PlannedVariant, model, info, rec: VariantRecord, own_float: dict) -> None:
-    """A pruned variant's pruning record, and how it compares with its own pruned float model."""
+def _prune_record(emit: Emitter, planned: PlannedVariant, model, info, rec: VariantRecord, own_float: dict,
+                  clustered: bool = False) -> None:
+    """A pruned variant's pruning record, and how it compares with its own pruned (``clustered``: and clustered)
+    float model."""
     prune = (info or {}).get("pruning") if planned.qat else info
     if planned.sparsity is None or prune is None:
         return
@@ -246,17 +249,23 @@ def _prune_record(emit: Emitter, planned: PlannedVariant, model, info, rec: Vari
                 own_float[planned.sparsity] = emit.conv_eval.predict(model.predict, progress=stage_progress(
                     emit.progress, f"evaluate pruned float model ({planned.sparsity:g})", "images"))
         rec.prune["vs_pruned_float"] = _vs_pruned_float(
-            own_float[planned.sparsity], emit.outputs[rec.name], emit.labels, info)
+            own_float[planned.sparsity], emit.outputs[rec.name], emit.labels, info, clustered)
 
 
-def emit_all(opts: ConvertOptions, plan, models, emit: Emitter, report, folder: Path) -> None:
-    """Every planned variant, converted, measured and checked; an over-budget int8 one also recovered."""
+def emit_all(opts: ConvertOptions, plan, models, emit: Emitter, report, folder: Path,
+             clustering: Optional[dict] = None) -> None:
+    """Every planned variant, converted, measured and checked; an over-budget int8 one also recovered.
+    ``clustering``: model_key -> the --cluster record of that model (finetune.build_models)."""
     own_float: dict = {}  # sparsity -> the pruned float model's outputs on the evaluation images
     for planned in plan:
         model, info = models[planned.model_key]
         rec = emit(model, planned, folder)
-        _prune_record(emit, planned, model, info, rec, own_float)
+        clustered = (clustering or {}).get(planned.model_key)
+        _prune_record(emit, planned, model, info, rec, own_float, clustered is not None)
         rec.fine_tune = fine_tune_record(opts.train, info, planned.qat)
+        if clustered is not None:
+            rec.cluster = {k: v for k, v in clustered.items() if k != "layers"}  # the run's record has the layers
+            rec.fine_tune = cluster_fine_tune_record(opts.train, clustered, rec.fine_tune)
         report.add(rec)
         if rec.status == Status.OVER_BUDGET and planned.qat:
             rec.error += "; quantization-aware models are not recovered by keeping layers in float"

@@ -102,27 +102,31 @@ def _qat(config, base, base_info, train, progress, in_child: bool = False):
 
 
 def _cluster(config, loaded, train, progress, notify):
-    """``loaded`` with its kernels clustered (--cluster N), fine-tuned on ``train`` keeping the clusters when given."""
+    """``loaded`` with its kernels clustered (--cluster N), fine-tuned on ``train`` keeping the clusters when given;
+    returns (LoadedModel, the report's record of it: clustering.cluster_record)."""
     from edgeresnet.host.models.loading import LoadedModel
-    from edgeresnet.host.training.clustering import cluster_model
+    from edgeresnet.host.training.clustering import cluster_model, cluster_record
 
     loaded.require_tf_keras("--cluster")
     stage = f"fine-tune clustered model ({config.clusters} clusters)"
     model, distinct = cluster_model(loaded.model, config, train, stage_progress(progress, stage, "training batches"))
-    how = "fine-tuned on --train" if train is not None and config.epochs else "one-shot, no --train"
+    fine_tuned = train is not None and config.epochs > 0
+    how = "fine-tuned on --train" if fine_tuned else "one-shot, no --train"
     notify(f"clustered {loaded.name}: at most {max(distinct.values())} values in each of {len(distinct)} layers "
            f"(the stem left as it is; {how})")
-    return LoadedModel.from_keras(model, loaded.name)
+    return LoadedModel.from_keras(model, loaded.name), cluster_record(config, distinct, fine_tuned)
 
 
-def build_models(ctx: RunContext, plan, src: Source) -> dict:
+def build_models(ctx: RunContext, plan, src: Source) -> tuple[dict, dict]:
     """The models to convert: the one given, one pruned model per sparsity in the plan (fine-tuned on
     --train when given) and, with --qat, a quantization-aware fine-tuned copy of each (sparsity-preserving
-    for pruned ones); each built once. (sparsity, qat) -> (LoadedModel, prune or QAT info)."""
+    for pruned ones); with --cluster N each one not quantization-aware clustered; each built once.
+    Returns ((sparsity, qat) -> (LoadedModel, prune or QAT info), (sparsity, qat) -> clustering record)."""
     opts, loaded, progress = ctx.opts, src.loaded, ctx.progress
     fine_tunes = opts.prune is not None or opts.qat is not None or opts.cluster is not None
     train = load_train(opts, loaded, src.preset, src.names) if fine_tunes else None
     models: dict = {}
+    clustering: dict = {}
     for sparsity, qat in dict.fromkeys(v.model_key for v in plan):
         model, info = loaded, None
         if qat:
@@ -136,14 +140,14 @@ def build_models(ctx: RunContext, plan, src: Source) -> dict:
             config = replace(opts.prune, sparsity=sparsity) if opts.prune else PruneConfig(sparsity=sparsity)
             model, info = _prune(config, loaded, train, progress, ctx.notify, train_in_child(opts, loaded, train))
         if opts.cluster is not None and not qat:
-            model = _cluster(opts.cluster, model, train, progress, ctx.notify)
+            model, clustering[(sparsity, qat)] = _cluster(opts.cluster, model, train, progress, ctx.notify)
         if opts.fold_preprocessing:
             from edgeresnet.host.calibration import fold_preprocessing
             from edgeresnet.host.models.loading import LoadedModel
 
             model = LoadedModel.from_keras(fold_preprocessing(model.model, src.preset), model.name)
         models[(sparsity, qat)] = (model, info)
-    return models
+    return models, clustering
 
 
 def _fine_tune_configs(opts) -> dict:
@@ -151,7 +155,7 @@ def _fine_tune_configs(opts) -> dict:
     from edgeresnet.host.training.transfer import TransferConfig
 
     transfer = opts.transfer or (TransferConfig(seed=opts.seed) if opts.classes is not None else None)
-    configs = {"prune": opts.prune, "qat": opts.qat, "transfer": transfer}
+    configs = {"prune": opts.prune, "qat": opts.qat, "transfer": transfer, "cluster": opts.cluster}
     return {k: c for k, c in configs.items() if c is not None} if opts.train is not None else {}
 
 
@@ -196,4 +200,16 @@ def fine_tune_record(train_path, info, qat: bool) -> Optional[dict]:
         return None
     record["data"] = train_path
     record["process"] = info.get("process")  # "child": fine-tuned in a process of its own
+    return record
+
+
+def cluster_fine_tune_record(train_path, cluster: dict, before: Optional[dict]) -> Optional[dict]:
+    """A clustered model's ``fine_tune`` record: clustering's fine-tuning on --train (after pruning's, ``before``,
+    when the model was pruned and fine-tuned first); ``before`` as it is when clustering was one-shot."""
+    if not cluster.get("fine_tuned"):
+        return before
+    record = {"method": "cluster", "epochs": cluster["epochs"], "learning_rate": cluster.get("learning_rate"),
+              "batch_size": cluster.get("batch_size"), "data": train_path, "process": "this"}
+    if before is not None:
+        record["after_pruning"] = before
     return record

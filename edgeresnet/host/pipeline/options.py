@@ -60,8 +60,9 @@ class ConvertOptions:
     # layers are tf_keras built-ins (train_data.portable); below that the pool is small and the child's start (a
     # TensorFlow import, ~5 s) would dominate.
     train_in_child: Optional[bool] = None
-    # The fine-tuning batch for pruning, --qat and --classes, as given (--batch-size). None: each config's batch,
-    # lowered where needed to keep fine-tuning under the memory bound (memory.choose_batch; not on a cluster).
+    # The fine-tuning batch for pruning, --qat, --cluster and --classes, as given (--batch-size). None: each
+    # config's batch, lowered where needed to keep fine-tuning under the memory bound (memory.choose_batch; not on
+    # a cluster).
     batch_size: Optional[int] = None
 
     def __post_init__(self):
@@ -126,6 +127,25 @@ def _check_device_check(o: ConvertOptions) -> None:
         )
 
 
+# The fine-tuning settings: (field, module, class). A bare number there is not one (edgeresnet.convert() makes it).
+_CONFIGS = (
+    ("prune", "edgeresnet.host.training.prune", "PruneConfig"),
+    ("qat", "edgeresnet.host.training.qat", "QATConfig"),
+    ("transfer", "edgeresnet.host.training.transfer", "TransferConfig"),
+    ("cluster", "edgeresnet.host.training.clustering", "ClusterConfig"),
+)
+
+
+def _check_configs(o: ConvertOptions) -> None:
+    """prune, qat, transfer and cluster hold their settings records, or None."""
+    import importlib
+
+    for name, module, kind in _CONFIGS:
+        value = getattr(o, name)
+        if value is not None and not isinstance(value, getattr(importlib.import_module(module), kind)):
+            raise ConfigError(f"{name} must be a {kind} (or None), got {value!r}")
+
+
 def _check_fine_tuning(o: ConvertOptions) -> None:
     """--classes (at least 2, with --train), --input-size (1 to MAX_INPUT_SIZE), --train without anything to
     fine-tune, qat as a calibration method."""
@@ -175,4 +195,4 @@ def _check_qat(o: ConvertOptions) -> None:
         )
 
 
-_CHECKS = (_check_run, _check_precision_and_data, _check_device_check, _check_fine_tuning, _check_qat)
+_CHECKS = (_check_run, _check_precision_and_data, _check_device_check, _check_configs, _check_fine_tuning, _check_qat)

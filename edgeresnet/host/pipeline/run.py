@@ -210,11 +210,12 @@ def _run_staged(ctx: RunContext, job: _Job, staged, needs_calib: bool, device_py
     with timings("calibration data"), meter("convert"):
         data = load_data(ctx, src, needs_calib)
     with timings("prune"), meter("fine-tune"):  # pruning and quantization-aware fine-tuning
-        models = build_models(ctx, job.plan, src)
+        models, clustering = build_models(ctx, job.plan, src)
     with meter("convert"):
         converter_calibration(ctx.opts, data, src.preset)
     float_out, labels = _float_outputs(ctx, src, data)
     report = _start_report(ctx, src, data, models, (float_out, labels), transfer_info)
+    report.cluster = _run_cluster_record(clustering)
     with timings("write"), meter("convert"):
         ship_info = _ship_info(ctx, src, data, report, staged)
     emit = Emitter(ctx, data, float_out, labels, job.bench_config, ship_info)
@@ -223,7 +224,7 @@ def _run_staged(ctx: RunContext, job: _Job, staged, needs_calib: bool, device_py
         if ctx.opts.jobs > 1:
             with timings("quantize"):
                 emit.convert_in_parallel(job.plan, models)
-        emit_all(ctx.opts, job.plan, models, emit, report, staged.path)
+        emit_all(ctx.opts, job.plan, models, emit, report, staged.path, clustering)
     _check_on_device(ctx, report, staged, device_python)
     _mark_at_chance(report)
     if any(COMPILER_HINT in v.checks.get("edgetpu", {}).get("notes", ()) for v in report.variants):
@@ -246,11 +247,23 @@ def _prepare(ctx: RunContext) -> tuple:
         from edgeresnet.host.training.qat import check_quantizable
 
         check_quantizable(loaded)  # Keras 3, layers tfmot cannot quantize: refused before any long work
+    if opts.cluster is not None:
+        from edgeresnet.host.training.clustering import check_clusterable
+
+        loaded.require_tf_keras("--cluster")
+        check_clusterable(loaded.model)  # nested models: refused before any long work
     preset_name = opts.preset or (reference_meta or {}).get("preset") or "raw"
     preset = get_preset(preset_name)
     names, order_warning = class_order(opts, loaded, ctx.notify)  # before any long work
     src = Source(loaded, reference_meta, preset, preset_name, names, order_warning)
     return replace(ctx, opts=opts), src, batch
+
+
+def _run_cluster_record(clustering: dict) -> Optional[dict]:
+    """The run's --cluster record: the unpruned model's (else the first model's), with its per-layer values."""
+    if not clustering:
+        return None
+    return clustering.get((None, False)) or next(iter(clustering.values()))
 
 
 def _float_outputs(ctx: RunContext, src: Source, data) -> tuple:

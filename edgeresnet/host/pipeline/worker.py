@@ -38,7 +38,7 @@ def run_worker(ctx: RunContext, plan, cluster) -> WorkerRun:
         names, _ = class_order(opts, loaded, ctx.notify)
         src = Source(loaded, reference_meta, preset, preset_name, names)
         transfer_info = transfer(ctx, src)  # the same new classifier as the chief's
-        models = build_models(ctx, plan, src)
+        models, _ = build_models(ctx, plan, src)
     trained = [(loaded.name, transfer_info)] if transfer_info is not None else []
     trained += [(m.name, info) for m, info in models.values() if info is not None]
     return WorkerRun(

@@ -55,6 +55,13 @@ class ClusterConfig:
             raise ConfigError(f"--learning-rate must be a positive number, got {lr!r}")
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"unknown --strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        names = self.layers
+        if names is not None:
+            if isinstance(names, str) or not isinstance(names, (tuple, list)) or not names \
+                    or not all(isinstance(n, str) for n in names):
+                raise ConfigError("layers must be a non-empty tuple of layer names (None: every Conv2D/Dense layer "
+                                  f"but the stem), got {names!r}")
+            object.__setattr__(self, "layers", tuple(names))
 
 
 def refuse_multiworker(strategy: str, what: str) -> None:
@@ -107,8 +114,23 @@ def snap(kernel: np.ndarray, assign: np.ndarray) -> np.ndarray:
     return means[assign].reshape(kernel.shape).astype(kernel.dtype)
 
 
+def check_clusterable(model) -> None:
+    """ConfigError unless ``model`` is a flat tf_keras model: its nested models' layers would not be clustered."""
+    keras = _tf.tf_keras()
+    if not isinstance(model, keras.Model):
+        raise ConfigError(f"--cluster needs a tf_keras (Keras 2) model, got a {type(model).__module__.split('.')[0]} "
+                          f"{type(model).__name__}")
+    nested = [layer.name for layer in model.layers if isinstance(layer, keras.Model)]
+    if nested:
+        raise ConfigError(
+            f"{model.name} contains nested models ({', '.join(nested)}), whose layers --cluster does not reach; "
+            "rebuild it as one flat functional model (e.g. call the backbone's layers on your input) before clustering"
+        )
+
+
 def _layers(model, config: ClusterConfig) -> list:
     keras = _tf.tf_keras()
+    check_clusterable(model)
     kinds = (keras.layers.Conv2D, keras.layers.Dense)
     chosen = [layer for layer in model.layers if isinstance(layer, kinds) and not isinstance(layer, keras.layers.Conv2DTranspose)]
     if config.layers is None:  # the stem (first convolution) is tiny and the most sensitive: left as it is
@@ -116,6 +138,9 @@ def _layers(model, config: ClusterConfig) -> list:
 
         roles = layer_roles(model, keras)
         chosen = [layer for layer in chosen if roles.get(layer.name) != "stem"]
+        if not chosen:
+            raise ConfigError(f"{model.name} has no Conv2D/Dense layer to cluster but its stem (first convolution), "
+                              "which is left as it is; drop --cluster")
     else:
         known = {layer.name for layer in chosen}
         unknown = sorted(set(config.layers) - known)
@@ -153,6 +178,21 @@ def cluster_model(model, config: ClusterConfig, train=None, progress=None):
     final = keras.models.clone_model(work)
     final.set_weights(work.get_weights())
     return final, {name: int(len(np.unique(final.get_layer(name).kernel.numpy()))) for name in plan}
+
+
+def cluster_record(config: ClusterConfig, distinct: dict, fine_tuned: bool) -> dict:
+    """The report's record of one clustered model: the settings (``clusters``, fine-tuning) and what came out
+    (``layers``: each clustered layer's distinct kernel values, ``max_values`` the largest of them)."""
+    return {
+        "clusters": config.clusters,
+        "clustered_layers": len(distinct),
+        "max_values": max(distinct.values(), default=0),
+        "stem_left": config.layers is None,
+        "fine_tuned": bool(fine_tuned),
+        "epochs": config.epochs if fine_tuned else 0,
+        **({"learning_rate": config.learning_rate, "batch_size": config.batch_size} if fine_tuned else {}),
+        "layers": dict(distinct),
+    }
 
 
 def _snap_all(model, plan: dict) -> None:

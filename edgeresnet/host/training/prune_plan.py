@@ -91,6 +91,24 @@ class _Plan:
     reason: Optional[str]
 
 
+def _xnnpack_policy(model, config: PruneConfig, mot):
+    """tfmot's XNNPACK pruning policy with the xnnpack policy (PruningError when ``model`` does not fit it), else None."""
+    if config.policy != "xnnpack":
+        return None
+    policy = mot.sparsity.keras.PruneForLatencyOnXNNPack()
+    try:
+        policy.ensure_model_supports_pruning(model)
+    except ValueError as exc:
+        raise PruningError(
+            f"the xnnpack pruning policy does not apply to {model.name}: XNNPACK's sparse kernels only cover "
+            "1x1 convolutions in a graph that starts with ZeroPadding2D + a 3x3 stride-2 convolution on 3 "
+            "channels and ends in GlobalAveragePooling2D(keepdims=True) (MobileNet-like); a standard ResNet with "
+            f"3x3 convolutions gets smaller, not faster. tfmot: {str(exc).strip()}. Drop the xnnpack policy to "
+            "prune for size"
+        ) from None
+    return policy
+
+
 def plan_layers(model, config: PruneConfig, keras, mot) -> list:
     """One plan per Conv2D/Dense layer of ``model``: its role, the sparsity it gets and, when left dense, why.
 
@@ -98,19 +116,7 @@ def plan_layers(model, config: PruneConfig, keras, mot) -> list:
     the model, or when block sparsity meets a convolution kernel.
     """
     roles = _roles(model, keras)
-    policy = None
-    if config.policy == "xnnpack":
-        policy = mot.sparsity.keras.PruneForLatencyOnXNNPack()
-        try:
-            policy.ensure_model_supports_pruning(model)
-        except ValueError as exc:
-            raise PruningError(
-                f"the xnnpack pruning policy does not apply to {model.name}: XNNPACK's sparse kernels only cover "
-                "1x1 convolutions in a graph that starts with ZeroPadding2D + a 3x3 stride-2 convolution on 3 "
-                "channels and ends in GlobalAveragePooling2D(keepdims=True) (MobileNet-like); a standard ResNet with "
-                f"3x3 convolutions gets smaller, not faster. tfmot: {str(exc).strip()}. Drop the xnnpack policy to "
-                "prune for size"
-            ) from None
+    policy = _xnnpack_policy(model, config, mot)
     overrides = dict(config.layer_sparsity)
     unknown = sorted(set(overrides) - set(roles))
     if unknown:
