@@ -306,6 +306,9 @@ def test_the_search_weighs_float_layers_on_cpu_only(run_cli, tiny_model_h5, tiny
     summary = json.loads((out / "optimize.json").read_text())
     md = (out / "optimize.md").read_text()
     families = [c["settings"]["family"] for c in summary["candidates"]]
+    # a model file has no input family, and the output says why in one line
+    assert summary["input"].startswith("MODEL is a model file") and f"Input size: {summary['input']}." in md
+    assert summary["input_shape"] == [16, 16, 3] and "input 16x16x3" in md
     if target == "cpu":
         assert families == ["int8", "mixed", "mixed", "mixed"] and "worst in float" in md
         plain = summary["candidates"][0]["measured"]["size"]

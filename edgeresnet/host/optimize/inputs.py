@@ -114,10 +114,12 @@ class _Walk:
     def __call__(self, size: int) -> bool:
         key = str(size)
         if key not in self.seen:
+            if self.progress is not None:
+                self.progress(0, 1)
             self.seen[key] = probe(self.opts, self.data, size)
             self.state.keep(PROBE_FILE, self.seen)
             if self.progress is not None:
-                self.progress(len(self.seen), len(self.seen))
+                self.progress(1, 1)
         budgets = self.opts.budgets
         return all(self.seen[key][q] <= getattr(budgets, q) * PROBE_MARGIN for q in SCALED
                    if getattr(budgets, q) is not None)

@@ -179,7 +179,7 @@ def search(opts: OptimizeOptions, data: SearchData, state: SearchState, progress
     plain = state.model_path(Candidate("int8").key).read_bytes()
     cands = plan_candidates(opts, plain, layers, progress, notify)
     cands += plan_mixed(opts, data, state, notify, _stage(progress, "rank int8 layers by error", "passes"))
-    cands += plan_inputs(opts, data, state, records[0], notify, _stage(progress, "probe input sizes", "probes"))
+    cands += plan_inputs(opts, data, state, records[0], notify, _stage(progress, "probe an input size", "conversion"))
     for _ in range(RETRIES + 1):
         fresh = runner.run(cands)
         records += fresh
