@@ -306,6 +306,9 @@ def test_the_search_weighs_float_layers_on_cpu_only(run_cli, tiny_model_h5, tiny
     summary = json.loads((out / "optimize.json").read_text())
     md = (out / "optimize.md").read_text()
     families = [c["settings"]["family"] for c in summary["candidates"]]
+    # a model file has no input family, and the output says why in one line
+    assert summary["input"].startswith("MODEL is a model file") and f"Input size: {summary['input']}." in md
+    assert summary["input_shape"] == [16, 16, 3] and "input 16x16x3" in md
     if target == "cpu":
         assert families == ["int8", "mixed", "mixed", "mixed"] and "worst in float" in md
         plain = summary["candidates"][0]["measured"]["size"]
@@ -345,3 +348,150 @@ def test_a_size_budget_the_plain_model_meets_plans_no_unpruned_sparsity_candidat
     cands = plan_candidates(opts, plain, _layers(), notify=notes.append)  # budget 10 MB: the plain model fits
     assert [(c.family, c.level, c.clusters) for c in cands] == [("clustered", 0.0, CLUSTER_CHOICES[0])]
     assert len(notes) == 2 and all("nothing to prune" in n for n in notes)
+
+
+# ---------------------------------------------------------------------- the input family (a built-in architecture resized)
+
+
+@pytest.mark.parametrize("name, base, sizes", [
+    ("resnet8", 32, [28, 24, 20, 16, 12, 8]),  # CIFAR: two stride-2 stages, the last map at least 2x2 (8 px)
+    ("resnet20", 30, [28, 24, 20, 16, 12, 8]),
+    ("resnet18", 224, [192, 160, 128, 96, 64]),  # ImageNet: stride 32, down to 64 px
+    ("resnet50", 64, []),
+])
+def test_input_sizes_step_by_the_architectures_stride_and_their_macs_fall_with_the_pixels(name, base, sizes):
+    from edgeresnet.host.models.zoo import zoo_spec
+    from edgeresnet.host.optimize.inputs import input_sizes, macs
+
+    spec = zoo_spec(name)
+    assert input_sizes(spec, base) == sizes
+    counts = [macs(spec, s, 3, 10) for s in [base, *sizes]]
+    assert counts == sorted(counts, reverse=True) and len(set(counts)) == len(counts)
+
+
+@pytest.mark.parametrize("fitting, guess, chosen", [
+    ({20, 16, 12}, 2, 20),  # the guess fits: walk up while the next larger fits
+    ({16, 12}, 1, 16),  # the guess is over: walk down to the first that fits
+    ({28, 24, 20, 16, 12}, 3, 28),
+    (set(), 0, None),
+])
+def test_the_probes_walk_to_the_largest_size_that_fits(fitting, guess, chosen):
+    from edgeresnet.host.optimize.inputs import largest_fitting
+
+    asked = []
+    fits = lambda s: (asked.append(s), s in fitting)[1]  # noqa: E731
+    assert largest_fitting([28, 24, 20, 16, 12], guess, fits) == chosen
+    assert len(asked) <= 5
+
+
+def test_an_input_candidates_key_holds_its_size_and_a_zoo_model_needs_weights(tmp_path):
+    from edgeresnet.host.optimize.candidates import Candidate
+
+    a, b = Candidate("input", input_size=24), Candidate("input", input_size=28)
+    assert "-24px-" in a.key and "-28px-" in b.key and a.key != b.key and a.label == "input 24x24"
+    assert a.to_dict()["input_size"] == 24 and "input_size" not in Candidate("int8").to_dict()
+    folder, weights = str(tmp_path), tmp_path / "w.h5"
+    with pytest.raises(ConfigError, match="--weights"):
+        OptimizeOptions(model="resnet8", train=folder, eval=folder, budgets=Budgets(latency=1.0))
+    with pytest.raises(ConfigError, match="built-in architecture"):
+        OptimizeOptions(model="m.h5", train=folder, eval=folder, budgets=Budgets(latency=1.0), weights=str(weights))
+    with pytest.raises(ConfigError, match="--input-size"):
+        OptimizeOptions(model="resnet8", train=folder, eval=folder, budgets=Budgets(latency=1.0),
+                        weights=str(weights), input_size=0)
+
+
+def test_a_model_file_gets_no_input_family_and_says_why(tiny_search, tmp_path):
+    from dataclasses import replace
+
+    from edgeresnet.host.optimize.inputs import input_note, plan_inputs
+    from edgeresnet.host.optimize.state import SearchState
+
+    opts, data = tiny_search
+    opts = replace(opts, budgets=Budgets(latency=0.001, memory=1000))
+    plain = {"key": "int8", "settings": {"family": "int8"}, "measured": {"latency": 0.05, "memory": 400_000}}
+    notes = []
+    assert plan_inputs(opts, data, SearchState(tmp_path / "o", opts.fingerprint()), plain, notes.append) == []
+    assert len(notes) == 1 and "not a built-in architecture" in notes[0] and "\n" not in notes[0]
+    assert input_note(opts, data, [plain]) == notes[0]
+
+
+@pytest.fixture(scope="module")
+def zoo_resnet8(shared_data, tmp_path_factory):
+    """resnet8 (the smallest CIFAR-style zoo ResNet) with seeded weights in a .h5, and --train: 20 CIFAR-10 training
+    images a class, linked (not copied) from the shared data."""
+    from edgeresnet._util import tf as _tf
+    from edgeresnet.host.models import build_model
+
+    root = tmp_path_factory.mktemp("zoo")
+    _tf.tf_keras().utils.set_random_seed(0)
+    build_model("resnet8", classes=10).save_weights(str(root / "resnet8.h5"))
+    for folder in sorted((shared_data / "cifar10" / "train").iterdir()):
+        (root / "train" / folder.name).mkdir(parents=True)
+        for image in sorted(folder.iterdir())[:20]:
+            (root / "train" / folder.name / image.name).symlink_to(image)
+    return {"weights": root / "resnet8.h5", "train": root / "train", "eval": shared_data / "cifar10" / "test"}
+
+
+@pytest.mark.slow
+def test_a_zoo_model_over_a_memory_budget_gets_a_smaller_input_that_meets_it_and_resumes(
+        run_cli, zoo_resnet8, tmp_path, monkeypatch):
+    from edgeresnet.device.images import load_images
+    from edgeresnet.device.runtime import TFLiteModel
+    from edgeresnet.host.models.zoo import zoo_spec
+    from edgeresnet.host.optimize import inputs, search
+    from edgeresnet.host.optimize.evaluate import load_search_data
+
+    opts = OptimizeOptions(model="resnet8", weights=str(zoo_resnet8["weights"]), train=str(zoo_resnet8["train"]),
+                           eval=str(zoo_resnet8["eval"]), eval_samples=100, calib_samples=32, threads=1,
+                           int8_method="minmax", budgets=Budgets(memory=2**30))
+    budget = int(0.8 * inputs.probe(opts, load_search_data(opts), 32)["memory"])  # the plain int8 model's, less 20 %
+    monkeypatch.setattr(search, "plan_candidates", lambda *a, **k: [])  # the input family alone (and int8)
+    monkeypatch.setattr(search, "plan_mixed", lambda *a, **k: [])
+    out = tmp_path / "opt"
+    common = ["optimize", "resnet8", "--weights", zoo_resnet8["weights"], "--train", zoo_resnet8["train"], "--eval",
+              zoo_resnet8["eval"], "--eval-samples", "100", "--calib-samples", "32", "--epochs", "1", "--batch-size",
+              "32", "--int8-method", "minmax", "--threads", "1", "--max-memory", budget, "--out", out]
+    # 1. killed while fine-tuning the input candidate: the plain model and the probes are in the resume state
+    real = search.evaluate
+
+    def dies_on_input(cand, *a, **k):
+        if cand.input_size:
+            raise KeyboardInterrupt
+        return real(cand, *a, **k)
+
+    monkeypatch.setattr(search, "evaluate", dies_on_input)
+    code, _, err = run_cli(common)
+    assert code != 0 and not out.exists()
+    # 2. started again: nothing probed or built twice; the input candidate is built, measured and chosen
+    probed = []
+    monkeypatch.setattr(search, "evaluate", real)
+    monkeypatch.setattr(inputs, "probe", lambda *a, **k: probed.append(a[2]))
+    code, _, err = run_cli(common)
+    assert code == 0, err
+    assert "reusing 1 finished candidate(s)" in err and probed == []
+    summary = json.loads((out / "optimize.json").read_text())
+    plain, resized = summary["candidates"]
+    size = resized["settings"]["input_size"]
+    assert plain["settings"]["family"] == "int8" and resized["settings"]["family"] == "input" and size < 32
+    assert f"-{size}px-" in resized["key"] and summary["chosen"] == resized["key"]
+    assert resized["input_shape"] == summary["input_shape"] == [size, size, 3] and resized["fine_tuned_epochs"] == 1
+    spec = zoo_spec("resnet8")
+    assert inputs.macs(spec, size, 3, 10) < inputs.macs(spec, 32, 3, 10)
+    assert resized["measured"]["memory"] <= budget < plain["measured"]["memory"]
+    assert f"{size}x{size}" in summary["input"] and f"input {size}x{size}x3" in (out / "optimize.md").read_text()
+    # the output model really takes that size, and scores what the search said on --eval at that size
+    model = TFLiteModel((out / "optimized.tflite").read_bytes())
+    assert tuple(model.input.shape) == (1, size, size, 3)
+    ev = load_images(zoo_resnet8["eval"], (size, size, 3), samples=100)
+    pred = model.predict(ev.images.astype(np.float32)).argmax(-1)
+    assert 100.0 * float(np.mean(pred == ev.labels)) == pytest.approx(resized["score"], abs=1e-6)
+
+
+def test_a_zoo_model_without_weights_or_with_a_missing_file_is_one_line(run_cli, tiny_data, tmp_path):
+    common = ["optimize", "resnet8", "--train", tiny_data["calib"], "--eval", tiny_data["eval"], "--max-latency", "1",
+              "--out", tmp_path / "o"]
+    code, _, err = run_cli(common)
+    assert code == 2 and "resnet8 has random weights" in err and "--weights" in err and "Traceback" not in err
+    code, _, err = run_cli([*common, "--weights", tmp_path / "none.h5"])
+    assert code != 0 and "none.h5" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "o").exists()

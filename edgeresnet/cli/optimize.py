@@ -48,10 +48,15 @@ def _run(opts):
 @click.option("--out", type=click.Path(), default="edgeresnet-optimize", show_default=True, help="Output folder.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--trust-model-code", is_flag=True, help="Load MODEL even if it carries code (see convert).")
+@click.option("--weights", type=click.Path(), metavar="FILE", help="With a built-in architecture as MODEL (e.g. resnet8): its trained weights, a .h5 loaded by layer name (required then).")
+@click.option("--input-size", type=int, metavar="PX", help="With a built-in architecture as MODEL: its square input side (default: the architecture's); the input family tries smaller ones.")
 def optimize(model, max_size, max_download, max_latency, max_memory, max_drop, eval_path, **kw):
     """Search pruned and weight-clustered int8 variants of MODEL for the most accurate one within every budget.
 
-    On --target cpu also the int8 model with its 1, 2 and 3 worst int8 layers
+    MODEL is a .h5/.keras file, or a built-in architecture name with
+    --weights: then, under a latency or memory budget the int8 model is over,
+    also the architecture at a smaller input size (the same weights,
+    fine-tuned). On --target cpu also the int8 model with its 1, 2 and 3 worst int8 layers
     in float (never on the Edge TPU, which has no float fallback; there every
     candidate's parameters are checked against its 8 MiB on-chip memory).
     Every pruned or clustered candidate is fine-tuned on --train; every one is

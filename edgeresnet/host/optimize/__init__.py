@@ -4,6 +4,7 @@
 - ``candidates.py``: the layer profile (weights, MACs, pruning sensitivity) and the per-layer allocation;
 - ``evaluate.py``: one candidate built for real (fine-tuned, converted, run, measured);
 - ``search.py``: probes, levels, retries; ``worker.py``: its --jobs processes;
+- ``inputs.py``: the input family (a built-in architecture rebuilt at a smaller input size);
 - ``precision.py``: the mixed family (the worst int8 layers in float, cpu only) and the Edge TPU's
   on-chip parameter memory;
 - ``state.py``: the resume state; ``result.py``: the choice, the front, the output; ``run.py``: the job.

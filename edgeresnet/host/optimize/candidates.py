@@ -40,7 +40,8 @@ class LayerInfo:
 
 @dataclass(frozen=True)
 class Candidate:
-    """One model of the search: a family (int8, uniform, allocated, clustered, mixed), its level and per-layer settings."""
+    """One model of the search: a family (int8, uniform, allocated, clustered, mixed, input), its level and
+    per-layer settings."""
 
     family: str
     level: float = 0.0  # share of the body's weights pruned (the uniform sparsity with as many zeros)
@@ -51,12 +52,15 @@ class Candidate:
     float_nodes: tuple = ()  # mixed family: node names kept in float (Int8Session.mixed), the rest int8
     float_layers: tuple = ()  # mixed family: the Keras layers of float_nodes (short labels)
     worst: tuple = ()  # mixed family: the worst int8 layers chosen (labels); their int8 readers went float with them
+    input_size: int = 0  # input family: the square input side the built-in architecture is rebuilt at (0: the model's)
 
     @property
     def key(self) -> str:
-        """A stable name for files and the resume state: the family, the level and a digest of the settings."""
+        """A stable name for files and the resume state: the family, the level (or input size) and a digest of the
+        settings."""
         digest = hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
-        return f"{self.family}-{int(round(self.level * 1000)):03d}-{digest}"
+        size = f"-{self.input_size}px" if self.input_size else ""
+        return f"{self.family}-{int(round(self.level * 1000)):03d}{size}-{digest}"
 
     @property
     def label(self) -> str:
@@ -64,6 +68,8 @@ class Candidate:
             return "int8 (no pruning)"
         if self.family == "uniform":
             return f"uniform {self.level:.2f}"
+        if self.family == "input":
+            return f"input {self.input_size}x{self.input_size}"
         if self.family == "mixed":
             return f"int8, {len(self.worst)} worst in float ({', '.join(self.worst)})"
         if self.family == "clustered":
@@ -77,6 +83,8 @@ class Candidate:
             out.update(clusters=self.clusters, clustered=list(self.clustered))
         if self.float_nodes:
             out.update(worst=list(self.worst), float_layers=list(self.float_layers), float_nodes=list(self.float_nodes))
+        if self.input_size:
+            out.update(input_size=self.input_size)
         return out
 
 

@@ -8,7 +8,7 @@ candidate's .tflite and returns it with its record. Nothing here writes files: t
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -31,15 +31,16 @@ class SearchData:
     labels: Optional[np.ndarray]
     float_top1: float  # top-1 (%), or 100 (agreement with itself) on unlabelled --eval
     float_pred: np.ndarray  # the float model's classes on --eval
+    spec: object = None  # the built-in architecture MODEL names (ArchSpec), None for a model file
+    sized: dict = field(default_factory=dict)  # input side -> this data at that side (the input family)
 
 
 def load_search_data(opts: OptimizeOptions) -> SearchData:
     """The model and every image set a candidate needs; DataError when the folders do not fit the model."""
     from edgeresnet.device.images import load_images, stream_images
     from edgeresnet.device.presets import get_preset
-    from edgeresnet.host.models.loading import load_model
 
-    loaded = load_model(opts.model, trust_code=opts.trust_model_code)
+    loaded, spec = load_search_model(opts)
     preset = get_preset(opts.preset)
     shape = loaded.input_shape
     train = stream_images(opts.train, shape, seed=opts.seed, resize=opts.resize)
@@ -59,7 +60,22 @@ def load_search_data(opts: OptimizeOptions) -> SearchData:
     model = loaded.model
     float_pred = np.argmax(evals.predict(lambda x: model.predict(x, batch_size=64, verbose=0)), axis=-1)
     top1 = 100.0 if labels is None else 100.0 * float(np.mean(float_pred == labels))
-    return SearchData(loaded, preset, train.with_preset(preset), preset.apply(calib.images), evals, labels, top1, float_pred)
+    return SearchData(loaded, preset, train.with_preset(preset), preset.apply(calib.images), evals, labels, top1, float_pred,
+                      spec)
+
+
+def load_search_model(opts: OptimizeOptions) -> tuple:
+    """(the model as a LoadedModel, its ArchSpec): a built-in architecture is built (--input-size) and filled
+    from --weights by layer name; a file is loaded safely (spec None)."""
+    from edgeresnet.host.models.loading import LoadedModel, load_model
+
+    spec = opts.zoo
+    if spec is None:
+        return load_model(opts.model, trust_code=opts.trust_model_code), None
+    from edgeresnet.host.models.zoo import build_zoo_model
+
+    model = build_zoo_model(spec, opts.weights, None, opts.input_size, seed=opts.seed)
+    return LoadedModel.from_keras(model, spec.name), spec
 
 
 def held_out(data: SearchData, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -113,7 +129,12 @@ def score(model: bytes, data: SearchData) -> dict:
 
 
 def fine_tune(cand: Candidate, opts: OptimizeOptions, data: SearchData, progress=None):
-    """The candidate's pruned (or clustered), fine-tuned tf_keras model (the float model for the plain int8 one)."""
+    """The candidate's pruned (or clustered, or resized), fine-tuned tf_keras model (the float model for the plain
+    int8 one)."""
+    if cand.input_size:
+        from edgeresnet.host.optimize.inputs import fine_tune_at_size
+
+        return fine_tune_at_size(opts, data, progress), None
     if cand.clusters:
         return _clustered(cand, opts, data, progress), None
     if not cand.layer_sparsity:
@@ -145,13 +166,17 @@ def _clustered(cand: Candidate, opts: OptimizeOptions, data: SearchData, progres
 def evaluate(cand: Candidate, opts: OptimizeOptions, data: SearchData, progress=None) -> tuple[bytes, dict]:
     """(the candidate's .tflite, its record: settings, measured quantities, score, seconds)."""
     started = time.perf_counter()
+    if cand.input_size:  # the model rebuilt at that side with the same weights, the images resized to it
+        from edgeresnet.host.optimize.inputs import at_size
+
+        data = at_size(data, cand.input_size, opts)
     model, pruned = fine_tune(cand, opts, data, progress)
     tuned = time.perf_counter()
     tflite = convert_int8(model, opts, data.calib, float_nodes=cand.float_nodes)
     record = {
         "key": cand.key, "label": cand.label, "settings": cand.to_dict(),
         "measured": measure(tflite, opts.budgets, opts.threads, opts.bench_repeats),
-        **score(tflite, data),
+        **score(tflite, data), "input_shape": list(data.loaded.input_shape),
         "keras_sparsity": None if pruned is None else round(pruned.keras_sparsity, 4),
         "fine_tuned_epochs": 0 if cand.family in ("int8", "mixed") else opts.epochs,
         "seconds": {"fine_tune": round(tuned - started, 1), "total": round(time.perf_counter() - started, 1)},

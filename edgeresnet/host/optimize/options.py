@@ -47,6 +47,8 @@ class OptimizeOptions:
     threads: Optional[int] = None  # interpreter threads for latency and memory (None: the interpreter's choice)
     bench_repeats: int = 30
     trust_model_code: bool = False
+    weights: Optional[str] = None  # a built-in architecture MODEL: its trained weights (.h5, by layer name)
+    input_size: Optional[int] = None  # a built-in architecture MODEL: its square input side (default: the architecture's)
 
     def __post_init__(self):
         if not isinstance(self.budgets, Budgets):
@@ -79,6 +81,31 @@ class OptimizeOptions:
             whole_number("--eval-samples", self.eval_samples, 1)
         if self.threads is not None:
             whole_number("--threads", self.threads, 1)
+        self._check_zoo()
+
+    def _check_zoo(self) -> None:
+        """A built-in architecture MODEL needs --weights (random weights score nothing); a file takes neither flag."""
+        from edgeresnet.host.models.zoo import check_input_size, zoo_spec
+
+        spec = zoo_spec(self.model)
+        if spec is None:
+            flag = next((f for f, v in (("--weights", self.weights), ("--input-size", self.input_size)) if v is not None), None)
+            if flag:
+                raise ConfigError(f"{flag} applies to a built-in architecture MODEL (e.g. resnet8; see `edgeresnet models`), "
+                                  "not to a model file")
+            return
+        if self.weights is None:
+            raise ConfigError(f"{spec.name} has random weights, so no candidate's accuracy would mean anything; "
+                              "pass --weights FILE.h5 (its trained weights, loaded by layer name)")
+        if self.input_size is not None:
+            check_input_size(self.input_size)
+
+    @property
+    def zoo(self):
+        """The built-in architecture MODEL names (an ArchSpec), or None for a model file."""
+        from edgeresnet.host.models.zoo import zoo_spec
+
+        return zoo_spec(self.model)
 
     @property
     def target_name(self) -> str:
@@ -88,7 +115,11 @@ class OptimizeOptions:
         """What a finished candidate depends on: a resumed search reuses candidates only when this is equal."""
         model = Path(self.model)
         stat = model.stat() if model.is_file() else None
+        weights = Path(self.weights) if self.weights else None
+        wstat = weights.stat() if weights is not None and weights.is_file() else None
         return {
+            "weights": str(weights.resolve()) if weights else None, "weights_bytes": wstat.st_size if wstat else None,
+            "weights_mtime": wstat.st_mtime if wstat else None, "input_size": self.input_size,
             "model": str(model.resolve()), "model_bytes": stat.st_size if stat else None,
             "model_mtime": stat.st_mtime if stat else None,
             "train": str(Path(self.train).resolve()), "eval": str(Path(self.eval).resolve()),

@@ -125,8 +125,9 @@ def markdown(result: OptimizeResult) -> str:
              f"Float model: {s['metric']} {s['float_score']:.2f} %. Latency and memory measured on this machine "
              f"({s['machine']['host']}, {s['machine']['cores']} cores, {s['machine']['interpreter']}, "
              f"threads: {s['threads']}).", "",
-             f"**Chosen: {result.chosen['label']}** -> `{MODEL_FILE}`. {result.why}.", "",
-             f"Per-layer precision: {s.get('precision', '')}.", ""]
+             f"**Chosen: {result.chosen['label']}** -> `{MODEL_FILE}`, input {_shape(s.get('input_shape'))}. "
+             f"{result.why}.", "",
+             f"Per-layer precision: {s.get('precision', '')}.", "", f"Input size: {s.get('input', '')}.", ""]
     tpu = all(r.get("edgetpu_memory") for r in result.candidates)
     if tpu:
         cache = result.candidates[0]["edgetpu_memory"]["cache_bytes"]
@@ -143,6 +144,10 @@ def markdown(result: OptimizeResult) -> str:
     lines += ["", "Settings of each candidate (per-layer sparsity, layers in float) are in optimize.json; the front's models are in "
               "candidates/.", ""]
     return "\n".join(lines)
+
+
+def _shape(shape) -> str:
+    return "x".join(str(d) for d in shape) if shape else "as the model's"
 
 
 def _on_chip(memory: dict) -> str:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from edgeresnet._util.files import StagedDir, check_output, clean_stale_partials
 from edgeresnet._util.outlock import output_lock
 from edgeresnet._util.tf import require_host
+from edgeresnet.errors import ModelLoadError
 from edgeresnet.host.optimize.evaluate import load_search_data
+from edgeresnet.host.optimize.inputs import input_note
 from edgeresnet.host.optimize.options import OptimizeOptions
 from edgeresnet.host.optimize.precision import precision_note
 from edgeresnet.host.optimize.result import OptimizeResult, choose, front_keys, machine, write_output
@@ -32,7 +35,10 @@ def run_optimize(opts: OptimizeOptions, progress=None, notify=None) -> OptimizeR
 
     notify = notify or (lambda message: None)
     refuse_multiworker(opts.strategy, "optimize")
-    check_model_path(opts.model)
+    if opts.zoo is None:
+        check_model_path(opts.model)
+    elif not Path(opts.weights).is_file():
+        raise ModelLoadError(f"--weights {opts.weights}: no such file; pass the .h5 of {opts.zoo.name}'s trained weights")
     check_output(opts.out, opts.overwrite, _inputs(opts))
     started = time.perf_counter()
     with output_lock(opts.out):
@@ -53,6 +59,7 @@ def run_optimize(opts: OptimizeOptions, progress=None, notify=None) -> OptimizeR
             "int8_method": opts.int8_method, "threads": opts.threads or "interpreter default",
             "machine": machine(), "chosen": chosen["key"], "why": why, "front": front, "primary": primary,
             "layers": [layer.to_dict() for layer in layers], "precision": precision_note(opts.target),
+            "input": input_note(opts, data, records), "input_shape": chosen.get("input_shape"),
             "candidates": records,
             "search_seconds": round(time.perf_counter() - started, 1), "resumed_candidates": state.resumed,
         }

@@ -14,7 +14,11 @@ the candidates for real, keep the most accurate one inside every budget.
 5. On a target that runs float layers (cpu), the mixed family: the plain int8 model with its 1, 2 and 3
    worst int8 layers in float (:mod:`~edgeresnet.host.optimize.precision`), built and measured the same
    way; never on the Edge TPU.
-6. Of all measured candidates, the highest top-1 within every budget wins; ties go to the smaller one.
+6. For a built-in architecture with a latency or memory budget the plain int8 model exceeds, the input
+   family: the architecture rebuilt at the largest smaller input size whose probe meets those budgets
+   (:mod:`~edgeresnet.host.optimize.inputs`), fine-tuned and measured the same way; one measured over
+   them is rebuilt one size smaller.
+7. Of all measured candidates, the highest top-1 within every budget wins; ties go to the smaller one.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Optional
 from edgeresnet.host.optimize.budgets import Budgets, file_sizes
 from edgeresnet.host.optimize.candidates import Candidate, LayerInfo, allocate, candidate, probe_model, profile_layers
 from edgeresnet.host.optimize.evaluate import SearchData, evaluate, held_out, load_search_data
+from edgeresnet.host.optimize.inputs import SCALED, plan_inputs, smaller
 from edgeresnet.host.optimize.options import OptimizeOptions
 from edgeresnet.host.optimize.precision import plan_mixed
 from edgeresnet.host.optimize.state import SearchState
@@ -155,6 +160,17 @@ class _Runner:
                     tick(k + 1, len(todo))
 
 
+def _retry(cand: Candidate, measured: dict, opts: OptimizeOptions, data: SearchData, layers) -> Optional[Candidate]:
+    """The candidate to build instead of one measured over budget: sparser (size budgets), one input size
+    smaller (latency and memory budgets, the input family), or None (a mixed candidate has no other version)."""
+    if cand.input_size:
+        scaled = any(measured.get(q, 0) > getattr(opts.budgets, q) for q in SCALED if getattr(opts.budgets, q))
+        return smaller(cand, data) if scaled else None
+    if cand.float_nodes or _fits(measured, opts.budgets) or cand.level >= MAX_LEVEL:
+        return None
+    return candidate(cand.family, layers, min(MAX_LEVEL, cand.level + RETRY_STEP), cand.skew, cand.clusters)
+
+
 def search(opts: OptimizeOptions, data: SearchData, state: SearchState, progress=None, notify=None) -> tuple:
     """(every measured candidate's record, the layer profile)."""
     runner = _Runner(opts, data, state, progress)
@@ -163,17 +179,16 @@ def search(opts: OptimizeOptions, data: SearchData, state: SearchState, progress
     plain = state.model_path(Candidate("int8").key).read_bytes()
     cands = plan_candidates(opts, plain, layers, progress, notify)
     cands += plan_mixed(opts, data, state, notify, _stage(progress, "rank int8 layers by error", "passes"))
+    cands += plan_inputs(opts, data, state, records[0], notify, _stage(progress, "probe an input size", "conversion"))
     for _ in range(RETRIES + 1):
         fresh = runner.run(cands)
         records += fresh
-        # a mixed candidate over a size budget has no sparser version: only the sparsity families are rebuilt
-        over = [(c, r) for c, r in zip(cands, fresh) if not _fits(r["measured"], opts.budgets) and not c.float_nodes]
-        cands = [candidate(c.family, layers, min(MAX_LEVEL, c.level + RETRY_STEP), c.skew, c.clusters)
-                 for c, _ in over if c.level < MAX_LEVEL]
+        cands = [n for n in (_retry(c, r["measured"], opts, data, layers) for c, r in zip(cands, fresh)) if n is not None]
         if not cands:
             break
         if notify:
-            notify(f"{len(cands)} candidate(s) measured over the size budget; rebuilding {RETRY_STEP} sparser")
+            notify(f"{len(cands)} candidate(s) measured over budget; rebuilding them {RETRY_STEP} sparser "
+                   "(or, at a smaller input size)")
     unique = {r["key"]: r for r in records}
     return list(unique.values()), layers
 
