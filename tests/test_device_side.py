@@ -55,3 +55,18 @@ def test_every_device_module_and_the_cli_import_without_tensorflow(imported):
 
 def test_device_modules_import_nothing_from_the_host(imported):
     assert imported["device_host"] == [], imported["pulled"]
+
+
+def test_no_module_over_600_lines_and_no_function_over_60():
+    """The layout's size rule (docs/architecture.md): a module or function past it is split, not grown."""
+    import ast
+
+    over = []
+    for path in sorted((REPO / "edgeresnet").rglob("*.py")):
+        source = path.read_text()
+        if source.count("\n") > 600:
+            over.append(f"{path.relative_to(REPO)}: {source.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
+                over.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert not over, over
