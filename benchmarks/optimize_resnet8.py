@@ -11,7 +11,12 @@ The uniform variants (one sparsity for every body layer, stem and classifier den
 table compares optimize's choice with the most accurate uniform variant of no larger zlib size (resp.
 latency). Prints the search time of each optimize run.
 
-    python benchmarks/optimize_resnet8.py [--epochs 3] [--uniform 0.1 0.3 0.5 0.62 0.66 0.7] [--results]
+3. ``--max-latency`` = ``--input-latency`` (60 %) of the plain int8 model's latency, on the built-in
+   ``resnet8`` (the same network) with the MLPerf weights copied in layer by layer (``--weights``),
+   so the search may also shrink the input: no pruned or clustered model gets faster, so this is the
+   input-size lever's case. ``--only-input`` runs just this one.
+
+    python benchmarks/optimize_resnet8.py [--epochs 3] [--uniform 0.1 0.3 0.5 0.62 0.66 0.7] [--only-input] [--results]
 """
 
 from __future__ import annotations
@@ -56,13 +61,59 @@ def _compare(title, q, chosen, uniform, seconds, limit):
     print(f"\ngain: {'; '.join(gains)}; search time {seconds:.0f} s")
 
 
+def _zoo_weights(h5: str, path: str) -> None:
+    """The MLPerf ResNet-8's trained weights saved under the built-in resnet8's layer names."""
+    from edgeresnet._util import tf as _tf
+    from edgeresnet.host.models import build_model
+
+    ref, ours = _tf.tf_keras().models.load_model(h5, compile=False), build_model("resnet8")
+
+    def split(model):
+        kinds = lambda k: [la for la in model.layers if type(la).__name__ == k]  # noqa: E731
+        convs = kinds("Conv2D")
+        return ([la for la in convs if tuple(la.kernel_size) != (1, 1)] + [la for la in convs if tuple(la.kernel_size) == (1, 1)]
+                + kinds("BatchNormalization") + kinds("Dense"))
+
+    for mine, theirs in zip(split(ours), split(ref), strict=True):
+        mine.set_weights(theirs.get_weights())
+    ours.save_weights(path)
+
+
+def _input_size_run(model, train, test, args, tmp):
+    """The latency budget no pruned model meets, on the built-in resnet8: what the input-size lever finds."""
+    weights = f"{tmp}/resnet8-mlperf.h5"
+    _zoo_weights(model, weights)
+    base = OptimizeOptions(model="resnet8", weights=weights, train=train, eval=test, budgets=Budgets(latency=1e9),
+                           epochs=args.epochs, threads=1)
+    data = load_search_data(base)
+    plain = measure(convert_int8(data.loaded.model, base, data.calib), base.budgets, 1)
+    limit = round(args.input_latency * plain["latency"], 3)
+    opts = OptimizeOptions(model="resnet8", weights=weights, train=train, eval=test, budgets=Budgets(latency=limit),
+                           epochs=args.epochs, threads=1, jobs=args.jobs, out=f"{tmp}/input")
+    started = time.perf_counter()
+    result = run_optimize(opts, notify=lambda m: print(m, file=sys.stderr))
+    chosen = result.chosen
+    print(f"\n### latency budget {limit} ms ({args.input_latency:.0%} of the plain int8 model's "
+          f"{plain['latency']:.3f} ms, 1 thread), built-in resnet8 with the MLPerf weights\n")
+    print(f"chosen: {chosen['label']}, input {chosen.get('input_shape')}, top-1 {chosen['score']:.2f} %, "
+          f"{chosen['measured']['latency']:.3f} ms; search time {time.perf_counter() - started:.0f} s\n")
+    print("\n".join(line for line in markdown(result).splitlines() if line.startswith("|")))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--uniform", type=float, nargs="+", default=[0.1, 0.3, 0.5, 0.62, 0.66, 0.7])
     ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--input-latency", type=float, default=0.6, help="budget 3: share of the plain model's latency")
+    ap.add_argument("--only-input", action="store_true", help="run budget 3 only")
     args = ap.parse_args()
     model = str(DATA / "mlperf-tiny-resnet8" / "pretrainedResnet.h5")
+    train, test = str(DATA / "cifar10" / "train"), str(DATA / "cifar10" / "test")
+    if args.only_input:
+        with tempfile.TemporaryDirectory() as tmp:
+            _input_size_run(model, train, test, args, tmp)
+        return
     train, test = str(DATA / "cifar10" / "train"), str(DATA / "cifar10" / "test")
     probe = OptimizeOptions(model=model, train=train, eval=test, budgets=Budgets(latency=1e9), epochs=args.epochs)
     data = load_search_data(probe)
