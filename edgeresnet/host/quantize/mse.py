@@ -24,7 +24,7 @@ import numpy as np
 from edgeresnet._util import tf as _tf
 from edgeresnet.host.quantize.equalize import equalize
 from edgeresnet.host.quantize.graph import (
-    AVERAGE_POOL_2D, EXPAND_DIMS, FIXED_RANGE_OPS, MAX_POOL_2D, PAD, PADV2, RESHAPE, SLICE, SQUEEZE, STRIDED_SLICE,
+    AVERAGE_POOL_2D, EXPAND_DIMS, FIXED_RANGE_OPS, MAX_POOL_2D, PAD, PADV2, RESHAPE, SLICE, SOFTMAX, SQUEEZE, STRIDED_SLICE,
     TRANSPOSE, Graph,
 )
 from edgeresnet.host.quantize.registry import Method, register_method
@@ -111,6 +111,31 @@ def _pool_range(x: np.ndarray, pool_ops: list, h: Histogram, grid: int = 40) -> 
     return best
 
 
+def _softmax_range(x: np.ndarray, ops: list, h: Histogram, grid: int = 40) -> tuple[float, float]:
+    """Range for a softmax input (the logits) scored on the softmax output, the model's answer.
+
+    MSE on the logits weighs every class alike; the answer depends on the top few, so the range
+    may clip the low logits (and the top beyond where the softmax saturates) for a finer step.
+    """
+    beta = float(ops[0].builtinOptions.beta) if ops[0].builtinOptions is not None else 1.0
+    x = x.reshape(-1, x.shape[-1]).astype(np.float64)
+    ref = _softmax(beta * x)
+    los = h.vmin * np.linspace(0.05, 1.0, grid) if h.vmin < 0 else np.zeros(1)
+    his = h.vmax * np.linspace(0.05, 1.0, grid) if h.vmax > 0 else np.zeros(1)
+    best, best_err = (h.vmin, h.vmax), None
+    for lo in los:
+        for hi in his:
+            err = float(np.mean((_softmax(beta * fake_quant(x, lo, hi).astype(np.float64)) - ref) ** 2))
+            if best_err is None or err < best_err:
+                best, best_err = (float(lo), float(hi)), err
+    return best
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
 def _avg_pool(tf, x, op):
     o = op.builtinOptions
     pad = "SAME" if o.padding == 0 else "VALID"
@@ -131,8 +156,9 @@ def set_ranges(graph: Graph, stats: Stats) -> None:
         if code in FIXED_RANGE_OPS:
             continue
         if i in stats.pooled:
-            pool_ops, xs = stats.pooled[i]
-            chosen[i] = _pool_range(np.concatenate(xs), pool_ops, h)
+            ops, xs = stats.pooled[i]
+            scored = _softmax_range if graph.consumers[i][0][0] == SOFTMAX else _pool_range
+            chosen[i] = scored(np.concatenate(xs), ops, h)
         else:
             chosen[i] = mse_range(h)
     for i, (lo, hi) in chosen.items():

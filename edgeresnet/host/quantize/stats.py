@@ -19,7 +19,7 @@ import numpy as np
 from edgeresnet.host.quantize.config import QuantOptConfig
 from edgeresnet.host.quantize.equalize import chain_heads
 from edgeresnet.host.quantize.graph import (
-    AVERAGE_POOL_2D, FIXED_RANGE_OPS, FULLY_CONNECTED, TFLITE_FLOAT32, Graph, Layer, run_probe,
+    AVERAGE_POOL_2D, FIXED_RANGE_OPS, FULLY_CONNECTED, SOFTMAX, TFLITE_FLOAT32, Graph, Layer, run_probe,
 )
 
 
@@ -167,22 +167,24 @@ class Stats:
     hi: dict  # ... and maximum
     hist: dict  # activation tensor -> Histogram ("stats" samples)
     mean_inputs: dict  # layer input tensor -> mean input (1, H, W, C) or (1, C) ("stats" samples)
-    pooled: dict  # tensor read only by AVERAGE_POOL_2D -> (pool ops, kept samples)
+    pooled: dict  # tensor read only by AVERAGE_POOL_2D (or only by SOFTMAX) -> (those ops, kept samples)
     channel_max: dict  # equalization chain head -> per-channel max |value| ("equalize" samples)
     hessians: dict  # weight tensor -> E[p p^T] over its layer's input patches ("gptq" samples)
 
 
 def _pool_inputs(graph: Graph) -> dict[int, list]:
-    """Activation tensors read only by AVERAGE_POOL_2D ops (whose output shares their scale)."""
+    """Activation tensors read only by AVERAGE_POOL_2D ops (whose output shares their scale), or only by
+    SOFTMAX (whose output the model's answer is): their ranges are scored on those ops' outputs."""
     out = {}
     for i in graph.activation_tensors():
         cons = graph.consumers.get(i, [])
-        if cons and all(code == AVERAGE_POOL_2D for code, _ in cons):
-            out[i] = [op for _, op in cons]
+        for kind in (AVERAGE_POOL_2D, SOFTMAX):
+            if cons and all(code == kind for code, _ in cons):
+                out[i] = [op for _, op in cons]
     return out
 
 
-POOL_KEEP = 64  # "stats" samples of each average-pool input kept to score its range on the pooled output
+POOL_KEEP = 64  # "stats" samples of each average-pool (or softmax) input kept to score its range on that op's output
 
 
 class StatsPass:
