@@ -37,7 +37,7 @@ from typing import Optional
 import numpy as np
 
 from edgeresnet._util import tf as _tf
-from edgeresnet.host.quantize.graph import SOFTMAX, WEIGHT_OPS, Graph
+from edgeresnet.host.quantize.graph import WEIGHT_OPS, Graph
 from edgeresnet.host.quantize.mse import set_ranges
 from edgeresnet.host.quantize.mse_bias import MseBias, _weight_scale, quantize_layer_weights
 from edgeresnet.host.quantize.registry import register_method
@@ -164,12 +164,11 @@ def _is_constant(graph: Graph, i: int) -> bool:
 
 
 def _block_outputs(graph: Graph, block: list) -> list[int]:
-    """What the block's reconstruction is scored on: the tensors it hands on (a softmax's input, not its output)."""
+    """What the block's reconstruction is scored on: the tensors it hands on (a softmax's output, the model's
+    answer, on which the logits' int8 range was chosen too)."""
     made = [int(op.outputs[0]) for _, op in block]
     inside = {int(i) for _, op in block for i in op.inputs}
-    outs = [t for t in made if t not in inside or t in graph.outputs]
-    return [int(op.inputs[0]) if code == SOFTMAX else int(op.outputs[0])
-            for code, op in block if int(op.outputs[0]) in outs]
+    return [t for t in made if t not in inside or t in graph.outputs]
 
 
 def _propagate(ops: Ops, block: list, ins: list, fl: dict, qv: dict, weights: dict) -> None:
@@ -243,7 +242,7 @@ def _learn_block(ops: Ops, block: list, ins: list, layers: list, fl: dict, qv: d
     (int8 steps, bias)}; {weight or bias tensor: its value in the int8 model}; and that error (relative to the
     output's energy, on every sample, int8 inputs) rounded to nearest and learned."""
     tf = ops.tf
-    run = [(code, op) for code, op in block if code != SOFTMAX]
+    run = block
     outs = _block_outputs(ops.graph, block)
     n = int(fl[ins[0]].shape[0])
     targets = {t: tf.concat(v, 0) for t, v in _chunked(ops, run, fl, ins, outs, n, {}, False).items()}
