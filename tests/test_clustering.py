@@ -184,7 +184,26 @@ def test_convert_prune_and_cluster_keeps_the_zeros_and_says_so(run_cli, tiny_mod
             assert max(len(np.unique(q[c][q[c] != 0])) for c in range(q.shape[0])) <= 4, tensor.name
 
 
-def test_cluster_with_qat_is_refused_before_any_work(run_cli, tiny_model_h5, tiny_data, tmp_path):
-    code, _, err = run_cli(["convert", tiny_model_h5, "--int8", "--calib", tiny_data["calib"], "--train",
-                            tiny_data["calib"], "--cluster", "4", "--qat", "--out", tmp_path / "o"])
-    assert code == 2 and "--cluster" in err and "Traceback" not in err and not (tmp_path / "o").exists()
+@pytest.mark.slow
+def test_cluster_with_qat_is_cluster_preserving_qat(run_cli, tiny_model_h5, tiny_data, tmp_path):
+    """--cluster 4 --qat: the clustered model's QAT copy keeps the clusters (each cluster set back to its mean after
+    every step), so its int8 file still holds at most 4 values per output channel in every clustered layer."""
+    from edgeresnet.device.tflite_graph import parse_tflite
+
+    out = tmp_path / "out"
+    code, _, err = run_cli(["convert", tiny_model_h5, "--int8", "--preset", "unit", "--calib", tiny_data["calib"],
+                            "--calib-samples", "32", "--eval", tiny_data["eval"], "--train", tiny_data["calib"],
+                            "--cluster", "4", "--qat", "--epochs", "1", "--batch-size", "16", "--out", out])
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    (qat,) = [v for v in report["variants"] if (v.get("fine_tune") or {}).get("method") == "cqat"]
+    assert qat["cluster"]["clusters"] == 4 and qat["cluster"]["max_values"] <= 4
+    graph = parse_tflite(Path(qat["path"]).read_bytes())
+    body, seen = set(report["cluster"]["layers"]), 0
+    for _, tensor in graph.filter_tensors():  # QAT's layers are tfmot's wrappers, quant_NAME
+        if any(n in tensor.name.split("/") for name in body for n in (name, f"quant_{name}")):
+            q = graph.const_array(tensor.index)
+            seen += 1
+            assert max(len(np.unique(q[c])) for c in range(q.shape[0])) <= 4, tensor.name
+    assert seen == len(body)
+    assert "cluster-preserving" in err

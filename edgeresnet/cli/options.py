@@ -81,7 +81,7 @@ def data_options(f):
         click.option("--out", type=click.Path(), help="Output folder (convert: edgeresnet-out; report: edgeresnet-report)."),
         click.option("--overwrite", is_flag=True, help="Replace an existing output folder."),
         click.option("--train", type=click.Path(), help="Labelled images (one sub-folder per class) to fine-tune on, read as a stream of batches: the pruned model (without it pruning is one-shot), --qat, and the new classifier of --classes."),
-        click.option("--cluster", type=int, metavar="N", help="Cluster the weights of every Conv2D/Dense layer but the first to N values (weight sharing; zeros of --prune kept), fine-tuned on --train keeping the clusters: smaller downloads. Not with --qat."),
+        click.option("--cluster", type=int, metavar="N", help="Cluster the weights of every Conv2D/Dense layer but the first to N values (weight sharing; zeros of --prune kept), fine-tuned on --train keeping the clusters: smaller downloads. With --qat the QAT copy keeps them too."),
         click.option("--qat", is_flag=True, help="Also emit int8 models made by quantization-aware fine-tuning on --train (tfmot; pruned models keep their zeros). Needs --train."),
         click.option("--weights", type=click.Path(), metavar="FILE.h5", help="With a built-in architecture as MODEL (e.g. resnet50): a local Keras .h5 to load by layer name (never downloaded)."),
         click.option("--classes", type=int, metavar="N", help="With a built-in architecture as MODEL: a new classifier for N classes, fine-tuned on --train (backbone from --weights frozen for the first epoch, then trained too)."),

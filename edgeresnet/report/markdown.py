@@ -36,9 +36,12 @@ def safe_mode_text(safe_mode) -> str:
     return "NO: --trust-model-code, the model's own code (Lambda layers, custom classes, graph ops) was allowed to run"
 
 
+QAT_METHODS = ("qat", "pqat", "cqat", "pcqat")  # plain, sparsity-, cluster-, and both-preserving
+
+
 def is_qat(variant: dict) -> bool:
-    """Whether a variant's int8 ranges come from quantization-aware training (QAT or PQAT)."""
-    return (variant.get("fine_tune") or {}).get("method") in ("qat", "pqat")
+    """Whether a variant's int8 ranges come from quantization-aware training (QAT, PQAT, CQAT or PCQAT)."""
+    return (variant.get("fine_tune") or {}).get("method") in QAT_METHODS
 
 
 def fine_tune_text(variant: dict) -> str:
@@ -46,7 +49,7 @@ def fine_tune_text(variant: dict) -> str:
     (``cluster 3 ep @0.0003`` for --cluster N), or ``–``."""
 
     def one(ft: dict) -> str:
-        what = {"prune": "prune", "qat": "QAT", "pqat": "PQAT"}.get(ft.get("method"), str(ft.get("method")))
+        what = {"prune": "prune", **{m: m.upper() for m in QAT_METHODS}}.get(ft.get("method"), str(ft.get("method")))
         schedule = " cosine" if ft.get("schedule") == "cosine" else ""
         return f"{what} {ft.get('epochs')} ep @{fmt_number(ft.get('learning_rate'), 'g')}{schedule}"
 

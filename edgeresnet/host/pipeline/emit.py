@@ -265,7 +265,8 @@ def emit_all(opts: ConvertOptions, plan, models, emit: Emitter, report, folder: 
         rec.fine_tune = fine_tune_record(opts.train, info, planned.qat)
         if clustered is not None:
             rec.cluster = {k: v for k, v in clustered.items() if k != "layers"}  # the run's record has the layers
-            rec.fine_tune = cluster_fine_tune_record(opts.train, clustered, rec.fine_tune)
+            if not planned.qat:  # a QAT model's record is its (cluster-preserving) QAT
+                rec.fine_tune = cluster_fine_tune_record(opts.train, clustered, rec.fine_tune)
         report.add(rec)
         if rec.status == Status.OVER_BUDGET and planned.qat:
             rec.error += "; quantization-aware models are not recovered by keeping layers in float"

@@ -81,8 +81,9 @@ def _prune(config, loaded, train, progress, notify, in_child: bool = False):
     return LoadedModel.from_keras(result.model, name), {**result.to_dict(), "process": _process(in_child, train)}
 
 
-def _qat(config, base, base_info, train, progress, in_child: bool = False):
-    """Quantization-aware fine-tuning of ``base`` (sparsity-preserving when it was pruned).
+def _qat(config, base, base_info, train, progress, in_child: bool = False, clustered: tuple = ()):
+    """Quantization-aware fine-tuning of ``base`` (sparsity-preserving when it was pruned, cluster-preserving for
+    the ``clustered`` layers of a --cluster model).
 
     Returns (LoadedModel, info): ``info`` is the QAT record, with the pruning
     record of ``base`` under ``pruning`` when there is one.
@@ -91,9 +92,11 @@ def _qat(config, base, base_info, train, progress, in_child: bool = False):
     from edgeresnet.host.training.qat import quantize_aware_train, quantize_aware_train_in_child
 
     pruned = base_info is not None
-    stage = "quantization-aware fine-tuning" + (" (sparsity-preserving)" if pruned else "")
+    kept = [what for what, on in (("sparsity", pruned), ("cluster", clustered)) if on]
+    stage = "quantization-aware fine-tuning" + (f" ({'- and '.join(kept)}-preserving)" if kept else "")
     result = (quantize_aware_train_in_child if in_child else quantize_aware_train)(
-        base, config, train, preserve_sparsity=pruned, progress=stage_progress(progress, stage, "training batches")
+        base, config, train, preserve_sparsity=pruned, progress=stage_progress(progress, stage, "training batches"),
+        clustered=tuple(clustered),
     )
     info = {**result.to_dict(), "process": _process(in_child, train)}
     if pruned:
@@ -117,6 +120,17 @@ def _cluster(config, loaded, train, progress, notify):
     return LoadedModel.from_keras(model, loaded.name), cluster_record(config, distinct, fine_tuned)
 
 
+def _clusters_after(record: dict, model) -> dict:
+    """The --cluster record of a cluster-preserving QAT model: its clustered layers' distinct values now."""
+    import numpy as np
+
+    from edgeresnet.host.training.clustering import kernels_of
+
+    kernels = kernels_of(model, record["layers"])
+    layers = {name: int(len(np.unique(k.numpy()))) for name, k in kernels.items()}
+    return {**record, "layers": layers, "max_values": max(layers.values(), default=0)}
+
+
 def build_models(ctx: RunContext, plan, src: Source) -> tuple[dict, dict]:
     """The models to convert: the one given, one pruned model per sparsity in the plan (fine-tuned on
     --train when given) and, with --qat, a quantization-aware fine-tuned copy of each (sparsity-preserving
@@ -130,8 +144,11 @@ def build_models(ctx: RunContext, plan, src: Source) -> tuple[dict, dict]:
     for sparsity, qat in dict.fromkeys(v.model_key for v in plan):
         model, info = loaded, None
         if qat:
-            base = models[(sparsity, False)]
-            model, info = _qat(opts.qat, *base, train, progress, train_in_child(opts, base[0], train))
+            base, before = models[(sparsity, False)], clustering.get((sparsity, False))
+            clustered = tuple(before["layers"]) if before else ()
+            model, info = _qat(opts.qat, *base, train, progress, train_in_child(opts, base[0], train), clustered)
+            if before:  # the clusters the QAT model kept (cluster-preserving QAT)
+                clustering[(sparsity, qat)] = _clusters_after(before, model.model)
         elif sparsity is not None:
             from dataclasses import replace
 

@@ -166,8 +166,6 @@ def _check_fine_tuning(o: ConvertOptions) -> None:
             "--train is used for fine-tuning (pruning, --qat, --cluster or --classes); add --prune SPARSITY "
             "(or --sparsity for report) or --qat"
         )
-    if o.cluster is not None and o.qat is not None:
-        raise ConfigError("--cluster with --qat: quantization-aware training would undo the clusters; drop one of them")
     if o.cluster is not None and o.train is not None:
         from edgeresnet.host.training.clustering import refuse_multiworker
 

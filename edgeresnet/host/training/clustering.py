@@ -165,16 +165,17 @@ def cluster_model(model, config: ClusterConfig, train=None, progress=None):
         work = keras.models.clone_model(model)
         work.set_weights(model.get_weights())
         plan = {layer.name: assignments(layer.kernel.numpy(), config.clusters) for layer in _layers(work, config)}
-        _snap_all(work, plan)
+        kernels = kernels_of(work, plan)
+        snap_all(kernels, plan)
         if train is not None and config.epochs:
             tf.random.set_seed(config.seed)
             data = training_data(tf, strategy, train, config.batch_size, config.seed)
             compile_classifier(work, config.learning_rate, from_logits=uses_logits(model, train))
-            callbacks = [_KeepClusters(keras, work, plan)]
+            callbacks = [keep_clusters(keras, kernels, plan)]
             if progress is not None:
                 callbacks.append(progress_callback(keras, progress, data.steps_per_epoch * config.epochs))
             fit_history(work, data, config.epochs, callbacks)
-            _snap_all(work, plan)
+            snap_all(kernels, plan)
     final = keras.models.clone_model(work)
     final.set_weights(work.get_weights())
     return final, {name: int(len(np.unique(final.get_layer(name).kernel.numpy()))) for name in plan}
@@ -195,15 +196,45 @@ def cluster_record(config: ClusterConfig, distinct: dict, fine_tuned: bool) -> d
     }
 
 
-def _snap_all(model, plan: dict) -> None:
+def clusters_of(model, names) -> dict:
+    """{layer: each kernel weight's cluster} read off an already clustered ``model``: one cluster per distinct
+    value, the zeros (a pruned kernel's) cluster 0, as :func:`assignments` numbers them."""
+    plan = {}
+    for name in names:
+        flat = model.get_layer(name).kernel.numpy().reshape(-1)
+        _, inverse = np.unique(flat, return_inverse=True)
+        plan[name] = np.where(flat == 0, 0, inverse.reshape(-1) + 1).astype(np.int64)
+    return plan
+
+
+def kernels_of(model, names) -> dict:
+    """{layer name: its kernel variable} in ``model``, looking inside tfmot's quantize wrappers (``wrapper.layer``)."""
+    found = {}
+    for layer in model.layers:
+        inner = getattr(layer, "layer", layer)
+        if inner.name not in names:
+            continue
+        if inner is layer:
+            found[inner.name] = layer.kernel
+        else:  # a wrapper: its inner layer's ``kernel`` is the fake-quantized tensor while it runs; find the variable
+            found[inner.name] = next(w for w in layer.weights if w.name.split("/")[-1].startswith("kernel"))
+    missing = sorted(set(names) - set(found))
+    if missing:
+        raise ConfigError(f"clustered layers {', '.join(missing)} are not in {model.name}")
+    return found
+
+
+def snap_all(kernels: dict, plan: dict) -> None:
+    """Every kernel of ``kernels`` ({layer: variable}) with each of its clusters (``plan``) set to their mean."""
     for name, assign in plan.items():
-        kernel = model.get_layer(name).kernel
-        kernel.assign(snap(kernel.numpy(), assign))
+        kernels[name].assign(snap(kernels[name].numpy(), assign))
 
 
-def _KeepClusters(keras, model, plan):  # noqa: N802 - builds a Keras callback class
+def keep_clusters(keras, kernels: dict, plan: dict):
+    """A Keras callback that puts the clusters back after every training step: each centroid moves with the
+    mean of its members' updates, and the zeros stay zero."""
     class KeepClusters(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
-            _snap_all(model, plan)
+            snap_all(kernels, plan)
 
     return KeepClusters()

@@ -122,13 +122,17 @@ class QATConfig:
         return asdict(self)
 
 
+# The report's name for each scheme: sparsity-, cluster- or both-preserving QAT (tfmot's PQAT, CQAT, PCQAT).
+_METHODS = {"prune_preserve_8bit": "pqat", "cluster_preserve_8bit": "cqat", "prune_cluster_preserve_8bit": "pcqat"}
+
+
 @dataclass(frozen=True)
 class QATResult(TrainedRun):
     """The fine-tuned quantization-aware tf_keras model and how it was made."""
 
     model: Any  # tf_keras Model with tfmot quantize wrappers (fake quantization)
     config: QATConfig
-    scheme: str  # "default_8bit" or "prune_preserve_8bit"
+    scheme: str  # "default_8bit", "prune_preserve_8bit", "cluster_preserve_8bit" or "prune_cluster_preserve_8bit"
     train_samples: int
     steps: int
     train_seconds: float
@@ -140,7 +144,7 @@ class QATResult(TrainedRun):
 
     def to_dict(self) -> dict:
         return {
-            "method": "pqat" if self.scheme == "prune_preserve_8bit" else "qat",
+            "method": _METHODS.get(self.scheme, "qat"),
             "scheme": self.scheme,
             "epochs": self.config.epochs,
             "batch_size": self.config.batch_size,
@@ -251,8 +255,13 @@ def quantize_aware_train(
     train: tuple,
     preserve_sparsity: bool = False,
     progress: Optional[ProgressFn] = None,
+    clustered: tuple = (),
 ) -> QATResult:
     """Fine-tune ``model`` (tf_keras Model or LoadedModel) with fake quantization; the input is not modified.
+
+    ``clustered``: names of layers whose kernels are clustered (``--cluster``): after every training step
+    each of their clusters is set back to its mean (cluster-preserving QAT), so the int8 model keeps at
+    most as many values per output channel as the float one had clusters.
 
     ``train`` is ``(x, y)`` (preprocessed float32 NHWC images exactly as the
     model takes them, integer class labels) or a labelled
@@ -277,7 +286,12 @@ def quantize_aware_train(
     with strategy.scope():
         qmodel = _quantize(source, preserve_sparsity)
         range_batches = _set_ranges(qmodel, source, train, config.batch_size, config.seed, data, strategy)
-        steps, seconds, history = _fit(qmodel, source, config, train, data, progress)
+        keep = []
+        if clustered:
+            from edgeresnet.host.training.clustering import clusters_of, keep_clusters, kernels_of
+
+            keep = [keep_clusters(keras, kernels_of(qmodel, clustered), clusters_of(source, clustered))]
+        steps, seconds, history = _fit(qmodel, source, config, train, data, progress, keep)
     # A plain copy (no strategy-mirrored variables) for the converter.
     with mot.quantization.keras.quantize_scope():
         final = keras.models.clone_model(qmodel)
@@ -287,7 +301,8 @@ def quantize_aware_train(
     return QATResult(
         model=final,
         config=config,
-        scheme="prune_preserve_8bit" if preserve_sparsity else "default_8bit",
+        scheme=("prune_" if preserve_sparsity else "") + ("cluster_" if clustered else "")
+        + ("preserve_8bit" if preserve_sparsity or clustered else "default_8bit"),
         train_samples=len(train),
         steps=steps,
         train_seconds=seconds,
@@ -300,14 +315,15 @@ def quantize_aware_train(
 
 
 def quantize_aware_train_in_child(model, config: QATConfig, train, preserve_sparsity: bool = False,
-                                  progress: Optional[ProgressFn] = None) -> QATResult:
+                                  progress: Optional[ProgressFn] = None, clustered: tuple = ()) -> QATResult:
     """:func:`quantize_aware_train` run in a fresh process (see :mod:`edgeresnet.host.training.child`): the
     same result, without the training step's memory pool left in this one."""
     from edgeresnet.host.training.child import train_in_child
 
     source = _keras_model(model)
     result, weights = train_in_child(quantize_aware_train, source, config, train, preserve_sparsity,
-                                     what="quantization-aware fine-tuning", progress=progress)
+                                     what="quantization-aware fine-tuning", progress=progress,
+                                     clustered=tuple(clustered))
     keras, mot = _tf.tf_keras(), _tf.tfmot()
     with mot.quantization.keras.quantize_scope():  # the same wrapped model the child trained, then its weights
         final = keras.models.clone_model(_quantize(source, preserve_sparsity))
@@ -344,12 +360,12 @@ def _train_data(train, source):
     return train_stream(train, source, int(source.output_shape[-1]))
 
 
-def _fit(model, source, config: QATConfig, train, data, progress) -> tuple:
+def _fit(model, source, config: QATConfig, train, data, progress, callbacks=()) -> tuple:
     """Compile and fit ``model`` with ``config``'s recipe on ``data``; (steps, seconds, Keras history)."""
     keras = _tf.tf_keras()
     steps = data.steps_per_epoch * config.epochs
     compile_classifier(model, config.learning_rate_for(steps), from_logits=uses_logits(source, train))
-    callbacks = [] if progress is None else [progress_callback(keras, progress, steps)]
+    callbacks = list(callbacks) + ([] if progress is None else [progress_callback(keras, progress, steps)])
     started = time.perf_counter()
     history = fit_history(model, data, config.epochs, callbacks)
     return steps, time.perf_counter() - started, history
