@@ -495,3 +495,40 @@ def test_a_zoo_model_without_weights_or_with_a_missing_file_is_one_line(run_cli,
     code, _, err = run_cli([*common, "--weights", tmp_path / "none.h5"])
     assert code != 0 and "none.h5" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_with_qat_a_clustered_candidate_gets_cluster_and_sparsity_preserving_qat(tiny_search, tmp_path):
+    """--qat: a pruned and clustered candidate is fine-tuned, then quantization-aware trained keeping its zeros and
+    clusters; its int8 file comes from the QAT model and still holds at most N values (and 0) per output channel."""
+    from dataclasses import replace
+
+    from edgeresnet.device.runtime import TFLiteModel
+    from edgeresnet.device.tflite_graph import parse_tflite
+    from edgeresnet.host.optimize.candidates import candidate
+    from edgeresnet.host.optimize.evaluate import evaluate
+    from edgeresnet.host.optimize.search import layer_profile
+    from edgeresnet.host.optimize.state import SearchState
+
+    opts, data = tiny_search
+    opts = replace(opts, qat=True, epochs=1, batch_size=16)
+    layers = layer_profile(opts, data, SearchState(tmp_path / "out", opts.fingerprint()))
+    cand = candidate("clustered", layers, 0.5, clusters=4)
+    blob, record = evaluate(cand, opts, data)
+    assert record["qat"] == "prune_cluster_preserve_8bit" and record["fine_tuned_epochs"] == 2
+    graph = parse_tflite(blob)
+    pruned = {name: s for name, s in cand.layer_sparsity if s > 0.3}
+    assert pruned
+    seen = 0
+    for _, tensor in graph.filter_tensors():
+        names = [name for name in cand.clustered if {name, f"quant_{name}"} & set(tensor.name.split("/"))]
+        if names:
+            q = graph.const_array(tensor.index)
+            seen += 1
+            assert max(len(np.unique(q[c][q[c] != 0])) for c in range(q.shape[0])) <= 4, tensor.name
+            if names[0] in pruned:  # the zeros survived QAT
+                assert float(np.mean(q == 0)) >= pruned[names[0]] - 0.05, (tensor.name, pruned[names[0]])
+    assert seen == len(cand.clustered)
+    pred = TFLiteModel(blob).predict(data.eval.inputs(np.arange(len(data.eval)))).argmax(-1)
+    assert 100.0 * float(np.mean(pred == data.labels)) == pytest.approx(record["score"], abs=1e-3)  # 3 decimals
+    assert record["score"] > 50  # 4 classes: it still classifies

@@ -38,6 +38,7 @@ def _run(opts):
 @click.option("--strategy", type=click.Choice(STRATEGIES), default="auto", show_default=True, help="tf.distribute strategy the fine-tunings run under (as convert's --strategy).")
 @click.option("--jobs", type=int, default=1, show_default=True, metavar="N", help="Build the fine-tuned candidates in N processes at once.")
 @click.option("--int8-method", default=SEARCH_METHOD, show_default=True, metavar="M", help="int8 method of every candidate (as convert's --int8-method; auto scores up to three methods per candidate, a slower search).")
+@click.option("--qat", is_flag=True, help="Every fine-tuned candidate then gets --epochs of quantization-aware training (sparsity- and cluster-preserving) and its int8 file from it, instead of post-training int8: slower, often more accurate.")
 @click.option("--calib", type=click.Path(), help="Calibration images (default: --train).")
 @click.option("--calib-samples", type=int, default=DEFAULT_SAMPLES, show_default=True, help="How many calibration images to use.")
 @click.option("--eval-samples", type=int, help="Score on at most this many --eval images (default: all).")

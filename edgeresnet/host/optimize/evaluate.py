@@ -163,6 +163,19 @@ def _clustered(cand: Candidate, opts: OptimizeOptions, data: SearchData, progres
     return model
 
 
+def _quantization_aware(cand: Candidate, model, opts: OptimizeOptions, data: SearchData, progress=None) -> tuple:
+    """``model`` (the candidate's fine-tuned float model) after --epochs of QAT that keeps its zeros and clusters;
+    (the QAT model, tfmot's scheme name)."""
+    from edgeresnet.host.training.qat import QATConfig, quantize_aware_train
+
+    config = QATConfig(epochs=opts.epochs, batch_size=opts.batch_size, learning_rate=opts.learning_rate,
+                       seed=opts.seed, strategy=opts.strategy)
+    pruned = any(s > 0 for _, s in cand.layer_sparsity)
+    result = quantize_aware_train(model, config, data.train, preserve_sparsity=pruned,
+                                  clustered=tuple(cand.clustered) if cand.clusters else (), progress=progress)
+    return result.model, result.scheme
+
+
 def evaluate(cand: Candidate, opts: OptimizeOptions, data: SearchData, progress=None) -> tuple[bytes, dict]:
     """(the candidate's .tflite, its record: settings, measured quantities, score, seconds)."""
     started = time.perf_counter()
@@ -171,14 +184,18 @@ def evaluate(cand: Candidate, opts: OptimizeOptions, data: SearchData, progress=
 
         data = at_size(data, cand.input_size, opts)
     model, pruned = fine_tune(cand, opts, data, progress)
+    qat = None
+    if opts.qat and cand.family not in ("int8", "mixed"):  # those two are not fine-tuned
+        model, qat = _quantization_aware(cand, model, opts, data, progress)
     tuned = time.perf_counter()
-    tflite = convert_int8(model, opts, data.calib, float_nodes=cand.float_nodes)
+    tflite = convert_int8(model, opts, data.calib, method="qat" if qat else None, float_nodes=cand.float_nodes)
     record = {
         "key": cand.key, "label": cand.label, "settings": cand.to_dict(),
         "measured": measure(tflite, opts.budgets, opts.threads, opts.bench_repeats),
         **score(tflite, data), "input_shape": list(data.loaded.input_shape),
         "keras_sparsity": None if pruned is None else round(pruned.keras_sparsity, 4),
-        "fine_tuned_epochs": 0 if cand.family in ("int8", "mixed") else opts.epochs,
+        "fine_tuned_epochs": 0 if cand.family in ("int8", "mixed") else opts.epochs * (2 if qat else 1),
+        "qat": qat,
         "seconds": {"fine_tune": round(tuned - started, 1), "total": round(time.perf_counter() - started, 1)},
     }
     if opts.target_name == "edgetpu":

@@ -43,6 +43,7 @@ class OptimizeOptions:
     learning_rate: Optional[float] = None
     strategy: str = "auto"
     int8_method: str = SEARCH_METHOD
+    qat: bool = False  # fine-tuned candidates then get --epochs of QAT (sparsity-/cluster-preserving) for their int8
     jobs: int = 1
     threads: Optional[int] = None  # interpreter threads for latency and memory (None: the interpreter's choice)
     bench_repeats: int = 30
@@ -126,5 +127,5 @@ class OptimizeOptions:
             "calib": str(Path(self.calib or self.train).resolve()), "calib_samples": self.calib_samples,
             "eval_samples": self.eval_samples, "seed": self.seed, "preset": self.preset, "resize": self.resize,
             "epochs": self.epochs, "batch_size": self.batch_size, "learning_rate": self.learning_rate,
-            "int8_method": self.int8_method, "target": self.target_name, "threads": self.threads,
+            "int8_method": self.int8_method, "target": self.target_name, "threads": self.threads, "qat": self.qat,
         }

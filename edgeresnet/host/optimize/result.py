@@ -138,11 +138,13 @@ def markdown(result: OptimizeResult) -> str:
               + (" on-chip |" if tpu else ""),
               "|---|" + "---:|" * len(quantities) + "---:|---:|---|---|" + ("---|" if tpu else "")]
     for r in sorted(result.candidates, key=lambda r: r["measured"][result.primary]):
-        lines.append(f"| {r['label']} | " + " | ".join(describe(q, r["measured"][q]) for q in quantities)
+        label = r["label"] + (" + QAT" if r.get("qat") else "")
+        lines.append(f"| {label} | " + " | ".join(describe(q, r["measured"][q]) for q in quantities)
                      + f" | {r['score']:.2f} | {r['drop']:.2f} | {'yes' if r['within_budget'] else 'no'} | "
                      + f"{'yes' if r['on_front'] else ''} |" + (_on_chip(r["edgetpu_memory"]) if tpu else ""))
     lines += ["", "Settings of each candidate (per-layer sparsity, layers in float) are in optimize.json; the front's models are in "
-              "candidates/.", ""]
+              "candidates/." + (" '+ QAT': the int8 file comes from quantization-aware training that kept the "
+                                "candidate's zeros and clusters (--qat)." if any(r.get("qat") for r in result.candidates) else ""), ""]
     return "\n".join(lines)
 
 
