@@ -286,12 +286,8 @@ def quantize_aware_train(
     with strategy.scope():
         qmodel = _quantize(source, preserve_sparsity)
         range_batches = _set_ranges(qmodel, source, train, config.batch_size, config.seed, data, strategy)
-        keep = []
-        if clustered:
-            from edgeresnet.host.training.clustering import clusters_of, keep_clusters, kernels_of
-
-            keep = [keep_clusters(keras, kernels_of(qmodel, clustered), clusters_of(source, clustered))]
-        steps, seconds, history = _fit(qmodel, source, config, train, data, progress, keep)
+        steps, seconds, history = _fit(qmodel, source, config, train, data, progress,
+                                       _keep_clusters(keras, qmodel, source, clustered))
     # A plain copy (no strategy-mirrored variables) for the converter.
     with mot.quantization.keras.quantize_scope():
         final = keras.models.clone_model(qmodel)
@@ -301,8 +297,7 @@ def quantize_aware_train(
     return QATResult(
         model=final,
         config=config,
-        scheme=("prune_" if preserve_sparsity else "") + ("cluster_" if clustered else "")
-        + ("preserve_8bit" if preserve_sparsity or clustered else "default_8bit"),
+        scheme=_scheme(preserve_sparsity, bool(clustered)),
         train_samples=len(train),
         steps=steps,
         train_seconds=seconds,
@@ -312,6 +307,22 @@ def quantize_aware_train(
         range_init_batches=range_batches,
         shard=data.shard(),
     )
+
+
+def _keep_clusters(keras, qmodel, source, clustered: tuple) -> list:
+    """The callback that keeps ``clustered`` layers' clusters (read off ``source``) in ``qmodel``, or none."""
+    if not clustered:
+        return []
+    from edgeresnet.host.training.clustering import clusters_of, keep_clusters, kernels_of
+
+    return [keep_clusters(keras, kernels_of(qmodel, clustered), clusters_of(source, clustered))]
+
+
+def _scheme(preserve_sparsity: bool, preserve_clusters: bool) -> str:
+    """tfmot's name for what the QAT kept: default_8bit, prune_preserve_8bit, cluster_/prune_cluster_preserve_8bit."""
+    if not (preserve_sparsity or preserve_clusters):
+        return "default_8bit"
+    return ("prune_" if preserve_sparsity else "") + ("cluster_" if preserve_clusters else "") + "preserve_8bit"
 
 
 def quantize_aware_train_in_child(model, config: QATConfig, train, preserve_sparsity: bool = False,
