@@ -37,6 +37,10 @@ FALLBACK = "mse+bias"
 HELD_EVERY = 5  # every fifth calibration sample is held out for scoring
 MIN_HELD = 32
 STOP_AT = 100.0  # held-out agreement (%) past which no slower method can be kept: the rest are not tried
+# A slower method is kept only when it agrees on at least this many more held-out images than the best cheaper
+# one: on a few dozen images one image is chance (measured on the ResNet-8, seed 0: mse+learned won 60 of 60
+# against 59 of 60 and lost 0.9 top-1 points against mse+bias on 1,000 test images).
+MIN_LEAD = 2
 
 
 @register_method
@@ -126,10 +130,10 @@ def choose(session, calibrated: bytes, saved_model_names: bool, tick) -> Choice:
     fit = np.setdiff1d(np.arange(len(x)), held)
     reference = _float_outputs(graph, x[held])
     scored, models = [], {}
+    best = None
     for k, name in enumerate(tried):
-        if scored and max(s.agreement for s in scored) >= STOP_AT:  # a slower method cannot agree more often
-            best = max(scored, key=lambda s: s.agreement).method
-            skipped += [(rest, f"{best} already agrees with the float model on every held-out image")
+        if best is not None and best.agreement >= STOP_AT:  # a slower method cannot agree more often
+            skipped += [(rest, f"{best.method} already agrees with the float model on every held-out image")
                         for rest in tried[k:]]
             break
         tick.section(f"calibration images ({name})", len(fit))
@@ -138,10 +142,16 @@ def choose(session, calibrated: bytes, saved_model_names: bool, tick) -> Choice:
         model = session.quantize(edited, io_type=session.io_type)
         scored.append(_score(name, model, x[held], reference, time.perf_counter() - start))
         models[name] = (edited, model, details)
-    best = max(scored, key=lambda s: s.agreement)  # the first of equals: the cheapest
+        if best is None or _count(scored[-1], len(held)) >= _count(best, len(held)) + MIN_LEAD:
+            best = scored[-1]
     edited, model, details = models[best.method]
     return Choice(best.method, tuple(scored), tuple(skipped), len(held), len(fit), calibrated=edited, model=model,
                   details=details)
+
+
+def _count(s: Scored, held: int) -> int:
+    """Held-out images on which ``s`` agrees with the float model."""
+    return int(round(s.agreement * held / 100.0))
 
 
 def candidates(macs: float) -> tuple[list, list]:
