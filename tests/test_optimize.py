@@ -532,3 +532,19 @@ def test_with_qat_a_clustered_candidate_gets_cluster_and_sparsity_preserving_qat
     pred = TFLiteModel(blob).predict(data.eval.inputs(np.arange(len(data.eval)))).argmax(-1)
     assert 100.0 * float(np.mean(pred == data.labels)) == pytest.approx(record["score"], abs=1e-3)  # 3 decimals
     assert record["score"] > 50  # 4 classes: it still classifies
+
+
+def test_scores_within_half_a_point_are_ties_and_the_smaller_candidate_wins():
+    from edgeresnet.host.optimize.result import TIE_POINTS, choose
+
+    def rec(key, score, download):
+        return {"key": key, "label": key, "score": score, "drop": 0.0, "measured": {"download": download}}
+
+    budgets = Budgets(download=50_000)
+    best, why = choose([rec("big", 76.5, 47_000), rec("small", 76.5 - TIE_POINTS + 0.1, 43_000),
+                        rec("tiny", 74.0, 40_000)], budgets, "top-1")
+    assert best["key"] == "small" and "within 0.5 points of the highest" in why and "76.50 %" in why
+    best, why = choose([rec("big", 76.5, 47_000), rec("small", 75.9, 43_000)], budgets, "top-1")
+    assert best["key"] == "big" and "has the highest" in why
+    best, _ = choose([rec("a", 70.0, 45_000), rec("over", 90.0, 60_000)], budgets, "top-1")
+    assert best["key"] == "a"
