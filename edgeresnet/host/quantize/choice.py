@@ -7,11 +7,11 @@ cost. ``auto`` holds out every fifth calibration sample (never the
 whose cost suits the model: ``Method.max_choice_macs``) quantize the model
 from the other samples, runs each int8 model in the interpreter on the
 held-out samples and keeps the one whose top-1 agrees most often with the
-float model's; a slower method must agree more often than a cheaper one to be
-kept (the candidates are tried cheapest first, and the first of equals wins:
-a few dozen held-out samples cannot tell finer differences from chance), so
-once one agrees on every held-out sample the slower ones are not tried.
-The kept model is the
+float model's; a slower method must agree on :data:`MIN_LEAD` more held-out
+samples than the one it would replace to be kept (the candidates are tried
+cheapest first: a few dozen held-out samples cannot tell finer differences
+from chance), so once one agrees on so many that no slower one could lead it
+by that much, the slower ones are not tried. The kept model is the
 one that was scored: it was calibrated on the other four fifths. When only one
 candidate suits the model (a ResNet-50: learned rounding and GPTQ would cost
 minutes), it runs on all samples, as fast as that method alone; with fewer
@@ -36,7 +36,6 @@ CANDIDATES = ("mse+bias", "mse+gptq", "mse+learned")  # cheapest first
 FALLBACK = "mse+bias"
 HELD_EVERY = 5  # every fifth calibration sample is held out for scoring
 MIN_HELD = 32
-STOP_AT = 100.0  # held-out agreement (%) past which no slower method can be kept: the rest are not tried
 # A slower method is kept only when it agrees on at least this many more held-out images than the best cheaper
 # one: on a few dozen images one image is chance (measured on the ResNet-8, seed 0: mse+learned won 60 of 60
 # against 59 of 60 and lost 0.9 top-1 points against mse+bias on 1,000 test images).
@@ -83,7 +82,8 @@ class Choice:
 
     @property
     def margin(self) -> float:
-        """Agreement points the winner is ahead of the best other candidate (0 when it was alone)."""
+        """Agreement points the winner is ahead of the best other candidate (0 when it was alone; negative when a
+        slower one agreed more often, but by fewer than MIN_LEAD samples)."""
         others = [s.agreement for s in self.scored if s.method != self.winner]
         best = next((s.agreement for s in self.scored if s.method == self.winner), 0.0)
         return round(best - max(others), 2) if others else 0.0
@@ -132,9 +132,8 @@ def choose(session, calibrated: bytes, saved_model_names: bool, tick) -> Choice:
     scored, models = [], {}
     best = None
     for k, name in enumerate(tried):
-        if best is not None and best.agreement >= STOP_AT:  # a slower method cannot agree more often
-            skipped += [(rest, f"{best.method} already agrees with the float model on every held-out image")
-                        for rest in tried[k:]]
+        if best is not None and _count(best, len(held)) + MIN_LEAD > len(held):  # no slower method can lead it
+            skipped += [(rest, _unbeatable(best, len(held))) for rest in tried[k:]]
             break
         tick.section(f"calibration images ({name})", len(fit))
         start = time.perf_counter()
@@ -147,6 +146,15 @@ def choose(session, calibrated: bytes, saved_model_names: bool, tick) -> Choice:
     edited, model, details = models[best.method]
     return Choice(best.method, tuple(scored), tuple(skipped), len(held), len(fit), calibrated=edited, model=model,
                   details=details)
+
+
+def _unbeatable(best: Scored, held: int) -> str:
+    """Why the slower candidates are not tried once ``best`` agrees on so many held-out samples."""
+    n = _count(best, held)
+    if n == held:
+        return f"{best.method} already agrees with the float model on every held-out image"
+    return (f"{best.method} already agrees with the float model on {n} of {held} held-out images: "
+            f"no slower method could lead it by {MIN_LEAD}")
 
 
 def _count(s: Scored, held: int) -> int:

@@ -13,8 +13,9 @@ from edgeresnet.errors import ConfigError
 class QuantOptConfig:
     """Which samples each statistic of the one statistics pass looks at.
 
-    Every calibration sample gives the min/max ranges. ``stats_samples``: the
-    evenly spread subset whose activations also feed the histograms and layer
+    Every calibration sample gives the min/max ranges of tensors without a
+    histogram (a graph output's). ``stats_samples``: the evenly spread subset
+    whose activations feed the histograms (the ranges of the rest) and layer
     input means; ``None`` uses all.
     ``gptq_samples`` / ``gptq_rows``: samples, and patch rows drawn per sample
     and layer, for the GPTQ Hessians (``mse+gptq`` only). ``equalize``:

@@ -21,7 +21,8 @@ the same session, from the model the chosen method produced.
 2. Whole-input average pools become ``MEAN`` (``rewrite.py``: the same
    function, but the int8 result gets a range of its own). The method edits
    that calibrated model (ranges, weights, biases; see the method modules);
-   only tensors equalization rescaled are measured again. The default
+   when equalization rescales it, the statistics pass starts again on the
+   rescaled model. The default
    method, ``auto`` (``choice.py``), has several methods edit it and keeps
    the one that agrees best with the float model on held-out samples.
 3. ``tensorflow.lite.python.convert.mlir_quantize`` runs with the arguments

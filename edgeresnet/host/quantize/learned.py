@@ -19,11 +19,10 @@ output matches the float model's on the calibration images:
 
 Ranges are ``mse``'s (set before learning, so the learning sees the int8
 activations), the scale of every output channel is the quantizer's (each
-channel's largest weight stays fixed), and the bias is corrected for the
-mean shift that remains, as in ``mse+bias``. The emitted model is the plain
-quantizer's, with these weights. Blocks holding an op
-:mod:`~edgeresnet.host.quantize.tfgraph` cannot run keep rounding to nearest
-from there on.
+channel's largest weight stays fixed), and each layer's bias is learned with
+its rounding. The emitted model is the plain quantizer's, with these weights.
+From the first block holding an op :mod:`~edgeresnet.host.quantize.tfgraph`
+cannot run, layers get ``mse+bias``'s rounding to nearest and bias correction.
 
 Cost: ``learn_iters`` optimisation steps of ``learn_batch`` samples per
 block, on ``learn_samples`` calibration samples (``QuantOptConfig``); the
@@ -242,10 +241,9 @@ def _learn_block(ops: Ops, block: list, ins: list, layers: list, fl: dict, qv: d
     (int8 steps, bias)}; {weight or bias tensor: its value in the int8 model}; and that error (relative to the
     output's energy, on every sample, int8 inputs) rounded to nearest and learned."""
     tf = ops.tf
-    run = block
     outs = _block_outputs(ops.graph, block)
     n = int(fl[ins[0]].shape[0])
-    targets = {t: tf.concat(v, 0) for t, v in _chunked(ops, run, fl, ins, outs, n, {}, False).items()}
+    targets = {t: tf.concat(v, 0) for t, v in _chunked(ops, block, fl, ins, outs, n, {}, False).items()}
     energy = sum(float(tf.reduce_mean(tf.reduce_sum(tf.square(v), -1))) for v in targets.values()) or 1.0
     params = [_Rounding(tf, ops.graph, layer) for layer in layers]
     variables = [v for p in params for v in p.variables()]
@@ -259,7 +257,7 @@ def _learn_block(ops: Ops, block: list, ins: list, layers: list, fl: dict, qv: d
                 f, q = tf.gather(fl[i], idx), tf.gather(qv[i], idx)
                 keep = tf.random.stateless_uniform(tf.shape(q), seed) < QDROP  # QDrop: some float, the rest int8
                 values[i] = tf.where(keep, f, q)
-            got = ops.run(run, values, {k: v for p in params for k, v in p.soft(tf).items()}, quantized=True)
+            got = ops.run(block, values, {k: v for p in params for k, v in p.soft(tf).items()}, quantized=True)
             rec = tf.add_n([tf.reduce_mean(tf.reduce_sum(tf.square(got[t] - tf.gather(targets[t], idx)), -1))
                             for t in outs]) / energy
             reg = tf.add_n([tf.reduce_mean(1.0 - tf.pow(tf.abs(2.0 * p.h(tf) - 1.0), beta)) for p in params])
@@ -282,7 +280,7 @@ def _learn_block(ops: Ops, block: list, ins: list, layers: list, fl: dict, qv: d
 
     def error(weights: dict) -> float:
         total = 0.0
-        for t, got in _chunked(ops, run, qv, ins, outs, n, weights, True).items():
+        for t, got in _chunked(ops, block, qv, ins, outs, n, weights, True).items():
             for a, part in zip(range(0, n, PROPAGATE_BATCH), got):
                 sq = tf.square(part - targets[t][a : a + PROPAGATE_BATCH])
                 positions = list(range(1, len(sq.shape) - 1))

@@ -192,9 +192,11 @@ class StatsPass:
 
     Each batch of the float model (every tensor that is measured made a graph
     output) feeds all collectors at once: the min/max of every calibrated
-    tensor over all samples (what the converter's calibrator records), and on
+    tensor over all samples (what the converter's calibrator records; a
+    tensor with a histogram over its samples only, as its range comes from
+    the histogram, and samples that feed no statistic are not run), and on
     the evenly spread subsets ``subsets`` names (sample indices): ``"stats"``
-    the activation histograms, the kept average-pool inputs and, with
+    the activation histograms, the kept average-pool (and softmax) inputs and, with
     ``want_means``, every weight layer's mean input; ``"equalize"`` the
     per-channel maxima of the equalization chains' heads; ``"gptq"`` the
     GPTQ input correlations. When equalization rescales the model (measured on
@@ -232,8 +234,8 @@ class StatsPass:
         self._reset(acts, pools, means, gptq)
         # Histogram tensors take their range from the histogram (min/max matter on its samples only), and
         # fixed-range outputs (softmax) none: the other samples run only when some tensor's min/max is used.
-        fixed = {int(op.outputs[0]) for code, op in self.graph.ops if code in FIXED_RANGE_OPS}
-        everywhere = [i for i in self.range_tensors if i not in set(acts) and i not in fixed]
+        own_range = set(acts) | {int(op.outputs[0]) for code, op in self.graph.ops if code in FIXED_RANGE_OPS}
+        everywhere = [i for i in self.range_tensors if i not in own_range]
         eq, st = self.rows["equalize"], self.rows["stats"] | self.rows["gptq"]
         order = np.arange(len(self.samples))
         rows = np.concatenate([order[eq], order[st & ~eq]] + ([order[~(st | eq)]] if everywhere else []))
@@ -241,9 +243,10 @@ class StatsPass:
         lo, hi = self.stats.lo, self.stats.hi
         for i in self.range_tensors:
             lo[i], hi[i] = np.inf, -np.inf
-        heads_left = [int(eq.sum()) if heads and rescale is not None else 0]
+        heads_left = int(eq.sum()) if heads and rescale is not None else 0
 
         def visit(values, batch_rows):
+            nonlocal heads_left
             sel = self.rows["stats"][batch_rows]
             extremes = {}
             for i in self.range_tensors if sel.any() or not acts else everywhere:
@@ -253,9 +256,9 @@ class StatsPass:
             self._visit_stats(values, sel, acts, pools, means, extremes)
             self._visit_heads(values, eq[batch_rows], heads)
             self._visit_gptq(values, self.rows["gptq"][batch_rows], gptq, batch_rows)
-            if heads_left[0]:
-                heads_left[0] -= int(eq[batch_rows].sum())
-                if not heads_left[0] and rescale(self.stats.channel_max):
+            if heads_left:
+                heads_left -= int(eq[batch_rows].sum())
+                if not heads_left and rescale(self.stats.channel_max):
                     return True  # the model changed under the pass: stop, and measure it again
             return False
 
