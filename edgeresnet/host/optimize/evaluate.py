@@ -37,31 +37,41 @@ class SearchData:
 
 def load_search_data(opts: OptimizeOptions) -> SearchData:
     """The model and every image set a candidate needs; DataError when the folders do not fit the model."""
-    from edgeresnet.device.images import load_images, stream_images
     from edgeresnet.device.presets import get_preset
 
     loaded, spec = load_search_model(opts)
     preset = get_preset(opts.preset)
-    shape = loaded.input_shape
-    train = stream_images(opts.train, shape, seed=opts.seed, resize=opts.resize)
-    if not train.labelled:
-        raise DataError(f"--train {opts.train} has no class sub-folders; it needs one sub-folder per class")
-    if len(train.class_names) != loaded.num_classes:
-        raise DataError(
-            f"--train has {len(train.class_names)} class folders but the model has {loaded.num_classes} outputs; "
-            "use one sub-folder per model class (sorted names give the label order)"
-        )
-    calib = load_images(opts.calib or opts.train, shape, samples=opts.calib_samples, seed=opts.seed, resize=opts.resize)
-    evals = stream_images(opts.eval, shape, samples=opts.eval_samples, seed=opts.seed, resize=opts.resize)
+
+    def check_train(train) -> None:
+        if not train.labelled:
+            raise DataError(f"--train {opts.train} has no class sub-folders; it needs one sub-folder per class")
+        if len(train.class_names) != loaded.num_classes:
+            raise DataError(
+                f"--train has {len(train.class_names)} class folders but the model has {loaded.num_classes} outputs; "
+                "use one sub-folder per model class (sorted names give the label order)"
+            )
+
+    train, calib, evals = image_sets(opts, loaded.input_shape, preset, check_train)
     labels = np.asarray(evals.labels) if evals.labelled else None
     if labels is not None and len(evals.class_names) != loaded.num_classes:
         raise DataError(f"--eval has {len(evals.class_names)} class folders but the model has {loaded.num_classes} outputs")
-    evals = evals.with_preset(preset)
     model = loaded.model
     float_pred = np.argmax(evals.predict(lambda x: model.predict(x, batch_size=64, verbose=0)), axis=-1)
     top1 = 100.0 if labels is None else 100.0 * float(np.mean(float_pred == labels))
-    return SearchData(loaded, preset, train.with_preset(preset), preset.apply(calib.images), evals, labels, top1, float_pred,
-                      spec)
+    return SearchData(loaded, preset, train, calib, evals, labels, top1, float_pred, spec)
+
+
+def image_sets(opts: OptimizeOptions, shape: tuple, preset, check_train=None) -> tuple:
+    """(--train stream, calibration samples, --eval stream) at input ``shape``, as the model takes them
+    (``preset``); ``check_train(train)`` sees --train before the calibration images are read."""
+    from edgeresnet.device.images import load_images, stream_images
+
+    train = stream_images(opts.train, shape, seed=opts.seed, resize=opts.resize)
+    if check_train is not None:
+        check_train(train)
+    calib = load_images(opts.calib or opts.train, shape, samples=opts.calib_samples, seed=opts.seed, resize=opts.resize)
+    evals = stream_images(opts.eval, shape, samples=opts.eval_samples, seed=opts.seed, resize=opts.resize)
+    return train.with_preset(preset), preset.apply(calib.images), evals.with_preset(preset)
 
 
 def load_search_model(opts: OptimizeOptions) -> tuple:

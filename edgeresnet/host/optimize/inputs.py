@@ -62,20 +62,15 @@ def at_size(data, size: int, opts):
     if not size or size == data.loaded.input_shape[0]:
         return data
     if size not in data.sized:
-        from edgeresnet.device.images import load_images, stream_images
         from edgeresnet.host.models.loading import LoadedModel
         from edgeresnet.host.models.zoo import build_zoo_model
+        from edgeresnet.host.optimize.evaluate import image_sets
 
-        shape = (size, size, data.loaded.input_shape[-1])
         model = build_zoo_model(data.spec, classes=data.loaded.num_classes, input_size=size, seed=opts.seed)
         model.set_weights(data.loaded.model.get_weights())
-        calib = load_images(opts.calib or opts.train, shape, samples=opts.calib_samples, seed=opts.seed,
-                            resize=opts.resize)
-        train = stream_images(opts.train, shape, seed=opts.seed, resize=opts.resize)
-        evals = stream_images(opts.eval, shape, samples=opts.eval_samples, seed=opts.seed, resize=opts.resize)
+        train, calib, evals = image_sets(opts, (size, size, data.loaded.input_shape[-1]), data.preset)
         data.sized[size] = replace(data, loaded=LoadedModel.from_keras(model, f"{data.spec.name}-{size}px"),
-                                   train=train.with_preset(data.preset), calib=data.preset.apply(calib.images),
-                                   eval=evals.with_preset(data.preset), sized={})
+                                   train=train, calib=calib, eval=evals, sized={})
     return data.sized[size]
 
 

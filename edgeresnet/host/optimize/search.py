@@ -18,7 +18,8 @@ the candidates for real, keep the most accurate one inside every budget.
    family: the architecture rebuilt at the largest smaller input size whose probe meets those budgets
    (:mod:`~edgeresnet.host.optimize.inputs`), fine-tuned and measured the same way; one measured over
    them is rebuilt one size smaller.
-7. Of all measured candidates, the highest top-1 within every budget wins; ties go to the smaller one.
+7. Of all measured candidates, the highest top-1 within every budget wins; ties (within
+   ``result.TIE_POINTS``) go to the smaller one.
 """
 
 from __future__ import annotations

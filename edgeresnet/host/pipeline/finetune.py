@@ -122,12 +122,9 @@ def _cluster(config, loaded, train, progress, notify):
 
 def _clusters_after(record: dict, model) -> dict:
     """The --cluster record of a cluster-preserving QAT model: its clustered layers' distinct values now."""
-    import numpy as np
+    from edgeresnet.host.training.clustering import distinct_values
 
-    from edgeresnet.host.training.clustering import kernels_of
-
-    kernels = kernels_of(model, record["layers"])
-    layers = {name: int(len(np.unique(k.numpy()))) for name, k in kernels.items()}
+    layers = distinct_values(model, record["layers"])
     return {**record, "layers": layers, "max_values": max(layers.values(), default=0)}
 
 

@@ -178,7 +178,7 @@ def cluster_model(model, config: ClusterConfig, train=None, progress=None):
             snap_all(kernels, plan)
     final = keras.models.clone_model(work)
     final.set_weights(work.get_weights())
-    return final, {name: int(len(np.unique(final.get_layer(name).kernel.numpy()))) for name in plan}
+    return final, distinct_values(final, plan)
 
 
 def cluster_record(config: ClusterConfig, distinct: dict, fine_tuned: bool) -> dict:
@@ -222,6 +222,11 @@ def kernels_of(model, names) -> dict:
     if missing:
         raise ConfigError(f"clustered layers {', '.join(missing)} are not in {model.name}")
     return found
+
+
+def distinct_values(model, names) -> dict:
+    """{layer: how many distinct values its kernel holds} for the layers ``names`` of ``model`` (wrapped or not)."""
+    return {name: int(len(np.unique(k.numpy()))) for name, k in kernels_of(model, names).items()}
 
 
 def snap_all(kernels: dict, plan: dict) -> None:
