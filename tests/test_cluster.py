@@ -213,6 +213,42 @@ def test_two_workers_train_a_new_classifier_and_quantization_aware(cluster_input
 
 
 @pytest.mark.slow
+def test_two_workers_fine_tune_every_candidate_of_an_optimize_search_together(cluster_inputs, tmp_path):
+    """The chief searches; the other worker fine-tunes each pruned and clustered candidate with it, on its own
+    half of --train, ends with the same weights, and writes nothing."""
+    import zlib
+
+    from edgeresnet.device.images import load_images
+    from edgeresnet.host.models.loading import load_model
+    from edgeresnet.host.optimize import Budgets, OptimizeOptions
+    from edgeresnet.host.optimize.evaluate import convert_int8
+
+    model, train = cluster_inputs
+    loaded = load_model(model)
+    x = load_images(train, loaded.input_shape, samples=32).images.astype("float32") / 255.0
+    opts = OptimizeOptions(model=str(model), train=str(train), eval=str(train), budgets=Budgets(size=1))
+    budget = int(0.7 * len(zlib.compress(convert_int8(loaded.model, opts, x, method="minmax"), 9)))
+    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    args = ["optimize", str(model), "--train", str(train), "--eval", str(train), "--max-download", str(budget),
+            "--preset", "unit", "--epochs", "1", "--batch-size", "16", "--int8-method", "minmax",
+            "--calib-samples", "32", "--eval-samples", "64", "--out", "out"]
+    procs = [_start(args, _tf_config(workers, i), tmp_path) for i in (0, 1)]
+    (chief_rc, _, chief_err), (worker_rc, worker_out, worker_err) = _finish(procs, timeout=900)
+    assert worker_rc == 0, worker_err[-3000:]
+    assert chief_rc == 0, chief_err[-3000:]
+    summary = json.loads((tmp_path / "out" / "optimize.json").read_text())
+    assert summary["cluster"]["workers"] == 2
+    tuned = [c for c in summary["candidates"] if c["fine_tuned_epochs"]]
+    assert {c["settings"]["family"] for c in tuned} >= {"uniform", "allocated", "clustered"}
+    for c in tuned:  # the worker trained each with the chief: the same weights at the end
+        assert f"{c['label']} (weights sha256 {c['weights_sha256'][:12]})" in worker_out, (c["label"], worker_out)
+    assert "on its 64 of 128 --train files" in worker_out and "nothing written here" in worker_out, worker_out
+    chosen = next(c for c in summary["candidates"] if c["key"] == summary["chosen"])
+    assert chosen["measured"]["download"] <= budget
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.slow
 def test_a_worker_that_never_comes_is_a_one_line_timeout(cluster_inputs, tmp_path):
     workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
     args = _prune_args(*cluster_inputs, epochs=1)

@@ -182,10 +182,19 @@ def test_per_layer_sparsity_reaches_the_tflite_and_memory_and_latency_are_measur
             assert peak_memory(path.read_bytes(), 1) > 0
 
 
-def test_a_multiworker_cluster_is_refused_with_what_to_do(run_cli, tiny_model_h5, tiny_data, tmp_path):
+@pytest.mark.parametrize("tf_config, extra, says", [
+    ("", ["--strategy", "multiworker"], "--strategy multiworker needs TF_CONFIG"),
+    ('{"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 0}}',
+     ["--jobs", "2"], "pass --jobs 1"),
+])
+def test_a_cluster_the_search_cannot_use_is_one_line_before_any_work(run_cli, tiny_model_h5, tiny_data, tmp_path,
+                                                                    monkeypatch, tf_config, extra, says):
+    monkeypatch.setenv("TF_CONFIG", tf_config)
     code, _, err = run_cli(["optimize", tiny_model_h5, "--train", tiny_data["calib"], "--eval", tiny_data["eval"],
-                            "--max-size", "100000", "--strategy", "multiworker", "--out", tmp_path / "o"])
-    assert code == 2 and "one machine" in err and "--strategy one" in err and not (tmp_path / "o").exists()
+                            "--max-size", "100000", *extra, "--out", tmp_path / "o"])
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and says in lines[0], err
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.slow

@@ -139,7 +139,7 @@ def convert(model, int8, precision, prune, formats, **kw):
         formats=tuple(dict.fromkeys(("json", "md") + tuple(f.strip().lower() for f in formats))),
     )
     report = _run_with_progress(run_convert, opts)
-    if _worker_done(report, opts.out):
+    if worker_done(report, opts.out):
         return
     _print_summary(report.to_dict(), opts.out)
 
@@ -177,14 +177,14 @@ def report(model, sparsity, latency, bench_repeats, **kw):
     opts = _options(model, kw, "edgeresnet-report", default_targets=target_names(), prune=prune, jobs=kw["jobs"])
     bench_config = BenchConfig(warmup=5, repeats=bench_repeats) if latency else None
     result = _run_with_progress(run_report, opts, sparsities=sparsities, bench_config=bench_config)
-    if _worker_done(result, opts.out):
+    if worker_done(result, opts.out):
         return
     data = result.to_dict()
     _print_summary(data, opts.out)
     click.echo(f"open {opts.out}/report.html (plot: {opts.out}/accuracy_vs_size.png)")
 
 
-def _worker_done(result, out: str) -> bool:
+def worker_done(result, out: str) -> bool:
     """On a non-chief worker of a fine-tuning cluster: say what it did, and that it wrote nothing."""
     from edgeresnet.host.pipeline import WorkerRun
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from edgeresnet.cli.host import worker_done
 from edgeresnet.cli.options import CONTEXT, FINITE
 from edgeresnet.defaults import DEFAULT_RESIZE, DEFAULT_SAMPLES, RESIZE_POLICIES
 from edgeresnet.host.optimize.options import SEARCH_METHOD
@@ -35,7 +36,7 @@ def _run(opts):
 @click.option("--epochs", type=int, default=3, show_default=True, help="Fine-tuning epochs of every pruned candidate.")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Fine-tuning batch size.")
 @click.option("--learning-rate", type=FINITE, help="Fine-tuning learning rate (Adam; default 3e-4).")
-@click.option("--strategy", type=click.Choice(STRATEGIES), default="auto", show_default=True, help="tf.distribute strategy the fine-tunings run under (as convert's --strategy).")
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="auto", show_default=True, help="tf.distribute strategy the fine-tunings run under (as convert's --strategy; in a TF_CONFIG cluster the chief searches and every worker fine-tunes each candidate with it).")
 @click.option("--jobs", type=int, default=1, show_default=True, metavar="N", help="Build the fine-tuned candidates in N processes at once.")
 @click.option("--int8-method", default=SEARCH_METHOD, show_default=True, metavar="M", help="int8 method of every candidate (as convert's --int8-method; auto scores up to three methods per candidate, a slower search).")
 @click.option("--qat", is_flag=True, help="Every fine-tuned candidate then gets --epochs of quantization-aware training (sparsity- and cluster-preserving) and its int8 file from it, instead of post-training int8: slower, often more accurate.")
@@ -70,6 +71,8 @@ def optimize(model, max_size, max_download, max_latency, max_memory, max_drop, e
     budgets = Budgets(size=max_size, download=max_download, latency=max_latency, memory=max_memory, drop=max_drop)
     opts = OptimizeOptions(model=model, eval=eval_path, budgets=budgets, **kw)
     result = _run(opts)
+    if worker_done(result, opts.out):  # a non-chief worker of a fine-tuning cluster
+        return
     c = result.chosen
     click.echo(f"chosen: {c['label']}: {result.summary['metric']} {c['score']:.2f} % "
                f"(float {result.summary['float_score']:.2f} %), "

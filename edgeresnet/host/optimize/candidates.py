@@ -76,6 +76,17 @@ class Candidate:
             return f"{self.clusters} clusters + uniform {self.level:.2f}"
         return f"allocated {self.level:.2f} (skew {self.skew:g})"
 
+    def to_json(self) -> str:
+        """Every field, as JSON (:meth:`from_json` gives the same candidate back): a cluster's chief sends it."""
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Candidate":
+        def frozen(value):
+            return tuple(frozen(v) for v in value) if isinstance(value, list) else value
+
+        return cls(**{name: frozen(value) for name, value in json.loads(text).items()})
+
     def to_dict(self) -> dict:
         out = {"family": self.family, "level": round(self.level, 4), "skew": self.skew,
                "layer_sparsity": {name: round(s, 4) for name, s in self.layer_sparsity}}

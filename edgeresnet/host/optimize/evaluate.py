@@ -186,17 +186,31 @@ def _quantization_aware(cand: Candidate, model, opts: OptimizeOptions, data: Sea
     return result.model, result.scheme
 
 
-def evaluate(cand: Candidate, opts: OptimizeOptions, data: SearchData, progress=None) -> tuple[bytes, dict]:
-    """(the candidate's .tflite, its record: settings, measured quantities, score, seconds)."""
-    started = time.perf_counter()
+def fine_tuned(cand: Candidate) -> bool:
+    """Is ``cand`` fine-tuned on --train (every family but the plain int8 model and its mixed-precision copies)?"""
+    return cand.family not in ("int8", "mixed")
+
+
+def trained(cand: Candidate, opts: OptimizeOptions, data: SearchData, progress=None) -> tuple:
+    """(the search data at the candidate's input size, its float model ready for int8, its PruneResult or None,
+    the QAT scheme or None): every fine-tuning the candidate needs, the same on every worker of a cluster."""
     if cand.input_size:  # the model rebuilt at that side with the same weights, the images resized to it
         from edgeresnet.host.optimize.inputs import at_size
 
         data = at_size(data, cand.input_size, opts)
     model, pruned = fine_tune(cand, opts, data, progress)
     qat = None
-    if opts.qat and cand.family not in ("int8", "mixed"):  # those two are not fine-tuned
+    if opts.qat and fine_tuned(cand):
         model, qat = _quantization_aware(cand, model, opts, data, progress)
+    return data, model, pruned, qat
+
+
+def evaluate(cand: Candidate, opts: OptimizeOptions, data: SearchData, progress=None) -> tuple[bytes, dict]:
+    """(the candidate's .tflite, its record: settings, measured quantities, score, seconds)."""
+    from edgeresnet.host.training.record import weights_sha256
+
+    started = time.perf_counter()
+    data, model, pruned, qat = trained(cand, opts, data, progress)
     tuned = time.perf_counter()
     tflite = convert_int8(model, opts, data.calib, method="qat" if qat else None, float_nodes=cand.float_nodes)
     record = {
@@ -204,8 +218,8 @@ def evaluate(cand: Candidate, opts: OptimizeOptions, data: SearchData, progress=
         "measured": measure(tflite, opts.budgets, opts.threads, opts.bench_repeats),
         **score(tflite, data), "input_shape": list(data.loaded.input_shape),
         "keras_sparsity": None if pruned is None else round(pruned.keras_sparsity, 4),
-        "fine_tuned_epochs": 0 if cand.family in ("int8", "mixed") else opts.epochs * (2 if qat else 1),
-        "qat": qat,
+        "fine_tuned_epochs": opts.epochs * (2 if qat else 1) if fine_tuned(cand) else 0,
+        "qat": qat, "weights_sha256": weights_sha256(model) if fine_tuned(cand) else None,
         "seconds": {"fine_tune": round(tuned - started, 1), "total": round(time.perf_counter() - started, 1)},
     }
     if opts.target_name == "edgetpu":

@@ -28,7 +28,7 @@ from typing import Optional
 
 from edgeresnet.host.optimize.budgets import Budgets, file_sizes
 from edgeresnet.host.optimize.candidates import Candidate, LayerInfo, allocate, candidate, probe_model, profile_layers
-from edgeresnet.host.optimize.evaluate import SearchData, evaluate, held_out, load_search_data
+from edgeresnet.host.optimize.evaluate import SearchData, evaluate, fine_tuned, held_out, load_search_data
 from edgeresnet.host.optimize.inputs import SCALED, plan_inputs, smaller
 from edgeresnet.host.optimize.options import OptimizeOptions
 from edgeresnet.host.optimize.precision import plan_mixed
@@ -130,8 +130,9 @@ def plan_candidates(opts, plain: bytes, layers, progress=None, notify=None) -> l
 class _Runner:
     """Evaluates candidates (in this process, or in --jobs processes) and keeps each in the resume state."""
 
-    def __init__(self, opts: OptimizeOptions, data: SearchData, state: SearchState, progress=None):
+    def __init__(self, opts: OptimizeOptions, data: SearchData, state: SearchState, progress=None, followers=None):
         self.opts, self.data, self.state, self.progress = opts, data, state, progress
+        self.followers = followers  # a cluster's other workers (distributed.Followers): told each fine-tuning
 
     def run(self, cands: list[Candidate]) -> list[dict]:
         todo = [c for c in dict.fromkeys(cands) if self.state.finished(c.key) is None]
@@ -139,6 +140,8 @@ class _Runner:
             self._parallel(todo)
         else:
             for k, c in enumerate(todo):
+                if self.followers is not None and fine_tuned(c):
+                    self.followers.announce(c)
                 model, record = evaluate(c, self.opts, self.data, _stage(self.progress, f"candidate {k + 1}/{len(todo)}: "
                                                                      f"fine-tune {c.label}", "steps"))
                 self.state.save(c.key, model, record)
@@ -172,9 +175,10 @@ def _retry(cand: Candidate, measured: dict, opts: OptimizeOptions, data: SearchD
     return candidate(cand.family, layers, min(MAX_LEVEL, cand.level + RETRY_STEP), cand.skew, cand.clusters)
 
 
-def search(opts: OptimizeOptions, data: SearchData, state: SearchState, progress=None, notify=None) -> tuple:
-    """(every measured candidate's record, the layer profile)."""
-    runner = _Runner(opts, data, state, progress)
+def search(opts: OptimizeOptions, data: SearchData, state: SearchState, progress=None, notify=None,
+           followers=None) -> tuple:
+    """(every measured candidate's record, the layer profile); ``followers``: a cluster's other workers."""
+    runner = _Runner(opts, data, state, progress, followers)
     records = runner.run([Candidate("int8")])
     layers = layer_profile(opts, data, state, progress)
     plain = state.model_path(Candidate("int8").key).read_bytes()

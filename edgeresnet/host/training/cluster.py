@@ -166,6 +166,33 @@ def make_strategy(name: str, use_cluster: bool = True):
     return _JOINED[0]
 
 
+def broadcast(payload: Optional[bytes]) -> bytes:
+    """The chief's ``payload`` on every task of the joined cluster (the others pass None).
+
+    Two all-reduces every task must make in the same order: the length, then the bytes (one float each,
+    given by the chief's replicas only). How a search's chief tells the other workers what to fine-tune next.
+    """
+    import numpy as np
+
+    from edgeresnet._util import tf as _tf
+
+    if not _JOINED:
+        raise ClusterError("broadcast needs the cluster joined first (edgeresnet.host.training.cluster.join)")
+    tf, strategy = _tf.tf(), _JOINED[0]
+    local = max(1, len(strategy.extended.worker_devices))
+
+    def summed(values: np.ndarray) -> np.ndarray:
+        share = tf.constant(values.astype(np.float32) / local)  # each of the chief's replicas gives its share
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: share), axis=None).numpy()
+
+    raw = np.frombuffer(payload or b"", dtype=np.uint8)
+    length = int(round(float(summed(np.array([raw.size], dtype=np.float64))[0])))
+    if not length:
+        return b""
+    mine = np.zeros(length) if payload is None else raw.astype(np.float64)
+    return np.clip(np.rint(summed(mine)), 0, 255).astype(np.uint8).tobytes()
+
+
 def _join(tf, cluster: Cluster, timeout: float):
     """MultiWorkerMirroredStrategy, after every task has shown up (else a timeout naming the silent ones).
 

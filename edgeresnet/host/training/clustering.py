@@ -65,8 +65,8 @@ class ClusterConfig:
 
 
 def refuse_multiworker(strategy: str, what: str) -> None:
-    """ConfigError when ``strategy`` would fine-tune across a TF_CONFIG cluster: clustering (and `optimize`)
-    fine-tune on one machine only (``one`` or ``mirrored``)."""
+    """ConfigError when ``strategy`` would fine-tune across a TF_CONFIG cluster: ``convert --cluster`` fine-tunes
+    on one machine only (``one`` or ``mirrored``)."""
     from edgeresnet.host.training.cluster import read_tf_config
 
     if strategy == "multiworker" or (strategy == "auto" and read_tf_config() is not None):
