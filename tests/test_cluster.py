@@ -161,9 +161,9 @@ def _finish(procs, timeout):
 
 
 @pytest.mark.slow
-def test_two_workers_fine_tune_one_model_and_only_the_chief_writes(cluster_inputs, tmp_path):
+def test_two_workers_prune_and_cluster_one_model_and_only_the_chief_writes(cluster_inputs, tmp_path):
     workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
-    args = _prune_args(*cluster_inputs, epochs=2)
+    args = [*_prune_args(*cluster_inputs, epochs=2), "--cluster", "4"]
     procs = [_start(args, _tf_config(workers, i), tmp_path) for i in (0, 1)]
     (chief_rc, chief_out, chief_err), (worker_rc, worker_out, worker_err) = _finish(procs, timeout=600)
     assert chief_rc == 0, chief_err[-3000:]
@@ -180,6 +180,9 @@ def test_two_workers_fine_tune_one_model_and_only_the_chief_writes(cluster_input
     assert prune["shard"] == {"workers": 2, "worker": 0, "files_read": 64, "files": 128, "steps_per_epoch": 8}
     assert "on its 64 of 128 --train files" in worker_out, worker_out
     assert prune["steps"] == 16
+    # --cluster 4 then clustered the pruned model and fine-tuned it across the cluster too: same weights
+    clustered = {v["cluster"]["weights_sha256"] for v in report["variants"] if v.get("cluster")}
+    assert clustered and all(f"clustered (weights sha256 {sha[:12]})" in worker_out for sha in clustered), worker_out
     pruned = [v for v in report["variants"] if "pruned" in v["name"]]
     assert pruned and pruned[0]["status"] == "ok"
     # The zeros reach the emitted .tflite (counted in the flatbuffer; stem and classifier stay dense).

@@ -12,8 +12,8 @@ CHILD_TRAINING_MIN_SIDE = 96  # see ConvertOptions.train_in_child
 
 
 def fine_tuning_cluster(opts):
-    """The cluster this run fine-tunes in (pruning, --qat or --classes on --train), or None."""
-    configs = [c for c in (opts.prune, opts.qat, opts.transfer) if c is not None]
+    """The cluster this run fine-tunes in (pruning, --qat, --cluster or --classes on --train), or None."""
+    configs = [c for c in (opts.prune, opts.qat, opts.transfer, opts.cluster) if c is not None]
     if opts.train is None or not configs or configs[0].strategy not in ("auto", "multiworker"):
         return None
     from edgeresnet.host.training.cluster import read_tf_config, resolve
@@ -117,7 +117,12 @@ def _cluster(config, loaded, train, progress, notify):
     how = "fine-tuned on --train" if fine_tuned else "one-shot, no --train"
     notify(f"clustered {loaded.name}: at most {max(distinct.values())} values in each of {len(distinct)} layers "
            f"(the stem left as it is; {how})")
-    return LoadedModel.from_keras(model, loaded.name), cluster_record(config, distinct, fine_tuned)
+    record = cluster_record(config, distinct, fine_tuned)
+    if fine_tuned:
+        from edgeresnet.host.training.record import weights_sha256
+
+        record["weights_sha256"] = weights_sha256(model)
+    return LoadedModel.from_keras(model, loaded.name), record
 
 
 def _clusters_after(record: dict, model) -> dict:

@@ -166,10 +166,6 @@ def _check_fine_tuning(o: ConvertOptions) -> None:
             "--train is used for fine-tuning (pruning, --qat, --cluster or --classes); add --prune SPARSITY "
             "(or --sparsity for report) or --qat"
         )
-    if o.cluster is not None and o.train is not None:
-        from edgeresnet.host.training.clustering import refuse_multiworker
-
-        refuse_multiworker(o.cluster.strategy, "--cluster")
     if o.int8_method == QAT_METHOD:
         raise ConfigError("qat is not a calibration method for --int8-method; use --qat --train DIR")
 

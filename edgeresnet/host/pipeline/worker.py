@@ -38,9 +38,11 @@ def run_worker(ctx: RunContext, plan, cluster) -> WorkerRun:
         names, _ = class_order(opts, loaded, ctx.notify)
         src = Source(loaded, reference_meta, preset, preset_name, names)
         transfer_info = transfer(ctx, src)  # the same new classifier as the chief's
-        models, _ = build_models(ctx, plan, src)
+        models, clustering = build_models(ctx, plan, src)
     trained = [(loaded.name, transfer_info)] if transfer_info is not None else []
     trained += [(m.name, info) for m, info in models.values() if info is not None]
+    trained += [(f"{models[key][0].name} clustered", record) for key, record in clustering.items()
+                if record.get("weights_sha256")]
     return WorkerRun(
         task=f"{cluster.task_type} {cluster.task_index}", address=cluster.address, chief=cluster.chief_address,
         models=tuple((name, info.get("weights_sha256", "")) for name, info in trained),

@@ -64,18 +64,6 @@ class ClusterConfig:
             object.__setattr__(self, "layers", tuple(names))
 
 
-def refuse_multiworker(strategy: str, what: str) -> None:
-    """ConfigError when ``strategy`` would fine-tune across a TF_CONFIG cluster: ``convert --cluster`` fine-tunes
-    on one machine only (``one`` or ``mirrored``)."""
-    from edgeresnet.host.training.cluster import read_tf_config
-
-    if strategy == "multiworker" or (strategy == "auto" and read_tf_config() is not None):
-        raise ConfigError(
-            f"{what} fine-tunes on one machine; a multiworker cluster (TF_CONFIG) is not supported for it yet: "
-            "pass --strategy one or mirrored, or unset TF_CONFIG"
-        )
-
-
 def kmeans_1d(values: np.ndarray, clusters: int) -> tuple[np.ndarray, np.ndarray]:
     """(centroids, each value's cluster index) of 1-D k-means, started on the quantiles (deterministic)."""
     values = np.asarray(values, dtype=np.float64).reshape(-1)
