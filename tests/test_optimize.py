@@ -139,7 +139,7 @@ def test_impossible_budget_names_the_closest_then_a_resumed_search_meets_a_real_
     assert code == 0, err
     # reused: the plain int8 model and its three mixed candidates (run 1) and the fine-tuned one (run 2)
     assert "reusing 5 finished candidate(s)" in err and built[0] not in again
-    assert not any(key.startswith(("int8-", "mixed-")) for key in again)
+    assert not any(key.startswith(("int8-", "mixed-000")) for key in again)  # the mixed ones on a pruned one are new
     summary = json.loads((out / "optimize.json").read_text())
     chosen = next(c for c in summary["candidates"] if c["key"] == summary["chosen"])
     # what it reports within budget is within it when measured again, and scores what it said
@@ -171,6 +171,10 @@ def test_per_layer_sparsity_reaches_the_tflite_and_memory_and_latency_are_measur
     summary = json.loads((out / "optimize.json").read_text())
     allocated = [c for c in summary["candidates"] if c["settings"]["family"] == "allocated"]
     assert {c["settings"]["family"] for c in summary["candidates"]} == {"int8", "uniform", "allocated", "clustered", "mixed"}
+    # the worst int8 layers in float on top of the best fine-tuned candidate, whose weights a --jobs process kept
+    on_best = [c for c in summary["candidates"] if c["settings"].get("base")]
+    by_key = {c["key"]: c for c in summary["candidates"]}
+    assert len(on_best) == 3 and all(by_key[c["settings"]["base"]]["fine_tuned_epochs"] for c in on_best)
     assert allocated and all("latency" in c["measured"] and "memory" in c["measured"] for c in summary["candidates"])
     # a front model's zeros are where its settings put them: a per-layer spread, not one sparsity
     for c in allocated:
@@ -275,6 +279,47 @@ def test_mixed_family_keeps_the_worst_int8_layers_in_float_and_measures_the_bigg
         # measured on the real file: bigger than the plain int8 model, and scored as the interpreter runs it
         assert len(blob) == record["measured"]["size"] > plain["measured"]["size"]
         assert record["settings"]["worst"] == list(cand.worst) and "worst in float" in record["label"]
+        pred = TFLiteModel(blob).predict(x).argmax(-1)
+        assert 100.0 * float(np.mean(pred == data.labels)) == pytest.approx(record["score"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_float_layers_on_top_of_a_pruned_candidate_keep_its_zeros_and_train_nothing(tiny_search, tmp_path):
+    """Sparsity and per-layer precision together: the mixed family on the best fine-tuned candidate."""
+    from dataclasses import replace
+
+    from edgeresnet.device.runtime import TFLiteModel
+    from edgeresnet.host.optimize.candidates import candidate
+    from edgeresnet.host.optimize.evaluate import evaluate
+    from edgeresnet.host.optimize.precision import plan_on_best, weight_dtypes
+    from edgeresnet.host.optimize.search import layer_profile
+    from edgeresnet.host.optimize.state import SearchState
+
+    opts, data = tiny_search
+    opts = replace(opts, epochs=1, batch_size=16)
+    state = SearchState(tmp_path / "out", opts.fingerprint())
+    base = candidate("uniform", layer_profile(opts, data, state), 0.6)
+    _, base_record = evaluate(base, opts, data, kept=state.path)
+    assert (state.path / "candidates" / f"{base.key}.weights.npz").is_file()
+    notes = []
+    on_base = plan_on_best(opts, data, state, base, notes.append)
+    assert [len(c.worst) for c in on_base] == [1, 2, 3] and base.label in notes[0]
+    assert plan_on_best(replace(opts, target="edgetpu"), data, state, base) == []  # never float on the Edge TPU
+    assert plan_on_best(replace(opts, qat=True), data, state, base) == []
+    pruned = {name for name, share in base.layer_sparsity if share > 0}
+    x = data.eval.inputs(np.arange(len(data.eval)))
+    for cand in on_base[::2]:  # 1 and 3 worst layers
+        blob, record = evaluate(cand, opts, data, kept=state.path)
+        assert record["settings"]["base"] == base.key and record["fine_tuned_epochs"] == 0
+        assert record["label"].startswith(base.label) and record["keras_sparsity"] is None
+        dtypes = weight_dtypes(blob)
+        assert {layer for layer, dtype in dtypes.items() if dtype == "float32"} >= set(cand.worst)
+        # the base's zeros are in every pruned layer, float or int8: its fine-tuned weights, not the float model's
+        from edgeresnet.device.sparsity import tflite_weight_sparsity
+
+        ops = tflite_weight_sparsity(blob)["ops"]
+        assert sum(op["fraction"] > 0.5 for op in ops) >= len(pruned) - 1, ops
+        assert record["weights_sha256"] is None and len(blob) > base_record["measured"]["size"]
         pred = TFLiteModel(blob).predict(x).argmax(-1)
         assert 100.0 * float(np.mean(pred == data.labels)) == pytest.approx(record["score"], abs=1e-6)
 

@@ -58,8 +58,8 @@ def optimize(model, max_size, max_download, max_latency, max_memory, max_drop, e
     MODEL is a .h5/.keras file, or a built-in architecture name with
     --weights: then, under a latency or memory budget the int8 model is over,
     also the architecture at a smaller input size (the same weights,
-    fine-tuned). On --target cpu also the int8 model with its 1, 2 and 3 worst int8 layers
-    in float (never on the Edge TPU, which has no float fallback; there every
+    fine-tuned). On --target cpu also the int8 model, and the most accurate fine-tuned
+    candidate within budget, with their 1, 2 and 3 worst int8 layers in float (never on the Edge TPU, which has no float fallback; there every
     candidate's parameters are checked against its 8 MiB on-chip memory).
     Every pruned or clustered candidate is fine-tuned on --train; every one is
     converted, run on --eval in the interpreter and measured; a killed search started again resumes from the

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Optional
 
 import numpy as np
@@ -53,6 +53,7 @@ class Candidate:
     float_layers: tuple = ()  # mixed family: the Keras layers of float_nodes (short labels)
     worst: tuple = ()  # mixed family: the worst int8 layers chosen (labels); their int8 readers went float with them
     input_size: int = 0  # input family: the square input side the built-in architecture is rebuilt at (0: the model's)
+    base_family: str = ""  # mixed on top of a fine-tuned candidate: its family (the fields above are its settings)
 
     @property
     def key(self) -> str:
@@ -63,7 +64,21 @@ class Candidate:
         return f"{self.family}-{int(round(self.level * 1000)):03d}{size}-{digest}"
 
     @property
+    def base(self) -> Optional["Candidate"]:
+        """The fine-tuned candidate a mixed one keeps float layers on top of (None: on the plain int8 model)."""
+        if not self.base_family:
+            return None
+        return replace(self, family=self.base_family, base_family="", float_nodes=(), float_layers=(), worst=())
+
+    def on(self, base: "Candidate") -> "Candidate":
+        """This mixed candidate's float layers on top of the fine-tuned ``base`` instead of the plain int8 model."""
+        return replace(base, family="mixed", base_family=base.family, float_nodes=self.float_nodes,
+                       float_layers=self.float_layers, worst=self.worst)
+
+    @property
     def label(self) -> str:
+        if self.base is not None:
+            return f"{self.base.label}, {len(self.worst)} worst in float ({', '.join(self.worst)})"
         if self.family == "int8":
             return "int8 (no pruning)"
         if self.family == "uniform":
@@ -96,6 +111,8 @@ class Candidate:
             out.update(worst=list(self.worst), float_layers=list(self.float_layers), float_nodes=list(self.float_nodes))
         if self.input_size:
             out.update(input_size=self.input_size)
+        if self.base_family:
+            out.update(base=self.base.key)
         return out
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -17,6 +18,7 @@ from edgeresnet.errors import DataError
 from edgeresnet.host.optimize.budgets import measure
 from edgeresnet.host.optimize.candidates import Candidate
 from edgeresnet.host.optimize.options import OptimizeOptions
+from edgeresnet.host.optimize.precision import refines
 
 HELD_OUT = 500  # --train images (not fine-tuned on before the profile) the layer sensitivities are measured on
 
@@ -191,13 +193,16 @@ def fine_tuned(cand: Candidate) -> bool:
     return cand.family not in ("int8", "mixed")
 
 
-def trained(cand: Candidate, opts: OptimizeOptions, data: SearchData, progress=None) -> tuple:
+def trained(cand: Candidate, opts: OptimizeOptions, data: SearchData, progress=None, kept: Optional[Path] = None) -> tuple:
     """(the search data at the candidate's input size, its float model ready for int8, its PruneResult or None,
-    the QAT scheme or None): every fine-tuning the candidate needs, the same on every worker of a cluster."""
+    the QAT scheme or None): every fine-tuning the candidate needs, the same on every worker of a cluster.
+    ``kept``: the search state's folder, where a mixed candidate's base has its weights."""
     if cand.input_size:  # the model rebuilt at that side with the same weights, the images resized to it
         from edgeresnet.host.optimize.inputs import at_size
 
         data = at_size(data, cand.input_size, opts)
+    if cand.base is not None:  # mixed on top of a fine-tuned candidate: its kept weights, nothing trained again
+        return data, base_model(cand.base, data, kept), None, None
     model, pruned = fine_tune(cand, opts, data, progress)
     qat = None
     if opts.qat and fine_tuned(cand):
@@ -205,12 +210,31 @@ def trained(cand: Candidate, opts: OptimizeOptions, data: SearchData, progress=N
     return data, model, pruned, qat
 
 
-def evaluate(cand: Candidate, opts: OptimizeOptions, data: SearchData, progress=None) -> tuple[bytes, dict]:
-    """(the candidate's .tflite, its record: settings, measured quantities, score, seconds)."""
+def base_model(base: Candidate, data: SearchData, kept: Optional[Path]):
+    """The fine-tuned float model of ``base`` (``data`` at its input size), from the weights kept in ``kept``."""
+    from edgeresnet._util import tf as _tf
+    from edgeresnet.host.optimize.state import load_weights
+
+    weights = None if kept is None else load_weights(kept, base.key)
+    if weights is None:
+        raise DataError(f"the search state lost the weights of {base.label}; start the search again with --overwrite")
+    model = _tf.tf_keras().models.clone_model(data.loaded.model)
+    model.set_weights(weights)
+    return model
+
+
+def evaluate(cand: Candidate, opts: OptimizeOptions, data: SearchData, progress=None,
+             kept: Optional[Path] = None) -> tuple[bytes, dict]:
+    """(the candidate's .tflite, its record: settings, measured quantities, score, seconds). ``kept``: the search
+    state's folder; a fine-tuned candidate's weights are kept there when the mixed family may build on them."""
     from edgeresnet.host.training.record import weights_sha256
 
     started = time.perf_counter()
-    data, model, pruned, qat = trained(cand, opts, data, progress)
+    data, model, pruned, qat = trained(cand, opts, data, progress, kept)
+    if kept is not None and fine_tuned(cand) and refines(opts):
+        from edgeresnet.host.optimize.state import save_weights
+
+        save_weights(kept, cand.key, model)
     tuned = time.perf_counter()
     tflite = convert_int8(model, opts, data.calib, method="qat" if qat else None, float_nodes=cand.float_nodes)
     record = {

@@ -100,6 +100,41 @@ def plan_mixed(opts, data, state, notify=None, progress=None) -> list[Candidate]
     return mixed_candidates(ranking, target.io_type_for("int8", None) != "float32")
 
 
+def refines(opts) -> bool:
+    """Does the search put float layers on top of its best fine-tuned candidate (a target with float layers, and
+    post-training int8: a --qat model's int8 comes from its own fake-quant ranges, not from a session)?"""
+    from edgeresnet.targets import get_target
+
+    return get_target(opts.target).float_layers and not opts.qat
+
+
+def plan_on_best(opts, data, state, best: Optional[Candidate], notify=None, progress=None) -> list[Candidate]:
+    """The mixed family again, on top of ``best`` (the most accurate fine-tuned candidate within every budget):
+    pruning or clustering and per-layer precision together. Its layers are ranked on its own int8 model."""
+    if best is None or not refines(opts):
+        return []
+    from edgeresnet.host.optimize.evaluate import base_model
+    from edgeresnet.host.optimize.inputs import at_size
+    from edgeresnet.targets import get_target
+
+    name = f"int8_ranking-{best.key}.json"
+    ranking = state.load(name)
+    if ranking is None:
+        if progress is not None:
+            progress(0, 1)
+        sized = at_size(data, best.input_size, opts)
+        ranking = rank_layers_int8(base_model(best, sized, state.path), opts, sized.calib)
+        state.keep(name, ranking)
+        if progress is not None:
+            progress(1, 1)
+    integer_io = get_target(opts.target).io_type_for("int8", None) != "float32"
+    out = [c.on(best) for c in mixed_candidates(ranking, integer_io)]
+    if notify and out:
+        notify(f"{best.label} is the most accurate fine-tuned candidate within budget: trying it with its "
+               f"{', '.join(str(len(c.worst)) for c in out)} worst int8 layers in float")
+    return out
+
+
 def precision_note(target_name: str) -> str:
     """What optimize.json and optimize.md say about the per-layer precision lever on ``target_name``."""
     from edgeresnet.targets import get_target
@@ -108,7 +143,8 @@ def precision_note(target_name: str) -> str:
     if not target.float_layers:
         return NO_FLOAT_NOTE.format(target=target.name)
     counts = ", ".join(str(k) for k in FLOAT_COUNTS[:-1]) + f" and {FLOAT_COUNTS[-1]}"
-    return f"the mixed family, the plain int8 model with its {counts} worst int8 layers ({RANKING}) kept in float"
+    return (f"the mixed family, the plain int8 model with its {counts} worst int8 layers ({RANKING}) kept in float, "
+            "and the same on top of the most accurate fine-tuned candidate within budget (not with --qat)")
 
 
 def weight_dtypes(model: bytes) -> dict:

@@ -18,7 +18,10 @@ the candidates for real, keep the most accurate one inside every budget.
    family: the architecture rebuilt at the largest smaller input size whose probe meets those budgets
    (:mod:`~edgeresnet.host.optimize.inputs`), fine-tuned and measured the same way; one measured over
    them is rebuilt one size smaller.
-7. Of all measured candidates, the highest top-1 within every budget wins; ties (within
+7. On a target that runs float layers, without --qat: the mixed family again on top of the most accurate
+   fine-tuned candidate within every budget (its own int8 layers ranked), so sparsity or clusters and
+   per-layer precision are searched together; built from its kept weights, nothing is trained again.
+8. Of all measured candidates, the highest top-1 within every budget wins; ties (within
    ``result.TIE_POINTS``) go to the smaller one.
 """
 
@@ -31,7 +34,7 @@ from edgeresnet.host.optimize.candidates import Candidate, LayerInfo, allocate, 
 from edgeresnet.host.optimize.evaluate import SearchData, evaluate, fine_tuned, held_out, load_search_data
 from edgeresnet.host.optimize.inputs import SCALED, plan_inputs, smaller
 from edgeresnet.host.optimize.options import OptimizeOptions
-from edgeresnet.host.optimize.precision import plan_mixed
+from edgeresnet.host.optimize.precision import plan_mixed, plan_on_best
 from edgeresnet.host.optimize.state import SearchState
 
 # (family, skew, clusters): uniform sparsity; sensitivity-allocated sparsity; clustering (BY_BUDGET: the most
@@ -133,8 +136,10 @@ class _Runner:
     def __init__(self, opts: OptimizeOptions, data: SearchData, state: SearchState, progress=None, followers=None):
         self.opts, self.data, self.state, self.progress = opts, data, state, progress
         self.followers = followers  # a cluster's other workers (distributed.Followers): told each fine-tuning
+        self.built: dict = {}  # key -> Candidate, every one run (or reused)
 
     def run(self, cands: list[Candidate]) -> list[dict]:
+        self.built.update((c.key, c) for c in cands)
         todo = [c for c in dict.fromkeys(cands) if self.state.finished(c.key) is None]
         if self.opts.jobs > 1 and len(todo) > 1:
             self._parallel(todo)
@@ -142,8 +147,8 @@ class _Runner:
             for k, c in enumerate(todo):
                 if self.followers is not None and fine_tuned(c):
                     self.followers.announce(c)
-                model, record = evaluate(c, self.opts, self.data, _stage(self.progress, f"candidate {k + 1}/{len(todo)}: "
-                                                                     f"fine-tune {c.label}", "steps"))
+                stage = _stage(self.progress, f"candidate {k + 1}/{len(todo)}: fine-tune {c.label}", "steps")
+                model, record = evaluate(c, self.opts, self.data, stage, self.state.path)
                 self.state.save(c.key, model, record)
         return [self.state.finished(c.key) for c in cands]
 
@@ -155,7 +160,7 @@ class _Runner:
 
         with ProcessPoolExecutor(max_workers=min(self.opts.jobs, len(todo)), mp_context=multiprocessing.get_context("spawn"),
                                  initializer=worker.start, initargs=(self.opts,)) as pool:
-            futures = {pool.submit(worker.evaluate_candidate, c): c for c in todo}
+            futures = {pool.submit(worker.evaluate_candidate, c, self.state.path): c for c in todo}
             tick = _stage(self.progress, f"candidates in {self.opts.jobs} processes", "candidates")
             for k, done in enumerate(as_completed(futures)):
                 model, record = done.result()
@@ -194,8 +199,18 @@ def search(opts: OptimizeOptions, data: SearchData, state: SearchState, progress
         if notify:
             notify(f"{len(cands)} candidate(s) measured over budget; rebuilding them {RETRY_STEP} sparser "
                    "(or, at a smaller input size)")
+    best = _best_fine_tuned(runner.built, records, opts)
+    on_best = plan_on_best(opts, data, state, best, notify, _stage(progress, "rank the best one's int8 layers", "passes"))
+    records += runner.run(on_best)
     unique = {r["key"]: r for r in records}
     return list(unique.values()), layers
+
+
+def _best_fine_tuned(built: dict, records: list[dict], opts: OptimizeOptions) -> Optional[Candidate]:
+    """The most accurate fine-tuned candidate within every budget, or None."""
+    within = [r for r in records if r["key"] in built and fine_tuned(built[r["key"]])
+              and not opts.budgets.excess({**r["measured"], "drop": r["drop"]})]
+    return built[max(within, key=lambda r: r["score"])["key"]] if within else None
 
 
 __all__ = ["search", "load_search_data", "plan_candidates", "find_level", "layer_profile"]

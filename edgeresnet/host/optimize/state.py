@@ -1,4 +1,5 @@
-"""The search's resume state: one JSON record and one .tflite per finished candidate.
+"""The search's resume state: one JSON record and one .tflite per finished candidate (and a fine-tuned one's
+float weights, which the mixed family builds on).
 
 It lives in a hidden folder beside --out, ``.OUT.optimize-state/``, written file by file with atomic
 renames (the .tflite first, its record last, so a record always has its model). A search that is killed
@@ -20,6 +21,28 @@ from edgeresnet._util.files import atomic_write_bytes, atomic_write_text
 def state_path(out) -> Path:
     out = Path(out)
     return out.resolve().parent / f".{out.name}.optimize-state"
+
+
+def save_weights(folder: Path, key: str, model) -> None:
+    """Keep a fine-tuned candidate's float weights in the state ``folder`` (the mixed family builds on them)."""
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez(buffer, *model.get_weights())
+    atomic_write_bytes(Path(folder) / "candidates" / f"{key}.weights.npz", buffer.getvalue())
+
+
+def load_weights(folder: Path, key: str) -> Optional[list]:
+    """The weights :func:`save_weights` kept for ``key``, or None."""
+    import numpy as np
+
+    try:
+        with np.load(Path(folder) / "candidates" / f"{key}.weights.npz") as kept:
+            return [kept[f"arr_{k}"] for k in range(len(kept.files))]
+    except (OSError, ValueError):
+        return None
 
 
 class SearchState:

@@ -11,7 +11,7 @@ def start(opts) -> None:
     _DATA["opts"], _DATA["data"] = opts, load_search_data(opts)
 
 
-def evaluate_candidate(cand):
+def evaluate_candidate(cand, kept):
     from edgeresnet.host.optimize.evaluate import evaluate
 
-    return evaluate(cand, _DATA["opts"], _DATA["data"])
+    return evaluate(cand, _DATA["opts"], _DATA["data"], kept=kept)
