@@ -487,24 +487,29 @@ def zoo_resnet8(shared_data, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_a_zoo_model_over_a_memory_budget_gets_a_smaller_input_that_meets_it_and_resumes(
+def test_a_zoo_model_over_memory_and_download_budgets_gets_a_smaller_pruned_input_that_meets_them_and_resumes(
         run_cli, zoo_resnet8, tmp_path, monkeypatch):
     from edgeresnet.device.images import load_images
     from edgeresnet.device.runtime import TFLiteModel
+    from edgeresnet.device.sparsity import tflite_weight_sparsity
     from edgeresnet.host.models.zoo import zoo_spec
     from edgeresnet.host.optimize import inputs, search
-    from edgeresnet.host.optimize.evaluate import load_search_data
+    from edgeresnet.host.optimize.evaluate import convert_int8, load_search_data
 
     opts = OptimizeOptions(model="resnet8", weights=str(zoo_resnet8["weights"]), train=str(zoo_resnet8["train"]),
                            eval=str(zoo_resnet8["eval"]), eval_samples=100, calib_samples=32, threads=1,
                            int8_method="minmax", budgets=Budgets(memory=2**30))
-    budget = int(0.8 * inputs.probe(opts, load_search_data(opts), 32)["memory"])  # the plain int8 model's, less 20 %
+    data = load_search_data(opts)
+    budget = int(0.8 * inputs.probe(opts, data, 32)["memory"])  # the plain int8 model's, less 20 %
+    download = int(0.8 * len(zlib.compress(convert_int8(data.loaded.model, opts, data.calib), 9)))  # and its zlib size
     monkeypatch.setattr(search, "plan_candidates", lambda *a, **k: [])  # the input family alone (and int8)
     monkeypatch.setattr(search, "plan_mixed", lambda *a, **k: [])
+    monkeypatch.setattr(search, "plan_on_best", lambda *a, **k: [])
     out = tmp_path / "opt"
     common = ["optimize", "resnet8", "--weights", zoo_resnet8["weights"], "--train", zoo_resnet8["train"], "--eval",
               zoo_resnet8["eval"], "--eval-samples", "100", "--calib-samples", "32", "--epochs", "1", "--batch-size",
-              "32", "--int8-method", "minmax", "--threads", "1", "--max-memory", budget, "--out", out]
+              "32", "--int8-method", "minmax", "--threads", "1", "--max-memory", budget, "--max-download", download,
+              "--out", out]
     # 1. killed while fine-tuning the input candidate: the plain model and the probes are in the resume state
     real = search.evaluate
 
@@ -524,7 +529,9 @@ def test_a_zoo_model_over_a_memory_budget_gets_a_smaller_input_that_meets_it_and
     assert code == 0, err
     assert "reusing 1 finished candidate(s)" in err and probed == []
     summary = json.loads((out / "optimize.json").read_text())
-    plain, resized = summary["candidates"]
+    plain, *family = summary["candidates"]  # one measured over the download budget is rebuilt sparser, same size
+    resized = next(c for c in family if c["key"] == summary["chosen"])
+    assert all(c["settings"]["input_size"] == resized["settings"]["input_size"] for c in family)
     size = resized["settings"]["input_size"]
     assert plain["settings"]["family"] == "int8" and resized["settings"]["family"] == "input" and size < 32
     assert f"-{size}px-" in resized["key"] and summary["chosen"] == resized["key"]
@@ -532,6 +539,11 @@ def test_a_zoo_model_over_a_memory_budget_gets_a_smaller_input_that_meets_it_and
     spec = zoo_spec("resnet8")
     assert inputs.macs(spec, size, 3, 10) < inputs.macs(spec, 32, 3, 10)
     assert resized["measured"]["memory"] <= budget < plain["measured"]["memory"]
+    # a smaller input leaves the file as it is: the download budget made the search prune it too
+    level = resized["settings"]["level"]
+    assert level > 0 and f"+ uniform {level:.2f}" in resized["label"] and "pruned to uniform" in summary["input"]
+    assert resized["measured"]["download"] <= download < plain["measured"]["download"]
+    assert tflite_weight_sparsity((out / "optimized.tflite").read_bytes())["fraction"] > 0.5 * level
     assert f"{size}x{size}" in summary["input"] and f"input {size}x{size}x3" in (out / "optimize.md").read_text()
     # the output model really takes that size, and scores what the search said on --eval at that size
     model = TFLiteModel((out / "optimized.tflite").read_bytes())

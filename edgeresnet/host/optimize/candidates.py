@@ -84,7 +84,8 @@ class Candidate:
         if self.family == "uniform":
             return f"uniform {self.level:.2f}"
         if self.family == "input":
-            return f"input {self.input_size}x{self.input_size}"
+            pruned = f" + uniform {self.level:.2f}" if self.level else ""
+            return f"input {self.input_size}x{self.input_size}{pruned}"
         if self.family == "mixed":
             return f"int8, {len(self.worst)} worst in float ({', '.join(self.worst)})"
         if self.family == "clustered":

@@ -143,7 +143,7 @@ def score(model: bytes, data: SearchData) -> dict:
 def fine_tune(cand: Candidate, opts: OptimizeOptions, data: SearchData, progress=None):
     """The candidate's pruned (or clustered, or resized), fine-tuned tf_keras model (the float model for the plain
     int8 one)."""
-    if cand.input_size:
+    if cand.input_size and not cand.level:  # (a pruned one is fine-tuned at its size by the pruning below)
         from edgeresnet.host.optimize.inputs import fine_tune_at_size
 
         return fine_tune_at_size(opts, data, progress), None

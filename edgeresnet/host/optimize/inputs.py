@@ -129,8 +129,12 @@ def largest_fitting(sizes: list[int], guess: int, fits) -> Optional[int]:
     return next((s for s in sizes[guess + 1:] if fits(s)), None)
 
 
-def plan_inputs(opts, data, state, plain: dict, notify=None, progress=None) -> list[Candidate]:
-    """The input family's candidate (none, and a note why, for a model file or budgets it cannot help)."""
+def plan_inputs(opts, data, state, plain: dict, notify=None, progress=None, pruned=None) -> list[Candidate]:
+    """The input family's candidate (none, and a note why, for a model file or budgets it cannot help).
+
+    ``pruned(size)``: the candidate at ``size`` with the uniform sparsity the size and download budgets need
+    (None when none meets them); a smaller input leaves the file as it is, so with those budgets too the
+    input candidate is pruned as well."""
     notify = notify or (lambda message: None)
     why = absent_reason(opts, data, plain)
     if why:
@@ -147,13 +151,20 @@ def plan_inputs(opts, data, state, plain: dict, notify=None, progress=None) -> l
     if size is None:
         notify(f"input sizes: even at {sizes[-1]} px the model is over the latency or memory budget")
         return []
-    return [Candidate(FAMILY, input_size=size)]
+    cand = Candidate(FAMILY, input_size=size)
+    if pruned is not None and (opts.budgets.size or opts.budgets.download):
+        cand = pruned(size)
+        if cand is None:
+            notify(f"input sizes: {size} px meets the latency and memory budgets, but no sparsity meets the size ones")
+            return []
+    return [cand]
 
 
 def smaller(cand: Candidate, data) -> Optional[Candidate]:
-    """The input candidate one size smaller (a retry after a measurement over budget), or None at the smallest."""
+    """The input candidate one size smaller, with the same sparsity (a retry after a measurement over a latency or
+    memory budget), or None at the smallest."""
     sizes = [s for s in input_sizes(data.spec, data.loaded.input_shape[0]) if s < cand.input_size]
-    return Candidate(FAMILY, input_size=sizes[0]) if sizes else None
+    return replace(cand, input_size=sizes[0]) if sizes else None
 
 
 def absent_reason(opts, data, plain: Optional[dict]) -> str:
@@ -176,9 +187,12 @@ def input_note(opts, data, records: list[dict]) -> str:
     why = absent_reason(opts, data, plain)
     if why:
         return why
-    built = sorted({r["settings"]["input_size"] for r in records if r["settings"]["family"] == FAMILY}, reverse=True)
+    family = [r for r in records if r["settings"]["family"] == FAMILY]
+    built = sorted({r["settings"]["input_size"] for r in family}, reverse=True)
     base = data.loaded.input_shape[0]
     if not built:
         return f"{data.spec.name}: no input size down to {input_sizes(data.spec, base)[-1]} px met the budgets"
+    levels = sorted({r["settings"]["level"] for r in family if r["settings"]["level"]})
+    pruning = (f", pruned to uniform {', '.join(f'{v:.2f}' for v in levels)} for the size budgets" if levels else "")
     return (f"{data.spec.name} at {', '.join(f'{s}x{s}' for s in built)} (from {base}x{base}, picked by MACs and "
-            "probes), fine-tuned with the same weights")
+            f"probes), fine-tuned with the same weights{pruning}")

@@ -27,6 +27,7 @@ the candidates for real, keep the most accurate one inside every budget.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional
 
 from edgeresnet.host.optimize.budgets import Budgets, file_sizes
@@ -169,15 +170,28 @@ class _Runner:
                     tick(k + 1, len(todo))
 
 
+def _pruned_at(size: int, plain: bytes, layers, budgets: Budgets) -> Optional[Candidate]:
+    """The input candidate at ``size`` with the uniform sparsity the size budgets need, found by probes on the plain
+    int8 file (its weights, and so its bytes, do not depend on the input size); None when none meets them."""
+    level = find_level(_Prober(plain, layers), 0.0, budgets)
+    if level is None:
+        return None
+    return replace(candidate("uniform", layers, level), family="input", input_size=size) if level else \
+        Candidate("input", input_size=size)
+
+
 def _retry(cand: Candidate, measured: dict, opts: OptimizeOptions, data: SearchData, layers) -> Optional[Candidate]:
     """The candidate to build instead of one measured over budget: sparser (size budgets), one input size
     smaller (latency and memory budgets, the input family), or None (a mixed candidate has no other version)."""
     if cand.input_size:
         scaled = any(measured.get(q, 0) > getattr(opts.budgets, q) for q in SCALED if getattr(opts.budgets, q))
-        return smaller(cand, data) if scaled else None
+        if scaled:
+            return smaller(cand, data)
     if cand.float_nodes or _fits(measured, opts.budgets) or cand.level >= MAX_LEVEL:
         return None
-    return candidate(cand.family, layers, min(MAX_LEVEL, cand.level + RETRY_STEP), cand.skew, cand.clusters)
+    sparser = candidate(cand.family if not cand.input_size else "uniform", layers,
+                        min(MAX_LEVEL, cand.level + RETRY_STEP), cand.skew, cand.clusters)
+    return replace(sparser, family=cand.family, input_size=cand.input_size)
 
 
 def search(opts: OptimizeOptions, data: SearchData, state: SearchState, progress=None, notify=None,
@@ -189,7 +203,8 @@ def search(opts: OptimizeOptions, data: SearchData, state: SearchState, progress
     plain = state.model_path(Candidate("int8").key).read_bytes()
     cands = plan_candidates(opts, plain, layers, progress, notify)
     cands += plan_mixed(opts, data, state, notify, _stage(progress, "rank int8 layers by error", "passes"))
-    cands += plan_inputs(opts, data, state, records[0], notify, _stage(progress, "probe an input size", "conversion"))
+    cands += plan_inputs(opts, data, state, records[0], notify, _stage(progress, "probe an input size", "conversion"),
+                         lambda size: _pruned_at(size, plain, layers, opts.budgets))
     for _ in range(RETRIES + 1):
         fresh = runner.run(cands)
         records += fresh
