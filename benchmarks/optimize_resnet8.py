@@ -16,7 +16,10 @@ latency). Prints the search time of each optimize run.
    so the search may also shrink the input: no pruned or clustered model gets faster, so this is the
    input-size lever's case. ``--only-input`` runs just this one.
 
-    python benchmarks/optimize_resnet8.py [--epochs 3] [--uniform 0.1 0.3 0.5 0.62 0.66 0.7] [--only-input] [--results]
+   With ``--input-download SHARE`` that run also has a download budget, so the input candidate is pruned too.
+
+    python benchmarks/optimize_resnet8.py [--epochs 3] [--uniform 0.1 0.3 0.5 0.62 0.66 0.7] [--only-input
+                                          [--input-download 0.8]] [--results]
 """
 
 from __future__ import annotations
@@ -88,13 +91,16 @@ def _input_size_run(model, train, test, args, tmp):
     data = load_search_data(base)
     plain = measure(convert_int8(data.loaded.model, base, data.calib), base.budgets, 1)
     limit = round(args.input_latency * plain["latency"], 3)
-    opts = OptimizeOptions(model="resnet8", weights=weights, train=train, eval=test, budgets=Budgets(latency=limit),
-                           epochs=args.epochs, threads=1, jobs=args.jobs, out=f"{tmp}/input")
+    download = int(args.input_download * plain["download"]) if args.input_download else None
+    opts = OptimizeOptions(model="resnet8", weights=weights, train=train, eval=test, jobs=args.jobs, out=f"{tmp}/input",
+                           budgets=Budgets(latency=limit, download=download), epochs=args.epochs, threads=1)
     started = time.perf_counter()
     result = run_optimize(opts, notify=lambda m: print(m, file=sys.stderr))
     chosen = result.chosen
+    also = (f" and download budget {download:,} bytes ({args.input_download:.0%} of its {plain['download']:,})"
+            if download else "")
     print(f"\n### latency budget {limit} ms ({args.input_latency:.0%} of the plain int8 model's "
-          f"{plain['latency']:.3f} ms, 1 thread), built-in resnet8 with the MLPerf weights\n")
+          f"{plain['latency']:.3f} ms, 1 thread){also}, built-in resnet8 with the MLPerf weights\n")
     print(f"chosen: {chosen['label']}, input {chosen.get('input_shape')}, top-1 {chosen['score']:.2f} %, "
           f"{chosen['measured']['latency']:.3f} ms; search time {time.perf_counter() - started:.0f} s\n")
     print("\n".join(line for line in markdown(result).splitlines() if line.startswith("|")))
@@ -107,6 +113,8 @@ def main():
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--input-latency", type=float, default=0.6, help="budget 3: share of the plain model's latency")
     ap.add_argument("--only-input", action="store_true", help="run budget 3 only")
+    ap.add_argument("--input-download", type=float, help="budget 3 also limits the download to this share of the plain "
+                    "int8 model's (the input candidate is then pruned too)")
     args = ap.parse_args()
     model = str(DATA / "mlperf-tiny-resnet8" / "pretrainedResnet.h5")
     train, test = str(DATA / "cifar10" / "train"), str(DATA / "cifar10" / "test")
