@@ -90,11 +90,13 @@ def test_auto_scores_on_held_out_samples_and_is_deterministic_for_a_seed(tiny, m
         kept = k if counts[k] >= counts[kept] + choice.MIN_LEAD else kept
     assert a.scored[kept].method == a.winner
     assert runs[0].model == runs[1].model  # the same model, bit for bit
-    # the kept model is the one that was scored: quantized from the four fifths not held out
+    # the scored models were quantized from the four fifths not held out; the kept one is the winner's from all
     fit = np.setdiff1d(np.arange(len(x)), np.arange(choice.HELD_EVERY - 1, len(x), choice.HELD_EVERY))
-    alone = Int8Session(loaded.tflite_converter, x[fit], "int8", a.winner, config=QuantOptConfig(seed=3, **FAST))
+    assert a.fit == len(fit) and a.kept_fit == len(x)
+    alone = Int8Session(loaded.tflite_converter, x, "int8", a.winner, config=QuantOptConfig(seed=3, **FAST))
     assert alone.model == runs[0].model
     record = a.to_dict()
+    assert record["kept_fit"] == len(x)
     assert record["winner"] == a.winner and len(record["scored"]) == 3
 
 

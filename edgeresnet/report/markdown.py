@@ -236,7 +236,8 @@ def choice_text(quantization: dict) -> str:
     scores = ", ".join(f"{s['method']} {s['agreement']:.1f} % ({s['sqnr_db']:.1f} dB, {s['seconds']:.1f} s)"
                        for s in c["scored"])
     text = (f"int8 method {c['winner']} kept by auto: agreement with the float model on {c['held_out']} held-out "
-            f"calibration images (calibrated on the other {c['fit']}): {scores}; "
+            f"calibration images (calibrated on the other {c['fit']}; the kept model then on all "
+            f"{c.get('kept_fit', c['fit'])}): {scores}; "
             + (f"ahead by {c['margin']:.1f} pts" if c["margin"] >= 0 else
                f"kept as the cheaper: a slower method must agree on 2 more held-out images, not {-c['margin']:.1f} pts"))
     skipped = "; ".join(f"{s['method']} not tried: {s['why']}" for s in c["skipped"])
