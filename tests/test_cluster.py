@@ -234,7 +234,7 @@ def test_two_workers_fine_tune_every_candidate_of_an_optimize_search_together(cl
     workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
     args = ["optimize", str(model), "--train", str(train), "--eval", str(train), "--max-download", str(budget),
             "--preset", "unit", "--epochs", "1", "--batch-size", "16", "--int8-method", "minmax",
-            "--calib-samples", "32", "--eval-samples", "64", "--out", "out"]
+            "--calib-samples", "32", "--eval-samples", "64", "--target", "edgetpu", "--out", "out"]  # no mixed family
     procs = [_start(args, _tf_config(workers, i), tmp_path) for i in (0, 1)]
     (chief_rc, _, chief_err), (worker_rc, worker_out, worker_err) = _finish(procs, timeout=900)
     assert worker_rc == 0, worker_err[-3000:]
