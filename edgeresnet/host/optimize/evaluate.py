@@ -210,17 +210,25 @@ def trained(cand: Candidate, opts: OptimizeOptions, data: SearchData, progress=N
     return data, model, pruned, qat
 
 
+_BASE: dict = {}  # the last base model loaded: its ranking and its mixed candidates share one int8 session
+
+
 def base_model(base: Candidate, data: SearchData, kept: Optional[Path]):
-    """The fine-tuned float model of ``base`` (``data`` at its input size), from the weights kept in ``kept``."""
+    """The fine-tuned float model of ``base`` (``data`` at its input size), from the weights kept in ``kept``; the
+    same object again for the same base, so :func:`convert_result` converts it once."""
     from edgeresnet._util import tf as _tf
     from edgeresnet.host.optimize.state import load_weights
 
-    weights = None if kept is None else load_weights(kept, base.key)
-    if weights is None:
-        raise DataError(f"the search state lost the weights of {base.label}; start the search again with --overwrite")
-    model = _tf.tf_keras().models.clone_model(data.loaded.model)
-    model.set_weights(weights)
-    return model
+    key = (str(kept), base.key, id(data))
+    if _BASE.get("key") != key:
+        weights = None if kept is None else load_weights(kept, base.key)
+        if weights is None:
+            raise DataError(f"the search state lost the weights of {base.label}; start the search again with --overwrite")
+        model = _tf.tf_keras().models.clone_model(data.loaded.model)
+        model.set_weights(weights)
+        _BASE.clear()
+        _BASE.update(key=key, model=model)
+    return _BASE["model"]
 
 
 def evaluate(cand: Candidate, opts: OptimizeOptions, data: SearchData, progress=None,
