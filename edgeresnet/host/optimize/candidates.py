@@ -139,13 +139,14 @@ def allocate(layers: list[LayerInfo], level: float, skew: float, cap: float = MA
     return {layer.name: float(min(cap, hi * ratio[layer.name])) for layer in layers}
 
 
-def candidate(family: str, layers: list[LayerInfo], level: float, skew: float = 0.0, clusters: int = 0) -> Candidate:
+def candidate(family: str, layers: list[LayerInfo], level: float, skew: float = 0.0, clusters: int = 0,
+              input_size: int = 0) -> Candidate:
     if family == "int8":
         return Candidate("int8")
     shares = allocate(layers, level, skew)
     clustered = tuple(layer.name for layer in layers if layer.role != "stem") if clusters else ()
     return Candidate(family, round(level, 4), skew, tuple((n, round(s, 4)) for n, s in shares.items()), clusters,
-                     clustered)
+                     clustered, input_size=input_size)
 
 
 def one_shot(model, layer_sparsity: dict):

@@ -89,15 +89,26 @@ def plan_mixed(opts, data, state, notify=None, progress=None) -> list[Candidate]
         if notify:
             notify(NO_FLOAT_NOTE.format(target=target.name))
         return []
-    ranking = state.load(PROFILE_FILE)
+    ranking = _kept_ranking(state, PROFILE_FILE, lambda: rank_layers_int8(data.loaded.model, opts, data.calib), progress)
+    return mixed_candidates(ranking, _integer_io(target))
+
+
+def _kept_ranking(state, name: str, rank, progress=None) -> list[dict]:
+    """The int8 layer ranking kept in the resume state as ``name``, else ``rank()``'s, kept there."""
+    ranking = state.load(name)
     if ranking is None:
         if progress is not None:
             progress(0, 1)
-        ranking = rank_layers_int8(data.loaded.model, opts, data.calib)
-        state.keep(PROFILE_FILE, ranking)
+        ranking = rank()
+        state.keep(name, ranking)
         if progress is not None:
             progress(1, 1)
-    return mixed_candidates(ranking, target.io_type_for("int8", None) != "float32")
+    return ranking
+
+
+def _integer_io(target) -> bool:
+    """Does ``target``'s int8 model keep an integer input and output (then its boundary layers stay int8)?"""
+    return target.io_type_for("int8", None) != "float32"
 
 
 def refines(opts) -> bool:
@@ -117,18 +128,12 @@ def plan_on_best(opts, data, state, best: Optional[Candidate], notify=None, prog
     from edgeresnet.host.optimize.inputs import at_size
     from edgeresnet.targets import get_target
 
-    name = f"int8_ranking-{best.key}.json"
-    ranking = state.load(name)
-    if ranking is None:
-        if progress is not None:
-            progress(0, 1)
+    def rank() -> list[dict]:
         sized = at_size(data, best.input_size, opts)
-        ranking = rank_layers_int8(base_model(best, sized, state.path), opts, sized.calib)
-        state.keep(name, ranking)
-        if progress is not None:
-            progress(1, 1)
-    integer_io = get_target(opts.target).io_type_for("int8", None) != "float32"
-    out = [c.on(best) for c in mixed_candidates(ranking, integer_io)]
+        return rank_layers_int8(base_model(best, sized, state.path), opts, sized.calib)
+
+    ranking = _kept_ranking(state, f"int8_ranking-{best.key}.json", rank, progress)
+    out = [c.on(best) for c in mixed_candidates(ranking, _integer_io(get_target(opts.target)))]
     if notify and out:
         notify(f"{best.label} is the most accurate fine-tuned candidate within budget: trying it with its "
                f"{', '.join(str(len(c.worst)) for c in out)} worst int8 layers in float")

@@ -29,12 +29,13 @@ class OptimizeResult:
         return self.summary
 
 
-def _values(record: dict) -> dict:
+def budgeted_values(record: dict) -> dict:
+    """A candidate record's values the budgets limit: its measured quantities and its drop."""
     return {**record["measured"], "drop": record["drop"]}
 
 
 def _over_text(record: dict, budgets: Budgets, over: dict) -> str:
-    return ", ".join(f"{q} {describe(q, _values(record)[q])} > {describe(q, getattr(budgets, q))}" for q in over)
+    return ", ".join(f"{q} {describe(q, budgeted_values(record)[q])} > {describe(q, getattr(budgets, q))}" for q in over)
 
 
 # Scores this close to the most accurate candidate's count as equal (the smaller one wins): on 1,000 images two
@@ -49,7 +50,7 @@ def choose(records: list[dict], budgets: Budgets, metric: str) -> tuple[dict, st
     :class:`BudgetNotMet` naming the closest candidate when none is within."""
     primary = budgets.primary
     for r in records:
-        r["over"] = {q: round(x, 4) for q, x in budgets.excess(_values(r)).items()}
+        r["over"] = {q: round(x, 4) for q, x in budgets.excess(budgeted_values(r)).items()}
         r["within_budget"] = not r["over"]
     within = [r for r in records if r["within_budget"]]
     if not within:
@@ -63,7 +64,7 @@ def choose(records: list[dict], budgets: Budgets, metric: str) -> tuple[dict, st
     top = max(r["score"] for r in within)
     ranked = sorted(within, key=lambda r: (r["score"] < top - TIE_POINTS, r["measured"][primary], -r["score"]))
     best = ranked[0]
-    limits = "; ".join(f"{q} {describe(q, _values(best)[q])} <= {describe(q, getattr(budgets, q))}"
+    limits = "; ".join(f"{q} {describe(q, budgeted_values(best)[q])} <= {describe(q, getattr(budgets, q))}"
                        for q in budgets.given + (("drop",) if budgets.drop is not None else ()))
     runner = (f"; the next best within budget, {ranked[1]['label']}, scores {ranked[1]['score']:.2f} %"
               if len(ranked) > 1 else "; it is the only candidate within budget")

@@ -27,7 +27,6 @@ the candidates for real, keep the most accurate one inside every budget.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Optional
 
 from edgeresnet.host.optimize.budgets import Budgets, file_sizes
@@ -36,6 +35,7 @@ from edgeresnet.host.optimize.evaluate import SearchData, evaluate, fine_tuned, 
 from edgeresnet.host.optimize.inputs import SCALED, plan_inputs, smaller
 from edgeresnet.host.optimize.options import OptimizeOptions
 from edgeresnet.host.optimize.precision import plan_mixed, plan_on_best
+from edgeresnet.host.optimize.result import budgeted_values
 from edgeresnet.host.optimize.state import SearchState
 
 # (family, skew, clusters): uniform sparsity; sensitivity-allocated sparsity; clustering (BY_BUDGET: the most
@@ -176,8 +176,7 @@ def _pruned_at(size: int, plain: bytes, layers, budgets: Budgets) -> Optional[Ca
     level = find_level(_Prober(plain, layers), 0.0, budgets)
     if level is None:
         return None
-    return replace(candidate("uniform", layers, level), family="input", input_size=size) if level else \
-        Candidate("input", input_size=size)
+    return candidate("input", layers, level, input_size=size) if level else Candidate("input", input_size=size)
 
 
 def _retry(cand: Candidate, measured: dict, opts: OptimizeOptions, data: SearchData, layers) -> Optional[Candidate]:
@@ -189,9 +188,8 @@ def _retry(cand: Candidate, measured: dict, opts: OptimizeOptions, data: SearchD
             return smaller(cand, data)
     if cand.float_nodes or _fits(measured, opts.budgets) or cand.level >= MAX_LEVEL:
         return None
-    sparser = candidate(cand.family if not cand.input_size else "uniform", layers,
-                        min(MAX_LEVEL, cand.level + RETRY_STEP), cand.skew, cand.clusters)
-    return replace(sparser, family=cand.family, input_size=cand.input_size)
+    return candidate(cand.family, layers, min(MAX_LEVEL, cand.level + RETRY_STEP), cand.skew, cand.clusters,
+                     cand.input_size)
 
 
 def search(opts: OptimizeOptions, data: SearchData, state: SearchState, progress=None, notify=None,
@@ -224,7 +222,7 @@ def search(opts: OptimizeOptions, data: SearchData, state: SearchState, progress
 def _best_fine_tuned(built: dict, records: list[dict], opts: OptimizeOptions) -> Optional[Candidate]:
     """The most accurate fine-tuned candidate within every budget, or None."""
     within = [r for r in records if r["key"] in built and fine_tuned(built[r["key"]])
-              and not opts.budgets.excess({**r["measured"], "drop": r["drop"]})]
+              and not opts.budgets.excess(budgeted_values(r))]
     return built[max(within, key=lambda r: r["score"])["key"]] if within else None
 
 
