@@ -6,7 +6,10 @@ calibrated on ``--samples`` class-balanced CIFAR-10 training images (one seeded
 draw per ``--seeds`` value), and compared with the Keras float model on the
 1,000 CIFAR-10 test images (which no calibration sees): top-1 agreement with the float model, top-1
 accuracy, drop against float, mean squared error and SQNR of the softmax
-outputs, and the conversion time; for ``auto``, the method it kept. Each seed draws other
+outputs, the conversion time, and how many test images the int8 model answers with a tie (its two
+top classes get the same int8 probability, and the lower class index wins); for ``auto``, the method
+it kept. ``held %`` is the agreement on the training images the seed did not draw for calibration
+(4,700 at 300 samples): five times the test images, so it separates methods the test set cannot. Each seed draws other
 calibration images and seeds the methods' own sampling. The MLPerf reference int8 model is listed for scale.
 
 ``--resnet50`` also times each method on ResNet-50 (224x224, random weights,
@@ -55,7 +58,8 @@ def resnet8_table(methods, seeds, samples) -> None:
         f"MLPerf reference int8: agreement {verify.agreement(ref, peer):.1f} %, "
         f"top-1 {verify.topk_accuracy(peer, test.labels):.1f} %\n"
     )
-    header = f"{'method':12s} {'seed':>4s} {'agree %':>8s} {'top-1 %':>8s} {'drop pts':>8s} {'mse e-4':>8s} {'sqnr dB':>8s} {'convert s':>9s}"
+    header = (f"{'method':16s} {'seed':>4s} {'agree %':>8s} {'held %':>7s} {'top-1 %':>8s} {'drop pts':>8s} "
+              f"{'mse e-4':>8s} {'sqnr dB':>8s} {'ties':>4s} {'convert s':>9s}")
     print(header)
     print("-" * len(header))
     summary = {}
@@ -63,6 +67,8 @@ def resnet8_table(methods, seeds, samples) -> None:
     for seed in seeds:
         calib = load_images(root / "cifar10" / "train", (32, 32, 3), samples=samples, seed=seed)
         x_cal = calib.images.astype(np.float32)
+        held = load_images(root / "cifar10" / "train", (32, 32, 3), exclude=calib.paths).images.astype(np.float32)
+        ref_held = loaded.predict(held)
         for method in methods:
             start = time.perf_counter()
             session = Int8Session(loaded.tflite_converter, x_cal, "int8", method, config=QuantOptConfig(seed=seed))
@@ -70,21 +76,24 @@ def resnet8_table(methods, seeds, samples) -> None:
             kept = f" (kept {session.method.name})" if session.method.name != method else ""
             out = TFLiteModel(model).predict(x_test)
             agree = verify.agreement(ref, out)
+            agree_held = verify.agreement(ref_held, TFLiteModel(model).predict(held))
+            top2 = np.sort(out, -1)[:, -2:]
+            ties = int(np.sum(top2[:, 0] == top2[:, 1]))
             top1 = verify.topk_accuracy(out, test.labels)
             mse = float(np.mean((out - ref) ** 2)) * 1e4
             sqnr = verify.sqnr_db(ref, out)
-            summary.setdefault(method, []).append((agree, top1, mse, seconds, sqnr))
-            print(f"{method:12s} {seed:4d} {agree:8.1f} {top1:8.1f} {float_top1 - top1:8.1f} {mse:8.2f} {sqnr:8.2f} "
-                  f"{seconds:9.1f}{kept}", flush=True)
+            summary.setdefault(method, []).append((agree, top1, mse, seconds, sqnr, agree_held))
+            print(f"{method:16s} {seed:4d} {agree:8.1f} {agree_held:7.2f} {top1:8.1f} {float_top1 - top1:8.1f} "
+                  f"{mse:8.2f} {sqnr:8.2f} {ties:4d} {seconds:9.1f}{kept}", flush=True)
     if len(seeds) > 1:
         print("\nmean over seeds (min agreement, max drop):")
         for method, rows in summary.items():
-            a, t, m, s, q = (statistics.mean(r[k] for r in rows) for k in range(5))
+            a, t, m, s, q, h = (statistics.mean(r[k] for r in rows) for k in range(6))
             worst_a = min(r[0] for r in rows)
             worst_drop = max(float_top1 - r[1] for r in rows)
             print(
-                f"{method:12s} agree {a:5.2f} (min {worst_a:4.1f})  top-1 {t:5.2f}  drop {float_top1 - t:4.2f} "
-                f"(max {worst_drop:4.1f})  mse {m:5.2f}  sqnr {q:5.2f} dB  {s:5.1f} s"
+                f"{method:16s} agree {a:5.2f} (min {worst_a:4.1f})  held {h:5.2f}  top-1 {t:5.2f}  "
+                f"drop {float_top1 - t:4.2f} (max {worst_drop:4.1f})  mse {m:5.2f}  sqnr {q:5.2f} dB  {s:5.1f} s"
             )
 
 

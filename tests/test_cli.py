@@ -123,6 +123,20 @@ def test_max_drop_zero_is_met_by_recovery_or_fails(tmp_path, outlier_model_h5, t
     assert "int8mixed" in stdout
 
 
+def test_learned_ranges_report_their_cost_and_divergence(tmp_path, tiny_model_h5, tiny_data, run_cli):
+    out = tmp_path / "out"
+    code, _, err = run_cli(["convert", tiny_model_h5, "--int8", "--calib", tiny_data["calib"], "--preset", "unit",
+                            "--int8-method", "mse+gptq+ranges", "--out", out])
+    assert code == 0, err
+    data = json.loads((out / "report.json").read_text())
+    q = [v for v in data["variants"] if v["precision"] == "int8"][0]["int8_quantization"]
+    assert q["method"] == "mse+gptq+ranges" and q["details"]["range_seconds"] > 0
+    assert q["details"]["range_held_out"] == len(list(Path(tiny_data["calib"]).rglob("*.png"))) // 5
+    assert q["details"]["range_kl_after"] <= q["details"]["range_kl_before"]
+    md = (out / "report.md").read_text()
+    assert re.search(r"activation ranges (learned \(\d+ steps|not kept)", md), md
+
+
 def test_models_command_lists_architectures(run_cli):
     code, out, _ = run_cli(["models"])
     assert code == 0

@@ -188,7 +188,7 @@ def test_a_method_from_a_new_module_is_found_and_converts(tiny, tmp_path):
     spec = importlib.util.spec_from_file_location("ranges_only", path)
     try:
         spec.loader.exec_module(importlib.util.module_from_spec(spec))
-        assert method_names()[:6] == ("auto", "minmax", "mse", "mse+bias", "mse+gptq", "mse+learned")
+        assert method_names()[:7] == ("auto", "minmax", "mse", "mse+bias", "mse+gptq", "mse+gptq+ranges", "mse+learned")
         assert method_names()[-1] == "test-ranges-only" and get_method("test-ranges-only").description == "mse ranges only"
         loaded, calib, held, ref = tiny
         model = quantize_int8(loaded.tflite_converter, calib[:16], "int8", "test-ranges-only")

@@ -244,6 +244,20 @@ def choice_text(quantization: dict) -> str:
     return text + (f"; {skipped}" if skipped else "")
 
 
+def ranges_text(d: dict) -> str:
+    """What learning the activation ranges (``mse+gptq+ranges``) did, in one sentence."""
+    if d.get("ranges_note"):
+        return f"activation ranges not learned: {d['ranges_note']}"
+    held = d.get("range_held_out")
+    on = f"{held} held-out calibration images" if held else "the calibration images (too few to hold some out)"
+    if not d.get("ranges_learned"):
+        return (f"learned activation ranges not kept: no step lowered the divergence from the float model on {on} "
+                f"({d['range_kl_before']:.3g}); {d.get('range_seconds', 0):.1f} s")
+    return (f"{d['ranges_learned']} activation ranges learned ({d['range_steps']} steps, "
+            f"{d.get('range_seconds', 0):.1f} s): divergence from the float model on {on} "
+            f"{d['range_kl_before']:.3g} -> {d['range_kl_after']:.3g}")
+
+
 def _variant_lines(v: dict) -> list[str]:
     """What the table cannot say about one variant: errors, recovery, worst layers, check results."""
     lines = []
@@ -260,6 +274,9 @@ def _variant_lines(v: dict) -> list[str]:
         )
     if (v.get("int8_quantization") or {}).get("choice"):
         lines.append(f"- `{v['name']}`: {choice_text(v['int8_quantization'])}")
+    ranges = ((v.get("int8_quantization") or {}).get("details") or {})
+    if "ranges_learned" in ranges:
+        lines.append(f"- `{v['name']}`: {ranges_text(ranges)}")
     if v.get("recovered_by"):
         lines.append(f"- `{v['name']}` was over budget; recovered as `{v['recovered_by']}`")
     if v.get("recovery"):

@@ -23,6 +23,8 @@ class QuantOptConfig:
     ``equalize.equalize``), measured on ``equalize_samples`` samples.
     ``learn_samples`` / ``learn_iters`` / ``learn_batch``: the samples, optimisation
     steps per block and samples per step of learned rounding (``mse+learned`` only).
+    ``range_samples`` / ``range_iters`` / ``range_batch``: the samples (``None``: all), optimisation steps and
+    samples per step of learned activation ranges (``mse+gptq+ranges`` only).
     ``bins``: histogram bins (both signs); each side's range ends at the power
     of two above its largest value (``stats.Histogram``), so 4096 bins are
     never coarser than 2048 over the exact maximum.
@@ -38,13 +40,18 @@ class QuantOptConfig:
     learn_samples: int = 256
     learn_iters: int = 500
     learn_batch: int = 32
+    range_samples: Optional[int] = 512
+    range_iters: int = 200
+    range_batch: int = 100
 
     def __post_init__(self):
-        if self.stats_samples is not None:
-            whole_number("stats_samples", self.stats_samples, 1)
+        for name in ("stats_samples", "range_samples"):
+            if getattr(self, name) is not None:
+                whole_number(name, getattr(self, name), 1)
         if not isinstance(self.equalize, bool):
             raise ConfigError(f"equalize must be True or False, got {self.equalize!r}")
-        for name in ("gptq_samples", "gptq_rows", "bins", "equalize_samples", "learn_samples", "learn_iters", "learn_batch"):
+        for name in ("gptq_samples", "gptq_rows", "bins", "equalize_samples", "learn_samples", "learn_iters", "learn_batch",
+                     "range_iters", "range_batch"):
             whole_number(name, getattr(self, name), 1)
         if self.bins % 2:
             raise ConfigError(f"bins must be even, got {self.bins}")

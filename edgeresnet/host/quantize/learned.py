@@ -40,7 +40,7 @@ from edgeresnet.host.quantize.graph import WEIGHT_OPS, Graph
 from edgeresnet.host.quantize.mse import set_ranges
 from edgeresnet.host.quantize.mse_bias import MseBias, _weight_scale, quantize_layer_weights
 from edgeresnet.host.quantize.registry import register_method
-from edgeresnet.host.quantize.tfgraph import ADD, Ops, supported
+from edgeresnet.host.quantize.tfgraph import ADD, Ops, adam, supported
 
 ZETA, GAMMA = 1.1, -0.1  # the rectified sigmoid's stretch (AdaRound)
 WARMUP = 0.2  # share of the steps without the rounding regulariser
@@ -263,10 +263,7 @@ def _learn_block(ops: Ops, block: list, ins: list, layers: list, fl: dict, qv: d
             reg = tf.add_n([tf.reduce_mean(1.0 - tf.pow(tf.abs(2.0 * p.h(tf) - 1.0), beta)) for p in params])
             loss = rec + reg_on * REG * reg
         grads = tape.gradient(loss, [v for v, *_ in variables])
-        for (v, lr, m, s2), g in zip(variables, grads):  # Adam
-            m.assign(0.9 * m + 0.1 * g)
-            s2.assign(0.999 * s2 + 0.001 * tf.square(g))
-            v.assign_sub(lr * (m / (1.0 - tf.pow(0.9, t))) / (tf.sqrt(s2 / (1.0 - tf.pow(0.999, t))) + 1e-8))
+        adam(tf, variables, grads, t)
         return rec
 
     iters = cfg.learn_iters

@@ -19,7 +19,7 @@ from edgeresnet.errors import ConfigError
 DEFAULT_METHOD = "auto"  # what --int8-method, ConvertOptions and ConversionSpec default to
 
 _METHODS: dict = {}
-_BUILTIN = ("auto", "minmax", "mse", "mse+bias", "mse+gptq", "mse+learned")  # listed first, in this order, whatever was imported first
+_BUILTIN = ("auto", "minmax", "mse", "mse+bias", "mse+gptq", "mse+gptq+ranges", "mse+learned")  # listed first, in this order, whatever was imported first
 _builtin_loaded = False
 
 
@@ -76,7 +76,7 @@ def method_names() -> tuple[str, ...]:
 def _load_builtin() -> None:
     global _builtin_loaded
     if not _builtin_loaded:
-        from edgeresnet.host.quantize import choice, learned, minmax, mse, mse_bias, mse_gptq  # noqa: F401 - each registers itself
+        from edgeresnet.host.quantize import choice, learned, minmax, mse, mse_bias, mse_gptq, ranges  # noqa: F401 - each registers itself
 
         others = {name: m for name, m in _METHODS.items() if name not in _BUILTIN}
         ordered = {name: _METHODS[name] for name in _BUILTIN} | others

@@ -38,6 +38,15 @@ def supported(graph: Graph, ops: list) -> bool:
     return True
 
 
+def adam(tf, slots: list, grads: list, t) -> None:
+    """One Adam step (beta 0.9, 0.999) of every ``(variable, learning rate, first moment, second moment)`` of
+    ``slots`` with its gradient in ``grads``; ``t`` counts the steps from 1."""
+    for (v, lr, m, s2), g in zip(slots, grads):
+        m.assign(0.9 * m + 0.1 * g)
+        s2.assign(0.999 * s2 + 0.001 * tf.square(g))
+        v.assign_sub(lr * (m / (1.0 - tf.pow(0.9, t))) / (tf.sqrt(s2 / (1.0 - tf.pow(0.999, t))) + 1e-8))
+
+
 def int_const(graph: Graph, i: int) -> Optional[np.ndarray]:
     """An int32 constant tensor's value (axes, paddings, shapes), or None."""
     t = graph.sg.tensors[i]
