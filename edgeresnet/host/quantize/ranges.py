@@ -23,7 +23,8 @@ calibration images:
 Every fifth calibration image is held out of the learning: the ranges kept
 are those of the step (one look every ``CHECK`` steps) with the lowest
 divergence on them, and the method's own ranges when no step lowered it (a
-few hundred images are few to learn from). The emitted model is the plain quantizer's, with these
+few hundred images are few to learn from); ``PATIENCE`` looks in a row
+without a lower one end the learning early. The emitted model is the plain quantizer's, with these
 ranges. When the graph holds an op :mod:`~edgeresnet.host.quantize.tfgraph`
 cannot run, the ranges stay ``mse``'s.
 
@@ -45,6 +46,7 @@ from edgeresnet.host.quantize.tfgraph import Ops, adam, supported
 LR = 1e-2
 CHUNK = 100  # samples per batch of the passes over many samples
 CHECK = 25  # steps between two looks at the held-out divergence
+PATIENCE = 3  # looks without a lower held-out divergence that end the learning
 HELD_EVERY, MIN_HELD = 5, 16  # every fifth sample is held out to pick the step whose ranges are kept
 
 
@@ -128,6 +130,8 @@ class RangeLearner:
                 now = self._total(bounds(), held)
                 if now < best:
                     best, best_u, best_step = now, u.numpy(), k + 1
+                elif k + 1 - best_step >= PATIENCE * CHECK:
+                    break  # no better held-out divergence for PATIENCE looks: more steps only fit the others
         u.assign(best_u)
         if best_step:
             for t, lo, hi in zip(self.tensors, *(b.numpy() for b in bounds())):
