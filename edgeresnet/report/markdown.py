@@ -238,21 +238,10 @@ def choice_text(quantization: dict) -> str:
     text = (f"int8 method {c['winner']} kept by auto: agreement with the float model on {c['held_out']} held-out "
             f"calibration images (calibrated on the other {c['fit']}; the kept model then on all "
             f"{c.get('kept_fit', c['fit'])}): {scores}; "
-            + _why_text(c))
+            + (f"ahead by {c['margin']:.1f} pts" if c["margin"] >= 0 else
+               f"kept as the cheaper: a slower method must agree on 2 more held-out images, not {-c['margin']:.1f} pts"))
     skipped = "; ".join(f"{s['method']} not tried: {s['why']}" for s in c["skipped"])
     return text + (f"; {skipped}" if skipped else "")
-
-
-def _why_text(c: dict) -> str:
-    """How auto's winner won (``choice.keep``; the record carries the rule's figures)."""
-    lead, db = c.get("min_lead", 2), c.get("sqnr_lead_db", 1.0)
-    if c.get("why") == "sqnr":
-        return (f"kept for its SQNR: it agrees on as many held-out images as the cheaper ones and its output is at "
-                f"least {db:g} dB closer to float")
-    if c["margin"] >= 0:
-        return f"ahead by {c['margin']:.1f} pts"
-    return (f"kept as the cheaper: a slower method must agree on {lead} more held-out images (or on as many, "
-            f"{db:g} dB closer), not {-c['margin']:.1f} pts")
 
 
 def ranges_text(d: dict) -> str:

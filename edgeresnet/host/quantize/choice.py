@@ -1,31 +1,29 @@
 """``auto`` (the default): try the methods on the model, score them on held-out calibration samples, keep the best.
 
 No method wins on every model: GPTQ rounding with learned activation
-ranges is often the most faithful, GPTQ alone sometimes, and plain bias
-correction now and then, at a fraction of the cost (learned rounding,
-``mse+learned``, is not a candidate: on the ResNet-8 it agreed less often
-with the float model than GPTQ on held-out training images, at twenty times
-the cost). ``auto`` holds out every fifth calibration sample (never the
+ranges is often best, GPTQ alone sometimes, and plain bias correction now
+and then, at a fraction of the cost (learned rounding, ``mse+learned``, is
+not a candidate: on the ResNet-8 it agreed less often with the float model
+than GPTQ on held-out training images, at twenty times the cost). ``auto`` holds out every fifth calibration sample (never the
 ``--eval`` images), has each candidate method (:data:`CANDIDATES`, those
 whose cost suits the model: ``Method.max_choice_macs``) quantize the model
-from the other samples, and runs each int8 model in the interpreter on the
-held-out samples. It keeps the one whose top-1 agrees most often with the
-float model's (:func:`keep`): the candidates are tried cheapest first, and a
-slower one replaces the one kept so far when it agrees on :data:`MIN_LEAD`
-more held-out samples (a few dozen samples cannot tell one image from
-chance), or on as many with an output SQNR :data:`SQNR_LEAD` higher (the
-SQNR separates methods that agree on every held-out sample). The winner then
-quantizes the model again from every calibration sample, the held-out fifth
-included: the held-out samples chose the method, and a method calibrated on
-all the samples does at least as well as on four fifths of them (on the
-ResNet-8, seeds 0-2: 98.30 % test agreement against 97.93 % for the scored
-four-fifths model). When only one candidate suits the model (a ResNet-50:
-learned ranges and GPTQ would cost minutes), it runs on all samples, as fast
-as that method alone; with fewer than ``HELD_EVERY * MIN_HELD`` calibration
-samples there is nothing fair to score on, and :data:`FALLBACK` runs on all
-of them. The candidates depend on the model's size only, never on this
-machine's speed, and everything is seeded: the same samples and seed choose
-the same method.
+from the other samples, runs each int8 model in the interpreter on the
+held-out samples and keeps the one whose top-1 agrees most often with the
+float model's; a slower method must agree on :data:`MIN_LEAD` more held-out
+samples than the one it would replace to be kept (the candidates are tried
+cheapest first: a few dozen held-out samples cannot tell finer differences
+from chance), so once one agrees on so many that no slower one could lead it
+by that much, the slower ones are not tried. The winner then quantizes the
+model again from every calibration sample, the held-out fifth included: the
+held-out samples chose the method, and a method calibrated on all the samples
+does at least as well as on four fifths of them (on the ResNet-8, seeds 0-2:
+98.30 % test agreement against 97.93 % for the scored four-fifths model). When only one
+candidate suits the model (a ResNet-50: learned ranges and GPTQ would cost
+minutes), it runs on all samples, as fast as that method alone; with fewer
+than ``HELD_EVERY * MIN_HELD`` calibration samples there is nothing fair to
+score on, and :data:`FALLBACK` runs on all of them. The candidates depend on
+the model's size only, never on this machine's speed, and everything is
+seeded: the same samples and seed choose the same method.
 """
 
 from __future__ import annotations
@@ -47,10 +45,6 @@ MIN_HELD = 32
 # one: on a few dozen images one image is chance (measured on the ResNet-8, seed 0: learned rounding won 60 of 60
 # against 59 of 60 and lost 0.9 top-1 points against mse+bias on 1,000 test images).
 MIN_LEAD = 2
-# ... and when it agrees on as many, it is kept for an output SQNR at least this much higher (dB): on the held-out
-# images the SQNR separates methods whose agreement a few dozen images cannot (ResNet-20 trained on CIFAR-10, seeds
-# 0-2: mse+gptq+ranges 35.4-35.8 dB against 31.1-33.7 for mse+bias, both agreeing on every held-out image).
-SQNR_LEAD = 1.0
 
 
 @register_method
@@ -87,7 +81,6 @@ class Choice:
     held_out: int = 0
     fit: int = 0  # samples each scored model was calibrated on
     kept_fit: int = 0  # samples the kept model was calibrated on (all of them)
-    why: str = ""  # how the winner won (``keep``): "agreement", "sqnr" or "cheapest"; "" when nothing was scored
     note: str = ""  # why nothing was scored, when so
     calibrated: bytes = field(default=b"", repr=False, compare=False)  # the winner's calibrated model
     model: bytes = field(default=b"", repr=False, compare=False)  # the winner's int8 model
@@ -95,8 +88,8 @@ class Choice:
 
     @property
     def margin(self) -> float:
-        """Agreement points the winner is ahead of the best other candidate (0 when it was alone or won on SQNR;
-        negative when another agreed more often, but by fewer than MIN_LEAD samples)."""
+        """Agreement points the winner is ahead of the best other candidate (0 when it was alone; negative when a
+        slower one agreed more often, but by fewer than MIN_LEAD samples)."""
         others = [s.agreement for s in self.scored if s.method != self.winner]
         best = next((s.agreement for s in self.scored if s.method == self.winner), 0.0)
         return round(best - max(others), 2) if others else 0.0
@@ -104,7 +97,7 @@ class Choice:
     def to_dict(self) -> dict:
         return {
             "winner": self.winner, "held_out": self.held_out, "fit": self.fit, "kept_fit": self.kept_fit or self.fit,
-            "margin": self.margin, "why": self.why, "min_lead": MIN_LEAD, "sqnr_lead_db": SQNR_LEAD,
+            "margin": self.margin,
             "scored": [s.to_dict() for s in self.scored],
             "skipped": [{"method": m, "why": why} for m, why in self.skipped],
             **({"note": self.note} if self.note else {}),
@@ -145,30 +138,31 @@ def choose(session, calibrated: bytes, saved_model_names: bool, tick) -> Choice:
     fit = np.setdiff1d(np.arange(len(x)), held)
     reference = _float_outputs(graph, x[held])
     scored = []
-    for name in tried:
+    best = None
+    for k, name in enumerate(tried):
+        if best is not None and _count(best, len(held)) + MIN_LEAD > len(held):  # no slower method can lead it
+            skipped += [(rest, _unbeatable(best, len(held))) for rest in tried[k:]]
+            break
         tick.section(f"calibration images ({name})", len(fit))
         start = time.perf_counter()
         edited, details = session.edit(calibrated, get_method(name), x[fit], tick, saved_model_names)
         model = session.quantize(edited, io_type=session.io_type)
         scored.append(_score(name, model, x[held], reference, time.perf_counter() - start))
-    best, why = keep(scored, len(held))
+        if best is None or _count(scored[-1], len(held)) >= _count(best, len(held)) + MIN_LEAD:
+            best = scored[-1]
     tick.section(f"calibration images ({best.method}, all of them)", len(x))
     edited, details = session.edit(calibrated, get_method(best.method), x, tick, saved_model_names)
-    return Choice(best.method, tuple(scored), tuple(skipped), len(held), len(fit), len(x), why=why, calibrated=edited,
+    return Choice(best.method, tuple(scored), tuple(skipped), len(held), len(fit), len(x), calibrated=edited,
                   model=session.quantize(edited, io_type=session.io_type), details=details)
 
 
-def keep(scored: list, held: int) -> tuple[Scored, str]:
-    """The candidate to keep among ``scored`` (cheapest first), and why: a slower one replaces the one kept so far
-    when it agrees on MIN_LEAD more held-out images ("agreement"), or on as many with an SQNR at least SQNR_LEAD
-    higher ("sqnr"); "cheapest" when the first one stayed."""
-    best, why = scored[0], "cheapest"
-    for s in scored[1:]:
-        if _count(s, held) >= _count(best, held) + MIN_LEAD:
-            best, why = s, "agreement"
-        elif _count(s, held) >= _count(best, held) and s.sqnr_db >= best.sqnr_db + SQNR_LEAD:
-            best, why = s, "sqnr"
-    return best, why
+def _unbeatable(best: Scored, held: int) -> str:
+    """Why the slower candidates are not tried once ``best`` agrees on so many held-out samples."""
+    n = _count(best, held)
+    if n == held:
+        return f"{best.method} already agrees with the float model on every held-out image"
+    return (f"{best.method} already agrees with the float model on {n} of {held} held-out images: "
+            f"no slower method could lead it by {MIN_LEAD}")
 
 
 def _count(s: Scored, held: int) -> int:
