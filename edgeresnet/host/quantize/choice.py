@@ -120,10 +120,12 @@ def model_macs(graph: g.Graph) -> float:
 def choose(session, calibrated: bytes, saved_model_names: bool, tick) -> Choice:
     """Quantize with every candidate on four fifths of ``session.calibration``, score each on the rest, and quantize
     again with the best on all of it."""
+    from edgeresnet.host.quantize.engine import hold_out
+
     x = session.calibration
     graph = g.Graph(calibrated)
     tried, skipped = candidates(model_macs(graph))
-    held = np.arange(HELD_EVERY - 1, len(x), HELD_EVERY)
+    fit, held = hold_out(len(x), HELD_EVERY)
     note = ""
     if len(tried) == 1:
         note = f"only {tried[0]} suits a model of this size: nothing to compare"
@@ -135,7 +137,6 @@ def choose(session, calibrated: bytes, saved_model_names: bool, tick) -> Choice:
         edited, details = session.edit(calibrated, get_method(winner), x, tick, saved_model_names)
         return Choice(winner, skipped=tuple(skipped), fit=len(x), kept_fit=len(x), note=note, calibrated=edited,
                       model=session.quantize(edited, io_type=session.io_type), details=details)
-    fit = np.setdiff1d(np.arange(len(x)), held)
     reference = _float_outputs(graph, x[held])
     scored = []
     best = None

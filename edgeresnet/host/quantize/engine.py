@@ -295,6 +295,12 @@ def check_calibration(x) -> np.ndarray:
     return arr
 
 
+def hold_out(n: int, every: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices 0..n-1 split into those kept to fit on and every ``every``-th one, held out to score on."""
+    held = np.arange(every - 1, n, every)
+    return np.setdiff1d(np.arange(n), held), held
+
+
 def spread(n: int, k: Optional[int]) -> np.ndarray:
     """``k`` indices spread evenly over 0..n-1 (all of them when k is None or >= n)."""
     if k is None or k >= n:

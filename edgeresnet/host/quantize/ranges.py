@@ -196,7 +196,9 @@ class RangeLearner:
 def _split(n: int) -> tuple[np.ndarray, np.ndarray]:
     """Sample indices to learn from, and the held-out ones (every HELD_EVERY-th) that pick the step to keep;
     with fewer than HELD_EVERY * MIN_HELD samples, all of them do both."""
-    held = np.arange(HELD_EVERY - 1, n, HELD_EVERY)
+    from edgeresnet.host.quantize.engine import hold_out
+
+    fit, held = hold_out(n, HELD_EVERY)
     if len(held) < MIN_HELD:
         return np.arange(n), np.arange(n)
-    return np.setdiff1d(np.arange(n), held), held
+    return fit, held
