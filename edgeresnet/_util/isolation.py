@@ -81,6 +81,19 @@ def _serve(fd: int) -> None:
     """Entry point of a spawned child: (fn, args) pickled on stdin, the outcome to ``fd``."""
     fn, args = pickle.load(sys.stdin.buffer)
     _answer(fd, fn, args)
+    _exit_answered()
+
+
+def _exit_answered() -> None:
+    """End a child whose answer is written, without the interpreter's shutdown: collecting what the work left
+    (an exception's traceback holding a tf.data iterator) can wait forever on TensorFlow's threads, and the parent
+    waits for the child to exit (seen once in CI: a fine-tuning child that had answered, hung in Py_FinalizeEx)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(0)
 
 
 def _read_all(fd: int, deadline: float, timeout: float) -> bytes:
@@ -221,6 +234,7 @@ def _serve_streaming(fd: int) -> None:
         out.write(_ANSWER + len(data).to_bytes(_LENGTH, "little"))
         out.write(data)
         out.flush()
+    _exit_answered()
 
 
 def _read_exactly(fd: int, n: int) -> bytes:
