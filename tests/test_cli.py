@@ -123,6 +123,7 @@ def test_max_drop_zero_is_met_by_recovery_or_fails(tmp_path, outlier_model_h5, t
     assert "int8mixed" in stdout
 
 
+@pytest.mark.slow
 def test_learned_ranges_report_their_cost_and_divergence(tmp_path, tiny_model_h5, tiny_data, run_cli):
     out = tmp_path / "out"
     code, _, err = run_cli(["convert", tiny_model_h5, "--int8", "--calib", tiny_data["calib"], "--preset", "unit",

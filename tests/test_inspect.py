@@ -298,6 +298,7 @@ def test_gpu_analyzer_build_is_probed(models):
         assert any("no longer checks GPU support" in n for n in report.notes)
 
 
+@pytest.mark.slow
 def test_gpu_tensorflow_analyzer_engine(models):
     report = analyze_gpu(models["custom"], engine="tensorflow")
     assert report.engine == "tf.lite.experimental.Analyzer"

@@ -45,6 +45,7 @@ def test_learned_rounding_lowers_the_blocks_output_error_and_keeps_the_structure
     assert verify.agreement(ref, TFLiteModel(session.model).predict(held)) >= 95.0
 
 
+@pytest.mark.slow
 def test_learned_weights_sit_on_the_quantizers_grid(tiny):
     """Each written weight is an int8 step times the channel's scale, so the quantizer keeps it exactly."""
     from tensorflow.lite.tools import flatbuffer_utils

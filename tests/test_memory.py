@@ -53,6 +53,7 @@ def test_chance_level_is_two_binomial_deviations_above_one_in_classes():
     assert at_chance(Baseline(60, None, None), 4) is None  # unlabelled: no top-1
 
 
+@pytest.mark.slow
 def test_float_model_trained_one_step_is_at_chance_and_no_variant_is_ok(tiny_data, tmp_path, convert_once):
     run = convert_once(tmp_path / "out", [
         "convert", "resnet8", "--input-size", "16", "--classes", "4", "--train", tiny_data["calib"],

@@ -54,6 +54,7 @@ def _free_default_builds():
     _default_build.cache_clear()
 
 
+@pytest.mark.slow
 def test_resnet50_loads_keras_applications_weights_by_name(tmp_path):
     keras = _tf.tf_keras()
     ref = keras.applications.ResNet50(weights=None, input_shape=(64, 64, 3), classes=10, classifier_activation=None)
@@ -93,7 +94,9 @@ def test_basic_block_layer_names_follow_the_same_scheme():
     assert "conv2_block1_3_conv" not in names  # basic blocks have two convolutions
 
 
-@pytest.mark.parametrize("name", ["resnet8", "resnet20", "resnet32", "resnet44", "resnet56", "resnet18", "resnet34", "resnet50"])
+# one CIFAR-style and two ImageNet-style (basic and bottleneck blocks) in the quick loop; the deeper ones only differ in depth
+@pytest.mark.parametrize("name", ["resnet8", "resnet20", *(pytest.param(n, marks=pytest.mark.slow) for n in
+                                  ("resnet32", "resnet44", "resnet56", "resnet34")), "resnet18", "resnet50"])
 def test_depth_is_the_number_of_weight_layers_on_the_main_path(name):
     spec = get_arch(name)
     model = _default_build(name)

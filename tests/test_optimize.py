@@ -83,6 +83,7 @@ def test_missing_model_and_existing_output(run_cli, tiny_model_h5, tiny_data, tm
     assert (tmp_path / "taken" / "mine.txt").read_text() == "keep"
 
 
+@pytest.mark.slow
 def test_peak_memory_grows_with_the_model(tiny_model_h5, tmp_path):
     from edgeresnet.device.peak_memory import peak_memory
     from edgeresnet.host.models.loading import load_model
@@ -211,6 +212,7 @@ def tiny_search(tiny_model_h5, tiny_data):
     return opts, load_search_data(opts)
 
 
+@pytest.mark.slow
 def test_mixed_family_keeps_the_worst_int8_layers_in_float_and_measures_the_bigger_file(tiny_search, tmp_path):
     from edgeresnet.device.runtime import TFLiteModel
     from edgeresnet.host.optimize.candidates import Candidate

@@ -179,6 +179,7 @@ def test_strip_removes_wrappers_and_keeps_the_input_model_untouched(fine_tuned, 
     assert np.count_nonzero(_kernel(tiny, "conv2_block1_1_conv") == 0) == 0
 
 
+@pytest.mark.slow
 def test_int8_tflite_keeps_the_zeros_and_compresses_better(fine_tuned, tiny, data):
     result = fine_tuned["result"]
     calib = data[0][:32]

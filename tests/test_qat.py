@@ -33,7 +33,7 @@ def qat_run(tmp_path_factory, tiny_model_h5, tiny_data, run_cli):
     return json.loads((out / "report.json").read_text()), out
 
 
-@pytest.mark.slow  # a QAT fine-tune (13 s); the quick loop keeps QAT's wrapping, folding and bad-input tests
+@pytest.mark.slow  # a QAT fine-tune (13 s); the quick loop keeps QAT's plan and bad-input tests
 def test_qat_emits_full_int8_for_cpu_and_edgetpu_next_to_ptq(qat_run, tiny_model_h5, tiny_data):
     report, out = qat_run
     by = {(v["target"], (v.get("fine_tune") or {}).get("method")): v for v in report["variants"]}
@@ -114,10 +114,8 @@ def test_convert_plan_with_prune_and_qat_fine_tunes_the_pruned_model():
     assert ("gpu", "fp16", "auto", None, False) in plan
 
 
-# resnet8 (basic blocks, 1x1 projection shortcuts) keeps the quick loop cheap; the deeper ones are slow-marked
-@pytest.mark.parametrize("name", ["resnet8", pytest.param("resnet20", marks=pytest.mark.slow),
-                                  pytest.param("resnet18", marks=pytest.mark.slow),
-                                  pytest.param("resnet50", marks=pytest.mark.slow)])
+@pytest.mark.slow  # tfmot wraps even the smallest zoo ResNet in about 10 s
+@pytest.mark.parametrize("name", ["resnet8", "resnet20", "resnet18", "resnet50"])
 def test_zoo_resnets_quantize_with_conv_bn_relu_folded(name):
     """tfmot wraps every layer of the zoo ResNets; BatchNormalization carries no fake quant of its own."""
     mot = _tf.tfmot()
@@ -180,6 +178,7 @@ def _activation_ranges(qmodel) -> dict:
     return out
 
 
+@pytest.mark.slow  # a float fine-tune and a conversion; the full suite runs it
 def test_float_fine_tune_is_the_recipe_without_fake_quantization(tiny_model_h5, tiny_data):
     from edgeresnet.device.images import load_images
     from edgeresnet.host.models import load_model

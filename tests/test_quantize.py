@@ -82,6 +82,7 @@ def test_minmax_is_the_plain_converter(tiny, tiny_models):
     np.testing.assert_array_equal(TFLiteModel(plain).predict(held), TFLiteModel(tiny_models["minmax"]).predict(held))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("io_type", ["uint8", "float32"])
 def test_other_io_types_match_the_plain_converter_and_stay_full_integer(tiny, io_type):
     from edgeresnet.host.converter import ConversionSpec, convert
@@ -128,6 +129,7 @@ def test_equalization_keeps_the_float_function(outlier):
     np.testing.assert_allclose(np.concatenate(got), ref, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_equalization_leaves_balanced_layers_alone(tiny):
     loaded, calib, _, _ = tiny
     conv, graph = _calibrated(loaded, calib)
@@ -347,6 +349,7 @@ def test_written_weights_survive_the_quantizer_exactly(tiny):
     assert checked == len(layers) > 3
 
 
+@pytest.mark.slow
 def test_direct_conversion_lays_out_the_savedmodel_paths_graph(tiny):
     """Pins the converter switch the int8 engine leans on (TF upgrades must fail here, loudly).
 
