@@ -48,3 +48,18 @@ def test_gpu_model_carries_float16_weights(converted):
     assert abs(v["drop_pts"]) <= 0.5
     verdicts = inspect_tflite(v["path"]).to_dict()["verdicts"]
     assert verdicts["gpu"]["ok"] is not False and verdicts["cpu"]["ok"] is True
+
+
+def test_every_drop_comes_with_its_95_percent_margin(converted):
+    """On 1,000 images the drop's margin is a few tenths of a point: within its bounds from the report's own figures
+    (only images where the two models answer differently move the drop, so b + c <= disagreements)."""
+    n = converted["_report"]["evaluation"]["count"]
+    for target in ("cpu", "edgetpu", "gpu"):
+        v = converted[target]
+        changed = round((100 - v["agreement"]) * n / 100)
+        net = round(abs(v["drop_pts"]) * n / 100)
+        lo = 196 * (max(net - net**2 / n, 0.0)) ** 0.5 / n
+        hi = 196 * changed**0.5 / n
+        assert lo - 1e-3 <= v["drop_margin_pts"] <= hi + 1e-3, v
+        if target == "cpu":
+            assert 0.1 < v["drop_margin_pts"] < 1.0  # a couple of dozen images change their answer

@@ -106,6 +106,15 @@ def test_convert_writes_models_and_prints_a_table(tmp_path, tiny_model_h5, tiny_
     assert (out / "tiny_cpu_int8.tflite").read_bytes() == (tiny_int8_run["out"] / "tiny_cpu_int8.tflite").read_bytes()
 
 
+
+def test_drop_is_shown_with_its_95_percent_margin(tiny_int8_run):
+    out = tiny_int8_run["out"]
+    v = json.loads((out / "report.json").read_text())["variants"][0]
+    assert v["drop_margin_pts"] is not None and v["drop_margin_pts"] >= 0
+    cell = f"{v['drop_pts']:.2f} ± {v['drop_margin_pts']:.2f}"
+    assert f"| {cell} |" in tiny_int8_run["stdout"] and f"| {cell} |" in (out / "report.md").read_text()
+    # report.csv and report.html (`report`): tests/test_report_formats.py
+
 def test_max_drop_zero_is_met_by_recovery_or_fails(tmp_path, outlier_model_h5, tiny_data, run_cli):
     args = ["convert", outlier_model_h5, "--int8", "--calib", tiny_data["calib"], "--eval", tiny_data["eval"],
             "--preset", "unit", "--max-drop", "0", "--int8-method", "minmax"]

@@ -88,3 +88,34 @@ def test_a_model_whose_batch_does_not_resize_runs_one_image_at_a_time():
     assert tfl._batch == 1 and 4 in tfl._unbatchable
     np.testing.assert_allclose(out, np.maximum(x.reshape(7, -1), 0) * 2.0, rtol=1e-6)
     np.testing.assert_array_equal(out, TFLiteModel(model).predict(x))
+
+
+def _paired(b: int, c: int, both: int, neither: int):
+    """Float and candidate outputs over 2 classes (label 0): ``b`` images only float gets right, ``c`` only the
+    candidate, ``both`` and ``neither`` the rest."""
+    right, wrong = [1.0, 0.0], [0.0, 1.0]
+    f = np.array([right] * b + [wrong] * c + [right] * both + [wrong] * neither)
+    q = np.array([wrong] * b + [right] * c + [right] * both + [wrong] * neither)
+    return f, q, np.zeros(len(f), int)
+
+
+def test_drop_margin_is_the_paired_95_percent_interval():
+    f, q, labels = _paired(10, 4, 900, 86)
+    d = verify.drift(f, q, labels)
+    assert d.drop_pts == pytest.approx(0.6)
+    # sqrt(b + c - (b - c)^2 / n) / n, times 1.96, in points
+    assert d.drop_margin_pts == pytest.approx(196 * np.sqrt(14 - 36 / 1000) / 1000)
+    assert verify.drift(f, f, labels).drop_margin_pts == 0.0  # the same answers: no uncertainty
+    assert verify.drift(f, q).drop_margin_pts is None  # unlabelled: no drop, no margin
+
+
+def test_drop_margin_covers_the_true_drop_about_95_times_in_100():
+    # 1,000 images drawn 400 times from a pair of models whose true drop is 0.6 points
+    rng = np.random.default_rng(0)
+    p = [0.012, 0.006, 0.85]  # only float right, only the candidate right, both right (else neither)
+    hits = 0
+    for _ in range(400):
+        b, c, both, neither = rng.multinomial(1000, p + [1 - sum(p)])
+        d = verify.drift(*_paired(b, c, both, neither))
+        hits += abs(d.drop_pts - 0.6) <= d.drop_margin_pts
+    assert 0.91 <= hits / 400 <= 0.99

@@ -67,6 +67,7 @@ class Drift:
     agreement: float
     cosine: float
     sqnr_db: float
+    drop_margin_pts: Optional[float] = None  # half-width of drop_pts's 95 % interval (drop_margin)
 
     def to_dict(self) -> dict:
         return {k: _round(v) for k, v in asdict(self).items()}
@@ -104,11 +105,12 @@ def drift(
     """Compare one model's outputs with the float model's (and the labels if any)."""
     if float_outputs.shape != outputs.shape:
         raise ValueError(f"output shapes differ: {float_outputs.shape} vs {outputs.shape}")
-    top1 = top5 = drop = None
+    top1 = top5 = drop = margin = None
     if labels is not None:
         top1 = topk_accuracy(outputs, labels, 1)
         top5 = topk_accuracy(outputs, labels, 5)
         drop = topk_accuracy(float_outputs, labels, 1) - top1
+        margin = drop_margin(float_outputs, outputs, labels)
     return Drift(
         count=len(outputs),
         top1=top1,
@@ -117,7 +119,29 @@ def drift(
         agreement=agreement(float_outputs, outputs),
         cosine=cosine_similarity(float_outputs, outputs),
         sqnr_db=sqnr_db(float_outputs, outputs),
+        drop_margin_pts=margin,
     )
+
+
+def drop_margin(float_outputs: np.ndarray, outputs: np.ndarray, labels: np.ndarray) -> float:
+    """Half-width, in points, of the 95 % confidence interval of the drop (float top-1 minus this top-1).
+
+    Both models answer the same images, so the drop is a paired difference:
+    only the images one model gets right and the other wrong move it (``b``:
+    float right and this one wrong, ``c`` the other way round). Over ``n``
+    images its standard error is ``sqrt(b + c - (b - c)^2 / n) / n`` (the
+    normal approximation McNemar's test rests on), and 1.96 of them make the
+    95 % margin. A drop smaller than its margin is not distinguishable from
+    none on these images.
+    """
+    n = len(outputs)
+    if n == 0:
+        return float("nan")
+    f_right = np.argmax(float_outputs, 1) == labels
+    o_right = np.argmax(outputs, 1) == labels
+    b = float(np.sum(f_right & ~o_right))
+    c = float(np.sum(~f_right & o_right))
+    return float(100.0 * 1.96 * np.sqrt(max(b + c - (b - c) ** 2 / n, 0.0)) / n)
 
 
 def over_budget(d: Drift, max_drop: Optional[float]) -> bool:

@@ -31,6 +31,7 @@ CSV_COLUMNS = (
     "top1",
     "top5",
     "drop_pts",
+    "drop_margin_pts",
     "agreement",
     "cosine",
     "sqnr_db",

@@ -15,7 +15,7 @@ from typing import Optional, Union
 
 from edgeresnet.errors import ConfigError
 from edgeresnet._util.files import atomic_write_text
-from edgeresnet.report.markdown import (as_number, at_chance_text, clustering_text, fine_tune_text, fmt_kib, fmt_number,
+from edgeresnet.report.markdown import (as_number, at_chance_text, clustering_text, fine_tune_text, fmt_drop, fmt_kib, fmt_number,
                                         safe_mode_text)
 from edgeresnet.report.reading import accuracy_metric, cluster_count, latency_of, percent, point_labels, prune_sparsity
 from edgeresnet.report.writers import check_parent
@@ -95,7 +95,7 @@ def _variants_table(report: dict) -> str:
         cells += [f'<td class="num">{_e(cluster_count(v) or "no")}</td>'] if has_clustered else []
         cells += [f"<td>{_e(fine_tune_text(v))}</td>"] if has_tuned else []
         cells += [f'<td class="num">{fmt_kib(v.get(k))}</td>' for k in ("size_bytes", "compressed_bytes")]
-        nums = [fmt_number(v.get("top1")), fmt_number(v.get("top5")), fmt_number(v.get("drop_pts"))] if labelled else []
+        nums = [fmt_number(v.get("top1")), fmt_number(v.get("top5")), fmt_drop(v)] if labelled else []
         nums += ([fmt_number(v.get("agreement")), fmt_number(v.get("cosine"), ".4f"), fmt_number(v.get("sqnr_db"), ".1f")]
                  if measured else ["not measured"])
         if has_zeros:

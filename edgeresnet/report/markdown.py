@@ -22,6 +22,12 @@ def fmt_number(v, spec: str = ".2f") -> str:
     return "–" if n is None else format(n, spec)
 
 
+def fmt_drop(v: dict) -> str:
+    """A variant's drop in points with its 95 % margin (``0.30 ± 0.41``), or an en dash when there is none."""
+    drop, margin = fmt_number(v.get("drop_pts")), as_number(v.get("drop_margin_pts"))
+    return drop if margin is None or drop == "–" else f"{drop} ± {margin:.2f}"
+
+
 def fmt_kib(n):
     """A byte count in KiB with one decimal, or an en dash when there is none."""
     return "–" if n is None else f"{n / 1024:.1f}"
@@ -76,7 +82,7 @@ def variants_table(report: dict) -> str:
         row = [v["name"], v["target"], v["precision"], v["io_type"]] + ([fine_tune_text(v)] if tuned else [])
         row += [fmt_kib(v["size_bytes"]), fmt_kib(v["compressed_bytes"])]
         if labelled:
-            row += [fmt_number(v["top1"]), "not meaningful" if v["status"] == "float_at_chance" else fmt_number(v["drop_pts"])]
+            row += [fmt_number(v["top1"]), "not meaningful" if v["status"] == "float_at_chance" else fmt_drop(v)]
         row += [fmt_number(v["agreement"]), fmt_number(v["sqnr_db"], ".1f")] if measured else ["not measured"]
         if timed:
             row += [fmt_number((v.get("latency") or {}).get("median_ms"), ".3f")]

@@ -137,6 +137,7 @@ class VariantRecord:
             "top1": d.get("top1"),
             "top5": d.get("top5"),
             "drop_pts": d.get("drop_pts"),
+            "drop_margin_pts": d.get("drop_margin_pts"),
             "agreement": d.get("agreement"),
             "cosine": d.get("cosine"),
             "sqnr_db": d.get("sqnr_db"),
