@@ -121,6 +121,9 @@ def test_max_drop_zero_is_met_by_recovery_or_fails(tmp_path, outlier_model_h5, t
     code, stdout, err = run_cli(args + ["--out", tmp_path / "a", "--no-recover"])
     # A failed run's report goes beside --out, to OUT.failed, and the error says so.
     assert code == 3 and "exceeds --max-drop" in err and "a.failed" in err
+    # a budget of 0 is finer than any drop's margin on a few dozen images: the run says so
+    margin = json.loads((tmp_path / "a.failed" / "report.json").read_text())["variants"][0]["drop_margin_pts"]
+    assert margin > 0 and f"known only to within ±{margin:.2f} points (95 %), wider than --max-drop 0" in err
     assert (tmp_path / "a.failed" / "report.json").exists() and not (tmp_path / "a").exists()
     code, stdout, err = run_cli(args + ["--out", tmp_path / "b"])
     data = json.loads((tmp_path / ("b" if code == 0 else "b.failed") / "report.json").read_text())

@@ -119,3 +119,22 @@ def test_drop_margin_covers_the_true_drop_about_95_times_in_100():
         d = verify.drift(*_paired(b, c, both, neither))
         hits += abs(d.drop_pts - 0.6) <= d.drop_margin_pts
     assert 0.91 <= hits / 400 <= 0.99
+
+
+def test_a_budget_finer_than_the_margin_is_warned_about():
+    from types import SimpleNamespace
+
+    from edgeresnet.host.pipeline.run import _warn_budget_within_margin
+    from edgeresnet.report.records import Status
+
+    f, q, labels = _paired(10, 4, 900, 86)  # drop 0.6 ± 0.73 on 1,000 images
+    variant = SimpleNamespace(drift=verify.drift(f, q, labels), status=Status.OK)
+    report = SimpleNamespace(variants=[variant], evaluation={"count": 1000})
+    said = []
+    for budget in (None, 0.8, 0.5):
+        _warn_budget_within_margin(report, budget, said.append)
+    assert len(said) == 1 and "on 1000 evaluation images" in said[0] and "±0.73 points" in said[0]
+    assert "--max-drop 0.5" in said[0]
+    variant.status = Status.FLOAT_AT_CHANCE  # its drift means nothing anyway: no second warning
+    _warn_budget_within_margin(report, 0.5, said.append)
+    assert len(said) == 1

@@ -227,6 +227,7 @@ def _run_staged(ctx: RunContext, job: _Job, staged, needs_calib: bool, device_py
         emit_all(ctx.opts, job.plan, models, emit, report, staged.path, clustering)
     _check_on_device(ctx, report, staged, device_python)
     _mark_at_chance(report)
+    _warn_budget_within_margin(report, ctx.opts.max_drop, ctx.notify)
     if any(COMPILER_HINT in v.checks.get("edgetpu", {}).get("notes", ()) for v in report.variants):
         ctx.notify(f"note: {COMPILER_HINT}")  # once per run, not once per model
     report.memory = (batch or {}) | meter.to_dict()
@@ -324,6 +325,21 @@ def _mark_at_chance(report) -> None:
     for v in report.variants:
         if v.status == Status.OK:
             v.fail(Status.FLOAT_AT_CHANCE, reason)
+
+
+def _warn_budget_within_margin(report, max_drop, notify) -> None:
+    """A warning when --max-drop is finer than what the evaluation images can measure: some variant's drop has a
+    95 % margin (verify.drop_margin) wider than the budget, so passing or failing it is largely chance."""
+    margins = [v.drift.drop_margin_pts for v in report.variants
+               if v.drift is not None and v.drift.drop_margin_pts is not None and v.status != Status.FLOAT_AT_CHANCE]
+    if max_drop is None or not margins or max(margins) <= max_drop:
+        return
+    count = report.evaluation.get("count")
+    notify(
+        f"warning: on {count} evaluation images a drop is known only to within ±{max(margins):.2f} points (95 %), "
+        f"wider than --max-drop {max_drop:g}: whether a model meets the budget is partly chance; evaluate on more "
+        "images (--eval; the margin shrinks with the square root of their number)"
+    )
 
 
 def _evaluation_record(data, labels, loaded) -> dict:
