@@ -281,6 +281,20 @@ def test_float_layers_on_top_of_a_pruned_candidate_keep_its_zeros_and_train_noth
         assert 100.0 * float(np.mean(pred == data.labels)) == pytest.approx(record["score"], abs=1e-6)
 
 
+
+def test_a_candidates_drop_carries_its_margin_from_the_interpreters_answers(tiny_search):
+    from edgeresnet.device.runtime import TFLiteModel
+    from edgeresnet.device.verify import paired_margin
+    from edgeresnet.host.optimize.candidates import Candidate
+    from edgeresnet.host.optimize.evaluate import evaluate
+
+    opts, data = tiny_search
+    blob, record = evaluate(Candidate("int8"), opts, data)
+    pred = np.argmax(data.eval.predict(lambda b: TFLiteModel(blob).predict(b, batch=len(b))), axis=-1)
+    margin = paired_margin(data.float_pred == data.labels, pred == data.labels)
+    assert record["drop_margin"] == pytest.approx(margin, abs=1e-3) and margin >= 0
+
+
 def test_edgetpu_never_gets_float_layers_and_reports_its_on_chip_memory(tiny_search, tmp_path):
     from dataclasses import replace
 
@@ -320,6 +334,8 @@ def test_the_search_weighs_float_layers_on_cpu_only(run_cli, tiny_model_h5, tiny
     # a model file has no input family, and the output says why in one line
     assert summary["input"].startswith("MODEL is a model file") and f"Input size: {summary['input']}." in md
     assert summary["input_shape"] == [16, 16, 3] and "input 16x16x3" in md
+    for c in summary["candidates"]:  # every row: the drop with its 95 % margin
+        assert f"| {c['drop']:.2f} ± {c['drop_margin']:.2f} |" in md
     if target == "cpu":
         assert families == ["int8", "mixed", "mixed", "mixed"] and "worst in float" in md
         plain = summary["candidates"][0]["measured"]["size"]

@@ -134,13 +134,16 @@ def drop_margin(float_outputs: np.ndarray, outputs: np.ndarray, labels: np.ndarr
     95 % margin. A drop smaller than its margin is not distinguishable from
     none on these images.
     """
-    n = len(outputs)
+    return paired_margin(np.argmax(float_outputs, 1) == labels, np.argmax(outputs, 1) == labels)
+
+
+def paired_margin(float_right: np.ndarray, right: np.ndarray) -> float:
+    """:func:`drop_margin` from which images each model gets right (two boolean arrays over the same images)."""
+    n = len(right)
     if n == 0:
         return float("nan")
-    f_right = np.argmax(float_outputs, 1) == labels
-    o_right = np.argmax(outputs, 1) == labels
-    b = float(np.sum(f_right & ~o_right))
-    c = float(np.sum(~f_right & o_right))
+    b = float(np.sum(float_right & ~right))
+    c = float(np.sum(~float_right & right))
     return float(100.0 * 1.96 * np.sqrt(max(b + c - (b - c) ** 2 / n, 0.0)) / n)
 
 

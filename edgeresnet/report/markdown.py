@@ -22,9 +22,10 @@ def fmt_number(v, spec: str = ".2f") -> str:
     return "–" if n is None else format(n, spec)
 
 
-def fmt_drop(v: dict) -> str:
-    """A variant's drop in points with its 95 % margin (``0.30 ± 0.41``), or an en dash when there is none."""
-    drop, margin = fmt_number(v.get("drop_pts")), as_number(v.get("drop_margin_pts"))
+def fmt_drop(v: dict, drop_key: str = "drop_pts", margin_key: str = "drop_margin_pts") -> str:
+    """A record's drop in points with its 95 % margin (``0.30 ± 0.41``; the drop alone when no margin was
+    recorded), or an en dash when there is none."""
+    drop, margin = fmt_number(v.get(drop_key)), as_number(v.get(margin_key))
     return drop if margin is None or drop == "–" else f"{drop} ± {margin:.2f}"
 
 

@@ -136,8 +136,12 @@ def score(model: bytes, data: SearchData) -> dict:
     if data.labels is None:
         acc = 100.0 * float(np.mean(pred == data.float_pred))
         return {"agreement": round(acc, 3), "score": round(acc, 3), "drop": round(100.0 - acc, 3)}
+    from edgeresnet.device.verify import paired_margin
+
     acc = 100.0 * float(np.mean(pred == data.labels))
-    return {"top1": round(acc, 3), "score": round(acc, 3), "drop": round(data.float_top1 - acc, 3)}
+    margin = paired_margin(data.float_pred == data.labels, pred == data.labels)
+    return {"top1": round(acc, 3), "score": round(acc, 3), "drop": round(data.float_top1 - acc, 3),
+            "drop_margin": round(margin, 3)}
 
 
 def fine_tune(cand: Candidate, opts: OptimizeOptions, data: SearchData, progress=None):

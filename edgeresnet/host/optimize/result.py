@@ -11,6 +11,7 @@ from pathlib import Path
 
 from edgeresnet.errors import BudgetNotMet, MissingDependencyError
 from edgeresnet.host.optimize.budgets import QUANTITIES, Budgets, describe
+from edgeresnet.report.markdown import fmt_drop
 from edgeresnet.report.plot import pareto_front
 
 MODEL_FILE = "optimized.tflite"
@@ -152,7 +153,7 @@ def markdown(result: OptimizeResult) -> str:
     for r in sorted(result.candidates, key=lambda r: r["measured"][result.primary]):
         label = r["label"] + (" + QAT" if r.get("qat") else "")
         lines.append(f"| {label} | " + " | ".join(describe(q, r["measured"][q]) for q in quantities)
-                     + f" | {r['score']:.2f} | {r['drop']:.2f} | {'yes' if r['within_budget'] else 'no'} | "
+                     + f" | {r['score']:.2f} | {fmt_drop(r, 'drop', 'drop_margin')} | {'yes' if r['within_budget'] else 'no'} | "
                      + f"{'yes' if r['on_front'] else ''} |" + (_on_chip(r["edgetpu_memory"]) if tpu else ""))
     lines += ["", "Settings of each candidate (per-layer sparsity, layers in float) are in optimize.json; the front's models are in "
               "candidates/." + (" '+ QAT': the int8 file comes from quantization-aware training that kept the "
