@@ -21,7 +21,6 @@ model costs on its own; they are not the interpreter's kernels, so they do not a
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -29,9 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-
-def _data_root() -> Path:
-    return Path(os.environ.get("EDGERESNET_TEST_DATA", REPO.parent / "shared" / "data"))
+from _data import data_root, ties  # noqa: E402
 
 
 def simulated(graph, x, keep, weights_float=None):
@@ -82,8 +79,7 @@ def rows_for_seed(loaded, root, seed, samples, method):
     }
     out = []
     for name, y in outputs.items():
-        top2 = np.sort(y, -1)[:, -2:]
-        out.append((name, verify.agreement(ref, y), int(np.sum(top2[:, 0] == top2[:, 1])), len(x)))
+        out.append((name, verify.agreement(ref, y), ties(y), len(x)))
     return out
 
 
@@ -97,16 +93,16 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=300)
     ap.add_argument("--method", default="mse+gptq")
     args = ap.parse_args()
-    root = _data_root()
+    root = data_root()
     loaded = load_model(root / "mlperf-tiny-resnet8" / "pretrainedResnet.h5")
     print(f"ResNet-8, {args.method}, {args.samples} calibration images per seed; agreement with the float model on "
           "the training images the seed did not draw\n")
     print(f"{'what is int8':18s} {'seed':>4s} {'images':>6s} {'agree %':>8s} {'ties':>5s}")
     summary = {}
     for seed in args.seeds:
-        for name, agree, ties, n in rows_for_seed(loaded, root, seed, args.samples, args.method):
+        for name, agree, tied, n in rows_for_seed(loaded, root, seed, args.samples, args.method):
             summary.setdefault(name, []).append(agree)
-            print(f"{name:18s} {seed:4d} {n:6d} {agree:8.2f} {ties:5d}", flush=True)
+            print(f"{name:18s} {seed:4d} {n:6d} {agree:8.2f} {tied:5d}", flush=True)
     if len(args.seeds) > 1:
         print("\nmean over seeds:")
         for name, values in summary.items():

@@ -24,9 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-
-def _data_root() -> Path:
-    return Path(os.environ.get("EDGERESNET_TEST_DATA", REPO.parent / "shared" / "data"))
+from _data import data_root  # noqa: E402
 
 
 def _ours(loaded, calib) -> float:
@@ -46,7 +44,7 @@ def _row(name: str, n: int, bare: list, ours: list) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", default=str(_data_root() / "cifar10" / "train"),
+    ap.add_argument("--images", default=str(data_root() / "cifar10" / "train"),
                     help="calibration image folder (resized to 224x224 for ResNet-50)")
     ap.add_argument("--samples", type=int, nargs="+", default=[100, 300, 1000], help="calibration image counts")
     ap.add_argument("--rounds", type=int, default=1, help="alternating rounds per row (the median is compared)")
@@ -75,7 +73,7 @@ def main() -> None:
             ours.append(_ours(loaded, calib))
         print(_row("ResNet-50", len(calib), bare, ours), flush=True)
     if not args.no_resnet8:
-        r8 = load_model(_data_root() / "mlperf-tiny-resnet8" / "pretrainedResnet.h5")
+        r8 = load_model(data_root() / "mlperf-tiny-resnet8" / "pretrainedResnet.h5")
         calib = load_images(args.images, (32, 32, 3), samples=300, seed=0).images.astype("float32")
         bare, ours = [], []
         for _ in range(args.rounds):

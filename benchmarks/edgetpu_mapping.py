@@ -14,7 +14,6 @@ correctly over all pairs.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -22,9 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-
-def _data_root() -> Path:
-    return Path(os.environ.get("EDGERESNET_TEST_DATA", REPO.parent / "shared" / "data"))
+from _data import data_root  # noqa: E402
 
 
 def pairs(folder: Path) -> list[tuple[str, Path, Path]]:
@@ -46,7 +43,7 @@ def main(argv=None) -> int:
     from edgeresnet.device.tflite_graph import read_graph
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=_data_root() / "coral-edgetpu" / "models",
+    ap.add_argument("--data", type=Path, default=data_root() / "coral-edgetpu" / "models",
                     help="folder with X.tflite + X_edgetpu.tflite pairs")
     ap.add_argument("--verbose", action="store_true", help="list every misplaced op")
     args = ap.parse_args(argv)

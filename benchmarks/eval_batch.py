@@ -22,9 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-
-def _data_root() -> Path:
-    return Path(os.environ.get("EDGERESNET_TEST_DATA", REPO.parent / "shared" / "data"))
+from _data import data_root  # noqa: E402
 
 
 def _models(name: str, n_images: int):
@@ -37,9 +35,9 @@ def _models(name: str, n_images: int):
     from edgeresnet.host.models import build_model
     from edgeresnet.host.models.loading import LoadedModel, load_model
 
-    root = _data_root() / "cifar10"
+    root = data_root() / "cifar10"
     if name == "resnet8":
-        loaded = load_model(_data_root() / "mlperf-tiny-resnet8" / "pretrainedResnet.h5")
+        loaded = load_model(data_root() / "mlperf-tiny-resnet8" / "pretrainedResnet.h5")
         prep, shape = (lambda a: a.astype(np.float32)), (32, 32, 3)
     else:
         loaded = LoadedModel.from_keras(build_model("resnet50"), "resnet50")

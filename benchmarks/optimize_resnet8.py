@@ -25,7 +25,6 @@ latency). Prints the search time of each optimize run.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -41,7 +40,9 @@ from edgeresnet.host.optimize.result import markdown  # noqa: E402
 from edgeresnet.host.optimize.run import run_optimize  # noqa: E402
 from edgeresnet.host.optimize.candidates import LayerInfo  # noqa: E402
 
-DATA = Path(os.environ.get("EDGERESNET_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+from _data import data_root  # noqa: E402
+
+DATA = data_root()
 
 
 def _row(name, r, q):

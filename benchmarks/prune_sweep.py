@@ -28,6 +28,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _data import data_root  # noqa: E402
+
 from edgeresnet._util import tf as _tf
 from edgeresnet.device.images import load_images  # noqa: E402
 from edgeresnet.host.converter import ConversionSpec, convert  # noqa: E402
@@ -40,8 +42,7 @@ CALIBRATION_IMAGES = 200
 
 
 def _data_dir() -> Path:
-    repo = Path(__file__).resolve().parents[1]
-    return Path(os.environ.get("EDGERESNET_TEST_DATA", repo.parent / "shared" / "data")).resolve()
+    return data_root().resolve()
 
 
 def _top1(outputs: np.ndarray, labels: np.ndarray) -> float:

@@ -22,7 +22,6 @@ alternating in one process so machine load hits both alike.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -32,9 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-
-def _data_root() -> Path:
-    return Path(os.environ.get("EDGERESNET_TEST_DATA", REPO.parent / "shared" / "data"))
+from _data import data_root, ties  # noqa: E402
 
 
 def resnet8_table(methods, seeds, samples) -> None:
@@ -46,7 +43,7 @@ def resnet8_table(methods, seeds, samples) -> None:
     from edgeresnet.host.quantize import Int8Session, QuantOptConfig
     from edgeresnet.device.runtime import TFLiteModel
 
-    root = _data_root()
+    root = data_root()
     h5 = root / "mlperf-tiny-resnet8" / "pretrainedResnet.h5"
     loaded = load_model(h5)
     test = load_images(root / "cifar10" / "test", (32, 32, 3))
@@ -77,14 +74,13 @@ def resnet8_table(methods, seeds, samples) -> None:
             out = TFLiteModel(model).predict(x_test)
             agree = verify.agreement(ref, out)
             agree_held = verify.agreement(ref_held, TFLiteModel(model).predict(held))
-            top2 = np.sort(out, -1)[:, -2:]
-            ties = int(np.sum(top2[:, 0] == top2[:, 1]))
+            tied = ties(out)
             top1 = verify.topk_accuracy(out, test.labels)
             mse = float(np.mean((out - ref) ** 2)) * 1e4
             sqnr = verify.sqnr_db(ref, out)
             summary.setdefault(method, []).append((agree, top1, mse, seconds, sqnr, agree_held))
             print(f"{method:16s} {seed:4d} {agree:8.1f} {agree_held:7.2f} {top1:8.1f} {float_top1 - top1:8.1f} "
-                  f"{mse:8.2f} {sqnr:8.2f} {ties:4d} {seconds:9.1f}{kept}", flush=True)
+                  f"{mse:8.2f} {sqnr:8.2f} {tied:4d} {seconds:9.1f}{kept}", flush=True)
     if len(seeds) > 1:
         print("\nmean over seeds (min agreement, max drop):")
         for method, rows in summary.items():
@@ -110,7 +106,7 @@ def resnet50_timing(methods, samples, rounds) -> None:
     from edgeresnet.host.quantize import quantize_int8
 
     tf = _tf.tf()
-    images = load_images(_data_root() / "cifar10" / "train", (224, 224, 3), samples=samples, seed=0)
+    images = load_images(data_root() / "cifar10" / "train", (224, 224, 3), samples=samples, seed=0)
     calib = get_preset("caffe").apply(images.images).astype(np.float32)
     model = build_model("resnet50")
     loaded = LoadedModel.from_keras(model, "resnet50")

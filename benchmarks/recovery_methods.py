@@ -18,7 +18,6 @@ the same number of float layers:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -27,9 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-
-def _data_root() -> Path:
-    return Path(os.environ.get("EDGERESNET_TEST_DATA", REPO.parent / "shared" / "data"))
+from _data import data_root  # noqa: E402
 
 
 def _row(name, method, result, seconds, labelled) -> str:
@@ -63,7 +60,7 @@ def _cases(steps: int):
     yield ("outlier", outlier.tflite_converter, unit.apply(load_images(calib_dir, (16, 16, 3)).images), x,
            outlier.predict(x), ev.labels)
 
-    root = _data_root()
+    root = data_root()
     resnet8 = load_model(root / "mlperf-tiny-resnet8" / "pretrainedResnet.h5")
     calib = load_images(root / "cifar10" / "train", (32, 32, 3), samples=300, seed=0).images.astype(np.float32)
     test = load_images(root / "cifar10" / "test", (32, 32, 3)).images.astype(np.float32)

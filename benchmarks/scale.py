@@ -55,8 +55,9 @@ STORED_SIDE = 224  # the images on disk; the model may take a smaller --input-si
 
 
 def _cifar() -> Path:
-    root = Path(os.environ.get("EDGERESNET_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-    return root / "cifar10"
+    from _data import data_root
+
+    return data_root() / "cifar10"
 
 
 def build_folder(n: int, cache: Path) -> Path:

@@ -18,7 +18,6 @@ file works, with ``--input-scale`` the factor its inputs take (``0.0039215686274
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -27,12 +26,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from _data import data_root  # noqa: E402
+
 SUBSETS = (128, None)  # histogram images: the default, and all of them
 T95 = (12.71, 4.30, 3.18, 2.78, 2.57, 2.45, 2.36, 2.31, 2.26)  # Student's t, 97.5 % quantile, 1..9 degrees of freedom
-
-
-def _data_root() -> Path:
-    return Path(os.environ.get("EDGERESNET_TEST_DATA", REPO.parent / "shared" / "data"))
 
 
 def table(model_path: Path, scale: float, method: str, seeds, samples: int) -> None:
@@ -44,7 +41,7 @@ def table(model_path: Path, scale: float, method: str, seeds, samples: int) -> N
     from edgeresnet.host.models.loading import load_model
     from edgeresnet.host.quantize import Int8Session, QuantOptConfig
 
-    root = _data_root() / "cifar10"
+    root = data_root() / "cifar10"
     loaded = load_model(model_path)
     test = load_images(root / "test", (32, 32, 3))
     print(f"{model_path.name}, {method}, {samples} calibration images per seed; unseen images: the test images "
@@ -85,7 +82,7 @@ def main() -> None:
     from edgeresnet.host.quantize import method_names
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, default=_data_root() / "mlperf-tiny-resnet8" / "pretrainedResnet.h5")
+    ap.add_argument("--model", type=Path, default=data_root() / "mlperf-tiny-resnet8" / "pretrainedResnet.h5")
     ap.add_argument("--input-scale", type=float, default=1.0, help="the factor the model's 0..255 inputs take")
     ap.add_argument("--method", default="mse+bias", choices=method_names())
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
