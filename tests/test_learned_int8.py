@@ -32,6 +32,7 @@ def _ops(model: bytes) -> list[int]:
     return [qg.op_code(m, op) for op in m.subgraphs[0].operators]
 
 
+@pytest.mark.slow  # learned rounding of every block (10-14 s)
 def test_learned_rounding_lowers_the_blocks_output_error_and_keeps_the_structure(tiny):
     loaded, calib, held = tiny
     session = Int8Session(loaded.tflite_converter, calib, "int8", "mse+learned", config=QuantOptConfig(**FAST))
@@ -133,6 +134,7 @@ def sharp_model(tmp_path_factory):
     return load_model(path)
 
 
+@pytest.mark.slow  # three conversions, one with learned ranges (10-12 s)
 def test_learned_ranges_lower_the_divergence_on_held_out_images_and_change_only_the_ranges(sharp_model, tiny):
     _, calib, held = tiny
     loaded = sharp_model
