@@ -12,11 +12,15 @@ it kept. ``held %`` is the agreement on the training images the seed did not dra
 (4,700 at 300 samples): five times the test images, so it separates methods the test set cannot. Each seed draws other
 calibration images and seeds the methods' own sampling. The MLPerf reference int8 model is listed for scale.
 
+``--int16x8`` adds two 16-bit-activation rows (float input/output): ``int16x8 plain``, the
+converter's own (``--int8-method minmax``), and ``int16x8 default``, whose int8 weights are chosen
+by ``mse+gptq`` (``edgeresnet.host.quantize.int16x8``).
+
 ``--resnet50`` also times each method on ResNet-50 (224x224, random weights,
 ``--samples`` CIFAR-10 images resized) against a bare ``TFLiteConverter`` call,
 alternating in one process so machine load hits both alike.
 
-    python benchmarks/quant_methods.py [--seeds 0 1 2] [--samples 300] [--methods ...] [--resnet50]
+    python benchmarks/quant_methods.py [--seeds 0 1 2] [--samples 300] [--methods ...] [--int16x8] [--resnet50]
 """
 
 from __future__ import annotations
@@ -34,10 +38,15 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from _data import data_root, ties  # noqa: E402
 
 
-def resnet8_table(methods, seeds, samples) -> None:
+# --int16x8 rows: label -> the --int8-method of the int16x8 conversion
+INT16X8 = {"int16x8 plain": "minmax", "int16x8 default": "auto"}
+
+
+def resnet8_table(methods, seeds, samples, int16x8=False) -> None:
     import numpy as np
 
     from edgeresnet.device import verify
+    from edgeresnet.host.converter import ConversionSpec, convert
     from edgeresnet.device.images import load_images
     from edgeresnet.host.models.loading import load_model
     from edgeresnet.host.quantize import Int8Session, QuantOptConfig
@@ -66,11 +75,16 @@ def resnet8_table(methods, seeds, samples) -> None:
         x_cal = calib.images.astype(np.float32)
         held = load_images(root / "cifar10" / "train", (32, 32, 3), exclude=calib.paths).images.astype(np.float32)
         ref_held = loaded.predict(held)
-        for method in methods:
+        for method in list(methods) + (list(INT16X8) if int16x8 else []):
             start = time.perf_counter()
-            session = Int8Session(loaded.tflite_converter, x_cal, "int8", method, config=QuantOptConfig(seed=seed))
-            model, seconds = session.model, time.perf_counter() - start
-            kept = f" (kept {session.method.name})" if session.method.name != method else ""
+            if method in INT16X8:  # 16-bit activations: the plain converter's, or with an int8 method's weights
+                model = convert(loaded.tflite_converter, ConversionSpec("int16x8", "float32", INT16X8[method]), x_cal).model
+                kept = ""
+            else:
+                session = Int8Session(loaded.tflite_converter, x_cal, "int8", method, config=QuantOptConfig(seed=seed))
+                model = session.model
+                kept = f" (kept {session.method.name})" if session.method.name != method else ""
+            seconds = time.perf_counter() - start
             out = TFLiteModel(model).predict(x_test)
             agree = verify.agreement(ref, out)
             agree_held = verify.agreement(ref_held, TFLiteModel(model).predict(held))
@@ -139,9 +153,11 @@ def main() -> None:
     ap.add_argument("--resnet50", action="store_true", help="also time each method on ResNet-50 224x224")
     ap.add_argument("--rounds", type=int, default=1, help="ResNet-50 timing rounds")
     ap.add_argument("--skip-resnet8", action="store_true")
+    ap.add_argument("--int16x8", action="store_true",
+                    help="also int16x8 (float io): the plain converter's and the default's (mse+gptq's int8 weights)")
     args = ap.parse_args()
     if not args.skip_resnet8:
-        resnet8_table(args.methods, args.seeds, args.samples)
+        resnet8_table(args.methods, args.seeds, args.samples, args.int16x8)
     if args.resnet50:
         print()
         resnet50_timing(args.methods, args.samples, args.rounds)

@@ -43,6 +43,9 @@ def test_report_sweeps_variants_and_writes_all_formats(tiny_model_h5, tiny_data,
     assert len(report.variants) == len(data["variants"])
     # One calibration per model: cpu and edgetpu int8 share it, unpruned and pruned each have theirs.
     assert len(sessions) == 2
+    # int16x8: 16-bit activations with the int8 weights GPTQ chose (quantize.int16x8; its sessions are its own)
+    i16 = next(v for v in data["variants"] if v["precision"] == "int16x8")
+    assert i16["int8_method"] == "mse+gptq" and i16["int8_quantization"]["asked"] == "auto"
     assert data["timings"]["benchmark"] > 0 and data["timings"]["prune"] > 0
 
 

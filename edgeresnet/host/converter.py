@@ -20,6 +20,7 @@ from edgeresnet._util.capture import native_call
 from edgeresnet.host.calibration import representative_dataset
 from edgeresnet.errors import ConfigError
 from edgeresnet.host.quantize.registry import DEFAULT_METHOD, get_method
+from edgeresnet.host.quantize.int16x8 import PLAIN as PLAIN_INT16X8
 from edgeresnet.targets import PRECISIONS
 
 ProgressFn = Callable[[int, int], None]
@@ -79,7 +80,8 @@ def _configure(converter, spec: ConversionSpec, calibration: Optional[np.ndarray
     if spec.precision == "dynamic":
         return
     converter.representative_dataset = representative_dataset(calibration, progress)
-    # int16x8 here; full int8 goes through the int8 engine (quantize.Int8Session).
+    # int16x8 with --int8-method minmax here (otherwise quantize.int16x8); full int8 goes through the int8
+    # engine (quantize.Int8Session).
     converter.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
     converter.inference_input_type = dtypes[spec.io_type]
     converter.inference_output_type = dtypes[spec.io_type]
@@ -103,6 +105,12 @@ def convert(
         )
     if spec.precision == "int8":
         return _convert_int8(make_converter, spec, calibration, progress)
+    if spec.precision == "int16x8" and spec.method != PLAIN_INT16X8:  # int8 weights chosen by an int8 method
+        from edgeresnet.host.quantize.int16x8 import convert_int16x8
+
+        start = time.perf_counter()
+        data, session = convert_int16x8(make_converter, calibration, spec.io_type, spec.method, progress)
+        return ConversionResult(spec=spec, model=data, seconds=time.perf_counter() - start, log="", session=session)
     converter = make_converter()
     _configure(converter, spec, calibration, progress)
     start = time.perf_counter()

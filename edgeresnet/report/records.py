@@ -81,7 +81,8 @@ class VariantRecord:
     interpreter: Optional[str] = None
     drift: Optional[Drift] = None
     checks: dict = field(default_factory=dict)  # check name -> {ok, blocking, summary, ...} (targets.checks)
-    int8_method: Optional[str] = None  # the quantize method of an int8 (or recovered int8+float) model
+    int8_method: Optional[str] = None  # the quantize method of an int8 (or recovered int8+float) model; of int16x8:
+    # the method that chose its int8 weights (quantize.int16x8)
     # How that method came to be and what it cost (quantize.choice.quantization_record): asked, seconds,
     # and for --int8-method auto the methods it scored on held-out calibration samples.
     int8_quantization: Optional[dict] = None

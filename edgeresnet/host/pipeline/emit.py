@@ -57,9 +57,9 @@ class Emitter:
         rec.convert_seconds = round(result.seconds, 3)
         if spec.precision == "int8":
             rec.int8_method = spec.method
-            if result.session is not None:  # the engine's own account: the method auto kept, what each cost
-                rec.int8_method = result.session.method.name
-                rec.int8_quantization = result.session.record(spec.method)
+        if result.session is not None:  # the engine's own account: the method auto kept (int16x8: the method
+            rec.int8_method = result.session.method.name  # that chose its int8 weights), what each cost
+            rec.int8_quantization = result.session.record(spec.method)
         with self.timings("checks"):
             shipped = self._ship(result.model, rec)  # what is written, run and checked: the model with its metadata
         if not self._evaluate(shipped, name, rec):
