@@ -68,15 +68,11 @@ def quantize_int16x8(calibrated: bytes, samples: np.ndarray, io_type: str, tick:
     activation ranges measured on ``samples`` one at a time, as the converter does)."""
     from tensorflow.lite.python.optimize import calibrator
 
+    from edgeresnet.host.calibration import representative_dataset
+
     tf = _tf.tf()
     dtypes = {"float32": tf.float32, "int16": tf.int16}
-
-    def gen():
-        for i in range(len(samples)):
-            yield [samples[i : i + 1]]
-            if tick is not None:
-                tick()
-
+    gen = representative_dataset(samples, None if tick is None else lambda done, total: tick())
     model = _without_unused_opcodes(calibrated)
 
     def call():
