@@ -2,6 +2,7 @@
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -125,13 +126,23 @@ def test_max_drop_zero_is_met_by_recovery_or_fails(tmp_path, outlier_model_h5, t
     margin = json.loads((tmp_path / "a.failed" / "report.json").read_text())["variants"][0]["drop_margin_pts"]
     assert margin > 0 and f"known only to within ±{margin:.2f} points (95 %), wider than --max-drop 0" in err
     assert (tmp_path / "a.failed" / "report.json").exists() and not (tmp_path / "a").exists()
+    # no float layers were tried: the error suggests 16-bit activations, as a command that runs
+    int8 = json.loads((tmp_path / "a.failed" / "report.json").read_text())["variants"][0]
+    suggestion = shlex.split(int8["suggestion"])
+    assert suggestion[:2] == ["edgeresnet", "convert"] and int8["suggestion"] in err.strip().splitlines()[-1]
+    assert "--precision int16x8 --target cpu" in int8["suggestion"] and "--int8-method minmax" in int8["suggestion"]
+    code, _, err = run_cli(suggestion[1:])
+    retried = json.loads((tmp_path / ("a-int16x8" if code == 0 else "a-int16x8.failed") / "report.json").read_text())
+    assert code in (0, 3), err
+    assert retried["variants"][0]["precision"] == "int16x8"
+    assert retried["variants"][0]["agreement"] > int8["agreement"]  # 16-bit activations: closer to float
     code, stdout, err = run_cli(args + ["--out", tmp_path / "b"])
     data = json.loads((tmp_path / ("b" if code == 0 else "b.failed") / "report.json").read_text())
     mixed = [v for v in data["variants"] if v["precision"] == "int8+float"]
     if code == 0:  # met by keeping layers in float: the report says which
         assert data["passed"] and mixed[0]["status"] == "ok" and mixed[0]["recovery"]["float_layers"]
-    else:  # not met: the run fails and the report says what was tried
-        assert code == 3 and mixed[0]["status"] == "over_budget"
+    else:  # not met: the run fails, the report says what was tried, and the error what to try next
+        assert code == 3 and mixed[0]["status"] == "over_budget" and "--precision int16x8" in err
     assert "int8mixed" in stdout
 
 

@@ -99,7 +99,7 @@ class VariantRecord:
     # How the model was fine-tuned (pipeline.finetune.fine_tune_record, cluster_fine_tune_record): method
     # prune/qat/pqat/cluster, epochs, learning_rate, data.
     fine_tune: Optional[dict] = None
-    suggestion: Optional[str] = None  # over budget where no layer can stay float: the --qat command to try
+    suggestion: Optional[str] = None  # over budget: the command to try (--qat without float layers, else int16x8)
 
     def fail(self, status, error: str) -> None:
         self.status = Status(status)  # ValueError for an unknown status

@@ -12,7 +12,7 @@ converted, measured, checked), ``run`` (the staged job), ``worker`` (a cluster w
 """
 
 from edgeresnet.host.pipeline.context import NotifyFn, ProgressFn
-from edgeresnet.host.pipeline.emit import qat_command
+from edgeresnet.host.pipeline.emit import retry_command
 from edgeresnet.host.pipeline.model import random_weights_reason, zoo_timing_model
 from edgeresnet.host.pipeline.options import DEFAULT_OUT, ConvertOptions
 from edgeresnet.host.pipeline.plan import PlannedVariant, convert_plan, sweep_plan
@@ -27,8 +27,8 @@ __all__ = [
     "ProgressFn",
     "WorkerRun",
     "convert_plan",
-    "qat_command",
     "random_weights_reason",
+    "retry_command",
     "run_convert",
     "run_report",
     "sweep_plan",

@@ -268,6 +268,7 @@ def emit_all(opts: ConvertOptions, plan, models, emit: Emitter, report, folder: 
             if not planned.qat:  # a QAT model's record is its (cluster-preserving) QAT
                 rec.fine_tune = cluster_fine_tune_record(opts.train, clustered, rec.fine_tune)
         report.add(rec)
+        recovered = None
         if rec.status == Status.OVER_BUDGET and planned.qat:
             rec.error += "; quantization-aware models are not recovered by keeping layers in float"
         elif rec.status == Status.OVER_BUDGET and opts.recover and planned.spec.precision == "int8":
@@ -275,21 +276,45 @@ def emit_all(opts: ConvertOptions, plan, models, emit: Emitter, report, folder: 
                 recovered = emit.recover(model, planned, rec, folder)
             if recovered is not None:
                 report.add(recovered)
-        if rec.status == Status.OVER_BUDGET and not planned.qat and not planned.target.float_layers:
-            # No layer can stay float there: quantization-aware training is the way to win accuracy back.
-            rec.suggestion = qat_command(opts, planned.target.name, planned.sparsity)
-            rec.error += f"; try quantization-aware training: {rec.suggestion}"
+        if rec.status == Status.OVER_BUDGET and not planned.qat:
+            _suggest_retry(opts, planned, rec, recovered)
 
 
-def qat_command(opts: ConvertOptions, target: str, sparsity: Optional[float] = None) -> str:
-    """The ``edgeresnet convert ... --qat`` command that retries ``target`` with quantization-aware training."""
+def _suggest_retry(opts: ConvertOptions, planned, rec, recovered) -> None:
+    """An over-budget model: the command most likely to win the accuracy back, in ``rec.suggestion`` and its error.
+
+    Where no layer can stay float (Edge TPU): quantization-aware training. Where the target runs 16-bit
+    activations and keeping layers in float did not meet the budget (or was turned off): int16x8, whose
+    activations remove most of int8's disagreement with the float model (docs/int8.md)."""
+    target = planned.target
+    if not target.float_layers:
+        rec.suggestion = retry_command(opts, target.name, planned.sparsity, "qat")
+        rec.error += f"; try quantization-aware training: {rec.suggestion}"
+    elif (planned.spec.precision == "int8" and "int16x8" in target.precisions
+          and (recovered is None or recovered.status != Status.OK)):
+        rec.suggestion = retry_command(opts, target.name, planned.sparsity, "int16x8")
+        rec.error += f"; try 16-bit activations (closer to float, several times slower): {rec.suggestion}"
+
+
+def retry_command(opts: ConvertOptions, target: str, sparsity: Optional[float], how: str) -> str:
+    """The ``edgeresnet convert`` command that retries ``target`` with ``how``: "qat" (quantization-aware
+    training, ``--qat``) or "int16x8" (``--precision int16x8``), the run's other options kept."""
     import shlex
 
-    args = ["edgeresnet", "convert"] + ([opts.model] if opts.model else []) + ["--int8", "--target", target]
-    args += (["--prune", f"{sparsity:g}"] if sparsity is not None else []) + ["--qat", "--train", opts.train or "TRAIN_DIR"]
-    for flag, value in (("--calib", opts.calib), ("--eval", opts.eval), ("--preset", opts.preset),
-                        ("--io", opts.io_type), ("--max-drop", opts.max_drop)):
+    from edgeresnet.host.quantize.registry import DEFAULT_METHOD
+
+    args = ["edgeresnet", "convert"] + ([opts.model] if opts.model else [])
+    args += ["--int8"] if how == "qat" else ["--precision", "int16x8"]
+    args += ["--target", target] + (["--prune", f"{sparsity:g}"] if sparsity is not None else [])
+    if how == "qat":
+        args += ["--qat", "--train", opts.train or "TRAIN_DIR"]
+    options = (("--calib", opts.calib), ("--eval", opts.eval), ("--preset", opts.preset), ("--max-drop", opts.max_drop))
+    if how == "qat":
+        options += (("--io", opts.io_type),)
+    elif opts.int8_method != DEFAULT_METHOD:
+        options += (("--int8-method", opts.int8_method),)
+    for flag, value in options:
         if value is not None:
             args += [flag, str(value)]
-    args += ["--out", opts.out + "-qat"]
+    args += ["--out", f"{opts.out}-{how}"]
     return " ".join(a if a == "TRAIN_DIR" else shlex.quote(a) for a in args)

@@ -406,7 +406,7 @@ def _write_and_judge(opts, report, staged, formats) -> RunReport:
         raise DriftBudgetExceeded(
             f"{worst.name}: accuracy drop {worst.drop_text()} exceeds --max-drop {opts.max_drop}; "
             f"the report is in {dest} ({opts.out} was left as it was)"
-            + (f"; {hint.target} cannot keep layers in float, try: {hint.suggestion}" if hint else "")
+            + (f"; {_retry_reason(hint)}, try: {hint.suggestion}" if hint else "")
         )
     if failed:
         raise ConversionError(
@@ -416,3 +416,12 @@ def _write_and_judge(opts, report, staged, formats) -> RunReport:
     if device_failure:
         raise DeviceCheckError(f"{device_failure}; the report is in {dest} ({opts.out} was left as it was)")
     return report
+
+
+def _retry_reason(v) -> str:
+    """Why the over-budget error suggests ``v.suggestion`` (a command from emit.retry_command)."""
+    if "--qat" in v.suggestion.split():
+        return f"{v.target} cannot keep layers in float"
+    if v.recovered_by:
+        return f"keeping layers in float did not meet the budget on {v.target}"
+    return "16-bit activations (int16x8) agree more with the float model"
