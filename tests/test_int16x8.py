@@ -54,6 +54,17 @@ def test_default_int16x8_keeps_mse_gptqs_int8_weights_bit_for_bit(tiny):
     assert result.session.record("auto")["method"] == "mse+gptq"
 
 
+def test_default_int16x8_on_a_model_over_gptqs_size_limit_takes_mse_bias_weights(tiny, monkeypatch):
+    from edgeresnet.host.quantize import Int8Session
+    from edgeresnet.host.quantize.registry import get_method
+
+    loaded, calib = tiny
+    monkeypatch.setattr(get_method("mse+gptq"), "max_choice_macs", 1.0)  # the tiny model is "too large" for GPTQ
+    result = _int16x8(loaded, calib)
+    assert result.session.method.name == "mse+bias"
+    assert _weights(result.model) == _weights(Int8Session(loaded.tflite_converter, calib, "int8", "mse+bias").model)
+
+
 @pytest.mark.slow  # two conversions through the converter's SavedModel path (7 s)
 def test_minmax_int16x8_is_the_plain_converters_model(tiny):
     from edgeresnet._util import tf as _tf

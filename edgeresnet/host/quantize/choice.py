@@ -171,11 +171,11 @@ def _count(s: Scored, held: int) -> int:
     return int(round(s.agreement * held / 100.0))
 
 
-def candidates(macs: float) -> tuple[list, list]:
-    """The candidate methods auto tries on a model of ``macs`` multiply-accumulates per input, and (method, why)
-    of those it leaves out."""
+def candidates(macs: float, names: tuple = CANDIDATES) -> tuple[list, list]:
+    """Of ``names`` (default: the candidate methods auto tries), those whose size limit admits a model of ``macs``
+    multiply-accumulates per input, and (method, why) of those it leaves out."""
     tried, skipped = [], []
-    for name in CANDIDATES:
+    for name in names:
         limit = get_method(name).max_choice_macs
         if limit is not None and macs > limit:
             skipped.append((name, f"the model has {macs / 1e6:,.0f} M multiply-accumulates per input; "

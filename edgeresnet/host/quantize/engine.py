@@ -36,7 +36,7 @@ the same session, from the model the chosen method produced.
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import numpy as np
 
@@ -61,7 +61,9 @@ class Int8Session:
     ``make_converter`` returns a fresh ``tf.lite.TFLiteConverter`` for the float
     model; ``calibration`` holds preprocessed float32 samples (N, H, W, C);
     ``io_type`` is the model's input/output type (``int8``, ``uint8`` or
-    ``float32``); ``method`` a name in the method registry. ``progress(done,
+    ``float32``); ``method`` a name in the method registry, or a tuple of names:
+    the first whose ``max_choice_macs`` admits the model (counted on the
+    calibrate-only graph), else the last. ``progress(done,
     total, what)`` follows each pass on its own: the statistics pass
     ("calibration images"), started again ("calibration images, equalized")
     when equalization rescaled the model.
@@ -72,11 +74,12 @@ class Int8Session:
         make_converter: Callable[[], object],
         calibration: np.ndarray,
         io_type: str,
-        method: str = DEFAULT_METHOD,
+        method: Union[str, tuple[str, ...]] = DEFAULT_METHOD,
         progress: Optional[ProgressFn] = None,
         config: Optional[QuantOptConfig] = None,
     ):
-        self.method = get_method(method)
+        names = (method,) if isinstance(method, str) else tuple(method)
+        self.method = get_method(names[0])
         self.config = config if config is not None else QuantOptConfig()
         if io_type not in IO_TYPES:
             raise ConfigError(
@@ -102,6 +105,10 @@ class Int8Session:
         # The frozen function straight to MLIR, without the SavedModel round trip (see g.Graph.name_like_saved_model).
         saved_model_names = _skip_saved_model(self.converter)
         calibrated = run_converter(self.converter, "int8 calibration")
+        if len(names) > 1:  # the first method whose size limit admits the model (else the last)
+            from edgeresnet.host.quantize.choice import candidates, model_macs
+
+            self.method = get_method((candidates(model_macs(g.Graph(calibrated)), names[:-1])[0] or names[-1:])[0])
         edit_start = time.perf_counter()
         if self.method.chooses:  # score the candidate methods on held-out samples; keep the best one's model
             from edgeresnet.host.quantize.choice import choose

@@ -35,7 +35,8 @@ PLAIN = "minmax"  # the plain converter's int16x8, bit for bit
 #: Learned ranges only change ranges, which the 16x8 quantizer measures again: the same weights, sooner.
 _SAME_WEIGHTS = {"mse+gptq+ranges": "mse+gptq"}
 #: ``auto`` (which scores int8 activations) gives its weights to GPTQ where auto would try GPTQ (the
-#: model's size: ``Method.max_choice_macs``), else to bias-corrected rounding to nearest. ResNet-50 at
+#: model's size: ``Method.max_choice_macs``, which ``Int8Session`` checks for a tuple of methods), else to
+#: bias-corrected rounding to nearest. ResNet-50 at
 #: 224x224 (4 G multiply-accumulates), 100 images: 52 s with ``mse+bias``'s weights, 233 s with GPTQ's,
 #: 67 s for the plain converter.
 _AUTO = ("mse+gptq", "mse+bias")
@@ -44,18 +45,10 @@ _AUTO = ("mse+gptq", "mse+bias")
 def convert_int16x8(make_converter: Callable[[], object], calibration: np.ndarray, io_type: str, method: str,
                     progress=None) -> tuple[bytes, object]:
     """(the int16x8 model, the :class:`~edgeresnet.host.quantize.Int8Session` whose weights it has)."""
-    from edgeresnet.host.quantize.choice import model_macs
     from edgeresnet.host.quantize.engine import Int8Session, Ticker
-    from edgeresnet.host.quantize.registry import get_method
 
-    if method == "auto":
-        cheap = Int8Session(make_converter, calibration, "float32", _AUTO[1], progress=progress)
-        limit = get_method(_AUTO[0]).max_choice_macs
-        small = limit is None or model_macs(g.Graph(cheap.calibrated())) <= limit
-        session = Int8Session(make_converter, calibration, "float32", _AUTO[0], progress=progress) if small else cheap
-    else:
-        session = Int8Session(make_converter, calibration, "float32", _SAME_WEIGHTS.get(method, method),
-                              progress=progress)
+    methods = _AUTO if method == "auto" else _SAME_WEIGHTS.get(method, method)
+    session = Int8Session(make_converter, calibration, "float32", methods, progress=progress)
     start = time.perf_counter()
     tick = Ticker(progress, len(session.calibration), "calibration images, 16-bit")
     data = quantize_int16x8(session.calibrated(), session.calibration, io_type, tick)
