@@ -430,3 +430,25 @@ def tree_snapshot(root: Path) -> dict:
 def _snapshot_fixture():
     """``snapshot(ROOT)``: every path under ROOT with its sha256 (files), 'dir', 'special' or its link target."""
     return tree_snapshot
+
+
+def weight_tensors(model: bytes) -> list[tuple[bytes, tuple]]:
+    """Every conv/fc weight tensor of the TFLite ``model``: (its stored bytes, its per-channel scales), in op order."""
+    import numpy as np
+
+    from edgeresnet.host.quantize import graph as qg
+
+    m = qg.flatbuffer_utils().convert_bytearray_to_object(bytearray(model))
+    sg = m.subgraphs[0]
+    out = []
+    for op in sg.operators:
+        if qg.op_code(m, op) in qg.WEIGHT_OPS:
+            t = sg.tensors[op.inputs[1]]
+            out.append((bytes(m.buffers[t.buffer].data), tuple(np.asarray(t.quantization.scale).tolist())))
+    return out
+
+
+@pytest.fixture(scope="session", name="weight_tensors")
+def _weight_tensors_fixture():
+    """:func:`weight_tensors`: ``weight_tensors(MODEL_BYTES)``, each conv/fc weight's (bytes, scales) in op order."""
+    return weight_tensors

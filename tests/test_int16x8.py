@@ -19,20 +19,6 @@ def tiny(tiny_model_h5, tiny_data):
     return loaded, calib
 
 
-def _weights(model: bytes) -> list[tuple[bytes, tuple]]:
-    """Every conv/fc weight tensor of ``model``: (its stored bytes, its per-channel scales), in op order."""
-    from edgeresnet.host.quantize import graph as qg
-
-    m = qg.flatbuffer_utils().convert_bytearray_to_object(bytearray(model))
-    sg = m.subgraphs[0]
-    out = []
-    for op in sg.operators:
-        if qg.op_code(m, op) in qg.WEIGHT_OPS:
-            t = sg.tensors[op.inputs[1]]
-            out.append((bytes(m.buffers[t.buffer].data), tuple(np.asarray(t.quantization.scale).tolist())))
-    return out
-
-
 def _int16x8(loaded, calib, method=None, io_type="float32"):
     from edgeresnet.host.converter import ConversionSpec, convert
 
@@ -40,7 +26,7 @@ def _int16x8(loaded, calib, method=None, io_type="float32"):
     return convert(loaded.tflite_converter, spec, calib)
 
 
-def test_default_int16x8_keeps_mse_gptqs_int8_weights_bit_for_bit(tiny):
+def test_default_int16x8_keeps_mse_gptqs_int8_weights_bit_for_bit(tiny, weight_tensors):
     from edgeresnet.device.inspection import inspect_tflite
     from edgeresnet.host.quantize import Int8Session
 
@@ -48,13 +34,13 @@ def test_default_int16x8_keeps_mse_gptqs_int8_weights_bit_for_bit(tiny):
     result = _int16x8(loaded, calib)
     assert result.session is not None and result.session.method.name == "mse+gptq"
     gptq = Int8Session(loaded.tflite_converter, calib, "int8", "mse+gptq").model
-    weights = _weights(result.model)
-    assert weights and weights == _weights(gptq)  # the same int8 values and scales
+    weights = weight_tensors(result.model)
+    assert weights and weights == weight_tensors(gptq)  # the same int8 values and scales
     assert inspect_tflite(result.model, gpu=False, runtimes=False).precision == "int16x8"
     assert result.session.record("auto")["method"] == "mse+gptq"
 
 
-def test_default_int16x8_on_a_model_over_gptqs_size_limit_takes_mse_bias_weights(tiny, monkeypatch):
+def test_default_int16x8_on_a_model_over_gptqs_size_limit_takes_mse_bias_weights(tiny, monkeypatch, weight_tensors):
     from edgeresnet.host.quantize import Int8Session
     from edgeresnet.host.quantize.registry import get_method
 
@@ -62,7 +48,7 @@ def test_default_int16x8_on_a_model_over_gptqs_size_limit_takes_mse_bias_weights
     monkeypatch.setattr(get_method("mse+gptq"), "max_choice_macs", 1.0)  # the tiny model is "too large" for GPTQ
     result = _int16x8(loaded, calib)
     assert result.session.method.name == "mse+bias"
-    assert _weights(result.model) == _weights(Int8Session(loaded.tflite_converter, calib, "int8", "mse+bias").model)
+    assert weight_tensors(result.model) == weight_tensors(Int8Session(loaded.tflite_converter, calib, "int8", "mse+bias").model)
 
 
 @pytest.mark.slow  # two conversions through the converter's SavedModel path (7 s)

@@ -69,16 +69,6 @@ def test_learned_weights_sit_on_the_quantizers_grid(tiny):
         assert match, graph.sg.tensors[layer.w].name
 
 
-def _int8_weights(model: bytes) -> list[bytes]:
-    """The int8 weight tensors' bytes, in op order."""
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    m = flatbuffer_utils.convert_bytearray_to_object(bytearray(model))
-    sg = m.subgraphs[0]
-    return [bytes(m.buffers[sg.tensors[op.inputs[1]].buffer].data) for op in sg.operators
-            if qg.op_code(m, op) in qg.WEIGHT_OPS]
-
-
 def _tf_keras_model(inputs, outputs):
     from edgeresnet._util import tf as _tf
 
@@ -135,7 +125,7 @@ def sharp_model(tmp_path_factory):
 
 
 @pytest.mark.slow  # three conversions, one with learned ranges (10-12 s)
-def test_learned_ranges_lower_the_divergence_on_held_out_images_and_change_only_the_ranges(sharp_model, tiny):
+def test_learned_ranges_lower_the_divergence_on_held_out_images_and_change_only_the_ranges(sharp_model, tiny, weight_tensors):
     _, calib, held = tiny
     loaded = sharp_model
     cfg = QuantOptConfig(**FAST)
@@ -146,7 +136,7 @@ def test_learned_ranges_lower_the_divergence_on_held_out_images_and_change_only_
     assert d["range_held_out"] == len(calib) // 5 and d["range_kl_after"] < 0.9 * d["range_kl_before"], d
     base = Int8Session(loaded.tflite_converter, calib, "int8", "mse+gptq", config=cfg)
     assert _ops(learned.model) == _ops(base.model)
-    assert _int8_weights(learned.model) == _int8_weights(base.model)  # gptq's weights, bit for bit
+    assert weight_tensors(learned.model) == weight_tensors(base.model)  # gptq's weights and scales, bit for bit
     # held-out images, the real int8 models in the interpreter: their logits against the float model's
     keras_logits = loaded.model.layers[-2].output
     ref = _tf_keras_model(loaded.model.input, keras_logits).predict(held, verbose=0)
