@@ -26,6 +26,7 @@ def _int16x8(loaded, calib, method=None, io_type="float32"):
     return convert(loaded.tflite_converter, spec, calib)
 
 
+@pytest.mark.slow  # two GPTQ sessions (6 s); the quick loop keeps the size-limit test below
 def test_default_int16x8_keeps_mse_gptqs_int8_weights_bit_for_bit(tiny, weight_tensors):
     from edgeresnet.device.inspection import inspect_tflite
     from edgeresnet.host.quantize import Int8Session
