@@ -88,3 +88,16 @@ def test_convert_format_adds_writers_from_the_one_registry(tiny_model_h5, tiny_d
     assert "data:image/png;base64," in (tmp_path / "b" / "report.html").read_text()
     rows = list(csv.DictReader((tmp_path / "b" / "report.csv").open()))
     assert rows[0]["name"] == json.loads((tmp_path / "b" / "report.json").read_text())["variants"][0]["name"]
+
+
+def test_an_over_budget_sweep_does_not_suggest_the_int16x8_it_already_holds(outlier_model_h5, tiny_data, tmp_path,
+                                                                           run_cli):
+    code, _, err = run_cli([
+        "report", outlier_model_h5, "--target", "cpu", "--int8-method", "minmax", "--preset", "unit", "--no-recover",
+        "--calib", tiny_data["calib"], "--eval", tiny_data["eval"], "--max-drop", "0", "--out", tmp_path / "rep",
+    ])
+    assert code == 3, err
+    data = json.loads(next(tmp_path.glob("rep*failed*")).joinpath("report.json").read_text())
+    int8 = next(v for v in data["variants"] if v["precision"] == "int8")
+    assert int8["status"] == "over_budget" and int8.get("suggestion") is None
+    assert any(v["precision"] == "int16x8" for v in data["variants"]) and "--precision int16x8" not in err

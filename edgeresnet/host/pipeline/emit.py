@@ -277,20 +277,23 @@ def emit_all(opts: ConvertOptions, plan, models, emit: Emitter, report, folder: 
             if recovered is not None:
                 report.add(recovered)
         if rec.status == Status.OVER_BUDGET and not planned.qat:
-            _suggest_retry(opts, planned, rec, recovered)
+            _suggest_retry(opts, plan, planned, rec, recovered)
 
 
-def _suggest_retry(opts: ConvertOptions, planned, rec, recovered) -> None:
+def _suggest_retry(opts: ConvertOptions, plan, planned, rec, recovered) -> None:
     """An over-budget model: the command most likely to win the accuracy back, in ``rec.suggestion`` and its error.
 
     Where no layer can stay float (Edge TPU): quantization-aware training. Where the target runs 16-bit
     activations and keeping layers in float did not meet the budget (or was turned off): int16x8, whose
-    activations remove most of int8's disagreement with the float model (docs/int8.md)."""
+    activations remove most of int8's disagreement with the float model (docs/int8.md), unless this run
+    (a ``report`` sweep) already emits it."""
     target = planned.target
+    swept = any(p.target.name == target.name and p.sparsity == planned.sparsity and p.spec.precision == "int16x8"
+                for p in plan)
     if not target.float_layers:
         rec.suggestion = retry_command(opts, target.name, planned.sparsity, "qat")
         rec.error += f"; try quantization-aware training: {rec.suggestion}"
-    elif (planned.spec.precision == "int8" and "int16x8" in target.precisions
+    elif (planned.spec.precision == "int8" and "int16x8" in target.precisions and not swept
           and (recovered is None or recovered.status != Status.OK)):
         rec.suggestion = retry_command(opts, target.name, planned.sparsity, "int16x8")
         rec.error += f"; try 16-bit activations (closer to float, several times slower): {rec.suggestion}"
