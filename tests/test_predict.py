@@ -20,6 +20,7 @@ from edgeresnet.device.presets import get_preset
 from edgeresnet.device.metadata import ModelInfo, add_metadata, read_metadata
 from edgeresnet.device.predict import Classifier, Overrides, evaluate, predict
 from edgeresnet.device.runtime import TFLiteModel
+from edgeresnet.device.verify import unpaired_margin
 
 REPO = Path(__file__).resolve().parents[1]
 TFLRT_ENV = "EDGERESNET_TFLITE_RUNTIME_PYTHON"
@@ -76,6 +77,11 @@ def test_model_edgeresnet_wrote_runs_without_flags(digits, run_cli):
     assert got["count"] == digits["variant"]["eval_count"] == 500
     assert got["top1"] == digits["variant"]["top1"] and got["top5"] == digits["variant"]["top5"]
     assert got["drop_pts"] == 0.0 and got["passed"] is True
+    # the host evaluated in-memory digits, not files: it cannot say these are its images, so the drop has the
+    # margin of two independent samples, and a budget of 0 is finer than that
+    assert got["same_images"] is None and got["drop_margin_pts"] == pytest.approx(
+        unpaired_margin(got["top1"], 500, digits["variant"]["top1"], 500), abs=1e-3) and got["drop_margin_pts"] > 0
+    assert any("wider than --max-drop 0" in w for w in got["warnings"])
 
 
 def test_device_scores_equal_the_host_pipeline_scores(digits):
@@ -133,6 +139,32 @@ def test_samples_pick_the_images_the_host_picked(digits, tmp_path):
     result = evaluate(clf, digits["images"], samples=60, seed=3, report=out / "report.json", max_drop=0)
     assert result.count == variant["eval_count"] == 60
     assert round(result.top1, 4) == variant["top1"] and not result.over_budget and not result.warnings
+    # the report's digest of the host's images says these are they: the drop is exact
+    assert result.same_images is True and result.drop_margin_pts == 0.0
+    other = evaluate(clf, digits["images"], samples=60, seed=4, report=out / "report.json", max_drop=0)
+    assert other.same_images is False
+    assert other.drop_margin_pts > 0
+    assert other.drop_margin_pts == pytest.approx(unpaired_margin(variant["top1"], 60, other.top1, 60))
+    assert any("other images than the host's" in w and "--max-drop 0" in w for w in other.warnings)
+    from edgeresnet.cli.device import format_eval
+
+    assert "(the host's images: exact)" in format_eval(result)
+    assert f"± {other.drop_margin_pts:.2f} (95 %, other images)" in format_eval(other)
+
+
+def test_image_set_digest_is_the_files_contents_in_any_order_and_names(tmp_path):
+    from edgeresnet.device.image_files import image_set_sha256
+
+    a, b, c = (tmp_path / n for n in ("a.png", "b.png", "c.png"))
+    a.write_bytes(b"one"), b.write_bytes(b"two"), c.write_bytes(b"one")
+    assert image_set_sha256([a, b]) == image_set_sha256([b, c]) != image_set_sha256([a, c])
+    assert image_set_sha256([a, tmp_path / "gone.png"]) is None and image_set_sha256([]) is None
+
+
+def test_unpaired_margin_on_known_counts():
+    # 80 % and 70 % on 100 images each: 1.96 * sqrt(.8 * .2 / 100 + .7 * .3 / 100) = 11.92 points
+    assert unpaired_margin(80.0, 100, 70.0, 100) == pytest.approx(11.922, abs=1e-3)
+    assert unpaired_margin(100.0, 50, 100.0, 50) == 0.0
 
 
 def test_against_and_labels_matched_by_name(digits, tmp_path):

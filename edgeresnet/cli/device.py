@@ -202,6 +202,16 @@ def _check_new_file(path: str, flag: str) -> None:
         _fail(f"cannot write in {parent} ({flag}); choose a writable folder")
 
 
+def _margin_text(result) -> str:
+    """`` ± M`` and what it means after the drop: exact on the host's images, a 95 % margin on others."""
+    margin = result.drop_margin_pts
+    if margin is None:
+        return ""
+    if result.same_images:
+        return " (the host's images: exact)"
+    return f" ± {margin:.2f}" + (" (95 %, other images)" if result.same_images is False else " (95 %)")
+
+
 def format_eval(result) -> str:
     d = result.to_dict()
     lines = [
@@ -217,7 +227,7 @@ def format_eval(result) -> str:
         h = result.host
         verdict = "" if result.max_drop is None else ("  FAIL" if result.over_budget else "  ok") + f" (--max-drop {result.max_drop})"
         lines.append(f"host        {h.variant} in {h.report} (matched by {h.matched_by}): top-1 {h.top1:.2f} % on {h.count} images")
-        lines.append(f"drop        {d['drop_pts']:.2f} pts (host minus this device){verdict}")
+        lines.append(f"drop        {d['drop_pts']:.2f}{_margin_text(result)} pts (host minus this device){verdict}")
     return "\n".join(lines)
 
 

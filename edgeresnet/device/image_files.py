@@ -206,3 +206,19 @@ def pick(n: int, labels: Optional[np.ndarray], samples: Optional[int], seed: int
         grid[: len(pool), j] = pool
     order = grid.reshape(-1)
     return order[order >= 0][:want]
+
+
+def image_set_sha256(paths) -> Optional[str]:
+    """One digest of the files ``paths`` name, whatever their order, names or folders: the sha256 of their contents'
+    sorted sha256s. Two evaluations saw the same images exactly when their digests match. None when a path is not a
+    readable regular file (rows of an array, a file gone since)."""
+    import hashlib
+
+    digests = []
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                digests.append(hashlib.sha256(f.read()).hexdigest())
+        except (OSError, TypeError):
+            return None
+    return hashlib.sha256("\n".join(sorted(digests)).encode()).hexdigest() if digests else None

@@ -45,13 +45,13 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 
 from edgeresnet.defaults import RESIZE_POLICIES
-from edgeresnet.device.image_files import list_images
+from edgeresnet.device.image_files import image_set_sha256, list_images
 from edgeresnet.device.images import read_image
 from edgeresnet.device.presets import Preset, get_preset, load_presets
 from edgeresnet.errors import ConfigError, DataError, TFLiteFileError
 from edgeresnet.device.metadata import check_label_count, read_labels_file, read_metadata
 from edgeresnet.device.runtime import TFLiteModel, read_tflite_bytes, trial_run_isolated
-from edgeresnet.device.verify import agreement, topk_accuracy
+from edgeresnet.device.verify import agreement, topk_accuracy, unpaired_margin
 
 ProgressFn = Callable[[str, int, int], None]
 PathLike = Union[str, Path]
@@ -359,6 +359,9 @@ class EvalResult:
     host: Optional[HostNumbers] = None
     max_drop: Optional[float] = None
     warnings: list = field(default_factory=list)
+    #: True: the very images the host evaluated (their digest matches the report's); False: other images; None:
+    #: the report has no digest (the host evaluated arrays, or an older report).
+    same_images: Optional[bool] = None
     #: Per image, in evaluation order: (file, folder label as output index, predicted index).
     per_image: list = field(default_factory=list, repr=False)
 
@@ -370,6 +373,17 @@ class EvalResult:
         same answers on the same images are a drop of exactly 0 (233/300 is 77.6667 in both).
         """
         return None if self.host is None else round(self.host.top1 - round(self.top1, 4), 4)
+
+    @property
+    def drop_margin_pts(self) -> Optional[float]:
+        """Half-width of the drop's 95 % interval: 0 on the host's own images (the drop is exact: any difference
+        is this runtime's), else that of two independent samples (verify.unpaired_margin); None without the host's
+        count."""
+        if self.host is None or not self.host.count:
+            return None
+        if self.same_images:
+            return 0.0
+        return unpaired_margin(self.host.top1, self.host.count, self.top1, self.count)
 
     @property
     def over_budget(self) -> bool:
@@ -384,7 +398,8 @@ class EvalResult:
             "top1": r(self.top1), "top5": r(self.top5),
             "against": self.against,
             "host": None if self.host is None else self.host.to_dict(),
-            "drop_pts": r(self.drop_pts), "max_drop": self.max_drop,
+            "drop_pts": r(self.drop_pts), "drop_margin_pts": r(self.drop_margin_pts), "same_images": self.same_images,
+            "max_drop": self.max_drop,
             "passed": not self.over_budget, "warnings": list(self.warnings),
         }
 
@@ -482,9 +497,25 @@ def evaluate(
             "top1": round(topk_accuracy(other, labels, 1), 4), "top5": round(topk_accuracy(other, labels, 5), 4),
             "agreement": round(agreement(other, out), 4),
         }
-    if host is not None and host.count is not None and host.count != n:
+    if host is not None:
+        _compare_with_host(result, host, files)
+    return result
+
+
+def _compare_with_host(result: EvalResult, host: HostNumbers, files) -> None:
+    """Whether ``files`` are the images the host evaluated, and warnings when the comparison is weaker than asked."""
+    digest = host.evaluation.get("images_sha256")
+    if digest:
+        result.same_images = image_set_sha256(files) == digest
+    if host.count is not None and host.count != result.count:
         result.warnings.append(
-            f"the host measured {host.count} images and this run {n}; for the same images use the folder "
+            f"the host measured {host.count} images and this run {result.count}; for the same images use the folder "
             f"the host evaluated and --samples/--seed as given to convert --eval-samples/--seed"
         )
-    return result
+    margin = result.drop_margin_pts
+    if result.max_drop is not None and margin is not None and margin > result.max_drop:
+        result.warnings.append(
+            f"on {'other' if result.same_images is False else 'possibly other'} images than the host's, the drop is "
+            f"known only to within ±{margin:.2f} points (95 %), wider than --max-drop {result.max_drop:g}: passing "
+            "is partly chance; evaluate on the images the host evaluated, or on more images"
+        )

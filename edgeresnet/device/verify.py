@@ -147,6 +147,14 @@ def paired_margin(float_right: np.ndarray, right: np.ndarray) -> float:
     return float(100.0 * 1.96 * np.sqrt(max(b + c - (b - c) ** 2 / n, 0.0)) / n)
 
 
+def unpaired_margin(top1: float, count: int, other_top1: float, other_count: int) -> float:
+    """Half-width, in points, of the 95 % interval of ``other_top1 - top1`` measured on two independent sets of
+    images (``count`` and ``other_count`` of them; top-1s in %): 1.96 standard errors of a difference of two
+    proportions. Wider than :func:`drop_margin`, which pairs the answers image by image."""
+    p, q = top1 / 100.0, other_top1 / 100.0
+    return float(100.0 * 1.96 * np.sqrt(p * (1 - p) / count + q * (1 - q) / other_count))
+
+
 def over_budget(d: Drift, max_drop: Optional[float]) -> bool:
     """True when the drop exceeds ``max_drop`` points.
 

@@ -346,7 +346,11 @@ def _evaluation_record(data, labels, loaded) -> dict:
     if data.eval is None:  # a timing-only run (random weights): no accuracy, and the report says why
         return {"source": None, "origin": "not measured", "count": 0, "labelled": False,
                 "not_measured": random_weights_reason(loaded.name)}
-    return {"source": data.eval.source, "origin": data.eval_origin, "count": len(data.eval), "labelled": labels is not None}
+    from edgeresnet.device.image_files import image_set_sha256
+
+    record = {"source": data.eval.source, "origin": data.eval_origin, "count": len(data.eval), "labelled": labels is not None}
+    digest = image_set_sha256(data.eval.paths) if data.eval.source and Path(data.eval.source).is_dir() else None
+    return record | ({"images_sha256": digest} if digest else {})  # eval on the device knows the same images by it
 
 
 def _ship_info(ctx: RunContext, src: Source, data, report, staged):
