@@ -233,3 +233,64 @@ def test_whole_input_average_pool_becomes_mean_and_int8_gets_closer_to_float(poo
     assert qg.AVERAGE_POOL_2D in _ops(kept)
     sqnr = {name: verify.sqnr_db(ref, TFLiteModel(m).predict(held)) for name, m in (("mean", model), ("pool", kept))}
     assert sqnr["mean"] > sqnr["pool"] + 1.0, sqnr  # measured: 41.8 against 40.2 dB
+
+
+def _float_out(graph, x):
+    got = []
+    out = int(graph.sg.outputs[0])
+    qg.run_probe(graph, [out], x, lambda values, rows: got.append(np.array(values[out])), lambda k=1: None)
+    return np.concatenate(got)
+
+
+def test_the_classifier_moves_before_the_pool_float_exactly(pooled_model, tiny):
+    from edgeresnet.host.quantize.rewrite import classifiers_before_pool, global_pools_as_mean
+
+    _, calib, held = tiny
+    session = Int8Session(pooled_model.tflite_converter, calib, "int8", "minmax")  # the converter's graph, untouched
+    graph = qg.Graph(session.calibrated())
+    global_pools_as_mean(graph)
+    before, ops_before = _float_out(graph, held), [code for code, _ in graph.ops]
+    (z,) = classifiers_before_pool(graph)
+    after = [code for code, _ in graph.ops]
+    assert ops_before[-2:] == [qg.MEAN, qg.FULLY_CONNECTED] and after[-2:] == [qg.CONV_2D, qg.MEAN]
+    assert list(graph.sg.tensors[z].shape) == [1, 16, 16, 4] and graph.has_range(z)
+    np.testing.assert_allclose(_float_out(graph, held), before, rtol=1e-5, atol=1e-5)
+    referenced = {int(i) for _, op in graph.ops for i in list(op.inputs) + list(op.outputs) if i >= 0}
+    assert referenced | graph.inputs | graph.outputs == set(range(len(graph.sg.tensors)))  # no tensor left behind
+    model = Int8Session(pooled_model.tflite_converter, calib, "int8", "mse+bias").model
+    assert _ops(model)[-2:] == [qg.CONV_2D, qg.MEAN]
+    engine.check_full_integer(model, "int8")
+
+
+def test_a_classifier_with_an_activation_stays_where_it_is(tiny):
+    from edgeresnet._util import tf as _tf
+    from edgeresnet.host.models.loading import LoadedModel
+
+    _, calib, _ = tiny
+    keras = _tf.tf_keras()
+    keras.utils.set_random_seed(0)
+    x = inp = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(8, 3, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dense(6, activation="relu")(x)  # not linear: the mean of it is not it of the mean
+    x = keras.layers.Dense(4)(x)
+    loaded = LoadedModel.from_keras(keras.Model(inp, x), "head")
+    plain = Int8Session(loaded.tflite_converter, calib, "int8", "minmax").model
+    assert _ops(Int8Session(loaded.tflite_converter, calib, "int8", "mse+bias").model) == _ops(plain)
+
+
+@pytest.mark.slow  # four ResNet-8 conversions, 4,700 held-out images
+def test_the_classifier_before_the_pool_agrees_more_on_the_real_resnet8(resnet8_h5, shared_data, monkeypatch):
+    from edgeresnet.device.images import load_images
+    from edgeresnet.host.models.loading import load_model
+
+    loaded = load_model(resnet8_h5)
+    calib = load_images(shared_data / "cifar10" / "train", (32, 32, 3), samples=300, seed=0)
+    held = load_images(shared_data / "cifar10" / "train", (32, 32, 3), exclude=calib.paths).images.astype(np.float32)
+    ref = loaded.predict(held)
+    x = calib.images.astype(np.float32)
+    moved = Int8Session(loaded.tflite_converter, x, "int8", "mse+gptq").model
+    monkeypatch.setattr(engine, "classifiers_before_pool", lambda graph: [])
+    kept = Int8Session(loaded.tflite_converter, x, "int8", "mse+gptq").model
+    agree = {name: verify.agreement(ref, TFLiteModel(m).predict(held)) for name, m in (("moved", moved), ("kept", kept))}
+    assert agree["moved"] >= agree["kept"] + 0.15, agree  # measured: 98.62 against 98.40 %

@@ -48,7 +48,7 @@ from edgeresnet.host.quantize import graph as g
 from edgeresnet.host.quantize.stats import StatsPass
 from edgeresnet.host.quantize.config import QuantOptConfig
 from edgeresnet.host.quantize.registry import DEFAULT_METHOD, get_method
-from edgeresnet.host.quantize.rewrite import global_pools_as_mean
+from edgeresnet.host.quantize.rewrite import classifiers_before_pool, global_pools_as_mean
 
 ProgressFn = Callable[[int, int], None]
 
@@ -130,6 +130,7 @@ class Int8Session:
         if saved_model_names:
             graph.name_like_saved_model()
         global_pools_as_mean(graph)  # float-exact; the pooled features get an int8 range of their own
+        classifiers_before_pool(graph)  # float-exact; no pooled features to round, per-position logits averaged
         dense_flag = "_experimental_disable_per_channel_quantization_for_dense_layers"
         layers = graph.weight_layers(
             per_channel=not getattr(self.converter, "_experimental_disable_per_channel", False),

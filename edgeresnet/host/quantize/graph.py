@@ -97,6 +97,31 @@ class Graph:
                 if i >= 0:
                     self.consumers.setdefault(int(i), []).append((code, op))
 
+    def drop_unused_tensors(self) -> None:
+        """Remove the tensors no op, graph input or output reads or writes, renumbering every reference to the
+        rest (ops, graph inputs and outputs, signatures). Their buffers stay, unreferenced."""
+        sg = self.sg
+        used = {int(i) for i in list(sg.inputs) + list(sg.outputs)}
+        for op in sg.operators:
+            used |= {int(i) for i in list(op.inputs) + list(op.outputs) + list(op.intermediates or []) if i >= 0}
+        if len(used) == len(sg.tensors):
+            return
+        keep = sorted(used)
+        new = {old: k for k, old in enumerate(keep)}
+        renumber = lambda ids: np.array([new[int(i)] if i >= 0 else -1 for i in ids], np.int32)  # noqa: E731
+        sg.tensors = [sg.tensors[i] for i in keep]
+        for op in sg.operators:
+            op.inputs, op.outputs = renumber(op.inputs), renumber(op.outputs)
+            if op.intermediates is not None and len(op.intermediates):
+                op.intermediates = renumber(op.intermediates)
+        sg.inputs, sg.outputs = renumber(sg.inputs), renumber(sg.outputs)
+        for sig in self.model.signatureDefs or []:
+            for t in list(sig.inputs or []) + list(sig.outputs or []):
+                if t.tensorIndex in new:
+                    t.tensorIndex = new[t.tensorIndex]
+        self.inputs, self.outputs = set(int(i) for i in sg.inputs), set(int(i) for i in sg.outputs)
+        self.index_ops()
+
     def to_bytes(self) -> bytes:
         return bytes(self.fu.convert_object_to_bytearray(self.model))
 
