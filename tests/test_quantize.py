@@ -303,6 +303,20 @@ def test_gptq_keeps_the_scale_and_lowers_the_layer_error():
     assert err(q) < 0.7 * err(nearest)
 
 
+def test_gptq_keeps_a_pruned_rows_zeros_and_still_lowers_the_error_of_the_others():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(4000, 24)) @ rng.normal(size=(24, 24))
+    w = rng.normal(size=(8, 24))
+    w[:4][rng.random((4, 24)) < 0.5] = 0.0  # the first four rows half pruned
+    h = x.T @ x / len(x)
+    s = np.abs(w).max(1) / 127.0
+    q = mse_gptq.gptq(w, h, s)
+    nearest = np.round(w / s[:, None])
+    assert np.all(q[w == 0] == 0) and np.array_equal(q[:4], nearest[:4])  # pruned rows: to nearest, zeros kept
+    err = lambda qq: float(np.trace((qq * s[:, None] - w)[4:] @ h @ (qq * s[:, None] - w)[4:].T))  # noqa: E731
+    assert err(q) < 0.7 * err(nearest)  # the dense rows: GPTQ's
+
+
 def test_sampled_patches_match_tf_extract_patches():
     from edgeresnet._util import tf as _tf
 

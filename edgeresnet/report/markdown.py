@@ -246,7 +246,7 @@ def choice_text(quantization: dict) -> str:
             f"calibration images (calibrated on the other {c['fit']}; the kept model then on all "
             f"{c.get('kept_fit', c['fit'])}): {scores}; "
             + (f"ahead by {c['margin']:.1f} pts" if c["margin"] >= 0 else
-               f"kept as the cheaper: a slower method must agree on 2 more held-out images, not {-c['margin']:.1f} pts"))
+               f"kept as tried first: a later method must agree on 2 more held-out images, not {-c['margin']:.1f} pts"))
     skipped = "; ".join(f"{s['method']} not tried: {s['why']}" for s in c["skipped"])
     return text + (f"; {skipped}" if skipped else "")
 
