@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgeresnet.host.quantize.graph import (
-    ACT_NONE, ACT_RELU, AVERAGE_POOL_2D, CONV_2D, MAX_POOL_2D, MEAN, PAD, RESHAPE, TFLITE_INT32, WEIGHT_OPS, Graph, Layer,
+    ACT_NONE, ACT_RELU, AVERAGE_POOL_2D, CONV_2D, MAX_POOL_2D, MEAN, PAD, RESHAPE, WEIGHT_OPS, Graph, Layer,
 )
 
 _EQUALIZE_GAIN = 0.1  # apply when the predicted noise falls below this fraction
@@ -63,7 +63,7 @@ def chains(graph: Graph, layers: list[Layer]) -> list[Chain]:
             if not shape or shape[-1] != channels:
                 break
             if code == MEAN:
-                axes_val = _int_const(graph, int(op.inputs[1]))
+                axes_val = graph.int_values(int(op.inputs[1]))
                 rank = len(graph.sg.tensors[t].shape)
                 if axes_val is None or any(a % rank == rank - 1 for a in axes_val):
                     break
@@ -72,14 +72,6 @@ def chains(graph: Graph, layers: list[Layer]) -> list[Chain]:
             t = nxt
             path.append(t)
     return out
-
-
-def _int_const(graph: Graph, i: int):
-    t = graph.sg.tensors[i]
-    data = graph.model.buffers[t.buffer].data
-    if data is None or len(data) == 0 or t.type != TFLITE_INT32:
-        return None
-    return np.frombuffer(np.asarray(data, np.uint8).tobytes(), np.int32).tolist()
 
 
 def _equalize_layers(graph: Graph) -> list[Layer]:

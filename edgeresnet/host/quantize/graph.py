@@ -162,6 +162,14 @@ class Graph:
             return None
         return np.frombuffer(np.asarray(data, np.uint8).tobytes(), np.float32).reshape(tuple(t.shape))
 
+    def int_values(self, i: int) -> Optional[list[int]]:
+        """An int32 constant's values, flat (axes, shapes), or None when tensor ``i`` is not one."""
+        t = self.sg.tensors[i]
+        data = self.model.buffers[t.buffer].data if t.buffer < len(self.model.buffers) else None
+        if data is None or len(data) == 0 or t.type != TFLITE_INT32:
+            return None
+        return np.frombuffer(np.asarray(data, np.uint8).tobytes(), np.int32).tolist()
+
     def set_const(self, i: int, value: np.ndarray) -> None:
         """Write a float constant; a buffer shared with other tensors is split off first."""
         from tensorflow.lite.python import schema_py_generated as schema

@@ -130,7 +130,7 @@ def _pooled_classifier(graph: Graph, mean):
     """(the reshapes between, the FULLY_CONNECTED op) when ``mean`` is a spatial mean that only feeds a classifier
     the rewrite keeps exact; else None."""
     x = graph.sg.tensors[int(mean.inputs[0])]
-    axes = _int_values(graph, int(mean.inputs[1]))
+    axes = graph.int_values(int(mean.inputs[1]))
     if len(x.shape) != 4 or axes is None or sorted(a % 4 for a in axes) != [1, 2] or x.shape[1] * x.shape[2] < 2:
         return None
     t, between = int(mean.outputs[0]), []
@@ -153,14 +153,6 @@ def _pooled_classifier(graph: Graph, mean):
             or len(graph.consumers.get(int(op.inputs[1]), [])) != 1):
         return None
     return between, op
-
-
-def _int_values(graph: Graph, i: int):
-    t = graph.sg.tensors[i]
-    data = graph.model.buffers[t.buffer].data if t.buffer < len(graph.model.buffers) else None
-    if data is None or len(data) == 0 or t.type != TFLITE_INT32:
-        return None
-    return np.frombuffer(np.asarray(data, np.uint8).tobytes(), np.int32).tolist()
 
 
 def _zeros(graph: Graph, schema, n: int, y: int) -> int:
