@@ -418,12 +418,15 @@ def test_real_resnet8_eval_equals_the_host_report(resnet8, shared_data):
 @pytest.mark.slow
 def test_real_resnet8_in_tflite_runtime_venv(tflrt_python, resnet8):
     python = tflrt_python
-    code = _tf_free_code(resnet8["model"], resnet8["test"], resnet8["report"], ["--samples", "300"], max_drop="0.5")
+    # tflite-runtime 2.14 runs the int8 model on its reference kernels, which round differently from XNNPACK's:
+    # 6-17 of 1,000 CIFAR-10 test images change their answer, either way (benchmarks/RESULTS.md), so the net top-1 on
+    # 300 images moves by up to about a point
+    code = _tf_free_code(resnet8["model"], resnet8["test"], resnet8["report"], ["--samples", "300"], max_drop="1")
     proc = _run_device(python, code)
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = json.loads(proc.stdout)
     assert doc["interpreter"].startswith("tflite-runtime 2.14") and doc["host"]["matched_by"] == "sha256"
-    assert doc["count"] == 300 and abs(doc["drop_pts"]) <= 0.5
+    assert doc["count"] == 300 and abs(doc["drop_pts"]) <= 1.0 and doc["same_images"] is True
 
 
 def test_inspect_shows_the_metadata(digits, run_cli):

@@ -192,7 +192,7 @@ def test_int8_tflite_keeps_the_zeros_and_compresses_better(fine_tuned, tiny, dat
     prunable_share = sum(layer.weights for layer in result.pruned_layers) / keras_total
     assert sparse_s["fraction"] >= 0.5 * prunable_share - 0.005
     assert dense_s["fraction"] < 0.1
-    assert set(sparse_s["by_op"]) == {"CONV_2D", "FULLY_CONNECTED"}
+    assert set(sparse_s["by_op"]) == {"CONV_2D"}  # the int8 classifier is a 1x1 convolution before its pool
     assert all(op["dtype"] == "int8" for op in sparse_s["ops"])
     assert compressed_size(sparse_q) < 0.9 * compressed_size(dense_q)
 
