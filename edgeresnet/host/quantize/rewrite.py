@@ -79,12 +79,18 @@ def _op_code_index(graph: Graph, schema, code: int) -> int:
 
 def _axes_tensor(graph: Graph, schema) -> int:
     """A new int32 constant [1, 2] (height and width), by tensor index."""
+    return _new_const(graph, schema, np.array([1, 2], np.int32), f"edgeresnet/mean_axes_{len(graph.sg.tensors)}".encode())
+
+
+def _new_const(graph: Graph, schema, value: np.ndarray, name: bytes) -> int:
+    """A new constant tensor holding ``value`` (int32 or float32), with a buffer of its own, by tensor index."""
     buf = schema.BufferT()
-    buf.data = np.frombuffer(np.array([1, 2], np.int32).tobytes(), np.uint8).copy()
+    buf.data = np.frombuffer(np.ascontiguousarray(value).tobytes(), np.uint8).copy()
     graph.model.buffers.append(buf)
     t = schema.TensorT()
-    t.shape, t.type, t.buffer = np.array([2], np.int32), TFLITE_INT32, len(graph.model.buffers) - 1
-    t.name = f"edgeresnet/mean_axes_{len(graph.sg.tensors)}".encode()
+    t.shape, t.buffer = np.array(value.shape, np.int32), len(graph.model.buffers) - 1
+    t.type = TFLITE_INT32 if value.dtype == np.int32 else TFLITE_FLOAT32
+    t.name = name
     graph.sg.tensors.append(t)
     return len(graph.sg.tensors) - 1
 
@@ -104,8 +110,9 @@ def classifiers_before_pool(graph: Graph) -> list[int]:
             continue
         between, fc = chain
         x, axes, w, y = int(mean.inputs[0]), int(mean.inputs[1]), int(fc.inputs[1]), int(fc.outputs[0])
-        b = int(fc.inputs[2]) if len(fc.inputs) > 2 and fc.inputs[2] >= 0 else _zeros(graph, schema, graph.const(w).shape[0], y)
         k, c = graph.sg.tensors[w].shape
+        has_bias = len(fc.inputs) > 2 and fc.inputs[2] >= 0  # else the converter dropped an all-zero bias
+        b = int(fc.inputs[2]) if has_bias else _new_const(graph, schema, np.zeros(k, np.float32), graph.sg.tensors[y].name + b"/bias")
         graph.sg.tensors[w].shape = np.array([k, 1, 1, c], np.int32)  # the same bytes, as a 1x1 kernel
         graph.sg.tensors[w].shapeSignature = None
         z = _per_position_tensor(graph, schema, x, y, int(k))
@@ -153,18 +160,6 @@ def _pooled_classifier(graph: Graph, mean):
             or len(graph.consumers.get(int(op.inputs[1]), [])) != 1):
         return None
     return between, op
-
-
-def _zeros(graph: Graph, schema, n: int, y: int) -> int:
-    """A new float32 constant of ``n`` zeros (a bias for a classifier the converter gave none), by tensor index."""
-    buf = schema.BufferT()
-    buf.data = np.zeros(4 * n, np.uint8)
-    graph.model.buffers.append(buf)
-    t = schema.TensorT()
-    t.shape, t.type, t.buffer = np.array([n], np.int32), TFLITE_FLOAT32, len(graph.model.buffers) - 1
-    t.name = graph.sg.tensors[y].name + b"/bias"
-    graph.sg.tensors.append(t)
-    return len(graph.sg.tensors) - 1
 
 
 def _per_position_tensor(graph: Graph, schema, x: int, y: int, classes: int) -> int:
