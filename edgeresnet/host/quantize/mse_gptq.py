@@ -52,7 +52,12 @@ def gptq(w: np.ndarray, hessian: np.ndarray, scale: np.ndarray, damp: float = 0.
     undo the sparsity (holding them fixed instead measured worse than rounding
     to nearest at 50 % sparsity).
     """
-    W = w.astype(np.float64).copy()
+    sc = scale.astype(np.float64)
+    out = np.clip(np.round(w / sc[:, None]), -127, 127)  # to nearest: what a row with zeros keeps
+    dense = ~np.any(w == 0, axis=1)
+    if not dense.any():
+        return out
+    W, sc = w[dense].astype(np.float64), sc[dense]  # GPTQ's rows are independent: only these need it
     rows, d = W.shape
     H = hessian.astype(np.float64).copy()
     dead = np.diag(H) <= 0
@@ -64,7 +69,6 @@ def gptq(w: np.ndarray, hessian: np.ndarray, scale: np.ndarray, damp: float = 0.
     fixed[np.arange(rows), np.abs(W).argmax(1)] = True
     U = np.linalg.cholesky(np.linalg.inv(H)).T  # upper Cholesky factor of H^-1
     Q = np.zeros_like(W)
-    sc = scale.astype(np.float64)
     for i1 in range(0, d, block):
         i2 = min(i1 + block, d)
         Wb = W[:, i1:i2].copy()
@@ -83,8 +87,7 @@ def gptq(w: np.ndarray, hessian: np.ndarray, scale: np.ndarray, damp: float = 0.
             upd = Err @ U[i1:i2, i2:]
             upd[fixed[:, i2:]] = 0.0
             W[:, i2:] -= upd
-    out = np.empty_like(Q)
-    out[:, order] = Q
-    pruned = np.any(w == 0, axis=1)
-    out[pruned] = np.clip(np.round(w[pruned] / sc[pruned, None]), -127, 127)
+    unordered = np.empty_like(Q)
+    unordered[:, order] = Q
+    out[dense] = unordered
     return out
