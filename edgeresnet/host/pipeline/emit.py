@@ -288,13 +288,14 @@ def _suggest_retry(opts: ConvertOptions, plan, planned, rec, recovered) -> None:
     activations remove most of int8's disagreement with the float model (docs/int8.md), unless this run
     (a ``report`` sweep) already emits it."""
     target = planned.target
-    swept = any(p.target.name == target.name and p.sparsity == planned.sparsity and p.spec.precision == "int16x8"
-                for p in plan)
     if not target.float_layers:
         rec.suggestion = retry_command(opts, target.name, planned.sparsity, "qat")
         rec.error += f"; try quantization-aware training: {rec.suggestion}"
-    elif (planned.spec.precision == "int8" and "int16x8" in target.precisions and not swept
-          and (recovered is None or recovered.status != Status.OK)):
+        return
+    swept = any(p.target.name == target.name and p.sparsity == planned.sparsity and p.spec.precision == "int16x8"
+                for p in plan)
+    if (planned.spec.precision == "int8" and "int16x8" in target.precisions and not swept
+            and (recovered is None or recovered.status != Status.OK)):
         rec.suggestion = retry_command(opts, target.name, planned.sparsity, "int16x8")
         rec.error += f"; try 16-bit activations (closer to float, several times slower): {rec.suggestion}"
 

@@ -424,7 +424,9 @@ def _write_and_judge(opts, report, staged, formats) -> RunReport:
 
 def _retry_reason(v) -> str:
     """Why the over-budget error suggests ``v.suggestion`` (a command from emit.retry_command)."""
-    if "--qat" in v.suggestion.split():
+    from edgeresnet.targets import get_target
+
+    if not get_target(v.target).float_layers:  # emit._suggest_retry suggested --qat
         return f"{v.target} cannot keep layers in float"
     if v.recovered_by:
         return f"keeping layers in float did not meet the budget on {v.target}"
