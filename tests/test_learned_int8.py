@@ -235,13 +235,6 @@ def test_whole_input_average_pool_becomes_mean_and_int8_gets_closer_to_float(poo
     assert sqnr["mean"] > sqnr["pool"] + 1.0, sqnr  # measured: 41.8 against 40.2 dB
 
 
-def _float_out(graph, x):
-    got = []
-    out = int(graph.sg.outputs[0])
-    qg.run_probe(graph, [out], x, lambda values, rows: got.append(np.array(values[out])), lambda k=1: None)
-    return np.concatenate(got)
-
-
 def test_the_classifier_moves_before_the_pool_float_exactly(pooled_model, tiny):
     from edgeresnet.host.quantize.rewrite import classifiers_before_pool, global_pools_as_mean
 
@@ -249,12 +242,12 @@ def test_the_classifier_moves_before_the_pool_float_exactly(pooled_model, tiny):
     session = Int8Session(pooled_model.tflite_converter, calib, "int8", "minmax")  # the converter's graph, untouched
     graph = qg.Graph(session.calibrated())
     global_pools_as_mean(graph)
-    before, ops_before = _float_out(graph, held), [code for code, _ in graph.ops]
+    before, ops_before = choice._float_outputs(graph, held), [code for code, _ in graph.ops]
     (z,) = classifiers_before_pool(graph)
     after = [code for code, _ in graph.ops]
     assert ops_before[-2:] == [qg.MEAN, qg.FULLY_CONNECTED] and after[-2:] == [qg.CONV_2D, qg.MEAN]
     assert list(graph.sg.tensors[z].shape) == [1, 16, 16, 4] and graph.has_range(z)
-    np.testing.assert_allclose(_float_out(graph, held), before, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(choice._float_outputs(graph, held), before, rtol=1e-5, atol=1e-5)
     referenced = {int(i) for _, op in graph.ops for i in list(op.inputs) + list(op.outputs) if i >= 0}
     assert referenced | graph.inputs | graph.outputs == set(range(len(graph.sg.tensors)))  # no tensor left behind
     model = Int8Session(pooled_model.tflite_converter, calib, "int8", "mse+bias").model
