@@ -69,6 +69,33 @@ def test_learned_weights_sit_on_the_quantizers_grid(tiny):
         assert match, graph.sg.tensors[layer.w].name
 
 
+def test_learned_rounding_keeps_a_pruned_weight_at_zero(tiny_model_h5, tiny):
+    """A weight that pruning set to zero stays zero whatever the learning says (here: round every weight up),
+    or the int8 model would lose the sparsity it was pruned for."""
+    from edgeresnet._util import tf as _tf
+    from edgeresnet.host.models.loading import load_model
+    from edgeresnet.host.quantize import learned
+
+    _, calib, _ = tiny
+    pruned = load_model(tiny_model_h5)  # its own copy: half of every kernel set to zero
+    rng = np.random.default_rng(0)
+    for layer in pruned.model.layers:
+        weights = layer.get_weights()
+        if weights and weights[0].ndim in (2, 4):
+            weights[0][rng.random(weights[0].shape) < 0.5] = 0.0
+            layer.set_weights(weights)
+    graph = qg.Graph(Int8Session(pruned.tflite_converter, calib, "int8", "mse").calibrated())
+    tf = _tf.tf()
+    for layer in graph.weight_layers(True, True):
+        zero = graph.const(layer.w) == 0
+        rounding = learned._Rounding(tf, graph, layer)
+        rounding.v.assign(tf.fill(tf.shape(rounding.v), 10.0))  # h = 1: every free weight one step up
+        steps, soft = rounding.steps(), rounding.soft_weights(tf).numpy()
+        assert zero.mean() > 0.4 and np.all(steps[zero] == 0) and np.all(soft[zero] == 0)
+        free = ~zero & ~rounding.fixed
+        assert np.all(steps[free] == np.clip(rounding.floor[free] + 1, -127, 127))  # the others did go up
+
+
 def _tf_keras_model(inputs, outputs):
     from edgeresnet._util import tf as _tf
 

@@ -19,8 +19,8 @@ output matches the float model's on the calibration images:
 
 Ranges are ``mse``'s (set before learning, so the learning sees the int8
 activations), the scale of every output channel is the quantizer's (each
-channel's largest weight stays fixed), and each layer's bias is learned with
-its rounding. The emitted model is the plain quantizer's, with these weights.
+channel's largest weight stays fixed), a weight that is exactly zero (a pruned
+one) stays zero, and each layer's bias is learned with its rounding. The emitted model is the plain quantizer's, with these weights.
 From the first block holding an op :mod:`~edgeresnet.host.quantize.tfgraph`
 cannot run, layers get ``mse+bias``'s rounding to nearest and bias correction.
 
@@ -194,7 +194,7 @@ class _Rounding:
         flat = np.abs(w).reshape(len(w), -1)
         fixed = np.zeros_like(flat, dtype=bool)
         fixed[np.arange(len(w)), flat.argmax(1)] = True  # each channel's largest weight: exactly +-127 steps
-        self.fixed = fixed.reshape(w.shape)
+        self.fixed = fixed.reshape(w.shape) | (w == 0)  # a pruned weight stays zero: the model keeps its sparsity
         self.exact = np.clip(np.round(steps), -127, 127)
         self.v = tf.Variable(-np.log((ZETA - GAMMA) / (frac - GAMMA) - 1.0).astype(np.float32))
         self.b = layer.b
