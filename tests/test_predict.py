@@ -223,6 +223,34 @@ def test_bad_input_is_one_line(digits, bad_inputs, args, needle, run_cli):
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and needle in err, err
 
 
+DAMAGED = [  # (what is changed in the host's real report, the field the error names)
+    (lambda doc, v: v.update(top1=float("nan")), "top1 is nan"),  # would pass any --max-drop if compared
+    (lambda doc, v: v.update(top1="99.4"), "top1 is '99.4'"),
+    (lambda doc, v: v.update(top5=[100]), "top5 is [100]"),
+    (lambda doc, v: v.update(top1=140.0), "top1 is 140.0"),
+    (lambda doc, v: v.update(eval_count="many"), "eval_count is 'many'"),
+    (lambda doc, v: doc.update(float=5), "float is 5"),
+    (lambda doc, v: doc.update(evaluation=[1]), "evaluation is [1]"),
+    (lambda doc, v: doc["evaluation"].update(images_sha256=5), "images_sha256 is 5"),
+]
+
+
+@pytest.mark.parametrize("damage,needle", DAMAGED, ids=[d[1] for d in DAMAGED])
+def test_a_damaged_host_report_is_refused_naming_the_field(digits, damage, needle, run_cli, tmp_path):
+    """eval --report checks the host's numbers before it compares with them: a report edited or damaged since
+    convert wrote it is a one-line error naming the field, never a crash or a check passed on a number that is not."""
+    doc = json.loads(digits["report"].read_text())
+    (variant,) = [v for v in doc["variants"] if v["name"] == digits["model"].name]
+    damage(doc, variant)
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps(doc))
+    code, out, err = run_cli(["eval", digits["model"], "--images", digits["images"], "--report", report,
+                              "--max-drop", "1", "--json"])
+    assert code == 2 and out == "", (out, err)
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and needle in err, err
+    assert "edited or damaged" in err
+
+
 def test_metadata_written_by_hand_equals_the_flags(shared_data, tmp_path):
     """A foreign model (the MLPerf reference int8) given metadata needs no flags, and scores as with flags."""
     reference = shared_data / "mlperf-tiny-resnet8" / "pretrainedResnet_quant.tflite"

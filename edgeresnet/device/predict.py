@@ -332,11 +332,40 @@ def host_numbers(report_path: PathLike, model_path: PathLike, sha256: str) -> Ho
             f"{p}: variant {hit.get('name')} has no top-1 (the host evaluated without labels or the model failed); "
             "rerun convert with a labelled --eval folder"
         )
+    return _checked_host_numbers(p, doc, hit, how)
+
+
+def _checked_host_numbers(p: Path, doc: dict, hit: dict, how: str) -> HostNumbers:
+    """The host's numbers of variant ``hit`` of report ``doc``, each of the type and range convert writes; DataError
+    naming the field of a report edited or damaged since (a check that passed on a top-1 of NaN would be a lie)."""
+    where = f"variant {hit.get('name')}"
+
+    def bad(field: str, value, what: str):
+        return DataError(f"{p}: {field} is {value!r}, not {what}; the report was edited or damaged: "
+                         "pass the report.json that convert/report wrote for this model")
+
+    def percent(field: str, value) -> Optional[float]:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 100.0:
+            raise bad(field, value, "a percentage from 0 to 100")  # NaN fails the range check too
+        return float(value)
+
+    count = hit.get("eval_count")
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+        raise bad(f"{where} eval_count", count, "a number of images")
+    float_doc, evaluation = doc.get("float") or {}, doc.get("evaluation") or {}
+    if not isinstance(float_doc, dict):
+        raise bad("float", float_doc, "the float model's numbers")
+    if not isinstance(evaluation, dict):
+        raise bad("evaluation", evaluation, "a description of the evaluated images")
+    digest = evaluation.get("images_sha256")
+    if digest is not None and not isinstance(digest, str):
+        raise bad("evaluation images_sha256", digest, "a sha256")
     return HostNumbers(
-        report=str(p), variant=str(hit.get("name")), matched_by=how, top1=float(hit["top1"]),
-        top5=None if hit.get("top5") is None else float(hit["top5"]),
-        count=hit.get("eval_count"), float_top1=(doc.get("float") or {}).get("top1"),
-        evaluation=doc.get("evaluation") or {},
+        report=str(p), variant=str(hit.get("name")), matched_by=how, top1=percent(f"{where} top1", hit["top1"]),
+        top5=percent(f"{where} top5", hit.get("top5")), count=count,
+        float_top1=percent("float top1", float_doc.get("top1")), evaluation=evaluation,
     )
 
 
