@@ -340,15 +340,15 @@ def _checked_host_numbers(p: Path, doc: dict, hit: dict, how: str) -> HostNumber
     naming the field of a report edited or damaged since (a check that passed on a top-1 of NaN would be a lie)."""
     where = f"variant {hit.get('name')}"
 
-    def bad(field: str, value, what: str):
-        return DataError(f"{p}: {field} is {value!r}, not {what}; the report was edited or damaged: "
+    def bad(name: str, value, what: str):
+        return DataError(f"{p}: {name} is {value!r}, not {what}; the report was edited or damaged: "
                          "pass the report.json that convert/report wrote for this model")
 
-    def percent(field: str, value) -> Optional[float]:
+    def percent(name: str, value) -> Optional[float]:
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 100.0:
-            raise bad(field, value, "a percentage from 0 to 100")  # NaN fails the range check too
+            raise bad(name, value, "a percentage from 0 to 100")  # NaN fails the range check too
         return float(value)
 
     count = hit.get("eval_count")
