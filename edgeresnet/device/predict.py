@@ -352,7 +352,7 @@ def _checked_host_numbers(p: Path, doc: dict, hit: dict, how: str) -> HostNumber
         return float(value)
 
     count = hit.get("eval_count")
-    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 0):
         raise bad(f"{where} eval_count", count, "a number of images")
     float_doc, evaluation = doc.get("float") or {}, doc.get("evaluation") or {}
     if not isinstance(float_doc, dict):
