@@ -20,7 +20,8 @@ output matches the float model's on the calibration images:
 Ranges are ``mse``'s (set before learning, so the learning sees the int8
 activations), the scale of every output channel is the quantizer's (each
 channel's largest weight stays fixed), a weight that is exactly zero (a pruned
-one) stays zero, and each layer's bias is learned with its rounding. The emitted model is the plain quantizer's, with these weights.
+one) stays zero, and each layer's bias is learned with its rounding. The
+emitted model is the plain quantizer's, with these weights.
 From the first block holding an op :mod:`~edgeresnet.host.quantize.tfgraph`
 cannot run, layers get ``mse+bias``'s rounding to nearest and bias correction.
 
