@@ -10,7 +10,6 @@ ones). Only the ops a ResNet's int8 graph holds are known
 
 from __future__ import annotations
 
-from typing import Optional
 
 import numpy as np
 
@@ -45,15 +44,6 @@ def adam(tf, slots: list, grads: list, t) -> None:
         m.assign(0.9 * m + 0.1 * g)
         s2.assign(0.999 * s2 + 0.001 * tf.square(g))
         v.assign_sub(lr * (m / (1.0 - tf.pow(0.9, t))) / (tf.sqrt(s2 / (1.0 - tf.pow(0.999, t))) + 1e-8))
-
-
-def int_const(graph: Graph, i: int) -> Optional[np.ndarray]:
-    """An int32 constant tensor's value (axes, paddings, shapes), or None."""
-    t = graph.sg.tensors[i]
-    data = graph.model.buffers[t.buffer].data if t.buffer < len(graph.model.buffers) else None
-    if data is None or len(data) == 0:
-        return None
-    return np.frombuffer(np.asarray(data, np.uint8).tobytes(), np.int32).reshape(tuple(t.shape))
 
 
 class Ops:
@@ -119,10 +109,10 @@ class Ops:
             fn = tf.nn.avg_pool2d if code == AVERAGE_POOL_2D else tf.nn.max_pool2d
             return fn(x, [o.filterHeight, o.filterWidth], [o.strideH, o.strideW], pad)
         if code == MEAN:
-            axes = [int(a) for a in np.ravel(int_const(self.graph, ins[1]))]
+            axes = self.graph.int_values(ins[1])
             return tf.reduce_mean(x, axis=axes, keepdims=bool(o.keepDims))
         if code == PAD:
-            return tf.pad(x, int_const(self.graph, ins[1]))
+            return tf.pad(x, np.reshape(self.graph.int_values(ins[1]), (-1, 2)))  # (rank, 2) paddings
         if code in (RESHAPE, SQUEEZE):
             shape = list(self.graph.sg.tensors[int(op.outputs[0])].shape)
             return tf.reshape(x, [-1] + shape[1:])
